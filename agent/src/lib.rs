@@ -1,0 +1,11 @@
+//! dbagent: the node agent of a managed-database platform.
+//!
+//! The binaries (`dbagent`, `dbagentctl`) are thin; everything lives in this library so it is tested
+//! without root and without a network.
+
+pub mod fsutil;
+pub mod ids;
+pub mod instances;
+pub mod locks;
+pub mod ops;
+pub mod timefmt;

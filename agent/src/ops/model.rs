@@ -1,0 +1,107 @@
+//! The operation record: what the journal stores and the API reports.
+
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The agent stopped while the operation was queued or running; its work was not finished.
+    Interrupted,
+}
+
+impl OpState {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, OpState::Queued | OpState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpState::Queued => "queued",
+            OpState::Running => "running",
+            OpState::Succeeded => "succeeded",
+            OpState::Failed => "failed",
+            OpState::Cancelled => "cancelled",
+            OpState::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// gRPC-style error codes an operation can end with; the API maps them one to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    ResourceExhausted,
+    PermissionDenied,
+    Unavailable,
+    Aborted,
+    Cancelled,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
+            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Aborted => "ABORTED",
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u64,
+    /// 0 when unknown.
+    pub total: u64,
+    pub unit: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub id: String,
+    pub request_id: String,
+    /// SHA-256 of kind, target and parameters: the same request_id with another request is refused.
+    pub request_digest: String,
+    pub kind: String,
+    pub target: String,
+    /// Kind-specific parameters, kept so an interrupted operation can be cleaned up. Never secrets.
+    pub params: serde_json::Value,
+    pub state: OpState,
+    pub progress: Progress,
+    #[serde(with = "crate::timefmt")]
+    pub created: SystemTime,
+    #[serde(with = "crate::timefmt::option", default)]
+    pub started: Option<SystemTime>,
+    #[serde(with = "crate::timefmt::option", default)]
+    pub finished: Option<SystemTime>,
+    #[serde(default)]
+    pub error: Option<OpError>,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+}
