@@ -9,3 +9,5 @@ pub mod instances;
 pub mod locks;
 pub mod ops;
 pub mod timefmt;
+pub mod config;
+pub mod tls;
