@@ -3,6 +3,7 @@
 //! The binaries (`dbagent`, `dbagentctl`) are thin; everything lives in this library so it is tested
 //! without root and without a network.
 
+pub mod cli;
 pub mod fsutil;
 pub mod ids;
 pub mod instances;
