@@ -43,7 +43,8 @@ fn time(t: Option<&Timestamp>) -> Value {
 
 pub fn duration_text(d: Option<&PbDuration>) -> Option<String> {
     let d = std::time::Duration::try_from(*d?).ok()?;
-    Some(humantime::format_duration(d).to_string())
+    // Whole seconds: nanoseconds of uptime are noise to a reader.
+    Some(humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string())
 }
 
 /// `HH:MM` from minutes after midnight UTC.
