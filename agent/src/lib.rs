@@ -15,3 +15,4 @@ pub mod notify;
 pub mod ops;
 pub mod timefmt;
 pub mod tls;
+pub mod volume;
