@@ -30,6 +30,8 @@ pub struct Config {
     pub operations: OperationsConfig,
     pub instances: InstancesConfig,
     pub logging: LoggingConfig,
+    pub volumes: VolumesConfig,
+    pub keys: KeysConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,102 @@ pub struct LoggingConfig {
     pub level: String,
 }
 
+/// LUKS2 volumes (docs/volumes.md). The cipher is always aes-xts-plain64 with hash sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Size of the LUKS2 volume key: 256 (AES-128-XTS) or 512 (AES-256-XTS).
+    pub key_bits: u32,
+    /// Key derivation of the keyslots: "argon2id" (production) or "pbkdf2" (tests, slow hosts).
+    pub pbkdf: PbkdfKind,
+    /// Target unlock time when the cost is benchmarked (pbkdf_iterations = 0).
+    pub pbkdf_time_ms: u32,
+    /// Fixed iteration count (argon2id: time cost); 0 = benchmark to pbkdf_time_ms.
+    pub pbkdf_iterations: u32,
+    /// argon2id memory cost in KiB (ignored by pbkdf2).
+    pub pbkdf_memory_kib: u32,
+    /// argon2id parallel threads (ignored by pbkdf2).
+    pub pbkdf_parallel: u32,
+    /// Activate with no_read_workqueue and no_write_workqueue.
+    pub no_workqueue: bool,
+    /// dm-crypt sector size in bytes; 0 lets libcryptsetup choose (4096 where the device allows).
+    pub sector_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PbkdfKind {
+    Argon2id,
+    Pbkdf2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyProviderKind {
+    Local,
+    Remote,
+}
+
+/// Where volume keys come from (design: Keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    pub provider: KeyProviderKind,
+    /// Host key-encryption key of the local keystore (32 bytes, raw or 64 hex digits), mode 0600 or
+    /// stricter. A systemd credential `dbagent-kek` ($CREDENTIALS_DIRECTORY) takes precedence.
+    pub kek_file: PathBuf,
+    pub remote: RemoteKeysConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteKeysConfig {
+    /// KeyService endpoint, e.g. "https://keys.example:7444".
+    pub endpoint: String,
+    /// CA bundle the KeyService's certificate must chain to.
+    pub ca: PathBuf,
+    /// The agent's client certificate and key for mTLS.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// TLS server name to verify; empty = the endpoint's host.
+    pub server_name: String,
+    pub timeout_secs: u64,
+}
+
+impl Default for VolumesConfig {
+    fn default() -> Self {
+        Self {
+            key_bits: 256,
+            pbkdf: PbkdfKind::Argon2id,
+            pbkdf_time_ms: 2000,
+            pbkdf_iterations: 0,
+            pbkdf_memory_kib: 1024 * 1024,
+            pbkdf_parallel: 4,
+            no_workqueue: true,
+            sector_size: 0,
+        }
+    }
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { provider: KeyProviderKind::Local, kek_file: PathBuf::from("/etc/dbagent/kek"), remote: RemoteKeysConfig::default() }
+    }
+}
+
+impl Default for RemoteKeysConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            ca: PathBuf::from("/etc/dbagent/keys/ca.crt"),
+            cert: PathBuf::from("/etc/dbagent/keys/client.crt"),
+            key: PathBuf::from("/etc/dbagent/keys/client.key"),
+            server_name: String::new(),
+            timeout_secs: 10,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -112,6 +210,8 @@ impl Default for Config {
             operations: OperationsConfig::default(),
             instances: InstancesConfig::default(),
             logging: LoggingConfig::default(),
+            volumes: VolumesConfig::default(),
+            keys: KeysConfig::default(),
         }
     }
 }
@@ -202,6 +302,10 @@ impl Config {
         config.operations.enable_test_kinds = true;
         config.instances.data_roots = vec![state_dir.join("data")];
         config.api.shutdown_grace_secs = 5;
+        // Dev hosts and test VMs: a generated KEK, and cheap keyslots (not for real data).
+        config.keys.kek_file = state_dir.join("kek");
+        config.volumes.pbkdf = PbkdfKind::Pbkdf2;
+        config.volumes.pbkdf_iterations = 1000;
         config
     }
 
@@ -255,6 +359,36 @@ impl Config {
         for prefix in &self.instances.device_prefixes {
             if !prefix.starts_with("/dev/") {
                 return invalid("instances.device_prefixes", format!("{prefix:?} must start with /dev/"));
+            }
+        }
+        if ![256, 512].contains(&self.volumes.key_bits) {
+            return invalid("volumes.key_bits", format!("is {}; aes-xts-plain64 takes 256 or 512", self.volumes.key_bits));
+        }
+        if !(100..=60_000).contains(&self.volumes.pbkdf_time_ms) {
+            return invalid("volumes.pbkdf_time_ms", "must be between 100 and 60000".into());
+        }
+        if self.volumes.pbkdf == PbkdfKind::Pbkdf2 && self.volumes.pbkdf_iterations != 0 && self.volumes.pbkdf_iterations < 1000 {
+            return invalid("volumes.pbkdf_iterations", "pbkdf2 needs at least 1000 iterations (libcryptsetup refuses fewer)".into());
+        }
+        if !(32..=4 * 1024 * 1024).contains(&self.volumes.pbkdf_memory_kib) {
+            return invalid("volumes.pbkdf_memory_kib", "must be between 32 and 4194304 KiB".into());
+        }
+        if !(1..=16).contains(&self.volumes.pbkdf_parallel) {
+            return invalid("volumes.pbkdf_parallel", "must be between 1 and 16".into());
+        }
+        if ![0, 512, 1024, 2048, 4096].contains(&self.volumes.sector_size) {
+            return invalid("volumes.sector_size", "must be 0 (automatic), 512, 1024, 2048 or 4096".into());
+        }
+        if self.keys.provider == KeyProviderKind::Local && !self.keys.kek_file.is_absolute() {
+            return invalid("keys.kek_file", format!("{:?} must be an absolute path", self.keys.kek_file));
+        }
+        if self.keys.provider == KeyProviderKind::Remote {
+            let r = &self.keys.remote;
+            if !r.endpoint.starts_with("https://") {
+                return invalid("keys.remote.endpoint", format!("{:?} must be an https:// URL (the KeyService is mTLS only)", r.endpoint));
+            }
+            if !(1..=300).contains(&r.timeout_secs) {
+                return invalid("keys.remote.timeout_secs", "must be between 1 and 300 seconds".into());
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
@@ -328,6 +462,19 @@ mod tests {
         assert!(e.contains("auth.monitors"), "{e}");
         let e = parse("[logging]\nlevel = \"info,,=x=\"").unwrap_err().to_string();
         assert!(e.contains("logging.level"), "{e}");
+    }
+
+    #[test]
+    fn volume_and_key_settings() {
+        let c = parse("[volumes]\nkey_bits = 512\npbkdf = \"pbkdf2\"\npbkdf_iterations = 1000\n[keys]\nkek_file = \"/etc/k\"").unwrap();
+        assert_eq!((c.volumes.key_bits, c.volumes.pbkdf), (512, PbkdfKind::Pbkdf2));
+        assert!(c.volumes.no_workqueue);
+        let e = parse("[volumes]\nkey_bits = 128").unwrap_err().to_string();
+        assert!(e.contains("volumes.key_bits"), "{e}");
+        let e = parse("[volumes]\npbkdf = \"scrypt\"").unwrap_err().to_string();
+        assert!(e.contains("scrypt"), "{e}");
+        let e = parse("[keys]\nprovider = \"remote\"\n[keys.remote]\nendpoint = \"http://x\"").unwrap_err().to_string();
+        assert!(e.contains("keys.remote.endpoint"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum DaemonError {
     Serve(#[from] ServeError),
     #[error("the API server stopped unexpectedly")]
     ServerExited,
+    #[error("set up volumes: {0}")]
+    Volumes(#[from] crate::volume::VolumeError),
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns after operations and RPCs drained (or the grace ran out).
@@ -60,6 +62,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         retention: Duration::from_secs(config.operations.retention_hours * 3600),
         max_finished: config.operations.max_finished,
     };
+    let volumes = crate::volume::setup::from_config(&config, dev, registry.clone())?;
     let (engine, interrupted) = Engine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
     for op in &interrupted {
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
@@ -85,6 +88,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         dev_mode: dev,
         test_kinds: config.operations.enable_test_kinds,
         shutdown: root.clone(),
+        volumes: volumes.clone(),
     };
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
@@ -92,7 +96,14 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let watchdog = notify::spawn_watchdog(root.clone());
 
     // The listener is bound and the server task runs: connections from now on are served.
-    let summary = format!("serving on {}; {} instances", config.api.listen, registry.count());
+    // READY only after the instances' volumes are open, so database units ordered after the agent
+    // find their data. A volume that fails is logged and reported by GetVolume.
+    let (opened, failed) = volumes.open_all().await;
+    let summary = format!(
+        "serving on {}; {} instances; volumes: {opened} opened, {failed} failed",
+        config.api.listen,
+        registry.count()
+    );
     notify::ready(&summary);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{summary}");
     if dev {

@@ -16,3 +16,4 @@ pub mod notify;
 pub mod ops;
 pub mod timefmt;
 pub mod tls;
+pub mod volume;

@@ -47,15 +47,15 @@ pub const RULES: &[(&str, Access, Pending)] = &[
     r("/dbagent.v1.Operations/WatchOperation"),
     w("/dbagent.v1.Operations/CancelOperation"),
     w("/dbagent.v1.Operations/StartSleep"),
-    later(w("/dbagent.v1.Volumes/CreateVolume"), "volumes"),
-    later(w("/dbagent.v1.Volumes/OpenVolume"), "volumes"),
-    later(w("/dbagent.v1.Volumes/CloseVolume"), "volumes"),
-    later(w("/dbagent.v1.Volumes/GrowVolume"), "volumes"),
-    later(w("/dbagent.v1.Volumes/RotateVolumeKey"), "volumes"),
-    later(w("/dbagent.v1.Volumes/BackupVolumeHeader"), "volumes"),
-    later(r("/dbagent.v1.Volumes/GetVolume"), "volumes"),
-    later(r("/dbagent.v1.Volumes/ListVolumes"), "volumes"),
-    later(w("/dbagent.v1.Volumes/DestroyVolume"), "volumes"),
+    w("/dbagent.v1.Volumes/CreateVolume"),
+    w("/dbagent.v1.Volumes/OpenVolume"),
+    w("/dbagent.v1.Volumes/CloseVolume"),
+    w("/dbagent.v1.Volumes/GrowVolume"),
+    w("/dbagent.v1.Volumes/RotateVolumeKey"),
+    w("/dbagent.v1.Volumes/BackupVolumeHeader"),
+    r("/dbagent.v1.Volumes/GetVolume"),
+    r("/dbagent.v1.Volumes/ListVolumes"),
+    w("/dbagent.v1.Volumes/DestroyVolume"),
     later(r("/dbagent.v1.Metrics/GetNodeMetrics"), "metrics"),
     later(r("/dbagent.v1.Metrics/GetInstanceMetrics"), "metrics"),
     later(r("/dbagent.v1.Metrics/StreamMetrics"), "metrics"),
@@ -207,11 +207,14 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/dbagent.v1.Agent/GetStatus", None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let e = authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).unwrap_err();
+        let e = authorize("/dbagent.v1.Metrics/GetNodeMetrics", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("volumes"));
-        let e = authorize("/dbagent.v1.Volumes/CreateVolume", Some(&mon)).unwrap_err();
+        assert!(e.message().contains("metrics"));
+        let e = authorize("/dbagent.v1.Logs/SetDrains", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
+        assert!(authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).is_ok());
+        let e = authorize("/dbagent.v1.Volumes/CreateVolume", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/x.Y/Z", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
     }

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod instances;
 pub mod operations;
 pub mod status;
+pub mod volumes;
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct ApiState {
     pub dev_mode: bool,
     pub test_kinds: bool,
     pub shutdown: CancellationToken,
+    pub volumes: crate::volume::Volumes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,7 @@ pub async fn serve(
     health.set_serving::<pb::agent_server::AgentServer<agent::AgentApi>>().await;
     health.set_serving::<pb::instances_server::InstancesServer<instances::InstancesApi>>().await;
     health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
+    health.set_serving::<pb::volumes_server::VolumesServer<volumes::VolumesApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -60,6 +63,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
         .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
+        .add_service(pb::volumes_server::VolumesServer::new(volumes::VolumesApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

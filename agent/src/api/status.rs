@@ -49,4 +49,23 @@ impl From<RegistryError> for Status {
     }
 }
 
+impl From<crate::volume::VolumeError> for Status {
+    fn from(e: crate::volume::VolumeError) -> Self {
+        use crate::ops::ErrorCode as C;
+        let code = match e.code() {
+            C::InvalidArgument => Code::InvalidArgument,
+            C::NotFound => Code::NotFound,
+            C::AlreadyExists => Code::AlreadyExists,
+            C::FailedPrecondition => Code::FailedPrecondition,
+            C::ResourceExhausted => Code::ResourceExhausted,
+            C::PermissionDenied => Code::PermissionDenied,
+            C::Unavailable => Code::Unavailable,
+            C::Aborted => Code::Aborted,
+            C::Cancelled => Code::Cancelled,
+            C::Internal => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
 pub type ApiResult<T> = Result<tonic::Response<T>, Status>;

@@ -2,6 +2,7 @@
 
 pub mod instance;
 pub mod operation;
+pub mod volume;
 
 use std::time::{Duration, SystemTime};
 

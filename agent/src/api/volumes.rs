@@ -1,0 +1,83 @@
+use dbagent_proto::v1 as pb;
+use tonic::{Request, Response};
+
+use super::status::ApiResult;
+use super::ApiState;
+use crate::ids::{self, InvalidField};
+use crate::volume::jobs::{self, VolumeAction};
+
+pub struct VolumesApi(pub ApiState);
+
+impl VolumesApi {
+    /// Checks the ids and that the instance exists, then starts the operation (or returns the one
+    /// this request_id started before).
+    async fn submit(&self, request_id: String, instance_id: String, action: VolumeAction) -> ApiResult<pb::Operation> {
+        ids::request_id(&request_id)?;
+        ids::instance_id("instance_id", &instance_id)?;
+        if !matches!(action, VolumeAction::Destroy) {
+            self.0.registry.get(&instance_id)?;
+        }
+        let new = jobs::new_operation(request_id, &instance_id, &action);
+        let job = jobs::job(self.0.volumes.clone(), instance_id, action);
+        let (record, _) = self.0.engine.submit(new, job).await?;
+        Ok(Response::new((&record).into()))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::volumes_server::Volumes for VolumesApi {
+    async fn create_volume(&self, req: Request<pb::CreateVolumeRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        self.submit(r.request_id, r.instance_id, VolumeAction::Create { force: r.force }).await
+    }
+
+    async fn open_volume(&self, req: Request<pb::OpenVolumeRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        self.submit(r.request_id, r.instance_id, VolumeAction::Open).await
+    }
+
+    async fn close_volume(&self, req: Request<pb::CloseVolumeRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        self.submit(r.request_id, r.instance_id, VolumeAction::Close).await
+    }
+
+    async fn grow_volume(&self, req: Request<pb::GrowVolumeRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        if r.new_size_bytes == 0 {
+            return Err(InvalidField::new("new_size_bytes", "is required: the new size in bytes").into());
+        }
+        self.submit(r.request_id, r.instance_id, VolumeAction::Grow { new_size_bytes: r.new_size_bytes }).await
+    }
+
+    async fn rotate_volume_key(&self, req: Request<pb::RotateVolumeKeyRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        self.submit(r.request_id, r.instance_id, VolumeAction::RotateKey).await
+    }
+
+    async fn backup_volume_header(&self, req: Request<pb::BackupVolumeHeaderRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        self.submit(r.request_id, r.instance_id, VolumeAction::BackupHeader).await
+    }
+
+    async fn get_volume(&self, req: Request<pb::GetVolumeRequest>) -> ApiResult<pb::Volume> {
+        let status = self.0.volumes.get(&req.into_inner().instance_id).await?;
+        Ok(Response::new((&status).into()))
+    }
+
+    async fn list_volumes(&self, _req: Request<pb::ListVolumesRequest>) -> ApiResult<pb::ListVolumesResponse> {
+        let volumes = self.0.volumes.list().await?.iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListVolumesResponse { volumes }))
+    }
+
+    async fn destroy_volume(&self, req: Request<pb::DestroyVolumeRequest>) -> ApiResult<pb::Operation> {
+        let r = req.into_inner();
+        if r.confirm_instance_id != r.instance_id {
+            return Err(InvalidField::new(
+                "confirm_instance_id",
+                "must equal instance_id: destroying erases the keyslots and the data is gone for good",
+            )
+            .into());
+        }
+        self.submit(r.request_id, r.instance_id, VolumeAction::Destroy).await
+    }
+}

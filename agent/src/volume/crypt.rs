@@ -1,0 +1,102 @@
+//! The LUKS2 layer behind a small trait: libcryptsetup for real ([`super::libcrypt::LibCrypt`]) and
+//! an in-memory double for the daemon logic's tests ([`super::sim::SimCrypt`]).
+//!
+//! The instance key is the passphrase of one keyslot; the LUKS2 volume key is random, made by
+//! libcryptsetup at format time and never leaves it. Rotating the instance key replaces the keyslot,
+//! so the old key stops opening the volume without re-encrypting the data.
+//!
+//! Calls block (key derivation takes seconds by design): callers run them in `spawn_blocking`.
+
+use std::path::Path;
+
+use crate::config::PbkdfKind;
+
+pub const CIPHER: &str = "aes";
+pub const CIPHER_MODE: &str = "xts-plain64";
+pub const HASH: &str = "sha256";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PbkdfParams {
+    pub kind: PbkdfKind,
+    pub time_ms: u32,
+    /// 0 = benchmark to `time_ms`.
+    pub iterations: u32,
+    pub memory_kib: u32,
+    pub parallel: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatParams {
+    pub key_bits: u32,
+    pub sector_size: u32,
+    pub pbkdf: PbkdfParams,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActivationFlags {
+    pub no_read_workqueue: bool,
+    pub no_write_workqueue: bool,
+}
+
+impl ActivationFlags {
+    pub fn names(self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.no_read_workqueue {
+            out.push("no_read_workqueue".to_owned());
+        }
+        if self.no_write_workqueue {
+            out.push("no_write_workqueue".to_owned());
+        }
+        out
+    }
+}
+
+/// What the LUKS2 header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderInfo {
+    pub cipher: String,
+    pub key_bits: u32,
+    pub sector_size: u32,
+    pub data_offset_bytes: u64,
+    pub active_keyslots: Vec<u32>,
+}
+
+/// An active mapping `/dev/mapper/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveInfo {
+    pub size_bytes: u64,
+    pub flags: ActivationFlags,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptError {
+    /// No keyslot accepts the key. Kept apart so callers can tell it from a broken device.
+    #[error("the key does not open any keyslot of {0}")]
+    WrongKey(String),
+    #[error("{op} {target}: {message}")]
+    Failed { op: &'static str, target: String, message: String },
+}
+
+pub trait CryptBackend: Send + Sync + 'static {
+    fn is_luks(&self, device: &Path) -> Result<bool, CryptError>;
+    /// Formats LUKS2 with a random volume key and one keyslot for `passphrase`; returns the keyslot.
+    fn format(&self, device: &Path, params: &FormatParams, passphrase: &[u8]) -> Result<u32, CryptError>;
+    /// Checks `passphrase` without activating; returns the keyslot it opens.
+    fn verify(&self, device: &Path, passphrase: &[u8]) -> Result<u32, CryptError>;
+    fn activate(&self, device: &Path, name: &str, passphrase: &[u8], flags: ActivationFlags) -> Result<(), CryptError>;
+    fn deactivate(&self, name: &str) -> Result<(), CryptError>;
+    /// `None` when `/dev/mapper/<name>` is not active.
+    fn active(&self, name: &str) -> Result<Option<ActiveInfo>, CryptError>;
+    /// Grows the active mapping to the whole (grown) device.
+    fn resize(&self, device: &Path, name: &str, passphrase: &[u8]) -> Result<(), CryptError>;
+    /// Adds a keyslot for `new` (unlocked by `old`) with `pbkdf`; returns its number.
+    fn add_keyslot(&self, device: &Path, old: &[u8], new: &[u8], pbkdf: &PbkdfParams) -> Result<u32, CryptError>;
+    fn destroy_keyslot(&self, device: &Path, slot: u32) -> Result<(), CryptError>;
+    /// Destroys every keyslot: nothing opens the volume afterwards.
+    fn erase_keyslots(&self, device: &Path) -> Result<(), CryptError>;
+    fn header_info(&self, device: &Path) -> Result<HeaderInfo, CryptError>;
+    /// Writes the header to `file`, which must not exist.
+    fn header_backup(&self, device: &Path, file: &Path) -> Result<(), CryptError>;
+    fn header_restore(&self, device: &Path, file: &Path) -> Result<(), CryptError>;
+}

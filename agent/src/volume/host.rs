@@ -1,0 +1,56 @@
+//! Host plumbing under a volume, behind a trait: backing files and loop devices, filesystems,
+//! mounts, ownership. Real: [`super::system_host::SystemHost`]; in memory: [`super::sim::SimHost`].
+//! Calls block: callers run them in `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use crate::instances::Filesystem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{command} failed ({status}): {stderr}")]
+    Command { command: String, status: String, stderr: String },
+    #[error("OS user {0:?} does not exist on this host; create it before the volume")]
+    NoUser(String),
+}
+
+impl HostError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        HostError::Io { context: context.into(), source }
+    }
+}
+
+/// Filesystem usage of a mounted volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsUsage {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+}
+
+pub trait HostOps: Send + Sync + 'static {
+    /// Creates a sparse file of `size` bytes; an existing file is truncated to `size` only if larger
+    /// is asked (files never shrink here).
+    fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError>;
+    fn remove_file(&self, path: &Path) -> Result<(), HostError>;
+    /// The loop device backed by `file`, attached now if it was not.
+    fn attach_loop(&self, file: &Path) -> Result<PathBuf, HostError>;
+    fn find_loop(&self, file: &Path) -> Result<Option<PathBuf>, HostError>;
+    fn detach_loop(&self, device: &Path) -> Result<(), HostError>;
+    /// Makes the loop device see its file's new size.
+    fn refresh_loop(&self, device: &Path) -> Result<(), HostError>;
+    fn device_size(&self, device: &Path) -> Result<u64, HostError>;
+    /// A filesystem or other signature found on `device` ("ext4", "xfs", "crypto_LUKS", ...).
+    fn signature(&self, device: &Path) -> Result<Option<String>, HostError>;
+    fn mkfs(&self, device: &Path, fs: Filesystem, label: &str) -> Result<(), HostError>;
+    /// Grows the mounted filesystem to its device.
+    fn grow_fs(&self, device: &Path, mountpoint: &Path, fs: Filesystem) -> Result<(), HostError>;
+    fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError>;
+    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// The device mounted at `target`, if any.
+    fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError>;
+    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError>;
+    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError>;
+    fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError>;
+}

@@ -1,0 +1,76 @@
+//! Volume work as operations: kinds `volume.create`, `volume.open`, ..., exclusive per instance.
+//! Parameters and results never carry keys.
+
+use serde_json::json;
+
+use super::{VolumeError, Volumes};
+use crate::ops::engine::JobFn;
+use crate::ops::{ErrorCode, NewOperation, OpError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeAction {
+    Create { force: bool },
+    Open,
+    Close,
+    Grow { new_size_bytes: u64 },
+    RotateKey,
+    BackupHeader,
+    Destroy,
+}
+
+impl VolumeAction {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VolumeAction::Create { .. } => "volume.create",
+            VolumeAction::Open => "volume.open",
+            VolumeAction::Close => "volume.close",
+            VolumeAction::Grow { .. } => "volume.grow",
+            VolumeAction::RotateKey => "volume.rotate_key",
+            VolumeAction::BackupHeader => "volume.backup_header",
+            VolumeAction::Destroy => "volume.destroy",
+        }
+    }
+
+    fn params(&self) -> serde_json::Value {
+        match self {
+            VolumeAction::Create { force } => json!({ "force": force }),
+            VolumeAction::Grow { new_size_bytes } => json!({ "new_size_bytes": new_size_bytes }),
+            _ => json!({}),
+        }
+    }
+}
+
+pub fn new_operation(request_id: String, instance: &str, action: &VolumeAction) -> NewOperation {
+    NewOperation { request_id, kind: action.kind(), target: instance.to_owned(), params: action.params(), exclusive: true }
+}
+
+pub fn op_error(e: &VolumeError) -> OpError {
+    OpError { code: e.code(), message: e.to_string() }
+}
+
+/// Volume steps are not cancelled halfway: stopping inside a header change is worse than finishing
+/// it. A cancel before the job starts is honoured.
+pub fn job(volumes: Volumes, instance: String, action: VolumeAction) -> JobFn {
+    Box::new(move |ctx| {
+        Box::pin(async move {
+            if ctx.cancel.is_cancelled() {
+                return Err(OpError { code: ErrorCode::Cancelled, message: "cancelled before it started".into() });
+            }
+            let id = instance.as_str();
+            let result = match action {
+                VolumeAction::Create { force } => volumes.create(id, force).await.map(|d| json!({ "outcome": d })),
+                VolumeAction::Open => volumes.open(id).await.map(|d| json!({ "outcome": d })),
+                VolumeAction::Close => volumes.close(id).await.map(|d| json!({ "outcome": d })),
+                VolumeAction::Grow { new_size_bytes } => {
+                    volumes.grow(id, new_size_bytes).await.map(|d| json!({ "outcome": d, "size_bytes": new_size_bytes }))
+                }
+                VolumeAction::RotateKey => volumes.rotate_key(id).await.map(|d| json!({ "outcome": d })),
+                VolumeAction::BackupHeader => {
+                    volumes.backup_header(id).await.map(|p| json!({ "outcome": "backed_up", "path": p.display().to_string() }))
+                }
+                VolumeAction::Destroy => volumes.destroy(id, id).await.map(|d| json!({ "outcome": d })),
+            };
+            result.map(Some).map_err(|e| op_error(&e))
+        })
+    })
+}

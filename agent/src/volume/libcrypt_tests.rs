@@ -1,0 +1,107 @@
+//! The real libcryptsetup on plain files (no device-mapper needed): format, keyslot verification,
+//! rotation, header backup and restore. Activation needs dm-crypt and is tested in the VM.
+
+use super::*;
+use std::time::Instant;
+
+fn cheap() -> PbkdfParams {
+    PbkdfParams { kind: PbkdfKind::Pbkdf2, time_ms: 100, iterations: 1000, memory_kib: 32, parallel: 1 }
+}
+
+fn params(key_bits: u32, pbkdf: PbkdfParams) -> FormatParams {
+    FormatParams { key_bits, sector_size: 0, pbkdf, label: "dbagent-test".into() }
+}
+
+fn image(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p).unwrap().set_len(32 << 20).unwrap();
+    p
+}
+
+const KEY_A: &[u8] = &[0x5a; 32];
+const KEY_B: &[u8] = &[0xc3; 32];
+
+#[test]
+fn format_verify_rotate_and_restore_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "v.img");
+    let c = LibCrypt;
+    assert!(!c.is_luks(&img).unwrap());
+    let slot = c.format(&img, &params(256, cheap()), KEY_A).unwrap();
+    assert!(c.is_luks(&img).unwrap());
+    let info = c.header_info(&img).unwrap();
+    assert_eq!(info.cipher, "aes-xts-plain64");
+    assert_eq!(info.key_bits, 256);
+    assert_eq!(info.active_keyslots, vec![slot]);
+    assert!(info.data_offset_bytes > 0);
+
+    assert_eq!(c.verify(&img, KEY_A).unwrap(), slot);
+    assert!(matches!(c.verify(&img, KEY_B), Err(CryptError::WrongKey(_))), "a wrong key is refused");
+
+    let before = dir.path().join("before.luks");
+    c.header_backup(&img, &before).unwrap();
+    assert!(c.header_backup(&img, &before).is_err(), "a backup never overwrites a file");
+
+    // Rotate: new keyslot for B, old one destroyed; A no longer opens.
+    let new_slot = c.add_keyslot(&img, KEY_A, KEY_B, &cheap()).unwrap();
+    c.destroy_keyslot(&img, slot).unwrap();
+    assert_eq!(c.verify(&img, KEY_B).unwrap(), new_slot);
+    assert!(matches!(c.verify(&img, KEY_A), Err(CryptError::WrongKey(_))));
+    assert!(matches!(c.add_keyslot(&img, KEY_A, KEY_B, &cheap()), Err(CryptError::WrongKey(_))));
+
+    // Restoring the old header brings the old keyslot back (which is why backups are key material).
+    c.header_restore(&img, &before).unwrap();
+    assert!(c.verify(&img, KEY_A).is_ok());
+    assert!(matches!(c.verify(&img, KEY_B), Err(CryptError::WrongKey(_))));
+
+    c.erase_keyslots(&img).unwrap();
+    assert!(matches!(c.verify(&img, KEY_A), Err(CryptError::WrongKey(_))), "destroyed: nothing opens");
+    assert!(c.header_info(&img).unwrap().active_keyslots.is_empty());
+
+    // The key bytes are nowhere in the image or the backup.
+    for file in [&img, &before] {
+        let bytes = std::fs::read(file).unwrap();
+        for key in [KEY_A, KEY_B] {
+            assert!(!bytes.windows(key.len()).any(|w| w == key), "{} holds key bytes", file.display());
+        }
+    }
+}
+
+#[test]
+fn key_of_512_bits_and_cheap_argon2id() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "v.img");
+    let argon = PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 100, iterations: 4, memory_kib: 32 * 1024, parallel: 1 };
+    LibCrypt.format(&img, &params(512, argon), KEY_A).unwrap();
+    assert_eq!(LibCrypt.header_info(&img).unwrap().key_bits, 512);
+    assert!(LibCrypt.verify(&img, KEY_A).is_ok());
+    assert!(LibCrypt.verify(&img, KEY_B).is_err());
+}
+
+#[test]
+fn header_work_on_a_missing_file_fails_cleanly() {
+    let e = LibCrypt.verify(Path::new("/nonexistent/dbagent.img"), KEY_A).unwrap_err();
+    assert!(matches!(e, CryptError::Failed { .. }), "{e}");
+    assert!(!e.to_string().contains("5a5a"), "{e}");
+}
+
+/// `cargo test -p dbagent --lib bench_header_work -- --ignored --nocapture`: the numbers in
+/// docs/benchmarks.md (Volumes).
+#[test]
+#[ignore = "benchmark: production argon2id costs seconds and 1 GiB per keyslot"]
+fn bench_header_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let prod = PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 2000, iterations: 0, memory_kib: 1024 * 1024, parallel: 4 };
+    for (name, pbkdf) in [("pbkdf2 (1000 iterations, tests)", cheap()), ("argon2id (2000 ms, 1 GiB, 4 threads; production)", prod)] {
+        for bits in [256, 512] {
+            let img = image(dir.path(), &format!("b{bits}-{}.img", pbkdf.iterations));
+            let t = Instant::now();
+            LibCrypt.format(&img, &params(bits, pbkdf.clone()), KEY_A).unwrap();
+            let format = t.elapsed();
+            let t = Instant::now();
+            LibCrypt.verify(&img, KEY_A).unwrap();
+            let open = t.elapsed();
+            println!("BENCH {name}, {bits}-bit key: format+keyslot {format:?}, unlock {open:?}");
+        }
+    }
+}

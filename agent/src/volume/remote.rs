@@ -1,0 +1,84 @@
+//! The `remote` key provider: a client of `dbagent.v1.KeyService`, which the orchestrator serves,
+//! over mutual TLS. The orchestrator owns the keys' lifecycle; this client only asks for them.
+
+use dbagent_proto::v1 as pb;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use zeroize::Zeroizing;
+
+use super::key::{KeyError, KeyProvider, VolumeKey};
+use crate::config::RemoteKeysConfig;
+
+pub struct RemoteKeys {
+    client: pb::key_service_client::KeyServiceClient<Channel>,
+    host: String,
+}
+
+impl RemoteKeys {
+    /// Reads the TLS files and prepares a lazily connecting channel: the KeyService being down at
+    /// start-up is reported per volume, not as a failed agent start.
+    pub fn connect(config: &RemoteKeysConfig, host: String) -> Result<Self, KeyError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| KeyError::Io { context: format!("read {}", p.display()), source })
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&config.ca)?))
+            .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?));
+        if !config.server_name.is_empty() {
+            tls = tls.domain_name(config.server_name.clone());
+        }
+        let bad = |e: tonic::transport::Error| KeyError::Unavailable(format!("KeyService endpoint {}: {e}", config.endpoint));
+        let channel = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(bad)?
+            .tls_config(tls)
+            .map_err(bad)?
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .connect_timeout(Duration::from_secs(config.timeout_secs))
+            .connect_lazy();
+        Ok(Self { client: pb::key_service_client::KeyServiceClient::new(channel), host })
+    }
+}
+
+#[tonic::async_trait]
+impl KeyProvider for RemoteKeys {
+    fn name(&self) -> &'static str {
+        "remote"
+    }
+
+    async fn key(&self, instance: &str, version: u32, create: bool, bits: u32) -> Result<VolumeKey, KeyError> {
+        let request = pb::GetInstanceKeyRequest {
+            host: self.host.clone(),
+            instance_id: instance.to_owned(),
+            key_bits: bits,
+            create,
+            key_version: version,
+        };
+        let reply = match self.client.clone().get_instance_key(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                return Err(KeyError::Missing { provider: "remote", instance: instance.to_owned(), version });
+            }
+            // The status message is the server's; it never carries key bytes.
+            Err(s) => return Err(KeyError::Unavailable(format!("KeyService GetInstanceKey: {:?}: {}", s.code(), s.message()))),
+        };
+        let key = Zeroizing::new(reply.key);
+        if reply.instance_id != instance || reply.key_version != version || key.len() * 8 != bits as usize {
+            return Err(KeyError::Unavailable(format!(
+                "KeyService answered for instance {:?} version {} with {} bits; asked for {instance} version {version} with {bits} bits",
+                reply.instance_id,
+                reply.key_version,
+                key.len() * 8
+            )));
+        }
+        Ok(VolumeKey::new(key))
+    }
+
+    async fn forget(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError> {
+        tracing::debug!(instance, ?keep, "remote key provider: the orchestrator retires old key versions");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "remote_tests.rs"]
+mod tests;

@@ -1,0 +1,82 @@
+//! The client against an in-process KeyService on 127.0.0.1 with mutual TLS (dev PKI).
+
+use super::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct FakeKeyService {
+    keys: Mutex<HashMap<(String, u32), Vec<u8>>>,
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for FakeKeyService {
+    async fn get_instance_key(&self, req: Request<pb::GetInstanceKeyRequest>) -> Result<Response<pb::InstanceKey>, Status> {
+        assert!(req.peer_certs().is_some_and(|c| !c.is_empty()), "the client presented no certificate");
+        let r = req.into_inner();
+        let mut keys = self.keys.lock().unwrap();
+        let entry = (r.instance_id.clone(), r.key_version);
+        let key = match keys.get(&entry) {
+            Some(k) => k.clone(),
+            None if r.create => {
+                let k = vec![r.key_version as u8; (r.key_bits / 8) as usize];
+                keys.insert(entry, k.clone());
+                k
+            }
+            None => return Err(Status::not_found("no such key")),
+        };
+        Ok(Response::new(pb::InstanceKey { instance_id: r.instance_id, key_version: r.key_version, key }))
+    }
+    async fn wrap_key(&self, _: Request<pb::WrapKeyRequest>) -> Result<Response<pb::WrappedKey>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+    async fn unwrap_key(&self, _: Request<pb::UnwrapKeyRequest>) -> Result<Response<pb::UnwrappedKey>, Status> {
+        Err(Status::unimplemented("not used"))
+    }
+}
+
+#[tokio::test]
+async fn gets_and_creates_keys_over_mtls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    crate::tls::devpki::ensure(&tls).unwrap();
+    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.crt"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.crt")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        Server::builder()
+            .tls_config(server_tls)
+            .unwrap()
+            .add_service(pb::key_service_server::KeyServiceServer::new(FakeKeyService::default()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let config = RemoteKeysConfig {
+        endpoint: format!("https://127.0.0.1:{}", addr.port()),
+        ca: tls.join("ca.crt"),
+        cert: tls.join("orchestrator.crt"),
+        key: tls.join("orchestrator.key"),
+        server_name: "localhost".into(),
+        timeout_secs: 5,
+    };
+    let keys = RemoteKeys::connect(&config, "host-a".into()).unwrap();
+    let e = keys.key("pg-1", 1, false, 256).await.unwrap_err();
+    assert!(matches!(e, KeyError::Missing { .. }), "{e}");
+    let k = keys.key("pg-1", 1, true, 256).await.unwrap();
+    assert_eq!(k.as_bytes(), &[1u8; 32]);
+    assert_eq!(keys.key("pg-1", 1, false, 256).await.unwrap().as_bytes(), k.as_bytes());
+    let e = keys.key("pg-1", 1, false, 512).await.unwrap_err();
+    assert!(e.to_string().contains("512"), "a key of the wrong size is refused: {e}");
+
+    // Without a client certificate the server refuses the connection.
+    let no_client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.crt"))).domain_name("localhost");
+    let channel = Endpoint::from_shared(config.endpoint.clone()).unwrap().tls_config(no_client).unwrap().connect_lazy();
+    let anonymous = RemoteKeys { client: pb::key_service_client::KeyServiceClient::new(channel), host: "x".into() };
+    assert!(matches!(anonymous.key("pg-1", 1, false, 256).await.unwrap_err(), KeyError::Unavailable(_)));
+    server.abort();
+}

@@ -1,0 +1,232 @@
+//! [`HostOps`] on the real host. Loop devices are handled with `losetup` (util-linux) rather than
+//! the loop ioctls: the workspace forbids `unsafe`, which every ioctl wrapper needs, and losetup
+//! already retries the LOOP_CTL_GET_FREE / LOOP_SET_FD race between concurrent attachers.
+//! mkfs and filesystem growth are commands too; mounts go through mount(2) via nix.
+
+use nix::mount::{MntFlags, MsFlags};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::host::{FsUsage, HostError, HostOps};
+use crate::instances::Filesystem;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemHost;
+
+fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, HostError> {
+    let shown = format!(
+        "{program} {}",
+        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+    );
+    let out = Command::new(program).args(args).output().map_err(|e| HostError::io(format!("run {shown}"), e))?;
+    if !out.status.success() {
+        return Err(HostError::Command {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Signatures we refuse to overwrite without `force`, by (offset, magic).
+const SIGNATURES: &[(&str, u64, &[u8])] = &[
+    ("crypto_LUKS", 0, b"LUKS\xba\xbe"),
+    ("crypto_LUKS", 0, b"SKUL\xba\xbe"),
+    ("xfs", 0, b"XFSB"),
+    ("ext4", 1080, &[0x53, 0xEF]),
+    ("swap", 4086, b"SWAPSPACE2"),
+    ("swap", 4086, b"SWAP-SPACE"),
+    ("btrfs", 65600, b"_BHRfS_M"),
+];
+
+/// Reads `/proc/self/mountinfo` and returns the source of the mount at `target`.
+fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
+    let target = target.to_string_lossy();
+    let mut found = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+        if fields.len() > 4 && unescape(fields[4]) == target && fields.len() > dash + 2 {
+            // The last mount on a path is the visible one.
+            found = Some(PathBuf::from(unescape(fields[dash + 2])));
+        }
+    }
+    Ok(found)
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+impl HostOps for SystemHost {
+    fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError> {
+        if let Some(dir) = path.parent() {
+            crate::fsutil::ensure_private_dir(dir).map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| HostError::io(format!("create {}", path.display()), e))?;
+        let current = f.metadata().map_err(|e| HostError::io(format!("stat {}", path.display()), e))?.len();
+        if size > current {
+            f.set_len(size).map_err(|e| HostError::io(format!("grow {} to {size} bytes", path.display()), e))?;
+        }
+        f.sync_all().map_err(|e| HostError::io(format!("sync {}", path.display()), e))
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        crate::fsutil::remove_durable(path).map_err(|e| HostError::io(format!("remove {}", path.display()), e))
+    }
+
+    fn attach_loop(&self, file: &Path) -> Result<PathBuf, HostError> {
+        if let Some(dev) = self.find_loop(file)? {
+            return Ok(dev);
+        }
+        run("losetup", &[os("--find"), os("--show"), os("--nooverlap"), file.as_os_str()]).map(PathBuf::from)
+    }
+
+    fn find_loop(&self, file: &Path) -> Result<Option<PathBuf>, HostError> {
+        let file = std::fs::canonicalize(file).map_err(|e| HostError::io(format!("resolve {}", file.display()), e))?;
+        let Ok(entries) = std::fs::read_dir("/sys/block") else { return Ok(None) };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file")) else { continue };
+            if Path::new(backing.trim_end()) == file {
+                return Ok(Some(PathBuf::from("/dev").join(name)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn detach_loop(&self, device: &Path) -> Result<(), HostError> {
+        run("losetup", &[os("--detach"), device.as_os_str()]).map(drop)
+    }
+
+    fn refresh_loop(&self, device: &Path) -> Result<(), HostError> {
+        run("losetup", &[os("--set-capacity"), device.as_os_str()]).map(drop)
+    }
+
+    fn device_size(&self, device: &Path) -> Result<u64, HostError> {
+        let mut f = File::open(device).map_err(|e| HostError::io(format!("open {}", device.display()), e))?;
+        f.seek(SeekFrom::End(0)).map_err(|e| HostError::io(format!("size of {}", device.display()), e))
+    }
+
+    fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {
+        let mut head = Vec::with_capacity(65_608);
+        File::open(device)
+            .and_then(|f| f.take(65_608).read_to_end(&mut head))
+            .map_err(|e| HostError::io(format!("read {}", device.display()), e))?;
+        for (name, offset, magic) in SIGNATURES {
+            let at = *offset as usize;
+            if head.get(at..at + magic.len()) == Some(*magic) {
+                return Ok(Some((*name).to_owned()));
+            }
+        }
+        // blkid knows many more (LVM, RAID members, partition tables); exit 2 means "nothing found".
+        match Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(device).output() {
+            Ok(out) if out.status.success() => {
+                let kind = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                Ok((!kind.is_empty()).then_some(kind))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn mkfs(&self, device: &Path, fs: Filesystem, label: &str) -> Result<(), HostError> {
+        match fs {
+            Filesystem::Ext4 => run("mkfs.ext4", &[os("-q"), os("-F"), os("-L"), os(label), device.as_os_str()]),
+            Filesystem::Xfs => run("mkfs.xfs", &[os("-q"), os("-f"), os("-L"), os(label), device.as_os_str()]),
+        }
+        .map(drop)
+    }
+
+    fn grow_fs(&self, device: &Path, mountpoint: &Path, fs: Filesystem) -> Result<(), HostError> {
+        match fs {
+            Filesystem::Ext4 => run("resize2fs", &[device.as_os_str()]),
+            Filesystem::Xfs => run("xfs_growfs", &[mountpoint.as_os_str()]),
+        }
+        .map(drop)
+    }
+
+    fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError> {
+        let fstype = match fs {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        };
+        nix::mount::mount(Some(device), target, Some(fstype), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
+            .map_err(|e| HostError::io(format!("mount {} on {}", device.display(), target.display()), e.into()))
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        nix::mount::umount2(target, MntFlags::empty())
+            .map_err(|e| HostError::io(format!("unmount {} (is the database still running?)", target.display()), e.into()))
+    }
+
+    fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
+        mountinfo_source(target)
+    }
+
+    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError> {
+        std::fs::create_dir_all(dir).map_err(|e| HostError::io(format!("create {}", dir.display()), e))
+    }
+
+    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
+        let found = nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
+        let user_entry = found.ok_or_else(|| HostError::NoUser(user.to_owned()))?;
+        nix::unistd::chown(path, Some(user_entry.uid), Some(user_entry.gid))
+            .map_err(|e| HostError::io(format!("chown {} to {user}", path.display()), e.into()))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| HostError::io(format!("chmod 700 {}", path.display()), e))
+    }
+
+    fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError> {
+        let st = nix::sys::statvfs::statvfs(mountpoint).map_err(|e| HostError::io(format!("statvfs {}", mountpoint.display()), e.into()))?;
+        let frag = st.fragment_size();
+        Ok(FsUsage {
+            size_bytes: st.blocks() * frag,
+            used_bytes: (st.blocks() - st.blocks_free()) * frag,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_signatures_and_sparse_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.img");
+        SystemHost.ensure_sparse_file(&f, 1 << 20).unwrap();
+        assert_eq!(SystemHost.device_size(&f).unwrap(), 1 << 20);
+        assert_eq!(SystemHost.signature(&f).unwrap(), None);
+        let mut bytes = std::fs::read(&f).unwrap();
+        bytes[1080] = 0x53;
+        bytes[1081] = 0xEF;
+        std::fs::write(&f, &bytes).unwrap();
+        assert_eq!(SystemHost.signature(&f).unwrap().as_deref(), Some("ext4"));
+        SystemHost.ensure_sparse_file(&f, 1 << 10).unwrap();
+        assert_eq!(SystemHost.device_size(&f).unwrap(), 1 << 20, "never shrinks");
+    }
+
+    #[test]
+    fn mountinfo_finds_root() {
+        assert!(mountinfo_source(Path::new("/")).unwrap().is_some());
+        assert!(mountinfo_source(Path::new("/no/such/mount")).unwrap().is_none());
+    }
+}
