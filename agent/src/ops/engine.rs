@@ -59,6 +59,16 @@ impl JobContext {
 struct Slot {
     tx: watch::Sender<OperationRecord>,
     cancel: CancellationToken,
+    /// Orders the journal writes of one operation: without it a cancel request and a state change
+    /// could race on the same file and an older state could land last.
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn new(record: OperationRecord, cancel: CancellationToken) -> Arc<Self> {
+        let (tx, _) = watch::channel(record);
+        Arc::new(Slot { tx, cancel, write: tokio::sync::Mutex::new(()) })
+    }
 }
 
 #[derive(Default)]
@@ -110,8 +120,7 @@ impl Engine {
                 interrupted.push(record.clone());
             }
             table.by_request.insert(record.request_id.clone(), record.id.clone());
-            let (tx, _) = watch::channel(record.clone());
-            table.slots.insert(record.id.clone(), Arc::new(Slot { tx, cancel: CancellationToken::new() }));
+            table.slots.insert(record.id.clone(), Slot::new(record, CancellationToken::new()));
         }
         let permits = Arc::new(Semaphore::new(settings.max_concurrent));
         let inner = Inner {
@@ -168,8 +177,7 @@ impl Engine {
             cancel_requested: false,
         };
         self.persist(record.clone()).await?;
-        let (tx, _) = watch::channel(record.clone());
-        let slot = Arc::new(Slot { tx, cancel: self.inner.root.child_token() });
+        let slot = Slot::new(record.clone(), self.inner.root.child_token());
         {
             let mut table = self.table();
             table.by_request.insert(record.request_id.clone(), record.id.clone());
@@ -244,6 +252,7 @@ impl Engine {
     /// Applies `change` to the journal first, then publishes it to watchers: nobody sees a state
     /// that a crash could take back. A failed journal write is logged; the operation goes on.
     async fn transition(&self, slot: &Slot, change: impl Fn(&mut OperationRecord)) {
+        let _write = slot.write.lock().await;
         let mut record = slot.tx.borrow().clone();
         change(&mut record);
         if let Err(e) = self.persist(record).await {
@@ -292,17 +301,19 @@ impl Engine {
     pub async fn cancel(&self, id: &str) -> Result<OperationRecord, OpsError> {
         ids::operation_id(id)?;
         let slot = self.table().slots.get(id).cloned().ok_or_else(|| OpsError::NotFound(id.to_owned()))?;
-        let record = slot.tx.borrow().clone();
-        if record.state == OpState::Cancelled || record.cancel_requested {
-            return Ok(record);
+        {
+            let _write = slot.write.lock().await;
+            let mut record = slot.tx.borrow().clone();
+            if record.state == OpState::Cancelled || record.cancel_requested {
+                return Ok(record);
+            }
+            if record.state.is_finished() {
+                return Err(OpsError::AlreadyFinished { id: id.to_owned(), state: record.state.as_str() });
+            }
+            record.cancel_requested = true;
+            self.persist(record).await?;
+            slot.tx.send_modify(|r| r.cancel_requested = true);
         }
-        if record.state.is_finished() {
-            return Err(OpsError::AlreadyFinished { id: id.to_owned(), state: record.state.as_str() });
-        }
-        let mut requested = slot.tx.borrow().clone();
-        requested.cancel_requested = true;
-        self.persist(requested).await?;
-        slot.tx.send_modify(|r| r.cancel_requested = true);
         slot.cancel.cancel();
         tracing::info!(op = id, "cancel requested");
         Ok(slot.tx.borrow().clone())
