@@ -3,9 +3,15 @@
 //! The binaries (`dbagent`, `dbagentctl`) are thin; everything lives in this library so it is tested
 //! without root and without a network.
 
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod ids;
 pub mod instances;
 pub mod locks;
+pub mod logging;
+pub mod notify;
 pub mod ops;
 pub mod timefmt;
+pub mod tls;

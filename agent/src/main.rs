@@ -1,1 +1,92 @@
-fn main() {}
+//! `dbagent`: the node agent daemon. Thin: arguments, configuration, logging, then `daemon::run`.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dbagent::config::{Config, DEFAULT_CONFIG_PATH};
+use dbagent::{daemon, logging};
+
+/// Node agent of a managed-database platform: encrypted volumes, metrics, logs, backups, upgrades,
+/// driven by the orchestrator over gRPC with mutual TLS.
+#[derive(Debug, Parser)]
+#[command(name = "dbagent", version)]
+struct Args {
+    /// Configuration file (TOML). See docs/configuration.md.
+    #[arg(long, env = "DBAGENT_CONFIG", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+
+    /// Development mode: embedded defaults, a generated development CA and client identities,
+    /// all state under --state-dir (default ./dbagent-dev), the test operation kind enabled.
+    #[arg(long)]
+    dev: bool,
+
+    /// Overrides `state_dir`.
+    #[arg(long, env = "DBAGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Overrides `api.listen`, e.g. 127.0.0.1:7443.
+    #[arg(long, env = "DBAGENT_LISTEN")]
+    listen: Option<SocketAddr>,
+
+    /// Validate the configuration, print the effective configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn load(args: &Args) -> Result<Config, String> {
+    let mut config = if args.dev {
+        let dir = args.state_dir.clone().unwrap_or_else(daemon::default_dev_state_dir);
+        let dir = if dir.is_absolute() { dir } else { std::env::current_dir().map_err(|e| e.to_string())?.join(dir) };
+        Config::dev(&dir, args.listen)
+    } else {
+        let path = args.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        Config::load(&path).map_err(|e| e.to_string())?
+    };
+    if let Some(dir) = &args.state_dir {
+        config.state_dir.clone_from(dir);
+    }
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    config.validate(std::path::Path::new("command line")).map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dbagent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        print!("{}", toml::to_string(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    // Keys pass through this process: no core dumps, no ptrace by other users.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("dbagent: prctl(PR_SET_DUMPABLE, 0): {e}");
+        return ExitCode::FAILURE;
+    }
+    logging::init(&config.logging);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dbagent: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, args.dev)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("dbagent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

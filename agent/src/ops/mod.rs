@@ -1,1 +1,36 @@
+//! The operations engine: long work as durable, idempotent, cancellable operations
+//! (design: API conventions).
+
+pub mod engine;
+pub mod journal;
 pub mod model;
+pub mod sleep;
+
+pub use engine::{Engine, JobContext, JobResult, NewOperation, OpsSettings, Outcome};
+pub use model::{ErrorCode, OpError, OpState, OperationRecord, Progress};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Invalid(#[from] crate::ids::InvalidField),
+    #[error("operation {0} does not exist (finished operations are kept for operations.retention_hours)")]
+    NotFound(String),
+    #[error("request_id {request_id:?} was already used for a different request (operation {existing}); choose a new request_id")]
+    RequestIdReused { request_id: String, existing: String },
+    #[error("operation {id} already finished ({state}); there is nothing to cancel")]
+    AlreadyFinished { id: String, state: &'static str },
+    #[error("the agent is shutting down; retry when it is back")]
+    ShuttingDown,
+    #[error("test operation kinds are disabled; set operations.enable_test_kinds = true or run with --dev")]
+    TestKindsDisabled,
+    #[error("{context}: {source}")]
+    Journal { context: String, source: std::io::Error },
+}
+
+impl OpsError {
+    pub(crate) fn journal(context: String, source: std::io::Error) -> Self {
+        OpsError::Journal { context, source }
+    }
+}

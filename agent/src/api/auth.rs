@@ -1,0 +1,218 @@
+//! Authorization in one place: every RPC path, the access it needs, and whether its capability is
+//! built yet. A tower layer checks each request against this table before any handler runs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::tls::peer::{PeerInfo, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Status, lists, metrics, logs: orchestrator and monitor.
+    Read,
+    /// Anything that changes the host: orchestrator only.
+    Write,
+}
+
+/// `None`: served. `Some(capability)`: answered UNIMPLEMENTED naming the capability.
+type Pending = Option<&'static str>;
+
+const fn r(path: &'static str) -> (&'static str, Access, Pending) {
+    (path, Access::Read, None)
+}
+const fn w(path: &'static str) -> (&'static str, Access, Pending) {
+    (path, Access::Write, None)
+}
+const fn later(rule: (&'static str, Access, Pending), capability: &'static str) -> (&'static str, Access, Pending) {
+    (rule.0, rule.1, Some(capability))
+}
+
+/// Every RPC the agent serves. A path missing here is refused, so a new RPC cannot slip in unguarded.
+pub const RULES: &[(&str, Access, Pending)] = &[
+    r("/grpc.health.v1.Health/Check"),
+    r("/grpc.health.v1.Health/Watch"),
+    r("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+    r("/dbagent.v1.Agent/GetInfo"),
+    r("/dbagent.v1.Agent/GetStatus"),
+    w("/dbagent.v1.Instances/RegisterInstance"),
+    w("/dbagent.v1.Instances/UpdateInstance"),
+    w("/dbagent.v1.Instances/RemoveInstance"),
+    r("/dbagent.v1.Instances/GetInstance"),
+    r("/dbagent.v1.Instances/ListInstances"),
+    r("/dbagent.v1.Operations/GetOperation"),
+    r("/dbagent.v1.Operations/ListOperations"),
+    r("/dbagent.v1.Operations/WatchOperation"),
+    w("/dbagent.v1.Operations/CancelOperation"),
+    w("/dbagent.v1.Operations/StartSleep"),
+    later(w("/dbagent.v1.Volumes/CreateVolume"), "volumes"),
+    later(w("/dbagent.v1.Volumes/OpenVolume"), "volumes"),
+    later(w("/dbagent.v1.Volumes/CloseVolume"), "volumes"),
+    later(w("/dbagent.v1.Volumes/GrowVolume"), "volumes"),
+    later(w("/dbagent.v1.Volumes/RotateVolumeKey"), "volumes"),
+    later(w("/dbagent.v1.Volumes/BackupVolumeHeader"), "volumes"),
+    later(r("/dbagent.v1.Volumes/GetVolume"), "volumes"),
+    later(r("/dbagent.v1.Volumes/ListVolumes"), "volumes"),
+    later(w("/dbagent.v1.Volumes/DestroyVolume"), "volumes"),
+    later(r("/dbagent.v1.Metrics/GetNodeMetrics"), "metrics"),
+    later(r("/dbagent.v1.Metrics/GetInstanceMetrics"), "metrics"),
+    later(r("/dbagent.v1.Metrics/StreamMetrics"), "metrics"),
+    later(r("/dbagent.v1.Logs/TailLogs"), "logs"),
+    later(r("/dbagent.v1.Logs/ListDrains"), "logs"),
+    later(w("/dbagent.v1.Logs/SetDrains"), "logs"),
+    later(r("/dbagent.v1.Logs/GetDrainStatus"), "logs"),
+    later(w("/dbagent.v1.Backups/StartBackup"), "backups"),
+    later(r("/dbagent.v1.Backups/ListBackups"), "backups"),
+    later(r("/dbagent.v1.Backups/GetBackup"), "backups"),
+    later(w("/dbagent.v1.Backups/DeleteBackup"), "backups"),
+    later(w("/dbagent.v1.Backups/VerifyBackup"), "backups"),
+    later(w("/dbagent.v1.Backups/RestoreBackup"), "backups"),
+    later(w("/dbagent.v1.Backups/RepairBackup"), "backups"),
+    later(w("/dbagent.v1.Backups/SetBackupPolicy"), "backups"),
+    later(w("/dbagent.v1.Upgrades/StartUpgrade"), "upgrades"),
+    later(w("/dbagent.v1.Upgrades/ChangePlan"), "plan changes"),
+    later(w("/dbagent.v1.Upgrades/SetMaintenanceWindow"), "maintenance windows"),
+    later(r("/dbagent.v1.Upgrades/GetAvailability"), "availability"),
+    later(w("/dbagent.v1.Upgrades/InstallCertificate"), "database TLS certificates"),
+];
+
+/// The authenticated caller, put into request extensions for handlers that report it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: String,
+    pub role: Role,
+}
+
+/// Decides one request. `Err` is the answer to send instead of calling the handler.
+pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::Status> {
+    let Some(peer) = peer else {
+        return Err(tonic::Status::unauthenticated("no verified client certificate on this connection"));
+    };
+    let Some(role) = peer.role else {
+        return Err(tonic::Status::permission_denied(format!(
+            "client certificate {:?} is not mapped to a role; add it to auth.orchestrators or auth.monitors in the agent config",
+            peer.identity
+        )));
+    };
+    let Some(&(_, access, pending)) = RULES.iter().find(|(p, _, _)| *p == path) else {
+        if path.starts_with("/dbagent.v1.KeyService/") {
+            return Err(tonic::Status::unimplemented("KeyService is served by the orchestrator, not by the agent"));
+        }
+        return Err(tonic::Status::unimplemented(format!("{path} is not an RPC of this agent")));
+    };
+    if access == Access::Write && role != Role::Orchestrator {
+        return Err(tonic::Status::permission_denied(format!(
+            "{path} changes the host; identity {:?} has the read-only {} role",
+            peer.identity,
+            role.as_str()
+        )));
+    }
+    if let Some(capability) = pending {
+        return Err(tonic::Status::unimplemented(format!(
+            "the {capability} capability is not implemented in dbagent {} yet",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    Ok(Caller { identity: peer.identity.clone(), role })
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthLayer;
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        match authorize(req.uri().path(), req.extensions().get::<PeerInfo>()) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                // The clone is the ready one's sibling: take the ready service, leave the clone.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { ready.call(req).await })
+            }
+            Err(status) => {
+                tracing::info!(path = req.uri().path(), "refused: {}", status.message());
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn peer(role: Option<Role>) -> PeerInfo {
+        PeerInfo { remote: None, identity: "x".into(), role }
+    }
+
+    /// Every RPC of every dbagent.v1 service the agent serves has exactly one rule.
+    #[test]
+    fn every_rpc_has_a_rule() {
+        let fds = prost_types::FileDescriptorSet::decode(dbagent_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut count = 0;
+        for file in &fds.file {
+            for service in &file.service {
+                let name = service.name();
+                if name == "KeyService" {
+                    continue;
+                }
+                for method in &service.method {
+                    let path = format!("/dbagent.v1.{name}/{}", method.name());
+                    assert_eq!(RULES.iter().filter(|(p, _, _)| *p == path).count(), 1, "{path}");
+                    count += 1;
+                }
+            }
+        }
+        assert_eq!(count + 3, RULES.len(), "rules for RPCs that do not exist");
+    }
+
+    #[test]
+    fn roles() {
+        let orch = peer(Some(Role::Orchestrator));
+        let mon = peer(Some(Role::Monitor));
+        assert!(authorize("/dbagent.v1.Instances/RegisterInstance", Some(&orch)).is_ok());
+        let e = authorize("/dbagent.v1.Instances/RegisterInstance", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(authorize("/dbagent.v1.Instances/ListInstances", Some(&mon)).is_ok());
+        let e = authorize("/dbagent.v1.Agent/GetStatus", Some(&peer(None))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = authorize("/dbagent.v1.Agent/GetStatus", None).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let e = authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("volumes"));
+        let e = authorize("/dbagent.v1.Volumes/CreateVolume", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
+        let e = authorize("/x.Y/Z", Some(&orch)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+    }
+}

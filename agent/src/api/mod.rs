@@ -1,0 +1,67 @@
+//! The gRPC API: one file per service, handlers of a few lines over the domain library.
+//! Authorization happens before any handler, in `auth`.
+
+pub mod agent;
+pub mod auth;
+pub mod convert;
+pub mod instances;
+pub mod operations;
+pub mod status;
+
+use dbagent_proto::v1 as pb;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::instances::registry::Registry;
+use crate::ops::Engine;
+use crate::tls::listener::TlsConn;
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Arc<Registry>,
+    pub engine: Engine,
+    pub started: SystemTime,
+    pub hostname: String,
+    pub config_digest: String,
+    pub dev_mode: bool,
+    pub test_kinds: bool,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serve the API: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves every service on `incoming` until `shutdown`, then lets in-flight RPCs finish.
+pub async fn serve(
+    state: ApiState,
+    incoming: ReceiverStream<Result<TlsConn, std::io::Error>>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<pb::agent_server::AgentServer<agent::AgentApi>>().await;
+    health.set_serving::<pb::instances_server::InstancesServer<instances::InstancesApi>>().await;
+    health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(auth::AuthLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
+        .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
+        .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

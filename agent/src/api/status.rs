@@ -1,0 +1,52 @@
+//! The one place where domain errors become gRPC statuses. Messages are the domain's own: they say
+//! what was wrong and what to do. Handlers just use `?`.
+
+use tonic::{Code, Status};
+
+use crate::ids::InvalidField;
+use crate::instances::registry::RegistryError;
+use crate::ops::OpsError;
+
+fn status(code: Code, e: &dyn std::error::Error) -> Status {
+    // Client mistakes are the client's to read; only our own failures go to the agent's log.
+    if code == Code::Internal {
+        tracing::error!("{e:#}");
+    }
+    Status::new(code, e.to_string())
+}
+
+impl From<InvalidField> for Status {
+    fn from(e: InvalidField) -> Self {
+        status(Code::InvalidArgument, &e)
+    }
+}
+
+impl From<OpsError> for Status {
+    fn from(e: OpsError) -> Self {
+        let code = match &e {
+            OpsError::Invalid(_) => Code::InvalidArgument,
+            OpsError::NotFound(_) => Code::NotFound,
+            OpsError::RequestIdReused { .. } => Code::AlreadyExists,
+            OpsError::AlreadyFinished { .. } | OpsError::TestKindsDisabled => Code::FailedPrecondition,
+            OpsError::ShuttingDown => Code::Unavailable,
+            OpsError::Journal { .. } => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Self {
+        let code = match &e {
+            RegistryError::Invalid(_) => Code::InvalidArgument,
+            RegistryError::NotFound(_) => Code::NotFound,
+            RegistryError::AlreadyExists(_) => Code::AlreadyExists,
+            RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RegistryError::Conflict(_) | RegistryError::Busy(_) => Code::Aborted,
+            RegistryError::Io { .. } | RegistryError::Corrupt { .. } => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+pub type ApiResult<T> = Result<tonic::Response<T>, Status>;

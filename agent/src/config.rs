@@ -1,0 +1,341 @@
+//! Agent configuration: TOML, every key optional with an explicit default, unknown keys refused.
+//! `docs/configuration.md` documents every key; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/dbagent/agent.toml";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the agent keeps its journal, registry and keystore.
+    pub state_dir: PathBuf,
+    pub api: ApiConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub operations: OperationsConfig,
+    pub instances: InstancesConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// mTLS gRPC listener. Loopback by default: production configs name the orchestrator-facing address.
+    pub listen: SocketAddr,
+    /// Connections above this are closed right after accept.
+    pub max_connections: u32,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    pub handshake_timeout_secs: u64,
+    /// On SIGTERM, in-flight RPCs and operations get this long before the agent exits anyway.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: PathBuf,
+    /// PEM CRLs of the client CA; re-read with the certificates on SIGHUP.
+    pub crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Client certificate names (CN or DNS SAN) with full access.
+    pub orchestrators: Vec<String>,
+    /// Client certificate names with read-only access.
+    pub monitors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperationsConfig {
+    /// Operations running at once, across all instances.
+    pub max_concurrent: u32,
+    /// Finished operation records (and so their request_ids) are kept this long.
+    pub retention_hours: u64,
+    /// At most this many finished records are kept; the oldest go first.
+    pub max_finished: usize,
+    /// Enables the test-only `sleep` operation kind (always on in dev mode).
+    pub enable_test_kinds: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstancesConfig {
+    /// Instance data directories must lie under one of these.
+    pub data_roots: Vec<PathBuf>,
+    /// Block devices given for volumes must start with one of these.
+    pub device_prefixes: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A tracing filter: "info", "dbagent=debug,info", ...
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/dbagent"),
+            api: ApiConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            operations: OperationsConfig::default(),
+            instances: InstancesConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            max_connections: 4096,
+            handshake_timeout_secs: 10,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::from("/etc/dbagent/tls/server.crt"),
+            key: PathBuf::from("/etc/dbagent/tls/server.key"),
+            client_ca: PathBuf::from("/etc/dbagent/tls/client-ca.crt"),
+            crls: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { orchestrators: vec!["orchestrator".into()], monitors: vec!["monitor".into()] }
+    }
+}
+
+impl Default for OperationsConfig {
+    fn default() -> Self {
+        Self { max_concurrent: 4, retention_hours: 168, max_finished: 2000, enable_test_kinds: false }
+    }
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        Self {
+            data_roots: ["/var/lib/postgresql", "/var/lib/mysql", "/var/lib/redis", "/srv/dbagent"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            device_prefixes: ["/dev/disk/by-id/", "/dev/disk/by-path/", "/dev/vd", "/dev/nvme", "/dev/sd", "/dev/xvd"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` only names the source in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// The embedded development defaults: everything under `state_dir`, PKI generated there.
+    pub fn dev(state_dir: &Path, listen: Option<SocketAddr>) -> Self {
+        let tls = state_dir.join("tls");
+        let mut config = Config { state_dir: state_dir.to_path_buf(), ..Config::default() };
+        if let Some(listen) = listen {
+            config.api.listen = listen;
+        }
+        config.tls = TlsConfig {
+            cert: tls.join("server.crt"),
+            key: tls.join("server.key"),
+            client_ca: tls.join("ca.crt"),
+            crls: Vec::new(),
+        };
+        config.operations.enable_test_kinds = true;
+        config.instances.data_roots = vec![state_dir.join("data")];
+        config.api.shutdown_grace_secs = 5;
+        config
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
+        if !self.state_dir.is_absolute() {
+            return invalid("state_dir", format!("{:?} must be an absolute path", self.state_dir));
+        }
+        if self.api.max_connections == 0 || self.api.max_connections > 1_000_000 {
+            return invalid("api.max_connections", "must be between 1 and 1000000".into());
+        }
+        if !(1..=300).contains(&self.api.handshake_timeout_secs) {
+            return invalid("api.handshake_timeout_secs", "must be between 1 and 300 seconds".into());
+        }
+        if !(1..=3600).contains(&self.api.shutdown_grace_secs) {
+            return invalid("api.shutdown_grace_secs", "must be between 1 and 3600 seconds".into());
+        }
+        for (key, p) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key), ("tls.client_ca", &self.tls.client_ca)] {
+            if p.as_os_str().is_empty() {
+                return invalid(key, "is required".into());
+            }
+        }
+        if self.auth.orchestrators.is_empty() {
+            return invalid("auth.orchestrators", "needs at least one certificate name, or nothing could change the agent".into());
+        }
+        for name in self.auth.orchestrators.iter().chain(&self.auth.monitors) {
+            if name.trim().is_empty() || name.len() > 255 {
+                return invalid("auth", format!("certificate name {name:?} must be 1 to 255 characters"));
+            }
+        }
+        if let Some(both) = self.auth.orchestrators.iter().find(|n| self.auth.monitors.contains(n)) {
+            return invalid("auth.monitors", format!("{both:?} is also listed in auth.orchestrators; give each name one role"));
+        }
+        if !(1..=256).contains(&self.operations.max_concurrent) {
+            return invalid("operations.max_concurrent", "must be between 1 and 256".into());
+        }
+        if !(1..=24 * 365).contains(&self.operations.retention_hours) {
+            return invalid("operations.retention_hours", "must be between 1 and 8760 hours".into());
+        }
+        if !(10..=1_000_000).contains(&self.operations.max_finished) {
+            return invalid("operations.max_finished", "must be between 10 and 1000000".into());
+        }
+        if self.instances.data_roots.is_empty() {
+            return invalid("instances.data_roots", "needs at least one folder".into());
+        }
+        for root in &self.instances.data_roots {
+            if !root.is_absolute() || root == Path::new("/") {
+                return invalid("instances.data_roots", format!("{root:?} must be an absolute folder other than /"));
+            }
+        }
+        for prefix in &self.instances.device_prefixes {
+            if !prefix.starts_with("/dev/") {
+                return invalid("instances.device_prefixes", format!("{prefix:?} must start with /dev/"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
+            return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the effective configuration, reported by GetInfo so the orchestrator sees drift.
+    pub fn digest(&self) -> String {
+        let text = toml::to_string(self).unwrap_or_default();
+        let hash = Sha256::digest(text.as_bytes());
+        hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"
+            state_dir = "/srv/agent"
+            [api]
+            listen = "[::]:9443"
+            [tls]
+            crls = ["/etc/dbagent/tls/ca.crl"]
+            [auth]
+            orchestrators = ["orch.example"]
+            monitors = ["dash.example"]
+            [operations]
+            max_concurrent = 2
+            [logging]
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.api.listen.port(), 9443);
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(c.operations.max_concurrent, 2);
+        assert_eq!(c.operations.retention_hours, 168);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[api]\nlisten_addr = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("[api]\nlisten = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("state_dir = \"relative\"").unwrap_err().to_string();
+        assert!(e.contains("state_dir"), "{e}");
+        let e = parse("[operations]\nmax_concurrent = 0").unwrap_err().to_string();
+        assert!(e.contains("operations.max_concurrent"), "{e}");
+        let e = parse("[auth]\norchestrators = [\"a\"]\nmonitors = [\"a\"]").unwrap_err().to_string();
+        assert!(e.contains("auth.monitors"), "{e}");
+        let e = parse("[logging]\nlevel = \"info,,=x=\"").unwrap_err().to_string();
+        assert!(e.contains("logging.level"), "{e}");
+    }
+
+    #[test]
+    fn digest_changes_with_config() {
+        let a = Config::default();
+        let mut b = Config::default();
+        b.operations.max_concurrent = 5;
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest().len(), 64);
+    }
+}

@@ -1,0 +1,209 @@
+//! Start-up order, the root cancellation token, signals, and an orderly drain on shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, ServeError};
+use crate::config::Config;
+use crate::instances::registry::{Registry, RegistryError};
+use crate::instances::validate::ValidationRules;
+use crate::locks::ResourceLocks;
+use crate::ops::{Engine, OpsError, OpsSettings};
+use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
+use crate::tls::peer::RoleMap;
+use crate::tls::server::ReloadableAcceptor;
+use crate::tls::{TlsError, devpki};
+use crate::{fsutil, notify};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("open instance registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("open operation journal: {0}")]
+    Ops(#[from] OpsError),
+    #[error("listen on {addr}: {source} (is another agent running? set api.listen or --listen)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("the API server stopped unexpectedly")]
+    ServerExited,
+}
+
+/// Runs the agent until SIGTERM/SIGINT. Returns after operations and RPCs drained (or the grace ran out).
+pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
+    let root = CancellationToken::new();
+    let state_dir = config.state_dir.clone();
+    fsutil::ensure_private_dir(&state_dir)
+        .map_err(|source| DaemonError::Io { context: format!("create state folder {}", state_dir.display()), source })?;
+    if dev {
+        prepare_dev(&config)?;
+    }
+
+    let locks = ResourceLocks::default();
+    let rules = ValidationRules {
+        data_roots: config.instances.data_roots.clone(),
+        device_prefixes: config.instances.device_prefixes.clone(),
+    };
+    let registry = Arc::new(Registry::open(state_dir.join("instances"), rules, locks.clone())?);
+    let settings = OpsSettings {
+        max_concurrent: config.operations.max_concurrent as usize,
+        retention: Duration::from_secs(config.operations.retention_hours * 3600),
+        max_finished: config.operations.max_finished,
+    };
+    let (engine, interrupted) = Engine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    for op in &interrupted {
+        tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
+    }
+
+    let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone())?);
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| DaemonError::Bind { addr: config.api.listen, source })?;
+    let accept = AcceptSettings {
+        max_connections: config.api.max_connections as usize,
+        handshake_timeout: Duration::from_secs(config.api.handshake_timeout_secs),
+    };
+    let roles = Arc::new(RoleMap::new(config.auth.clone()));
+    let (incoming, accept_task) = spawn_accept_loop(listener, acceptor.clone(), roles, accept, root.clone());
+
+    let state = ApiState {
+        registry: registry.clone(),
+        engine: engine.clone(),
+        started: SystemTime::now(),
+        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+        config_digest: config.digest(),
+        dev_mode: dev,
+        test_kinds: config.operations.enable_test_kinds,
+        shutdown: root.clone(),
+    };
+    let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
+    let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
+    let pruner = tokio::spawn(prune_periodically(engine.clone(), root.clone()));
+    let watchdog = notify::spawn_watchdog(root.clone());
+
+    // The listener is bound and the server task runs: connections from now on are served.
+    let summary = format!("serving on {}; {} instances", config.api.listen, registry.count());
+    notify::ready(&summary);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "{summary}");
+    if dev {
+        print_dev_help(&state_dir);
+    }
+
+    let server_result = tokio::select! {
+        () = root.cancelled() => None,
+        r = &mut server => Some(r),
+    };
+    root.cancel();
+    notify::stopping("draining");
+    let grace = Duration::from_secs(config.api.shutdown_grace_secs);
+    if !engine.drain(grace).await {
+        tracing::warn!("operations still running after {grace:?}; they will be reported interrupted at next start");
+    }
+    let server_result = match server_result {
+        Some(r) => Some(r),
+        None => tokio::time::timeout(grace, server).await.ok(),
+    };
+    for task in [Some(signals), Some(pruner), Some(accept_task), watchdog].into_iter().flatten() {
+        task.abort();
+    }
+    match server_result {
+        Some(Ok(Ok(()))) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(Ok(Err(e))) => Err(e.into()),
+        Some(Err(_)) => Err(DaemonError::ServerExited),
+        None => {
+            tracing::warn!("in-flight RPCs did not finish within {grace:?}; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+async fn handle_signals(root: CancellationToken, acceptor: Arc<ReloadableAcceptor>) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("install signal handlers; stopping");
+        root.cancel();
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); root.cancel(); return; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); root.cancel(); return; }
+            _ = hup.recv() => match acceptor.reload() {
+                Ok(()) => tracing::info!("SIGHUP: reloaded TLS certificate, key, CA and CRLs"),
+                Err(e) => tracing::error!("SIGHUP: reload TLS failed, keeping the previous configuration: {e:#}"),
+            },
+        }
+    }
+}
+
+async fn prune_periodically(engine: Engine, root: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match engine.prune(SystemTime::now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("pruned {n} finished operation records"),
+                Err(e) => tracing::error!("prune operation records: {e:#}"),
+            },
+            () = root.cancelled() => return,
+        }
+    }
+}
+
+/// Dev PKI, client configs for `dbagentctl`, and the dev data root.
+fn prepare_dev(config: &Config) -> Result<(), DaemonError> {
+    let dir = &config.state_dir;
+    let tls = dir.join("tls");
+    if devpki::ensure(&tls)? {
+        tracing::info!("generated development CA and certificates in {}", tls.display());
+    }
+    let listen = config.api.listen;
+    let host = if listen.ip().is_unspecified() { "127.0.0.1".to_owned() } else { listen.ip().to_string() };
+    let endpoint = if listen.is_ipv6() && !listen.ip().is_unspecified() {
+        format!("https://[{host}]:{}", listen.port())
+    } else {
+        format!("https://{host}:{}", listen.port())
+    };
+    for (file, identity) in [("client.toml", "orchestrator"), ("monitor.toml", "monitor")] {
+        let path = dir.join(file);
+        fsutil::atomic_write(&path, devpki::client_toml(&tls, identity, &endpoint).as_bytes())
+            .map_err(|source| DaemonError::Io { context: format!("write {}", path.display()), source })?;
+    }
+    for root in &config.instances.data_roots {
+        fsutil::ensure_private_dir(root)
+            .map_err(|source| DaemonError::Io { context: format!("create {}", root.display()), source })?;
+    }
+    Ok(())
+}
+
+fn print_dev_help(dir: &Path) {
+    let client = dir.join("client.toml");
+    let monitor = dir.join("monitor.toml");
+    eprintln!(
+        "\ndbagent is running in development mode; state in {}\n  \
+         dbagentctl --config {} status       # orchestrator: full access\n  \
+         dbagentctl --config {} status       # monitor: read-only\n",
+        dir.display(),
+        client.display(),
+        monitor.display()
+    );
+}
+
+/// `--dev` without `--state-dir`: a folder in the current directory, made absolute.
+pub fn default_dev_state_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/tmp")).join("dbagent-dev")
+}

@@ -1,0 +1,247 @@
+//! Semantic validation of an [`InstanceSpec`]. The spec names paths, units and users that the agent
+//! later hands to mount, systemd and chown as root, so every value is checked against a strict shape
+//! here, once, before anything is stored. Each error names the field and says what is expected.
+
+use crate::ids::{InvalidField, truncate_for_message};
+use crate::instances::model::{InstanceSpec, LogSource, MaintenanceWindow, BackupPolicy, Plan, VolumeSpec};
+use std::path::{Path, PathBuf};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+const TIB: u64 = 1 << 40;
+
+/// PATH_MAX on Linux: longer paths cannot be opened in one call anyway.
+pub const MAX_PATH_LEN: usize = 4096;
+pub const MAX_LOG_SOURCES: usize = 32;
+pub const MIN_VOLUME_BYTES: u64 = 16 * MIB;
+pub const MAX_VOLUME_BYTES: u64 = 64 * TIB;
+pub const MIN_MEMORY_BYTES: u64 = 64 * MIB;
+pub const MAX_MEMORY_BYTES: u64 = 4 * TIB;
+const _: () = assert!(MAX_MEMORY_BYTES == 4096 * GIB);
+
+/// Where instances may live on this host; comes from the agent's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidationRules {
+    /// `data_dir` must lie strictly below one of these (compared component by component).
+    pub data_roots: Vec<PathBuf>,
+    /// `volume.device` must start with one of these, compared as *strings* on the normalised path,
+    /// so that `/dev/vd` admits `/dev/vda` and `/dev/disk/by-id/` admits every link in that folder.
+    /// Normalisation (no `..`) happens first, so a string prefix cannot be escaped.
+    pub device_prefixes: Vec<PathBuf>,
+}
+
+/// Checks every field of `spec`; the first problem found is returned.
+pub fn validate_spec(spec: &InstanceSpec, rules: &ValidationRules) -> Result<(), InvalidField> {
+    engine_version("spec.engine_version", &spec.engine_version)?;
+    unit_name("spec.systemd_unit", &spec.systemd_unit)?;
+    data_dir("spec.data_dir", &spec.data_dir, &rules.data_roots)?;
+    os_user("spec.os_user", &spec.os_user)?;
+    volume(&spec.volume, &rules.device_prefixes)?;
+    log_sources(&spec.log_sources)?;
+    plan(&spec.plan, spec.volume.size_bytes)?;
+    if let Some(w) = &spec.maintenance_window {
+        maintenance_window(w)?;
+    }
+    if let Some(b) = &spec.backup_policy {
+        backup_policy(b)?;
+    }
+    Ok(())
+}
+
+/// Refuses NUL and control characters: they truncate C strings and forge lines in logs and unit files.
+fn plain_text(field: &str, s: &str) -> Result<(), InvalidField> {
+    if s.chars().any(char::is_control) {
+        return Err(InvalidField::new(field, format!("{:?} contains NUL or control characters", truncate_for_message(s))));
+    }
+    Ok(())
+}
+
+fn engine_version(field: &str, v: &str) -> Result<(), InvalidField> {
+    plain_text(field, v)?;
+    let parts: Vec<&str> = v.split('.').collect();
+    let ok = v.len() <= 16 && parts.len() <= 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!("{:?} must be a version like 15, 10.11 or 7.2.4 (1 to 3 dot-separated numbers, at most 16 characters)", truncate_for_message(v)),
+        ))
+    }
+}
+
+/// systemd unit names: `[A-Za-z0-9:_.@-]+` ending in `.service`, at most 256 characters.
+/// Only services are accepted (also for journald sources): a database runs as a service, and its
+/// output is logged under that service, not under a socket or target.
+fn unit_name(field: &str, unit: &str) -> Result<(), InvalidField> {
+    plain_text(field, unit)?;
+    let stem = unit.strip_suffix(".service").unwrap_or("");
+    let ok = unit.len() <= 256
+        && !stem.is_empty()
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":_.@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} must be a systemd service name: letters, digits and : _ . @ - ending in .service, at most 256 characters",
+                truncate_for_message(unit)
+            ),
+        ))
+    }
+}
+
+/// An absolute path without `.`, `..`, empty components or a trailing slash, as UTF-8 text.
+fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidField> {
+    let Some(text) = path.to_str() else {
+        return Err(InvalidField::new(field, format!("{:?} is not valid UTF-8", truncate_for_message(&path.to_string_lossy()))));
+    };
+    plain_text(field, text)?;
+    if text.len() > MAX_PATH_LEN {
+        return Err(InvalidField::new(field, format!("is {} bytes long; at most {MAX_PATH_LEN} are allowed", text.len())));
+    }
+    let normalised = text
+        .strip_prefix('/')
+        .is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+    if !normalised {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} must be an absolute, normalised path (starts with '/', no '.', '..' or empty components, no trailing '/')",
+                truncate_for_message(text)
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(), InvalidField> {
+    normalised_path(field, dir)?;
+    // Path::strip_prefix compares whole components: /srv/db2 is not under /srv/db.
+    let under = roots.iter().any(|root| dir.strip_prefix(root).is_ok_and(|rest| !rest.as_os_str().is_empty()));
+    if under {
+        return Ok(());
+    }
+    Err(InvalidField::new(
+        field,
+        format!("{:?} must lie strictly below one of the data roots {}", truncate_for_message(&dir.to_string_lossy()), list(roots)),
+    ))
+}
+
+fn os_user(field: &str, user: &str) -> Result<(), InvalidField> {
+    plain_text(field, user)?;
+    let mut bytes = user.bytes();
+    let ok = user.len() <= 32
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} must be a user name matching ^[a-z_][a-z0-9_-]{{0,31}}$ (lower-case letters, digits, _ and -, at most 32 characters)",
+                truncate_for_message(user)
+            ),
+        ))
+    }
+}
+
+fn volume(volume: &VolumeSpec, prefixes: &[PathBuf]) -> Result<(), InvalidField> {
+    if let Some(device) = &volume.device {
+        let field = "spec.volume.device";
+        let text = normalised_path(field, device)?;
+        let allowed = prefixes.iter().any(|p| {
+            let p = p.to_string_lossy();
+            text.len() > p.len() && text.starts_with(p.as_ref())
+        });
+        if !allowed {
+            return Err(InvalidField::new(
+                field,
+                format!("{:?} must start with one of the device prefixes {}, or be empty for an agent-managed file", truncate_for_message(text), list(prefixes)),
+            ));
+        }
+    }
+    if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&volume.size_bytes) {
+        return Err(InvalidField::new(
+            "spec.volume.size_bytes",
+            format!("is {}; it must be from {MIN_VOLUME_BYTES} (16 MiB) to {MAX_VOLUME_BYTES} (64 TiB)", volume.size_bytes),
+        ));
+    }
+    Ok(())
+}
+
+fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
+    if sources.len() > MAX_LOG_SOURCES {
+        return Err(InvalidField::new("spec.log_sources", format!("has {} entries; at most {MAX_LOG_SOURCES} are allowed", sources.len())));
+    }
+    for (i, source) in sources.iter().enumerate() {
+        match source {
+            // Glob characters are fine inside components; normalisation keeps the glob from leaving its folder.
+            LogSource::FileGlob(glob) => normalised_path(&format!("spec.log_sources[{i}].file_glob"), Path::new(glob)).map(drop)?,
+            LogSource::JournaldUnit(unit) => unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?,
+        }
+    }
+    Ok(())
+}
+
+fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
+    if !(100..=256_000).contains(&plan.cpu_millis) {
+        return Err(InvalidField::new("spec.plan.cpu_millis", format!("is {}; it must be from 100 to 256000 (1000 = one CPU)", plan.cpu_millis)));
+    }
+    if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&plan.memory_bytes) {
+        return Err(InvalidField::new(
+            "spec.plan.memory_bytes",
+            format!("is {}; it must be from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)", plan.memory_bytes),
+        ));
+    }
+    if plan.disk_bytes != 0 && plan.disk_bytes < volume_bytes {
+        return Err(InvalidField::new(
+            "spec.plan.disk_bytes",
+            format!("is {}; it must be 0 (no limit) or at least spec.volume.size_bytes ({volume_bytes})", plan.disk_bytes),
+        ));
+    }
+    Ok(())
+}
+
+fn maintenance_window(w: &MaintenanceWindow) -> Result<(), InvalidField> {
+    if w.start_minute_utc >= 1440 {
+        return Err(InvalidField::new(
+            "spec.maintenance_window.start_minute_utc",
+            format!("is {}; it must be minutes after 00:00 UTC, below 1440", w.start_minute_utc),
+        ));
+    }
+    if !(30..=720).contains(&w.duration_minutes) {
+        return Err(InvalidField::new(
+            "spec.maintenance_window.duration_minutes",
+            format!("is {}; it must be from 30 to 720 minutes", w.duration_minutes),
+        ));
+    }
+    Ok(())
+}
+
+fn backup_policy(b: &BackupPolicy) -> Result<(), InvalidField> {
+    if b.daily_at_minute_utc >= 1440 {
+        return Err(InvalidField::new(
+            "spec.backup_policy.daily_at_minute_utc",
+            format!("is {}; it must be minutes after 00:00 UTC, below 1440", b.daily_at_minute_utc),
+        ));
+    }
+    if !(1..=365).contains(&b.keep_daily) {
+        return Err(InvalidField::new("spec.backup_policy.keep_daily", format!("is {}; it must be from 1 to 365", b.keep_daily)));
+    }
+    Ok(())
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "(none configured)".to_owned();
+    }
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!("[{}]", names.join(", "))
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

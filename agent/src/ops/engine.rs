@@ -1,0 +1,368 @@
+//! Submitting, running, watching and cancelling operations. Every state change is written to the
+//! journal before anyone can observe it, so what a client saw survives a crash.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::journal::Journal;
+use super::model::{ErrorCode, OpError, OpState, OperationRecord, Progress};
+use super::OpsError;
+use crate::ids;
+use crate::locks::ResourceLocks;
+
+pub type JobResult = Result<Option<serde_json::Value>, OpError>;
+pub type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
+pub type JobFn = Box<dyn FnOnce(JobContext) -> JobFuture + Send>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    /// The request_id was seen before: this is the operation it started.
+    Existing,
+}
+
+pub struct NewOperation {
+    pub request_id: String,
+    pub kind: &'static str,
+    pub target: String,
+    /// Kind-specific parameters; part of the idempotency digest. Never secrets.
+    pub params: serde_json::Value,
+    /// Takes the target's lock: one exclusive operation per target at a time, others queue.
+    pub exclusive: bool,
+}
+
+pub struct OpsSettings {
+    pub max_concurrent: usize,
+    pub retention: Duration,
+    pub max_finished: usize,
+}
+
+/// What a running job gets: its cancellation token (check it at every await) and a progress reporter.
+pub struct JobContext {
+    pub cancel: CancellationToken,
+    slot: Arc<Slot>,
+}
+
+impl JobContext {
+    pub fn progress(&self, progress: Progress) {
+        self.slot.tx.send_modify(|r| r.progress = progress);
+    }
+}
+
+struct Slot {
+    tx: watch::Sender<OperationRecord>,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct Table {
+    slots: HashMap<String, Arc<Slot>>,
+    by_request: HashMap<String, String>,
+}
+
+struct Inner {
+    journal: Journal,
+    table: Mutex<Table>,
+    /// Serialises submissions so a request_id is checked and recorded atomically.
+    submit: tokio::sync::Mutex<()>,
+    locks: ResourceLocks,
+    permits: Arc<Semaphore>,
+    root: CancellationToken,
+    tasks: TaskTracker,
+    settings: OpsSettings,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Loads the journal; operations that were queued or running when the agent stopped become
+    /// `interrupted` (returned so their kinds can clean up).
+    pub fn open(
+        dir: &std::path::Path,
+        settings: OpsSettings,
+        locks: ResourceLocks,
+        root: CancellationToken,
+    ) -> Result<(Self, Vec<OperationRecord>), OpsError> {
+        let (journal, records) = Journal::open(dir)?;
+        let mut table = Table::default();
+        let mut interrupted = Vec::new();
+        let now = SystemTime::now();
+        for mut record in records {
+            if !record.state.is_finished() {
+                let was = record.state.as_str();
+                record.state = OpState::Interrupted;
+                record.finished = Some(now);
+                record.error = Some(OpError {
+                    code: ErrorCode::Aborted,
+                    message: format!("the agent stopped while this operation was {was}; its work was not finished"),
+                });
+                journal.save(&record)?;
+                interrupted.push(record.clone());
+            }
+            table.by_request.insert(record.request_id.clone(), record.id.clone());
+            let (tx, _) = watch::channel(record.clone());
+            table.slots.insert(record.id.clone(), Arc::new(Slot { tx, cancel: CancellationToken::new() }));
+        }
+        let permits = Arc::new(Semaphore::new(settings.max_concurrent));
+        let inner = Inner {
+            journal,
+            table: Mutex::new(table),
+            submit: tokio::sync::Mutex::new(()),
+            locks,
+            permits,
+            root,
+            tasks: TaskTracker::new(),
+            settings,
+        };
+        let engine = Self { inner: Arc::new(inner) };
+        engine.prune(now)?;
+        Ok((engine, interrupted))
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an operation, or returns the one that `request_id` started before.
+    pub async fn submit(&self, new: NewOperation, job: JobFn) -> Result<(OperationRecord, Outcome), OpsError> {
+        ids::request_id(&new.request_id)?;
+        let digest = request_digest(new.kind, &new.target, &new.params);
+        let _serial = self.inner.submit.lock().await;
+        let existing = {
+            let table = self.table();
+            table.by_request.get(&new.request_id).and_then(|id| table.slots.get(id)).map(|s| s.tx.borrow().clone())
+        };
+        if let Some(record) = existing {
+            if record.request_digest != digest {
+                return Err(OpsError::RequestIdReused { request_id: new.request_id, existing: record.id });
+            }
+            return Ok((record, Outcome::Existing));
+        }
+        if self.inner.root.is_cancelled() {
+            return Err(OpsError::ShuttingDown);
+        }
+        let record = OperationRecord {
+            id: new_operation_id(),
+            request_id: new.request_id,
+            request_digest: digest,
+            kind: new.kind.to_owned(),
+            target: new.target,
+            params: new.params,
+            state: OpState::Queued,
+            progress: Progress::default(),
+            created: SystemTime::now(),
+            started: None,
+            finished: None,
+            error: None,
+            result: None,
+            cancel_requested: false,
+        };
+        self.persist(record.clone()).await?;
+        let (tx, _) = watch::channel(record.clone());
+        let slot = Arc::new(Slot { tx, cancel: self.inner.root.child_token() });
+        {
+            let mut table = self.table();
+            table.by_request.insert(record.request_id.clone(), record.id.clone());
+            table.slots.insert(record.id.clone(), slot.clone());
+        }
+        tracing::info!(op = %record.id, kind = %record.kind, target = %record.target, "operation queued");
+        let engine = self.clone();
+        self.inner.tasks.spawn(async move { engine.run(slot, new.exclusive, job).await });
+        Ok((record, Outcome::Created))
+    }
+
+    async fn run(&self, slot: Arc<Slot>, exclusive: bool, job: JobFn) {
+        let target = slot.tx.borrow().target.clone();
+        let _lock = if exclusive {
+            tokio::select! {
+                g = self.inner.locks.lock(&target) => Some(g),
+                () = slot.cancel.cancelled() => return self.finish(&slot, Err(cancelled())).await,
+            }
+        } else {
+            None
+        };
+        let _permit = tokio::select! {
+            p = self.inner.permits.clone().acquire_owned() => p,
+            () = slot.cancel.cancelled() => return self.finish(&slot, Err(cancelled())).await,
+        };
+        let started = SystemTime::now();
+        self.transition(&slot, |r| {
+            r.state = OpState::Running;
+            r.started = Some(started);
+        })
+        .await;
+        let ctx = JobContext { cancel: slot.cancel.clone(), slot: slot.clone() };
+        let result = job(ctx).await;
+        self.finish(&slot, result).await;
+    }
+
+    async fn finish(&self, slot: &Slot, result: JobResult) {
+        let shutting_down = self.inner.root.is_cancelled();
+        let finished = SystemTime::now();
+        self.transition(slot, |r| {
+            r.finished = Some(finished);
+            match &result {
+                Ok(value) => {
+                    r.state = OpState::Succeeded;
+                    r.result.clone_from(value);
+                }
+                Err(_) if r.cancel_requested => {
+                    r.state = OpState::Cancelled;
+                    r.error = Some(OpError { code: ErrorCode::Cancelled, message: "cancelled by request".into() });
+                }
+                Err(e) if e.code == ErrorCode::Cancelled && shutting_down => {
+                    r.state = OpState::Interrupted;
+                    r.error = Some(OpError {
+                        code: ErrorCode::Aborted,
+                        message: "the agent shut down while this operation ran; its work was not finished".into(),
+                    });
+                }
+                Err(e) => {
+                    r.state = OpState::Failed;
+                    r.error = Some(e.clone());
+                }
+            }
+        })
+        .await;
+        let record = slot.tx.borrow().clone();
+        match &record.error {
+            None => tracing::info!(op = %record.id, kind = %record.kind, "operation succeeded"),
+            Some(e) => tracing::warn!(op = %record.id, kind = %record.kind, state = record.state.as_str(), "operation ended: {}", e.message),
+        }
+    }
+
+    /// Applies `change` to the journal first, then publishes it to watchers: nobody sees a state
+    /// that a crash could take back. A failed journal write is logged; the operation goes on.
+    async fn transition(&self, slot: &Slot, change: impl Fn(&mut OperationRecord)) {
+        let mut record = slot.tx.borrow().clone();
+        change(&mut record);
+        if let Err(e) = self.persist(record).await {
+            tracing::error!("{e:#}");
+        }
+        slot.tx.send_modify(change);
+    }
+
+    async fn persist(&self, record: OperationRecord) -> Result<(), OpsError> {
+        let journal = self.inner.journal.clone();
+        tokio::task::spawn_blocking(move || journal.save(&record))
+            .await
+            .map_err(|e| OpsError::journal("write journal record".into(), std::io::Error::other(e)))?
+    }
+
+    pub fn get(&self, id: &str) -> Result<OperationRecord, OpsError> {
+        ids::operation_id(id)?;
+        self.table().slots.get(id).map(|s| s.tx.borrow().clone()).ok_or_else(|| OpsError::NotFound(id.to_owned()))
+    }
+
+    /// Newest first.
+    pub fn list(&self, target: Option<&str>, only_open: bool, limit: usize) -> Vec<OperationRecord> {
+        let mut records: Vec<OperationRecord> = self
+            .table()
+            .slots
+            .values()
+            .map(|s| s.tx.borrow().clone())
+            .filter(|r| target.is_none_or(|t| r.target == t) && (!only_open || !r.state.is_finished()))
+            .collect();
+        records.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.id.cmp(&a.id)));
+        records.truncate(limit);
+        records
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.table().slots.values().filter(|s| !s.tx.borrow().state.is_finished()).count()
+    }
+
+    /// The current record now, then every change.
+    pub fn watch(&self, id: &str) -> Result<watch::Receiver<OperationRecord>, OpsError> {
+        ids::operation_id(id)?;
+        self.table().slots.get(id).map(|s| s.tx.subscribe()).ok_or_else(|| OpsError::NotFound(id.to_owned()))
+    }
+
+    /// Asks a queued or running operation to stop. Cancelling a cancelled operation is a no-op.
+    pub async fn cancel(&self, id: &str) -> Result<OperationRecord, OpsError> {
+        ids::operation_id(id)?;
+        let slot = self.table().slots.get(id).cloned().ok_or_else(|| OpsError::NotFound(id.to_owned()))?;
+        let record = slot.tx.borrow().clone();
+        if record.state == OpState::Cancelled || record.cancel_requested {
+            return Ok(record);
+        }
+        if record.state.is_finished() {
+            return Err(OpsError::AlreadyFinished { id: id.to_owned(), state: record.state.as_str() });
+        }
+        let mut requested = slot.tx.borrow().clone();
+        requested.cancel_requested = true;
+        self.persist(requested).await?;
+        slot.tx.send_modify(|r| r.cancel_requested = true);
+        slot.cancel.cancel();
+        tracing::info!(op = id, "cancel requested");
+        Ok(slot.tx.borrow().clone())
+    }
+
+    /// Drops finished records past the retention period, and the oldest beyond `max_finished`.
+    pub fn prune(&self, now: SystemTime) -> Result<usize, OpsError> {
+        let mut finished: Vec<(SystemTime, String, String)> = self
+            .table()
+            .slots
+            .values()
+            .map(|s| s.tx.borrow().clone())
+            .filter(|r| r.state.is_finished())
+            .map(|r| (r.finished.unwrap_or(r.created), r.id, r.request_id))
+            .collect();
+        finished.sort();
+        let excess = finished.len().saturating_sub(self.inner.settings.max_finished);
+        let cutoff = now.checked_sub(self.inner.settings.retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        let doomed: Vec<_> =
+            finished.into_iter().enumerate().filter(|(i, (t, _, _))| *i < excess || *t < cutoff).map(|(_, x)| x).collect();
+        for (_, id, request_id) in &doomed {
+            self.inner.journal.remove(id)?;
+            let mut table = self.table();
+            table.slots.remove(id);
+            table.by_request.remove(request_id);
+        }
+        Ok(doomed.len())
+    }
+
+    /// After the root token was cancelled: waits up to `grace` for running operations to record
+    /// how they ended. Returns false if some did not finish in time (they come back interrupted).
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(grace, self.inner.tasks.wait()).await.is_ok()
+    }
+}
+
+fn cancelled() -> OpError {
+    OpError { code: ErrorCode::Cancelled, message: "cancelled before it started".into() }
+}
+
+fn request_digest(kind: &str, target: &str, params: &serde_json::Value) -> String {
+    let mut h = Sha256::new();
+    for part in [kind, target, &params.to_string()] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn new_operation_id() -> String {
+    let mut bytes = [0u8; 10];
+    // getrandom only fails without an entropy source; fall back to time so ids stay unique.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..10]);
+    }
+    format!("op-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

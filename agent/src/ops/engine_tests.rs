@@ -1,0 +1,123 @@
+use super::*;
+use crate::ops::sleep;
+
+fn settings() -> OpsSettings {
+    OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 100 }
+}
+
+fn open(dir: &std::path::Path) -> (Engine, Vec<OperationRecord>, CancellationToken) {
+    let root = CancellationToken::new();
+    let (e, interrupted) = Engine::open(dir, settings(), ResourceLocks::default(), root.clone()).unwrap();
+    (e, interrupted, root)
+}
+
+fn sleep_op(request_id: &str, target: &str, ms: u64) -> (NewOperation, JobFn) {
+    let d = Duration::from_millis(ms);
+    let new = NewOperation {
+        request_id: request_id.into(),
+        kind: sleep::KIND,
+        target: target.into(),
+        params: sleep::params(d),
+        exclusive: true,
+    };
+    (new, sleep::job(d))
+}
+
+async fn wait_finished(e: &Engine, id: &str) -> OperationRecord {
+    let mut rx = e.watch(id).unwrap();
+    let r = rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone();
+    r
+}
+
+#[tokio::test]
+async fn same_request_id_returns_same_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _, _) = open(dir.path());
+    let (n, j) = sleep_op("r1", "pg-1", 10);
+    let (a, oa) = e.submit(n, j).await.unwrap();
+    let (n, j) = sleep_op("r1", "pg-1", 10);
+    let (b, ob) = e.submit(n, j).await.unwrap();
+    assert_eq!((a.id.clone(), oa, ob), (b.id, Outcome::Created, Outcome::Existing));
+    let (n, j) = sleep_op("r1", "pg-1", 20);
+    assert!(matches!(e.submit(n, j).await, Err(OpsError::RequestIdReused { .. })));
+    let done = wait_finished(&e, &a.id).await;
+    assert_eq!(done.state, OpState::Succeeded);
+    assert_eq!(done.progress.done, 10);
+}
+
+#[tokio::test]
+async fn running_operations_are_interrupted_after_reopen_and_request_ids_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (e, _, _) = open(dir.path());
+        let (n, j) = sleep_op("r1", "pg-1", 60_000);
+        let (rec, _) = e.submit(n, j).await.unwrap();
+        e.watch(&rec.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+        rec.id
+        // Dropped without drain: as after SIGKILL, the journal says running.
+    };
+    let (e, interrupted, _) = open(dir.path());
+    assert_eq!(interrupted.len(), 1);
+    let rec = e.get(&id).unwrap();
+    assert_eq!(rec.state, OpState::Interrupted);
+    assert_eq!(rec.error.unwrap().code, ErrorCode::Aborted);
+    let (n, j) = sleep_op("r1", "pg-1", 60_000);
+    let (again, outcome) = e.submit(n, j).await.unwrap();
+    assert_eq!((again.id, outcome), (id, Outcome::Existing));
+}
+
+#[tokio::test]
+async fn cancel_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _, root) = open(dir.path());
+    let (n, j) = sleep_op("r1", "a", 60_000);
+    let (rec, _) = e.submit(n, j).await.unwrap();
+    e.cancel(&rec.id).await.unwrap();
+    assert_eq!(wait_finished(&e, &rec.id).await.state, OpState::Cancelled);
+    assert!(matches!(e.cancel(&rec.id).await, Ok(r) if r.state == OpState::Cancelled));
+
+    let (n, j) = sleep_op("r2", "b", 60_000);
+    let (rec, _) = e.submit(n, j).await.unwrap();
+    e.watch(&rec.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+    root.cancel();
+    assert!(e.drain(Duration::from_secs(5)).await);
+    assert_eq!(e.get(&rec.id).unwrap().state, OpState::Interrupted);
+    let (n, j) = sleep_op("r3", "b", 10);
+    assert!(matches!(e.submit(n, j).await, Err(OpsError::ShuttingDown)));
+    drop(e);
+    let (e, interrupted, _) = open(dir.path());
+    assert!(interrupted.is_empty(), "a drained operation was already recorded as interrupted");
+    assert_eq!(e.get(&rec.id).unwrap().state, OpState::Interrupted);
+}
+
+#[tokio::test]
+async fn exclusive_operations_on_one_target_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _, _) = open(dir.path());
+    let (n, j) = sleep_op("r1", "pg-1", 300);
+    let (first, _) = e.submit(n, j).await.unwrap();
+    let (n, j) = sleep_op("r2", "pg-1", 10);
+    let (second, _) = e.submit(n, j).await.unwrap();
+    let (n, j) = sleep_op("r3", "pg-2", 10);
+    let (other, _) = e.submit(n, j).await.unwrap();
+    assert_eq!(wait_finished(&e, &other.id).await.state, OpState::Succeeded);
+    assert_eq!(e.get(&second.id).unwrap().state, OpState::Queued);
+    let a = wait_finished(&e, &first.id).await;
+    let b = wait_finished(&e, &second.id).await;
+    assert!(b.started.unwrap() >= a.finished.unwrap());
+    assert_eq!(e.list(Some("pg-1"), false, 10).len(), 2);
+    assert_eq!(e.open_count(), 0);
+}
+
+#[tokio::test]
+async fn prune_keeps_open_and_recent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _, _) = open(dir.path());
+    let (n, j) = sleep_op("r1", "a", 1);
+    let (rec, _) = e.submit(n, j).await.unwrap();
+    wait_finished(&e, &rec.id).await;
+    assert_eq!(e.prune(SystemTime::now()).unwrap(), 0);
+    assert_eq!(e.prune(SystemTime::now() + Duration::from_secs(7200)).unwrap(), 1);
+    assert!(matches!(e.get(&rec.id), Err(OpsError::NotFound(_))));
+    assert!(!dir.path().join(format!("{}.json", rec.id)).exists());
+}
