@@ -134,6 +134,11 @@ impl Agent {
         &self.ctx.state_dir
     }
 
+    /// Where dev mode lets instance data dirs live.
+    pub fn dev_data_root(&self) -> PathBuf {
+        self.ctx.state_dir.join("data")
+    }
+
     pub fn work_dir(&self) -> &Path {
         &self.ctx.work_dir
     }

@@ -56,11 +56,13 @@ pub enum CallFailure {
 
 impl CallFailure {
     /// True when the failure is at the transport: the handshake was refused, or the call died with
-    /// the connection (UNAVAILABLE/UNKNOWN) rather than being answered by a handler.
+    /// the connection (UNAVAILABLE/UNKNOWN, or CANCELLED when the server closed the connection
+    /// right after a TLS 1.3 handshake that the client thought complete) rather than being answered
+    /// by a handler.
     pub fn is_transport_refusal(&self) -> bool {
         match self {
             CallFailure::Connect(_) => true,
-            CallFailure::Status(s) => matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown),
+            CallFailure::Status(s) => matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
         }
     }
 }

@@ -5,6 +5,7 @@ use dbagent_proto::v1::{
     BackupPolicy, Engine, GetOperationRequest, InstanceSpec, MaintenanceWindow, Operation, OperationState, Plan, PlanName,
     StartSleepRequest, VolumeSpec, Weekday,
 };
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -38,13 +39,13 @@ pub async fn wait_for_state(
     }
 }
 
-/// A complete, plausible PostgreSQL instance spec.
-pub fn instance_spec(id: &str) -> InstanceSpec {
+/// A complete, plausible PostgreSQL instance spec with its data dir under `data_root`.
+pub fn instance_spec(id: &str, data_root: &Path) -> InstanceSpec {
     InstanceSpec {
         engine: Engine::Postgresql as i32,
         engine_version: "15".to_owned(),
         systemd_unit: "postgresql@15-main.service".to_owned(),
-        data_dir: format!("/var/lib/dbagent/{id}/data"),
+        data_dir: data_root.join(id).join("data").to_string_lossy().into_owned(),
         os_user: "postgres".to_owned(),
         volume: Some(VolumeSpec { device: String::new(), size_bytes: 10 << 30, filesystem: "ext4".to_owned() }),
         log_sources: Vec::new(),

@@ -34,7 +34,7 @@ async fn orchestrator_can_read_and_mutate() {
     assert_eq!(info.caller_identity, "orchestrator");
     assert!(info.dev_mode);
 
-    let req = RegisterInstanceRequest { request_id: "reg-1".into(), id: "pg-1".into(), spec: Some(instance_spec("pg-1")) };
+    let req = RegisterInstanceRequest { request_id: "reg-1".into(), id: "pg-1".into(), spec: Some(instance_spec("pg-1", &agent.dev_data_root())) };
     let inst = ok("RegisterInstance", InstancesClient::new(channel.clone()).register_instance(req).await);
     assert_eq!(inst.id, "pg-1");
 
@@ -73,7 +73,7 @@ async fn monitor_reads_but_every_mutation_is_denied() {
     let results: Vec<(&str, Result<(), tonic::Status>)> = vec![
         (
             "RegisterInstance",
-            ins.register_instance(RegisterInstanceRequest { request_id: rid(), id: iid(), spec: Some(instance_spec("pg-1")) })
+            ins.register_instance(RegisterInstanceRequest { request_id: rid(), id: iid(), spec: Some(instance_spec("pg-1", &agent.dev_data_root())) })
                 .await
                 .map(drop),
         ),
@@ -82,7 +82,7 @@ async fn monitor_reads_but_every_mutation_is_denied() {
             ins.update_instance(UpdateInstanceRequest {
                 request_id: rid(),
                 id: iid(),
-                spec: Some(instance_spec("pg-1")),
+                spec: Some(instance_spec("pg-1", &agent.dev_data_root())),
                 expected_generation: 0,
             })
             .await
@@ -186,7 +186,7 @@ async fn monitor_reads_but_every_mutation_is_denied() {
             upg.change_plan(ChangePlanRequest {
                 request_id: rid(),
                 instance_id: iid(),
-                plan: instance_spec("pg-1").plan,
+                plan: instance_spec("pg-1", &agent.dev_data_root()).plan,
                 force: false,
             })
             .await
@@ -197,7 +197,7 @@ async fn monitor_reads_but_every_mutation_is_denied() {
             upg.set_maintenance_window(SetMaintenanceWindowRequest {
                 request_id: rid(),
                 instance_id: iid(),
-                window: instance_spec("pg-1").maintenance_window,
+                window: instance_spec("pg-1", &agent.dev_data_root()).maintenance_window,
             })
             .await
             .map(drop),
