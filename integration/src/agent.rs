@@ -209,9 +209,8 @@ impl Agent {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.child.is_none() {
-                return None;
-            }
+            // Already reaped (or never started): nothing to wait for.
+            self.child.as_ref()?;
             if let Some(status) = self.try_wait() {
                 return Some(status);
             }

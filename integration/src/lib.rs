@@ -3,6 +3,15 @@
 //!
 //! Every fixture owns its temporary directory and kills its process on drop, so a failing test
 //! leaves neither a daemon nor files behind. All traffic goes to 127.0.0.1.
+//!
+//! The tests run the binary, they do not build it:
+//!
+//! ```text
+//! cargo build -p dbagent --bins && cargo test -p dbagent-integration
+//! ```
+//!
+//! `DBAGENT_BIN` picks another binary (e.g. a release build for `loadbench`); otherwise the debug
+//! build under `$CARGO_TARGET_DIR` (or `<workspace>/target`) is used.
 
 pub mod agent;
 pub mod client;

@@ -97,7 +97,7 @@ async fn same_request_id_with_other_parameters_is_already_exists() {
 async fn sleeps_on_one_target_run_one_after_the_other() {
     let agent = Agent::start_dev();
     let mut ops = operations(&agent).await;
-    let first = ops.start_sleep(sleep_request("serial-1", "pg-1", Duration::from_millis(1500))).await.expect("first").into_inner();
+    let first = ops.start_sleep(sleep_request("serial-1", "pg-1", Duration::from_secs(3))).await.expect("first").into_inner();
     let second = ops.start_sleep(sleep_request("serial-2", "pg-1", Duration::from_millis(300))).await.expect("second").into_inner();
     // Another target is not held up by pg-1.
     let other = ops.start_sleep(sleep_request("serial-3", "pg-2", Duration::from_millis(300))).await.expect("other").into_inner();
