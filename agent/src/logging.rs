@@ -16,11 +16,11 @@ pub fn init(config: &LoggingConfig) {
         .add_directive("hyper=warn".parse().unwrap_or_default())
         .add_directive("rustls=warn".parse().unwrap_or_default());
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            tracing_subscriber::registry().with(filter).with(journald).init();
-            return;
-        }
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry().with(filter).with(journald).init();
+        return;
     }
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.format {

@@ -7,6 +7,9 @@ pub mod validate;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use model::{BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan, PlanName, VolumeSpec, Weekday};
+pub use model::{
+    BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan,
+    PlanName, VolumeSpec, Weekday,
+};
 pub use registry::{Outcome, Registry, RegistryError};
 pub use validate::{ValidationRules, validate_spec};

@@ -44,9 +44,15 @@ pub enum RegistryError {
     #[error("{0}")]
     Busy(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
-    Corrupt { context: String, source: serde_json::Error },
+    Corrupt {
+        context: String,
+        source: serde_json::Error,
+    },
 }
 
 pub struct Registry {
@@ -64,7 +70,7 @@ type InstanceMap = BTreeMap<String, Instance>;
 
 /// One durable change: the file and the map entry of one instance.
 enum Change {
-    Put(Instance, Vec<u8>),
+    Put(Box<Instance>, Vec<u8>),
     Delete(String),
 }
 
@@ -72,21 +78,42 @@ impl Registry {
     /// Creates `dir` (mode 0700) if needed and loads every instance file in it. Start-up is the only
     /// caller, so the reads are plain blocking I/O. A file that cannot be read or parsed fails the
     /// whole open: silently dropping an instance would orphan its volume and data.
-    pub fn open(dir: PathBuf, rules: ValidationRules, locks: ResourceLocks) -> Result<Self, RegistryError> {
-        fsutil::ensure_private_dir(&dir).map_err(|source| io(format!("create registry folder {}", dir.display()), source))?;
-        let files = fsutil::json_files(&dir).map_err(|source| io(format!("list registry folder {}", dir.display()), source))?;
+    pub fn open(
+        dir: PathBuf,
+        rules: ValidationRules,
+        locks: ResourceLocks,
+    ) -> Result<Self, RegistryError> {
+        fsutil::ensure_private_dir(&dir)
+            .map_err(|source| io(format!("create registry folder {}", dir.display()), source))?;
+        let files = fsutil::json_files(&dir)
+            .map_err(|source| io(format!("list registry folder {}", dir.display()), source))?;
         let mut instances = BTreeMap::new();
         for path in files {
             let instance = load(&path)?;
             instances.insert(instance.id.clone(), instance);
         }
-        Ok(Self { dir, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)) })
+        Ok(Self {
+            dir,
+            rules,
+            locks,
+            claims: Arc::default(),
+            instances: Arc::new(RwLock::new(instances)),
+        })
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
     /// `Outcome::Existing`, so a client may retry after a lost reply.
-    pub async fn register(&self, id: &str, spec: InstanceSpec) -> Result<(Instance, Outcome), RegistryError> {
+    pub async fn register(
+        &self,
+        id: &str,
+        spec: InstanceSpec,
+    ) -> Result<(Instance, Outcome), RegistryError> {
         self.check(id, &spec)?;
+        // A retry of a registration that already succeeded needs no lock: answering it while an
+        // operation runs on the instance saves the client a pointless Busy.
+        if let Some(existing) = self.read().get(id).filter(|e| e.spec == spec) {
+            return Ok((existing.clone(), Outcome::Existing));
+        }
         let guard = self.try_lock(id)?;
         let claims = Arc::clone(&self.claims).lock_owned().await;
         if let Some(existing) = self.read().get(id) {
@@ -99,13 +126,25 @@ impl Registry {
         }
         self.check_overlap(id, &spec)?;
         let now = now();
-        let instance = Instance { id: id.to_owned(), spec, created: now, updated: now, generation: 1 };
-        self.put(instance.clone(), "register", (guard, claims)).await?;
+        let instance = Instance {
+            id: id.to_owned(),
+            spec,
+            created: now,
+            updated: now,
+            generation: 1,
+        };
+        self.put(instance.clone(), "register", (guard, claims))
+            .await?;
         Ok((instance, Outcome::Created))
     }
 
     /// Replaces the spec of `id`. `expected_generation` guards against lost updates between clients.
-    pub async fn update(&self, id: &str, spec: InstanceSpec, expected_generation: Option<u64>) -> Result<Instance, RegistryError> {
+    pub async fn update(
+        &self,
+        id: &str,
+        spec: InstanceSpec,
+        expected_generation: Option<u64>,
+    ) -> Result<Instance, RegistryError> {
         self.check(id, &spec)?;
         let guard = self.try_lock(id)?;
         let current = self.get(id)?;
@@ -116,7 +155,12 @@ impl Registry {
             )));
         }
         immutable_fields(&current.spec, &spec)?;
-        let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
+        let updated = Instance {
+            spec,
+            updated: now(),
+            generation: current.generation + 1,
+            ..current
+        };
         self.put(updated.clone(), "update", guard).await?;
         Ok(updated)
     }
@@ -129,13 +173,21 @@ impl Registry {
         let current = self.get(id)?;
         self.commit(Change::Delete(id.to_owned()), guard)
             .await
-            .map_err(|source| io(format!("remove instance {id}: delete {}", self.file(id).display()), source))?;
+            .map_err(|source| {
+                io(
+                    format!("remove instance {id}: delete {}", self.file(id).display()),
+                    source,
+                )
+            })?;
         Ok(current)
     }
 
     pub fn get(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
-        self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+        self.read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
     }
 
     /// All instances, sorted by id.
@@ -154,9 +206,11 @@ impl Registry {
     }
 
     fn try_lock(&self, id: &str) -> Result<OwnedMutexGuard<()>, RegistryError> {
-        self.locks
-            .try_lock(id)
-            .ok_or_else(|| RegistryError::Busy(format!("instance {id} has an operation running; retry when it has finished")))
+        self.locks.try_lock(id).ok_or_else(|| {
+            RegistryError::Busy(format!(
+                "instance {id} has an operation running; retry when it has finished"
+            ))
+        })
     }
 
     /// Two instances on one folder tree or one device would destroy each other's data.
@@ -184,10 +238,25 @@ impl Registry {
         Ok(())
     }
 
-    async fn put(&self, instance: Instance, verb: &str, guards: impl Send + 'static) -> Result<(), RegistryError> {
-        let context = format!("{verb} instance {}: write {}", instance.id, self.file(&instance.id).display());
-        let bytes = serde_json::to_vec_pretty(&instance).map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
-        self.commit(Change::Put(instance, bytes), guards).await.map_err(|source| io(context, source))
+    async fn put(
+        &self,
+        instance: Instance,
+        verb: &str,
+        guards: impl Send + 'static,
+    ) -> Result<(), RegistryError> {
+        let context = format!(
+            "{verb} instance {}: write {}",
+            instance.id,
+            self.file(&instance.id).display()
+        );
+        let bytes =
+            serde_json::to_vec_pretty(&instance).map_err(|source| RegistryError::Corrupt {
+                context: context.clone(),
+                source,
+            })?;
+        self.commit(Change::Put(Box::new(instance), bytes), guards)
+            .await
+            .map_err(|source| io(context, source))
     }
 
     /// Writes `change` to disk, then to the map, in a blocking task: an fsync can take tens of
@@ -200,7 +269,7 @@ impl Registry {
             match change {
                 Change::Put(instance, bytes) => {
                     fsutil::atomic_write(&instance_file(&dir, &instance.id), &bytes)?;
-                    write_map(&instances).insert(instance.id.clone(), instance);
+                    write_map(&instances).insert(instance.id.clone(), *instance);
                 }
                 Change::Delete(id) => {
                     fsutil::remove_durable(&instance_file(&dir, &id))?;
@@ -236,8 +305,15 @@ fn write_map(instances: &RwLock<InstanceMap>) -> RwLockWriteGuard<'_, InstanceMa
 fn load(path: &Path) -> Result<Instance, RegistryError> {
     let context = format!("load registry file {}", path.display());
     let bytes = std::fs::read(path).map_err(|source| io(context.clone(), source))?;
-    let instance: Instance = serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let instance: Instance =
+        serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
+            context: context.clone(),
+            source,
+        })?;
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if stem != instance.id || ids::instance_id("id", &instance.id).is_err() {
         let source = <serde_json::Error as serde::de::Error>::custom(format!(
             "the file holds instance {:?}; a registry file must be named <id>.json after a valid instance id",
@@ -274,7 +350,9 @@ fn immutable_fields(current: &InstanceSpec, new: &InstanceSpec) -> Result<(), Re
 /// The time of a change, cut to whole milliseconds: state files keep milliseconds, and an instance
 /// must compare equal before and after a restart.
 fn now() -> SystemTime {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
     UNIX_EPOCH + Duration::from_millis(millis)
 }

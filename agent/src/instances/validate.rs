@@ -3,7 +3,9 @@
 //! here, once, before anything is stored. Each error names the field and says what is expected.
 
 use crate::ids::{InvalidField, truncate_for_message};
-use crate::instances::model::{InstanceSpec, LogSource, MaintenanceWindow, BackupPolicy, Plan, VolumeSpec};
+use crate::instances::model::{
+    BackupPolicy, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec,
+};
 use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
@@ -51,7 +53,13 @@ pub fn validate_spec(spec: &InstanceSpec, rules: &ValidationRules) -> Result<(),
 /// Refuses NUL and control characters: they truncate C strings and forge lines in logs and unit files.
 fn plain_text(field: &str, s: &str) -> Result<(), InvalidField> {
     if s.chars().any(char::is_control) {
-        return Err(InvalidField::new(field, format!("{:?} contains NUL or control characters", truncate_for_message(s))));
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} contains NUL or control characters",
+                truncate_for_message(s)
+            ),
+        ));
     }
     Ok(())
 }
@@ -59,13 +67,20 @@ fn plain_text(field: &str, s: &str) -> Result<(), InvalidField> {
 fn engine_version(field: &str, v: &str) -> Result<(), InvalidField> {
     plain_text(field, v)?;
     let parts: Vec<&str> = v.split('.').collect();
-    let ok = v.len() <= 16 && parts.len() <= 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let ok = v.len() <= 16
+        && parts.len() <= 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
         Err(InvalidField::new(
             field,
-            format!("{:?} must be a version like 15, 10.11 or 7.2.4 (1 to 3 dot-separated numbers, at most 16 characters)", truncate_for_message(v)),
+            format!(
+                "{:?} must be a version like 15, 10.11 or 7.2.4 (1 to 3 dot-separated numbers, at most 16 characters)",
+                truncate_for_message(v)
+            ),
         ))
     }
 }
@@ -78,7 +93,9 @@ fn unit_name(field: &str, unit: &str) -> Result<(), InvalidField> {
     let stem = unit.strip_suffix(".service").unwrap_or("");
     let ok = unit.len() <= 256
         && !stem.is_empty()
-        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":_.@-".contains(&b));
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_.@-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -95,15 +112,28 @@ fn unit_name(field: &str, unit: &str) -> Result<(), InvalidField> {
 /// An absolute path without `.`, `..`, empty components or a trailing slash, as UTF-8 text.
 fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidField> {
     let Some(text) = path.to_str() else {
-        return Err(InvalidField::new(field, format!("{:?} is not valid UTF-8", truncate_for_message(&path.to_string_lossy()))));
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} is not valid UTF-8",
+                truncate_for_message(&path.to_string_lossy())
+            ),
+        ));
     };
     plain_text(field, text)?;
     if text.len() > MAX_PATH_LEN {
-        return Err(InvalidField::new(field, format!("is {} bytes long; at most {MAX_PATH_LEN} are allowed", text.len())));
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "is {} bytes long; at most {MAX_PATH_LEN} are allowed",
+                text.len()
+            ),
+        ));
     }
-    let normalised = text
-        .strip_prefix('/')
-        .is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
+    let normalised = text.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+    });
     if !normalised {
         return Err(InvalidField::new(
             field,
@@ -119,13 +149,20 @@ fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidFi
 fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(), InvalidField> {
     normalised_path(field, dir)?;
     // Path::strip_prefix compares whole components: /srv/db2 is not under /srv/db.
-    let under = roots.iter().any(|root| dir.strip_prefix(root).is_ok_and(|rest| !rest.as_os_str().is_empty()));
+    let under = roots.iter().any(|root| {
+        dir.strip_prefix(root)
+            .is_ok_and(|rest| !rest.as_os_str().is_empty())
+    });
     if under {
         return Ok(());
     }
     Err(InvalidField::new(
         field,
-        format!("{:?} must lie strictly below one of the data roots {}", truncate_for_message(&dir.to_string_lossy()), list(roots)),
+        format!(
+            "{:?} must lie strictly below one of the data roots {}",
+            truncate_for_message(&dir.to_string_lossy()),
+            list(roots)
+        ),
     ))
 }
 
@@ -133,7 +170,9 @@ fn os_user(field: &str, user: &str) -> Result<(), InvalidField> {
     plain_text(field, user)?;
     let mut bytes = user.bytes();
     let ok = user.len() <= 32
-        && bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -159,14 +198,21 @@ fn volume(volume: &VolumeSpec, prefixes: &[PathBuf]) -> Result<(), InvalidField>
         if !allowed {
             return Err(InvalidField::new(
                 field,
-                format!("{:?} must start with one of the device prefixes {}, or be empty for an agent-managed file", truncate_for_message(text), list(prefixes)),
+                format!(
+                    "{:?} must start with one of the device prefixes {}, or be empty for an agent-managed file",
+                    truncate_for_message(text),
+                    list(prefixes)
+                ),
             ));
         }
     }
     if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&volume.size_bytes) {
         return Err(InvalidField::new(
             "spec.volume.size_bytes",
-            format!("is {}; it must be from {MIN_VOLUME_BYTES} (16 MiB) to {MAX_VOLUME_BYTES} (64 TiB)", volume.size_bytes),
+            format!(
+                "is {}; it must be from {MIN_VOLUME_BYTES} (16 MiB) to {MAX_VOLUME_BYTES} (64 TiB)",
+                volume.size_bytes
+            ),
         ));
     }
     Ok(())
@@ -174,13 +220,24 @@ fn volume(volume: &VolumeSpec, prefixes: &[PathBuf]) -> Result<(), InvalidField>
 
 fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
     if sources.len() > MAX_LOG_SOURCES {
-        return Err(InvalidField::new("spec.log_sources", format!("has {} entries; at most {MAX_LOG_SOURCES} are allowed", sources.len())));
+        return Err(InvalidField::new(
+            "spec.log_sources",
+            format!(
+                "has {} entries; at most {MAX_LOG_SOURCES} are allowed",
+                sources.len()
+            ),
+        ));
     }
     for (i, source) in sources.iter().enumerate() {
         match source {
             // Glob characters are fine inside components; normalisation keeps the glob from leaving its folder.
-            LogSource::FileGlob(glob) => normalised_path(&format!("spec.log_sources[{i}].file_glob"), Path::new(glob)).map(drop)?,
-            LogSource::JournaldUnit(unit) => unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?,
+            LogSource::FileGlob(glob) => {
+                normalised_path(&format!("spec.log_sources[{i}].file_glob"), Path::new(glob))
+                    .map(drop)?
+            }
+            LogSource::JournaldUnit(unit) => {
+                unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?
+            }
         }
     }
     Ok(())
@@ -188,18 +245,30 @@ fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
 
 fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
     if !(100..=256_000).contains(&plan.cpu_millis) {
-        return Err(InvalidField::new("spec.plan.cpu_millis", format!("is {}; it must be from 100 to 256000 (1000 = one CPU)", plan.cpu_millis)));
+        return Err(InvalidField::new(
+            "spec.plan.cpu_millis",
+            format!(
+                "is {}; it must be from 100 to 256000 (1000 = one CPU)",
+                plan.cpu_millis
+            ),
+        ));
     }
     if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&plan.memory_bytes) {
         return Err(InvalidField::new(
             "spec.plan.memory_bytes",
-            format!("is {}; it must be from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)", plan.memory_bytes),
+            format!(
+                "is {}; it must be from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)",
+                plan.memory_bytes
+            ),
         ));
     }
     if plan.disk_bytes != 0 && plan.disk_bytes < volume_bytes {
         return Err(InvalidField::new(
             "spec.plan.disk_bytes",
-            format!("is {}; it must be 0 (no limit) or at least spec.volume.size_bytes ({volume_bytes})", plan.disk_bytes),
+            format!(
+                "is {}; it must be 0 (no limit) or at least spec.volume.size_bytes ({volume_bytes})",
+                plan.disk_bytes
+            ),
         ));
     }
     Ok(())
@@ -209,13 +278,19 @@ fn maintenance_window(w: &MaintenanceWindow) -> Result<(), InvalidField> {
     if w.start_minute_utc >= 1440 {
         return Err(InvalidField::new(
             "spec.maintenance_window.start_minute_utc",
-            format!("is {}; it must be minutes after 00:00 UTC, below 1440", w.start_minute_utc),
+            format!(
+                "is {}; it must be minutes after 00:00 UTC, below 1440",
+                w.start_minute_utc
+            ),
         ));
     }
     if !(30..=720).contains(&w.duration_minutes) {
         return Err(InvalidField::new(
             "spec.maintenance_window.duration_minutes",
-            format!("is {}; it must be from 30 to 720 minutes", w.duration_minutes),
+            format!(
+                "is {}; it must be from 30 to 720 minutes",
+                w.duration_minutes
+            ),
         ));
     }
     Ok(())
@@ -225,11 +300,17 @@ fn backup_policy(b: &BackupPolicy) -> Result<(), InvalidField> {
     if b.daily_at_minute_utc >= 1440 {
         return Err(InvalidField::new(
             "spec.backup_policy.daily_at_minute_utc",
-            format!("is {}; it must be minutes after 00:00 UTC, below 1440", b.daily_at_minute_utc),
+            format!(
+                "is {}; it must be minutes after 00:00 UTC, below 1440",
+                b.daily_at_minute_utc
+            ),
         ));
     }
     if !(1..=365).contains(&b.keep_daily) {
-        return Err(InvalidField::new("spec.backup_policy.keep_daily", format!("is {}; it must be from 1 to 365", b.keep_daily)));
+        return Err(InvalidField::new(
+            "spec.backup_policy.keep_daily",
+            format!("is {}; it must be from 1 to 365", b.keep_daily),
+        ));
     }
     Ok(())
 }

@@ -25,8 +25,7 @@ fn sleep_op(request_id: &str, target: &str, ms: u64) -> (NewOperation, JobFn) {
 
 async fn wait_finished(e: &Engine, id: &str) -> OperationRecord {
     let mut rx = e.watch(id).unwrap();
-    let r = rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone();
-    r
+    rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone()
 }
 
 #[tokio::test]

@@ -1,13 +1,14 @@
-//! Proto <-> domain conversions, at the API edge only.
+//! Conversions between the generated `dbagent.v1` types and the domain model, at the API edge only.
 
 pub mod instance;
 pub mod operation;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
+/// A protobuf timestamp for `t`; times before 1970 become negative seconds with positive nanos,
+/// as google.protobuf.Timestamp requires.
 pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp::from(t)
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
@@ -24,4 +25,18 @@ pub fn duration_from_proto(field: &str, d: Option<prost_types::Duration>) -> Res
         return Err(crate::ids::InvalidField::new(field, "has nanos out of range"));
     }
     Ok(Duration::new(secs, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps() {
+        let t = timestamp(UNIX_EPOCH + Duration::new(1_700_000_000, 5_000_000));
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 5_000_000));
+        let t = timestamp(UNIX_EPOCH - Duration::from_millis(1500));
+        assert_eq!((t.seconds, t.nanos), (-2, 500_000_000));
+    }
 }

@@ -1,0 +1,138 @@
+//! `dbagentctl backups ...`: encrypted backups replicated to several availability zones.
+
+use super::args::{OperationArgs, RequestIdArg};
+use super::error::CliError;
+use super::operations::finish;
+use super::{Ctx, parse};
+use clap::{Subcommand, ValueEnum};
+use dbagent_proto::v1 as pb;
+use pb::backups_client::BackupsClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Physical,
+    Logical,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Take a manual backup now (orchestrator identity).
+    Start {
+        instance_id: String,
+        /// Physical (file-level) or logical (dump); the agent picks when omitted.
+        #[arg(long, value_enum)]
+        method: Option<MethodArg>,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// List an instance's backups.
+    List { instance_id: String },
+    /// Show one backup and the state of each copy.
+    Get { instance_id: String, backup_id: String },
+    /// Check a backup's checksum at one or all destinations (orchestrator identity).
+    Verify {
+        instance_id: String,
+        backup_id: String,
+        /// Only this destination (availability zone).
+        #[arg(long)]
+        destination: Option<String>,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// Restore a backup, in place (the instance must be stopped) or into another folder (orchestrator identity).
+    Restore {
+        instance_id: String,
+        backup_id: String,
+        /// Restore into this folder instead of in place.
+        #[arg(long, value_name = "PATH")]
+        target_data_dir: Option<String>,
+        /// Restore from this destination; any healthy one when omitted.
+        #[arg(long)]
+        destination: Option<String>,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// Copy a degraded backup to the destinations that miss it (orchestrator identity).
+    Repair {
+        instance_id: String,
+        backup_id: String,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// Delete a backup at every destination (orchestrator identity).
+    Delete {
+        instance_id: String,
+        backup_id: String,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// Set the daily backup schedule and retention (orchestrator identity).
+    Policy {
+        instance_id: String,
+        /// Daily backup time in UTC.
+        #[arg(long, value_name = "HH:MM", value_parser = parse::time_of_day)]
+        at: u32,
+        /// How many daily backups to keep (1..365).
+        #[arg(long, value_name = "N")]
+        keep_daily: u32,
+        /// Keep the policy but take no scheduled backups.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        request: RequestIdArg,
+    },
+}
+
+pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
+    let mut client = BackupsClient::new(ctx.channel.clone());
+    let (op, watch) = match command {
+        BackupsCommand::Start { instance_id, method, op } => {
+            let method = match method {
+                None => pb::BackupMethod::Unspecified,
+                Some(MethodArg::Physical) => pb::BackupMethod::Physical,
+                Some(MethodArg::Logical) => pb::BackupMethod::Logical,
+            } as i32;
+            let request = pb::StartBackupRequest { request_id: op.request.resolve()?, instance_id, method };
+            (client.start_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::List { instance_id } => {
+            return ctx.print(client.list_backups(ctx.unary(pb::ListBackupsRequest { instance_id })).await?.get_ref());
+        }
+        BackupsCommand::Get { instance_id, backup_id } => {
+            return ctx.print(client.get_backup(ctx.unary(pb::GetBackupRequest { instance_id, backup_id })).await?.get_ref());
+        }
+        BackupsCommand::Verify { instance_id, backup_id, destination, op } => {
+            let request = pb::VerifyBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                backup_id,
+                destination: destination.unwrap_or_default(),
+            };
+            (client.verify_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Restore { instance_id, backup_id, target_data_dir, destination, op } => {
+            let request = pb::RestoreBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                backup_id,
+                target_data_dir: target_data_dir.unwrap_or_default(),
+                destination: destination.unwrap_or_default(),
+            };
+            (client.restore_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Repair { instance_id, backup_id, op } => {
+            let request = pb::RepairBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
+            (client.repair_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Delete { instance_id, backup_id, op } => {
+            let request = pb::DeleteBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
+            (client.delete_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Policy { instance_id, at, keep_daily, disabled, request } => {
+            let policy = pb::BackupPolicy { daily_at_minute_utc: at, keep_daily, enabled: !disabled };
+            let request = pb::SetBackupPolicyRequest { request_id: request.resolve()?, instance_id, policy: Some(policy) };
+            return ctx.print(client.set_backup_policy(ctx.unary(request)).await?.get_ref());
+        }
+    };
+    finish(ctx, op.into_inner(), watch).await
+}

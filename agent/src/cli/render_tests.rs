@@ -1,0 +1,90 @@
+//! JSON and table rendering of operations and instances.
+
+use super::*;
+use crate::cli::table::{ToTable, bytes, columns};
+use prost_types::Timestamp;
+
+fn ts(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 250_000_000 })
+}
+
+fn operation() -> pb::Operation {
+    pb::Operation {
+        id: "op-0123456789abcdef0123".into(),
+        request_id: "r1".into(),
+        kind: "volume.create".into(),
+        target: "pg-42".into(),
+        state: pb::OperationState::Failed as i32,
+        progress: Some(pb::Progress { done: 512, total: 1024, unit: "bytes".into(), message: "formatting".into() }),
+        created: ts(1_700_000_000),
+        started: ts(1_700_000_001),
+        finished: None,
+        error: Some(pb::OperationError { code: "FAILED_PRECONDITION".into(), message: "device busy".into() }),
+        result_json: r#"{"mapper":"/dev/mapper/dbagent-pg-42"}"#.into(),
+        cancel_requested: false,
+    }
+}
+
+#[test]
+fn operation_json() {
+    let v = operation().to_json();
+    assert_eq!(v["state"], "failed");
+    assert_eq!(v["created"], "2023-11-14T22:13:20.250Z");
+    assert_eq!(v["finished"], Value::Null);
+    assert_eq!(v["progress"]["total"], 1024);
+    assert_eq!(v["error"]["code"], "FAILED_PRECONDITION");
+    assert_eq!(v["result"]["mapper"], "/dev/mapper/dbagent-pg-42", "result_json is embedded as JSON");
+    let not_json = pb::Operation { result_json: "plain".into(), ..operation() }.to_json();
+    assert_eq!(not_json["result"], "plain");
+}
+
+#[test]
+fn instance_json() {
+    let instance = pb::Instance {
+        id: "pg-42".into(),
+        spec: Some(pb::InstanceSpec {
+            engine: pb::Engine::Postgresql as i32,
+            engine_version: "15".into(),
+            systemd_unit: "postgresql@15-main.service".into(),
+            data_dir: "/var/lib/postgresql/15/main".into(),
+            os_user: "postgres".into(),
+            volume: Some(pb::VolumeSpec { device: String::new(), size_bytes: 10 << 30, filesystem: "ext4".into() }),
+            log_sources: vec![pb::LogSource { source: Some(pb::log_source::Source::JournaldUnit("postgresql@15-main.service".into())) }],
+            plan: Some(pb::Plan { name: pb::PlanName::Starter as i32, cpu_millis: 1000, memory_bytes: 2 << 30, ..Default::default() }),
+            maintenance_window: Some(pb::MaintenanceWindow { weekday: pb::Weekday::Monday as i32, start_minute_utc: 120, duration_minutes: 60 }),
+            backup_policy: None,
+        }),
+        created: ts(0),
+        updated: None,
+        generation: 3,
+    };
+    let v = instance.to_json();
+    assert_eq!(v["spec"]["engine"], "postgresql");
+    assert_eq!(v["spec"]["plan"]["name"], "starter");
+    assert_eq!(v["spec"]["volume"]["device"], Value::Null);
+    assert_eq!(v["spec"]["maintenance_window"], serde_json::json!({"weekday": "monday", "start_utc": "02:00", "duration_minutes": 60}));
+    assert_eq!(v["spec"]["log_sources"][0]["journald_unit"], "postgresql@15-main.service");
+    assert_eq!(v["spec"]["backup_policy"], Value::Null);
+    assert_eq!(v["created"], "1970-01-01T00:00:00.250Z");
+    assert_eq!(v["generation"], 3);
+    let table = instance.to_table();
+    assert!(table.contains("engine:      postgresql 15\n"), "{table}");
+    assert!(table.contains("10 GiB ext4 on agent-managed file"), "{table}");
+}
+
+#[test]
+fn unknown_enum_values_stay_visible() {
+    assert_eq!(engine_name(99), "unknown(99)");
+    assert_eq!(op_state_name(0), "unspecified");
+}
+
+#[test]
+fn tables_align_columns() {
+    let text = columns(&["ID", "STATE"], &[vec!["op-1".into(), "running".into()], vec!["op-22222".into(), "failed".into()]]);
+    assert_eq!(text, "ID        STATE\nop-1      running\nop-22222  failed\n");
+    assert_eq!(bytes(10 << 30), "10 GiB");
+    assert_eq!(bytes(1536), "1.5 KiB");
+    assert_eq!(bytes(100), "100 B");
+    let op_table = operation().to_table();
+    assert!(op_table.contains("512 B/1 KiB (50%) formatting"), "{op_table}");
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need on a fresh Debian 12 machine (apt packages,
+# cached tools), builds, and runs every tier: unit tests, tests against the real agent binary and
+# real servers on 127.0.0.1, and the VM tests (real kernel, dm-crypt, systemd, dpkg).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  pkg-config clang libcryptsetup-dev cryptsetup-bin e2fsprogs xfsprogs   # volumes (libcryptsetup-rs, mkfs)
+  qemu-system-x86 debootstrap busybox-static                            # VM harness
+  prometheus prometheus-node-exporter                                   # promtool, metrics comparison
+  openssl
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "run-tests: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's packaged servers must not keep running on their default ports: tests start their own.
+for svc in prometheus prometheus-node-exporter; do
+  if pgrep -x "$svc" >/dev/null 2>&1; then
+    (systemctl stop "$svc" 2>/dev/null || pkill -x "$svc") || true
+  fi
+done
+
+echo "run-tests: building"
+cargo build --workspace --all-targets --locked
+echo "run-tests: running all tests"
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
