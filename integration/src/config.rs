@@ -1,0 +1,45 @@
+//! TOML for `dbagent --config FILE`, written the way an operator would.
+
+use crate::agent::LaunchContext;
+use crate::pki::PkiFiles;
+use std::path::Path;
+
+/// A TOML basic string for `path`; JSON string escaping is valid TOML for these paths.
+pub fn toml_path(path: &Path) -> String {
+    serde_json::to_string(&path.to_string_lossy()).expect("a string always serializes")
+}
+
+/// A complete config for an agent using `pki`, the given CRL files and roles, with test kinds on.
+pub fn custom_config(ctx: &LaunchContext, pki: &PkiFiles, crls: &[&Path], orchestrators: &[&str], monitors: &[&str]) -> String {
+    let list = |items: Vec<String>| items.join(", ");
+    let quoted = |names: &[&str]| list(names.iter().map(|n| serde_json::to_string(n).expect("string")).collect());
+    format!(
+        r#"state_dir = {state_dir}
+
+[api]
+listen = "{listen}"
+shutdown_grace_secs = 5
+
+[tls]
+cert = {cert}
+key = {key}
+client_ca = {ca}
+crls = [{crls}]
+
+[auth]
+orchestrators = [{orchestrators}]
+monitors = [{monitors}]
+
+[operations]
+enable_test_kinds = true
+"#,
+        state_dir = toml_path(&ctx.state_dir),
+        listen = ctx.listen,
+        cert = toml_path(&pki.cert),
+        key = toml_path(&pki.key),
+        ca = toml_path(&pki.ca),
+        crls = list(crls.iter().map(|p| toml_path(p)).collect()),
+        orchestrators = quoted(orchestrators),
+        monitors = quoted(monitors),
+    )
+}
