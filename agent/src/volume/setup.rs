@@ -12,10 +12,15 @@ use crate::instances::Registry;
 /// `dev`: a missing local KEK is generated under the state folder instead of refusing to start.
 pub fn from_config(config: &Config, dev: bool, registry: Arc<Registry>) -> Result<Volumes, VolumeError> {
     let keys: Arc<dyn KeyProvider> = match config.keys.provider {
-        KeyProviderKind::Local => {
-            let kek = KekSource::from_env(config.keys.kek_file.clone(), dev).load()?;
-            Arc::new(Arc::new(LocalKeystore::open(config.state_dir.join("keystore"), &kek)?))
-        }
+        KeyProviderKind::Local => match KekSource::from_env(config.keys.kek_file.clone(), dev).load() {
+            Ok(kek) => Arc::new(Arc::new(LocalKeystore::open(config.state_dir.join("keystore"), &kek)?)),
+            // Without its KEK the agent still serves everything else (status, metrics, logs, the
+            // orchestrator's view of the problem); volume calls answer FAILED_PRECONDITION.
+            Err(e) => {
+                tracing::error!("{e}; volumes cannot be created or opened until it is provided");
+                Arc::new(NoKek(e.to_string()))
+            }
+        },
         KeyProviderKind::Remote => {
             let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
             Arc::new(RemoteKeys::connect(&config.keys.remote, host)?)
@@ -29,4 +34,22 @@ pub fn from_config(config: &Config, dev: bool, registry: Arc<Registry>) -> Resul
         keys,
         registry,
     )
+}
+
+/// The local provider when the host KEK could not be loaded: every key request fails with the reason.
+struct NoKek(String);
+
+#[tonic::async_trait]
+impl KeyProvider for NoKek {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn key(&self, _: &str, _: u32, _: bool, _: u32) -> Result<super::key::VolumeKey, super::key::KeyError> {
+        Err(super::key::KeyError::Kek(self.0.clone()))
+    }
+
+    async fn forget(&self, _: &str, _: Option<u32>) -> Result<(), super::key::KeyError> {
+        Err(super::key::KeyError::Kek(self.0.clone()))
+    }
 }
