@@ -81,7 +81,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(config, args.dev)) {
+    let result = runtime.block_on(daemon::run(config, args.dev));
+    // Blocking work still running (a libcryptsetup call, a file write) gets a moment, not forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
