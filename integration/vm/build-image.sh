@@ -67,9 +67,9 @@ unmount_under() {
 }
 remove_tree() { unmount_under "$1"; rm -rf --one-file-system "$1"; }
 trap 'unmount_under "$WORK"' EXIT
+ROOTFS="$WORK/rootfs"
 remove_tree "$WORK"
 mkdir -p "$WORK"
-ROOTFS="$WORK/rootfs"
 T0=$SECONDS
 
 # --- kernel -----------------------------------------------------------------------------------------
@@ -82,16 +82,29 @@ fi
 [[ -n "$KPKG" ]] || die "cannot resolve linux-image-amd64 to a versioned kernel package (apt-get update?)"
 KV="${KPKG#linux-image-}"
 log "kernel $KPKG (modules $KV)"
+chown _apt "$WORK" 2>/dev/null || true   # apt-get download drops privileges to _apt
 (cd "$WORK" && apt-get download -q "$KPKG" >&2) || die "apt-get download $KPKG failed"
+rm -rf "$WORK/kernel"
 mkdir -p "$WORK/kernel"
 dpkg-deb -x "$WORK"/linux-image-*.deb "$WORK/kernel"
 [[ -f "$WORK/kernel/boot/vmlinuz-$KV" ]] || die "vmlinuz-$KV not found in $KPKG"
 
 # --- root file system -------------------------------------------------------------------------------
-log "debootstrap $SUITE from $MIRROR (about a minute)"
 INCLUDE=systemd,systemd-sysv,udev,kmod,cryptsetup-bin,e2fsprogs,xfsprogs,iproute2,ca-certificates,postgresql-15
-debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
-    || { tail -30 "$WORK/debootstrap.log" >&2; die "debootstrap failed, full log in $WORK/debootstrap.log"; }
+# The debootstrap result is the slow part (minutes) and changes only with the package list or mirror:
+# it is cached as a tarball of its own, so editing the steps below rebuilds in about a minute.
+DTAR="$CACHE/debootstrap-$(printf '%s\n' "$SUITE" "$INCLUDE" "$MIRROR" | sha256sum | cut -c1-16).tar"
+mkdir -p "$ROOTFS"
+if [[ -f "$DTAR" ]]; then
+    log "unpacking the cached debootstrap $DTAR"
+    tar -C "$ROOTFS" --numeric-owner -xf "$DTAR"
+else
+    log "debootstrap $SUITE from $MIRROR (1-5 minutes)"
+    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -30 "$WORK/debootstrap.log" >&2; die "debootstrap failed, full log in $WORK/debootstrap.log"; }
+    unmount_under "$ROOTFS"
+    tar -C "$ROOTFS" --numeric-owner --one-file-system -cf "$DTAR.tmp" . && mv "$DTAR.tmp" "$DTAR"
+fi
 
 log "configuring the guest"
 # PostgreSQL: no cluster by default; tests create their own (often on an encrypted volume).
@@ -155,6 +168,7 @@ rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/sha
 # --- initramfs --------------------------------------------------------------------------------------
 log "building the initramfs"
 INITRD="$WORK/initrd"
+rm -rf "$INITRD"
 mkdir -p "$INITRD"/{bin,dev,proc,sys,newroot,lib/modules}
 cp "$BUSYBOX" "$INITRD/bin/busybox"
 for applet in sh mount umount insmod findfs switch_root sleep poweroff echo cat mkdir; do
@@ -166,11 +180,12 @@ for mod in crc32c_generic crc32c-intel ext4 virtio_pci virtio_blk 9pnet_virtio 9
     modprobe -d "$ROOTFS" -S "$KV" --show-depends "$mod" | while read -r kind path _; do
         [[ "$kind" == insmod ]] || continue
         name="$(basename "$path")"
+        src="$path"; [[ -f "$src" ]] || src="$ROOTFS$path"
         if [[ ! -f "$INITRD/lib/modules/${name%%.ko*}.ko" ]]; then
             case "$name" in
-                *.ko.xz) xz -dc "$ROOTFS$path" >"$INITRD/lib/modules/${name%.xz}" ;;
-                *.ko.zst) zstd -qdc "$ROOTFS$path" >"$INITRD/lib/modules/${name%.zst}" ;;
-                *) cp "$ROOTFS$path" "$INITRD/lib/modules/$name" ;;
+                *.ko.xz) xz -dc "$src" >"$INITRD/lib/modules/${name%.xz}" ;;
+                *.ko.zst) zstd -qdc "$src" >"$INITRD/lib/modules/${name%.zst}" ;;
+                *) cp "$src" "$INITRD/lib/modules/$name" ;;
             esac
             echo "${name%%.ko*}.ko" >>"$INITRD/modules.order"
         fi

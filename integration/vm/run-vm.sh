@@ -12,6 +12,7 @@
 #   VM_HOSTFWD_PORT   host port on 127.0.0.1 forwarded to guest port 7443 (VM_GUEST_PORT)
 #   VM_GUESTFWD_PORT  guest connections to 10.0.2.100:PORT reach 127.0.0.1:PORT on the host
 #   VM_MEMORY (1024), VM_CPUS (2), DBAGENT_VM_CACHE (see build-image.sh)
+#   VM_KERNEL_ARGS    replaces "quiet loglevel=3 systemd.show_status=false" (e.g. "systemd.show_status=true" to debug)
 # Exit status: 0 when result.log is complete and has no FAIL line; 1 otherwise, with the reason.
 # Only one VM runs at a time on this machine (a lock in the cache folder); timings suffer otherwise.
 set -euo pipefail
@@ -52,7 +53,7 @@ fi
 ARGS=(
     -accel tcg,thread=multi -cpu max -m "${VM_MEMORY:-1024}" -smp "${VM_CPUS:-2}" -nographic -no-reboot
     -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.gz"
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 systemd.show_status=false"
+    -append "console=ttyS0 panic=-1 ${VM_KERNEL_ARGS:-quiet loglevel=3 systemd.show_status=false}"
     -drive "file=$IMAGE/root.img,format=raw,if=none,id=root,snapshot=on"
     -device virtio-blk-pci,drive=root,serial=vmroot
     -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share"
