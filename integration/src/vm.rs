@@ -114,7 +114,8 @@ impl Vm {
         let src = src.as_ref();
         let dst = self.share.path().join(name);
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
         fs::copy(src, &dst)
             .unwrap_or_else(|e| panic!("copy {} into the VM share as {name}: {e}", src.display()));
@@ -153,7 +154,8 @@ impl Vm {
     fn file_mode(self, name: &str, contents: &[u8], mode: u32) -> Self {
         let dst = self.share.path().join(name);
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
         fs::write(&dst, contents).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
@@ -179,9 +181,11 @@ impl Vm {
             self.name
         );
         let n = BOOT_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let out_dir = std::env::temp_dir()
-            .join("dbagent-vm-out")
-            .join(format!("{}-{}-{n}", self.name, std::process::id()));
+        let out_dir = std::env::temp_dir().join("dbagent-vm-out").join(format!(
+            "{}-{}-{n}",
+            self.name,
+            std::process::id()
+        ));
         fs::create_dir_all(&out_dir)
             .unwrap_or_else(|e| panic!("create VM output folder {}: {e}", out_dir.display()));
 
@@ -227,7 +231,12 @@ impl VmRun {
         self.results
             .iter()
             .find(|r| r.name() == name)
-            .unwrap_or_else(|| panic!("the guest reported no check named {name:?}; it reported {:?}", self.results))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the guest reported no check named {name:?}; it reported {:?}",
+                    self.results
+                )
+            })
     }
 
     /// Milliseconds of passed check `name`; panics if it failed or is missing.
@@ -239,7 +248,10 @@ impl VmRun {
     }
 
     pub fn failures(&self) -> Vec<&StepResult> {
-        self.results.iter().filter(|r| matches!(r, StepResult::Fail { .. })).collect()
+        self.results
+            .iter()
+            .filter(|r| matches!(r, StepResult::Fail { .. }))
+            .collect()
     }
 
     /// Panics with the failed checks and log excerpts unless every check passed and run.sh finished.
@@ -271,7 +283,13 @@ impl VmRun {
 
 /// Parses result.log: `BOOT <ms>`, `PASS <name> <ms>`, `FAIL <name> <reason>`, `END <code>`.
 pub fn parse_result_log(text: &str, out_dir: PathBuf) -> VmRun {
-    let mut run = VmRun { results: Vec::new(), boot_to_test_ms: None, wall_ms: None, exit_code: None, out_dir };
+    let mut run = VmRun {
+        results: Vec::new(),
+        boot_to_test_ms: None,
+        wall_ms: None,
+        exit_code: None,
+        out_dir,
+    };
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
         match (parts.next(), parts.next(), parts.next()) {
@@ -309,7 +327,8 @@ pub fn require_qemu() {
 /// Creates (or truncates to) a sparse raw disk image of `bytes` bytes.
 pub fn sparse_disk(path: impl AsRef<Path>, bytes: u64) {
     let path = path.as_ref();
-    let f = fs::File::create(path).unwrap_or_else(|e| panic!("create disk image {}: {e}", path.display()));
+    let f = fs::File::create(path)
+        .unwrap_or_else(|e| panic!("create disk image {}: {e}", path.display()));
     f.set_len(bytes)
         .unwrap_or_else(|e| panic!("size disk image {} to {bytes} bytes: {e}", path.display()));
 }
@@ -322,7 +341,9 @@ pub fn file_contains(path: impl AsRef<Path>, needle: &[u8]) -> bool {
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         if n == 0 {
             return false;
         }
@@ -340,7 +361,9 @@ pub fn file_contains(path: impl AsRef<Path>, needle: &[u8]) -> bool {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for [`Vm::hostfwd_port`]).
 pub fn free_local_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    l.local_addr().expect("local address of a bound listener").port()
+    l.local_addr()
+        .expect("local address of a bound listener")
+        .port()
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -366,10 +389,19 @@ mod tests {
         );
         assert_eq!(run.boot_to_test_ms, Some(14000));
         assert_eq!(run.exit_code, Some(1));
-        assert_eq!(run.results[0], StepResult::Pass { name: "fmt".into(), ms: 812 });
+        assert_eq!(
+            run.results[0],
+            StepResult::Pass {
+                name: "fmt".into(),
+                ms: 812
+            }
+        );
         assert_eq!(
             run.results[1],
-            StepResult::Fail { name: "open".into(), reason: "exit 2: No key available".into() }
+            StepResult::Fail {
+                name: "open".into(),
+                reason: "exit 2: No key available".into()
+            }
         );
         assert_eq!(run.failures().len(), 1);
     }
