@@ -29,8 +29,7 @@ fi
 [[ $(id -u) == 0 ]] || die "building the guest image needs root (debootstrap, chroot); run as root once, later runs reuse $IMAGE"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/build.lock"
-log "waiting for the build lock $CACHE/build.lock" 
-flock 9
+flock -n 9 || { log "another build of the guest image is running, waiting for it ($CACHE/build.lock)"; flock 9; }
 if [[ -f "$IMAGE/ready" && "${VM_REBUILD:-0}" != 1 ]]; then
     echo "$IMAGE"
     exit 0
