@@ -19,6 +19,7 @@ pub mod config;
 pub mod ops;
 pub mod pki;
 mod ready;
+pub mod vm;
 
 pub use agent::{Agent, AgentBuilder, LaunchContext};
 pub use client::{CallFailure, ClientIdentity, connect, first_get_status};
