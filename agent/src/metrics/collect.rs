@@ -262,3 +262,7 @@ fn push_pressure(r: &mut Reading, resource: &'static str, text: &str) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "collect_tests.rs"]
+mod tests;

@@ -2,9 +2,10 @@
 //!
 //! Samples are stored compactly: each owner interns its series keys once (metric + labels -> u16 id),
 //! and a sample is a run of varints in a chunk of `CHUNK_SAMPLES` samples: the time since the previous
-//! sample in ms, the number of values, then per value the id delta and the zig-zag difference to that
-//! series' previous value in the chunk. Counters grow a little per interval and gauges mostly stand
-//! still, so a value costs one to four bytes instead of a 16-byte (id, f64) pair or a label string.
+//! sample in ms, the list of series ids (or a single 0 when it is the previous sample's list), then
+//! per value the zig-zag difference to that series' previous value in the chunk (for counters, the
+//! difference of differences). Counters grow at a steady-ish rate and gauges mostly stand still, so
+//! a value costs one to three bytes instead of a 16-byte (id, f64) pair or a label string.
 //! Whole chunks fall off the back once they are older than the retention, so the history holds at
 //! most one chunk more than asked for.
 
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::model::{Owner, Point, Reading, SeriesKey, Snapshot};
+use super::model::{Kind, Owner, Point, Reading, SeriesKey, Snapshot};
 
 /// One hour at the default 10 s interval.
 pub const CHUNK_SAMPLES: u32 = 360;
@@ -22,8 +23,56 @@ struct Chunk {
     last_ms: u64,
     count: u32,
     bytes: Vec<u8>,
-    /// Last value per series id while the chunk is open; dropped when it is sealed.
-    prev: Option<Vec<u64>>,
+    /// Encoder state while the chunk is open; dropped when it is sealed.
+    prev: Option<EncoderState>,
+}
+
+/// What the next sample is encoded against: per series id the last value and, for counters, the
+/// last delta (counters are stored as delta-of-delta: a steady rate costs one byte).
+#[derive(Default)]
+struct EncoderState {
+    values: Vec<u64>,
+    deltas: Vec<u64>,
+    ids: Vec<u16>,
+}
+
+impl EncoderState {
+    fn with_len(n: usize) -> Self {
+        Self { values: vec![0; n], deltas: vec![0; n], ids: Vec::new() }
+    }
+
+    fn grow(&mut self, n: usize) {
+        self.values.resize(n, 0);
+        self.deltas.resize(n, 0);
+    }
+
+    /// The encoded difference for `raw` of series `id`, updating the state. Decoding runs the same
+    /// steps backwards in `decode_value`.
+    fn encode_value(&mut self, id: usize, raw: u64, counter: bool) -> u64 {
+        let delta = raw.wrapping_sub(self.values[id]);
+        self.values[id] = raw;
+        let residual = if counter {
+            let r = delta.wrapping_sub(self.deltas[id]);
+            self.deltas[id] = delta;
+            r
+        } else {
+            delta
+        };
+        zigzag(residual as i64)
+    }
+
+    fn decode_value(&mut self, id: usize, encoded: u64, counter: bool) -> u64 {
+        let residual = unzigzag(encoded) as u64;
+        let delta = if counter {
+            let d = self.deltas[id].wrapping_add(residual);
+            self.deltas[id] = d;
+            d
+        } else {
+            residual
+        };
+        self.values[id] = self.values[id].wrapping_add(delta);
+        self.values[id]
+    }
 }
 
 /// The history of one owner.
@@ -97,21 +146,29 @@ impl OwnerHistory {
             if let Some(c) = self.chunks.back_mut() {
                 seal(c);
             }
-            self.chunks.push_back(Chunk { first_ms: ms, last_ms: ms, count: 0, bytes: Vec::new(), prev: Some(Vec::new()) });
+            self.chunks.push_back(Chunk { first_ms: ms, last_ms: ms, count: 0, bytes: Vec::new(), prev: Some(EncoderState::default()) });
         }
         let n_keys = self.keys.len();
         let Some(chunk) = self.chunks.back_mut() else { return };
-        let prev = chunk.prev.get_or_insert_with(Vec::new);
-        prev.resize(n_keys, 0);
+        let state = chunk.prev.get_or_insert_with(EncoderState::default);
+        state.grow(n_keys);
         put_varint(&mut chunk.bytes, ms - chunk.last_ms);
-        put_varint(&mut chunk.bytes, entries.len() as u64);
-        let mut last_id = 0u16;
-        for (id, _, raw) in &entries {
-            put_varint(&mut chunk.bytes, u64::from(id - last_id));
-            last_id = *id;
-            let slot = &mut prev[usize::from(*id)];
-            put_varint(&mut chunk.bytes, zigzag(raw.wrapping_sub(*slot) as i64));
-            *slot = *raw;
+        // The set of series rarely changes between samples: then a single 0 replaces the id list.
+        let ids: Vec<u16> = entries.iter().map(|e| e.0).collect();
+        if ids == state.ids {
+            put_varint(&mut chunk.bytes, 0);
+        } else {
+            put_varint(&mut chunk.bytes, ids.len() as u64 + 1);
+            let mut last_id = 0u16;
+            for id in &ids {
+                put_varint(&mut chunk.bytes, u64::from(id - last_id));
+                last_id = *id;
+            }
+            state.ids = ids;
+        }
+        for (id, key, raw) in &entries {
+            let v = state.encode_value(usize::from(*id), *raw, key.metric.info().kind == Kind::Counter);
+            put_varint(&mut chunk.bytes, v);
         }
         chunk.last_ms = ms;
         chunk.count += 1;
@@ -135,19 +192,28 @@ impl OwnerHistory {
 
     fn decode(&self, chunk: &Chunk, owner: &Owner, keep: impl Fn(&Snapshot) -> bool, out: &mut Vec<Snapshot>) {
         let b = &chunk.bytes;
-        let mut prev = vec![0u64; self.keys.len()];
+        let mut state = EncoderState::with_len(self.keys.len());
         let (mut at, mut ms) = (0usize, chunk.first_ms);
         for _ in 0..chunk.count {
             let (Some(dt), Some(n)) = (get_varint(b, &mut at), get_varint(b, &mut at)) else { return };
             ms += dt;
-            let mut id = 0usize;
-            let mut points = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(4096));
-            for _ in 0..n {
-                let (Some(did), Some(d)) = (get_varint(b, &mut at), get_varint(b, &mut at)) else { return };
-                id += usize::try_from(did).unwrap_or(usize::MAX);
-                let (Some(slot), Some(key)) = (prev.get_mut(id), self.keys.get(id)) else { return };
-                *slot = slot.wrapping_add(unzigzag(d) as u64);
-                points.push(Point { key: key.clone(), raw: *slot });
+            if n > 0 {
+                let mut ids = Vec::with_capacity(usize::try_from(n - 1).unwrap_or(0).min(65_536));
+                let mut id = 0u64;
+                for _ in 1..n {
+                    let Some(did) = get_varint(b, &mut at) else { return };
+                    id += did;
+                    let Ok(id) = u16::try_from(id) else { return };
+                    ids.push(id);
+                }
+                state.ids = ids;
+            }
+            let mut points = Vec::with_capacity(state.ids.len());
+            for i in 0..state.ids.len() {
+                let id = usize::from(state.ids[i]);
+                let (Some(v), Some(key)) = (get_varint(b, &mut at), self.keys.get(id)) else { return };
+                let raw = state.decode_value(id, v, key.metric.info().kind == Kind::Counter);
+                points.push(Point { key: key.clone(), raw });
             }
             let s = Snapshot { time: UNIX_EPOCH + Duration::from_millis(ms), owner: owner.clone(), points };
             if keep(&s) {
@@ -167,7 +233,7 @@ impl OwnerHistory {
         let chunks: usize = self
             .chunks
             .iter()
-            .map(|c| size_of::<Chunk>() + c.bytes.capacity() + c.prev.as_ref().map_or(0, |p| p.capacity() * 8))
+            .map(|c| size_of::<Chunk>() + c.bytes.capacity() + c.prev.as_ref().map_or(0, |p| p.values.capacity() * 16 + p.ids.capacity() * 2))
             .sum();
         let keys: usize = self
             .keys
