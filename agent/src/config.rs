@@ -329,10 +329,10 @@ impl Config {
                 ),
             );
         }
-        if let Some(e) = &m.otlp_endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) || e.parse::<http::Uri>().is_err() {
-                return invalid("metrics.otlp_endpoint", format!("{e:?} must be a URL such as http://127.0.0.1:4317"));
-            }
+        if let Some(e) = &m.otlp_endpoint
+            && (!(e.starts_with("http://") || e.starts_with("https://")) || e.parse::<http::Uri>().is_err())
+        {
+            return invalid("metrics.otlp_endpoint", format!("{e:?} must be a URL such as http://127.0.0.1:4317"));
         }
         if !(1..=86400).contains(&m.otlp_interval_secs) {
             return invalid("metrics.otlp_interval_secs", "must be between 1 and 86400 seconds".into());

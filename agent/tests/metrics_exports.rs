@@ -2,6 +2,8 @@
 //! OTLP gRPC receiver in this test), on data collected from this machine's /proc and the cgroup
 //! fixture tree.
 
+#![allow(clippy::unwrap_used)]
+
 use dbagent::metrics::collect::{Collector, CollectorPaths, InstanceTarget};
 use dbagent::metrics::{MetricsHub, Owner, http, otlp};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};

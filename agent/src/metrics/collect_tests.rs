@@ -8,7 +8,7 @@ pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics/fixtures")
 }
 
-fn find<'a>(r: &'a Reading, metric: Metric, label: Option<&str>) -> Option<u64> {
+fn find(r: &Reading, metric: Metric, label: Option<&str>) -> Option<u64> {
     r.values
         .iter()
         .find(|(k, _)| k.metric == metric && label.is_none_or(|l| k.labels.iter().any(|(_, v)| v == l)))

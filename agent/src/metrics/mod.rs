@@ -88,7 +88,7 @@ fn thin<T>(items: Vec<T>, max: usize) -> Vec<T> {
         return items;
     }
     let step = n.div_ceil(max);
-    items.into_iter().enumerate().filter(|(i, _)| (n - 1 - i) % step == 0).map(|(_, s)| s).collect()
+    items.into_iter().enumerate().filter(|(i, _)| (n - 1 - i).is_multiple_of(step)).map(|(_, s)| s).collect()
 }
 
 #[cfg(test)]

@@ -49,10 +49,10 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 fn label_values<'a>(s: &'a pb::MetricSnapshot, name: &str, label: &str) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
     for x in s.samples.iter().filter(|x| x.name == name) {
-        if let Some(v) = x.labels.get(label) {
-            if !out.contains(&v.as_str()) {
-                out.push(v);
-            }
+        if let Some(v) = x.labels.get(label)
+            && !out.contains(&v.as_str())
+        {
+            out.push(v);
         }
     }
     out

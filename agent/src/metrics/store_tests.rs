@@ -73,16 +73,16 @@ fn a_day_of_an_instance_costs_well_under_a_megabyte() {
     let mut counters = vec![0u64; 45];
     for i in 0..8640u64 {
         let mut r = Reading::default();
-        for s in 0..45usize {
+        for (s, counter) in counters.iter_mut().enumerate() {
             let (metric, v) = match s {
                 0..15 => (Metric::MemoryLimit, 2_147_483_648 + s as u64),
                 15..30 => {
-                    counters[s] += next(6);
-                    (Metric::IoReads, counters[s])
+                    *counter += next(6);
+                    (Metric::IoReads, *counter)
                 }
                 30..40 => {
-                    counters[s] += 10_000_000 + next(17);
-                    (Metric::IoReadBytes, counters[s])
+                    *counter += 10_000_000 + next(17);
+                    (Metric::IoReadBytes, *counter)
                 }
                 _ => (Metric::Memory, 1_207_959_552 + next(20)),
             };
