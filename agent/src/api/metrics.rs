@@ -59,3 +59,7 @@ impl pb::metrics_server::Metrics for MetricsApi {
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(stream, |s| Ok(pb::MetricSnapshot::from(&*s))))))
     }
 }
+
+#[cfg(test)]
+#[path = "metrics_tests.rs"]
+mod tests;
