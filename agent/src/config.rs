@@ -32,6 +32,7 @@ pub struct Config {
     pub logging: LoggingConfig,
     pub volumes: VolumesConfig,
     pub keys: KeysConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +201,46 @@ impl Default for RemoteKeysConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Seconds between samples of the node and every instance.
+    pub interval_secs: u64,
+    /// Seconds of samples kept in memory (24 h by default; see docs/metrics.md for the memory cost).
+    pub history_secs: u64,
+    /// Where cgroup v2 is mounted; an instance's figures come from `<root>/system.slice/<unit>`.
+    pub cgroup_root: PathBuf,
+    /// Serve Prometheus text on `prometheus_listen` (plain HTTP, GET /metrics).
+    pub prometheus_enabled: bool,
+    /// Loopback by default. Port 9559 avoids the usual exporters on database hosts (node 9100,
+    /// mysqld 9104, redis 9121, postgres 9187).
+    pub prometheus_listen: SocketAddr,
+    /// The endpoint is unauthenticated plain HTTP: any other address must be allowed explicitly.
+    pub prometheus_allow_non_loopback: bool,
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`, `https://...`); no push when absent.
+    pub otlp_endpoint: Option<String>,
+    /// Seconds between OTLP pushes.
+    pub otlp_interval_secs: u64,
+    /// CA bundle (PEM) that an https OTLP endpoint's certificate must chain to.
+    pub otlp_ca: Option<PathBuf>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 10,
+            history_secs: 24 * 3600,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            prometheus_enabled: true,
+            prometheus_listen: SocketAddr::from(([127, 0, 0, 1], 9559)),
+            prometheus_allow_non_loopback: false,
+            otlp_endpoint: None,
+            otlp_interval_secs: 60,
+            otlp_ca: None,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -212,6 +253,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             volumes: VolumesConfig::default(),
             keys: KeysConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -306,6 +348,8 @@ impl Config {
         config.keys.kek_file = state_dir.join("kek");
         config.volumes.pbkdf = PbkdfKind::Pbkdf2;
         config.volumes.pbkdf_iterations = 1000;
+        // Any free port: several dev agents (and the integration tests' agents) run side by side.
+        config.metrics.prometheus_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config
     }
 
@@ -391,8 +435,41 @@ impl Config {
                 return invalid("keys.remote.timeout_secs", "must be between 1 and 300 seconds".into());
             }
         }
+        self.validate_metrics(path)?;
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
+        }
+        Ok(())
+    }
+
+    fn validate_metrics(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
+        let m = &self.metrics;
+        if !(1..=3600).contains(&m.interval_secs) {
+            return invalid("metrics.interval_secs", "must be between 1 and 3600 seconds".into());
+        }
+        if m.history_secs < m.interval_secs || m.history_secs > 31 * 24 * 3600 {
+            return invalid("metrics.history_secs", "must be at least metrics.interval_secs and at most 31 days (2678400)".into());
+        }
+        if !m.cgroup_root.is_absolute() {
+            return invalid("metrics.cgroup_root", format!("{:?} must be an absolute path", m.cgroup_root));
+        }
+        if m.prometheus_enabled && !m.prometheus_listen.ip().is_loopback() && !m.prometheus_allow_non_loopback {
+            return invalid(
+                "metrics.prometheus_listen",
+                format!(
+                    "{} is not a loopback address; the endpoint is plain unauthenticated HTTP. Use 127.0.0.1 or ::1, or set metrics.prometheus_allow_non_loopback = true",
+                    m.prometheus_listen
+                ),
+            );
+        }
+        if let Some(e) = &m.otlp_endpoint
+            && (!(e.starts_with("http://") || e.starts_with("https://")) || e.parse::<http::Uri>().is_err())
+        {
+            return invalid("metrics.otlp_endpoint", format!("{e:?} must be a URL such as http://127.0.0.1:4317"));
+        }
+        if !(1..=86400).contains(&m.otlp_interval_secs) {
+            return invalid("metrics.otlp_interval_secs", "must be between 1 and 86400 seconds".into());
         }
         Ok(())
     }
@@ -475,6 +552,22 @@ mod tests {
         assert!(e.contains("scrypt"), "{e}");
         let e = parse("[keys]\nprovider = \"remote\"\n[keys.remote]\nendpoint = \"http://x\"").unwrap_err().to_string();
         assert!(e.contains("keys.remote.endpoint"), "{e}");
+    }
+
+    #[test]
+        fn metrics_config() {
+        let c = parse("[metrics]\ninterval_secs = 5\notlp_endpoint = \"http://127.0.0.1:4317\"").unwrap();
+        assert_eq!(c.metrics.interval_secs, 5);
+        assert_eq!(c.metrics.history_secs, 86400);
+        assert_eq!(c.metrics.prometheus_listen.port(), 9559);
+        let e = parse("[metrics]\nprometheus_listen = \"0.0.0.0:9559\"").unwrap_err().to_string();
+        assert!(e.contains("metrics.prometheus_listen") && e.contains("loopback"), "{e}");
+        parse("[metrics]\nprometheus_listen = \"0.0.0.0:9559\"\nprometheus_allow_non_loopback = true").unwrap();
+        parse("[metrics]\nprometheus_listen = \"[::1]:9559\"").unwrap();
+        let e = parse("[metrics]\notlp_endpoint = \"127.0.0.1:4317\"").unwrap_err().to_string();
+        assert!(e.contains("metrics.otlp_endpoint"), "{e}");
+        let e = parse("[metrics]\ninterval_secs = 0").unwrap_err().to_string();
+        assert!(e.contains("metrics.interval_secs"), "{e}");
     }
 
     #[test]

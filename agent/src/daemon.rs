@@ -19,6 +19,7 @@ use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
 use crate::tls::peer::RoleMap;
 use crate::tls::server::ReloadableAcceptor;
 use crate::tls::{TlsError, devpki};
+use crate::metrics::{self, MetricsHub};
 use crate::{fsutil, notify};
 
 #[derive(Debug, Error)]
@@ -35,6 +36,8 @@ pub enum DaemonError {
     Io { context: String, source: std::io::Error },
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("start metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("the API server stopped unexpectedly")]
     ServerExited,
     #[error("set up volumes: {0}")]
@@ -79,16 +82,31 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let roles = Arc::new(RoleMap::new(config.auth.clone()));
     let (incoming, accept_task) = spawn_accept_loop(listener, acceptor.clone(), roles, accept, root.clone());
 
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let metrics_hub = MetricsHub::new(
+        Duration::from_secs(config.metrics.interval_secs),
+        Duration::from_secs(config.metrics.history_secs),
+    );
+    let metrics_tasks = metrics::start::start(
+        &config.metrics,
+        metrics_hub.clone(),
+        metrics::start::registry_targets(registry.clone()),
+        hostname.clone(),
+        root.clone(),
+    )
+    .await?;
+
     let state = ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
         started: SystemTime::now(),
-        hostname: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+        hostname,
         config_digest: config.digest(),
         dev_mode: dev,
         test_kinds: config.operations.enable_test_kinds,
         shutdown: root.clone(),
         volumes: volumes.clone(),
+        metrics: metrics_hub,
     };
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
@@ -109,6 +127,9 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     if dev {
         print_dev_help(&state_dir);
     }
+    if let Some(addr) = metrics_tasks.prometheus {
+        tracing::info!("Prometheus metrics at http://{addr}/metrics");
+    }
 
     let server_result = tokio::select! {
         () = root.cancelled() => None,
@@ -124,7 +145,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         Some(r) => Some(r),
         None => tokio::time::timeout(grace, server).await.ok(),
     };
-    for task in [Some(signals), Some(pruner), Some(accept_task), watchdog].into_iter().flatten() {
+    for task in [Some(signals), Some(pruner), Some(accept_task), watchdog].into_iter().flatten().chain(metrics_tasks.handles) {
         task.abort();
     }
     match server_result {

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod instances;
 pub mod locks;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod timefmt;

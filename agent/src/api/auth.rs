@@ -56,9 +56,9 @@ pub const RULES: &[(&str, Access, Pending)] = &[
     r("/dbagent.v1.Volumes/GetVolume"),
     r("/dbagent.v1.Volumes/ListVolumes"),
     w("/dbagent.v1.Volumes/DestroyVolume"),
-    later(r("/dbagent.v1.Metrics/GetNodeMetrics"), "metrics"),
-    later(r("/dbagent.v1.Metrics/GetInstanceMetrics"), "metrics"),
-    later(r("/dbagent.v1.Metrics/StreamMetrics"), "metrics"),
+    r("/dbagent.v1.Metrics/GetNodeMetrics"),
+    r("/dbagent.v1.Metrics/GetInstanceMetrics"),
+    r("/dbagent.v1.Metrics/StreamMetrics"),
     later(r("/dbagent.v1.Logs/TailLogs"), "logs"),
     later(r("/dbagent.v1.Logs/ListDrains"), "logs"),
     later(w("/dbagent.v1.Logs/SetDrains"), "logs"),
@@ -207,10 +207,10 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/dbagent.v1.Agent/GetStatus", None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let e = authorize("/dbagent.v1.Metrics/GetNodeMetrics", Some(&mon)).unwrap_err();
+        let e = authorize("/dbagent.v1.Upgrades/GetAvailability", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("metrics"));
-        let e = authorize("/dbagent.v1.Logs/SetDrains", Some(&mon)).unwrap_err();
+        assert!(e.message().contains("availability"));
+        let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
         assert!(authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).is_ok());
         let e = authorize("/dbagent.v1.Volumes/CreateVolume", Some(&mon)).unwrap_err();

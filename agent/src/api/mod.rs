@@ -5,6 +5,7 @@ pub mod agent;
 pub mod auth;
 pub mod convert;
 pub mod instances;
+pub mod metrics;
 pub mod operations;
 pub mod status;
 pub mod volumes;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
 use crate::instances::registry::Registry;
+use crate::metrics::MetricsHub;
 use crate::ops::Engine;
 use crate::tls::listener::TlsConn;
 
@@ -32,6 +34,7 @@ pub struct ApiState {
     pub test_kinds: bool,
     pub shutdown: CancellationToken,
     pub volumes: crate::volume::Volumes,
+    pub metrics: Arc<MetricsHub>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,7 @@ pub async fn serve(
     health.set_serving::<pb::instances_server::InstancesServer<instances::InstancesApi>>().await;
     health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
     health.set_serving::<pb::volumes_server::VolumesServer<volumes::VolumesApi>>().await;
+    health.set_serving::<pb::metrics_server::MetricsServer<metrics::MetricsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -64,6 +68,7 @@ pub async fn serve(
         .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
         .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
         .add_service(pb::volumes_server::VolumesServer::new(volumes::VolumesApi(state.clone())))
+        .add_service(pb::metrics_server::MetricsServer::new(metrics::MetricsApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -69,3 +69,15 @@ impl From<crate::volume::VolumeError> for Status {
 }
 
 pub type ApiResult<T> = Result<tonic::Response<T>, Status>;
+
+impl From<crate::metrics::MetricsError> for Status {
+    fn from(e: crate::metrics::MetricsError) -> Self {
+        use crate::metrics::MetricsError as E;
+        let code = match &e {
+            E::InvalidRange(_) | E::IntervalTooShort { .. } => Code::InvalidArgument,
+            E::NoSampleYet(_) => Code::Unavailable,
+            E::Bind { .. } | E::OtlpEndpoint { .. } | E::OtlpCa { .. } => Code::Internal,
+        };
+        status(code, &e)
+    }
+}

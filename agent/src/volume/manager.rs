@@ -519,4 +519,4 @@ impl Inner {
 
 #[cfg(test)]
 #[path = "manager_tests.rs"]
-pub(super) mod tests;
+pub(crate) mod tests;
