@@ -24,6 +24,15 @@ pub enum MetricsCommand {
         #[arg(long, value_parser = parse::duration)]
         since: Option<Duration>,
     },
+    /// Refresh a table of the node and every instance (CPU, memory, disk, I/O rates) until interrupted.
+    Top {
+        /// Time between refreshes.
+        #[arg(long, value_parser = parse::duration, default_value = "2s")]
+        interval: Duration,
+        /// Stop after this many refreshes (0 = until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u32,
+    },
     /// Print snapshots as the agent takes them until interrupted (one JSON object per line with --output json).
     Stream {
         /// Instance to follow; the node when omitted.
@@ -119,6 +128,7 @@ pub async fn run_metrics(ctx: &Ctx, command: MetricsCommand) -> Result<(), CliEr
             let request = pb::GetInstanceMetricsRequest { instance_id, range: range(since) };
             ctx.print(client.get_instance_metrics(ctx.unary(request)).await?.get_ref())
         }
+        MetricsCommand::Top { interval, count } => top(ctx, &mut client, interval, count).await,
         MetricsCommand::Stream { instance_id, interval } => {
             let interval = interval.map(prost_types::Duration::try_from).transpose().map_err(|e| CliError::Usage(format!("--interval: {e}")))?;
             let request = pb::StreamMetricsRequest { instance_id: instance_id.unwrap_or_default(), interval };
@@ -128,6 +138,34 @@ pub async fn run_metrics(ctx: &Ctx, command: MetricsCommand) -> Result<(), CliEr
             }
             Ok(())
         }
+    }
+}
+
+/// The latest snapshot of the node and of every registered instance, redrawn each `interval`;
+/// rates come from the difference to the previous refresh.
+async fn top(ctx: &Ctx, client: &mut MetricsClient<tonic::transport::Channel>, interval: Duration, count: u32) -> Result<(), CliError> {
+    let mut instances = pb::instances_client::InstancesClient::new(ctx.channel.clone());
+    let mut previous: Option<Vec<pb::MetricSnapshot>> = None;
+    let mut refreshes = 0;
+    loop {
+        let mut current = client.get_node_metrics(ctx.unary(pb::GetNodeMetricsRequest { range: None })).await?.into_inner().snapshots;
+        let list = instances.list_instances(ctx.unary(pb::ListInstancesRequest {})).await?.into_inner();
+        for instance in list.instances {
+            let request = pb::GetInstanceMetricsRequest { instance_id: instance.id, range: None };
+            // An instance without a sample yet (unit not running) is simply not shown.
+            if let Ok(series) = client.get_instance_metrics(ctx.unary(request)).await {
+                current.extend(series.into_inner().snapshots);
+            }
+        }
+        let screen = crate::metrics::render::render_table(&current, previous.as_deref());
+        // Clear the terminal and home the cursor, as top does.
+        super::emit(&format!("\x1b[2J\x1b[H{screen}"))?;
+        previous = Some(current);
+        refreshes += 1;
+        if count != 0 && refreshes >= count {
+            return Ok(());
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

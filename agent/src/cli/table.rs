@@ -234,6 +234,10 @@ impl ToTable for pb::ListVolumesResponse {
 
 impl ToTable for pb::MetricSeries {
     fn to_table(&self) -> String {
+        // The latest sample reads best as the grouped table `top` shows; a range stays one row per sample.
+        if self.snapshots.len() == 1 {
+            return crate::metrics::render::render_table(&self.snapshots, None);
+        }
         let rows: Vec<Vec<String>> = self.snapshots.iter().flat_map(metric_rows).collect();
         columns(&["TIME", "INSTANCE", "METRIC", "VALUE"], &rows)
     }
