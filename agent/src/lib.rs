@@ -11,6 +11,7 @@ pub mod ids;
 pub mod instances;
 pub mod locks;
 pub mod logging;
+pub mod logs;
 pub mod notify;
 pub mod ops;
 pub mod timefmt;
