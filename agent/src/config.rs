@@ -30,6 +30,7 @@ pub struct Config {
     pub operations: OperationsConfig,
     pub instances: InstancesConfig,
     pub logging: LoggingConfig,
+    pub logs: crate::logs::LogsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +113,7 @@ impl Default for Config {
             operations: OperationsConfig::default(),
             instances: InstancesConfig::default(),
             logging: LoggingConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
         }
     }
 }
@@ -259,6 +261,9 @@ impl Config {
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
+        }
+        if let Some((key, message)) = self.logs.check() {
+            return invalid(key, message);
         }
         Ok(())
     }

@@ -76,6 +76,10 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let roles = Arc::new(RoleMap::new(config.auth.clone()));
     let (incoming, accept_task) = spawn_accept_loop(listener, acceptor.clone(), roles, accept, root.clone());
 
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let logs = crate::logs::LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname, registry.clone(), root.clone());
+    let logs_task = tokio::spawn(logs.clone().run());
+
     let state = ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
@@ -85,6 +89,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         dev_mode: dev,
         test_kinds: config.operations.enable_test_kinds,
         shutdown: root.clone(),
+        logs,
     };
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
@@ -108,6 +113,10 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     if !engine.drain(grace).await {
         tracing::warn!("operations still running after {grace:?}; they will be reported interrupted at next start");
+    }
+    // Log pipelines stop on the root token; let in-flight batches be acknowledged and committed.
+    if tokio::time::timeout(grace, logs_task).await.is_err() {
+        tracing::warn!("log shipping did not stop within {grace:?}; unacknowledged batches are sent again at next start");
     }
     let server_result = match server_result {
         Some(r) => Some(r),

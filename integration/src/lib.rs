@@ -1,0 +1,2 @@
+pub mod logship;
+pub mod rsyslog;

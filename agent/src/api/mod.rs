@@ -5,6 +5,7 @@ pub mod agent;
 pub mod auth;
 pub mod convert;
 pub mod instances;
+pub mod logs;
 pub mod operations;
 pub mod status;
 
@@ -30,6 +31,7 @@ pub struct ApiState {
     pub dev_mode: bool,
     pub test_kinds: bool,
     pub shutdown: CancellationToken,
+    pub logs: crate::logs::LogManager,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,7 @@ pub async fn serve(
     health.set_serving::<pb::agent_server::AgentServer<agent::AgentApi>>().await;
     health.set_serving::<pb::instances_server::InstancesServer<instances::InstancesApi>>().await;
     health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
+    health.set_serving::<pb::logs_server::LogsServer<logs::LogsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -60,6 +63,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
         .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
+        .add_service(pb::logs_server::LogsServer::new(logs::LogsApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

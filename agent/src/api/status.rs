@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::ids::InvalidField;
 use crate::instances::registry::RegistryError;
+use crate::logs::LogsError;
 use crate::ops::OpsError;
 
 fn status(code: Code, e: &dyn std::error::Error) -> Status {
@@ -44,6 +45,18 @@ impl From<RegistryError> for Status {
             RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
             RegistryError::Conflict(_) | RegistryError::Busy(_) => Code::Aborted,
             RegistryError::Io { .. } | RegistryError::Corrupt { .. } => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+impl From<LogsError> for Status {
+    fn from(e: LogsError) -> Self {
+        let code = match &e {
+            LogsError::Invalid(_) => Code::InvalidArgument,
+            LogsError::InstanceNotFound(_) | LogsError::DrainNotFound { .. } => Code::NotFound,
+            LogsError::ShuttingDown | LogsError::Drain(_) | LogsError::Journal(_) | LogsError::Tls(_) => Code::Unavailable,
+            LogsError::Io { .. } | LogsError::Corrupt(_) => Code::Internal,
         };
         status(code, &e)
     }

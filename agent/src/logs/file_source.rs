@@ -214,7 +214,10 @@ impl FileFollower {
                     }
                 }
             }
-            if t.joiner.has_pending() && now.duration_since(t.last_data) >= self.settings.flush_after {
+            // A rotated-away file read to its end: its last record is complete, and must not wait
+            // behind the new file's records.
+            let rotated_at_end = !t.matched && read < budget;
+            if t.joiner.has_pending() && (rotated_at_end || now.duration_since(t.last_data) >= self.settings.flush_after) {
                 let mut joined = Vec::new();
                 t.joiner.flush(&mut joined);
                 out.extend(joined.into_iter().map(|j| (t.name.clone(), j)));

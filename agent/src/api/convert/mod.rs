@@ -1,6 +1,7 @@
 //! Conversions between the generated `dbagent.v1` types and the domain model, at the API edge only.
 
 pub mod instance;
+pub mod logs;
 pub mod operation;
 
 use std::time::{Duration, SystemTime};
