@@ -201,8 +201,12 @@ impl FileFollower {
                 recover_truncated(t, &mut chunk, out);
             }
             while read < budget {
-                match t.file.read_at(&mut chunk, t.read_pos) {
+                let want = chunk.len().min(budget - read);
+                match t.file.read_at(&mut chunk[..want], t.read_pos) {
                     Ok(0) => break,
+                    // Truncated and rewritten between the check above and this read: what we got
+                    // is from the new content at the old offset. Leave it to the recovery.
+                    Ok(_) if !tail_still_there(t) => break,
                     Ok(n) => {
                         t.consume(&chunk[..n], out);
                         t.last_data = now;

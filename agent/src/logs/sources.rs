@@ -15,8 +15,12 @@ use super::record::LogRecord;
 use super::settings::LogsConfig;
 use crate::instances::LogSource;
 
-/// Bytes read from files before a batch is handed on.
-const BATCH_READ_BYTES: usize = 1024 * 1024;
+/// Bytes read from files before a batch is handed on, at most: one source batch becomes one buffer
+/// frame, and a frame is never split between deliveries, so frames stay well under a delivery batch
+/// (wire data is larger than the input by its syslog header).
+fn read_budget(cfg: &LogsConfig) -> usize {
+    usize::try_from(cfg.batch_max_bytes / 2).unwrap_or(usize::MAX).clamp(2048, 1024 * 1024)
+}
 
 #[derive(Debug)]
 pub struct SourceBatch {
@@ -68,7 +72,8 @@ pub fn spawn_sources(
                     follower.restore(files);
                 }
                 let idle = Duration::from_millis(cfg.poll_interval_ms);
-                tasks.push(tokio::task::spawn_blocking(move || follow_files(key, follower, instance, idle, &tx, &cancel)));
+                let budget = read_budget(cfg);
+                tasks.push(tokio::task::spawn_blocking(move || follow_files(key, follower, instance, idle, budget, &tx, &cancel)));
             }
             LogSource::JournaldUnit(unit) => {
                 let cursor = match position {
@@ -90,12 +95,13 @@ fn follow_files(
     mut follower: FileFollower,
     instance: Arc<str>,
     idle: Duration,
+    budget: usize,
     tx: &mpsc::Sender<SourceBatch>,
     cancel: &CancellationToken,
 ) {
     let mut joined = Vec::new();
     while !cancel.is_cancelled() {
-        let read = follower.poll(BATCH_READ_BYTES, &mut joined);
+        let read = follower.poll(budget, &mut joined);
         if !joined.is_empty() {
             let time = SystemTime::now();
             let records = joined
