@@ -4,7 +4,7 @@
 //! and a restart resumes after the committed cursor.
 
 use dbagent::logs::checkpoint::Checkpoint;
-use dbagent::logs::journald::{JournalSettings, run_journal_source};
+use dbagent::logs::journald::{JournalSettings, JournalSource, run_journal_source};
 use dbagent::logs::sources::SourceBatch;
 use dbagent::logs::Severity;
 use std::path::Path;
@@ -24,13 +24,13 @@ fn write_entries(journal: &Path, unit: &str, range: std::ops::Range<u64>) {
         ));
     }
     let file = journal.with_extension("export");
-    std::fs::write(&file, export).unwrap();
+    std::fs::write(&file, export).expect("write export file");
     let status = std::process::Command::new(JOURNAL_REMOTE)
         .arg(format!("--output={}", journal.display()))
         .arg(&file)
         .stderr(std::process::Stdio::null())
         .status()
-        .unwrap();
+        .expect("run systemd-journal-remote");
     assert!(status.success());
 }
 
@@ -60,7 +60,15 @@ async fn journal_file_entries_come_through_and_resume_after_the_cursor() {
 
     let (tx, mut rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_journal_source("journald:pg.service".into(), "pg.service".into(), None, None, settings.clone(), "pg-1".into(), tx, cancel.clone()));
+    let src = |cursor| JournalSource {
+        key: "journald:pg.service".into(),
+        unit: "pg.service".into(),
+        cursor,
+        tail_lines: None,
+        settings: settings.clone(),
+        instance: "pg-1".into(),
+    };
+    let task = tokio::spawn(run_journal_source(src(None), tx, cancel.clone()));
     let (got, checkpoint) = collect(&mut rx, 3).await;
     assert_eq!(got, ["entry 0", "entry 1", "entry 2"]);
     // Following: entries written after start arrive too.
@@ -76,7 +84,7 @@ async fn journal_file_entries_come_through_and_resume_after_the_cursor() {
     let Checkpoint::Journal { cursor } = checkpoint_after else { panic!("journal checkpoint") };
     let (tx, mut rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(run_journal_source("journald:pg.service".into(), "pg.service".into(), Some(cursor), None, settings, "pg-1".into(), tx, cancel.clone()));
+    let task = tokio::spawn(run_journal_source(src(Some(cursor)), tx, cancel.clone()));
     let (got, _) = collect(&mut rx, 2).await;
     assert_eq!(got, ["entry 4", "entry 5"]);
     cancel.cancel();

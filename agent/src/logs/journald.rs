@@ -77,17 +77,22 @@ pub fn journalctl_args(settings: &JournalSettings, unit: &str, cursor: Option<&s
     args
 }
 
-/// Follows `unit` until cancelled, restarting journalctl with the last cursor when it exits.
-pub async fn run_journal_source(
-    key: Arc<str>,
-    unit: String,
-    mut cursor: Option<String>,
-    tail_lines: Option<u32>,
-    settings: JournalSettings,
-    instance: Arc<str>,
-    tx: mpsc::Sender<SourceBatch>,
-    cancel: CancellationToken,
-) {
+/// One journald unit to follow.
+#[derive(Debug, Clone)]
+pub struct JournalSource {
+    /// Names the source in checkpoints.
+    pub key: Arc<str>,
+    pub unit: String,
+    /// Resume after this cursor; `None`: the unit's whole journal, or `tail_lines` of it.
+    pub cursor: Option<String>,
+    pub tail_lines: Option<u32>,
+    pub settings: JournalSettings,
+    pub instance: Arc<str>,
+}
+
+/// Follows the unit until cancelled, restarting journalctl with the last cursor when it exits.
+pub async fn run_journal_source(src: JournalSource, tx: mpsc::Sender<SourceBatch>, cancel: CancellationToken) {
+    let JournalSource { key, unit, mut cursor, tail_lines, settings, instance } = src;
     let source: Arc<str> = Arc::from(format!("journald:{unit}").as_str());
     let mut backoff = Duration::from_millis(500);
     loop {
@@ -235,16 +240,15 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         let cancel = CancellationToken::new();
         let settings = JournalSettings { command: script, extra_args: vec![] };
-        let task = tokio::spawn(run_journal_source(
-            "journald:pg.service".into(),
-            "pg.service".into(),
-            None,
-            None,
+        let src = JournalSource {
+            key: "journald:pg.service".into(),
+            unit: "pg.service".into(),
+            cursor: None,
+            tail_lines: None,
             settings,
-            "pg-1".into(),
-            tx,
-            cancel.clone(),
-        ));
+            instance: "pg-1".into(),
+        };
+        let task = tokio::spawn(run_journal_source(src, tx, cancel.clone()));
         let batch = rx.recv().await.unwrap();
         assert_eq!(batch.records.len(), 3);
         assert_eq!(&*batch.records[0].source, "journald:pg.service");

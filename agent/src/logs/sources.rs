@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Checkpoint;
 use super::file_source::{FileFollower, StartAt};
-use super::journald::run_journal_source;
+use super::journald::{JournalSource, run_journal_source};
 use super::lines::LineFormat;
 use super::record::LogRecord;
 use super::settings::LogsConfig;
@@ -81,8 +81,8 @@ pub fn spawn_sources(
                     _ => None,
                 };
                 let tail = (mode == Mode::Tail).then_some(200);
-                let journal = cfg.journal();
-                tasks.push(tokio::spawn(run_journal_source(key, unit.clone(), cursor, tail, journal, instance, tx, cancel)));
+                let src = JournalSource { key, unit: unit.clone(), cursor, tail_lines: tail, settings: cfg.journal(), instance };
+                tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));
             }
         }
     }
