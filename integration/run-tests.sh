@@ -10,6 +10,7 @@ APT_PACKAGES=(
   qemu-system-x86 debootstrap busybox-static                            # VM harness
   prometheus prometheus-node-exporter                                   # promtool, metrics comparison
   openssl
+  rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files
 )
 
 missing=()

@@ -33,6 +33,7 @@ pub struct Config {
     pub volumes: VolumesConfig,
     pub keys: KeysConfig,
     pub metrics: MetricsConfig,
+    pub logs: crate::logs::LogsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,6 +255,7 @@ impl Default for Config {
             volumes: VolumesConfig::default(),
             keys: KeysConfig::default(),
             metrics: MetricsConfig::default(),
+            logs: crate::logs::LogsConfig::default(),
         }
     }
 }
@@ -438,6 +440,9 @@ impl Config {
         self.validate_metrics(path)?;
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
+        }
+        if let Some((key, message)) = self.logs.check() {
+            return invalid(key, message);
         }
         Ok(())
     }

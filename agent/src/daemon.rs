@@ -95,6 +95,8 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         root.clone(),
     )
     .await?;
+    let logs = crate::logs::LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
+    let logs_task = tokio::spawn(logs.clone().run());
 
     let state = ApiState {
         registry: registry.clone(),
@@ -107,6 +109,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         shutdown: root.clone(),
         volumes: volumes.clone(),
         metrics: metrics_hub,
+        logs,
     };
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
@@ -140,6 +143,10 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     if !engine.drain(grace).await {
         tracing::warn!("operations still running after {grace:?}; they will be reported interrupted at next start");
+    }
+    // Log pipelines stop on the root token; let in-flight batches be acknowledged and committed.
+    if tokio::time::timeout(grace, logs_task).await.is_err() {
+        tracing::warn!("log shipping did not stop within {grace:?}; unacknowledged batches are sent again at next start");
     }
     let server_result = match server_result {
         Some(r) => Some(r),

@@ -13,6 +13,7 @@ pub mod instances;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod logs;
 pub mod notify;
 pub mod ops;
 pub mod timefmt;

@@ -16,9 +16,11 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod logship;
 pub mod ops;
 pub mod pki;
 mod ready;
+pub mod rsyslog;
 pub mod vm;
 
 pub use agent::{Agent, AgentBuilder, LaunchContext};

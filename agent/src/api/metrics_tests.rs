@@ -27,8 +27,10 @@ async fn state(dir: &std::path::Path) -> ApiState {
         registry.clone(),
     )
     .unwrap();
+    let logs = crate::logs::LogManager::new(dir.join("logs"), crate::logs::LogsConfig::default(), "h".into(), registry.clone(), root.clone());
     ApiState {
         volumes,
+        logs,
         registry,
         engine,
         started: SystemTime::now(),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod convert;
 pub mod instances;
 pub mod metrics;
+pub mod logs;
 pub mod operations;
 pub mod status;
 pub mod volumes;
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     pub volumes: crate::volume::Volumes,
     pub metrics: Arc<MetricsHub>,
+    pub logs: crate::logs::LogManager,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,7 @@ pub async fn serve(
     health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
     health.set_serving::<pb::volumes_server::VolumesServer<volumes::VolumesApi>>().await;
     health.set_serving::<pb::metrics_server::MetricsServer<metrics::MetricsApi>>().await;
+    health.set_serving::<pb::logs_server::LogsServer<logs::LogsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -69,6 +72,7 @@ pub async fn serve(
         .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
         .add_service(pb::volumes_server::VolumesServer::new(volumes::VolumesApi(state.clone())))
         .add_service(pb::metrics_server::MetricsServer::new(metrics::MetricsApi(state.clone())))
+        .add_service(pb::logs_server::LogsServer::new(logs::LogsApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::ids::InvalidField;
 use crate::instances::registry::RegistryError;
+use crate::logs::LogsError;
 use crate::ops::OpsError;
 
 fn status(code: Code, e: &dyn std::error::Error) -> Status {
@@ -63,6 +64,18 @@ impl From<crate::volume::VolumeError> for Status {
             C::Aborted => Code::Aborted,
             C::Cancelled => Code::Cancelled,
             C::Internal => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+impl From<LogsError> for Status {
+    fn from(e: LogsError) -> Self {
+        let code = match &e {
+            LogsError::Invalid(_) => Code::InvalidArgument,
+            LogsError::InstanceNotFound(_) | LogsError::DrainNotFound { .. } => Code::NotFound,
+            LogsError::ShuttingDown | LogsError::Drain(_) | LogsError::Journal(_) | LogsError::Tls(_) => Code::Unavailable,
+            LogsError::Io { .. } | LogsError::Corrupt(_) => Code::Internal,
         };
         status(code, &e)
     }

@@ -2,6 +2,7 @@
 
 pub mod instance;
 pub mod metrics;
+pub mod logs;
 pub mod operation;
 pub mod volume;
 

@@ -1,0 +1,48 @@
+use dbagent_proto::v1 as pb;
+use std::pin::Pin;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::ApiState;
+use super::convert::logs::{drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto};
+use super::status::ApiResult;
+use crate::ids;
+
+pub struct LogsApi(pub ApiState);
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::LogRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::logs_server::Logs for LogsApi {
+    type TailLogsStream = RecordStream;
+
+    async fn tail_logs(&self, req: Request<pb::TailLogsRequest>) -> ApiResult<RecordStream> {
+        let tail = self.0.logs.tail(&tail_request_from_proto(req.into_inner())?)?;
+        let backlog = tokio_stream::iter(tail.backlog).map(|r| Ok(record_to_proto(&r, 0)));
+        let stream: RecordStream = match tail.follow {
+            Some(rx) => Box::pin(backlog.chain(ReceiverStream::new(rx).map(|i| Ok(record_to_proto(&i.record, i.missed_before))))),
+            None => Box::pin(backlog),
+        };
+        Ok(Response::new(stream))
+    }
+
+    async fn list_drains(&self, req: Request<pb::ListDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
+        let drains = self.0.logs.list_drains(&req.into_inner().instance_id)?;
+        Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() }))
+    }
+
+    async fn set_drains(&self, req: Request<pb::SetDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
+        let req = req.into_inner();
+        ids::request_id(&req.request_id)?;
+        let drains = req.drains.into_iter().enumerate().map(|(i, d)| drain_from_proto(i, d)).collect::<Result<_, _>>()?;
+        let drains = self.0.logs.set_drains(&req.instance_id, drains).await?;
+        Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() }))
+    }
+
+    async fn get_drain_status(&self, req: Request<pb::GetDrainStatusRequest>) -> ApiResult<pb::DrainStatus> {
+        let req = req.into_inner();
+        let status = self.0.logs.drain_status(&req.instance_id, &req.drain).await?;
+        Ok(Response::new(drain_status_to_proto(&status)))
+    }
+}

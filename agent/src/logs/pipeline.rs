@@ -1,0 +1,238 @@
+//! One drain of one instance: its sources (with their own read positions) -> its on-disk buffer ->
+//! its transport. Each drain reads the sources itself, so a drain that is down never holds back
+//! another drain or TailLogs.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::LogsError;
+use super::buffer::{BufferStatus, DrainBuffer};
+use super::drain::transport::Transport;
+use super::drain::wire::WireFormat;
+use super::drain::{DrainSpec, DrainTarget};
+use super::lines::LineFormat;
+use super::settings::LogsConfig;
+use super::sources::{Mode, SourceBatch, SourceSet, spawn_sources};
+use crate::instances::LogSource;
+
+/// An in-flight batch gets this long to be acknowledged after shutdown began.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainStatus {
+    pub name: String,
+    pub buffer: BufferStatus,
+    pub delivered_records: u64,
+    pub last_error: String,
+}
+
+#[derive(Default)]
+struct Live {
+    delivered_records: u64,
+    last_error: String,
+}
+
+pub struct DrainPipeline {
+    pub spec: DrainSpec,
+    buffer: Arc<Mutex<DrainBuffer>>,
+    live: Arc<Mutex<Live>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub struct PipelineContext<'a> {
+    pub instance: Arc<str>,
+    pub format: LineFormat,
+    pub sources: &'a [LogSource],
+    pub dir: PathBuf,
+    pub cfg: &'a LogsConfig,
+    pub hostname: &'a str,
+}
+
+impl DrainPipeline {
+    pub fn start(ctx: &PipelineContext<'_>, spec: DrainSpec, parent: &CancellationToken) -> Result<Self, LogsError> {
+        let (buffer, positions) = DrainBuffer::open(&ctx.dir, ctx.cfg.buffer_limits())?;
+        let buffer = Arc::new(Mutex::new(buffer));
+        let live = Arc::new(Mutex::new(Live::default()));
+        let cancel = parent.child_token();
+        let transport = Transport::new(&spec);
+        let wire = match spec.target {
+            DrainTarget::Syslog { .. } => WireFormat::Syslog { hostname: ctx.hostname.to_owned() },
+            DrainTarget::Https { .. } => WireFormat::JsonLines { hostname: ctx.hostname.to_owned() },
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let set = SourceSet { instance: ctx.instance.clone(), format: ctx.format, sources: ctx.sources };
+        let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
+        drop(tx);
+        let wake = Arc::new(Notify::new());
+        let writer_buffer = buffer.clone();
+        let writer_wake = wake.clone();
+        tasks.push(tokio::task::spawn_blocking(move || write_batches(rx, &wire, &writer_buffer, &writer_wake)));
+        let sender = Sender {
+            buffer: buffer.clone(),
+            live: live.clone(),
+            wake,
+            batch_max: usize::try_from(ctx.cfg.batch_max_bytes).unwrap_or(usize::MAX),
+            linger: Duration::from_millis(ctx.cfg.linger_ms),
+            name: format!("{}/{}", ctx.instance, spec.name),
+        };
+        match transport {
+            Ok(t) => tasks.push(tokio::spawn(sender.run(t, cancel.clone()))),
+            Err(e) => {
+                tracing::error!(drain = %sender.name, "set up drain: {e:#}; records are buffered until it is fixed");
+                lock(&live).last_error = e.to_string();
+            }
+        }
+        Ok(Self { spec, buffer, live, cancel, tasks })
+    }
+
+    pub fn status(&self) -> DrainStatus {
+        let live = lock(&self.live);
+        DrainStatus {
+            name: self.spec.name.clone(),
+            buffer: lock(&self.buffer).status(),
+            delivered_records: live.delivered_records,
+            last_error: live.last_error.clone(),
+        }
+    }
+
+    /// Stops sources and sender (an in-flight batch gets a short grace to be acknowledged) and
+    /// syncs the buffer.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let buffer = self.buffer.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = lock(&buffer).sync() {
+                tracing::error!("{e:#}");
+            }
+        })
+        .await;
+    }
+}
+
+/// Encodes each batch in the drain's wire format and appends it to the buffer with its checkpoint.
+fn write_batches(mut rx: mpsc::Receiver<SourceBatch>, wire: &WireFormat, buffer: &Mutex<DrainBuffer>, wake: &Notify) {
+    let mut data = Vec::new();
+    while let Some(batch) = rx.blocking_recv() {
+        data.clear();
+        for r in &batch.records {
+            wire.encode(r, &mut data);
+        }
+        let count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
+        if let Err(e) = lock(buffer).append(&batch.key, &batch.checkpoint, count, &data) {
+            // Without the buffer nothing can be shipped safely; the checkpoint was not stored, so
+            // the source data is read again after a restart.
+            tracing::error!("{e:#}; stopping this drain's reading");
+            return;
+        }
+        wake.notify_one();
+    }
+}
+
+struct Sender {
+    buffer: Arc<Mutex<DrainBuffer>>,
+    live: Arc<Mutex<Live>>,
+    wake: Arc<Notify>,
+    batch_max: usize,
+    linger: Duration,
+    name: String,
+}
+
+impl Sender {
+    async fn run(self, transport: Transport, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(250);
+        let mut last_full = false;
+        loop {
+            let empty = lock(&self.buffer).is_empty();
+            if empty {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = cancel.cancelled() => return,
+                }
+                if !last_full && !self.linger.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(self.linger) => {}
+                        () = cancel.cancelled() => return,
+                    }
+                }
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+            let read = {
+                let buffer = self.buffer.clone();
+                let max = self.batch_max;
+                tokio::task::spawn_blocking(move || lock(&buffer).read_batch(max)).await
+            };
+            let batch = match read {
+                Ok(Ok(Some(b))) => b,
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    self.failed(&e, &mut backoff, &cancel).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            last_full = batch.data.len() >= self.batch_max / 2;
+            let delivery = transport.deliver(&batch.data);
+            tokio::pin!(delivery);
+            let result = tokio::select! {
+                r = &mut delivery => r,
+                () = cancel.cancelled() => match tokio::time::timeout(STOP_GRACE, &mut delivery).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
+            };
+            match result {
+                Ok(()) => {
+                    let buffer = self.buffer.clone();
+                    let last = batch.last_frame;
+                    match tokio::task::spawn_blocking(move || lock(&buffer).ack(last)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(drain = %self.name, "commit delivered position: {e:#}"),
+                        Err(_) => return,
+                    }
+                    let mut live = lock(&self.live);
+                    live.delivered_records += batch.records;
+                    if !live.last_error.is_empty() {
+                        tracing::info!(drain = %self.name, "drain reachable again");
+                        live.last_error.clear();
+                    }
+                    backoff = Duration::from_millis(250);
+                }
+                Err(e) => self.failed(&e, &mut backoff, &cancel).await,
+            }
+        }
+    }
+
+    async fn failed(&self, e: &LogsError, backoff: &mut Duration, cancel: &CancellationToken) {
+        let first = {
+            let mut live = lock(&self.live);
+            let first = live.last_error.is_empty();
+            live.last_error = format!("{} (at {})", e, crate::timefmt::format(SystemTime::now()));
+            first
+        };
+        if first {
+            tracing::warn!(drain = %self.name, "deliver logs: {e:#}; buffering on disk and retrying");
+        } else {
+            tracing::debug!(drain = %self.name, "deliver logs: {e:#}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(*backoff) => {}
+            () = cancel.cancelled() => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    }
+}

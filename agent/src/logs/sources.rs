@@ -1,0 +1,120 @@
+//! Running an instance's sources: each sends batches of records with the checkpoint after them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::Checkpoint;
+use super::file_source::{FileFollower, StartAt};
+use super::journald::{JournalSource, run_journal_source};
+use super::lines::LineFormat;
+use super::record::LogRecord;
+use super::settings::LogsConfig;
+use crate::instances::LogSource;
+
+/// Bytes read from files before a batch is handed on, at most: one source batch becomes one buffer
+/// frame, and a frame is never split between deliveries, so frames stay well under a delivery batch
+/// (wire data is larger than the input by its syslog header).
+fn read_budget(cfg: &LogsConfig) -> usize {
+    usize::try_from(cfg.batch_max_bytes / 2).unwrap_or(usize::MAX).clamp(2048, 1024 * 1024)
+}
+
+#[derive(Debug)]
+pub struct SourceBatch {
+    pub key: Arc<str>,
+    pub records: Vec<LogRecord>,
+    pub checkpoint: Checkpoint,
+}
+
+/// Names a source in checkpoints; stable across restarts.
+pub fn source_key(s: &LogSource) -> String {
+    match s {
+        LogSource::FileGlob(g) => format!("file:{g}"),
+        LogSource::JournaldUnit(u) => format!("journald:{u}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// For a drain: resume at the checkpoints, else read everything there is.
+    Ship,
+    /// For TailLogs: start near the end.
+    Tail,
+}
+
+pub struct SourceSet<'a> {
+    pub instance: Arc<str>,
+    pub format: LineFormat,
+    pub sources: &'a [LogSource],
+}
+
+pub fn spawn_sources(
+    set: &SourceSet<'_>,
+    positions: &BTreeMap<String, Checkpoint>,
+    mode: Mode,
+    cfg: &LogsConfig,
+    tx: &mpsc::Sender<SourceBatch>,
+    cancel: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for source in set.sources {
+        let key: Arc<str> = Arc::from(source_key(source).as_str());
+        let position = positions.get(&*key);
+        let (tx, cancel, instance) = (tx.clone(), cancel.clone(), set.instance.clone());
+        match source {
+            LogSource::FileGlob(glob) => {
+                let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
+                let mut follower = FileFollower::new(glob.clone(), set.format, cfg.follow(), start);
+                if let Some(Checkpoint::Files { files }) = position {
+                    follower.restore(files);
+                }
+                let idle = Duration::from_millis(cfg.poll_interval_ms);
+                let budget = read_budget(cfg);
+                tasks.push(tokio::task::spawn_blocking(move || follow_files(key, follower, instance, idle, budget, &tx, &cancel)));
+            }
+            LogSource::JournaldUnit(unit) => {
+                let cursor = match position {
+                    Some(Checkpoint::Journal { cursor }) => Some(cursor.clone()),
+                    _ => None,
+                };
+                let tail = (mode == Mode::Tail).then_some(200);
+                let src = JournalSource { key, unit: unit.clone(), cursor, tail_lines: tail, settings: cfg.journal(), instance };
+                tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));
+            }
+        }
+    }
+    tasks
+}
+
+/// The blocking loop of one file glob: read, hand on, sleep when there is nothing new.
+fn follow_files(
+    key: Arc<str>,
+    mut follower: FileFollower,
+    instance: Arc<str>,
+    idle: Duration,
+    budget: usize,
+    tx: &mpsc::Sender<SourceBatch>,
+    cancel: &CancellationToken,
+) {
+    let mut joined = Vec::new();
+    while !cancel.is_cancelled() {
+        let read = follower.poll(budget, &mut joined);
+        if !joined.is_empty() {
+            let time = SystemTime::now();
+            let records = joined
+                .drain(..)
+                .map(|(source, j)| LogRecord { time, instance: instance.clone(), source, severity: j.severity, message: j.message })
+                .collect();
+            let batch = SourceBatch { key: key.clone(), records, checkpoint: follower.checkpoint() };
+            if tx.blocking_send(batch).is_err() {
+                return;
+            }
+        }
+        if read == 0 {
+            std::thread::sleep(idle);
+        }
+    }
+}
