@@ -30,6 +30,8 @@ pub struct Config {
     pub operations: OperationsConfig,
     pub instances: InstancesConfig,
     pub logging: LoggingConfig,
+    /// Backups: pipeline, destinations, engine connections (see docs/backups.md).
+    pub backup: crate::backup::BackupConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +114,7 @@ impl Default for Config {
             operations: OperationsConfig::default(),
             instances: InstancesConfig::default(),
             logging: LoggingConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
         }
     }
 }
@@ -256,6 +259,9 @@ impl Config {
             if !prefix.starts_with("/dev/") {
                 return invalid("instances.device_prefixes", format!("{prefix:?} must start with /dev/"));
             }
+        }
+        if let Err((key, message)) = self.backup.validate() {
+            return invalid(key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));

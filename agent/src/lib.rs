@@ -4,6 +4,7 @@
 //! without root and without a network.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -9,7 +9,7 @@ use super::ApiState;
 pub struct AgentApi(pub ApiState);
 
 /// What this build implements; the orchestrator reads it to know what it may call.
-const CAPABILITIES: &[&str] = &["instances", "operations", "mtls", "health", "reflection"];
+const CAPABILITIES: &[&str] = &["instances", "operations", "mtls", "health", "reflection", "backups"];
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentApi {

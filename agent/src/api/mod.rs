@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backups;
 pub mod convert;
 pub mod instances;
 pub mod operations;
@@ -15,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::backup::BackupService;
 use crate::instances::registry::Registry;
 use crate::ops::Engine;
 use crate::tls::listener::TlsConn;
@@ -24,6 +26,7 @@ use crate::tls::listener::TlsConn;
 pub struct ApiState {
     pub registry: Arc<Registry>,
     pub engine: Engine,
+    pub backups: Arc<BackupService>,
     pub started: SystemTime,
     pub hostname: String,
     pub config_digest: String,
@@ -50,6 +53,7 @@ pub async fn serve(
     health.set_serving::<pb::agent_server::AgentServer<agent::AgentApi>>().await;
     health.set_serving::<pb::instances_server::InstancesServer<instances::InstancesApi>>().await;
     health.set_serving::<pb::operations_server::OperationsServer<operations::OperationsApi>>().await;
+    health.set_serving::<pb::backups_server::BackupsServer<backups::BackupsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -60,6 +64,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
         .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
+        .add_service(pb::backups_server::BackupsServer::new(backups::BackupsApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
