@@ -79,3 +79,6 @@ impl BackupError {
         crate::ops::OpError { code, message: self.to_string() }
     }
 }
+
+#[cfg(test)]
+mod service_tests;
