@@ -13,7 +13,8 @@ use dbagent::locks::ResourceLocks;
 use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
 
 pub struct Harness {
-    pub state: tempfile::TempDir,
+    _guard: Option<tempfile::TempDir>,
+    pub state: PathBuf,
     pub engine: ops::Engine,
 }
 
@@ -25,28 +26,40 @@ impl Default for Harness {
 
 impl Harness {
     pub fn new() -> Self {
-        let state = tempfile::tempdir().expect("state dir");
-        let (engine, _) = ops::Engine::open(
-            &state.path().join("operations"),
+        let guard = tempfile::tempdir().expect("state dir");
+        let (mut h, _) = Self::open(guard.path());
+        h._guard = Some(guard);
+        h
+    }
+
+    pub fn at(state: &Path) -> Self {
+        Self::open(state).0
+    }
+
+    /// On an existing state folder (not removed on drop); also returns the operations the last
+    /// run left unfinished, now `interrupted`.
+    pub fn open(state: &Path) -> (Self, Vec<OperationRecord>) {
+        let (engine, interrupted) = ops::Engine::open(
+            &state.join("operations"),
             OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 1000 },
             ResourceLocks::default(),
             CancellationToken::new(),
         )
         .expect("open operations engine");
-        Self { state, engine }
+        (Self { _guard: None, state: state.to_path_buf(), engine }, interrupted)
     }
 
     /// Three `dir` destinations under the state folder.
     pub fn dir_destinations(&self) -> Vec<DestinationConfig> {
         ["az1", "az2", "az3"]
             .iter()
-            .map(|az| DestinationConfig::Dir { name: (*az).into(), path: self.state.path().join("dest").join(az) })
+            .map(|az| DestinationConfig::Dir { name: (*az).into(), path: self.state.as_path().join("dest").join(az) })
             .collect()
     }
 
     pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
-        let keys = Arc::new(HostKeyWrapper::open_or_create(&self.state.path().join("host.key")).expect("host key"));
-        BackupService::new(config, self.state.path(), keys, self.engine.clone()).expect("backup service")
+        let keys = Arc::new(HostKeyWrapper::open_or_create(&self.state.as_path().join("host.key")).expect("host key"));
+        BackupService::new(config, self.state.as_path(), keys, self.engine.clone()).expect("backup service")
     }
 
     pub async fn wait(&self, op: &OperationRecord) -> OperationRecord {

@@ -3,3 +3,4 @@
 
 pub mod servers;
 pub mod backup_harness;
+pub mod garage;
