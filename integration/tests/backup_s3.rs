@@ -130,6 +130,6 @@ async fn sigkill_mid_backup_leaves_nothing() {
 }
 
 fn nix_kill(pid: u32) {
-    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("run kill");
     assert!(status.success());
 }

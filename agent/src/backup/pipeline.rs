@@ -1,11 +1,10 @@
 //! The backup pipeline: dump stdout -> zstd -> AES-256-GCM chunks -> SHA-256 -> every destination.
 //!
 //! Stages are connected by bounded channels, so the slowest destination sets the pace and memory
-//! stays bounded whatever the database size:
-//!   raw queue 4 x 256 KiB + zstd (level 1, 2 workers: a few MiB of job buffers)
-//!   + sealed queue 2 chunks + per destination 2 queued chunks + one part being gathered
-//!   (S3: `part_size`, default 8 MiB; dir: a 256 KiB write buffer).
-//! With the defaults and three S3 destinations that is under 48 MiB of buffers.
+//! stays bounded whatever the database size: a raw queue of 4 x 256 KiB, zstd (level 1, 2 workers:
+//! a few MiB of job buffers), a sealed queue of 2 chunks, and per destination 2 queued chunks plus
+//! one part being gathered (S3: `part_size`, default 8 MiB; dir: a 256 KiB write buffer). With the
+//! defaults and three S3 destinations that is under 48 MiB of buffers.
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
