@@ -11,6 +11,8 @@ APT_PACKAGES=(
   prometheus prometheus-node-exporter                                   # promtool, metrics comparison
   openssl
   rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files
+  postgresql mariadb-server redis-server zstd curl                      # backup engines, S3 checks
+  qemu-utils                                                            # VM root overlays
 )
 
 missing=()
@@ -22,6 +24,20 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
+fi
+
+# Heavy test tools built from crates.io once and cached outside the checkout.
+TOOLS=/var/cache/dbagent-tools
+export PATH="$TOOLS/bin:$PATH"
+if [ ! -x "$TOOLS/bin/garage" ]; then
+  echo "run-tests: building Garage 2.5.0 (S3 server for the backup tests; about 10 minutes, once)"
+  cargo install garage@2.5.0 --locked --no-default-features --features bundled-libs,lmdb \
+    --root "$TOOLS" --target-dir "$TOOLS/build"
+  rm -rf "$TOOLS/build"
+fi
+if [ ! -x "$TOOLS/bin/cargo-deb" ]; then
+  echo "run-tests: installing cargo-deb 3.8.0 (Debian package for the VM test)"
+  cargo install cargo-deb --version 3.8.0 --locked --root "$TOOLS"
 fi
 
 # Debian's packaged servers must not keep running on their default ports: tests start their own.

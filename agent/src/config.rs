@@ -34,6 +34,8 @@ pub struct Config {
     pub keys: KeysConfig,
     pub metrics: MetricsConfig,
     pub logs: crate::logs::LogsConfig,
+    /// Backups: pipeline, destinations, engine connections (see docs/backups.md).
+    pub backup: crate::backup::BackupConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,6 +258,7 @@ impl Default for Config {
             keys: KeysConfig::default(),
             metrics: MetricsConfig::default(),
             logs: crate::logs::LogsConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
         }
     }
 }
@@ -438,6 +441,9 @@ impl Config {
             }
         }
         self.validate_metrics(path)?;
+        if let Err((key, message)) = self.backup.validate() {
+            return invalid(key, message);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
         }

@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, ServeError};
+use crate::backup::{self, BackupError, BackupService, HostKeyWrapper};
 use crate::config::Config;
 use crate::instances::registry::{Registry, RegistryError};
 use crate::instances::validate::ValidationRules;
@@ -38,6 +39,8 @@ pub enum DaemonError {
     Serve(#[from] ServeError),
     #[error("start metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("set up backups: {0}")]
+    Backup(#[from] BackupError),
     #[error("the API server stopped unexpectedly")]
     ServerExited,
     #[error("set up volumes: {0}")]
@@ -70,6 +73,12 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     for op in &interrupted {
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
     }
+    let keys = Arc::new(HostKeyWrapper::open_or_create(&config.backup.host_key_path(&state_dir))?);
+    let backups = BackupService::new(config.backup.clone(), &state_dir, keys, engine.clone())?;
+    // Interrupted backups left uploads and partial objects; none has a manifest. Remove them.
+    for id in backups.clean_interrupted().await {
+        tracing::info!(backup = %id, "removed the leftovers of an interrupted backup");
+    }
 
     let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone())?);
     let listener = TcpListener::bind(config.api.listen)
@@ -101,6 +110,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let state = ApiState {
         registry: registry.clone(),
         engine: engine.clone(),
+        backups: backups.clone(),
         started: SystemTime::now(),
         hostname,
         config_digest: config.digest(),
@@ -114,6 +124,12 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
     let pruner = tokio::spawn(prune_periodically(engine.clone(), root.clone()));
+    let scheduler = tokio::spawn(backup::scheduler::run(
+        backups,
+        registry.clone(),
+        Duration::from_secs(config.backup.scheduler_interval_secs),
+        root.clone(),
+    ));
     let watchdog = notify::spawn_watchdog(root.clone());
 
     // The listener is bound and the server task runs: connections from now on are served.
@@ -152,7 +168,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         Some(r) => Some(r),
         None => tokio::time::timeout(grace, server).await.ok(),
     };
-    for task in [Some(signals), Some(pruner), Some(accept_task), watchdog].into_iter().flatten().chain(metrics_tasks.handles) {
+    for task in [Some(signals), Some(pruner), Some(scheduler), Some(accept_task), watchdog].into_iter().flatten().chain(metrics_tasks.handles) {
         task.abort();
     }
     match server_result {

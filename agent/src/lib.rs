@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod backup;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

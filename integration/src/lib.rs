@@ -14,13 +14,16 @@
 //! build under `$CARGO_TARGET_DIR` (or `<workspace>/target`) is used.
 
 pub mod agent;
+pub mod backup_harness;
 pub mod client;
 pub mod config;
+pub mod garage;
 pub mod logship;
 pub mod ops;
 pub mod pki;
 mod ready;
 pub mod rsyslog;
+pub mod servers;
 pub mod vm;
 
 pub use agent::{Agent, AgentBuilder, LaunchContext};

@@ -9,7 +9,7 @@ use super::ApiState;
 pub struct AgentApi(pub ApiState);
 
 /// What this build implements; the orchestrator reads it to know what it may call.
-const CAPABILITIES: &[&str] = &["instances", "operations", "mtls", "health", "reflection", "volumes", "metrics", "logs"];
+const CAPABILITIES: &[&str] = &["instances", "operations", "mtls", "health", "reflection", "volumes", "metrics", "logs", "backups"];
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentApi {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backups;
 pub mod convert;
 pub mod instances;
 pub mod metrics;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::backup::BackupService;
 use crate::instances::registry::Registry;
 use crate::metrics::MetricsHub;
 use crate::ops::Engine;
@@ -28,6 +30,7 @@ use crate::tls::listener::TlsConn;
 pub struct ApiState {
     pub registry: Arc<Registry>,
     pub engine: Engine,
+    pub backups: Arc<BackupService>,
     pub started: SystemTime,
     pub hostname: String,
     pub config_digest: String,
@@ -60,6 +63,7 @@ pub async fn serve(
     health.set_serving::<pb::volumes_server::VolumesServer<volumes::VolumesApi>>().await;
     health.set_serving::<pb::metrics_server::MetricsServer<metrics::MetricsApi>>().await;
     health.set_serving::<pb::logs_server::LogsServer<logs::LogsApi>>().await;
+    health.set_serving::<pb::backups_server::BackupsServer<backups::BackupsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -73,6 +77,7 @@ pub async fn serve(
         .add_service(pb::volumes_server::VolumesServer::new(volumes::VolumesApi(state.clone())))
         .add_service(pb::metrics_server::MetricsServer::new(metrics::MetricsApi(state.clone())))
         .add_service(pb::logs_server::LogsServer::new(logs::LogsApi(state.clone())))
+        .add_service(pb::backups_server::BackupsServer::new(backups::BackupsApi(state.clone())))
         .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::backup::BackupError;
 use crate::ids::InvalidField;
 use crate::instances::registry::RegistryError;
 use crate::logs::LogsError;
@@ -76,6 +77,25 @@ impl From<LogsError> for Status {
             LogsError::InstanceNotFound(_) | LogsError::DrainNotFound { .. } => Code::NotFound,
             LogsError::ShuttingDown | LogsError::Drain(_) | LogsError::Journal(_) | LogsError::Tls(_) => Code::Unavailable,
             LogsError::Io { .. } | LogsError::Corrupt(_) => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+impl From<BackupError> for Status {
+    fn from(e: BackupError) -> Self {
+        let e = match e {
+            BackupError::Ops(o) => return o.into(),
+            other => other,
+        };
+        let code = match e.to_op_error().code {
+                crate::ops::ErrorCode::InvalidArgument => Code::InvalidArgument,
+                crate::ops::ErrorCode::NotFound => Code::NotFound,
+                crate::ops::ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+                crate::ops::ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+                crate::ops::ErrorCode::Unavailable => Code::Unavailable,
+                crate::ops::ErrorCode::Cancelled => Code::Cancelled,
+                _ => Code::Internal,
         };
         status(code, &e)
     }

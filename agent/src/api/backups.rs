@@ -1,0 +1,94 @@
+use dbagent_proto::v1 as pb;
+use std::path::PathBuf;
+use tonic::{Request, Response};
+
+use super::convert::backup::method_from_proto;
+use super::convert::instance::spec_from_proto;
+use super::status::ApiResult;
+use super::ApiState;
+use crate::backup::engines::RestoreTarget;
+use crate::backup::{BackupKind, BackupMethod};
+use crate::ids::{self, InvalidField};
+
+pub struct BackupsApi(pub ApiState);
+
+#[tonic::async_trait]
+impl pb::backups_server::Backups for BackupsApi {
+    async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let instance = self.0.registry.get(&req.instance_id)?;
+        let method = method_from_proto(req.method)?;
+        let op = self.0.backups.start(&instance, method, BackupKind::Manual, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn list_backups(&self, req: Request<pb::ListBackupsRequest>) -> ApiResult<pb::ListBackupsResponse> {
+        let req = req.into_inner();
+        ids::instance_id("instance_id", &req.instance_id)?;
+        let backups = self.0.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
+        Ok(Response::new(pb::ListBackupsResponse { backups }))
+    }
+
+    async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> ApiResult<pb::Backup> {
+        let req = req.into_inner();
+        let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
+        Ok(Response::new((&info).into()))
+    }
+
+    async fn delete_backup(&self, req: Request<pb::DeleteBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let op = self.0.backups.delete(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn verify_backup(&self, req: Request<pb::VerifyBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let dest = (!req.destination.is_empty()).then_some(req.destination);
+        let op = self.0.backups.verify(&req.instance_id, &req.backup_id, dest, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let instance = self.0.registry.get(&req.instance_id)?;
+        let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
+        let target = match (info.manifest.method, req.target_data_dir.is_empty()) {
+            (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
+            (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
+            (BackupMethod::Logical, true) => RestoreTarget::Server {
+                connection: self.0.backups.connection(instance.spec.engine).clone(),
+                database: None,
+            },
+            (BackupMethod::Logical, false) => {
+                return Err(InvalidField::new("target_data_dir", "a logical backup restores into the instance's server; leave it empty").into());
+            }
+        };
+        let dest = (!req.destination.is_empty()).then_some(req.destination);
+        let op = self.0.backups.restore(&instance, &req.backup_id, target, dest, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn repair_backup(&self, req: Request<pb::RepairBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let op = self.0.backups.repair(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn set_backup_policy(&self, req: Request<pb::SetBackupPolicyRequest>) -> ApiResult<pb::BackupPolicy> {
+        let req = req.into_inner();
+        ids::request_id(&req.request_id)?;
+        let policy = req.policy.ok_or_else(|| InvalidField::new("policy", "is required"))?;
+        let current = self.0.registry.get(&req.instance_id)?;
+        // Reuse the instance spec's validation of the policy by converting a full spec.
+        let mut proto_spec = pb::Instance::from(&current).spec.unwrap_or_default();
+        proto_spec.backup_policy = Some(policy);
+        let spec = spec_from_proto(Some(proto_spec))?;
+        let updated = self.0.registry.update(&req.instance_id, spec, None).await?;
+        let p = updated.spec.backup_policy.as_ref();
+        Ok(Response::new(pb::BackupPolicy {
+            daily_at_minute_utc: p.map_or(0, |p| p.daily_at_minute_utc),
+            keep_daily: p.map_or(0, |p| p.keep_daily),
+            enabled: p.is_some_and(|p| p.enabled),
+        }))
+    }
+}

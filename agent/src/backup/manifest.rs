@@ -1,0 +1,98 @@
+//! The manifest: everything needed to verify and restore a backup, written last on each
+//! destination. A backup without a manifest does not exist.
+
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+use crate::instances::Engine;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const DATA: &str = "data";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Scheduled,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMethod {
+    Physical,
+    Logical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub backup_id: String,
+    pub instance_id: String,
+    pub engine: Engine,
+    pub engine_version: String,
+    /// `--version` of the dump tool that wrote the stream.
+    pub tool: String,
+    pub tool_version: String,
+    pub agent_version: String,
+    pub method: BackupMethod,
+    pub kind: BackupKind,
+    #[serde(with = "crate::timefmt")]
+    pub started: SystemTime,
+    #[serde(with = "crate::timefmt")]
+    pub finished: SystemTime,
+    /// Scheduled backups expire `keep_daily` days after they start; manual ones never do.
+    #[serde(with = "crate::timefmt::option", default)]
+    pub expires: Option<SystemTime>,
+    /// Bytes the dump command wrote.
+    pub raw_bytes: u64,
+    /// Bytes of the stored `data` object (compressed, encrypted).
+    pub stored_bytes: u64,
+    /// SHA-256 (hex) of the stored `data` object.
+    pub sha256: String,
+    pub compression: String,
+    pub zstd_level: i32,
+    pub cipher: String,
+    pub chunk_size: usize,
+    pub chunk_count: u64,
+    /// The data key, wrapped by `key_wrapper` under key `key_id` (hex).
+    pub wrapped_key: String,
+    pub key_wrapper: String,
+    pub key_id: String,
+    /// Every destination the backup was written to; all of them hold it unless `degraded`.
+    pub destinations: Vec<String>,
+    /// Destinations that failed while it was written (repair copies it there).
+    #[serde(default)]
+    pub failed_destinations: Vec<String>,
+}
+
+pub fn data_key(instance: &str, backup: &str) -> String {
+    format!("{instance}/{backup}/{DATA}")
+}
+
+pub fn manifest_key(instance: &str, backup: &str) -> String {
+    format!("{instance}/{backup}/{MANIFEST}")
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(unhex(&hex(&[0, 255, 16])).unwrap(), vec![0, 255, 16]);
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! The `[backup]` config section. Every key has a default; `docs/backups.md` documents them.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// zstd level, 1..=19. Level 1 keeps up with a fast disk on two cores.
+    pub zstd_level: i32,
+    /// zstd worker threads; 0 compresses on the pipeline's own thread.
+    pub zstd_workers: u32,
+    /// Plaintext bytes per encrypted chunk (64 KiB .. 16 MiB).
+    pub chunk_size: usize,
+    /// S3 multipart part size (5 MiB .. 64 MiB).
+    pub part_size: usize,
+    /// Stored bytes per second sent to each destination; 0 = unlimited.
+    pub rate_limit_bytes_per_sec: u64,
+    /// Attempts per S3 request before a destination is declared failed.
+    pub max_retries: usize,
+    /// Host key that wraps per-backup data keys until the key provider does (created 0600 if missing).
+    /// Empty: `<state_dir>/backups/host.key`.
+    pub host_key_file: PathBuf,
+    /// How often the scheduler looks for due backups and expired ones.
+    pub scheduler_interval_secs: u64,
+    /// Destinations, written at once; names are the availability zones. Empty: three `dir`
+    /// destinations under `<state_dir>/backups/{az1,az2,az3}`.
+    pub destinations: Vec<DestinationConfig>,
+    /// How the dump tools reach each engine. Config-free conventions by default: the Debian
+    /// sockets and ports; tests point these at their own servers.
+    pub postgresql: EngineConnection,
+    pub mariadb: EngineConnection,
+    pub redis: EngineConnection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DestinationConfig {
+    Dir { name: String, path: PathBuf },
+    S3 {
+        name: String,
+        bucket: String,
+        /// e.g. "http://127.0.0.1:3900"; empty for AWS.
+        #[serde(default)]
+        endpoint: String,
+        #[serde(default = "default_region")]
+        region: String,
+        access_key_id: String,
+        secret_access_key: String,
+        /// Key prefix inside the bucket.
+        #[serde(default)]
+        prefix: String,
+        /// Plain HTTP; only for loopback test endpoints.
+        #[serde(default)]
+        allow_http: bool,
+    },
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+impl DestinationConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::Dir { name, .. } | DestinationConfig::S3 { name, .. } => name,
+        }
+    }
+}
+
+/// `host` starting with '/' is a socket (folder for PostgreSQL, file for MariaDB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConnection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// PostgreSQL: the database pg_dump dumps. MariaDB: empty = --all-databases.
+    pub database: String,
+    /// Folder of the engine's client tools; empty = PATH.
+    pub bin_dir: PathBuf,
+}
+
+impl Default for EngineConnection {
+    fn default() -> Self {
+        Self { host: String::new(), port: 0, user: String::new(), database: String::new(), bin_dir: PathBuf::new() }
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            zstd_level: 1,
+            zstd_workers: 2,
+            chunk_size: super::chunks::DEFAULT_CHUNK_SIZE,
+            part_size: 8 << 20,
+            rate_limit_bytes_per_sec: 0,
+            max_retries: 3,
+            host_key_file: PathBuf::new(),
+            scheduler_interval_secs: 60,
+            destinations: Vec::new(),
+            postgresql: EngineConnection {
+                host: "/var/run/postgresql".into(),
+                port: 5432,
+                user: "postgres".into(),
+                database: "postgres".into(),
+                bin_dir: PathBuf::new(),
+            },
+            mariadb: EngineConnection {
+                host: "/run/mysqld/mysqld.sock".into(),
+                port: 3306,
+                user: "root".into(),
+                ..EngineConnection::default()
+            },
+            redis: EngineConnection { host: "127.0.0.1".into(), port: 6379, ..EngineConnection::default() },
+        }
+    }
+}
+
+impl BackupConfig {
+    /// Destinations with the defaults filled in.
+    pub fn effective_destinations(&self, state_dir: &Path) -> Vec<DestinationConfig> {
+        if !self.destinations.is_empty() {
+            return self.destinations.clone();
+        }
+        ["az1", "az2", "az3"]
+            .into_iter()
+            .map(|az| DestinationConfig::Dir { name: az.into(), path: state_dir.join("backups").join(az) })
+            .collect()
+    }
+
+    pub fn host_key_path(&self, state_dir: &Path) -> PathBuf {
+        if self.host_key_file.as_os_str().is_empty() { state_dir.join("backups/host.key") } else { self.host_key_file.clone() }
+    }
+
+    /// `Err((key, message))` for the first invalid value.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(("backup.zstd_level", "must be between 1 and 19".into()));
+        }
+        if self.zstd_workers > 64 {
+            return Err(("backup.zstd_workers", "must be at most 64".into()));
+        }
+        if !((64 << 10)..=(16 << 20)).contains(&self.chunk_size) {
+            return Err(("backup.chunk_size", "must be between 65536 and 16777216 bytes".into()));
+        }
+        if !((5 << 20)..=(64 << 20)).contains(&self.part_size) {
+            return Err(("backup.part_size", "must be between 5 MiB and 64 MiB (S3 parts are at least 5 MiB)".into()));
+        }
+        if !(1..=20).contains(&self.max_retries) {
+            return Err(("backup.max_retries", "must be between 1 and 20".into()));
+        }
+        if !(1..=3600).contains(&self.scheduler_interval_secs) {
+            return Err(("backup.scheduler_interval_secs", "must be between 1 and 3600".into()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for d in &self.destinations {
+            let name = d.name();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(("backup.destinations", format!("name {name:?} must be letters, digits, '-' or '_'")));
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(("backup.destinations", format!("name {name:?} is used twice")));
+            }
+            match d {
+                DestinationConfig::Dir { path, .. } if !path.is_absolute() => {
+                    return Err(("backup.destinations", format!("{name}: path {path:?} must be absolute")));
+                }
+                DestinationConfig::S3 { bucket, .. } if bucket.is_empty() => {
+                    return Err(("backup.destinations", format!("{name}: bucket is required")));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_destinations() {
+        let c: BackupConfig = toml::from_str(
+            r#"
+            zstd_level = 3
+            [[destinations]]
+            kind = "s3"
+            name = "eu-1a"
+            bucket = "b"
+            endpoint = "http://127.0.0.1:3900"
+            access_key_id = "k"
+            secret_access_key = "s"
+            allow_http = true
+            [[destinations]]
+            kind = "dir"
+            name = "eu-1b"
+            path = "/mnt/backup"
+            [postgresql]
+            host = "127.0.0.1"
+            port = 5433
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.destinations[0].name(), "eu-1a");
+        assert_eq!(c.postgresql.port, 5433);
+        assert!(c.validate().is_ok());
+        let names: Vec<_> =
+            BackupConfig::default().effective_destinations(Path::new("/s")).iter().map(|d| d.name().to_owned()).collect();
+        assert_eq!(names, ["az1", "az2", "az3"]);
+        assert!(toml::from_str::<BackupConfig>("[[destinations]]\nkind = \"ftp\"\nname = \"x\"").is_err());
+        let bad = BackupConfig { chunk_size: 1, ..BackupConfig::default() };
+        assert_eq!(bad.validate().unwrap_err().0, "backup.chunk_size");
+    }
+}

@@ -1,0 +1,111 @@
+//! The library-level BackupService against real servers: an operations engine in a temp folder,
+//! destinations as given, and helpers to wait for operations.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+use dbagent::backup::settings::DestinationConfig;
+use dbagent::backup::{BackupConfig, BackupService, HostKeyWrapper};
+use dbagent::instances::{Engine, Filesystem, Instance, InstanceSpec, Plan, PlanName, VolumeSpec};
+use dbagent::locks::ResourceLocks;
+use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
+
+pub struct Harness {
+    _guard: Option<tempfile::TempDir>,
+    pub state: PathBuf,
+    pub engine: ops::Engine,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let guard = tempfile::tempdir().expect("state dir");
+        let (mut h, _) = Self::open(guard.path());
+        h._guard = Some(guard);
+        h
+    }
+
+    pub fn at(state: &Path) -> Self {
+        Self::open(state).0
+    }
+
+    /// On an existing state folder (not removed on drop); also returns the operations the last
+    /// run left unfinished, now `interrupted`.
+    pub fn open(state: &Path) -> (Self, Vec<OperationRecord>) {
+        let (engine, interrupted) = ops::Engine::open(
+            &state.join("operations"),
+            OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 1000 },
+            ResourceLocks::default(),
+            CancellationToken::new(),
+        )
+        .expect("open operations engine");
+        (Self { _guard: None, state: state.to_path_buf(), engine }, interrupted)
+    }
+
+    /// Three `dir` destinations under the state folder.
+    pub fn dir_destinations(&self) -> Vec<DestinationConfig> {
+        ["az1", "az2", "az3"]
+            .iter()
+            .map(|az| DestinationConfig::Dir { name: (*az).into(), path: self.state.as_path().join("dest").join(az) })
+            .collect()
+    }
+
+    pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
+        let keys = Arc::new(HostKeyWrapper::open_or_create(&self.state.as_path().join("host.key")).expect("host key"));
+        BackupService::new(config, self.state.as_path(), keys, self.engine.clone()).expect("backup service")
+    }
+
+    pub async fn wait(&self, op: &OperationRecord) -> OperationRecord {
+        let mut rx = self.engine.watch(&op.id).expect("watch");
+        loop {
+            let r = rx.borrow_and_update().clone();
+            if r.state.is_finished() {
+                return r;
+            }
+            tokio::time::timeout(Duration::from_secs(300), rx.changed()).await.expect("operation timed out").expect("watch");
+        }
+    }
+
+    /// Waits and asserts success; returns the result's backup id (if any).
+    pub async fn succeed(&self, op: &OperationRecord) -> OperationRecord {
+        let done = self.wait(op).await;
+        assert_eq!(done.state, OpState::Succeeded, "{} failed: {:?}", done.kind, done.error);
+        done
+    }
+}
+
+pub fn backup_id(op: &OperationRecord) -> String {
+    op.result.as_ref().and_then(|r| r["backup_id"].as_str()).expect("backup_id in result").to_owned()
+}
+
+pub fn instance(id: &str, engine: Engine, os_user: &str, data_dir: &Path) -> Instance {
+    let spec = InstanceSpec {
+        engine,
+        engine_version: String::new(),
+        systemd_unit: format!("dbagent-test-{id}.service"),
+        data_dir: PathBuf::from(data_dir),
+        os_user: os_user.into(),
+        volume: VolumeSpec { device: None, size_bytes: 1 << 30, filesystem: Filesystem::Ext4 },
+        log_sources: Vec::new(),
+        plan: Plan {
+            name: PlanName::Starter,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            io_read_iops: 1000,
+            io_write_iops: 1000,
+            io_read_bps: 1 << 20,
+            io_write_bps: 1 << 20,
+            disk_bytes: 1 << 30,
+        },
+        maintenance_window: None,
+        backup_policy: None,
+    };
+    Instance { id: id.into(), spec, created: SystemTime::now(), updated: SystemTime::now(), generation: 1 }
+}

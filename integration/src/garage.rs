@@ -1,0 +1,140 @@
+//! A single-node Garage (S3-compatible store) on free loopback ports with three buckets, set up as
+//! in the toolchain notes. Skips (returns None) when the Garage binary is not installed.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::servers::free_port;
+
+pub const GARAGE_BIN: &str = "/var/cache/dbagent-tools/bin/garage";
+pub const KEY_ID: &str = "GK0123456789abcdef01234567";
+pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+pub const REGION: &str = "garage";
+
+pub struct Garage {
+    pub dir: tempfile::TempDir,
+    pub s3_port: u16,
+    pub buckets: Vec<String>,
+    config: PathBuf,
+    child: Child,
+}
+
+impl Garage {
+    /// Panics (never skips) when Garage is missing: `integration/run-tests.sh` installs it.
+    pub fn start(buckets: &[&str]) -> Self {
+        assert!(
+            std::path::Path::new(GARAGE_BIN).exists(),
+            "{GARAGE_BIN} is not installed: run integration/run-tests.sh, or `cargo install garage@2.5.0 --locked \
+             --no-default-features --features bundled-libs,lmdb --root /var/cache/dbagent-tools`"
+        );
+        let dir = tempfile::tempdir().expect("garage dir");
+        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let config = dir.path().join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\nreplication_factor = 1\n\
+                 rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                 rpc_secret = \"{SECRET}\"\n\n[s3_api]\ns3_region = \"{REGION}\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                 root_domain = \".s3.garage.localhost\"\n\n[admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+                d = dir.path().display()
+            ),
+        )
+        .expect("write garage.toml");
+        let child = Command::new(GARAGE_BIN)
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("garage.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+            .spawn()
+            .expect("start garage");
+        let mut g = Self { dir, s3_port: s3, buckets: Vec::new(), config, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let node = loop {
+            if let Some(id) = g.try_cli(&["node", "id", "-q"]) {
+                break id.split('@').next().unwrap_or_default().to_owned();
+            }
+            assert!(Instant::now() < deadline, "garage did not start");
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
+        g.cli(&["layout", "apply", "--version", "1"]);
+        g.cli(&["key", "import", "--yes", KEY_ID, SECRET, "-n", "agent"]);
+        for b in buckets {
+            g.cli(&["bucket", "create", b]);
+            g.cli(&["bucket", "allow", "--read", "--write", "--owner", b, "--key", "agent"]);
+            g.buckets.push((*b).to_owned());
+        }
+        g
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(GARAGE_BIN).arg("-c").arg(&self.config).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(GARAGE_BIN).arg("-c").arg(&self.config).args(args).output().expect("garage cli");
+        assert!(out.status.success(), "garage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// S3 ListMultipartUploads of `bucket`, by hand (curl --aws-sigv4): the raw XML.
+    pub fn list_multipart_uploads(&self, bucket: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{KEY_ID}:{SECRET}")])
+            .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
+            .arg(format!("{}/{bucket}?uploads", self.endpoint()))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "ListMultipartUploads: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Keys in `bucket` (ListObjectsV2), by hand.
+    pub fn list_keys(&self, bucket: &str) -> Vec<String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{KEY_ID}:{SECRET}")])
+            .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
+            .arg(format!("{}/{bucket}?list-type=2", self.endpoint()))
+            .output()
+            .expect("curl");
+        let xml = String::from_utf8_lossy(&out.stdout);
+        xml.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+    }
+
+    /// Destination configs: one per bucket, named az1.., optionally with a dead endpoint for one.
+    pub fn destinations(&self, dead: Option<&str>) -> Vec<dbagent::backup::settings::DestinationConfig> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let name = format!("az{}", i + 1);
+                let endpoint = if dead == Some(name.as_str()) { format!("http://127.0.0.1:{}", free_port()) } else { self.endpoint() };
+                dbagent::backup::settings::DestinationConfig::S3 {
+                    name,
+                    bucket: b.clone(),
+                    endpoint,
+                    region: REGION.into(),
+                    access_key_id: KEY_ID.into(),
+                    secret_access_key: SECRET.into(),
+                    prefix: String::new(),
+                    allow_http: true,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,231 @@
+//! Real database servers for tests: PostgreSQL 15, MariaDB, Redis, each on its own free loopback
+//! port with a private data folder; never the system-wide services.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Runs `program args` as `user` (via runuser when root), panicking with its output on failure.
+pub fn run_as(user: &str, program: &str, args: &[&str]) -> String {
+    let out = if user.is_empty() {
+        Command::new(program).args(args).stdin(Stdio::null()).output()
+    } else {
+        Command::new("runuser").arg("-u").arg(user).arg("--").arg(program).args(args).stdin(Stdio::null()).output()
+    }
+    .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A folder under /tmp that `user` owns, removed on drop.
+pub struct OwnedDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl OwnedDir {
+    pub fn new(user: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("dbagent-it-").tempdir_in("/tmp").expect("tempdir");
+        Command::new("chown").arg(format!("{user}:")).arg(dir.path()).status().expect("chown");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A PostgreSQL 15 cluster run by user postgres, trust auth on 127.0.0.1 only.
+pub struct PgServer {
+    pub root: OwnedDir,
+    pub data: PathBuf,
+    pub port: u16,
+}
+
+impl PgServer {
+    pub fn init() -> Self {
+        let root = OwnedDir::new("postgres");
+        let data = root.path().join("data");
+        run_as("postgres", &format!("{PG_BIN}/initdb"), &["-D", data.to_str().unwrap_or_default(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        Self::on(root, data)
+    }
+
+    /// A server on an existing (restored) data folder.
+    pub fn on(root: OwnedDir, data: PathBuf) -> Self {
+        let port = free_port();
+        let server = Self { root, data, port };
+        server.start();
+        server
+    }
+
+    fn start(&self) {
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB", self.port, self.root.path().display());
+        let log = self.root.path().join("pg.log");
+        run_as(
+            "postgres",
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", self.data.to_str().unwrap_or_default(), "-l", log.to_str().unwrap_or_default(), "-o", &opts, "-w", "-t", "60", "start"],
+        );
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        run_as("postgres", "psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .trim()
+            .to_owned()
+    }
+
+    /// Row count and an MD5 of the contents of every pgbench table.
+    pub fn pgbench_fingerprint(&self, db: &str) -> String {
+        ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+            .iter()
+            .map(|t| {
+                self.psql(db, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {t} x"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A MariaDB server run by user mysql on 127.0.0.1 with its own data folder and socket.
+pub struct MariaServer {
+    pub root: OwnedDir,
+    pub port: u16,
+    pub socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl MariaServer {
+    pub fn start() -> Self {
+        let root = OwnedDir::new("mysql");
+        let data = root.path().join("data");
+        run_as("", "mariadb-install-db", &["--user=mysql", &format!("--datadir={}", data.display()), "--auth-root-authentication-method=normal", "--skip-test-db"]);
+        let port = free_port();
+        let socket = root.path().join("mysqld.sock");
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=mysql",
+                &format!("--datadir={}", data.display()),
+                &format!("--socket={}", socket.display()),
+                &format!("--port={port}"),
+                "--bind-address=127.0.0.1",
+                &format!("--pid-file={}", root.path().join("mysqld.pid").display()),
+                "--innodb-buffer-pool-size=32M",
+                "--skip-log-bin",
+                &format!("--log-error={}", root.path().join("err.log").display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mariadbd");
+        let server = Self { root, port, socket, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Command::new("mariadb-admin")
+            .args(["--protocol=TCP", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "mariadbd did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        run_as("", "mariadb", &["--protocol=TCP", "-h", "127.0.0.1", "-P", &self.port.to_string(), "-uroot", "-N", "-B", "-e", sql])
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for MariaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis server with a temporary config and data folder.
+pub struct RedisServer {
+    pub root: OwnedDir,
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    /// Starts on `dir` (a restored data folder holding dump.rdb) or a fresh one.
+    pub fn start(root: Option<OwnedDir>) -> Self {
+        let root = root.unwrap_or_else(|| OwnedDir::new("redis"));
+        let port = free_port();
+        let conf = root.path().join("redis.conf");
+        std::fs::write(
+            &conf,
+            format!("port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n", root.path().display()),
+        )
+        .expect("write redis.conf");
+        let child = Command::new("runuser")
+            .args(["-u", "redis", "--", "redis-server"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = Self { root, port, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.try_cli(&["ping"]).as_deref() != Some("PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// Stops the server and gives back its folder (for restoring into).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
