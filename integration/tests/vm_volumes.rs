@@ -60,12 +60,19 @@ step state-disk-unmounts stop_and_unmount
 "#;
 
 const BOOT2: &str = r#"
+mounted_from() {
+    local src
+    test -b "$1" || { echo "$1 is not a block device"; return 1; }
+    src="$(findmnt -n -o SOURCE --mountpoint "$2")"
+    echo "$2 is mounted from ${src:-nothing}"
+    [[ "$src" == "$1" ]]
+}
 step mount-state-disk sh -c 'mkdir -p "$0" && mount "$1" "$0"' "$MNT" "$STATE_DISK"
 stop_on_fail
 step start-agent start_agent
 # systemd-run returned: the agent has sent READY. The volumes must be open and mounted already.
-step vm-a-open-at-ready sh -c 'test -b /dev/mapper/dbagent-vm-a && findmnt -n -S /dev/mapper/dbagent-vm-a "$0/data/vm-a"' "$STATE"
-step vm-b-open-at-ready sh -c 'test -b /dev/mapper/dbagent-vm-b && findmnt -n -S /dev/mapper/dbagent-vm-b "$0/data/vm-b"' "$STATE"
+step vm-a-open-at-ready mounted_from /dev/mapper/dbagent-vm-a "$STATE/data/vm-a"
+step vm-b-open-at-ready mounted_from /dev/mapper/dbagent-vm-b "$STATE/data/vm-b"
 step ready-counts-volumes grep -q "volumes: 2 opened, 0 failed" "$LOG"
 stop_on_fail
 run_driver --phase second
