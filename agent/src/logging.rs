@@ -22,7 +22,10 @@ pub fn init(config: &LoggingConfig) {
         tracing_subscriber::registry().with(filter).with(journald).init();
         return;
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: stderr redirected to a file (a test, `systemd-run -p
+    // StandardError=file:`) must stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     match config.format {
         LogFormat::Json => tracing_subscriber::registry().with(filter).with(fmt.json()).init(),
         LogFormat::Text => tracing_subscriber::registry().with(filter).with(fmt).init(),

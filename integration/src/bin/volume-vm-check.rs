@@ -1,13 +1,15 @@
 //! Drives a full volume lifecycle against a dev-mode agent (`dbagent --dev`) inside the VM and prints
 //! `PASS <step> <ms>` / `FAIL <step> <ms> <why>` lines; exits 1 if any step failed.
 //!
-//! `volume-vm-check --state-dir S [--device /dev/disk/by-id/virtio-vmdata] [--phase first|second]`
+//! `volume-vm-check --state-dir S [--device /dev/disk/by-id/virtio-vmdata0] [--phase first|second]`
 //! - first: register vm-a (on --device, or a managed file) and vm-b (managed file); create both; write
-//!   a marker; close; reopen; marker reads back; a wrong key is refused; rotate (old key refused, new
-//!   opens); grow both online (marker kept); vm-a's key does not open vm-b and back; then close vm-a
-//!   so the host can search the raw disk for the marker.
-//! - second (after a reboot with the same disk and state folder): the agent reopened the volumes at
-//!   start-up; the marker reads back.
+//!   a marker on each; close and reopen vm-a; marker reads back; a wrong key is refused; rotate (old
+//!   key refused, new opens); grow online (vm-b's managed file; vm-a on a block device the platform
+//!   has not grown is refused, as a virtio disk cannot grow under the guest); markers kept; vm-a's
+//!   key does not open vm-b and back; then close both so the host can search the raw disk for the
+//!   marker.
+//! - second (after a reboot with the same disks and state folder): the agent reopened both volumes
+//!   at start-up; the markers read back.
 //!
 //! Both phases end with a search for key bytes under the state folder and in `--agent-log`.
 
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const MARKER: &str = "dbagent-vm-marker-6f1d2c";
+const MARKER_B: &str = "dbagent-vm-marker-b-93e0a7";
 
 struct Ctx {
     channel: Channel,
@@ -150,23 +153,24 @@ async fn first(c: &Ctx, device: Option<String>) {
     }
     c.step("write-marker", async {
         std::fs::write(c.data_dir("vm-a").join("marker"), MARKER)?;
+        std::fs::write(c.data_dir("vm-b").join("marker"), MARKER_B)?;
         nix_sync();
         Ok(())
     })
     .await;
-    c.step("close-reopen", async {
+    c.step("close-vm-a", async {
         let op = c.volumes().close_volume(pb::CloseVolumeRequest { request_id: rid("close", "vm-a"), instance_id: "vm-a".into() }).await?.into_inner();
         c.wait(op).await?;
         if Path::new("/dev/mapper/dbagent-vm-a").exists() {
             bail!("/dev/mapper/dbagent-vm-a still exists after close");
         }
+        Ok(())
+    })
+    .await;
+    c.step("reopen-vm-a", async {
         let op = c.volumes().open_volume(pb::OpenVolumeRequest { request_id: rid("open", "vm-a"), instance_id: "vm-a".into() }).await?.into_inner();
         c.wait(op).await?;
-        let got = std::fs::read_to_string(c.data_dir("vm-a").join("marker"))?;
-        if got != MARKER {
-            bail!("marker reads {got:?}");
-        }
-        Ok(())
+        check_marker(c, "vm-a", MARKER)
     })
     .await;
     let Some(ks) = c.step("keystore", keystore(&c.state)).await else { return };
@@ -190,29 +194,37 @@ async fn first(c: &Ctx, device: Option<String>) {
         Ok(())
     })
     .await;
-    for id in ["vm-a", "vm-b"] {
-        c.step(&format!("grow-{id}"), async {
-            let v = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: id.into() }).await?.into_inner();
-            let op = c
-                .volumes()
-                .grow_volume(pb::GrowVolumeRequest { request_id: rid("grow", id), instance_id: id.into(), new_size_bytes: v.size_bytes + (32 << 20) })
-                .await?
-                .into_inner();
-            c.wait(op).await?;
-            let after = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: id.into() }).await?.into_inner();
-            if after.fs_size_bytes <= v.fs_size_bytes {
-                bail!("filesystem did not grow: {} -> {}", v.fs_size_bytes, after.fs_size_bytes);
+    c.step("grow-vm-b", async {
+        let v = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-b".into() }).await?.into_inner();
+        c.wait(grow(c, "vm-b", v.size_bytes + (32 << 20)).await?).await?;
+        let after = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-b".into() }).await?.into_inner();
+        if after.fs_size_bytes <= v.fs_size_bytes {
+            bail!("filesystem did not grow: {} -> {}", v.fs_size_bytes, after.fs_size_bytes);
+        }
+        Ok(())
+    })
+    .await;
+    if device.is_some() {
+        // The virtio disk cannot grow under the guest: the agent must refuse rather than pretend.
+        c.step("grow-vm-a-needs-a-grown-disk", async {
+            let v = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-a".into() }).await?.into_inner();
+            let refusal = match grow(c, "vm-a", v.size_bytes + (32 << 20)).await {
+                Ok(op) => match c.wait(op).await {
+                    Ok(r) => bail!("growing past the disk succeeded: {r}"),
+                    Err(e) => format!("{e:#}"),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if !refusal.contains("grow the disk first") {
+                bail!("unexpected refusal: {refusal}");
             }
             Ok(())
         })
         .await;
     }
-    c.step("marker-after-grow", async {
-        let got = std::fs::read_to_string(c.data_dir("vm-a").join("marker"))?;
-        if got != MARKER {
-            bail!("marker reads {got:?}");
-        }
-        Ok(())
+    c.step("markers-after-grow", async {
+        check_marker(c, "vm-a", MARKER)?;
+        check_marker(c, "vm-b", MARKER_B)
     })
     .await;
     c.step("keys-are-per-instance", async {
@@ -234,21 +246,45 @@ async fn first(c: &Ctx, device: Option<String>) {
         Ok(())
     })
     .await;
+    for id in ["vm-a", "vm-b"] {
+        c.step(&format!("close-{id}-at-end"), async {
+            let op = c.volumes().close_volume(pb::CloseVolumeRequest { request_id: rid("close-end", id), instance_id: id.into() }).await?.into_inner();
+            c.wait(op).await?;
+            let mapper = format!("/dev/mapper/dbagent-{id}");
+            if Path::new(&mapper).exists() {
+                bail!("{mapper} still exists after close");
+            }
+            Ok(())
+        })
+        .await;
+    }
+}
+
+fn check_marker(c: &Ctx, id: &str, want: &str) -> Result<()> {
+    let path = c.data_dir(id).join("marker");
+    let got = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    if got != want {
+        bail!("{} reads {got:?}, want {want:?}", path.display());
+    }
+    Ok(())
+}
+
+async fn grow(c: &Ctx, id: &str, new_size_bytes: u64) -> Result<pb::Operation> {
+    let req = pb::GrowVolumeRequest { request_id: rid("grow", id), instance_id: id.into(), new_size_bytes };
+    Ok(c.volumes().grow_volume(req).await?.into_inner())
 }
 
 async fn second(c: &Ctx) {
-    c.step("reopened-at-startup", async {
-        let v = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-a".into() }).await?.into_inner();
-        if !(v.active && v.mounted) {
-            bail!("vm-a not open after restart: {v:?}");
-        }
-        let got = std::fs::read_to_string(c.data_dir("vm-a").join("marker"))?;
-        if got != MARKER {
-            bail!("marker reads {got:?}");
-        }
-        Ok(())
-    })
-    .await;
+    for (id, marker) in [("vm-a", MARKER), ("vm-b", MARKER_B)] {
+        c.step(&format!("{id}-reopened-at-startup"), async {
+            let v = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: id.into() }).await?.into_inner();
+            if !(v.active && v.mounted) {
+                bail!("{id} not open after restart: {v:?}");
+            }
+            check_marker(c, id, marker)
+        })
+        .await;
+    }
 }
 
 fn nix_sync() {
