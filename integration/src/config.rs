@@ -32,6 +32,10 @@ monitors = [{monitors}]
 
 [operations]
 enable_test_kinds = true
+
+# Tests run many agents side by side: any free port for Prometheus.
+[metrics]
+prometheus_listen = "127.0.0.1:0"
 "#,
         state_dir = toml_path(&ctx.state_dir),
         listen = ctx.listen,
