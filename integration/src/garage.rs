@@ -90,7 +90,7 @@ impl Garage {
         let out = Command::new("curl")
             .args(["-sS", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{KEY_ID}:{SECRET}")])
             .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{bucket}?uploads", self.endpoint()))
+            .arg(format!("{}/{bucket}?uploads=", self.endpoint()))
             .output()
             .expect("curl");
         assert!(out.status.success(), "ListMultipartUploads: {}", String::from_utf8_lossy(&out.stderr));
