@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, ServeError};
-use crate::backup::{self, BackupError, BackupService, HostKeyWrapper};
+use crate::backup::{self, BackupError, BackupService};
 use crate::config::Config;
 use crate::instances::registry::{Registry, RegistryError};
 use crate::instances::validate::ValidationRules;
@@ -73,7 +73,8 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     for op in &interrupted {
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
     }
-    let keys = Arc::new(HostKeyWrapper::open_or_create(&config.backup.host_key_path(&state_dir))?);
+    // After the volumes: in dev mode their setup has generated the KEK both use.
+    let keys = backup::keywrap::from_config(&config, dev);
     let backups = BackupService::new(config.backup.clone(), &state_dir, keys, engine.clone())?;
     // Interrupted backups left uploads and partial objects; none has a manifest. Remove them.
     for id in backups.clean_interrupted().await {

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use dbagent::backup::settings::DestinationConfig;
-use dbagent::backup::{BackupConfig, BackupService, HostKeyWrapper};
+use dbagent::backup::{BackupConfig, BackupService, KekWrapper};
+use dbagent::volume::keystore::KekSource;
 use dbagent::instances::{Engine, Filesystem, Instance, InstanceSpec, Plan, PlanName, VolumeSpec};
 use dbagent::locks::ResourceLocks;
 use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
@@ -58,7 +59,9 @@ impl Harness {
     }
 
     pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
-        let keys = Arc::new(HostKeyWrapper::open_or_create(&self.state.as_path().join("host.key")).expect("host key"));
+        // A KEK in the state folder, generated once, as dev mode does: a reopened harness reads it.
+        let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }.load().expect("host KEK");
+        let keys = Arc::new(KekWrapper::from_kek(&kek).expect("host KEK"));
         BackupService::new(config, self.state.as_path(), keys, self.engine.clone()).expect("backup service")
     }
 

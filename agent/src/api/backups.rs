@@ -52,13 +52,16 @@ impl pb::backups_server::Backups for BackupsApi {
         let req = req.into_inner();
         let instance = self.0.registry.get(&req.instance_id)?;
         let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
+        let database = target_database(&req.target_database, instance.spec.engine)?;
         let target = match (info.manifest.method, req.target_data_dir.is_empty()) {
+            (BackupMethod::Physical, _) if database.is_some() => {
+                return Err(InvalidField::new("target_database", "only a logical backup restores into a database; use target_data_dir").into());
+            }
             (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
             (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
-            (BackupMethod::Logical, true) => RestoreTarget::Server {
-                connection: self.0.backups.connection(instance.spec.engine).clone(),
-                database: None,
-            },
+            (BackupMethod::Logical, true) => {
+                RestoreTarget::Server { connection: self.0.backups.connection(instance.spec.engine).clone(), database }
+            }
             (BackupMethod::Logical, false) => {
                 return Err(InvalidField::new("target_data_dir", "a logical backup restores into the instance's server; leave it empty").into());
             }
@@ -91,4 +94,21 @@ impl pb::backups_server::Backups for BackupsApi {
             enabled: p.is_some_and(|p| p.enabled),
         }))
     }
+}
+
+/// A new database name for a logical restore. Passed to `createdb` and `pg_restore` as an argument,
+/// so only plain lowercase identifiers are accepted (never something that reads as an option).
+fn target_database(name: &str, engine: crate::instances::Engine) -> Result<Option<String>, InvalidField> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    if engine != crate::instances::Engine::Postgresql {
+        return Err(InvalidField::new("target_database", "only PostgreSQL logical backups restore into a new database"));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if !first_ok || name.len() > 63 || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(InvalidField::new("target_database", "must be 1 to 63 of a-z, 0-9 and _, not starting with a digit"));
+    }
+    Ok(Some(name.to_owned()))
 }

@@ -74,7 +74,7 @@ async fn run_backup(
     let tool_version = tool.version().await;
     let started = SystemTime::now();
     let data_key = super::chunks::new_data_key().map_err(BackupError::Key)?;
-    let wrapped = svc.keys.wrap(&data_key)?;
+    let wrapped = svc.keys.wrap(backup_id, &data_key)?;
 
     // Open every destination's upload first; one that cannot even start is failed from the outset.
     let key = data_key_path(instance, backup_id);
@@ -177,7 +177,7 @@ async fn run_backup(
         chunk_size: settings.chunk_size,
         chunk_count: outcome.chunk_count,
         wrapped_key: manifest::hex(&wrapped),
-        key_wrapper: "host-aes-256-gcm".into(),
+        key_wrapper: svc.keys.scheme().into(),
         key_id: svc.keys.key_id(),
         destinations: svc.destination_names(),
         failed_destinations: failed.iter().map(|(n, _)| n.clone()).collect(),
@@ -269,8 +269,17 @@ pub(crate) async fn delete(svc: Arc<BackupService>, instance: String, backup: St
 fn unwrap_key(svc: &BackupService, m: &Manifest) -> Result<Vec<u8>, BackupError> {
     let wrapped = manifest::unhex(&m.wrapped_key)
         .ok_or_else(|| BackupError::Key(format!("manifest of backup {} holds no valid wrapped key", m.backup_id)))?;
-    svc.keys.unwrap(&wrapped).map_err(|e| match e {
-        BackupError::Key(msg) => BackupError::Key(format!("backup {} was encrypted under backup key {}: {msg}", m.backup_id, m.key_id)),
+    if m.key_wrapper == super::keywrap::RETIRED_HOST_KEY_WRAPPER {
+        return Err(BackupError::Key(format!(
+            "backup {} was wrapped under the retired backup host key (host.key, key {}); since data keys are wrapped by the host KEK such backups are no longer readable",
+            m.backup_id, m.key_id
+        )));
+    }
+    if m.key_wrapper != svc.keys.scheme() {
+        return Err(BackupError::Key(format!("backup {} names an unknown key wrapper {:?}", m.backup_id, m.key_wrapper)));
+    }
+    svc.keys.unwrap(&m.backup_id, &wrapped).map_err(|e| match e {
+        BackupError::Key(msg) => BackupError::Key(format!("backup {} was encrypted under key-encryption key {}: {msg}", m.backup_id, m.key_id)),
         other => other,
     })
 }

@@ -1,94 +1,149 @@
-//! Wrapping of the per-backup data key. The lead routes this to the key provider later; until then a
-//! host key file (32 random bytes, 0600) wraps data keys with AES-256-GCM.
+//! Wrapping of the per-backup data key under the host key-encryption key (KEK) of the local key
+//! provider (design: "The data key is wrapped by the key provider"). The KEK is read through the
+//! same [`KekSource`] as the volume keystore: the systemd credential `dbagent-kek`, else
+//! `keys.kek_file` (dev mode generates `<state_dir>/kek`).
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::sync::Arc;
 
 use super::BackupError;
+use crate::config::Config;
+use crate::volume::keystore::KekSource;
 
-const WRAP_AAD: &[u8] = b"dbagent-backup-data-key-v1";
+/// The `key_wrapper` a manifest names for [`KekWrapper`].
+pub const KEK_WRAPPER: &str = "kek-aes-256-gcm-v1";
+/// The retired wrapper (a separate `<state_dir>/backups/host.key`); its backups are not readable.
+pub const RETIRED_HOST_KEY_WRAPPER: &str = "host-aes-256-gcm";
 
 /// Wraps and unwraps data keys. `key_id` names the wrapping key so a refusal can say which key a
-/// backup needs.
+/// backup needs. The backup id is bound into the wrapping, so a wrapped key copied into another
+/// backup's manifest does not open.
 pub trait KeyWrapper: Send + Sync {
+    /// The manifest's `key_wrapper` value.
+    fn scheme(&self) -> &'static str;
     fn key_id(&self) -> String;
-    fn wrap(&self, data_key: &[u8]) -> Result<Vec<u8>, BackupError>;
-    fn unwrap(&self, wrapped: &[u8]) -> Result<Vec<u8>, BackupError>;
+    /// `Err(FailedPrecondition)` when no key is available at all, so callers refuse up front.
+    fn check(&self) -> Result<(), BackupError> {
+        Ok(())
+    }
+    fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError>;
+    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, BackupError>;
 }
 
-pub struct HostKeyWrapper {
+/// The wrapper for a running agent: the host KEK, or [`NoKek`] when it cannot be loaded (the agent
+/// still starts; backups answer FAILED_PRECONDITION naming the missing KEK).
+pub fn from_config(config: &Config, dev: bool) -> Arc<dyn KeyWrapper> {
+    match KekSource::from_env(config.keys.kek_file.clone(), dev).load() {
+        Ok(kek) => match KekWrapper::from_kek(&kek) {
+            Ok(w) => Arc::new(w),
+            Err(e) => Arc::new(NoKek::logged(e.to_string())),
+        },
+        Err(e) => Arc::new(NoKek::logged(e.to_string())),
+    }
+}
+
+fn aad(backup_id: &str) -> Vec<u8> {
+    let mut aad = b"dbagent-backup-data-key-v2\0".to_vec();
+    aad.extend_from_slice(backup_id.as_bytes());
+    aad
+}
+
+/// AES-256-GCM under the host KEK. Wrapped form: 12-byte random nonce || ciphertext || tag.
+pub struct KekWrapper {
     key: LessSafeKey,
     id: String,
 }
 
-impl HostKeyWrapper {
-    /// Reads the host key file, creating it (0600, random) if it does not exist.
-    pub fn open_or_create(path: &Path) -> Result<Self, BackupError> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| BackupError::Key(format!("generate backup host key: {e}")))?;
-                if let Some(dir) = path.parent() {
-                    crate::fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
-                }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| BackupError::io(format!("create backup host key {}", path.display()), e))?;
-                f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| BackupError::io(format!("write {}", path.display()), e))?;
-                key.to_vec()
-            }
-            Err(e) => return Err(BackupError::io(format!("read backup host key {}", path.display()), e)),
-        };
-        Self::from_bytes(&bytes)
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, BackupError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, bytes)
-            .map_err(|_| BackupError::Key(format!("backup host key must be 32 bytes, found {}", bytes.len())))?;
-        let id = Sha256::digest(bytes).iter().take(8).map(|b| format!("{b:02x}")).collect();
+impl KekWrapper {
+    pub fn from_kek(kek: &[u8]) -> Result<Self, BackupError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, kek)
+            .map_err(|_| BackupError::FailedPrecondition(format!("the host key-encryption key must be 32 bytes, found {}", kek.len())))?;
+        // A domain-separated digest: the id names the KEK without being usable to test guesses
+        // against other digests of it.
+        let mut h = Sha256::new();
+        h.update(b"dbagent-kek-id\0");
+        h.update(kek);
+        let id = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
         Ok(Self { key: LessSafeKey::new(unbound), id })
     }
 }
 
-impl KeyWrapper for HostKeyWrapper {
+impl KeyWrapper for KekWrapper {
+    fn scheme(&self) -> &'static str {
+        KEK_WRAPPER
+    }
+
     fn key_id(&self) -> String {
         self.id.clone()
     }
 
-    fn wrap(&self, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
-        let mut nonce = [0u8; 12];
+    fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
+        let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| BackupError::Key(format!("generate nonce: {e}")))?;
         let mut sealed = data_key.to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(WRAP_AAD), &mut sealed)
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(backup_id)), &mut sealed)
             .map_err(|_| BackupError::Key("wrap the backup data key".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    fn unwrap(&self, wrapped: &[u8]) -> Result<Vec<u8>, BackupError> {
+    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, BackupError> {
         let refuse = || {
             BackupError::Key(format!(
-                "the backup's data key cannot be unwrapped with this agent's backup key {}; restore it on an agent holding the key that wrote it",
+                "the data key of backup {backup_id} cannot be unwrapped with this host's key-encryption key {}; restore it on an agent holding the KEK that wrote it",
                 self.id
             ))
         };
-        if wrapped.len() < 12 + 16 {
+        if wrapped.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(refuse());
         }
-        let (nonce, sealed) = wrapped.split_at(12);
+        let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refuse())?;
         let mut buf = sealed.to_vec();
-        let plain = self.key.open_in_place(nonce, Aad::from(WRAP_AAD), &mut buf).map_err(|_| refuse())?;
+        let plain = self.key.open_in_place(nonce, Aad::from(aad(backup_id)), &mut buf).map_err(|_| refuse())?;
         Ok(plain.to_vec())
+    }
+}
+
+/// The host KEK could not be loaded: every backup, verify and restore is refused with the reason.
+pub struct NoKek(String);
+
+impl NoKek {
+    fn logged(reason: String) -> Self {
+        tracing::error!("{reason}; backups cannot be taken, verified or restored until it is provided");
+        Self(reason)
+    }
+
+    fn refusal(&self) -> BackupError {
+        BackupError::FailedPrecondition(format!(
+            "backups need the host key-encryption key (KEK), which is unavailable: {}",
+            self.0
+        ))
+    }
+}
+
+impl KeyWrapper for NoKek {
+    fn scheme(&self) -> &'static str {
+        KEK_WRAPPER
+    }
+
+    fn key_id(&self) -> String {
+        String::new()
+    }
+
+    fn check(&self) -> Result<(), BackupError> {
+        Err(self.refusal())
+    }
+
+    fn wrap(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, BackupError> {
+        Err(self.refusal())
+    }
+
+    fn unwrap(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, BackupError> {
+        Err(self.refusal())
     }
 }
 
@@ -97,18 +152,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wraps_and_refuses_other_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = HostKeyWrapper::open_or_create(&dir.path().join("k/host.key")).unwrap();
-        let again = HostKeyWrapper::open_or_create(&dir.path().join("k/host.key")).unwrap();
+    fn wraps_and_refuses_other_keys_and_other_backups() {
+        let a = KekWrapper::from_kek(&[7u8; 32]).unwrap();
+        let again = KekWrapper::from_kek(&[7u8; 32]).unwrap();
         assert_eq!(a.key_id(), again.key_id());
+        assert_eq!(a.scheme(), KEK_WRAPPER);
+        let wrapped = a.wrap("b1", &[9u8; 32]).unwrap();
+        assert_eq!(again.unwrap("b1", &wrapped).unwrap(), vec![9u8; 32]);
+        // The backup id is bound: the same wrapped key under another backup's name does not open.
+        let e = a.unwrap("b2", &wrapped).unwrap_err().to_string();
+        assert!(e.contains("cannot be unwrapped") && e.contains("b2"), "{e}");
+        let b = KekWrapper::from_kek(&[1u8; 32]).unwrap();
+        assert_ne!(a.key_id(), b.key_id());
+        let e = b.unwrap("b1", &wrapped).unwrap_err().to_string();
+        assert!(e.contains("cannot be unwrapped") && e.contains(&b.key_id()), "{e}");
+        assert!(a.unwrap("b1", &wrapped[..20]).is_err());
+    }
+
+    #[test]
+    fn kek_of_the_wrong_length_is_refused() {
+        let e = KekWrapper::from_kek(&[1u8; 16]).err().unwrap().to_string();
+        assert!(e.contains("32 bytes"), "{e}");
+    }
+
+    fn config_with_kek(dir: &std::path::Path) -> Config {
+        let mut config = Config::default();
+        config.keys.kek_file = dir.join("kek");
+        config
+    }
+
+    #[test]
+    fn uses_the_same_kek_file_as_the_keystore() {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("k/host.key")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let wrapped = a.wrap(&[7u8; 32]).unwrap();
-        assert_eq!(again.unwrap(&wrapped).unwrap(), vec![7u8; 32]);
-        let b = HostKeyWrapper::from_bytes(&[1u8; 32]).unwrap();
-        let e = b.unwrap(&wrapped).unwrap_err().to_string();
-        assert!(e.contains("cannot be unwrapped"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_kek(dir.path());
+        // Dev mode generates the KEK file, exactly as the volume keystore would.
+        let dev = from_config(&config, true);
+        dev.check().unwrap();
+        let kek = std::fs::read(dir.path().join("kek")).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join("kek")).unwrap().permissions().mode() & 0o077, 0);
+        assert_eq!(dev.key_id(), KekWrapper::from_kek(&kek).unwrap().key_id());
+        // Production mode reads the existing file.
+        let prod = from_config(&config, false);
+        let wrapped = dev.wrap("b1", &[3u8; 32]).unwrap();
+        assert_eq!(prod.unwrap("b1", &wrapped).unwrap(), vec![3u8; 32]);
+    }
+
+    #[test]
+    fn a_missing_kek_is_a_failed_precondition_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = from_config(&config_with_kek(dir.path()), false);
+        for e in [w.check().unwrap_err(), w.wrap("b1", &[0u8; 32]).unwrap_err(), w.unwrap("b1", &[0u8; 60]).unwrap_err()] {
+            assert!(matches!(e, BackupError::FailedPrecondition(_)), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("key-encryption key") && msg.contains(&dir.path().join("kek").display().to_string()), "{msg}");
+            assert_eq!(e.to_op_error().code, crate::ops::ErrorCode::FailedPrecondition);
+        }
     }
 }

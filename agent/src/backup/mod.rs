@@ -16,7 +16,7 @@ pub mod scheduler;
 pub mod service;
 pub mod settings;
 
-pub use keywrap::{HostKeyWrapper, KeyWrapper};
+pub use keywrap::{KekWrapper, KeyWrapper};
 pub use manifest::{BackupKind, BackupMethod, Manifest};
 pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
 pub use service::BackupService;

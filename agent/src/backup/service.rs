@@ -79,6 +79,7 @@ impl BackupService {
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
+        self.keys.check()?;
         let backup_id = backup_id_for(&instance.id, request_id);
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
@@ -125,6 +126,7 @@ impl BackupService {
         destination: Option<String>,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
+        self.keys.check()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = self.pick_source(&info, destination.as_deref())?;
         let svc = self.clone();
@@ -145,6 +147,7 @@ impl BackupService {
         destination: Option<String>,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
+        self.keys.check()?;
         let info = self.get(&instance.id, backup_id).await?;
         let source = self.pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {

@@ -52,7 +52,10 @@ impl Fixture {
     }
 
     fn service(&self, broken: Option<&str>, key: u8) -> Arc<BackupService> {
-        let keys = Arc::new(HostKeyWrapper::from_bytes(&[key; 32]).unwrap());
+        self.service_with(broken, Arc::new(KekWrapper::from_kek(&[key; 32]).unwrap()))
+    }
+
+    fn service_with(&self, broken: Option<&str>, keys: Arc<dyn KeyWrapper>) -> Arc<BackupService> {
         BackupService::new(self.config(broken), self.dir.path(), keys, self.engine.clone()).unwrap()
     }
 
@@ -126,7 +129,7 @@ async fn backup_verify_restore_round_trip() {
     let v = wait(&f.engine, &svc.verify("r1", &id, Some("az1".into()), "v-3").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded);
 
-    // Another host key: restore is refused before anything is written.
+    // Another host KEK: restore is refused before anything is written.
     let other = f.service(None, 2);
     let target2 = f.dir.path().join("restored2");
     let r = wait(&f.engine, &other.restore(&inst, &id, RestoreTarget::DataDir(target2.clone()), None, "r-2").await.unwrap()).await;
@@ -215,4 +218,36 @@ fn backup_ids_are_stable() {
     service::check_backup_id(&a).unwrap();
     assert!(service::check_backup_id("../etc").is_err());
     let _ = Path::new("");
+}
+
+#[tokio::test]
+async fn without_a_kek_backups_are_refused_as_failed_precondition() {
+    let f = Fixture::new();
+    let inst = instance(PlanName::Starter);
+    let mut config = crate::config::Config::default();
+    config.keys.kek_file = f.dir.path().join("no-such-kek");
+    let svc = f.service_with(None, keywrap::from_config(&config, false));
+    let e = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap_err();
+    assert!(matches!(e, BackupError::FailedPrecondition(_)), "{e:?}");
+    assert!(e.to_string().contains("key-encryption key") && e.to_string().contains("no-such-kek"), "{e}");
+}
+
+#[tokio::test]
+async fn backups_wrapped_under_the_retired_host_key_are_refused_by_name() {
+    let f = Fixture::new();
+    let svc = f.service(None, 1);
+    let inst = instance(PlanName::Starter);
+    let done = wait(&f.engine, &svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap()).await;
+    assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
+    let id = backup_id(&done);
+    assert_eq!(svc.get("r1", &id).await.unwrap().manifest.key_wrapper, keywrap::KEK_WRAPPER);
+    for az in ["az1", "az2", "az3"] {
+        let path = f.dir.path().join("dest").join(az).join("r1").join(&id).join("manifest.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace(keywrap::KEK_WRAPPER, keywrap::RETIRED_HOST_KEY_WRAPPER);
+        std::fs::write(&path, text).unwrap();
+    }
+    let v = wait(&f.engine, &svc.verify("r1", &id, None, "v-1").await.unwrap()).await;
+    assert_eq!(v.state, OpState::Failed);
+    let msg = v.error.unwrap().message;
+    assert!(msg.contains("retired backup host key"), "{msg}");
 }

@@ -18,9 +18,6 @@ pub struct BackupConfig {
     pub rate_limit_bytes_per_sec: u64,
     /// Attempts per S3 request before a destination is declared failed.
     pub max_retries: usize,
-    /// Host key that wraps per-backup data keys until the key provider does (created 0600 if missing).
-    /// Empty: `<state_dir>/backups/host.key`.
-    pub host_key_file: PathBuf,
     /// How often the scheduler looks for due backups and expired ones.
     pub scheduler_interval_secs: u64,
     /// Destinations, written at once; names are the availability zones. Empty: three `dir`
@@ -96,7 +93,6 @@ impl Default for BackupConfig {
             part_size: 8 << 20,
             rate_limit_bytes_per_sec: 0,
             max_retries: 3,
-            host_key_file: PathBuf::new(),
             scheduler_interval_secs: 60,
             destinations: Vec::new(),
             postgresql: EngineConnection {
@@ -127,10 +123,6 @@ impl BackupConfig {
             .into_iter()
             .map(|az| DestinationConfig::Dir { name: az.into(), path: state_dir.join("backups").join(az) })
             .collect()
-    }
-
-    pub fn host_key_path(&self, state_dir: &Path) -> PathBuf {
-        if self.host_key_file.as_os_str().is_empty() { state_dir.join("backups/host.key") } else { self.host_key_file.clone() }
     }
 
     /// `Err((key, message))` for the first invalid value.

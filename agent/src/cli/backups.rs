@@ -46,6 +46,9 @@ pub enum BackupsCommand {
         /// Restore into this folder instead of in place.
         #[arg(long, value_name = "PATH")]
         target_data_dir: Option<String>,
+        /// Logical PostgreSQL backups: restore into this new database instead of recreating the dumped one.
+        #[arg(long, value_name = "NAME")]
+        target_database: Option<String>,
         /// Restore from this destination; any healthy one when omitted.
         #[arg(long)]
         destination: Option<String>,
@@ -110,13 +113,14 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
             };
             (client.verify_backup(ctx.unary(request)).await?, op.watch)
         }
-        BackupsCommand::Restore { instance_id, backup_id, target_data_dir, destination, op } => {
+        BackupsCommand::Restore { instance_id, backup_id, target_data_dir, target_database, destination, op } => {
             let request = pb::RestoreBackupRequest {
                 request_id: op.request.resolve()?,
                 instance_id,
                 backup_id,
                 target_data_dir: target_data_dir.unwrap_or_default(),
                 destination: destination.unwrap_or_default(),
+                target_database: target_database.unwrap_or_default(),
             };
             (client.restore_backup(ctx.unary(request)).await?, op.watch)
         }

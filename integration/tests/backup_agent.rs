@@ -1,0 +1,218 @@
+//! Backups through the real agent binary over gRPC and mutual TLS: a private PostgreSQL 15 with a
+//! little data, an agent whose `[backup]` config points at it with three `dir` destinations, and the
+//! whole manual-backup life: start, watch, list, verify, restore into a new database, idempotent
+//! retry, role check and the Starter plan's quota.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dbagent_integration::agent::LaunchContext;
+use dbagent_integration::config::{custom_config, toml_path};
+use dbagent_integration::ops::instance_spec;
+use dbagent_integration::pki::{ServerPki, Validity};
+use dbagent_integration::servers::{PG_BIN, PgServer};
+use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
+use dbagent_proto::v1::backups_client::BackupsClient;
+use dbagent_proto::v1::instances_client::InstancesClient;
+use dbagent_proto::v1::operations_client::OperationsClient;
+use dbagent_proto::v1::{
+    BackupMethod, BackupState, ListBackupsRequest, Operation, OperationState, RegisterInstanceRequest, RestoreBackupRequest,
+    StartBackupRequest, VerifyBackupRequest, WatchOperationRequest,
+};
+use tonic::transport::Channel;
+
+const INSTANCE: &str = "pg-backup";
+const OP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent's TOML: the shared test config plus a KEK file, a data root, three `dir`
+/// destinations and the connection of the dump tools to `pg_port`.
+fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16) -> String {
+    let files = pki.write(&ctx.work_dir.join("pki"));
+    let kek = ctx.work_dir.join("kek");
+    std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the test KEK");
+    let dest = |az: &str| toml_path(&ctx.work_dir.join("dest").join(az));
+    format!(
+        r#"{base}
+[keys]
+kek_file = {kek}
+
+[instances]
+data_roots = [{data_root}]
+
+[backup]
+scheduler_interval_secs = 3600
+
+[[backup.destinations]]
+kind = "dir"
+name = "az1"
+path = {az1}
+
+[[backup.destinations]]
+kind = "dir"
+name = "az2"
+path = {az2}
+
+[[backup.destinations]]
+kind = "dir"
+name = "az3"
+path = {az3}
+
+[backup.postgresql]
+host = "127.0.0.1"
+port = {pg_port}
+user = "postgres"
+database = "shop"
+bin_dir = {bin_dir}
+"#,
+        base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
+        kek = toml_path(&kek),
+        data_root = toml_path(&data_root(ctx.work_dir.as_path())),
+        az1 = dest("az1"),
+        az2 = dest("az2"),
+        az3 = dest("az3"),
+        bin_dir = toml_path(Path::new(PG_BIN)),
+    )
+}
+
+fn data_root(work_dir: &Path) -> std::path::PathBuf {
+    work_dir.join("data")
+}
+
+fn state_of(op: &Operation) -> OperationState {
+    OperationState::try_from(op.state).unwrap_or(OperationState::Unspecified)
+}
+
+/// Follows WatchOperation to the end and asserts it SUCCEEDED.
+async fn watch_to_success(channel: &Channel, op: &Operation, agent: &Agent) -> Operation {
+    let mut ops = OperationsClient::new(channel.clone());
+    let mut stream = ops
+        .watch_operation(WatchOperationRequest { id: op.id.clone() })
+        .await
+        .unwrap_or_else(|s| panic!("WatchOperation {}: {s:?}", op.id))
+        .into_inner();
+    let deadline = Instant::now() + OP_TIMEOUT;
+    let mut last = op.clone();
+    while !matches!(state_of(&last), OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, stream.message()).await {
+            Ok(Ok(Some(next))) => last = next,
+            Ok(Ok(None)) => break,
+            Ok(Err(s)) => panic!("WatchOperation {} broke: {s:?}", op.id),
+            Err(_) => panic!("operation {} ({}) did not finish within {OP_TIMEOUT:?}: {last:?}\n{}", op.id, op.kind, agent.log()),
+        }
+    }
+    assert_eq!(state_of(&last), OperationState::Succeeded, "{} failed: {:?}\n{}", last.kind, last.error, agent.log());
+    last
+}
+
+fn backup_id_of(op: &Operation) -> String {
+    let result: serde_json::Value = serde_json::from_str(&op.result_json).expect("result_json is JSON");
+    result["backup_id"].as_str().unwrap_or_else(|| panic!("no backup_id in {}", op.result_json)).to_owned()
+}
+
+fn start_request(request_id: &str) -> StartBackupRequest {
+    StartBackupRequest { request_id: request_id.into(), instance_id: INSTANCE.into(), method: BackupMethod::Logical as i32 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_backup_through_the_agent_over_grpc() {
+    let pg = PgServer::init();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, qty int NOT NULL); \
+         INSERT INTO orders SELECT i, 'item-' || i, i % 7 FROM generate_series(1, 5000) i",
+    );
+    let checksum = "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o";
+    let expected = pg.psql("shop", checksum);
+    assert!(expected.starts_with("5000:"), "{expected}");
+
+    let pki = Rc::new(ServerPki::new());
+    let for_config = pki.clone();
+    let pg_port = pg.port;
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port)).start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let monitor = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("monitor", Validity::Current));
+    let channel = agent.channel(&orchestrator).await;
+    let mut backups = BackupsClient::new(channel.clone());
+
+    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
+    InstancesClient::new(channel.clone())
+        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .await
+        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+
+    // StartBackup (logical) -> WatchOperation until SUCCEEDED.
+    let op = backups.start_backup(start_request("backup-1")).await.unwrap_or_else(|s| panic!("StartBackup: {s:?}\n{}", agent.log())).into_inner();
+    assert_eq!(op.kind, "backup.start");
+    let done = watch_to_success(&channel, &op, &agent).await;
+    let backup_id = backup_id_of(&done);
+
+    // ListBackups: complete on all three destinations.
+    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
+    assert_eq!(list.backups.len(), 1, "{list:?}");
+    let b = &list.backups[0];
+    assert_eq!(b.id, backup_id);
+    assert_eq!(BackupState::try_from(b.state), Ok(BackupState::Complete), "{b:?}");
+    assert_eq!(BackupMethod::try_from(b.method), Ok(BackupMethod::Logical));
+    let mut names: Vec<_> = b.destinations.iter().map(|d| (d.name.as_str(), d.state.as_str())).collect();
+    names.sort_unstable();
+    assert_eq!(names, [("az1", "complete"), ("az2", "complete"), ("az3", "complete")], "{b:?}");
+    assert!(b.size_bytes > 0 && b.stored_bytes > 0, "{b:?}");
+
+    // The manifest names the host-KEK wrapper, not a separate backup key.
+    let manifest_path = agent.work_dir().join("dest/az2").join(INSTANCE).join(&backup_id).join("manifest.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
+    assert!(manifest.contains("kek-aes-256-gcm-v1"), "{manifest}");
+    assert!(!agent.state_dir().join("backups/host.key").exists(), "no separate backup host key is made");
+
+    // VerifyBackup on one destination.
+    let verify = backups
+        .verify_backup(VerifyBackupRequest { request_id: "verify-1".into(), instance_id: INSTANCE.into(), backup_id: backup_id.clone(), destination: "az3".into() })
+        .await
+        .expect("VerifyBackup")
+        .into_inner();
+    let verified = watch_to_success(&channel, &verify, &agent).await;
+    assert!(verified.result_json.contains("\"ok\":true"), "{}", verified.result_json);
+
+    // RestoreBackup into a new database of the same server; the table is identical.
+    let restore = backups
+        .restore_backup(RestoreBackupRequest {
+            request_id: "restore-1".into(),
+            instance_id: INSTANCE.into(),
+            backup_id: backup_id.clone(),
+            target_database: "shop_restored".into(),
+            destination: "az1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RestoreBackup: {s:?}"))
+        .into_inner();
+    watch_to_success(&channel, &restore, &agent).await;
+    assert_eq!(pg.psql("shop_restored", checksum), expected);
+
+    // A retried StartBackup (same request_id) is the same operation, not a second backup.
+    let again = backups.start_backup(start_request("backup-1")).await.expect("StartBackup again").into_inner();
+    assert_eq!(again.id, op.id);
+    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
+    assert_eq!(list.backups.len(), 1, "a retry made a second backup: {list:?}");
+
+    // A monitor may read but not start backups.
+    let mut as_monitor = BackupsClient::new(agent.channel(&monitor).await);
+    let denied = as_monitor.start_backup(start_request("monitor-1")).await.expect_err("a monitor must not start backups");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    as_monitor.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("a monitor may list backups");
+
+    // Starter plan: 10 manual backups; the 11th is refused naming the quota.
+    for n in 2..=10 {
+        let op = backups.start_backup(start_request(&format!("backup-{n}"))).await.unwrap_or_else(|s| panic!("backup {n}: {s:?}")).into_inner();
+        watch_to_success(&channel, &op, &agent).await;
+    }
+    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
+    assert_eq!(list.backups.len(), 10);
+    let refused = backups.start_backup(start_request("backup-11")).await.expect_err("the 11th manual backup must be refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("starter") && refused.message().contains("10"), "{}", refused.message());
+}
