@@ -25,13 +25,15 @@ use tonic::transport::Channel;
 const INSTANCE: &str = "pg-backup";
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The agent's TOML: the shared test config plus a KEK file, a data root, three `dir`
-/// destinations and the connection of the dump tools to `pg_port`.
-fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16) -> String {
+/// The agent's TOML: the shared test config plus a KEK file (written unless `with_kek` is false),
+/// a data root, three `dir` destinations and the connection of the dump tools to `pg_port`.
+fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, with_kek: bool) -> String {
     let files = pki.write(&ctx.work_dir.join("pki"));
     let kek = ctx.work_dir.join("kek");
-    std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
-    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the test KEK");
+    if with_kek {
+        std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
+        std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the test KEK");
+    }
     let dest = |az: &str| toml_path(&ctx.work_dir.join("dest").join(az));
     format!(
         r#"{base}
@@ -132,7 +134,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
     let pg_port = pg.port;
-    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port)).start();
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port, true)).start();
     let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
     let monitor = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("monitor", Validity::Current));
     let channel = agent.channel(&orchestrator).await;
@@ -215,4 +217,32 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let refused = backups.start_backup(start_request("backup-11")).await.expect_err("the 11th manual backup must be refused");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("starter") && refused.message().contains("10"), "{}", refused.message());
+}
+
+/// Without the host KEK the agent still starts and serves; backups are refused with
+/// FAILED_PRECONDITION naming the KEK file it looked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_kek_the_agent_serves_and_refuses_backups() {
+    let pki = Rc::new(ServerPki::new());
+    let for_config = pki.clone();
+    // No server is needed: the refusal comes before any dump. Port 1 is never contacted.
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, false)).start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let channel = agent.channel(&orchestrator).await;
+    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
+    InstancesClient::new(channel.clone())
+        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .await
+        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+    let refused = BackupsClient::new(channel)
+        .start_backup(start_request("backup-1"))
+        .await
+        .expect_err("a backup without a KEK must be refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    let kek = agent.work_dir().join("kek");
+    assert!(
+        refused.message().contains("key-encryption key") && refused.message().contains(&kek.display().to_string()),
+        "{}",
+        refused.message()
+    );
 }

@@ -112,3 +112,19 @@ fn target_database(name: &str, engine: crate::instances::Engine) -> Result<Optio
     }
     Ok(Some(name.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::target_database;
+    use crate::instances::Engine;
+
+    #[test]
+    fn target_database_names_are_plain_identifiers() {
+        assert_eq!(target_database("", Engine::Postgresql).unwrap(), None);
+        assert_eq!(target_database("shop_2", Engine::Postgresql).unwrap().as_deref(), Some("shop_2"));
+        for bad in ["-Ufoo", "Shop", "2shop", "a b", "a;b", &"a".repeat(64)] {
+            assert!(target_database(bad, Engine::Postgresql).is_err(), "{bad:?} must be refused");
+        }
+        assert!(target_database("shop", Engine::Mariadb).is_err());
+    }
+}
