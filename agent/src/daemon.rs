@@ -111,7 +111,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
     let pruner = tokio::spawn(prune_periodically(engine.clone(), root.clone()));
-    let watchdog = notify::spawn_watchdog(root.clone());
+    let watchdog = notify::spawn_watchdog(root.clone(), config.testing.fault_switches);
 
     // The listener is bound and the server task runs: connections from now on are served.
     // READY only after the instances' volumes are open, so database units ordered after the agent
