@@ -19,7 +19,9 @@ provision() {
     install -m 0644 /share/tls/server.crt /etc/dbagent/tls/server.crt &&
     install -m 0600 /share/tls/server.key /etc/dbagent/tls/server.key &&
     install -m 0644 /share/tls/client-ca.crt /etc/dbagent/tls/client-ca.crt &&
-    install -m 0640 /share/agent.toml /etc/dbagent/agent.toml
+    install -m 0640 /share/agent.toml /etc/dbagent/agent.toml &&
+    # The engine's version folder, as its packaging would have it; the agent creates the mount point.
+    install -d -o postgres -g postgres -m 0755 /var/lib/postgresql/15
 }
 step provision provision
 step agent-start systemctl start dbagent.service
