@@ -31,17 +31,16 @@ const INSTANCE: &str = "pg-main";
 
 #[test]
 fn vm_deb_install_reboot_upgrade_watchdog_purge() {
+    let work = tempfile::tempdir().expect("temporary folder for packages, disks and client files");
     let t0 = Instant::now();
-    let deb = build_deb(None);
+    let (deb, target) = build_deb(None, work.path());
     let new_version = format!("{}+vmtest2", env!("CARGO_PKG_VERSION"));
-    let new_deb = build_deb(Some(&new_version));
+    let (new_deb, _) = build_deb(Some(&new_version), work.path());
     let build_ms = t0.elapsed().as_millis();
-    // build-deb.sh writes into <target>/debian/; the host's dbagentctl is the same build.
-    let target = deb.parent().and_then(Path::parent).expect("the .deb lies in <target>/debian/");
+    // The host's dbagentctl is the same build as the package's.
     let ctl = target.join("release").join("dbagentctl");
     assert!(ctl.is_file(), "{} is missing after build-deb.sh", ctl.display());
 
-    let work = tempfile::tempdir().expect("temporary folder for disks and client files");
     let disk = work.path().join("data0.img");
     vm::sparse_disk(&disk, 256 << 20);
     let overlay = work.path().join("root-overlay.qcow2");
@@ -134,8 +133,9 @@ pbkdf = "pbkdf2"
 pbkdf_iterations = 1000
 "#;
 
-/// Runs integration/build-deb.sh and returns the .deb it built.
-fn build_deb(version: Option<&str>) -> PathBuf {
+/// Runs integration/build-deb.sh and copies the .deb it built into `dest` (cargo-deb deletes older
+/// versions of the package from its output folder). Returns the copy and the cargo target folder.
+fn build_deb(version: Option<&str>, dest: &Path) -> (PathBuf, PathBuf) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-deb.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(&script).stderr(Stdio::inherit());
@@ -147,7 +147,11 @@ fn build_deb(version: Option<&str>) -> PathBuf {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
     assert!(path.is_file(), "build-deb.sh printed {path:?}, which is not a file");
-    path
+    let copy = dest.join(path.file_name().expect("a .deb file name"));
+    std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("copy {} to {}: {e}", path.display(), copy.display()));
+    // build-deb.sh writes into <target>/debian/.
+    let target = path.parent().and_then(Path::parent).expect("the .deb lies in <target>/debian/").to_path_buf();
+    (copy, target)
 }
 
 /// Waits for the guest to say the agent is up, then talks to it as the orchestrator would: status,
