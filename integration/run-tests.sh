@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   pkg-config clang libcryptsetup-dev cryptsetup-bin e2fsprogs xfsprogs   # volumes (libcryptsetup-rs, mkfs)
-  qemu-system-x86 debootstrap busybox-static                            # VM harness
+  qemu-system-x86 qemu-utils debootstrap busybox-static                 # VM harness (qemu-img: root overlays)
   prometheus prometheus-node-exporter                                   # promtool, metrics comparison
   openssl
   rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files

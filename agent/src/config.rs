@@ -36,6 +36,7 @@ pub struct Config {
     pub logs: crate::logs::LogsConfig,
     /// Backups: pipeline, destinations, engine connections (see docs/backups.md).
     pub backup: crate::backup::BackupConfig,
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,6 +229,15 @@ pub struct MetricsConfig {
     pub otlp_ca: Option<PathBuf>,
 }
 
+/// Test-only switches. Never enable them on a production host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Fault injection for tests (docs/packaging.md): SIGUSR2 makes the agent stop petting the systemd
+    /// watchdog, as a hung runtime would. Off by default (SIGUSR2 then keeps its default effect).
+    pub fault_switches: bool,
+}
+
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
@@ -259,6 +269,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             logs: crate::logs::LogsConfig::default(),
             backup: crate::backup::BackupConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 }
@@ -579,6 +590,14 @@ mod tests {
         assert!(e.contains("metrics.otlp_endpoint"), "{e}");
         let e = parse("[metrics]\ninterval_secs = 0").unwrap_err().to_string();
         assert!(e.contains("metrics.interval_secs"), "{e}");
+    }
+
+    #[test]
+    fn fault_switches_are_off_unless_enabled() {
+        assert!(!parse("").unwrap().testing.fault_switches);
+        assert!(parse("[testing]\nfault_switches = true").unwrap().testing.fault_switches);
+        let e = parse("[testing]\nhang = true").unwrap_err().to_string();
+        assert!(e.contains("hang"), "{e}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         Duration::from_secs(config.backup.scheduler_interval_secs),
         root.clone(),
     ));
-    let watchdog = notify::spawn_watchdog(root.clone());
+    let watchdog = notify::spawn_watchdog(root.clone(), config.testing.fault_switches);
 
     // The listener is bound and the server task runs: connections from now on are served.
     // READY only after the instances' volumes are open, so database units ordered after the agent

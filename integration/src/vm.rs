@@ -39,6 +39,7 @@ pub struct Vm {
     timeout: Duration,
     hostfwd_port: Option<u16>,
     guestfwd_port: Option<u16>,
+    root_overlay: Option<PathBuf>,
 }
 
 /// One check reported by the guest.
@@ -84,6 +85,7 @@ impl Vm {
             timeout: Duration::from_secs(600),
             hostfwd_port: None,
             guestfwd_port: None,
+            root_overlay: None,
         }
     }
 
@@ -137,6 +139,14 @@ impl Vm {
     /// Lets the guest reach `127.0.0.1:<port>` on the host as `10.0.2.100:<port>`.
     pub fn guestfwd_port(mut self, port: u16) -> Self {
         self.guestfwd_port = Some(port);
+        self
+    }
+
+    /// Keeps the guest's root file system across boots in `overlay` (a qcow2 file over the pristine
+    /// image, created by the first boot): what a boot installs, the next one finds, as on a real
+    /// host after a reboot. Without it every boot starts from the pristine image.
+    pub fn persistent_root(mut self, overlay: impl AsRef<Path>) -> Self {
+        self.root_overlay = Some(overlay.as_ref().to_path_buf());
         self
     }
 
@@ -201,6 +211,9 @@ impl Vm {
         }
         if let Some(port) = self.guestfwd_port {
             cmd.env("VM_GUESTFWD_PORT", port.to_string());
+        }
+        if let Some(overlay) = &self.root_overlay {
+            cmd.env("VM_ROOT_OVERLAY", overlay);
         }
         eprintln!("vm {}: booting, output in {}", self.name, out_dir.display());
         let status = cmd

@@ -11,6 +11,8 @@
 #   VM_TIMEOUT        seconds before qemu is killed (default 600)
 #   VM_HOSTFWD_PORT   host port on 127.0.0.1 forwarded to guest port 7443 (VM_GUEST_PORT)
 #   VM_GUESTFWD_PORT  guest connections to 10.0.2.100:PORT reach 127.0.0.1:PORT on the host
+#   VM_ROOT_OVERLAY   qcow2 file over root.img that keeps the guest's root changes across boots
+#                     (created on first use); without it every boot starts from the pristine image
 #   VM_MEMORY (1024), VM_CPUS (2), DBAGENT_VM_CACHE (see build-image.sh)
 #   VM_KERNEL_ARGS    replaces "quiet loglevel=3 systemd.show_status=false" (e.g. "systemd.show_status=true" to debug)
 # Exit status: 0 when result.log is complete and has no FAIL line; 1 otherwise, with the reason.
@@ -50,11 +52,21 @@ if [[ -n "${VM_GUESTFWD_PORT:-}" ]]; then
     NET+=",guestfwd=tcp:10.0.2.100:${VM_GUESTFWD_PORT}-cmd:busybox nc 127.0.0.1 ${VM_GUESTFWD_PORT}"
 fi
 
+ROOT_DRIVE="file=$IMAGE/root.img,format=raw,if=none,id=root,snapshot=on"
+if [[ -n "${VM_ROOT_OVERLAY:-}" ]]; then
+    if [[ ! -f "$VM_ROOT_OVERLAY" ]]; then
+        command -v qemu-img >/dev/null || die "VM_ROOT_OVERLAY needs qemu-img: apt-get install qemu-utils"
+        qemu-img create -q -f qcow2 -b "$IMAGE/root.img" -F raw "$VM_ROOT_OVERLAY" >&2 \
+            || die "create the root overlay $VM_ROOT_OVERLAY"
+    fi
+    ROOT_DRIVE="file=$(realpath "$VM_ROOT_OVERLAY"),format=qcow2,if=none,id=root"
+fi
+
 ARGS=(
     -accel tcg,thread=multi -cpu max -m "${VM_MEMORY:-1024}" -smp "${VM_CPUS:-2}" -nographic -no-reboot
     -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.gz"
     -append "console=ttyS0 panic=-1 ${VM_KERNEL_ARGS:-quiet loglevel=3 systemd.show_status=false}"
-    -drive "file=$IMAGE/root.img,format=raw,if=none,id=root,snapshot=on"
+    -drive "$ROOT_DRIVE"
     -device virtio-blk-pci,drive=root,serial=vmroot
     -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share"
     -virtfs "local,path=$OUT,mount_tag=out,security_model=none,id=out"
