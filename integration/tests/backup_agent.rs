@@ -17,8 +17,9 @@ use dbagent_proto::v1::backups_client::BackupsClient;
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
 use dbagent_proto::v1::{
-    BackupMethod, BackupState, ListBackupsRequest, Operation, OperationState, RegisterInstanceRequest, RestoreBackupRequest,
-    StartBackupRequest, VerifyBackupRequest, WatchOperationRequest,
+    BackupMethod, BackupState, ListBackupsRequest, Operation, OperationState,
+    RegisterInstanceRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest,
+    WatchOperationRequest,
 };
 use tonic::transport::Channel;
 
@@ -32,7 +33,8 @@ fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, with_kek: bo
     let kek = ctx.work_dir.join("kek");
     if with_kek {
         std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
-        std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the test KEK");
+        std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the test KEK");
     }
     let dest = |az: &str| toml_path(&ctx.work_dir.join("dest").join(az));
     format!(
@@ -96,26 +98,49 @@ async fn watch_to_success(channel: &Channel, op: &Operation, agent: &Agent) -> O
         .into_inner();
     let deadline = Instant::now() + OP_TIMEOUT;
     let mut last = op.clone();
-    while !matches!(state_of(&last), OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled) {
+    while !matches!(
+        state_of(&last),
+        OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled
+    ) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, stream.message()).await {
             Ok(Ok(Some(next))) => last = next,
             Ok(Ok(None)) => break,
             Ok(Err(s)) => panic!("WatchOperation {} broke: {s:?}", op.id),
-            Err(_) => panic!("operation {} ({}) did not finish within {OP_TIMEOUT:?}: {last:?}\n{}", op.id, op.kind, agent.log()),
+            Err(_) => panic!(
+                "operation {} ({}) did not finish within {OP_TIMEOUT:?}: {last:?}\n{}",
+                op.id,
+                op.kind,
+                agent.log()
+            ),
         }
     }
-    assert_eq!(state_of(&last), OperationState::Succeeded, "{} failed: {:?}\n{}", last.kind, last.error, agent.log());
+    assert_eq!(
+        state_of(&last),
+        OperationState::Succeeded,
+        "{} failed: {:?}\n{}",
+        last.kind,
+        last.error,
+        agent.log()
+    );
     last
 }
 
 fn backup_id_of(op: &Operation) -> String {
-    let result: serde_json::Value = serde_json::from_str(&op.result_json).expect("result_json is JSON");
-    result["backup_id"].as_str().unwrap_or_else(|| panic!("no backup_id in {}", op.result_json)).to_owned()
+    let result: serde_json::Value =
+        serde_json::from_str(&op.result_json).expect("result_json is JSON");
+    result["backup_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backup_id in {}", op.result_json))
+        .to_owned()
 }
 
 fn start_request(request_id: &str) -> StartBackupRequest {
-    StartBackupRequest { request_id: request_id.into(), instance_id: INSTANCE.into(), method: BackupMethod::Logical as i32 }
+    StartBackupRequest {
+        request_id: request_id.into(),
+        instance_id: INSTANCE.into(),
+        method: BackupMethod::Logical as i32,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,57 +152,115 @@ async fn logical_backup_through_the_agent_over_grpc() {
         "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, qty int NOT NULL); \
          INSERT INTO orders SELECT i, 'item-' || i, i % 7 FROM generate_series(1, 5000) i",
     );
-    let checksum = "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o";
+    let checksum =
+        "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o";
     let expected = pg.psql("shop", checksum);
     assert!(expected.starts_with("5000:"), "{expected}");
 
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
     let pg_port = pg.port;
-    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port, true)).start();
-    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
-    let monitor = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("monitor", Validity::Current));
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| {
+        agent_config(ctx, &for_config, pg_port, true)
+    })
+    .start();
+    let orchestrator = ClientIdentity::issued(
+        pki.ca.cert_pem(),
+        &pki.ca.client("orchestrator", Validity::Current),
+    );
+    let monitor = ClientIdentity::issued(
+        pki.ca.cert_pem(),
+        &pki.ca.client("monitor", Validity::Current),
+    );
     let channel = agent.channel(&orchestrator).await;
     let mut backups = BackupsClient::new(channel.clone());
 
     let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
     InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .register_instance(RegisterInstanceRequest {
+            request_id: "reg-1".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
         .await
         .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
 
     // StartBackup (logical) -> WatchOperation until SUCCEEDED.
-    let op = backups.start_backup(start_request("backup-1")).await.unwrap_or_else(|s| panic!("StartBackup: {s:?}\n{}", agent.log())).into_inner();
+    let op = backups
+        .start_backup(start_request("backup-1"))
+        .await
+        .unwrap_or_else(|s| panic!("StartBackup: {s:?}\n{}", agent.log()))
+        .into_inner();
     assert_eq!(op.kind, "backup.start");
     let done = watch_to_success(&channel, &op, &agent).await;
     let backup_id = backup_id_of(&done);
 
     // ListBackups: complete on all three destinations.
-    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
+    let list = backups
+        .list_backups(ListBackupsRequest {
+            instance_id: INSTANCE.into(),
+        })
+        .await
+        .expect("ListBackups")
+        .into_inner();
     assert_eq!(list.backups.len(), 1, "{list:?}");
     let b = &list.backups[0];
     assert_eq!(b.id, backup_id);
-    assert_eq!(BackupState::try_from(b.state), Ok(BackupState::Complete), "{b:?}");
+    assert_eq!(
+        BackupState::try_from(b.state),
+        Ok(BackupState::Complete),
+        "{b:?}"
+    );
     assert_eq!(BackupMethod::try_from(b.method), Ok(BackupMethod::Logical));
-    let mut names: Vec<_> = b.destinations.iter().map(|d| (d.name.as_str(), d.state.as_str())).collect();
+    let mut names: Vec<_> = b
+        .destinations
+        .iter()
+        .map(|d| (d.name.as_str(), d.state.as_str()))
+        .collect();
     names.sort_unstable();
-    assert_eq!(names, [("az1", "complete"), ("az2", "complete"), ("az3", "complete")], "{b:?}");
+    assert_eq!(
+        names,
+        [
+            ("az1", "complete"),
+            ("az2", "complete"),
+            ("az3", "complete")
+        ],
+        "{b:?}"
+    );
     assert!(b.size_bytes > 0 && b.stored_bytes > 0, "{b:?}");
 
     // The manifest names the host-KEK wrapper, not a separate backup key.
-    let manifest_path = agent.work_dir().join("dest/az2").join(INSTANCE).join(&backup_id).join("manifest.json");
-    let manifest = std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
+    let manifest_path = agent
+        .work_dir()
+        .join("dest/az2")
+        .join(INSTANCE)
+        .join(&backup_id)
+        .join("manifest.json");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
     assert!(manifest.contains("kek-aes-256-gcm-v1"), "{manifest}");
-    assert!(!agent.state_dir().join("backups/host.key").exists(), "no separate backup host key is made");
+    assert!(
+        !agent.state_dir().join("backups/host.key").exists(),
+        "no separate backup host key is made"
+    );
 
     // VerifyBackup on one destination.
     let verify = backups
-        .verify_backup(VerifyBackupRequest { request_id: "verify-1".into(), instance_id: INSTANCE.into(), backup_id: backup_id.clone(), destination: "az3".into() })
+        .verify_backup(VerifyBackupRequest {
+            request_id: "verify-1".into(),
+            instance_id: INSTANCE.into(),
+            backup_id: backup_id.clone(),
+            destination: "az3".into(),
+        })
         .await
         .expect("VerifyBackup")
         .into_inner();
     let verified = watch_to_success(&channel, &verify, &agent).await;
-    assert!(verified.result_json.contains("\"ok\":true"), "{}", verified.result_json);
+    assert!(
+        verified.result_json.contains("\"ok\":true"),
+        "{}",
+        verified.result_json
+    );
 
     // RestoreBackup into a new database of the same server; the table is identical.
     let restore = backups
@@ -196,27 +279,70 @@ async fn logical_backup_through_the_agent_over_grpc() {
     assert_eq!(pg.psql("shop_restored", checksum), expected);
 
     // A retried StartBackup (same request_id) is the same operation, not a second backup.
-    let again = backups.start_backup(start_request("backup-1")).await.expect("StartBackup again").into_inner();
+    let again = backups
+        .start_backup(start_request("backup-1"))
+        .await
+        .expect("StartBackup again")
+        .into_inner();
     assert_eq!(again.id, op.id);
-    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
-    assert_eq!(list.backups.len(), 1, "a retry made a second backup: {list:?}");
+    let list = backups
+        .list_backups(ListBackupsRequest {
+            instance_id: INSTANCE.into(),
+        })
+        .await
+        .expect("ListBackups")
+        .into_inner();
+    assert_eq!(
+        list.backups.len(),
+        1,
+        "a retry made a second backup: {list:?}"
+    );
 
     // A monitor may read but not start backups.
     let mut as_monitor = BackupsClient::new(agent.channel(&monitor).await);
-    let denied = as_monitor.start_backup(start_request("monitor-1")).await.expect_err("a monitor must not start backups");
+    let denied = as_monitor
+        .start_backup(start_request("monitor-1"))
+        .await
+        .expect_err("a monitor must not start backups");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    as_monitor.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("a monitor may list backups");
+    as_monitor
+        .list_backups(ListBackupsRequest {
+            instance_id: INSTANCE.into(),
+        })
+        .await
+        .expect("a monitor may list backups");
 
     // Starter plan: 10 manual backups; the 11th is refused naming the quota.
     for n in 2..=10 {
-        let op = backups.start_backup(start_request(&format!("backup-{n}"))).await.unwrap_or_else(|s| panic!("backup {n}: {s:?}")).into_inner();
+        let op = backups
+            .start_backup(start_request(&format!("backup-{n}")))
+            .await
+            .unwrap_or_else(|s| panic!("backup {n}: {s:?}"))
+            .into_inner();
         watch_to_success(&channel, &op, &agent).await;
     }
-    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner();
+    let list = backups
+        .list_backups(ListBackupsRequest {
+            instance_id: INSTANCE.into(),
+        })
+        .await
+        .expect("ListBackups")
+        .into_inner();
     assert_eq!(list.backups.len(), 10);
-    let refused = backups.start_backup(start_request("backup-11")).await.expect_err("the 11th manual backup must be refused");
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("starter") && refused.message().contains("10"), "{}", refused.message());
+    let refused = backups
+        .start_backup(start_request("backup-11"))
+        .await
+        .expect_err("the 11th manual backup must be refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("starter") && refused.message().contains("10"),
+        "{}",
+        refused.message()
+    );
 }
 
 /// Without the host KEK the agent still starts and serves; backups are refused with
@@ -226,22 +352,36 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
     // No server is needed: the refusal comes before any dump. Port 1 is never contacted.
-    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, false)).start();
-    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let agent =
+        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, false))
+            .start();
+    let orchestrator = ClientIdentity::issued(
+        pki.ca.cert_pem(),
+        &pki.ca.client("orchestrator", Validity::Current),
+    );
     let channel = agent.channel(&orchestrator).await;
     let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
     InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .register_instance(RegisterInstanceRequest {
+            request_id: "reg-1".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
         .await
         .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
     let refused = BackupsClient::new(channel)
         .start_backup(start_request("backup-1"))
         .await
         .expect_err("a backup without a KEK must be refused");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     let kek = agent.work_dir().join("kek");
     assert!(
-        refused.message().contains("key-encryption key") && refused.message().contains(&kek.display().to_string()),
+        refused.message().contains("key-encryption key")
+            && refused.message().contains(&kek.display().to_string()),
         "{}",
         refused.message()
     );
