@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Debug, Clone)]
 pub struct Post {
     pub path: String,
+    pub host: String,
     pub content_type: String,
     pub body: Vec<u8>,
     /// The status the sink answered with.
@@ -72,6 +73,11 @@ impl HttpsSink {
             }
         });
         Self { addr, seen, task }
+    }
+
+    /// `127.0.0.1:PORT`, what the `Host` header should say.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -134,6 +140,7 @@ async fn serve_one(acceptor: &TlsAcceptor, tcp: tokio::net::TcpStream, status: u
     };
     let length: usize = header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no Content-Length in {head:?}"))?;
     let content_type = header("content-type").unwrap_or_default();
+    let host = header("host").unwrap_or_default();
     while body.len() < length {
         let mut buf = [0u8; 16 * 1024];
         let n = tls.read(&mut buf).await.map_err(|e| format!("read the body: {e}"))?;
@@ -146,7 +153,7 @@ async fn serve_one(acceptor: &TlsAcceptor, tcp: tokio::net::TcpStream, status: u
     let answer_body = if status == 200 { "" } else { "busy, try later" };
     let answer = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer_body}", answer_body.len());
     // Record before answering: once the client has its 200 the data counts as delivered.
-    lock(seen).posts.push(Post { path, content_type, body, status });
+    lock(seen).posts.push(Post { path, host, content_type, body, status });
     tls.write_all(answer.as_bytes()).await.map_err(|e| format!("write the answer: {e}"))?;
     let _ = tls.shutdown().await;
     Ok(())

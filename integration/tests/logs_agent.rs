@@ -270,7 +270,10 @@ async fn https_drain_delivers(sink: &HttpsSink, ca_pem: &str, n: usize) -> Agent
     assert!(numbered.iter().copied().eq(0..n), "lines arrive in order, each once");
     assert!(lines[1..].iter().all(|l| l["severity"] == "info"));
     for post in sink.posts() {
-        assert_eq!((post.path.as_str(), post.content_type.as_str()), ("/ingest", "application/x-ndjson"));
+        assert_eq!(
+            (post.path.as_str(), post.host, post.content_type.as_str()),
+            ("/ingest", sink.authority(), "application/x-ndjson")
+        );
     }
 
     let mut client = LogsClient::new(agent.orchestrator().await);
