@@ -227,7 +227,7 @@ async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
     let missing: Vec<usize> = (0..N).filter(|s| !distinct.contains(s)).take(20).collect();
     assert_eq!(distinct.len(), N, "every written line arrived; first missing {missing:?}\n{}", agent.log());
     assert!(distinct.iter().all(|&s| s < N));
-    eprintln!("received {} lines, {} distinct; {} duplicates after one SIGKILL", got.len(), N, got.len() - N);
+    eprintln!("received {} lines, {N} distinct, {} duplicates; {at_kill} had arrived at the SIGKILL", got.len(), got.len() - N);
 
     let mut client = LogsClient::new(agent.orchestrator().await);
     let deadline = Instant::now() + Duration::from_secs(20);
