@@ -123,6 +123,16 @@ async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follo
     let expected_errors: Vec<_> = expected.iter().filter(|(s, _)| *s == Severity::Error).cloned().collect();
     assert_eq!(summary(&errors), expected_errors, "min_severity = ERROR keeps ERROR and above only");
 
+    let unknown = TailLogsRequest { instance_id: "no-such-instance".into(), ..Default::default() };
+    let err = client.tail_logs(unknown).await.expect_err("TailLogs of an unknown instance");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let bad = Drain { name: "Bad Name".into(), target: Some(Target::Https(HttpsDrain { url: "http://127.0.0.1:1/".into(), ca_pem: String::new() })) };
+    let err = client
+        .set_drains(SetDrainsRequest { request_id: "bad-drains-1".into(), instance_id: INSTANCE.into(), drains: vec![bad] })
+        .await
+        .expect_err("SetDrains with an invalid drain");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
     // Follow: a line appended after the call arrives on the open stream.
     let req = TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 1, since: None, follow: true, min_severity: 0 };
     let mut stream = client.tail_logs(req).await.expect("TailLogs follow").into_inner();
