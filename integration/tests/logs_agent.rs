@@ -237,6 +237,9 @@ async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
     let missing: Vec<usize> = (0..N).filter(|s| !distinct.contains(s)).take(20).collect();
     assert_eq!(distinct.len(), N, "every written line arrived; first missing {missing:?}\n{}", agent.log());
     assert!(distinct.iter().all(|&s| s < N));
+    // At most the batch in flight at the kill comes twice: `batch_max_bytes` (2 MiB) of wire data,
+    // over 100 bytes per record here.
+    assert!(got.len() - N <= (2 << 20) / 100, "{} duplicates after one SIGKILL", got.len() - N);
     eprintln!("received {} lines, {N} distinct, {} duplicates; {at_kill} had arrived at the SIGKILL", got.len(), got.len() - N);
 
     let mut client = LogsClient::new(agent.orchestrator().await);
