@@ -73,6 +73,10 @@ impl Hub {
             }
             ring.push_back(record.clone());
             clients.retain_mut(|c| {
+                // A gone client whose filter rarely matches would otherwise stay until a record it wants.
+                if c.tx.is_closed() {
+                    return false;
+                }
                 if !record.severity.passes(c.min) || c.instance.as_deref().is_some_and(|i| i != &*record.instance) {
                     return true;
                 }
@@ -182,5 +186,9 @@ mod tests {
         drop(slow);
         hub.publish(vec![rec(101, Severity::Info)]);
         assert_eq!(hub.lock().clients.len(), 1, "closed clients are dropped");
+        let critical_only = TailRequest { follow: true, min_severity: Severity::Critical, ..Default::default() };
+        drop(hub.tail(&critical_only).follow);
+        hub.publish(vec![rec(102, Severity::Info)]);
+        assert_eq!(hub.lock().clients.len(), 1, "a closed client is dropped even when no record matches its filter");
     }
 }

@@ -54,6 +54,11 @@ impl HttpsUrl {
         }
         Ok(Self { host, port, path })
     }
+
+    /// `host:port` for connecting and for the `Host` header; an IPv6 host in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+    }
 }
 
 /// `host:port` or `[v6]:port`.
@@ -133,13 +138,13 @@ impl Transport {
                 }
             }
             Kind::Https { url, tls, server_name } => {
-                let address = format!("{}:{}", url.host, url.port);
+                let address = url.authority();
                 let tcp = connect(&address).await?;
                 let mut stream = timed(&address, "TLS handshake", tls.connect(server_name.clone(), tcp)).await?;
                 let head = format!(
                     "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: dbagent/{}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     url.path,
-                    url.host,
+                    address,
                     env!("CARGO_PKG_VERSION"),
                     data.len()
                 );
@@ -233,6 +238,9 @@ mod tests {
         let u = HttpsUrl::parse("https://logs.example:8443/v1/ingest?x=1").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("logs.example", 8443, "/v1/ingest?x=1"));
         assert_eq!(HttpsUrl::parse("https://logs.example").unwrap().path, "/");
+        assert_eq!(u.authority(), "logs.example:8443");
+        let v6 = HttpsUrl::parse("https://[::1]:8443/in").unwrap();
+        assert_eq!((v6.host.as_str(), v6.authority().as_str()), ("::1", "[::1]:8443"));
         assert!(HttpsUrl::parse("http://x/").is_err());
     }
 

@@ -1,0 +1,328 @@
+//! The Logs service through the real agent binary (dev mode, gRPC over mTLS): TailLogs from a
+//! PostgreSQL-style log file, a syslog drain to a private rsyslogd across a SIGKILL of the agent, and
+//! HTTPS drains against a real HTTPS server on 127.0.0.1 (one that answers 503 first).
+
+use dbagent_integration::Agent;
+use dbagent_integration::https_sink::HttpsSink;
+use dbagent_integration::ops::instance_spec;
+use dbagent_integration::pki::CertAuthority;
+use dbagent_integration::rsyslog::{Rsyslog, free_port, rsyslogd_available};
+use dbagent_proto::v1::drain::Target;
+use dbagent_proto::v1::instances_client::InstancesClient;
+use dbagent_proto::v1::log_source::Source;
+use dbagent_proto::v1::logs_client::LogsClient;
+use dbagent_proto::v1::{
+    Drain, DrainStatus, GetDrainStatusRequest, HttpsDrain, ListDrainsRequest, LogRecord, LogSource, RegisterInstanceRequest,
+    SetDrainsRequest, Severity, SyslogDrain, TailLogsRequest,
+};
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The rsyslog fixture keeps messages of app-name `inst-1` only; the syslog APP-NAME is the instance id.
+const INSTANCE: &str = "inst-1";
+
+fn append(path: &Path, text: &str) {
+    let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
+}
+
+fn seq_line(i: usize) -> String {
+    format!("2024-05-01 10:00:00.000 UTC [7] LOG:  seq={i:08} connection authorized: user=app database=app\n")
+}
+
+fn seq_of(message: &str) -> Option<usize> {
+    message.split("seq=").nth(1).and_then(|s| s.get(..8)).and_then(|s| s.parse().ok())
+}
+
+/// Registers [`INSTANCE`] with one file glob source, `<work>/pglogs/postgresql-*.log`; returns the folder.
+async fn register_with_log_folder(agent: &Agent) -> PathBuf {
+    let folder = agent.work_dir().join("pglogs");
+    std::fs::create_dir_all(&folder).expect("create the log folder");
+    let mut spec = instance_spec(INSTANCE, &agent.dev_data_root());
+    let glob = folder.join("postgresql-*.log").to_string_lossy().into_owned();
+    spec.log_sources = vec![LogSource { source: Some(Source::FileGlob(glob)) }];
+    let req = RegisterInstanceRequest { request_id: "reg-logs-1".into(), id: INSTANCE.into(), spec: Some(spec) };
+    InstancesClient::new(agent.orchestrator().await)
+        .register_instance(req)
+        .await
+        .unwrap_or_else(|e| panic!("RegisterInstance: {e:?}\n{}", agent.log()));
+    folder
+}
+
+async fn tail(client: &mut LogsClient<Channel>, last_lines: u32, min_severity: Severity) -> Vec<LogRecord> {
+    let req = TailLogsRequest { instance_id: INSTANCE.into(), last_lines, since: None, follow: false, min_severity: min_severity as i32 };
+    let mut stream = client.tail_logs(req).await.expect("TailLogs").into_inner();
+    let mut records = Vec::new();
+    while let Some(r) = stream.message().await.expect("read the TailLogs stream") {
+        records.push(r);
+    }
+    records
+}
+
+/// Calls TailLogs until it returns at least `n` records or `timeout` passes.
+async fn tail_until(client: &mut LogsClient<Channel>, n: usize, min_severity: Severity, timeout: Duration) -> Vec<LogRecord> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let records = tail(client, 1000, min_severity).await;
+        if records.len() >= n || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn summary(records: &[LogRecord]) -> Vec<(Severity, String)> {
+    records.iter().map(|r| (r.severity(), r.message.clone())).collect()
+}
+
+const PG_LINES: &str = "\
+2024-05-01 10:00:00.000 UTC [7] LOG:  database system is ready to accept connections
+2024-05-01 10:00:01.000 UTC [8] ERROR:  relation \"missing\" does not exist at character 15
+2024-05-01 10:00:02.000 UTC [9] LOG:  duration: 1.042 ms  statement: SELECT a,
+\t       b
+\t  FROM t
+2024-05-01 10:00:03.000 UTC [10] ERROR:  division by zero
+2024-05-01 10:00:04.000 UTC [11] LOG:  checkpoint starting: time
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follows() {
+    let agent = Agent::start_dev();
+    let folder = register_with_log_folder(&agent).await;
+    let log = folder.join("postgresql-15-main.log");
+    append(&log, PG_LINES);
+
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    // The last record is handed on after `flush_after_ms` of quiet; the instance's reader starts
+    // within the manager's reconcile interval.
+    let records = tail_until(&mut client, 5, Severity::Unspecified, Duration::from_secs(20)).await;
+    let expected = vec![
+        (Severity::Info, "2024-05-01 10:00:00.000 UTC [7] LOG:  database system is ready to accept connections".to_owned()),
+        (Severity::Error, "2024-05-01 10:00:01.000 UTC [8] ERROR:  relation \"missing\" does not exist at character 15".to_owned()),
+        (Severity::Info, "2024-05-01 10:00:02.000 UTC [9] LOG:  duration: 1.042 ms  statement: SELECT a,\n\t       b\n\t  FROM t".to_owned()),
+        (Severity::Error, "2024-05-01 10:00:03.000 UTC [10] ERROR:  division by zero".to_owned()),
+        (Severity::Info, "2024-05-01 10:00:04.000 UTC [11] LOG:  checkpoint starting: time".to_owned()),
+    ];
+    assert_eq!(summary(&records), expected, "TailLogs backlog\n{}", agent.log());
+    let source = log.to_string_lossy();
+    for r in &records {
+        assert_eq!(r.instance_id, INSTANCE);
+        assert_eq!(r.source, source, "records name the file they came from");
+        assert!(r.time.is_some(), "records carry a time");
+        assert_eq!(r.missed_before, 0);
+    }
+
+    let last_two = tail(&mut client, 2, Severity::Unspecified).await;
+    assert_eq!(summary(&last_two), expected[3..].to_vec(), "last_lines = 2 gives the newest two, oldest first");
+
+    let errors = tail(&mut client, 1000, Severity::Error).await;
+    let expected_errors: Vec<_> = expected.iter().filter(|(s, _)| *s == Severity::Error).cloned().collect();
+    assert_eq!(summary(&errors), expected_errors, "min_severity = ERROR keeps ERROR and above only");
+
+    let unknown = TailLogsRequest { instance_id: "no-such-instance".into(), ..Default::default() };
+    let err = client.tail_logs(unknown).await.expect_err("TailLogs of an unknown instance");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let bad = Drain { name: "Bad Name".into(), target: Some(Target::Https(HttpsDrain { url: "http://127.0.0.1:1/".into(), ca_pem: String::new() })) };
+    let err = client
+        .set_drains(SetDrainsRequest { request_id: "bad-drains-1".into(), instance_id: INSTANCE.into(), drains: vec![bad] })
+        .await
+        .expect_err("SetDrains with an invalid drain");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Follow: a line appended after the call arrives on the open stream.
+    let req = TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 1, since: None, follow: true, min_severity: 0 };
+    let mut stream = client.tail_logs(req).await.expect("TailLogs follow").into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("the backlog record arrives").expect("read").expect("one record");
+    assert_eq!(first.message, expected[4].1);
+    let appended = "2024-05-01 10:00:05.000 UTC [12] FATAL:  terminating connection due to administrator command";
+    append(&log, &format!("{appended}\n"));
+    let followed = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .unwrap_or_else(|_| panic!("the appended line did not arrive within 20 s\n{}", agent.log()))
+        .expect("read the follow stream")
+        .expect("the stream stays open");
+    assert_eq!((followed.severity(), followed.message.as_str()), (Severity::Critical, appended));
+    drop(stream);
+
+    // A monitor may read logs but not change where they go.
+    let mut monitor = LogsClient::new(agent.monitor().await);
+    let seen_by_monitor = tail(&mut monitor, 1000, Severity::Error).await;
+    assert_eq!(seen_by_monitor.len(), 3, "the monitor tails too: {:?}", summary(&seen_by_monitor));
+    let denied = monitor
+        .set_drains(SetDrainsRequest { request_id: "monitor-drains-1".into(), instance_id: INSTANCE.into(), drains: vec![] })
+        .await
+        .expect_err("a monitor must not set drains");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+}
+
+async fn drain_status(client: &mut LogsClient<Channel>, drain: &str) -> DrainStatus {
+    client
+        .get_drain_status(GetDrainStatusRequest { instance_id: INSTANCE.into(), drain: drain.into() })
+        .await
+        .expect("GetDrainStatus")
+        .into_inner()
+}
+
+async fn set_drains(agent: &Agent, drains: Vec<Drain>) {
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let set = client
+        .set_drains(SetDrainsRequest { request_id: "set-drains-1".into(), instance_id: INSTANCE.into(), drains: drains.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("SetDrains: {e:?}\n{}", agent.log()))
+        .into_inner();
+    assert_eq!(set.drains, drains);
+    let listed = client.list_drains(ListDrainsRequest { instance_id: INSTANCE.into() }).await.expect("ListDrains").into_inner();
+    assert_eq!(listed.drains, drains);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
+    // Never pass quietly: a missing drain server is a broken test machine.
+    assert!(rsyslogd_available(), "/usr/sbin/rsyslogd is not installed: apt-get install rsyslog rsyslog-gnutls");
+    let rsyslog_dir = tempfile::tempdir().expect("create the rsyslog folder");
+    let rsyslog = Rsyslog::start(rsyslog_dir.path(), free_port(), None);
+    let mut agent = Agent::start_dev();
+    let folder = register_with_log_folder(&agent).await;
+    let log = folder.join("postgresql-15-main.log");
+    const N: usize = 30_000;
+    append(&log, &(0..1000).map(seq_line).collect::<String>());
+    let drain = Drain {
+        name: "rsyslog".into(),
+        target: Some(Target::Syslog(SyslogDrain { address: format!("127.0.0.1:{}", rsyslog.port), tls: false, ca_pem: String::new() })),
+    };
+    set_drains(&agent, vec![drain]).await;
+
+    let writer_log = log.clone();
+    let writer = std::thread::spawn(move || {
+        for start in (1000..N).step_by(100) {
+            append(&writer_log, &(start..start + 100).map(seq_line).collect::<String>());
+            std::thread::sleep(Duration::from_millis(40));
+        }
+    });
+
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = drain_status(&mut client, "rsyslog").await;
+        if s.delivered_records >= 1000 && s.last_ack.is_some() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the drain delivered nothing within 30 s: {s:?}\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.drain, "rsyslog");
+    assert!(status.last_error.is_empty(), "{status:?}");
+    let received = seqs(&rsyslog.received());
+    assert!(!received.is_empty(), "rsyslog got lines once the drain reported deliveries");
+
+    agent.kill9();
+    let at_kill = rsyslog.received().len();
+    assert!(at_kill < N, "the kill happened mid-stream: {at_kill} of {N} received");
+    agent.restart();
+    writer.join().expect("the writer thread");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let got = loop {
+        let got = seqs(&rsyslog.received());
+        if got.iter().collect::<HashSet<_>>().len() >= N || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let distinct: HashSet<usize> = got.iter().copied().collect();
+    let missing: Vec<usize> = (0..N).filter(|s| !distinct.contains(s)).take(20).collect();
+    assert_eq!(distinct.len(), N, "every written line arrived; first missing {missing:?}\n{}", agent.log());
+    assert!(distinct.iter().all(|&s| s < N));
+    // At most the batch in flight at the kill comes twice: `batch_max_bytes` (2 MiB) of wire data,
+    // over 100 bytes per record here.
+    assert!(got.len() - N <= (2 << 20) / 100, "{} duplicates after one SIGKILL", got.len() - N);
+    eprintln!("received {} lines, {N} distinct, {} duplicates; {at_kill} had arrived at the SIGKILL", got.len(), got.len() - N);
+
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = drain_status(&mut client, "rsyslog").await;
+        if s.buffered_records == 0 && s.delivered_records > 0 && s.last_ack.is_some() {
+            assert!(s.last_error.is_empty(), "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the restart the buffer did not empty: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn seqs(received: &[String]) -> Vec<usize> {
+    received.iter().filter_map(|l| seq_of(l)).collect()
+}
+
+/// Registers the instance, writes a PostgreSQL log with a multi-line record and `n` numbered lines,
+/// sets an HTTPS drain to `sink`, and checks every record arrives with its content.
+async fn https_drain_delivers(sink: &HttpsSink, ca_pem: &str, n: usize) -> Agent {
+    let agent = Agent::start_dev();
+    let folder = register_with_log_folder(&agent).await;
+    let log = folder.join("postgresql-15-main.log");
+    append(&log, "2024-05-01 10:00:00.000 UTC [9] ERROR:  syntax error at or near \"SELEC\"\n\tLINE 1: SELEC 1\n");
+    append(&log, &(0..n).map(seq_line).collect::<String>());
+    let drain = Drain { name: "https".into(), target: Some(Target::Https(HttpsDrain { url: sink.url("/ingest"), ca_pem: ca_pem.to_owned() })) };
+    set_drains(&agent, vec![drain]).await;
+
+    let lines = sink.wait_for(Duration::from_secs(60), |l| l.len() > n).await;
+    assert_eq!(lines.len(), n + 1, "every record was accepted once; sink errors: {:?}\n{}", sink.errors(), agent.log());
+    let first = &lines[0];
+    assert_eq!(first["message"], "2024-05-01 10:00:00.000 UTC [9] ERROR:  syntax error at or near \"SELEC\"\n\tLINE 1: SELEC 1");
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["instance"], INSTANCE);
+    assert_eq!(first["source"], log.to_string_lossy().as_ref());
+    assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
+    assert!(first["host"].as_str().is_some_and(|h| !h.is_empty()), "{first}");
+    let numbered: Vec<usize> = lines[1..].iter().map(|l| l["message"].as_str().and_then(seq_of).expect("a numbered line")).collect();
+    assert!(numbered.iter().copied().eq(0..n), "lines arrive in order, each once");
+    assert!(lines[1..].iter().all(|l| l["severity"] == "info"));
+    for post in sink.posts() {
+        assert_eq!(
+            (post.path.as_str(), post.host, post.content_type.as_str()),
+            ("/ingest", sink.authority(), "application/x-ndjson")
+        );
+    }
+
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = drain_status(&mut client, "https").await;
+        if s.delivered_records == u64::try_from(n + 1).expect("fits") && s.buffered_records == 0 {
+            assert!(s.last_ack.is_some() && s.last_error.is_empty(), "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the status does not show the deliveries: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_drain_posts_json_lines_to_a_real_https_server() {
+    let ca = CertAuthority::new("logs https sink CA");
+    let sink = HttpsSink::start(&ca.server(), 0).await;
+    let _agent = https_drain_delivers(&sink, ca.cert_pem(), 2000).await;
+    assert!(sink.posts().iter().all(|p| p.status == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_drain_retries_a_batch_answered_503_and_loses_nothing() {
+    let ca = CertAuthority::new("logs https sink CA");
+    let sink = HttpsSink::start(&ca.server(), 1).await;
+    let agent = https_drain_delivers(&sink, ca.cert_pem(), 500).await;
+    let posts = sink.posts();
+    assert_eq!(posts[0].status, 503, "the first POST was refused");
+    let refused: Vec<String> = posts[0].json_lines().iter().map(|l| l["message"].to_string()).collect();
+    assert!(!refused.is_empty());
+    let accepted: HashSet<String> = sink.accepted_lines().iter().map(|l| l["message"].to_string()).collect();
+    assert!(refused.iter().all(|m| accepted.contains(m)), "the refused batch was delivered on retry");
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let status = drain_status(&mut client, "https").await;
+    assert!(status.last_error.is_empty(), "the error clears after a delivery: {status:?}");
+}
