@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+mod volumes;
+pub use volumes::{KeyProviderKind, KeysConfig, PbkdfKind, RemoteKeysConfig, VolumesConfig};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dbagent/agent.toml";
 
 #[derive(Debug, Error)]
@@ -107,102 +110,6 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     /// A tracing filter: "info", "dbagent=debug,info", ...
     pub level: String,
-}
-
-/// LUKS2 volumes (docs/volumes.md). The cipher is always aes-xts-plain64 with hash sha256.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct VolumesConfig {
-    /// Size of the LUKS2 volume key: 256 (AES-128-XTS) or 512 (AES-256-XTS).
-    pub key_bits: u32,
-    /// Key derivation of the keyslots: "argon2id" (production) or "pbkdf2" (tests, slow hosts).
-    pub pbkdf: PbkdfKind,
-    /// Target unlock time when the cost is benchmarked (pbkdf_iterations = 0).
-    pub pbkdf_time_ms: u32,
-    /// Fixed iteration count (argon2id: time cost); 0 = benchmark to pbkdf_time_ms.
-    pub pbkdf_iterations: u32,
-    /// argon2id memory cost in KiB (ignored by pbkdf2).
-    pub pbkdf_memory_kib: u32,
-    /// argon2id parallel threads (ignored by pbkdf2).
-    pub pbkdf_parallel: u32,
-    /// Activate with no_read_workqueue and no_write_workqueue.
-    pub no_workqueue: bool,
-    /// dm-crypt sector size in bytes; 0 lets libcryptsetup choose (4096 where the device allows).
-    pub sector_size: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PbkdfKind {
-    Argon2id,
-    Pbkdf2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyProviderKind {
-    Local,
-    Remote,
-}
-
-/// Where volume keys come from (design: Keys).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KeysConfig {
-    pub provider: KeyProviderKind,
-    /// Host key-encryption key of the local keystore (32 bytes, raw or 64 hex digits), mode 0600 or
-    /// stricter. A systemd credential `dbagent-kek` ($CREDENTIALS_DIRECTORY) takes precedence.
-    pub kek_file: PathBuf,
-    pub remote: RemoteKeysConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RemoteKeysConfig {
-    /// KeyService endpoint, e.g. "https://keys.example:7444".
-    pub endpoint: String,
-    /// CA bundle the KeyService's certificate must chain to.
-    pub ca: PathBuf,
-    /// The agent's client certificate and key for mTLS.
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// TLS server name to verify; empty = the endpoint's host.
-    pub server_name: String,
-    pub timeout_secs: u64,
-}
-
-impl Default for VolumesConfig {
-    fn default() -> Self {
-        Self {
-            key_bits: 256,
-            pbkdf: PbkdfKind::Argon2id,
-            pbkdf_time_ms: 2000,
-            pbkdf_iterations: 0,
-            pbkdf_memory_kib: 1024 * 1024,
-            pbkdf_parallel: 4,
-            no_workqueue: true,
-            sector_size: 0,
-        }
-    }
-}
-
-impl Default for KeysConfig {
-    fn default() -> Self {
-        Self { provider: KeyProviderKind::Local, kek_file: PathBuf::from("/etc/dbagent/kek"), remote: RemoteKeysConfig::default() }
-    }
-}
-
-impl Default for RemoteKeysConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: String::new(),
-            ca: PathBuf::from("/etc/dbagent/keys/ca.crt"),
-            cert: PathBuf::from("/etc/dbagent/keys/client.crt"),
-            key: PathBuf::from("/etc/dbagent/keys/client.key"),
-            server_name: String::new(),
-            timeout_secs: 10,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

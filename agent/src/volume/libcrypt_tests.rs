@@ -2,7 +2,6 @@
 //! rotation, header backup and restore. Activation needs dm-crypt and is tested in the VM.
 
 use super::*;
-use std::time::Instant;
 
 fn cheap() -> PbkdfParams {
     PbkdfParams { kind: PbkdfKind::Pbkdf2, time_ms: 100, iterations: 1000, memory_kib: 32, parallel: 1 }
@@ -83,25 +82,4 @@ fn header_work_on_a_missing_file_fails_cleanly() {
     let e = LibCrypt.verify(Path::new("/nonexistent/dbagent.img"), KEY_A).unwrap_err();
     assert!(matches!(e, CryptError::Failed { .. }), "{e}");
     assert!(!e.to_string().contains("5a5a"), "{e}");
-}
-
-/// `cargo test -p dbagent --lib bench_header_work -- --ignored --nocapture`: the numbers in
-/// docs/benchmarks.md (Volumes).
-#[test]
-#[ignore = "benchmark: production argon2id costs seconds and 1 GiB per keyslot"]
-fn bench_header_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let prod = PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 2000, iterations: 0, memory_kib: 1024 * 1024, parallel: 4 };
-    for (name, pbkdf) in [("pbkdf2 (1000 iterations, tests)", cheap()), ("argon2id (2000 ms, 1 GiB, 4 threads; production)", prod)] {
-        for bits in [256, 512] {
-            let img = image(dir.path(), &format!("b{bits}-{}.img", pbkdf.iterations));
-            let t = Instant::now();
-            LibCrypt.format(&img, &params(bits, pbkdf.clone()), KEY_A).unwrap();
-            let format = t.elapsed();
-            let t = Instant::now();
-            LibCrypt.verify(&img, KEY_A).unwrap();
-            let open = t.elapsed();
-            println!("BENCH {name}, {bits}-bit key: format+keyslot {format:?}, unlock {open:?}");
-        }
-    }
 }
