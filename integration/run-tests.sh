@@ -12,7 +12,7 @@ APT_PACKAGES=(
   openssl
   rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files
   postgresql mariadb-server redis-server zstd curl                      # backup engines, S3 checks
-  qemu-utils                                                            # VM root overlays
+  dpkg-dev help2man                                                     # the Debian package (shlibdeps, man pages)
 )
 
 missing=()
