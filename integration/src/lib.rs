@@ -18,6 +18,7 @@ pub mod backup_harness;
 pub mod client;
 pub mod config;
 pub mod garage;
+pub mod guest;
 pub mod https_sink;
 pub mod logship;
 pub mod ops;

@@ -13,26 +13,13 @@ use anyhow::{Context, Result, bail};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use dbagent_integration::guest::{arg, connect};
+use tonic::transport::Channel;
 
 const INSTANCE: &str = "burn";
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
 
-async fn connect(state: &Path) -> Result<Channel> {
-    let tls = state.join("tls");
-    let read = |f: &str| std::fs::read(tls.join(f)).with_context(|| format!("read {}", tls.join(f).display()));
-    let cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(read("orchestrator.crt")?, read("orchestrator.key")?))
-        .domain_name("localhost");
-    let endpoint = arg("--endpoint").unwrap_or_else(|| "https://127.0.0.1:7443".into());
-    Ok(Endpoint::from_shared(endpoint)?.tls_config(cfg)?.connect().await?)
-}
 
 fn report<T>(name: &str, started: Instant, r: Result<T>) -> Option<T> {
     let ms = started.elapsed().as_millis();

@@ -22,7 +22,8 @@ use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use dbagent_integration::guest::{arg, connect};
+use tonic::transport::Channel;
 
 const MARKER: &str = "dbagent-vm-marker-6f1d2c";
 const MARKER_B: &str = "dbagent-vm-marker-b-93e0a7";
@@ -33,10 +34,6 @@ struct Ctx {
     failures: std::cell::Cell<u32>,
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
-}
 
 impl Ctx {
     async fn step<F, T>(&self, name: &str, f: F) -> Option<T>
@@ -104,16 +101,6 @@ fn spec(data_dir: &Path, device: Option<&str>) -> pb::InstanceSpec {
     }
 }
 
-async fn connect(state: &Path) -> Result<Channel> {
-    let tls = state.join("tls");
-    let read = |f: &str| std::fs::read(tls.join(f)).with_context(|| format!("read {}", tls.join(f).display()));
-    let cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
-        .identity(Identity::from_pem(read("orchestrator.crt")?, read("orchestrator.key")?))
-        .domain_name("localhost");
-    let endpoint = arg("--endpoint").unwrap_or_else(|| "https://127.0.0.1:7443".into());
-    Ok(Endpoint::from_shared(endpoint)?.tls_config(cfg)?.connect().await?)
-}
 
 async fn keystore(state: &Path) -> Result<Arc<LocalKeystore>> {
     let kek = KekSource { credentials_dir: None, file: state.join("kek"), generate: false }.load()?;

@@ -1,0 +1,25 @@
+//! Shared by the drivers that run inside the VM guest (`volume-vm-check`, `metrics-vm-check`):
+//! their argument lookup and the orchestrator connection to the dev-mode agent beside them.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The value after `name` on the command line.
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// mTLS channel with the dev orchestrator identity of the agent whose state is `state`;
+/// `--endpoint` overrides the default 127.0.0.1:7443.
+pub async fn connect(state: &Path) -> Result<Channel> {
+    let tls = state.join("tls");
+    let read = |f: &str| std::fs::read(tls.join(f)).with_context(|| format!("read {}", tls.join(f).display()));
+    let cfg = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(read("orchestrator.crt")?, read("orchestrator.key")?))
+        .domain_name("localhost");
+    let endpoint = arg("--endpoint").unwrap_or_else(|| "https://127.0.0.1:7443".into());
+    Ok(Endpoint::from_shared(endpoint)?.tls_config(cfg)?.connect().await?)
+}
