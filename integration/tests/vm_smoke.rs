@@ -7,7 +7,7 @@
 //!
 //! Needs qemu and root for the first image build (cached afterwards); fails loudly without them.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -147,19 +147,39 @@ fn vm_luks_roundtrip_on_real_dm_crypt_and_loopback_only_network() {
 }
 
 /// Connects to the forwarded port until the guest's listener answers "pong" or the VM is done.
+///
+/// slirp accepts the host side of a forwarded connection before the guest listens and keeps
+/// retrying the guest side, so the guest may accept a connection the host opened long ago. The host
+/// therefore never gives up on an open connection: it keeps reading until the guest answers, closes
+/// it (then it reconnects), or the VM is done.
 fn ping_guest_until_answered(port: u16, done: &AtomicBool) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while !done.load(Ordering::SeqCst) {
         if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            if s.write_all(b"hello-from-host\n").is_ok() {
-                let mut line = String::new();
-                if BufReader::new(&s).read_line(&mut line).is_ok() && line.trim() == "pong" {
-                    return true;
-                }
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            if s.write_all(b"hello-from-host\n").is_ok() && read_pong(&s, done) {
+                return true;
             }
         }
         thread::sleep(Duration::from_millis(500));
     }
     false
+}
+
+/// Reads one line, waiting through read timeouts until the VM is done; true when it is "pong".
+fn read_pong(stream: &TcpStream, done: &AtomicBool) -> bool {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        match reader.read_line(&mut line) {
+            Ok(0) => return false,
+            Ok(_) => return line.trim() == "pong",
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
