@@ -55,6 +55,21 @@ pub fn json_files(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     Ok(out)
 }
 
+/// Whether `path`, with every symbolic link in its existing part resolved, still lies below one of
+/// `roots` (themselves resolved). The part of `path` that does not exist yet cannot hold a link.
+pub fn resolves_below(path: &Path, roots: &[std::path::PathBuf]) -> bool {
+    let Some(resolved) = path.ancestors().find_map(|a| {
+        let rest = path.strip_prefix(a).ok()?;
+        fs::canonicalize(a).ok().map(|c| c.join(rest))
+    }) else {
+        return false;
+    };
+    roots.iter().any(|root| {
+        let root = fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+        resolved.strip_prefix(&root).is_ok_and(|rest| !rest.as_os_str().is_empty())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +87,19 @@ mod tests {
         assert!(!dir.path().join(".b.json.tmp").exists());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn resolves_below_follows_links_in_the_existing_part() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let roots = [root.path().to_path_buf()];
+        assert!(resolves_below(&root.path().join("new/deeper"), &roots));
+        assert!(!resolves_below(root.path(), &roots), "the root itself is not below it");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        assert!(!resolves_below(&root.path().join("escape/data"), &roots));
+        std::os::unix::fs::symlink(root.path().join("inner"), root.path().join("inside")).unwrap();
+        fs::create_dir(root.path().join("inner")).unwrap();
+        assert!(resolves_below(&root.path().join("inside/data"), &roots));
     }
 }

@@ -70,7 +70,7 @@ impl PgServer {
         server
     }
 
-    fn start(&self) {
+    pub fn start(&self) {
         let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB", self.port, self.root.path().display());
         let log = self.root.path().join("pg.log");
         run_as(
@@ -78,6 +78,11 @@ impl PgServer {
             &format!("{PG_BIN}/pg_ctl"),
             &["-D", self.data.to_str().unwrap_or_default(), "-l", log.to_str().unwrap_or_default(), "-o", &opts, "-w", "-t", "60", "start"],
         );
+    }
+
+    /// A clean (fast) shutdown; `start` brings the same cluster back.
+    pub fn stop(&self) {
+        run_as("postgres", &format!("{PG_BIN}/pg_ctl"), &["-D", self.data.to_str().unwrap_or_default(), "-m", "fast", "-w", "stop"]);
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> String {

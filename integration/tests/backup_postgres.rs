@@ -3,9 +3,12 @@
 //! Destinations: Garage buckets when DBAGENT_TEST_GARAGE is set up (see backup_s3.rs), `dir` here.
 
 use dbagent::backup::engines::RestoreTarget;
+use dbagent::backup::manifest::data_key;
+use dbagent::backup::restore_dir::ASIDE;
 use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod, BackupState};
 use dbagent::instances::Engine;
+use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, backup_id, instance};
 use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, run_as};
 
@@ -43,8 +46,35 @@ async fn postgres_physical_and_logical_round_trip() {
     let restored_dir = root.path().join("data");
     let r = svc.restore(&inst, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "phys-restore").await.unwrap();
     h.succeed(&r).await;
-    let restored = PgServer::on(root, restored_dir);
+    let restored = PgServer::on(root, restored_dir.clone());
     assert_eq!(restored.pgbench_fingerprint("bench"), expected);
+
+    // In place: the restored cluster, changed and stopped, is the data directory of an instance.
+    restored.psql("bench", "DELETE FROM pgbench_history");
+    let changed = restored.pgbench_fingerprint("bench");
+    assert_ne!(changed, expected);
+    restored.stop();
+    let in_place = instance("pg1", Engine::Postgresql, "postgres", &restored_dir);
+    // A flipped byte in az2's copy fails the restore part-way: the old data must come back whole.
+    let object = h.state.join("dest/az2").join(data_key("pg1", &phys));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&object, &bytes).unwrap();
+    let r = svc.restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "in-place-bad").await.unwrap();
+    let failed = h.wait(&r).await;
+    assert_eq!(failed.state, OpState::Failed, "a corrupt copy must fail the restore: {failed:?}");
+    let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains("chunks"), "the restore must fail on the damaged chunk, part-way: {message}");
+    assert!(!restored_dir.join(ASIDE).exists(), "the set-aside folder is gone after the rollback");
+    restored.start();
+    assert_eq!(restored.pgbench_fingerprint("bench"), changed, "a failed restore in place lost or mixed data");
+    restored.stop();
+    let r = svc.restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az1".into()), "in-place").await.unwrap();
+    h.succeed(&r).await;
+    assert!(!restored_dir.join(ASIDE).exists(), "the old data is dropped after a successful restore");
+    restored.start();
+    assert_eq!(restored.pgbench_fingerprint("bench"), expected, "restore in place");
 
     // Logical: restore into a fresh cluster (pg_restore --create).
     let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "logical-1").await.unwrap();
@@ -55,8 +85,10 @@ async fn postgres_physical_and_logical_round_trip() {
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 
-    // Verify reads every chunk on every destination.
-    for az in ["az1", "az2", "az3"] {
+    // Verify reads every chunk on every healthy destination; az2's copy was damaged above.
+    let v = svc.verify("pg1", &phys, Some("az2".into()), "verify-az2").await.unwrap();
+    assert_eq!(h.wait(&v).await.state, OpState::Failed, "verify must notice the flipped byte on az2");
+    for az in ["az1", "az3"] {
         let v = svc.verify("pg1", &phys, Some(az.into()), &format!("verify-{az}")).await.unwrap();
         h.succeed(&v).await;
     }

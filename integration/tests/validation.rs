@@ -5,9 +5,10 @@ use dbagent_integration::agent::{Finished, run_to_exit};
 use dbagent_integration::config::toml_path;
 use dbagent_integration::ops::{instance_spec, sleep_request};
 use dbagent_integration::pki::ServerPki;
+use dbagent_proto::v1::backups_client::BackupsClient;
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
-use dbagent_proto::v1::{GetInstanceRequest, ListInstancesRequest, RegisterInstanceRequest};
+use dbagent_proto::v1::{GetInstanceRequest, ListInstancesRequest, RegisterInstanceRequest, RestoreBackupRequest};
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
@@ -143,4 +144,46 @@ async fn registered_instance_reads_back_unchanged() {
 
     let err = instances.get_instance(GetInstanceRequest { id: "pg-43".into() }).await.expect_err("an unknown instance");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+/// The agent writes a physical restore as root: the folder must stay in the data roots and out of
+/// other instances, and it is checked before the backup is even looked up.
+#[tokio::test]
+async fn restore_targets_outside_the_data_roots_are_refused() {
+    let agent = Agent::start_dev();
+    let root = agent.dev_data_root();
+    let mut instances = InstancesClient::new(agent.orchestrator().await);
+    for id in ["pg-1", "pg-2"] {
+        let req = RegisterInstanceRequest { request_id: format!("reg-{id}"), id: id.into(), spec: Some(instance_spec(id, &root)) };
+        instances.register_instance(req).await.expect("RegisterInstance");
+    }
+    let pg2_dir = instance_spec("pg-2", &root).data_dir;
+    let mut backups = BackupsClient::new(agent.orchestrator().await);
+    let restore = |n: usize, target: &str| RestoreBackupRequest {
+        request_id: format!("restore-{n}"),
+        instance_id: "pg-1".into(),
+        backup_id: "b0123456789abcdef0123".into(),
+        target_data_dir: target.to_owned(),
+        ..Default::default()
+    };
+    let escape = format!("{}/../../../etc/cron.d", root.display());
+    for (n, (bad, code)) in [
+        ("/etc/cron.d/dbagent", Code::InvalidArgument),
+        ("relative/data", Code::InvalidArgument),
+        (escape.as_str(), Code::InvalidArgument),
+        (pg2_dir.as_str(), Code::FailedPrecondition),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let err = backups.restore_backup(restore(n, bad)).await.expect_err("a restore target outside the data roots");
+        assert_eq!(err.code(), code, "target_data_dir {bad:?}: {err:?}");
+        assert!(err.message().contains("target_data_dir"), "target_data_dir {bad:?}: {:?}", err.message());
+        assert!(!Path::new(bad).exists() || bad == pg2_dir, "{bad} was created");
+    }
+    // A fresh folder in the data roots passes the check; then the unknown backup is what is refused.
+    let fresh = format!("{}/pg-1-restored", root.display());
+    let err = backups.restore_backup(restore(9, &fresh)).await.expect_err("unknown backup");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(!Path::new(&fresh).exists(), "nothing is created for a refused restore");
 }

@@ -1,5 +1,5 @@
 use dbagent_proto::v1 as pb;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tonic::{Request, Response};
 
 use super::convert::backup::method_from_proto;
@@ -51,6 +51,10 @@ impl pb::backups_server::Backups for BackupsApi {
     async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
         let instance = self.0.registry.get(&req.instance_id)?;
+        // The path is checked before anything else is looked up: it is where root will write.
+        if !req.target_data_dir.is_empty() {
+            self.0.registry.check_restore_dir(&instance.id, Path::new(&req.target_data_dir))?;
+        }
         let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
         let database = target_database(&req.target_database, instance.spec.engine)?;
         let target = match (info.manifest.method, req.target_data_dir.is_empty()) {

@@ -16,6 +16,7 @@ use super::engines::{self, RestorePlan, RestoreTarget, Tool};
 use super::manifest::{self, BackupKind, BackupMethod, Manifest, data_key, manifest_key};
 use super::pipeline::{self, Counters, DumpSource, EncodeSettings};
 use super::restore;
+use super::restore_dir::RestoreDir;
 use super::service::BackupService;
 use super::BackupError;
 use crate::instances::{Engine, Instance};
@@ -366,9 +367,33 @@ async fn run_restore(
     let key = unwrap_key(svc, m)?;
     let plan = engines::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
-    if let RestoreTarget::DataDir(dir) = target {
-        prepare_dir(dir, user)?;
-    }
+    let Some(dir) = (match target {
+        RestoreTarget::DataDir(dir) => Some(dir),
+        RestoreTarget::Server { .. } => None,
+    }) else {
+        return fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await;
+    };
+    let guard = RestoreDir::prepare(dir)?;
+    let result = match chown_to(dir, user) {
+        Ok(()) => fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await,
+        Err(e) => Err(e),
+    };
+    // Removing a half-restored data directory can take a while: off the async workers.
+    let succeeded = result.is_ok();
+    let _ = tokio::task::spawn_blocking(move || if succeeded { guard.commit() } else { guard.rollback() }).await;
+    result
+}
+
+/// Streams the backup into the restore plan's file or tool.
+async fn fill_target(
+    dest: &dyn Destination,
+    key: Vec<u8>,
+    m: &Manifest,
+    source: &str,
+    plan: RestorePlan,
+    user: &str,
+    ctx: &JobContext,
+) -> Result<serde_json::Value, BackupError> {
     ctx.progress(Progress { done: 0, total: m.raw_bytes, unit: "bytes".into(), message: format!("restoring from {source}") });
     let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
     let out = match plan {
@@ -421,11 +446,6 @@ async fn run_tool(tool: &Tool, user: &str) -> Result<(), BackupError> {
     } else {
         Err(BackupError::Command { command: tool.name(), message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()) })
     }
-}
-
-fn prepare_dir(dir: &Path, user: &str) -> Result<(), BackupError> {
-    crate::fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
-    chown_to(dir, user)
 }
 
 fn chown_to(path: &Path, user: &str) -> Result<(), BackupError> {

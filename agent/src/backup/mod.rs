@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod jobs;
 pub mod restore;
+pub mod restore_dir;
 pub mod scheduler;
 pub mod service;
 pub mod settings;

@@ -12,7 +12,7 @@
 use crate::fsutil;
 use crate::ids::{self, InvalidField};
 use crate::instances::model::{Instance, InstanceSpec};
-use crate::instances::validate::{ValidationRules, validate_spec};
+use crate::instances::validate::{self, ValidationRules, validate_spec};
 use crate::locks::ResourceLocks;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -211,6 +211,37 @@ impl Registry {
                 "instance {id} has an operation running; retry when it has finished"
             ))
         })
+    }
+
+    /// Where a physical restore for instance `id` may write: its own data_dir (the caller checks
+    /// that it is stopped), or a folder below a data root that overlaps no instance's data_dir and
+    /// is not reached through a symbolic link leading out of the data roots. The agent writes
+    /// there as root, so a request must not be able to aim it anywhere else on the host.
+    pub fn check_restore_dir(&self, id: &str, dir: &Path) -> Result<(), RegistryError> {
+        let instances = self.read();
+        let own = instances.get(id).ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        if dir == own.spec.data_dir {
+            return Ok(());
+        }
+        validate::data_dir("target_data_dir", dir, &self.rules.data_roots)?;
+        for other in instances.values() {
+            let theirs = &other.spec.data_dir;
+            if dir.starts_with(theirs) || theirs.starts_with(dir) {
+                return Err(RegistryError::FailedPrecondition(format!(
+                    "target_data_dir {} overlaps data_dir {} of instance {}; restore into a folder of its own",
+                    dir.display(),
+                    theirs.display(),
+                    other.id
+                )));
+            }
+        }
+        if !fsutil::resolves_below(dir, &self.rules.data_roots) {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "target_data_dir {} leads out of the data roots through a symbolic link",
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Two instances on one folder tree or one device would destroy each other's data.

@@ -260,3 +260,31 @@ async fn failed_write_changes_nothing() {
     ));
     assert_eq!(reg.list(), vec![created]);
 }
+
+#[tokio::test]
+async fn restore_targets_stay_in_the_data_roots_and_out_of_other_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    reg.register("pg-1", spec("pg-1")).await.unwrap();
+    reg.register("pg-2", spec("pg-2")).await.unwrap();
+
+    reg.check_restore_dir("pg-1", Path::new("/srv/db/pg-1")).unwrap();
+    reg.check_restore_dir("pg-1", Path::new("/srv/db/pg-1-restored")).unwrap();
+    for (target, field_error) in [
+        ("/etc/cron.d/x", true),
+        ("/srv/db", true),
+        ("/srv/db/../../etc", true),
+        ("relative/dir", true),
+        ("/srv/db/pg-2", false),
+        ("/srv/db/pg-2/nested", false),
+        ("/srv/db/pg-1/nested", false),
+    ] {
+        let e = reg.check_restore_dir("pg-1", Path::new(target)).unwrap_err();
+        match field_error {
+            true => assert!(matches!(&e, RegistryError::Invalid(f) if f.to_string().contains("target_data_dir")), "{target}: {e}"),
+            false => assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("overlaps")), "{target}: {e}"),
+        }
+    }
+    let e = reg.check_restore_dir("pg-9", Path::new("/srv/db/new")).unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound(_)), "{e}");
+}

@@ -146,7 +146,7 @@ fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidFi
     Ok(text)
 }
 
-fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(), InvalidField> {
+pub(crate) fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(), InvalidField> {
     normalised_path(field, dir)?;
     // Path::strip_prefix compares whole components: /srv/db2 is not under /srv/db.
     let under = roots.iter().any(|root| {
