@@ -39,6 +39,9 @@ async fn postgres_physical_and_logical_round_trip() {
     let op = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "phys-1").await.unwrap();
     let done = h.succeed(&op).await;
     let phys = backup_id(&done);
+    let progress = &done.progress;
+    assert!(progress.total > 0 && progress.done <= progress.total, "a physical backup knows about its size: {progress:?}");
+    assert!(progress.message.contains("az1") && progress.message.contains("az3"), "bytes out per destination: {progress:?}");
     let info = svc.get("pg1", &phys).await.unwrap();
     assert_eq!(info.state, BackupState::Complete);
     assert!(info.manifest.tool_version.contains("pg_basebackup"), "{}", info.manifest.tool_version);

@@ -120,6 +120,12 @@ async fn run_backup(
 
     let names: Vec<String> = uploads.iter().map(|(n, _)| n.clone()).collect();
     let counters = Counters::new(&names);
+    let data_dir = instance.spec.data_dir.clone();
+    let estimate = match method {
+        BackupMethod::Physical => tokio::task::spawn_blocking(move || estimate_size(&data_dir)).await.unwrap_or(0),
+        // A dump's size has little to do with the files behind it.
+        BackupMethod::Logical => 0,
+    };
     let settings = EncodeSettings {
         zstd_level: svc.config.zstd_level,
         zstd_workers: svc.config.zstd_workers,
@@ -132,10 +138,10 @@ async fn run_backup(
     let outcome = loop {
         tokio::select! {
             r = &mut encode => break r,
-            _ = tick.tick() => report_progress(ctx, &counters),
+            _ = tick.tick() => report_progress(ctx, &counters, estimate),
         }
     };
-    report_progress(ctx, &counters);
+    report_progress(ctx, &counters, estimate);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -240,10 +246,44 @@ async fn read_tail(stderr: Option<tokio::process::ChildStderr>) -> String {
     String::from_utf8_lossy(&tail).into_owned()
 }
 
-fn report_progress(ctx: &JobContext, counters: &Counters) {
+/// `estimate`: the expected raw size, 0 when unknown. The dump may outgrow it (WAL written
+/// meanwhile), so the total never falls below what was read: the percentage stops at 100.
+fn report_progress(ctx: &JobContext, counters: &Counters, estimate: u64) {
     let raw = counters.raw_in.load(Ordering::Relaxed);
     let outs: Vec<String> = counters.out.iter().map(|(n, c)| format!("{n} {} bytes", c.load(Ordering::Relaxed))).collect();
-    ctx.progress(Progress { done: raw, total: 0, unit: "bytes".into(), message: format!("in {raw} bytes; out: {}", outs.join(", ")) });
+    let (total, of) = match estimate {
+        0 => (0, String::new()),
+        e => (e.max(raw), format!(" of about {e}")),
+    };
+    ctx.progress(Progress { done: raw, total, unit: "bytes".into(), message: format!("in {raw} bytes{of}; out: {}", outs.join(", ")) });
+}
+
+/// Walking more entries than this costs more than the estimate is worth: the size stays unknown.
+const ESTIMATE_MAX_ENTRIES: usize = 1_000_000;
+
+/// Bytes in the regular files below `dir` (symbolic links not followed), which is about what a
+/// physical backup reads; 0 (unknown) if the folder cannot be read or is too large to walk.
+pub(crate) fn estimate_size(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return 0;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > ESTIMATE_MAX_ENTRIES {
+                return 0;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 /// Removes a backup from every destination, manifest first so it stops existing before its data goes.

@@ -251,3 +251,16 @@ async fn backups_wrapped_under_the_retired_host_key_are_refused_by_name() {
     let msg = v.error.unwrap().message;
     assert!(msg.contains("retired backup host key"), "{msg}");
 }
+
+#[test]
+fn physical_size_estimate_counts_regular_files_below_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
+    std::fs::write(dir.path().join("PG_VERSION"), b"15\n").unwrap();
+    std::fs::write(dir.path().join("base/1/1259"), vec![0u8; 8192]).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("big"), vec![0u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("pg_tblspc_link")).unwrap();
+    assert_eq!(super::jobs::estimate_size(dir.path()), 3 + 8192, "links are not followed");
+    assert_eq!(super::jobs::estimate_size(&dir.path().join("missing")), 0, "unknown, not an error");
+}
