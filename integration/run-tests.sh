@@ -11,7 +11,7 @@ APT_PACKAGES=(
   prometheus prometheus-node-exporter                                   # promtool, metrics comparison
   openssl
   rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files
-  postgresql mariadb-server redis-server zstd curl                      # backup engines, S3 checks
+  postgresql mariadb-server mariadb-backup redis-server zstd curl       # backup engines, S3 checks
   dpkg-dev help2man                                                     # the Debian package (shlibdeps, man pages)
 )
 

@@ -119,6 +119,7 @@ impl Drop for PgServer {
 /// A MariaDB server run by user mysql on 127.0.0.1 with its own data folder and socket.
 pub struct MariaServer {
     pub root: OwnedDir,
+    pub data: PathBuf,
     pub port: u16,
     pub socket: PathBuf,
     child: std::process::Child,
@@ -129,6 +130,11 @@ impl MariaServer {
         let root = OwnedDir::new("mysql");
         let data = root.path().join("data");
         run_as("", "mariadb-install-db", &["--user=mysql", &format!("--datadir={}", data.display()), "--auth-root-authentication-method=normal", "--skip-test-db"]);
+        Self::on(root, data)
+    }
+
+    /// A server on an existing (restored) data folder.
+    pub fn on(root: OwnedDir, data: PathBuf) -> Self {
         let port = free_port();
         let socket = root.path().join("mysqld.sock");
         let child = Command::new("mariadbd")
@@ -148,7 +154,7 @@ impl MariaServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mariadbd");
-        let server = Self { root, port, socket, child };
+        let server = Self { root, data, port, socket, child };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Command::new("mariadb-admin")
             .args(["--protocol=TCP", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])

@@ -45,10 +45,11 @@ impl Tool {
         let out = tokio::process::Command::new(&self.program)
             .arg("--version")
             .stdin(Stdio::null())
-            .stderr(Stdio::null())
             .output()
             .await;
-        out.ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.lines().next().map(str::to_owned)).unwrap_or_default()
+        // mariabackup prints its version on stderr, the others on stdout.
+        let first_line = |b: Vec<u8>| String::from_utf8_lossy(&b).lines().find(|l| !l.trim().is_empty()).map(str::to_owned);
+        out.ok().and_then(|o| first_line(o.stdout).or_else(|| first_line(o.stderr))).unwrap_or_default()
     }
 }
 
