@@ -243,25 +243,33 @@ fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// `value` must lie in `range`; `expected` says so in words ("from 1 to 365", ...).
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+    expected: &str,
+) -> Result<(), InvalidField> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(InvalidField::new(field, format!("is {value}; it must be {expected}")))
+    }
+}
+
+/// Minutes after 00:00 UTC, as daily schedules give them.
+fn minute_of_day(field: &str, minute: u32) -> Result<(), InvalidField> {
+    in_range(field, minute, 0..=1439, "minutes after 00:00 UTC, below 1440")
+}
+
 fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
-    if !(100..=256_000).contains(&plan.cpu_millis) {
-        return Err(InvalidField::new(
-            "spec.plan.cpu_millis",
-            format!(
-                "is {}; it must be from 100 to 256000 (1000 = one CPU)",
-                plan.cpu_millis
-            ),
-        ));
-    }
-    if !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&plan.memory_bytes) {
-        return Err(InvalidField::new(
-            "spec.plan.memory_bytes",
-            format!(
-                "is {}; it must be from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)",
-                plan.memory_bytes
-            ),
-        ));
-    }
+    in_range("spec.plan.cpu_millis", plan.cpu_millis, 100..=256_000, "from 100 to 256000 (1000 = one CPU)")?;
+    in_range(
+        "spec.plan.memory_bytes",
+        plan.memory_bytes,
+        MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES,
+        &format!("from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)"),
+    )?;
     if plan.disk_bytes != 0 && plan.disk_bytes < volume_bytes {
         return Err(InvalidField::new(
             "spec.plan.disk_bytes",
@@ -275,44 +283,13 @@ fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
 }
 
 fn maintenance_window(w: &MaintenanceWindow) -> Result<(), InvalidField> {
-    if w.start_minute_utc >= 1440 {
-        return Err(InvalidField::new(
-            "spec.maintenance_window.start_minute_utc",
-            format!(
-                "is {}; it must be minutes after 00:00 UTC, below 1440",
-                w.start_minute_utc
-            ),
-        ));
-    }
-    if !(30..=720).contains(&w.duration_minutes) {
-        return Err(InvalidField::new(
-            "spec.maintenance_window.duration_minutes",
-            format!(
-                "is {}; it must be from 30 to 720 minutes",
-                w.duration_minutes
-            ),
-        ));
-    }
-    Ok(())
+    minute_of_day("spec.maintenance_window.start_minute_utc", w.start_minute_utc)?;
+    in_range("spec.maintenance_window.duration_minutes", w.duration_minutes, 30..=720, "from 30 to 720 minutes")
 }
 
 fn backup_policy(b: &BackupPolicy) -> Result<(), InvalidField> {
-    if b.daily_at_minute_utc >= 1440 {
-        return Err(InvalidField::new(
-            "spec.backup_policy.daily_at_minute_utc",
-            format!(
-                "is {}; it must be minutes after 00:00 UTC, below 1440",
-                b.daily_at_minute_utc
-            ),
-        ));
-    }
-    if !(1..=365).contains(&b.keep_daily) {
-        return Err(InvalidField::new(
-            "spec.backup_policy.keep_daily",
-            format!("is {}; it must be from 1 to 365", b.keep_daily),
-        ));
-    }
-    Ok(())
+    minute_of_day("spec.backup_policy.daily_at_minute_utc", b.daily_at_minute_utc)?;
+    in_range("spec.backup_policy.keep_daily", b.keep_daily, 1..=365, "from 1 to 365")
 }
 
 fn list(paths: &[PathBuf]) -> String {
