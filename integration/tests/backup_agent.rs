@@ -175,15 +175,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let channel = agent.channel(&orchestrator).await;
     let mut backups = BackupsClient::new(channel.clone());
 
-    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
-    InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest {
-            request_id: "reg-1".into(),
-            id: INSTANCE.into(),
-            spec: Some(spec),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+    register(&channel, &agent).await;
 
     // StartBackup (logical) -> WatchOperation until SUCCEEDED.
     let op = backups
@@ -360,15 +352,7 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
         &pki.ca.client("orchestrator", Validity::Current),
     );
     let channel = agent.channel(&orchestrator).await;
-    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
-    InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest {
-            request_id: "reg-1".into(),
-            id: INSTANCE.into(),
-            spec: Some(spec),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+    register(&channel, &agent).await;
     let refused = BackupsClient::new(channel)
         .start_backup(start_request("backup-1"))
         .await
@@ -385,4 +369,17 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
         "{}",
         refused.message()
     );
+}
+
+/// Registers the test's PostgreSQL instance with the agent.
+async fn register(channel: &Channel, agent: &Agent) {
+    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
+    InstancesClient::new(channel.clone())
+        .register_instance(RegisterInstanceRequest {
+            request_id: "reg-1".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
 }
