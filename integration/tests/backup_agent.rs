@@ -27,8 +27,9 @@ const INSTANCE: &str = "pg-backup";
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The agent's TOML: the shared test config plus a KEK file (written unless `with_kek` is false),
-/// a data root, three `dir` destinations and the connection of the dump tools to `pg_port`.
-fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, with_kek: bool) -> String {
+/// data roots (the agent's and the one holding the PostgreSQL cluster), three `dir` destinations
+/// and the connection of the dump tools to `pg_port`.
+fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, pg_root: Option<&Path>, with_kek: bool) -> String {
     let files = pki.write(&ctx.work_dir.join("pki"));
     let kek = ctx.work_dir.join("kek");
     if with_kek {
@@ -43,7 +44,7 @@ fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, with_kek: bo
 kek_file = {kek}
 
 [instances]
-data_roots = [{data_root}]
+data_roots = [{data_roots}]
 
 [backup]
 scheduler_interval_secs = 3600
@@ -72,7 +73,7 @@ bin_dir = {bin_dir}
 "#,
         base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
         kek = toml_path(&kek),
-        data_root = toml_path(&data_root(ctx.work_dir.as_path())),
+        data_roots = [Some(data_root(ctx.work_dir.as_path()).as_path()), pg_root].into_iter().flatten().map(toml_path).collect::<Vec<_>>().join(", "),
         az1 = dest("az1"),
         az2 = dest("az2"),
         az3 = dest("az3"),
@@ -159,9 +160,9 @@ async fn logical_backup_through_the_agent_over_grpc() {
 
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
-    let pg_port = pg.port;
+    let (pg_port, pg_root) = (pg.port, pg.root.path().to_path_buf());
     let agent = AgentBuilder::config(move |ctx: &LaunchContext| {
-        agent_config(ctx, &for_config, pg_port, true)
+        agent_config(ctx, &for_config, pg_port, Some(&pg_root), true)
     })
     .start();
     let orchestrator = ClientIdentity::issued(
@@ -175,7 +176,8 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let channel = agent.channel(&orchestrator).await;
     let mut backups = BackupsClient::new(channel.clone());
 
-    register(&channel, &agent).await;
+    // The instance is the cluster itself: a backup checks that its server serves this data_dir.
+    register(&channel, &agent, Some(&pg.data)).await;
 
     // StartBackup (logical) -> WatchOperation until SUCCEEDED.
     let op = backups
@@ -345,14 +347,14 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
     let for_config = pki.clone();
     // No server is needed: the refusal comes before any dump. Port 1 is never contacted.
     let agent =
-        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, false))
+        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, None, false))
             .start();
     let orchestrator = ClientIdentity::issued(
         pki.ca.cert_pem(),
         &pki.ca.client("orchestrator", Validity::Current),
     );
     let channel = agent.channel(&orchestrator).await;
-    register(&channel, &agent).await;
+    register(&channel, &agent, None).await;
     let refused = BackupsClient::new(channel)
         .start_backup(start_request("backup-1"))
         .await
@@ -371,9 +373,12 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
     );
 }
 
-/// Registers the test's PostgreSQL instance with the agent.
-async fn register(channel: &Channel, agent: &Agent) {
-    let spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
+/// Registers the test's PostgreSQL instance with the agent, on `data_dir` if given.
+async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
+    let mut spec = instance_spec(INSTANCE, &data_root(agent.work_dir()));
+    if let Some(dir) = data_dir {
+        spec.data_dir = dir.to_string_lossy().into_owned();
+    }
     InstancesClient::new(channel.clone())
         .register_instance(RegisterInstanceRequest {
             request_id: "reg-1".into(),

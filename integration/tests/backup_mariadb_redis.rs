@@ -25,7 +25,7 @@ async fn mariadb_logical_round_trip() {
     let h = Harness::new();
     let config = BackupConfig { destinations: h.dir_destinations(), mariadb: maria_conn(&source, ""), ..BackupConfig::default() };
     let svc = h.service(config);
-    let inst = instance("maria1", Engine::Mariadb, "mysql", source.root.path());
+    let inst = instance("maria1", Engine::Mariadb, "mysql", &source.data);
     let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "m-1").await.unwrap();
     let id = backup_id(&h.succeed(&op).await);
 

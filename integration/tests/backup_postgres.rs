@@ -30,8 +30,12 @@ async fn postgres_physical_and_logical_round_trip() {
     run_as("postgres", &format!("{PG_BIN}/pgbench"), &["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres", "-t", "200", "-c", "2", "bench"]);
     let expected = source.pgbench_fingerprint("bench");
 
+    // Two clusters on the host, and the configured connection points at the other one: the
+    // backup of pg1 must dump pg1's own cluster (its port from postmaster.pid), never the other.
+    let other = PgServer::init();
+    other.psql("postgres", "CREATE DATABASE bench");
     let h = Harness::new();
-    let config = BackupConfig { destinations: h.dir_destinations(), postgresql: pg_connection(&source, "bench"), ..BackupConfig::default() };
+    let config = BackupConfig { destinations: h.dir_destinations(), postgresql: pg_connection(&other, "bench"), ..BackupConfig::default() };
     let svc = h.service(config);
     let inst = instance("pg1", Engine::Postgresql, "postgres", &source.data);
 
@@ -87,6 +91,16 @@ async fn postgres_physical_and_logical_round_trip() {
     let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
+
+    // An instance whose folder no running server serves: the configured server (the other
+    // cluster) is not dumped in its name.
+    let stray = instance("pg9", Engine::Postgresql, "postgres", other.root.path());
+    let op = svc.start(&stray, BackupMethod::Physical, BackupKind::Manual, "stray-1").await.unwrap();
+    let refused = h.wait(&op).await;
+    let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert_eq!(refused.state, OpState::Failed, "{refused:?}");
+    assert!(message.contains("serves data directory") && message.contains("pg9"), "{message}");
+    assert!(svc.list("pg9").await.is_empty());
 
     // Verify reads every chunk on every healthy destination; az2's copy was damaged above.
     let v = svc.verify("pg1", &phys, Some("az2".into()), "verify-az2").await.unwrap();

@@ -73,6 +73,30 @@ fn redis_conn(c: &EngineConnection) -> Vec<String> {
     if c.host.starts_with('/') { vec!["-s".into(), c.host.clone()] } else { vec!["-h".into(), c.host.clone(), "-p".into(), c.port.to_string()] }
 }
 
+/// A query whose last line of output is the data directory the server at `c` serves: a backup
+/// checks it before dumping, so that a connection aimed at another instance's server never fills
+/// this instance's backup with someone else's data.
+pub fn data_dir_query(engine: Engine, c: &EngineConnection) -> Tool {
+    match engine {
+        Engine::Postgresql => {
+            let mut a = pg_conn(c);
+            let db = if c.database.is_empty() { "postgres" } else { c.database.as_str() };
+            a.extend([format!("--dbname={db}"), "-XAtq".into(), "-c".into(), "SHOW data_directory".into()]);
+            Tool::new(c, "psql", a)
+        }
+        Engine::Mariadb => {
+            let mut a = maria_conn(c);
+            a.extend(["-N".into(), "-B".into(), "-e".into(), "SELECT @@datadir".into()]);
+            Tool::new(c, "mariadb", a)
+        }
+        Engine::Redis => {
+            let mut a = redis_conn(c);
+            a.extend(["CONFIG".into(), "GET".into(), "dir".into()]);
+            Tool::new(c, "redis-cli", a)
+        }
+    }
+}
+
 /// The command whose stdout is the backup.
 pub fn dump_tool(engine: Engine, method: BackupMethod, c: &EngineConnection) -> Result<Tool, BackupError> {
     Ok(match (engine, method) {

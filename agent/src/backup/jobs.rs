@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use super::catalog::BackupInfo;
 use super::destination::{Destination, Upload};
 use super::engines::{self, RestorePlan, RestoreTarget, Tool};
+use super::settings::EngineConnection;
 use super::manifest::{self, BackupKind, BackupMethod, Manifest, data_key, manifest_key};
 use super::pipeline::{self, Counters, DumpSource, EncodeSettings};
 use super::restore;
@@ -70,8 +71,9 @@ async fn run_backup(
 ) -> Result<serde_json::Value, BackupError> {
     let engine = instance.spec.engine;
     let method = engines::effective_method(engine, method);
-    let conn = svc.connection(engine);
-    let tool = engines::dump_tool(engine, method, conn)?;
+    let conn = svc.connection_for(instance);
+    check_serves(instance, &conn).await?;
+    let tool = engines::dump_tool(engine, method, &conn)?;
     let tool_version = tool.version().await;
     let started = SystemTime::now();
     let data_key = super::chunks::new_data_key().map_err(BackupError::Key)?;
@@ -244,6 +246,37 @@ async fn read_tail(stderr: Option<tokio::process::ChildStderr>) -> String {
         }
     }
     String::from_utf8_lossy(&tail).into_owned()
+}
+
+/// Refuses to dump unless the server at `conn` serves the instance's own data directory.
+async fn check_serves(instance: &Instance, conn: &EngineConnection) -> Result<(), BackupError> {
+    let tool = engines::data_dir_query(instance.spec.engine, conn);
+    let out = tool
+        .command(&instance.spec.os_user)?
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| BackupError::Command { command: tool.name(), message: format!("start: {e}") })?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let served = said.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let where_ = format!("{} port {}", conn.host, conn.port);
+    if !out.status.success() {
+        return Err(BackupError::Command {
+            command: tool.name(),
+            message: format!("asking {where_} for its data directory: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    if served.is_empty() || canonical(Path::new(served)) != canonical(&instance.spec.data_dir) {
+        return Err(BackupError::FailedPrecondition(format!(
+            "the {} server at {where_} serves data directory {served:?}, not {} of instance {}; point [backup.{}] at the instance's own server",
+            instance.spec.engine.as_str(),
+            instance.spec.data_dir.display(),
+            instance.id,
+            instance.spec.engine.as_str(),
+        )));
+    }
+    Ok(())
 }
 
 /// `estimate`: the expected raw size, 0 when unknown. The dump may outgrow it (WAL written

@@ -62,6 +62,19 @@ impl BackupService {
         self.destinations.iter().map(|d| d.name().to_owned()).collect()
     }
 
+    /// The connection a backup of `instance` dumps from: its engine's `[backup.<engine>]`
+    /// settings, and for PostgreSQL the port of the cluster running on the instance's data
+    /// directory (`postmaster.pid`), so that several clusters on one host each dump their own.
+    pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
+        let mut conn = self.connection(instance.spec.engine).clone();
+        if instance.spec.engine == Engine::Postgresql
+            && let Some(port) = postmaster_port(&instance.spec.data_dir)
+        {
+            conn.port = port;
+        }
+        conn
+    }
+
     pub fn connection(&self, engine: Engine) -> &EngineConnection {
         match engine {
             Engine::Postgresql => &self.config.postgresql,
@@ -239,4 +252,10 @@ pub fn backup_id_for(instance_id: &str, request_id: &str) -> String {
 pub fn check_backup_id(id: &str) -> Result<(), ids::InvalidField> {
     let ok = id.len() == 21 && id.starts_with('b') && id[1..].bytes().all(|b| b.is_ascii_hexdigit());
     if ok { Ok(()) } else { Err(ids::InvalidField::new("backup_id", format!("{id:?} is not a backup id (b and 20 hex digits)"))) }
+}
+
+/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
+fn postmaster_port(data_dir: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().nth(3)?.trim().parse().ok()
 }

@@ -1,5 +1,6 @@
 //! The service end to end against `dir` destinations, with a stand-in dump tool (a script named
-//! `redis-cli` in `bin_dir` that prints a fixed file), so it runs without any database server.
+//! `redis-cli` in `bin_dir` that prints a fixed file, and names the folder it serves when asked),
+//! so it runs without any database server.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,14 @@ impl Fixture {
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let script = bin.join("redis-cli");
-        std::fs::write(&script, format!("#!/bin/sh\nexec cat {}\n", dir.path().join("dump.bin").display())).unwrap();
+        // `CONFIG GET dir` answers with the folder in `served` (the instance's, unless a test changes it).
+        std::fs::write(dir.path().join("served"), "dir\n/srv/db/r1\n").unwrap();
+        let (served, dump) = (dir.path().join("served"), dir.path().join("dump.bin"));
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ncase \"$*\" in *'CONFIG GET dir'*) exec cat {};; esac\nexec cat {}\n", served.display(), dump.display()),
+        )
+        .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         Self { dir, engine, data }
     }
@@ -263,4 +271,19 @@ fn physical_size_estimate_counts_regular_files_below_the_data_dir() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("pg_tblspc_link")).unwrap();
     assert_eq!(super::jobs::estimate_size(dir.path()), 3 + 8192, "links are not followed");
     assert_eq!(super::jobs::estimate_size(&dir.path().join("missing")), 0, "unknown, not an error");
+}
+
+#[tokio::test]
+async fn a_server_serving_another_data_directory_is_not_dumped() {
+    let f = Fixture::new();
+    std::fs::write(f.dir.path().join("served"), "dir\n/srv/db/other-instance\n").unwrap();
+    let svc = f.service(None, 7);
+    let op = svc.start(&instance(PlanName::Starter), BackupMethod::Physical, BackupKind::Manual, "wrong-server").await.unwrap();
+    let done = wait(&f.engine, &op).await;
+    assert_eq!(done.state, OpState::Failed);
+    let e = done.error.unwrap();
+    assert_eq!(e.code, ops::ErrorCode::FailedPrecondition, "{e:?}");
+    assert!(e.message.contains("/srv/db/other-instance") && e.message.contains("[backup.redis]"), "{}", e.message);
+    assert!(svc.list("r1").await.is_empty(), "nothing may be stored for a refused backup");
+    assert!(!f.dir.path().join("dest/az1/r1").exists(), "no upload may start before the check");
 }

@@ -12,6 +12,17 @@ pub enum Engine {
     Redis,
 }
 
+impl Engine {
+    /// The lower-case name, as in the config (`[backup.postgresql]`) and the state files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgresql => "postgresql",
+            Engine::Mariadb => "mariadb",
+            Engine::Redis => "redis",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Filesystem {
