@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -202,9 +203,13 @@ impl RedisServer {
             format!("port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n", root.path().display()),
         )
         .expect("write redis.conf");
-        let child = Command::new("runuser")
-            .args(["-u", "redis", "--", "redis-server"])
+        // Started as user redis directly, not through runuser: killing runuser would leave the
+        // server running after the test.
+        let redis = nix::unistd::User::from_name("redis").ok().flatten().expect("system user redis (apt-get install redis-server)");
+        let child = Command::new("redis-server")
             .arg(&conf)
+            .uid(redis.uid.as_raw())
+            .gid(redis.gid.as_raw())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
