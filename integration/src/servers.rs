@@ -127,10 +127,23 @@ pub struct MariaServer {
 }
 
 impl MariaServer {
+    /// root without a password over TCP (as the logical tests connect).
     pub fn start() -> Self {
+        Self::install(&["--auth-root-authentication-method=normal"])
+    }
+
+    /// Debian's own accounts: root@localhost and mysql@localhost through unix_socket only.
+    pub fn start_debian_auth() -> Self {
+        Self::install(&[])
+    }
+
+    fn install(auth: &[&str]) -> Self {
         let root = OwnedDir::new("mysql");
         let data = root.path().join("data");
-        run_as("", "mariadb-install-db", &["--user=mysql", &format!("--datadir={}", data.display()), "--auth-root-authentication-method=normal", "--skip-test-db"]);
+        let datadir = format!("--datadir={}", data.display());
+        let mut args = vec!["--user=mysql", datadir.as_str(), "--skip-test-db"];
+        args.extend_from_slice(auth);
+        run_as("", "mariadb-install-db", &args);
         Self::on(root, data)
     }
 
@@ -171,8 +184,10 @@ impl MariaServer {
         server
     }
 
+    /// As OS root through the socket: works whichever way root authenticates.
     pub fn sql(&self, sql: &str) -> String {
-        run_as("", "mariadb", &["--protocol=TCP", "-h", "127.0.0.1", "-P", &self.port.to_string(), "-uroot", "-N", "-B", "-e", sql])
+        let socket = format!("--socket={}", self.socket.display());
+        run_as("", "mariadb", &[&socket, "-uroot", "-N", "-B", "-e", sql])
             .trim()
             .to_owned()
     }

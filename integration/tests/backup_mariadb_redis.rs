@@ -60,16 +60,20 @@ async fn redis_rdb_round_trip() {
 }
 
 /// mariabackup streams xbstream; the restore unpacks it with mbstream and prepares it, and a
-/// server started on the folder has the same rows.
+/// server started on the folder has the same rows. The server has Debian's accounts (unix_socket
+/// only) and the connection is the default's shape: a socket and no user, so the dump, running as
+/// OS user mysql, logs in as mysql@localhost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_physical_round_trip() {
-    let source = MariaServer::start();
+    let source = MariaServer::start_debian_auth();
     source.sql("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64), n DOUBLE) ENGINE=InnoDB");
     source.sql("INSERT INTO shop.items (v, n) SELECT MD5(seq), seq / 7 FROM shop.seq_1_to_20000");
     let expected = source.sql(MARIA_CHECK);
 
     let h = Harness::new();
-    let config = BackupConfig { destinations: h.dir_destinations(), mariadb: maria_conn(&source, ""), ..BackupConfig::default() };
+    let mut config = BackupConfig { destinations: h.dir_destinations(), ..BackupConfig::default() };
+    assert!(config.mariadb.user.is_empty(), "the default MariaDB connection names no user");
+    config.mariadb.host = source.socket.display().to_string();
     let svc = h.service(config);
     let inst = instance("maria1", Engine::Mariadb, "mysql", &source.data);
     let op = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "mp-1").await.unwrap();

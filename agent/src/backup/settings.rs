@@ -102,10 +102,12 @@ impl Default for BackupConfig {
                 database: "postgres".into(),
                 bin_dir: PathBuf::new(),
             },
+            // No user: the client logs in as the OS user the dump runs as (the instance's, e.g.
+            // mysql), which Debian's MariaDB admits through unix_socket as mysql@localhost. An
+            // explicit "root" is refused there unless the dump itself runs as OS root.
             mariadb: EngineConnection {
                 host: "/run/mysqld/mysqld.sock".into(),
                 port: 3306,
-                user: "root".into(),
                 ..EngineConnection::default()
             },
             redis: EngineConnection { host: "127.0.0.1".into(), port: 6379, ..EngineConnection::default() },
