@@ -2,12 +2,16 @@
 //! the gRPC Metrics API, and prints `PASS <step> <ms>` / `FAIL <step> <ms> <why>` lines; exits 1 if
 //! any step failed.
 //!
-//! `metrics-vm-check --state-dir S --unit dbagent-burn.service [--endpoint https://127.0.0.1:7443]`
+//! `metrics-vm-check --state-dir S --unit dbagent-burn.service [--log-unit U] [--endpoint https://127.0.0.1:7443]`
 //!
 //! The unit must already run (it burns CPU and holds ~200 MiB under `MemoryMax=512M`). The check
 //! registers instance `burn` with that unit, waits for two distinct snapshots at least 2 s apart
 //! (the agent samples every `metrics.interval_secs`) and asserts: CPU usage grew by more than 1 s,
 //! memory above 150 MiB, memory limit 512 MiB, io.stat and pressure series present.
+//!
+//! With `--log-unit U` the instance also gets the journald source `U` (a unit printing
+//! `dbagent-vm-journal-line N` twice a second), and TailLogs must deliver three of those lines from
+//! the live journal.
 
 use anyhow::{Context, Result, bail};
 use dbagent_proto::v1 as pb;
@@ -35,7 +39,7 @@ fn report<T>(name: &str, started: Instant, r: Result<T>) -> Option<T> {
     }
 }
 
-async fn register(channel: &Channel, state: &Path, unit: &str) -> Result<()> {
+async fn register(channel: &Channel, state: &Path, unit: &str, log_unit: Option<&str>) -> Result<()> {
     let data_dir = state.join("data").join(INSTANCE);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let spec = pb::InstanceSpec {
@@ -45,7 +49,10 @@ async fn register(channel: &Channel, state: &Path, unit: &str) -> Result<()> {
         data_dir: data_dir.display().to_string(),
         os_user: "root".into(),
         volume: Some(pb::VolumeSpec { device: String::new(), size_bytes: 64 << 20, filesystem: "ext4".into() }),
-        log_sources: vec![],
+        log_sources: log_unit
+            .map(|u| pb::LogSource { source: Some(pb::log_source::Source::JournaldUnit(u.to_owned())) })
+            .into_iter()
+            .collect(),
         plan: Some(pb::Plan { name: pb::PlanName::Starter.into(), cpu_millis: 1000, memory_bytes: 1 << 30, disk_bytes: 0, ..Default::default() }),
         maintenance_window: None,
         backup_policy: None,
@@ -100,6 +107,27 @@ fn names(s: &pb::MetricSnapshot) -> Vec<String> {
     n
 }
 
+/// Follows the instance's logs until three lines of the logger unit came through the live journal.
+async fn journald_lines(channel: &Channel, log_unit: &str) -> Result<()> {
+    let mut logs = pb::logs_client::LogsClient::new(channel.clone());
+    let request = pb::TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 10, since: None, follow: true, min_severity: 0 };
+    let mut stream = logs.tail_logs(request).await?.into_inner();
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let left = until.saturating_duration_since(Instant::now());
+        let record = tokio::time::timeout(left, stream.message())
+            .await
+            .with_context(|| format!("only {} lines of {log_unit} within 90 s: {seen:?}", seen.len()))??
+            .context("TailLogs ended")?;
+        if record.message.starts_with("dbagent-vm-journal-line ") {
+            seen.push(record.message);
+        }
+    }
+    println!("INFO journald lines: {seen:?}");
+    Ok(())
+}
+
 fn check(name: &str, r: Result<()>) -> bool {
     report(name, Instant::now(), r).is_some()
 }
@@ -109,8 +137,12 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let state = PathBuf::from(arg("--state-dir").context("--state-dir is required")?);
     let unit = arg("--unit").context("--unit is required")?;
+    let log_unit = arg("--log-unit");
     let channel = connect(&state).await?;
-    let mut ok = report("register-burn", Instant::now(), register(&channel, &state, &unit).await).is_some();
+    let mut ok = report("register-burn", Instant::now(), register(&channel, &state, &unit, log_unit.as_deref()).await).is_some();
+    if let Some(log_unit) = &log_unit {
+        ok &= report("journald-lines", Instant::now(), journald_lines(&channel, log_unit).await).is_some();
+    }
 
     let t = Instant::now();
     let snaps = report("two-snapshots", t, two_snapshots(&channel, Duration::from_secs(2), Duration::from_secs(90)).await);
