@@ -38,6 +38,7 @@ pub struct Vm {
     disks: Vec<PathBuf>,
     timeout: Duration,
     hostfwd_port: Option<u16>,
+    qmp_socket: Option<PathBuf>,
     guestfwd_port: Option<u16>,
     root_overlay: Option<PathBuf>,
 }
@@ -84,6 +85,7 @@ impl Vm {
             disks: Vec::new(),
             timeout: Duration::from_secs(600),
             hostfwd_port: None,
+            qmp_socket: None,
             guestfwd_port: None,
             root_overlay: None,
         }
@@ -131,6 +133,12 @@ impl Vm {
     }
 
     /// Forwards `127.0.0.1:<port>` on the host to guest port 7443 ([`GUEST_FORWARDED_PORT`]).
+    /// QEMU listens for QMP on this Unix socket while the guest runs (see [`qmp`]).
+    pub fn qmp_socket(mut self, path: impl AsRef<Path>) -> Self {
+        self.qmp_socket = Some(path.as_ref().to_path_buf());
+        self
+    }
+
     pub fn hostfwd_port(mut self, port: u16) -> Self {
         self.hostfwd_port = Some(port);
         self
@@ -211,6 +219,9 @@ impl Vm {
         }
         if let Some(port) = self.guestfwd_port {
             cmd.env("VM_GUESTFWD_PORT", port.to_string());
+        }
+        if let Some(qmp) = &self.qmp_socket {
+            cmd.env("VM_QMP_SOCKET", qmp);
         }
         if let Some(overlay) = &self.root_overlay {
             cmd.env("VM_ROOT_OVERLAY", overlay);
@@ -430,4 +441,38 @@ mod tests {
         assert!(file_contains(&p, b"MARKER"));
         assert!(!file_contains(&p, b"MARKEX"));
     }
+}
+
+/// Runs QMP `commands` (JSON objects) in order on the socket of a running VM, after the capabilities
+/// handshake; returns each command's `return` value, or the first error QEMU gave.
+pub fn qmp(socket: &Path, commands: &[serde_json::Value]) -> Result<Vec<serde_json::Value>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    // Reads until a reply (events interleave); the greeting counts as the reply to nothing.
+    let reply = |reader: &mut BufReader<std::os::unix::net::UnixStream>| -> Result<serde_json::Value, String> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(|e| format!("read QMP: {e}"))? == 0 {
+                return Err("QMP closed the connection".into());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("QMP said {line:?}: {e}"))?;
+            if let Some(e) = v.get("error") {
+                return Err(format!("QMP error: {e}"));
+            }
+            if v.get("return").is_some() || v.get("QMP").is_some() {
+                return Ok(v.get("return").cloned().unwrap_or_default());
+            }
+        }
+    };
+    reply(&mut reader)?;
+    let mut out = Vec::new();
+    for cmd in std::iter::once(&serde_json::json!({ "execute": "qmp_capabilities" })).chain(commands) {
+        writeln!(writer, "{cmd}").map_err(|e| format!("write QMP: {e}"))?;
+        out.push(reply(&mut reader)?);
+    }
+    out.remove(0);
+    Ok(out)
 }

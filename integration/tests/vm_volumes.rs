@@ -15,6 +15,11 @@
 
 use dbagent_integration::agent::agent_binary;
 use dbagent_integration::vm::{self, Vm};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
 
 /// The markers `volume-vm-check` writes into vm-a and vm-b.
 const MARKER_A: &[u8] = b"dbagent-vm-marker-6f1d2c";
@@ -103,14 +108,27 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
     vm::sparse_disk(&disk, 128 << 20);
     vm::sparse_disk(&state_disk, 512 << 20);
 
+    let qmp = work.path().join("qmp.sock");
     let vm = Vm::new("volumes")
         .copy_as(agent_binary(), "dbagent")
         .copy(env!("CARGO_BIN_EXE_volume-vm-check"))
         .file("argon2id-key", "argon2id-timing-only-key")
         .disk(&disk)
         .disk(&state_disk)
+        .qmp_socket(&qmp)
         .script(&script(1, BOOT1));
-    let first = vm.boot();
+    // The host side of "a disk grows under the guest": the driver asks, QMP block_resize answers.
+    let done = Arc::new(AtomicBool::new(false));
+    let grower = {
+        let (done, share) = (Arc::clone(&done), vm.share_dir().to_path_buf());
+        thread::spawn(move || grow_disk_when_asked(&share, &qmp, &done))
+    };
+    let first = vm.boot_unchecked();
+    done.store(true, Ordering::SeqCst);
+    let grown = grower.join().expect("host-side disk grower");
+    first.assert_all_passed();
+    assert_eq!(grown.as_deref(), Some("ok"), "the guest asked for a disk resize and QMP did it");
+    assert_eq!(std::fs::metadata(&disk).map(|m| m.len()).unwrap_or(0), 192 << 20, "the raw disk grew to 192 MiB");
 
     assert!(vm::file_contains(&disk, b"LUKS\xba\xbe"), "no LUKS header on vm-a's raw disk");
     assert!(!vm::file_contains(&disk, MARKER_A), "vm-a's marker is in plain text on its raw disk");
@@ -134,4 +152,26 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
         second.ms("argon2id-create"),
         second.ms("argon2id-open")
     );
+}
+
+/// Waits for the guest's `want-disk-grow` (the new size in bytes), grows data disk 0 (`d0`) with QMP
+/// block_resize and answers in `disk-grown`: "ok" or the error. None if the guest never asked.
+fn grow_disk_when_asked(share: &Path, qmp: &Path, done: &AtomicBool) -> Option<String> {
+    let ask = share.join("want-disk-grow");
+    while !ask.exists() {
+        if done.load(Ordering::SeqCst) {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let answer = match std::fs::read_to_string(&ask).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(size) => {
+            let resize = serde_json::json!({ "execute": "block_resize", "arguments": { "device": "d0", "size": size } });
+            vm::qmp(qmp, &[resize]).map(|_| "ok".to_owned()).unwrap_or_else(|e| e)
+        }
+        None => "want-disk-grow does not hold a size in bytes".to_owned(),
+    };
+    std::fs::write(share.join("disk-grown"), &answer).expect("answer the guest in disk-grown");
+    Some(answer)
 }

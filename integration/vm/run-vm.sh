@@ -73,6 +73,10 @@ ARGS=(
     -netdev "$NET" -device virtio-net-pci,netdev=n0,romfile=
     -serial "file:$OUT/console.log" -monitor none -display none
 )
+# A QMP socket lets the host change the running VM (block_resize: a disk grows under the guest).
+if [[ -n "${VM_QMP_SOCKET:-}" ]]; then
+    ARGS+=(-qmp "unix:$VM_QMP_SOCKET,server=on,wait=off")
+fi
 i=0
 for d in "${DISKS[@]}"; do
     ARGS+=(-drive "file=$d,format=raw,if=none,id=d$i,cache=writeback" -device "virtio-blk-pci,drive=d$i,serial=vmdata$i")

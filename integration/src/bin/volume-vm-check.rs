@@ -5,7 +5,9 @@
 //! - first: register vm-a (on --device, or a managed file) and vm-b (managed file); create both; write
 //!   a marker on each; close and reopen vm-a; marker reads back; a wrong key is refused; rotate (old
 //!   key refused, new opens); grow online (vm-b's managed file; vm-a on a block device the platform
-//!   has not grown is refused, as a virtio disk cannot grow under the guest); markers kept; vm-a's
+//!   has not grown is refused; then the host grows the virtio disk under the running guest through
+//!   QMP — asked for by writing `/share/want-disk-grow`, answered in `/share/disk-grown` — and vm-a
+//!   grows onto it: dm-crypt resize and ext4 online growth on a real block device); markers kept; vm-a's
 //!   key does not open vm-b and back; then close both so the host can search the raw disk for the
 //!   marker.
 //! - second (after a reboot with the same disks and state folder): the agent reopened both volumes
@@ -209,6 +211,9 @@ async fn first(c: &Ctx, device: Option<String>) {
         })
         .await;
     }
+    if let Some(dev) = &device {
+        c.step("grow-vm-a-after-the-disk-grew", grow_with_the_disk(c, Path::new(dev))).await;
+    }
     c.step("markers-after-grow", async {
         check_marker(c, "vm-a", MARKER)?;
         check_marker(c, "vm-b", MARKER_B)
@@ -254,6 +259,44 @@ fn check_marker(c: &Ctx, id: &str, want: &str) -> Result<()> {
         bail!("{} reads {got:?}, want {want:?}", path.display());
     }
     Ok(())
+}
+
+/// Has the host grow vm-a's disk by 64 MiB under the running guest, waits until the kernel sees the
+/// new size, and grows the volume onto it: the filesystem must grow, the marker stay.
+async fn grow_with_the_disk(c: &Ctx, dev: &Path) -> Result<()> {
+    let before = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-a".into() }).await?.into_inner();
+    let want = before.size_bytes + (64 << 20);
+    let answer = Path::new("/share/disk-grown");
+    std::fs::write("/share/want-disk-grow", want.to_string()).context("ask the host to grow the disk")?;
+    let until = Instant::now() + Duration::from_secs(120);
+    while !answer.exists() {
+        if Instant::now() > until {
+            bail!("the host did not answer /share/want-disk-grow within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let said = std::fs::read_to_string(answer)?;
+    if said.trim() != "ok" {
+        bail!("the host could not grow the disk: {said}");
+    }
+    // virtio-blk reports the new capacity through a config interrupt; the kernel picks it up soon after.
+    let name = std::fs::canonicalize(dev)?.file_name().context("device name")?.to_string_lossy().into_owned();
+    let sectors = format!("/sys/class/block/{name}/size");
+    let size = || -> Result<u64> { Ok(std::fs::read_to_string(&sectors)?.trim().parse::<u64>()? * 512) };
+    while size()? < want {
+        if Instant::now() > until {
+            bail!("{name} is still {} bytes, not {want}", size()?);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let req = pb::GrowVolumeRequest { request_id: rid("grow-after-disk", "vm-a"), instance_id: "vm-a".into(), new_size_bytes: want };
+    c.wait(c.volumes().grow_volume(req).await?.into_inner()).await?;
+    let after = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-a".into() }).await?.into_inner();
+    println!("INFO vm-a grew with its disk: volume {} -> {} bytes, filesystem {} -> {}", before.size_bytes, after.size_bytes, before.fs_size_bytes, after.fs_size_bytes);
+    if after.size_bytes != want || after.fs_size_bytes < before.fs_size_bytes + (48 << 20) {
+        bail!("vm-a did not grow onto the grown disk: {before:?} -> {after:?}");
+    }
+    check_marker(c, "vm-a", MARKER)
 }
 
 async fn grow(c: &Ctx, id: &str, new_size_bytes: u64) -> Result<pb::Operation> {
