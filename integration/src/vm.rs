@@ -401,6 +401,40 @@ fn tail(path: &Path, lines: usize) -> String {
     }
 }
 
+/// Runs QMP `commands` (JSON objects) in order on the socket of a running VM, after the capabilities
+/// handshake; returns each command's `return` value, or the first error QEMU gave.
+pub fn qmp(socket: &Path, commands: &[serde_json::Value]) -> Result<Vec<serde_json::Value>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    // Reads until a reply (events interleave); the greeting counts as the reply to nothing.
+    let reply = |reader: &mut BufReader<std::os::unix::net::UnixStream>| -> Result<serde_json::Value, String> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(|e| format!("read QMP: {e}"))? == 0 {
+                return Err("QMP closed the connection".into());
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("QMP said {line:?}: {e}"))?;
+            if let Some(e) = v.get("error") {
+                return Err(format!("QMP error: {e}"));
+            }
+            if v.get("return").is_some() || v.get("QMP").is_some() {
+                return Ok(v.get("return").cloned().unwrap_or_default());
+            }
+        }
+    };
+    reply(&mut reader)?;
+    let mut out = Vec::new();
+    for cmd in std::iter::once(&serde_json::json!({ "execute": "qmp_capabilities" })).chain(commands) {
+        writeln!(writer, "{cmd}").map_err(|e| format!("write QMP: {e}"))?;
+        out.push(reply(&mut reader)?);
+    }
+    out.remove(0);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,38 +475,4 @@ mod tests {
         assert!(file_contains(&p, b"MARKER"));
         assert!(!file_contains(&p, b"MARKEX"));
     }
-}
-
-/// Runs QMP `commands` (JSON objects) in order on the socket of a running VM, after the capabilities
-/// handshake; returns each command's `return` value, or the first error QEMU gave.
-pub fn qmp(socket: &Path, commands: &[serde_json::Value]) -> Result<Vec<serde_json::Value>, String> {
-    use std::io::{BufRead, BufReader, Write};
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
-    // Reads until a reply (events interleave); the greeting counts as the reply to nothing.
-    let reply = |reader: &mut BufReader<std::os::unix::net::UnixStream>| -> Result<serde_json::Value, String> {
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).map_err(|e| format!("read QMP: {e}"))? == 0 {
-                return Err("QMP closed the connection".into());
-            }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| format!("QMP said {line:?}: {e}"))?;
-            if let Some(e) = v.get("error") {
-                return Err(format!("QMP error: {e}"));
-            }
-            if v.get("return").is_some() || v.get("QMP").is_some() {
-                return Ok(v.get("return").cloned().unwrap_or_default());
-            }
-        }
-    };
-    reply(&mut reader)?;
-    let mut out = Vec::new();
-    for cmd in std::iter::once(&serde_json::json!({ "execute": "qmp_capabilities" })).chain(commands) {
-        writeln!(writer, "{cmd}").map_err(|e| format!("write QMP: {e}"))?;
-        out.push(reply(&mut reader)?);
-    }
-    out.remove(0);
-    Ok(out)
 }
