@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  pkg-config clang libcryptsetup-dev cryptsetup-bin e2fsprogs xfsprogs   # volumes (libcryptsetup-rs, mkfs)
+  cryptsetup-bin e2fsprogs xfsprogs                                     # volumes (mkfs; build deps in apt-deps.sh)
   qemu-system-x86 qemu-utils debootstrap busybox-static                 # VM harness (qemu-img: root overlays)
   prometheus prometheus-node-exporter                                   # promtool, metrics comparison
   openssl
@@ -15,16 +15,8 @@ APT_PACKAGES=(
   dpkg-dev help2man                                                     # the Debian package (shlibdeps, man pages)
 )
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "run-tests: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}"
-fi
+. integration/apt-deps.sh
+install_missing "${BUILD_PACKAGES[@]}" "${APT_PACKAGES[@]}"
 
 # Heavy test tools built from crates.io once and cached outside the checkout.
 TOOLS=/var/cache/dbagent-tools
