@@ -125,6 +125,7 @@ impl Registry {
             )));
         }
         self.check_overlap(id, &spec)?;
+        self.check_no_escape("spec.data_dir", &spec.data_dir)?;
         let now = now();
         let instance = Instance {
             id: id.to_owned(),
@@ -235,13 +236,22 @@ impl Registry {
                 )));
             }
         }
-        if !fsutil::resolves_below(dir, &self.rules.data_roots) {
-            return Err(RegistryError::FailedPrecondition(format!(
-                "target_data_dir {} leads out of the data roots through a symbolic link",
-                dir.display()
-            )));
+        self.check_no_escape("target_data_dir", dir)
+    }
+
+    /// `dir` must not leave the data roots through a symbolic link. The data roots belong to the
+    /// databases' users (`/var/lib/postgresql` is postgres's): a link planted there must not aim
+    /// the agent's mount, chown or restore, all done as root, at another place on the host. Checked
+    /// at registration and again right before each mount.
+    pub fn check_no_escape(&self, field: &str, dir: &Path) -> Result<(), RegistryError> {
+        if fsutil::resolves_below(dir, &self.rules.data_roots) {
+            return Ok(());
         }
-        Ok(())
+        Err(RegistryError::FailedPrecondition(format!(
+            "{field} {} leads out of the data roots ({}) through a symbolic link",
+            dir.display(),
+            self.rules.data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        )))
     }
 
     /// Two instances on one folder tree or one device would destroy each other's data.

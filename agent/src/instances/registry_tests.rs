@@ -288,3 +288,26 @@ async fn restore_targets_stay_in_the_data_roots_and_out_of_other_instances() {
     let e = reg.check_restore_dir("pg-9", Path::new("/srv/db/new")).unwrap_err();
     assert!(matches!(e, RegistryError::NotFound(_)), "{e}");
 }
+
+#[tokio::test]
+async fn a_data_dir_through_a_link_out_of_the_data_roots_is_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut r = rules();
+    r.data_roots = vec![root.path().to_path_buf()];
+    let reg = Registry::open(state.path().join("instances"), r, ResourceLocks::default()).unwrap();
+    // The database's user owns the data root and plants a link to a folder of root's.
+    std::os::unix::fs::symlink(elsewhere.path(), root.path().join("15")).unwrap();
+    let mut s = spec("x");
+    s.data_dir = root.path().join("15/main");
+    let e = reg.register("pg-1", s.clone()).await.unwrap_err();
+    assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("symbolic link")), "{e}");
+    assert!(reg.list().is_empty());
+    // The same path without the link registers, and the check still runs before a mount.
+    std::fs::remove_file(root.path().join("15")).unwrap();
+    reg.register("pg-1", s.clone()).await.unwrap();
+    reg.check_no_escape("data_dir", &s.data_dir).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), root.path().join("15")).unwrap();
+    assert!(reg.check_no_escape("data_dir", &s.data_dir).is_err(), "a link planted after registration is caught at mount time");
+}

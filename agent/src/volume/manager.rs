@@ -444,6 +444,7 @@ impl Inner {
             }
             None => {}
         }
+        self.registry.check_no_escape("data_dir", dir).map_err(|e| VolumeError::FailedPrecondition(e.to_string()))?;
         self.host.ensure_dir(dir)?;
         self.host.mount(&mapper, dir, fs)?;
         Ok(true)
