@@ -95,6 +95,8 @@ pub struct InstancesConfig {
     pub data_roots: Vec<PathBuf>,
     /// Block devices given for volumes must start with one of these.
     pub device_prefixes: Vec<PathBuf>,
+    /// Log file globs must lie below one of these (or below a data root).
+    pub log_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +228,7 @@ impl Default for InstancesConfig {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
+            log_roots: ["/var/log/postgresql", "/var/log/mysql", "/var/log/redis"].into_iter().map(PathBuf::from).collect(),
         }
     }
 }
@@ -321,6 +324,11 @@ impl Config {
         for root in &self.instances.data_roots {
             if !root.is_absolute() || root == Path::new("/") {
                 return invalid("instances.data_roots", format!("{root:?} must be an absolute folder other than /"));
+            }
+        }
+        for root in &self.instances.log_roots {
+            if !root.is_absolute() || root == Path::new("/") {
+                return invalid("instances.log_roots", format!("{root:?} must be an absolute folder other than /"));
             }
         }
         for prefix in &self.instances.device_prefixes {

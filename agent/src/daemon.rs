@@ -61,6 +61,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let rules = ValidationRules {
         data_roots: config.instances.data_roots.clone(),
         device_prefixes: config.instances.device_prefixes.clone(),
+        log_roots: config.instances.log_roots.clone(),
     };
     let registry = Arc::new(Registry::open(state_dir.join("instances"), rules, locks.clone())?);
     let settings = OpsSettings {

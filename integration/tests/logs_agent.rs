@@ -38,9 +38,10 @@ fn seq_of(message: &str) -> Option<usize> {
     message.split("seq=").nth(1).and_then(|s| s.get(..8)).and_then(|s| s.parse().ok())
 }
 
-/// Registers [`INSTANCE`] with one file glob source, `<work>/pglogs/postgresql-*.log`; returns the folder.
+/// Registers [`INSTANCE`] with one file glob source, `<dev data root>/pglogs/postgresql-*.log` (file
+/// globs must lie below a log root or a data root); returns the folder.
 async fn register_with_log_folder(agent: &Agent) -> PathBuf {
-    let folder = agent.work_dir().join("pglogs");
+    let folder = agent.dev_data_root().join("pglogs");
     std::fs::create_dir_all(&folder).expect("create the log folder");
     let mut spec = instance_spec(INSTANCE, &agent.dev_data_root());
     let glob = folder.join("postgresql-*.log").to_string_lossy().into_owned();

@@ -187,3 +187,26 @@ async fn restore_targets_outside_the_data_roots_are_refused() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(!Path::new(&fresh).exists(), "nothing is created for a refused restore");
 }
+
+/// A log glob outside the log and data roots would let the agent ship any host file (the KEK,
+/// /etc/shadow) to a drain: refused at registration, naming the field.
+#[tokio::test]
+async fn log_globs_outside_the_roots_are_invalid_argument() {
+    use dbagent_proto::v1::LogSource;
+    use dbagent_proto::v1::log_source::Source;
+    let agent = Agent::start_dev();
+    let mut instances = InstancesClient::new(agent.orchestrator().await);
+    let inside = format!("{}/pg-1/log/*.log", agent.dev_data_root().display());
+    for (n, glob) in ["/etc/dbagent/kek", "/etc/*", "/var/log/*/postgresql.log"].into_iter().enumerate() {
+        let mut spec = instance_spec("pg-1", &agent.dev_data_root());
+        spec.log_sources = vec![LogSource { source: Some(Source::FileGlob(inside.clone())) }, LogSource { source: Some(Source::FileGlob(glob.into())) }];
+        let req = RegisterInstanceRequest { request_id: format!("glob-{n}"), id: "pg-1".into(), spec: Some(spec) };
+        let err = instances.register_instance(req).await.expect_err("a glob outside the roots");
+        assert_eq!(err.code(), Code::InvalidArgument, "{glob}: {err:?}");
+        assert!(err.message().contains("log_sources[1].file_glob"), "{glob}: {:?}", err.message());
+    }
+    let mut spec = instance_spec("pg-1", &agent.dev_data_root());
+    spec.log_sources = vec![LogSource { source: Some(Source::FileGlob(inside)) }];
+    let req = RegisterInstanceRequest { request_id: "glob-ok".into(), id: "pg-1".into(), spec: Some(spec) };
+    instances.register_instance(req).await.expect("a glob below the data root is accepted");
+}

@@ -13,6 +13,7 @@ pub(crate) fn rules() -> ValidationRules {
             PathBuf::from("/var/lib/dbagent/data"),
         ],
         device_prefixes: vec![PathBuf::from("/dev/disk/by-id/"), PathBuf::from("/dev/vd")],
+        log_roots: vec![PathBuf::from("/var/log/postgresql")],
     }
 }
 

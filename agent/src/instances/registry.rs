@@ -239,6 +239,11 @@ impl Registry {
         self.check_no_escape("target_data_dir", dir)
     }
 
+    /// Folders log files may be read from: the log roots and the data roots.
+    pub fn log_read_roots(&self) -> Vec<PathBuf> {
+        self.rules.log_read_roots()
+    }
+
     /// `dir` must not leave the data roots through a symbolic link. The data roots belong to the
     /// databases' users (`/var/lib/postgresql` is postgres's): a link planted there must not aim
     /// the agent's mount, chown or restore, all done as root, at another place on the host. Checked

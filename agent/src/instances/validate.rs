@@ -30,6 +30,16 @@ pub struct ValidationRules {
     /// so that `/dev/vd` admits `/dev/vda` and `/dev/disk/by-id/` admits every link in that folder.
     /// Normalisation (no `..`) happens first, so a string prefix cannot be escaped.
     pub device_prefixes: Vec<PathBuf>,
+    /// A log file glob must lie strictly below one of these or below a data root: the agent reads
+    /// the files as root and ships them off the host.
+    pub log_roots: Vec<PathBuf>,
+}
+
+impl ValidationRules {
+    /// Where log files may be read from: the log roots and the data roots.
+    pub fn log_read_roots(&self) -> Vec<PathBuf> {
+        self.log_roots.iter().chain(&self.data_roots).cloned().collect()
+    }
 }
 
 /// Checks every field of `spec`; the first problem found is returned.
@@ -39,7 +49,7 @@ pub fn validate_spec(spec: &InstanceSpec, rules: &ValidationRules) -> Result<(),
     data_dir("spec.data_dir", &spec.data_dir, &rules.data_roots)?;
     os_user("spec.os_user", &spec.os_user)?;
     volume(&spec.volume, &rules.device_prefixes)?;
-    log_sources(&spec.log_sources)?;
+    log_sources(&spec.log_sources, &rules.log_read_roots())?;
     plan(&spec.plan, spec.volume.size_bytes)?;
     if let Some(w) = &spec.maintenance_window {
         maintenance_window(w)?;
@@ -218,7 +228,7 @@ fn volume(volume: &VolumeSpec, prefixes: &[PathBuf]) -> Result<(), InvalidField>
     Ok(())
 }
 
-fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
+fn log_sources(sources: &[LogSource], roots: &[PathBuf]) -> Result<(), InvalidField> {
     if sources.len() > MAX_LOG_SOURCES {
         return Err(InvalidField::new(
             "spec.log_sources",
@@ -230,10 +240,21 @@ fn log_sources(sources: &[LogSource]) -> Result<(), InvalidField> {
     }
     for (i, source) in sources.iter().enumerate() {
         match source {
-            // Glob characters are fine inside components; normalisation keeps the glob from leaving its folder.
+            // Glob characters are fine inside components below the root; normalisation keeps the
+            // glob from leaving its folder.
             LogSource::FileGlob(glob) => {
-                normalised_path(&format!("spec.log_sources[{i}].file_glob"), Path::new(glob))
-                    .map(drop)?
+                let field = format!("spec.log_sources[{i}].file_glob");
+                normalised_path(&field, Path::new(glob))?;
+                if !roots.iter().any(|r| Path::new(glob).strip_prefix(r).is_ok_and(|rest| !rest.as_os_str().is_empty())) {
+                    return Err(InvalidField::new(
+                        field,
+                        format!(
+                            "{:?} must lie below one of the log roots or data roots {}",
+                            truncate_for_message(glob),
+                            list(roots)
+                        ),
+                    ));
+                }
             }
             LogSource::JournaldUnit(unit) => {
                 unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?

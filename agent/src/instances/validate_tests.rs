@@ -188,18 +188,26 @@ fn volume_size() {
 
 #[test]
 fn log_sources() {
-    accepted(|s| s.log_sources = vec![LogSource::FileGlob("/x".to_owned()); 32]);
+    let ok = "/var/log/postgresql/x.log";
+    accepted(|s| s.log_sources = vec![LogSource::FileGlob(ok.to_owned()); 32]);
     assert_eq!(
-        refused(|s| s.log_sources = vec![LogSource::FileGlob("/x".to_owned()); 33]),
+        refused(|s| s.log_sources = vec![LogSource::FileGlob(ok.to_owned()); 33]),
         "spec.log_sources"
     );
+    // Below a data root (PostgreSQL's logging_collector writes into the data directory).
+    accepted(|s| s.log_sources = vec![LogSource::FileGlob("/srv/db/pg-1/log/*.log".to_owned())]);
     for bad in [
         "",
         "var/log/*.log",
         "/var/log/../../etc/shadow",
+        "/var/log/postgresql/../../../etc/dbagent/kek",
         "/var/log/",
         "/var//log",
         "/var/log/\0x",
+        "/etc/dbagent/kek",
+        "/var/log/postgresql",
+        "/var/log/*/x.log",
+        "/x",
     ] {
         let field = refused(|s| s.log_sources.push(LogSource::FileGlob(bad.to_owned())));
         assert_eq!(field, "spec.log_sources[2].file_glob", "{bad:?}");

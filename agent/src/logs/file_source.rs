@@ -55,6 +55,8 @@ pub struct FileFollower {
     files: Vec<Tracked>,
     scanned_at: Option<Instant>,
     chunk: Vec<u8>,
+    /// When set, a matched path whose links resolve outside these folders is never opened.
+    roots: Option<Arc<[PathBuf]>>,
 }
 
 struct Tracked {
@@ -142,7 +144,14 @@ impl Tracked {
 
 impl FileFollower {
     pub fn new(glob: String, format: LineFormat, settings: FollowSettings, start: StartAt) -> Self {
-        Self { glob, format, settings, start, files: Vec::new(), scanned_at: None, chunk: vec![0; 1024 * 1024] }
+        Self { glob, format, settings, start, files: Vec::new(), scanned_at: None, chunk: vec![0; 1024 * 1024], roots: None }
+    }
+
+    /// Opens only files that resolve (symbolic links followed) below `roots`. The log folders
+    /// belong to the databases' users, and the agent reads as root: a link planted there must not
+    /// ship the host's secrets (the KEK, /etc/shadow) to a drain.
+    pub fn confine_to(&mut self, roots: Arc<[PathBuf]>) {
+        self.roots = Some(roots);
     }
 
     /// Resumes from a checkpoint: every file found again (at its path, or renamed in its folder)
@@ -249,6 +258,14 @@ impl FileFollower {
         for path in paths.flatten() {
             let Ok(meta) = std::fs::metadata(&path) else { continue };
             if !meta.is_file() {
+                continue;
+            }
+            if let Some(roots) = &self.roots
+                && !crate::fsutil::resolves_below(&path, roots)
+            {
+                if !self.files.iter().any(|t| t.path == path) {
+                    tracing::warn!(path = %path.display(), "log file leads out of the log and data roots through a symbolic link; not read");
+                }
                 continue;
             }
             if let Some(t) = self.files.iter_mut().find(|t| t.dev == meta.dev() && t.ino == meta.ino()) {

@@ -112,3 +112,22 @@ fn tail_mode_starts_near_the_end_on_a_line_boundary() {
     assert_eq!(got.last().unwrap(), "line 19999");
     assert!(got[0].starts_with("line "), "{}", got[0]);
 }
+
+#[test]
+fn a_confined_follower_never_reads_through_a_link_out_of_its_roots() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    append(&root.path().join("pg.log"), 0..3);
+    let secret = outside.path().join("kek");
+    std::fs::write(&secret, "secret-key-material\n").unwrap();
+    std::os::unix::fs::symlink(&secret, root.path().join("planted.log")).unwrap();
+    let glob = root.path().join("*.log").display().to_string();
+
+    let mut f = FileFollower::new(glob.clone(), LineFormat::Plain, settings(), StartAt::Beginning);
+    f.confine_to(Arc::from(vec![root.path().to_path_buf()]));
+    assert_eq!(drain(&mut f), expected(0..3), "the real file is read, the planted link is not");
+
+    // Unconfined (library use without roots), the link would be followed: the test can tell.
+    let mut open = FileFollower::new(glob, LineFormat::Plain, settings(), StartAt::Beginning);
+    assert!(drain(&mut open).iter().any(|l| l.contains("secret-key-material")));
+}

@@ -109,7 +109,7 @@ impl LogManager {
         let sources = instance.spec.log_sources.clone();
         let name: Arc<str> = Arc::from(instance.id.as_str());
         let (tx, mut rx) = mpsc::channel(4);
-        let set = SourceSet { instance: name.clone(), format, sources: &sources };
+        let set = SourceSet { instance: name.clone(), format, sources: &sources, roots: Some(self.read_roots()) };
         let mut tail_tasks = spawn_sources(&set, &BTreeMap::new(), Mode::Tail, &self.inner.cfg, &tx, &cancel);
         let hub = self.inner.hub.clone();
         tail_tasks.push(tokio::spawn(async move {
@@ -133,8 +133,14 @@ impl LogManager {
             dir: self.inner.dir.join(id).join(&spec.name),
             cfg: &self.inner.cfg,
             hostname: &self.inner.hostname,
+            roots: Some(self.read_roots()),
         };
         DrainPipeline::start(&ctx, spec, &logs.cancel)
+    }
+
+    /// Where log files may be read from: the configured log roots and data roots.
+    fn read_roots(&self) -> Arc<[PathBuf]> {
+        Arc::from(self.inner.registry.log_read_roots())
     }
 
     fn instance(&self, id: &str) -> Result<Instance, LogsError> {

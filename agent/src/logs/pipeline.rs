@@ -55,6 +55,8 @@ pub struct PipelineContext<'a> {
     pub dir: PathBuf,
     pub cfg: &'a LogsConfig,
     pub hostname: &'a str,
+    /// See [`SourceSet::roots`].
+    pub roots: Option<Arc<[PathBuf]>>,
 }
 
 impl DrainPipeline {
@@ -69,7 +71,7 @@ impl DrainPipeline {
             DrainTarget::Https { .. } => WireFormat::JsonLines { hostname: ctx.hostname.to_owned() },
         };
         let (tx, rx) = mpsc::channel(4);
-        let set = SourceSet { instance: ctx.instance.clone(), format: ctx.format, sources: ctx.sources };
+        let set = SourceSet { instance: ctx.instance.clone(), format: ctx.format, sources: ctx.sources, roots: ctx.roots.clone() };
         let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
         drop(tx);
         let wake = Arc::new(Notify::new());

@@ -1,5 +1,6 @@
 //! Running an instance's sources: each sends batches of records with the checkpoint after them.
 
+use std::path::PathBuf;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -49,6 +50,8 @@ pub struct SourceSet<'a> {
     pub instance: Arc<str>,
     pub format: LineFormat,
     pub sources: &'a [LogSource],
+    /// Folders files may be read from (links resolved); None reads wherever the glob points.
+    pub roots: Option<Arc<[PathBuf]>>,
 }
 
 pub fn spawn_sources(
@@ -68,6 +71,9 @@ pub fn spawn_sources(
             LogSource::FileGlob(glob) => {
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
                 let mut follower = FileFollower::new(glob.clone(), set.format, cfg.follow(), start);
+                if let Some(roots) = &set.roots {
+                    follower.confine_to(roots.clone());
+                }
                 if let Some(Checkpoint::Files { files }) = position {
                     follower.restore(files);
                 }

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         target: DrainTarget::Syslog { address, tls: ca.is_some(), ca_pem: ca.unwrap_or_default() },
     };
     let sources = [LogSource::FileGlob(glob)];
-    let ctx = PipelineContext { instance: "inst-1".into(), format, sources: &sources, dir: state, cfg: &cfg, hostname: "testhost" };
+    let ctx = PipelineContext { instance: "inst-1".into(), format, sources: &sources, dir: state, cfg: &cfg, hostname: "testhost", roots: None };
     let cancel = CancellationToken::new();
     let pipeline = DrainPipeline::start(&ctx, spec, &cancel)?;
     println!("ready");
