@@ -16,6 +16,7 @@ use crate::instances::registry::{Registry, RegistryError};
 use crate::instances::validate::ValidationRules;
 use crate::locks::ResourceLocks;
 use crate::ops::{Engine, OpsError, OpsSettings};
+use crate::requests::{DEFAULT_MAX_ENTRIES, LedgerError, LedgerSettings, RequestLedger};
 use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
 use crate::tls::peer::RoleMap;
 use crate::tls::server::ReloadableAcceptor;
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Registry(#[from] RegistryError),
     #[error("open operation journal: {0}")]
     Ops(#[from] OpsError),
+    #[error("open request ledger: {0}")]
+    Requests(#[from] LedgerError),
     #[error("listen on {addr}: {source} (is another agent running? set api.listen or --listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{context}: {source}")]
@@ -64,13 +67,19 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         log_roots: config.instances.log_roots.clone(),
     };
     let registry = Arc::new(Registry::open(state_dir.join("instances"), rules, locks.clone())?);
+    let retention = Duration::from_secs(config.operations.retention_hours * 3600);
     let settings = OpsSettings {
         max_concurrent: config.operations.max_concurrent as usize,
-        retention: Duration::from_secs(config.operations.retention_hours * 3600),
+        retention,
         max_finished: config.operations.max_finished,
     };
     let volumes = crate::volume::setup::from_config(&config, dev, registry.clone())?;
     let (engine, interrupted) = Engine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    // Replies are replayed as long as operations are kept: one retention for every request_id.
+    let requests = RequestLedger::open(
+        state_dir.join("requests"),
+        LedgerSettings { retention, max_entries: DEFAULT_MAX_ENTRIES },
+    )?;
     for op in &interrupted {
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
     }
@@ -122,10 +131,11 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         volumes: volumes.clone(),
         metrics: metrics_hub,
         logs,
+        requests: requests.clone(),
     };
     let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
-    let pruner = tokio::spawn(prune_periodically(engine.clone(), root.clone()));
+    let pruner = tokio::spawn(prune_periodically(engine.clone(), requests, root.clone()));
     let scheduler = tokio::spawn(backup::scheduler::run(
         backups,
         registry.clone(),
@@ -207,15 +217,23 @@ async fn handle_signals(root: CancellationToken, acceptor: Arc<ReloadableAccepto
     }
 }
 
-async fn prune_periodically(engine: Engine, root: CancellationToken) {
+async fn prune_periodically(engine: Engine, requests: RequestLedger, root: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {
-            _ = tick.tick() => match engine.prune(SystemTime::now()) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!("pruned {n} finished operation records"),
-                Err(e) => tracing::error!("prune operation records: {e:#}"),
-            },
+            _ = tick.tick() => {
+                match engine.prune(SystemTime::now()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("pruned {n} finished operation records"),
+                    Err(e) => tracing::error!("prune operation records: {e:#}"),
+                }
+                // Blocking file removals: rare and few, as for the operation journal above.
+                match requests.prune(SystemTime::now()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("pruned {n} request records"),
+                    Err(e) => tracing::error!("prune request records: {e:#}"),
+                }
+            }
             () = root.cancelled() => return,
         }
     }

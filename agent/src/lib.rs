@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod logs;
 pub mod notify;
 pub mod ops;
+pub mod requests;
 pub mod timefmt;
 pub mod tls;
 pub mod volume;

@@ -1,6 +1,6 @@
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
 use super::convert::backup::method_from_proto;
 use super::convert::instance::spec_from_proto;
@@ -83,7 +83,13 @@ impl pb::backups_server::Backups for BackupsApi {
 
     async fn set_backup_policy(&self, req: Request<pb::SetBackupPolicyRequest>) -> ApiResult<pb::BackupPolicy> {
         let req = req.into_inner();
-        ids::request_id(&req.request_id)?;
+        let policy = self.0.requests.once("SetBackupPolicy", &req.request_id, &req, || self.replace_policy(&req));
+        Ok(Response::new(policy.await?))
+    }
+}
+
+impl BackupsApi {
+    async fn replace_policy(&self, req: &pb::SetBackupPolicyRequest) -> Result<pb::BackupPolicy, Status> {
         let policy = req.policy.ok_or_else(|| InvalidField::new("policy", "is required"))?;
         let current = self.0.registry.get(&req.instance_id)?;
         // Reuse the instance spec's validation of the policy by converting a full spec.
@@ -92,11 +98,11 @@ impl pb::backups_server::Backups for BackupsApi {
         let spec = spec_from_proto(Some(proto_spec))?;
         let updated = self.0.registry.update(&req.instance_id, spec, None).await?;
         let p = updated.spec.backup_policy.as_ref();
-        Ok(Response::new(pb::BackupPolicy {
+        Ok(pb::BackupPolicy {
             daily_at_minute_utc: p.map_or(0, |p| p.daily_at_minute_utc),
             keep_daily: p.map_or(0, |p| p.keep_daily),
             enabled: p.is_some_and(|p| p.enabled),
-        }))
+        })
     }
 }
 

@@ -1,10 +1,9 @@
 use dbagent_proto::v1 as pb;
-use tonic::{Request, Response};
+use tonic::{Request, Response, Status};
 
 use super::convert::instance::spec_from_proto;
 use super::status::ApiResult;
 use super::ApiState;
-use crate::ids;
 
 pub struct InstancesApi(pub ApiState);
 
@@ -12,24 +11,29 @@ pub struct InstancesApi(pub ApiState);
 impl pb::instances_server::Instances for InstancesApi {
     async fn register_instance(&self, req: Request<pb::RegisterInstanceRequest>) -> ApiResult<pb::Instance> {
         let req = req.into_inner();
-        ids::request_id(&req.request_id)?;
-        let (instance, _) = self.0.registry.register(&req.id, spec_from_proto(req.spec)?).await?;
-        Ok(Response::new((&instance).into()))
+        let instance = self.0.requests.once("RegisterInstance", &req.request_id, &req, || async {
+            let (instance, _) = self.0.registry.register(&req.id, spec_from_proto(req.spec.clone())?).await?;
+            Ok::<_, Status>((&instance).into())
+        });
+        Ok(Response::new(instance.await?))
     }
 
     async fn update_instance(&self, req: Request<pb::UpdateInstanceRequest>) -> ApiResult<pb::Instance> {
         let req = req.into_inner();
-        ids::request_id(&req.request_id)?;
         let expected = (req.expected_generation != 0).then_some(req.expected_generation);
-        let instance = self.0.registry.update(&req.id, spec_from_proto(req.spec)?, expected).await?;
-        Ok(Response::new((&instance).into()))
+        let instance = self.0.requests.once("UpdateInstance", &req.request_id, &req, || async {
+            let instance = self.0.registry.update(&req.id, spec_from_proto(req.spec.clone())?, expected).await?;
+            Ok::<_, Status>((&instance).into())
+        });
+        Ok(Response::new(instance.await?))
     }
 
     async fn remove_instance(&self, req: Request<pb::RemoveInstanceRequest>) -> ApiResult<pb::Instance> {
         let req = req.into_inner();
-        ids::request_id(&req.request_id)?;
-        let instance = self.0.registry.remove(&req.id).await?;
-        Ok(Response::new((&instance).into()))
+        let instance = self.0.requests.once("RemoveInstance", &req.request_id, &req, || async {
+            Ok::<_, Status>((&self.0.registry.remove(&req.id).await?).into())
+        });
+        Ok(Response::new(instance.await?))
     }
 
     async fn get_instance(&self, req: Request<pb::GetInstanceRequest>) -> ApiResult<pb::Instance> {

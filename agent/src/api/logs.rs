@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 use super::ApiState;
 use super::convert::logs::{drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto};
 use super::status::ApiResult;
-use crate::ids;
 
 pub struct LogsApi(pub ApiState);
 
@@ -34,10 +33,12 @@ impl pb::logs_server::Logs for LogsApi {
 
     async fn set_drains(&self, req: Request<pb::SetDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
         let req = req.into_inner();
-        ids::request_id(&req.request_id)?;
-        let drains = req.drains.into_iter().enumerate().map(|(i, d)| drain_from_proto(i, d)).collect::<Result<_, _>>()?;
-        let drains = self.0.logs.set_drains(&req.instance_id, drains).await?;
-        Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() }))
+        let drains = self.0.requests.once("SetDrains", &req.request_id, &req, || async {
+            let drains = req.drains.iter().cloned().enumerate().map(|(i, d)| drain_from_proto(i, d)).collect::<Result<_, _>>()?;
+            let drains = self.0.logs.set_drains(&req.instance_id, drains).await?;
+            Ok::<_, Status>(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() })
+        });
+        Ok(Response::new(drains.await?))
     }
 
     async fn get_drain_status(&self, req: Request<pb::GetDrainStatusRequest>) -> ApiResult<pb::DrainStatus> {

@@ -31,8 +31,11 @@ async fn state(dir: &std::path::Path) -> ApiState {
     let backup_config = crate::backup::BackupConfig::default();
     let wrapper = crate::backup::KekWrapper::from_kek(&[9u8; 32]).unwrap();
     let backups = crate::backup::BackupService::new(backup_config, dir, Arc::new(wrapper), engine.clone()).unwrap();
+    let settings = crate::requests::LedgerSettings { retention: Duration::from_secs(60), max_entries: 10 };
+    let requests = crate::requests::RequestLedger::open(dir.join("requests"), settings).unwrap();
     ApiState {
         backups,
+        requests,
         volumes,
         logs,
         registry,

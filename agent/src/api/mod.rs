@@ -40,6 +40,8 @@ pub struct ApiState {
     pub volumes: crate::volume::Volumes,
     pub metrics: Arc<MetricsHub>,
     pub logs: crate::logs::LogManager,
+    /// Replays the mutating calls that return a plain resource, by request_id.
+    pub requests: crate::requests::RequestLedger,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use crate::ids::InvalidField;
 use crate::instances::registry::RegistryError;
 use crate::logs::LogsError;
 use crate::ops::OpsError;
+use crate::requests::LedgerError;
 
 fn status(code: Code, e: &dyn std::error::Error) -> Status {
     // Client mistakes are the client's to read; only our own failures go to the agent's log.
@@ -32,6 +33,17 @@ impl From<OpsError> for Status {
             OpsError::AlreadyFinished { .. } | OpsError::TestKindsDisabled => Code::FailedPrecondition,
             OpsError::ShuttingDown => Code::Unavailable,
             OpsError::Journal { .. } => Code::Internal,
+        };
+        status(code, &e)
+    }
+}
+
+impl From<LedgerError> for Status {
+    fn from(e: LedgerError) -> Self {
+        let code = match &e {
+            LedgerError::Invalid(_) => Code::InvalidArgument,
+            LedgerError::RequestIdReused { .. } => Code::AlreadyExists,
+            LedgerError::Corrupt { .. } | LedgerError::Io { .. } => Code::Internal,
         };
         status(code, &e)
     }
