@@ -14,13 +14,19 @@ fn maria_conn(s: &MariaServer, db: &str) -> EngineConnection {
 
 const MARIA_CHECK: &str = "SELECT COUNT(*), MD5(GROUP_CONCAT(CONCAT_WS(':', id, v, n) ORDER BY id SEPARATOR ',')) FROM shop.items";
 
+/// 20,000 InnoDB rows in shop.items; returns their [`MARIA_CHECK`].
+fn seed_shop(server: &MariaServer) -> String {
+    server.sql("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64), n DOUBLE) ENGINE=InnoDB");
+    server.sql("INSERT INTO shop.items (v, n) SELECT MD5(seq), seq / 7 FROM shop.seq_1_to_20000");
+    let check = server.sql(MARIA_CHECK);
+    assert!(check.starts_with("20000\t"), "{check}");
+    check
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_logical_round_trip() {
     let source = MariaServer::start();
-    source.sql("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64), n DOUBLE) ENGINE=InnoDB");
-    source.sql("INSERT INTO shop.items (v, n) SELECT MD5(seq), seq / 7 FROM shop.seq_1_to_20000");
-    let expected = source.sql(MARIA_CHECK);
-    assert!(expected.starts_with("20000\t"), "{expected}");
+    let expected = seed_shop(&source);
 
     let h = Harness::new();
     let config = BackupConfig { destinations: h.dir_destinations(), mariadb: maria_conn(&source, ""), ..BackupConfig::default() };
@@ -30,7 +36,7 @@ async fn mariadb_logical_round_trip() {
     let id = backup_id(&h.succeed(&op).await);
 
     let fresh = MariaServer::start();
-    let target = RestoreTarget::Server { connection: maria_conn(&fresh, ""), database: None };
+    let target = RestoreTarget::Server { connection: maria_conn(&fresh, ""), database: None, instance_server: false };
     h.succeed(&svc.restore(&inst, &id, target, None, "m-restore").await.unwrap()).await;
     assert_eq!(fresh.sql(MARIA_CHECK), expected);
 }
@@ -66,9 +72,7 @@ async fn redis_rdb_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_physical_round_trip() {
     let source = MariaServer::start_debian_auth();
-    source.sql("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64), n DOUBLE) ENGINE=InnoDB");
-    source.sql("INSERT INTO shop.items (v, n) SELECT MD5(seq), seq / 7 FROM shop.seq_1_to_20000");
-    let expected = source.sql(MARIA_CHECK);
+    let expected = seed_shop(&source);
 
     let h = Harness::new();
     let mut config = BackupConfig { destinations: h.dir_destinations(), ..BackupConfig::default() };

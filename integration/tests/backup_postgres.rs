@@ -87,7 +87,14 @@ async fn postgres_physical_and_logical_round_trip() {
     let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "logical-1").await.unwrap();
     let logical = backup_id(&h.succeed(&op).await);
     let fresh = PgServer::init();
-    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None };
+    // Restoring into the instance's own server checks that it is the instance's: `fresh` is not.
+    let wrong = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: true };
+    let refused = h.wait(&svc.restore(&inst, &logical, wrong, None, "logical-wrong-server").await.unwrap()).await;
+    let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert_eq!(refused.state, OpState::Failed, "{refused:?}");
+    assert!(message.contains("serves data directory"), "{message}");
+    assert!(fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == "0", "nothing was restored into the wrong server");
+    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
     let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);

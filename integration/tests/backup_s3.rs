@@ -56,7 +56,7 @@ async fn postgres_to_three_garage_buckets() {
 
     let logical = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l").await.unwrap()).await);
     let fresh = PgServer::init();
-    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None };
+    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
     h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), "lr").await.unwrap()).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 }

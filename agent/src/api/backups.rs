@@ -64,7 +64,7 @@ impl pb::backups_server::Backups for BackupsApi {
             (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
             (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
             (BackupMethod::Logical, true) => {
-                RestoreTarget::Server { connection: self.0.backups.connection_for(&instance), database }
+                RestoreTarget::Server { connection: self.0.backups.connection_for(&instance), database, instance_server: true }
             }
             (BackupMethod::Logical, false) => {
                 return Err(InvalidField::new("target_data_dir", "a logical backup restores into the instance's server; leave it empty").into());

@@ -147,8 +147,10 @@ pub enum RestoreTarget {
     /// A new (empty or missing) data directory: physical backups and Redis.
     DataDir(PathBuf),
     /// A running server: logical backups. `database`: restore a PostgreSQL dump into this new
-    /// database instead of recreating the dumped one.
-    Server { connection: EngineConnection, database: Option<String> },
+    /// database instead of recreating the dumped one. `instance_server`: the server must serve the
+    /// instance's own data directory (checked first, as for a backup), so that a connection aimed
+    /// at another instance's server never gets this backup's data.
+    Server { connection: EngineConnection, database: Option<String>, instance_server: bool },
 }
 
 /// How the decoded stream is consumed, and what runs after it.
@@ -168,7 +170,7 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
             tool: Tool { program: "tar".into(), args: vec!["-x".into(), "-f".into(), "-".into(), "-C".into(), path(dir)] },
             after: None,
         }),
-        (Engine::Postgresql, BackupMethod::Logical, RestoreTarget::Server { connection: c, database }) => {
+        (Engine::Postgresql, BackupMethod::Logical, RestoreTarget::Server { connection: c, database, .. }) => {
             let mut args = pg_conn(c);
             args.extend(["--no-owner".into(), "--exit-on-error".into()]);
             let before = match database {
@@ -225,6 +227,7 @@ mod tests {
         let e = restore_plan(Engine::Postgresql, BackupMethod::Physical, &RestoreTarget::Server {
             connection: c.postgresql.clone(),
             database: None,
+            instance_server: true,
         })
         .unwrap_err();
         assert!(e.to_string().contains("target_data_dir"));

@@ -440,6 +440,9 @@ async fn run_restore(
     let key = unwrap_key(svc, m)?;
     let plan = engines::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
+    if let RestoreTarget::Server { connection, instance_server: true, .. } = target {
+        check_serves(instance, connection).await?;
+    }
     let Some(dir) = (match target {
         RestoreTarget::DataDir(dir) => Some(dir),
         RestoreTarget::Server { .. } => None,
