@@ -143,7 +143,13 @@ impl MariaServer {
         let datadir = format!("--datadir={}", data.display());
         let mut args = vec!["--user=mysql", datadir.as_str(), "--skip-test-db"];
         args.extend_from_slice(auth);
-        run_as("", "mariadb-install-db", &args);
+        {
+            // Two bootstraps at once (tests run in parallel threads) can collide on their temporary
+            // tables in /tmp ("Unknown table 'mysql.tmp_user_sys'"): one at a time.
+            static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = INSTALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            run_as("", "mariadb-install-db", &args);
+        }
         Self::on(root, data)
     }
 
