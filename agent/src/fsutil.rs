@@ -17,6 +17,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+/// Makes the creations, renames and removals in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -27,10 +32,10 @@ pub fn remove_durable(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Creates `dir` (and parents) with mode 0700 if it does not exist.
@@ -64,10 +69,14 @@ pub fn resolves_below(path: &Path, roots: &[std::path::PathBuf]) -> bool {
     }) else {
         return false;
     };
-    roots.iter().any(|root| {
-        let root = fs::canonicalize(root).unwrap_or_else(|_| root.clone());
-        resolved.strip_prefix(&root).is_ok_and(|rest| !rest.as_os_str().is_empty())
-    })
+    let roots: Vec<_> = roots.iter().map(|r| fs::canonicalize(r).unwrap_or_else(|_| r.clone())).collect();
+    strictly_below(&resolved, &roots)
+}
+
+/// Whether `path` lies strictly below one of `roots`, compared component by component (so
+/// /srv/db2 is not below /srv/db, and a root is not below itself). No file system access.
+pub fn strictly_below(path: &Path, roots: &[std::path::PathBuf]) -> bool {
+    roots.iter().any(|root| path.strip_prefix(root).is_ok_and(|rest| !rest.as_os_str().is_empty()))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Shared by the drivers that run inside the VM guest (`volume-vm-check`, `metrics-vm-check`):
-//! their argument lookup and the orchestrator connection to the dev-mode agent beside them.
+//! their argument lookup, their `PASS`/`FAIL` lines, and the orchestrator connection to the dev-mode
+//! agent beside them.
 
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -9,6 +10,22 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+/// Prints `PASS <name> <ms>` or `FAIL <name> <ms> <why>` (the lines the harness parses) for a step
+/// that started at `started`; gives back the value of a passed step.
+pub fn report<T>(name: &str, started: std::time::Instant, r: Result<T>) -> Option<T> {
+    let ms = started.elapsed().as_millis();
+    match r {
+        Ok(v) => {
+            println!("PASS {name} {ms}");
+            Some(v)
+        }
+        Err(e) => {
+            println!("FAIL {name} {ms} {e:#}");
+            None
+        }
+    }
 }
 
 /// mTLS channel with the dev orchestrator identity of the agent whose state is `state`;

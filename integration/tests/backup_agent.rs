@@ -17,7 +17,7 @@ use dbagent_proto::v1::backups_client::BackupsClient;
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
 use dbagent_proto::v1::{
-    BackupMethod, BackupState, ListBackupsRequest, Operation, OperationState,
+    BackupMethod, BackupState, ListBackupsRequest, ListBackupsResponse, Operation, OperationState,
     RegisterInstanceRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest,
     WatchOperationRequest,
 };
@@ -190,13 +190,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let backup_id = backup_id_of(&done);
 
     // ListBackups: complete on all three destinations.
-    let list = backups
-        .list_backups(ListBackupsRequest {
-            instance_id: INSTANCE.into(),
-        })
-        .await
-        .expect("ListBackups")
-        .into_inner();
+    let list = list_backups(&mut backups).await;
     assert_eq!(list.backups.len(), 1, "{list:?}");
     let b = &list.backups[0];
     assert_eq!(b.id, backup_id);
@@ -279,13 +273,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
         .expect("StartBackup again")
         .into_inner();
     assert_eq!(again.id, op.id);
-    let list = backups
-        .list_backups(ListBackupsRequest {
-            instance_id: INSTANCE.into(),
-        })
-        .await
-        .expect("ListBackups")
-        .into_inner();
+    let list = list_backups(&mut backups).await;
     assert_eq!(
         list.backups.len(),
         1,
@@ -315,13 +303,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
             .into_inner();
         watch_to_success(&channel, &op, &agent).await;
     }
-    let list = backups
-        .list_backups(ListBackupsRequest {
-            instance_id: INSTANCE.into(),
-        })
-        .await
-        .expect("ListBackups")
-        .into_inner();
+    let list = list_backups(&mut backups).await;
     assert_eq!(list.backups.len(), 10);
     let refused = backups
         .start_backup(start_request("backup-11"))
@@ -387,4 +369,13 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
         })
         .await
         .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+}
+
+/// ListBackups of the test's instance.
+async fn list_backups(backups: &mut BackupsClient<Channel>) -> ListBackupsResponse {
+    backups
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into() })
+        .await
+        .expect("ListBackups")
+        .into_inner()
 }

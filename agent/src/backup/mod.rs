@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod jobs;
 pub mod restore;
 pub mod restore_dir;
+pub mod restore_job;
 pub mod scheduler;
 pub mod service;
 pub mod settings;

@@ -12,6 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
+use crate::fsutil;
 
 /// Set-aside folder inside the data directory during a restore in place.
 pub const ASIDE: &str = ".dbagent-restore-aside";
@@ -36,7 +37,7 @@ impl RestoreDir {
             )));
         }
         let created = !dir.exists();
-        crate::fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
+        fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
         let entries = entries(dir).map_err(|e| BackupError::io(format!("list {}", dir.display()), e))?;
         let mut this = Self { dir: dir.to_owned(), created, aside: None };
         if entries.is_empty() {
@@ -50,7 +51,7 @@ impl RestoreDir {
                 return Err(BackupError::io(format!("set aside {}", dir.join(&name).display()), e));
             }
         }
-        sync_dir(dir);
+        let _ = fsutil::sync_dir(dir);
         Ok(this)
     }
 
@@ -87,7 +88,7 @@ impl RestoreDir {
         } else if self.created {
             fs::remove_dir(&self.dir)?;
         }
-        sync_dir(&self.dir);
+        let _ = fsutil::sync_dir(&self.dir);
         Ok(())
     }
 }
@@ -102,12 +103,6 @@ fn entries(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
         }
     }
     Ok(names)
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
 }
 
 #[cfg(test)]

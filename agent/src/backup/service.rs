@@ -10,6 +10,7 @@ use super::catalog::{self, BackupInfo};
 use super::destination::{self, Destination};
 use super::engines::RestoreTarget;
 use super::jobs;
+use super::restore_job;
 use super::keywrap::KeyWrapper;
 use super::manifest::{BackupKind, BackupMethod};
 use super::settings::{BackupConfig, EngineConnection};
@@ -164,13 +165,13 @@ impl BackupService {
         let info = self.get(&instance.id, backup_id).await?;
         let source = self.pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
-            jobs::check_restore_dir(instance, dir)?;
+            restore_job::check_restore_dir(instance, dir)?;
         }
         let params = serde_json::json!({ "destination": source, "target": format!("{target:?}") });
         let (svc, instance) = (self.clone(), instance.clone());
         let exclusive_target = instance.id.clone();
         self.submit(KIND_RESTORE, &exclusive_target, backup_id, request_id, params, true, move |ctx| {
-            Box::pin(async move { jobs::restore(svc, instance, info, source, target, ctx).await })
+            Box::pin(async move { restore_job::restore(svc, instance, info, source, target, ctx).await })
         })
         .await
     }

@@ -227,7 +227,7 @@ impl Registry {
         validate::data_dir("target_data_dir", dir, &self.rules.data_roots)?;
         for other in instances.values() {
             let theirs = &other.spec.data_dir;
-            if dir.starts_with(theirs) || theirs.starts_with(dir) {
+            if overlaps(dir, theirs) {
                 return Err(RegistryError::FailedPrecondition(format!(
                     "target_data_dir {} overlaps data_dir {} of instance {}; restore into a folder of its own",
                     dir.display(),
@@ -263,7 +263,7 @@ impl Registry {
     fn check_overlap(&self, id: &str, spec: &InstanceSpec) -> Result<(), RegistryError> {
         for other in self.read().values().filter(|o| o.id != id) {
             let (mine, theirs) = (&spec.data_dir, &other.spec.data_dir);
-            if mine.starts_with(theirs) || theirs.starts_with(mine) {
+            if overlaps(mine, theirs) {
                 return Err(RegistryError::AlreadyExists(format!(
                     "data_dir {} overlaps data_dir {} of instance {}; every instance needs its own folder",
                     mine.display(),
@@ -336,6 +336,11 @@ impl Registry {
     fn read(&self) -> RwLockReadGuard<'_, InstanceMap> {
         self.instances.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// One folder tree holds the other (or they are the same): whole components, as `Path::starts_with`.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
 }
 
 /// Ids are validated before use, so the id is a safe file name.

@@ -2,6 +2,7 @@
 //! later hands to mount, systemd and chown as root, so every value is checked against a strict shape
 //! here, once, before anything is stored. Each error names the field and says what is expected.
 
+use crate::fsutil;
 use crate::ids::{InvalidField, truncate_for_message};
 use crate::instances::model::{
     BackupPolicy, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec,
@@ -158,12 +159,7 @@ fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidFi
 
 pub(crate) fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(), InvalidField> {
     normalised_path(field, dir)?;
-    // Path::strip_prefix compares whole components: /srv/db2 is not under /srv/db.
-    let under = roots.iter().any(|root| {
-        dir.strip_prefix(root)
-            .is_ok_and(|rest| !rest.as_os_str().is_empty())
-    });
-    if under {
+    if fsutil::strictly_below(dir, roots) {
         return Ok(());
     }
     Err(InvalidField::new(
@@ -245,7 +241,7 @@ fn log_sources(sources: &[LogSource], roots: &[PathBuf]) -> Result<(), InvalidFi
             LogSource::FileGlob(glob) => {
                 let field = format!("spec.log_sources[{i}].file_glob");
                 normalised_path(&field, Path::new(glob))?;
-                if !roots.iter().any(|r| Path::new(glob).strip_prefix(r).is_ok_and(|rest| !rest.as_os_str().is_empty())) {
+                if !fsutil::strictly_below(Path::new(glob), roots) {
                     return Err(InvalidField::new(
                         field,
                         format!(

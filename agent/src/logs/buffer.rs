@@ -202,7 +202,7 @@ impl DrainBuffer {
         let path = segment_path(&self.dir, seq);
         self.writer = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(format!("create {}", path.display())))?;
         self.segments.push_back((seq, 0));
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(format!("sync {}", self.dir.display())))
+        crate::fsutil::sync_dir(&self.dir).map_err(io_err(format!("sync {}", self.dir.display())))
     }
 
     pub fn sync(&mut self) -> Result<(), LogsError> {

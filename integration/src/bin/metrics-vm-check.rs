@@ -17,27 +17,11 @@ use anyhow::{Context, Result, bail};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use dbagent_integration::guest::{arg, connect};
+use dbagent_integration::guest::{arg, connect, report};
 use tonic::transport::Channel;
 
 const INSTANCE: &str = "burn";
 const MIB: f64 = 1024.0 * 1024.0;
-
-
-
-fn report<T>(name: &str, started: Instant, r: Result<T>) -> Option<T> {
-    let ms = started.elapsed().as_millis();
-    match r {
-        Ok(v) => {
-            println!("PASS {name} {ms}");
-            Some(v)
-        }
-        Err(e) => {
-            println!("FAIL {name} {ms} {e:#}");
-            None
-        }
-    }
-}
 
 async fn register(channel: &Channel, state: &Path, unit: &str, log_unit: Option<&str>) -> Result<()> {
     let data_dir = state.join("data").join(INSTANCE);

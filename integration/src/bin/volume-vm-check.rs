@@ -24,7 +24,7 @@ use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use dbagent_integration::guest::{arg, connect};
+use dbagent_integration::guest::{arg, connect, report};
 use tonic::transport::Channel;
 
 const MARKER: &str = "dbagent-vm-marker-6f1d2c";
@@ -43,19 +43,11 @@ impl Ctx {
         F: std::future::Future<Output = Result<T>>,
     {
         let t = Instant::now();
-        let r = f.await;
-        let ms = t.elapsed().as_millis();
-        match r {
-            Ok(v) => {
-                println!("PASS {name} {ms}");
-                Some(v)
-            }
-            Err(e) => {
-                println!("FAIL {name} {ms} {e:#}");
-                self.failures.set(self.failures.get() + 1);
-                None
-            }
+        let r = report(name, t, f.await);
+        if r.is_none() {
+            self.failures.set(self.failures.get() + 1);
         }
+        r
     }
 
     fn volumes(&self) -> pb::volumes_client::VolumesClient<Channel> {
