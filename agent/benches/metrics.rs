@@ -168,14 +168,31 @@ fn main() {
         .unwrap_or("?")
         .trim()
         .to_owned();
-    println!("machine: {cpu_model}, {} CPUs, kernel {}", std::thread::available_parallelism().map_or(0, |n| n.get()),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
+    println!(
+        "machine: {cpu_model}, {} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
     println!("| measurement | result |");
     println!("|---|---|");
-    println!("| one collection, node + {INSTANCES} instance cgroups ({series} series) | {:.2} ms (median of 30) |", collect.as_secs_f64() * 1e3);
-    println!("| Prometheus rendering of that ({} bytes) | {:.3} ms (median of 200) |", text.len(), render.as_secs_f64() * 1e3);
+    println!(
+        "| one collection, node + {INSTANCES} instance cgroups ({series} series) | {:.2} ms (median of 30) |",
+        collect.as_secs_f64() * 1e3
+    );
+    println!(
+        "| Prometheus rendering of that ({} bytes) | {:.3} ms (median of 200) |",
+        text.len(),
+        render.as_secs_f64() * 1e3
+    );
     println!("| CPU per scrape, dbagent (node only, {ours_size} bytes) | {:.3} ms (2000 scrapes) |", ours_cpu * 1e3);
-    println!("| CPU per scrape, prometheus-node-exporter 1.5 ({ne_size} bytes) | {:.3} ms (100 scrapes) |", ne_cpu * 1e3);
+    println!(
+        "| CPU per scrape, prometheus-node-exporter 1.5 ({ne_size} bytes) | {:.3} ms (100 scrapes) |",
+        ne_cpu * 1e3
+    );
     println!("| node_exporter / dbagent CPU per scrape | {:.0}x |", ne_cpu / ours_cpu.max(1e-9));
-    println!("| idle dev-mode agent RSS | {:.1} MiB ({:.1} MiB after the scrapes) |", idle_rss as f64 / 1024.0, rss_after as f64 / 1024.0);
+    println!(
+        "| idle dev-mode agent RSS | {:.1} MiB ({:.1} MiB after the scrapes) |",
+        idle_rss as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
 }

@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cheap = PbkdfParams { kind: PbkdfKind::Pbkdf2, time_ms: 100, iterations: 1000, memory_kib: 32, parallel: 1 };
     let production =
         PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 2000, iterations: 0, memory_kib: 1024 * 1024, parallel: 4 };
-    for (name, pbkdf) in [("pbkdf2, 1000 iterations (tests, --dev)", cheap), ("argon2id, 2000 ms, 1 GiB, 4 threads (production)", production)] {
+    for (name, pbkdf) in [
+        ("pbkdf2, 1000 iterations (tests, --dev)", cheap),
+        ("argon2id, 2000 ms, 1 GiB, 4 threads (production)", production),
+    ] {
         for key_bits in [256, 512] {
             let image = dir.path().join(format!("{key_bits}-{}.img", pbkdf.iterations));
             std::fs::File::create(&image)?.set_len(32 << 20)?;

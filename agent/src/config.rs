@@ -228,7 +228,10 @@ impl Default for InstancesConfig {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
-            log_roots: ["/var/log/postgresql", "/var/log/mysql", "/var/log/redis"].into_iter().map(PathBuf::from).collect(),
+            log_roots: ["/var/log/postgresql", "/var/log/mysql", "/var/log/redis"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -248,8 +251,10 @@ impl Config {
 
     /// Parses and validates config text; `path` only names the source in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
         config.validate(path)?;
         Ok(config)
     }
@@ -280,7 +285,8 @@ impl Config {
     }
 
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
+        let invalid =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
         if !self.state_dir.is_absolute() {
             return invalid("state_dir", format!("{:?} must be an absolute path", self.state_dir));
         }
@@ -293,13 +299,18 @@ impl Config {
         if !(1..=3600).contains(&self.api.shutdown_grace_secs) {
             return invalid("api.shutdown_grace_secs", "must be between 1 and 3600 seconds".into());
         }
-        for (key, p) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key), ("tls.client_ca", &self.tls.client_ca)] {
+        for (key, p) in
+            [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key), ("tls.client_ca", &self.tls.client_ca)]
+        {
             if p.as_os_str().is_empty() {
                 return invalid(key, "is required".into());
             }
         }
         if self.auth.orchestrators.is_empty() {
-            return invalid("auth.orchestrators", "needs at least one certificate name, or nothing could change the agent".into());
+            return invalid(
+                "auth.orchestrators",
+                "needs at least one certificate name, or nothing could change the agent".into(),
+            );
         }
         for name in self.auth.orchestrators.iter().chain(&self.auth.monitors) {
             if name.trim().is_empty() || name.len() > 255 {
@@ -307,7 +318,10 @@ impl Config {
             }
         }
         if let Some(both) = self.auth.orchestrators.iter().find(|n| self.auth.monitors.contains(n)) {
-            return invalid("auth.monitors", format!("{both:?} is also listed in auth.orchestrators; give each name one role"));
+            return invalid(
+                "auth.monitors",
+                format!("{both:?} is also listed in auth.orchestrators; give each name one role"),
+            );
         }
         if !(1..=256).contains(&self.operations.max_concurrent) {
             return invalid("operations.max_concurrent", "must be between 1 and 256".into());
@@ -337,13 +351,22 @@ impl Config {
             }
         }
         if ![256, 512].contains(&self.volumes.key_bits) {
-            return invalid("volumes.key_bits", format!("is {}; aes-xts-plain64 takes 256 or 512", self.volumes.key_bits));
+            return invalid(
+                "volumes.key_bits",
+                format!("is {}; aes-xts-plain64 takes 256 or 512", self.volumes.key_bits),
+            );
         }
         if !(100..=60_000).contains(&self.volumes.pbkdf_time_ms) {
             return invalid("volumes.pbkdf_time_ms", "must be between 100 and 60000".into());
         }
-        if self.volumes.pbkdf == PbkdfKind::Pbkdf2 && self.volumes.pbkdf_iterations != 0 && self.volumes.pbkdf_iterations < 1000 {
-            return invalid("volumes.pbkdf_iterations", "pbkdf2 needs at least 1000 iterations (libcryptsetup refuses fewer)".into());
+        if self.volumes.pbkdf == PbkdfKind::Pbkdf2
+            && self.volumes.pbkdf_iterations != 0
+            && self.volumes.pbkdf_iterations < 1000
+        {
+            return invalid(
+                "volumes.pbkdf_iterations",
+                "pbkdf2 needs at least 1000 iterations (libcryptsetup refuses fewer)".into(),
+            );
         }
         if !(32..=4 * 1024 * 1024).contains(&self.volumes.pbkdf_memory_kib) {
             return invalid("volumes.pbkdf_memory_kib", "must be between 32 and 4194304 KiB".into());
@@ -360,7 +383,10 @@ impl Config {
         if self.keys.provider == KeyProviderKind::Remote {
             let r = &self.keys.remote;
             if !r.endpoint.starts_with("https://") {
-                return invalid("keys.remote.endpoint", format!("{:?} must be an https:// URL (the KeyService is mTLS only)", r.endpoint));
+                return invalid(
+                    "keys.remote.endpoint",
+                    format!("{:?} must be an https:// URL (the KeyService is mTLS only)", r.endpoint),
+                );
             }
             if !(1..=300).contains(&r.timeout_secs) {
                 return invalid("keys.remote.timeout_secs", "must be between 1 and 300 seconds".into());
@@ -371,7 +397,10 @@ impl Config {
             return invalid(key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
-            return invalid("logging.level", format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level));
+            return invalid(
+                "logging.level",
+                format!("{:?} is not a filter such as \"info\" or \"dbagent=debug,info\"", self.logging.level),
+            );
         }
         if let Some((key, message)) = self.logs.check() {
             return invalid(key, message);
@@ -380,13 +409,17 @@ impl Config {
     }
 
     fn validate_metrics(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
+        let invalid =
+            |key: &'static str, message: String| Err(ConfigError::Invalid { path: path.into(), key, message });
         let m = &self.metrics;
         if !(1..=3600).contains(&m.interval_secs) {
             return invalid("metrics.interval_secs", "must be between 1 and 3600 seconds".into());
         }
         if m.history_secs < m.interval_secs || m.history_secs > 31 * 24 * 3600 {
-            return invalid("metrics.history_secs", "must be at least metrics.interval_secs and at most 31 days (2678400)".into());
+            return invalid(
+                "metrics.history_secs",
+                "must be at least metrics.interval_secs and at most 31 days (2678400)".into(),
+            );
         }
         if !m.cgroup_root.is_absolute() {
             return invalid("metrics.cgroup_root", format!("{:?} must be an absolute path", m.cgroup_root));
@@ -480,7 +513,10 @@ mod tests {
 
     #[test]
     fn volume_and_key_settings() {
-        let c = parse("[volumes]\nkey_bits = 512\npbkdf = \"pbkdf2\"\npbkdf_iterations = 1000\n[keys]\nkek_file = \"/etc/k\"").unwrap();
+        let c = parse(
+            "[volumes]\nkey_bits = 512\npbkdf = \"pbkdf2\"\npbkdf_iterations = 1000\n[keys]\nkek_file = \"/etc/k\"",
+        )
+        .unwrap();
         assert_eq!((c.volumes.key_bits, c.volumes.pbkdf), (512, PbkdfKind::Pbkdf2));
         assert!(c.volumes.no_workqueue);
         let e = parse("[volumes]\nkey_bits = 128").unwrap_err().to_string();
@@ -492,7 +528,7 @@ mod tests {
     }
 
     #[test]
-        fn metrics_config() {
+    fn metrics_config() {
         let c = parse("[metrics]\ninterval_secs = 5\notlp_endpoint = \"http://127.0.0.1:4317\"").unwrap();
         assert_eq!(c.metrics.interval_secs, 5);
         assert_eq!(c.metrics.history_secs, 86400);

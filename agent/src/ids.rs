@@ -41,10 +41,16 @@ pub fn instance_id(field: &str, id: &str) -> Result<(), InvalidField> {
 /// Client-chosen idempotency keys: 1..=128 characters of `[A-Za-z0-9._:/-]`.
 pub fn request_id(id: &str) -> Result<(), InvalidField> {
     if id.is_empty() {
-        return Err(InvalidField::new("request_id", "is required: a client-chosen idempotency key of at most 128 characters"));
+        return Err(InvalidField::new(
+            "request_id",
+            "is required: a client-chosen idempotency key of at most 128 characters",
+        ));
     }
     if id.len() > MAX_REQUEST_ID_LEN {
-        return Err(InvalidField::new("request_id", format!("is {} characters long; at most {MAX_REQUEST_ID_LEN} are allowed", id.len())));
+        return Err(InvalidField::new(
+            "request_id",
+            format!("is {} characters long; at most {MAX_REQUEST_ID_LEN} are allowed", id.len()),
+        ));
     }
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:/".contains(&b)) {
         return Err(InvalidField::new("request_id", "may contain only letters, digits and . - _ : /"));
@@ -54,8 +60,17 @@ pub fn request_id(id: &str) -> Result<(), InvalidField> {
 
 /// Operation ids as the agent makes them: `op-` and 20 lower-case hex digits.
 pub fn operation_id(id: &str) -> Result<(), InvalidField> {
-    let ok = id.len() == 23 && id.starts_with("op-") && id[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok { Ok(()) } else { Err(InvalidField::new("id", format!("{:?} is not an operation id (op- and 20 hex digits)", truncate_for_message(id)))) }
+    let ok = id.len() == 23
+        && id.starts_with("op-")
+        && id[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidField::new(
+            "id",
+            format!("{:?} is not an operation id (op- and 20 hex digits)", truncate_for_message(id)),
+        ))
+    }
 }
 
 /// Cuts a hostile value down before it is echoed in an error message.

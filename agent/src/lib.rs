@@ -4,18 +4,18 @@
 //! without root and without a network.
 
 pub mod api;
-pub mod cli;
 pub mod backup;
+pub mod cli;
+pub mod command;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod fsutil;
 pub mod ids;
 pub mod instances;
 pub mod locks;
-pub mod logging;
-pub mod metrics;
 pub mod logs;
-pub mod notify;
+pub mod metrics;
 pub mod ops;
 pub mod requests;
 pub mod timefmt;

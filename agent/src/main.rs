@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dbagent::config::{Config, DEFAULT_CONFIG_PATH};
-use dbagent::{daemon, logging};
+use dbagent::daemon;
+use dbagent::daemon::tracing_setup;
 
 /// Node agent of a managed-database platform: encrypted volumes, metrics, logs, backups, upgrades,
 /// driven by the orchestrator over gRPC with mutual TLS.
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         eprintln!("dbagent: prctl(PR_SET_DUMPABLE, 0): {e}");
         return ExitCode::FAILURE;
     }
-    logging::init(&config.logging);
+    tracing_setup::init(&config.logging);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -6,7 +6,9 @@
 
 use dbagent::metrics::collect::{Collector, CollectorPaths, InstanceTarget};
 use dbagent::metrics::{MetricsHub, Owner, http, otlp};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{MetricsService, MetricsServiceServer};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use std::io::Write;
@@ -26,7 +28,11 @@ fn filled_hub() -> Arc<MetricsHub> {
     let paths = CollectorPaths { cgroup_root: fixtures().join("cgroup"), ..CollectorPaths::default() };
     let targets = [
         InstanceTarget { id: "pg-1".into(), systemd_unit: "postgresql@15-main.service".into(), data_dir: "/".into() },
-        InstanceTarget { id: "redis \"quoted\"\\1".into(), systemd_unit: "redis-server.service".into(), data_dir: "/tmp".into() },
+        InstanceTarget {
+            id: "redis \"quoted\"\\1".into(),
+            systemd_unit: "redis-server.service".into(),
+            data_dir: "/tmp".into(),
+        },
     ];
     let mut c = Collector::new(paths);
     let _ = c.collect(&targets);
@@ -135,7 +141,9 @@ async fn otlp_push_is_received_and_decoded() {
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(
-        tonic::transport::Server::builder().add_service(MetricsServiceServer::new(receiver.clone())).serve_with_incoming(incoming),
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(receiver.clone()))
+            .serve_with_incoming(incoming),
     );
 
     let hub = filled_hub();

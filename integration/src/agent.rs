@@ -159,7 +159,11 @@ impl Agent {
         assert!(self.child.is_none(), "the agent is already running");
         // Append, so the log of a restarted agent still shows what the previous run said.
         let open = |p: PathBuf| -> File {
-            OpenOptions::new().create(true).append(true).open(&p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
         };
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
@@ -262,14 +266,22 @@ impl Agent {
     /// Everything the agent wrote to stderr and stdout, over all its runs.
     pub fn log(&self) -> String {
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-        format!("--- dbagent stderr ---\n{}--- dbagent stdout ---\n{}", read(self.stderr_path()), read(self.stdout_path()))
+        format!(
+            "--- dbagent stderr ---\n{}--- dbagent stdout ---\n{}",
+            read(self.stderr_path()),
+            read(self.stdout_path())
+        )
     }
 
     /// The identity dev mode issued under `<state>/tls/<name>.crt|key` (e.g. "orchestrator", "monitor").
     pub fn dev_identity(&self, name: &str) -> ClientIdentity {
         let tls = self.ctx.state_dir.join("tls");
-        ClientIdentity::from_files(&tls.join("ca.crt"), &tls.join(format!("{name}.crt")), &tls.join(format!("{name}.key")))
-            .unwrap_or_else(|e| panic!("load the dev identity {name:?}: {e:#}"))
+        ClientIdentity::from_files(
+            &tls.join("ca.crt"),
+            &tls.join(format!("{name}.crt")),
+            &tls.join(format!("{name}.key")),
+        )
+        .unwrap_or_else(|e| panic!("load the dev identity {name:?}: {e:#}"))
     }
 
     /// The dev CA alone, for a client without a certificate.

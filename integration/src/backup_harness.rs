@@ -8,15 +8,15 @@ use tokio_util::sync::CancellationToken;
 
 use dbagent::backup::settings::DestinationConfig;
 use dbagent::backup::{BackupConfig, BackupService, KekWrapper};
-use dbagent::volume::keystore::KekSource;
 use dbagent::instances::{Engine, Filesystem, Instance, InstanceSpec, Plan, PlanName, VolumeSpec};
 use dbagent::locks::ResourceLocks;
 use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
+use dbagent::volume::keystore::KekSource;
 
 pub struct Harness {
     _guard: Option<tempfile::TempDir>,
     pub state: PathBuf,
-    pub engine: ops::Engine,
+    pub engine: ops::OperationEngine,
 }
 
 impl Default for Harness {
@@ -40,7 +40,7 @@ impl Harness {
     /// On an existing state folder (not removed on drop); also returns the operations the last
     /// run left unfinished, now `interrupted`.
     pub fn open(state: &Path) -> (Self, Vec<OperationRecord>) {
-        let (engine, interrupted) = ops::Engine::open(
+        let (engine, interrupted) = ops::OperationEngine::open(
             &state.join("operations"),
             OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 1000 },
             ResourceLocks::default(),
@@ -60,7 +60,9 @@ impl Harness {
 
     pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
         // A KEK in the state folder, generated once, as dev mode does: a reopened harness reads it.
-        let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }.load().expect("host KEK");
+        let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }
+            .load()
+            .expect("host KEK");
         let keys = Arc::new(KekWrapper::from_kek(&kek).expect("host KEK"));
         BackupService::new(config, self.state.as_path(), keys, self.engine.clone()).expect("backup service")
     }
@@ -72,7 +74,10 @@ impl Harness {
             if r.state.is_finished() {
                 return r;
             }
-            tokio::time::timeout(Duration::from_secs(300), rx.changed()).await.expect("operation timed out").expect("watch");
+            tokio::time::timeout(Duration::from_secs(300), rx.changed())
+                .await
+                .expect("operation timed out")
+                .expect("watch");
         }
     }
 

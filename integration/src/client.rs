@@ -33,7 +33,8 @@ impl ClientIdentity {
 /// The endpoint for `addr`, verifying the server as "localhost" against the identity's CA.
 pub fn endpoint(addr: SocketAddr, identity: &ClientIdentity) -> Result<Endpoint, tonic::transport::Error> {
     crate::install_crypto_provider();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&identity.ca_pem)).domain_name("localhost");
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&identity.ca_pem)).domain_name("localhost");
     if let Some((cert, key)) = &identity.cert {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
@@ -62,7 +63,9 @@ impl CallFailure {
     pub fn is_transport_refusal(&self) -> bool {
         match self {
             CallFailure::Connect(_) => true,
-            CallFailure::Status(s) => matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
+            CallFailure::Status(s) => {
+                matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+            }
         }
     }
 }
@@ -74,5 +77,9 @@ pub async fn first_get_status(
 ) -> Result<dbagent_proto::v1::AgentStatus, CallFailure> {
     let channel = connect(addr, identity).await.map_err(CallFailure::Connect)?;
     let mut client = dbagent_proto::v1::agent_client::AgentClient::new(channel);
-    client.get_status(dbagent_proto::v1::GetStatusRequest {}).await.map(tonic::Response::into_inner).map_err(CallFailure::Status)
+    client
+        .get_status(dbagent_proto::v1::GetStatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(CallFailure::Status)
 }

@@ -10,7 +10,13 @@ pub fn toml_path(path: &Path) -> String {
 }
 
 /// A complete config for an agent using `pki`, the given CRL files and roles, with test kinds on.
-pub fn custom_config(ctx: &LaunchContext, pki: &PkiFiles, crls: &[&Path], orchestrators: &[&str], monitors: &[&str]) -> String {
+pub fn custom_config(
+    ctx: &LaunchContext,
+    pki: &PkiFiles,
+    crls: &[&Path],
+    orchestrators: &[&str],
+    monitors: &[&str],
+) -> String {
     let list = |items: Vec<String>| items.join(", ");
     let quoted = |names: &[&str]| list(names.iter().map(|n| serde_json::to_string(n).expect("string")).collect());
     format!(

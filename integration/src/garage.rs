@@ -7,7 +7,23 @@ use std::time::{Duration, Instant};
 
 use crate::servers::free_port;
 
+/// Garage in the default tools cache; the tests run [`garage_bin`], which honours `DBAGENT_TOOLS`.
 pub const GARAGE_BIN: &str = "/var/cache/dbagent-tools/bin/garage";
+
+/// The tools cache of integration/run-tests.sh: `DBAGENT_TOOLS` (set by `run-tests.sh --fresh`), else
+/// /var/cache/dbagent-tools.
+pub fn tools_dir() -> PathBuf {
+    match std::env::var_os("DBAGENT_TOOLS") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from("/var/cache/dbagent-tools"),
+    }
+}
+
+/// `<tools_dir>/bin/garage`.
+pub fn garage_bin() -> PathBuf {
+    tools_dir().join("bin").join("garage")
+}
+
 pub const KEY_ID: &str = "GK0123456789abcdef01234567";
 pub const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const REGION: &str = "garage";
@@ -17,16 +33,20 @@ pub struct Garage {
     pub s3_port: u16,
     pub buckets: Vec<String>,
     config: PathBuf,
+    bin: PathBuf,
     child: Child,
 }
 
 impl Garage {
     /// Panics (never skips) when Garage is missing: `integration/run-tests.sh` installs it.
     pub fn start(buckets: &[&str]) -> Self {
+        let bin = garage_bin();
         assert!(
-            std::path::Path::new(GARAGE_BIN).exists(),
-            "{GARAGE_BIN} is not installed: run integration/run-tests.sh, or `cargo install garage@2.5.0 --locked \
-             --no-default-features --features bundled-libs,lmdb --root /var/cache/dbagent-tools`"
+            bin.exists(),
+            "{} is not installed: run integration/run-tests.sh, or `cargo install garage@2.5.0 --locked \
+             --no-default-features --features bundled-libs,lmdb --root {}`",
+            bin.display(),
+            tools_dir().display()
         );
         let dir = tempfile::tempdir().expect("garage dir");
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
@@ -42,7 +62,7 @@ impl Garage {
             ),
         )
         .expect("write garage.toml");
-        let child = Command::new(GARAGE_BIN)
+        let child = Command::new(&bin)
             .arg("-c")
             .arg(&config)
             .arg("server")
@@ -50,7 +70,7 @@ impl Garage {
             .stderr(std::fs::File::create(dir.path().join("garage.log")).map(Stdio::from).unwrap_or(Stdio::null()))
             .spawn()
             .expect("start garage");
-        let mut g = Self { dir, s3_port: s3, buckets: Vec::new(), config, child };
+        let mut g = Self { dir, s3_port: s3, buckets: Vec::new(), config, bin, child };
         let deadline = Instant::now() + Duration::from_secs(60);
         let node = loop {
             if let Some(id) = g.try_cli(&["node", "id", "-q"]) {
@@ -71,12 +91,12 @@ impl Garage {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(GARAGE_BIN).arg("-c").arg(&self.config).args(args).output().ok()?;
+        let out = Command::new(&self.bin).arg("-c").arg(&self.config).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(GARAGE_BIN).arg("-c").arg(&self.config).args(args).output().expect("garage cli");
+        let out = Command::new(&self.bin).arg("-c").arg(&self.config).args(args).output().expect("garage cli");
         assert!(out.status.success(), "garage {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
@@ -88,7 +108,14 @@ impl Garage {
     /// S3 ListMultipartUploads of `bucket`, by hand (curl --aws-sigv4): the raw XML.
     pub fn list_multipart_uploads(&self, bucket: &str) -> String {
         let out = Command::new("curl")
-            .args(["-sS", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{KEY_ID}:{SECRET}")])
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                &format!("aws:amz:{REGION}:s3"),
+                "--user",
+                &format!("{KEY_ID}:{SECRET}"),
+            ])
             .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
             .arg(format!("{}/{bucket}?uploads=", self.endpoint()))
             .output()
@@ -100,7 +127,14 @@ impl Garage {
     /// Keys in `bucket` (ListObjectsV2), by hand.
     pub fn list_keys(&self, bucket: &str) -> Vec<String> {
         let out = Command::new("curl")
-            .args(["-sS", "--fail", "--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{KEY_ID}:{SECRET}")])
+            .args([
+                "-sS",
+                "--fail",
+                "--aws-sigv4",
+                &format!("aws:amz:{REGION}:s3"),
+                "--user",
+                &format!("{KEY_ID}:{SECRET}"),
+            ])
             .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
             .arg(format!("{}/{bucket}?list-type=2", self.endpoint()))
             .output()
@@ -116,7 +150,11 @@ impl Garage {
             .enumerate()
             .map(|(i, b)| {
                 let name = format!("az{}", i + 1);
-                let endpoint = if dead == Some(name.as_str()) { format!("http://127.0.0.1:{}", free_port()) } else { self.endpoint() };
+                let endpoint = if dead == Some(name.as_str()) {
+                    format!("http://127.0.0.1:{}", free_port())
+                } else {
+                    self.endpoint()
+                };
                 dbagent::backup::settings::DestinationConfig::S3 {
                     name,
                     bucket: b.clone(),

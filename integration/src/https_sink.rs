@@ -29,7 +29,10 @@ impl Post {
         self.body
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("a POSTed line is not JSON ({e}): {}", String::from_utf8_lossy(l))))
+            .map(|l| {
+                serde_json::from_slice(l)
+                    .unwrap_or_else(|e| panic!("a POSTed line is not JSON ({e}): {}", String::from_utf8_lossy(l)))
+            })
             .collect()
     }
 }
@@ -50,9 +53,16 @@ impl HttpsSink {
     /// Listens on 127.0.0.1 with `server` (a certificate for 127.0.0.1, e.g. `CertAuthority::server`).
     pub async fn start(server: &IssuedCert, reject_first: usize) -> Self {
         crate::install_crypto_provider();
-        let certs = rustls_pemfile::certs(&mut server.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().expect("parse the sink's certificate");
-        let key = rustls_pemfile::private_key(&mut server.key_pem.as_bytes()).expect("parse the sink's key").expect("the sink's key PEM holds a key");
-        let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).expect("build the sink's TLS config");
+        let certs = rustls_pemfile::certs(&mut server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse the sink's certificate");
+        let key = rustls_pemfile::private_key(&mut server.key_pem.as_bytes())
+            .expect("parse the sink's key")
+            .expect("the sink's key PEM holds a key");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("build the sink's TLS config");
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind the HTTPS sink on 127.0.0.1");
         let addr = listener.local_addr().expect("read the sink's address");
@@ -100,7 +110,11 @@ impl HttpsSink {
     }
 
     /// Waits until `done` holds for the accepted lines, or `timeout`; returns them either way.
-    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let lines = self.accepted_lines();
@@ -122,7 +136,12 @@ impl Drop for HttpsSink {
     }
 }
 
-async fn serve_one(acceptor: &TlsAcceptor, tcp: tokio::net::TcpStream, status: u16, seen: &Mutex<Seen>) -> Result<(), String> {
+async fn serve_one(
+    acceptor: &TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    status: u16,
+    seen: &Mutex<Seen>,
+) -> Result<(), String> {
     let mut tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?
@@ -136,9 +155,13 @@ async fn serve_one(acceptor: &TlsAcceptor, tcp: tokio::net::TcpStream, status: u
         return Err(format!("expected a POST, got {request_line:?}"));
     }
     let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned()))
+        head.split("\r\n").skip(1).find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_owned())
+        })
     };
-    let length: usize = header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| format!("no Content-Length in {head:?}"))?;
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no Content-Length in {head:?}"))?;
     let content_type = header("content-type").unwrap_or_default();
     let host = header("host").unwrap_or_default();
     while body.len() < length {
@@ -151,7 +174,10 @@ async fn serve_one(acceptor: &TlsAcceptor, tcp: tokio::net::TcpStream, status: u
     }
     let reason = if status == 200 { "OK" } else { "Service Unavailable" };
     let answer_body = if status == 200 { "" } else { "busy, try later" };
-    let answer = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer_body}", answer_body.len());
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer_body}",
+        answer_body.len()
+    );
     // Record before answering: once the client has its 200 the data counts as delivered.
     lock(seen).posts.push(Post { path, host, content_type, body, status });
     tls.write_all(answer.as_bytes()).await.map_err(|e| format!("write the answer: {e}"))?;

@@ -14,7 +14,14 @@ pub struct Shipper {
 impl Shipper {
     /// `binary` is `env!("CARGO_BIN_EXE_logship-test")` of the calling test.
     pub fn start(binary: &str, state: &Path, glob: &str, address: &str, extra: &[&str]) -> Self {
-        let mut args = vec!["--state".into(), state.display().to_string(), "--glob".into(), glob.into(), "--address".into(), address.into()];
+        let mut args = vec![
+            "--state".into(),
+            state.display().to_string(),
+            "--glob".into(),
+            glob.into(),
+            "--address".into(),
+            address.into(),
+        ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut s = Self { child: None, args, binary: PathBuf::from(binary) };
         s.spawn();

@@ -2,8 +2,8 @@
 
 use dbagent_proto::v1::operations_client::OperationsClient;
 use dbagent_proto::v1::{
-    BackupPolicy, Engine, GetOperationRequest, InstanceSpec, MaintenanceWindow, Operation, OperationState, Plan, PlanName,
-    StartSleepRequest, VolumeSpec, Weekday,
+    BackupPolicy, Engine, GetOperationRequest, InstanceSpec, MaintenanceWindow, Operation, OperationState, Plan,
+    PlanName, StartSleepRequest, VolumeSpec, Weekday,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,11 +30,15 @@ pub async fn wait_for_state(
 ) -> Operation {
     let deadline = Instant::now() + timeout;
     loop {
-        let op = client.get_operation(GetOperationRequest { id: id.to_owned() }).await.expect("GetOperation").into_inner();
+        let op =
+            client.get_operation(GetOperationRequest { id: id.to_owned() }).await.expect("GetOperation").into_inner();
         if accept(state_of(&op)) {
             return op;
         }
-        assert!(Instant::now() < deadline, "operation {id} did not reach the expected state within {timeout:?}: {op:?}");
+        assert!(
+            Instant::now() < deadline,
+            "operation {id} did not reach the expected state within {timeout:?}: {op:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -59,7 +63,11 @@ pub fn instance_spec(id: &str, data_root: &Path) -> InstanceSpec {
             io_write_bps: 100 << 20,
             disk_bytes: 10 << 30,
         }),
-        maintenance_window: Some(MaintenanceWindow { weekday: Weekday::Sunday as i32, start_minute_utc: 120, duration_minutes: 60 }),
+        maintenance_window: Some(MaintenanceWindow {
+            weekday: Weekday::Sunday as i32,
+            start_minute_utc: 120,
+            duration_minutes: 60,
+        }),
         backup_policy: Some(BackupPolicy { daily_at_minute_utc: 60, keep_daily: 7, enabled: true }),
     }
 }

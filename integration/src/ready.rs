@@ -53,10 +53,12 @@ impl ServerCertVerifier for AnyServerCert {
 /// True when a TLS server answered a handshake on `addr` within `timeout`.
 pub(crate) fn speaks_tls(addr: SocketAddr, timeout: Duration) -> bool {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(builder) = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() else {
+    let Ok(builder) = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()
+    else {
         return false;
     };
-    let config = builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))).with_no_client_auth();
+    let config =
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyServerCert(provider))).with_no_client_auth();
     let Ok(name) = ServerName::try_from("localhost") else { return false };
     let Ok(mut conn) = ClientConnection::new(Arc::new(config), name) else { return false };
     let Ok(mut tcp) = TcpStream::connect_timeout(&addr, timeout) else { return false };

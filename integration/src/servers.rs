@@ -2,8 +2,8 @@
 //! port with a private data folder; never the system-wide services.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,11 @@ impl PgServer {
     pub fn init() -> Self {
         let root = OwnedDir::new("postgres");
         let data = root.path().join("data");
-        run_as("postgres", &format!("{PG_BIN}/initdb"), &["-D", data.to_str().unwrap_or_default(), "-A", "trust", "-U", "postgres", "--no-sync"]);
+        run_as(
+            "postgres",
+            &format!("{PG_BIN}/initdb"),
+            &["-D", data.to_str().unwrap_or_default(), "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
         Self::on(root, data)
     }
 
@@ -72,25 +76,48 @@ impl PgServer {
     }
 
     pub fn start(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB", self.port, self.root.path().display());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c shared_buffers=16MB",
+            self.port,
+            self.root.path().display()
+        );
         let log = self.root.path().join("pg.log");
         run_as(
             "postgres",
             &format!("{PG_BIN}/pg_ctl"),
-            &["-D", self.data.to_str().unwrap_or_default(), "-l", log.to_str().unwrap_or_default(), "-o", &opts, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                self.data.to_str().unwrap_or_default(),
+                "-l",
+                log.to_str().unwrap_or_default(),
+                "-o",
+                &opts,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         );
     }
 
     /// A clean (fast) shutdown; `start` brings the same cluster back.
     pub fn stop(&self) {
-        run_as("postgres", &format!("{PG_BIN}/pg_ctl"), &["-D", self.data.to_str().unwrap_or_default(), "-m", "fast", "-w", "stop"]);
+        run_as(
+            "postgres",
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", self.data.to_str().unwrap_or_default(), "-m", "fast", "-w", "stop"],
+        );
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
-        run_as("postgres", "psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .trim()
-            .to_owned()
+        run_as(
+            "postgres",
+            "psql",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        )
+        .trim()
+        .to_owned()
     }
 
     /// Row count and an MD5 of the contents of every pgbench table.
@@ -193,9 +220,7 @@ impl MariaServer {
     /// As OS root through the socket: works whichever way root authenticates.
     pub fn sql(&self, sql: &str) -> String {
         let socket = format!("--socket={}", self.socket.display());
-        run_as("", "mariadb", &[&socket, "-uroot", "-N", "-B", "-e", sql])
-            .trim()
-            .to_owned()
+        run_as("", "mariadb", &[&socket, "-uroot", "-N", "-B", "-e", sql]).trim().to_owned()
     }
 }
 
@@ -221,12 +246,18 @@ impl RedisServer {
         let conf = root.path().join("redis.conf");
         std::fs::write(
             &conf,
-            format!("port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n", root.path().display()),
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n",
+                root.path().display()
+            ),
         )
         .expect("write redis.conf");
         // Started as user redis directly, not through runuser: killing runuser would leave the
         // server running after the test.
-        let redis = nix::unistd::User::from_name("redis").ok().flatten().expect("system user redis (apt-get install redis-server)");
+        let redis = nix::unistd::User::from_name("redis")
+            .ok()
+            .flatten()
+            .expect("system user redis (apt-get install redis-server)");
         let child = Command::new("redis-server")
             .arg(&conf)
             .uid(redis.uid.as_raw())
@@ -245,7 +276,11 @@ impl RedisServer {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &self.port.to_string()]).args(args).output().ok()?;
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 

@@ -118,11 +118,9 @@ impl Vm {
         let src = src.as_ref();
         let dst = self.share.path().join(name);
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
-        fs::copy(src, &dst)
-            .unwrap_or_else(|e| panic!("copy {} into the VM share as {name}: {e}", src.display()));
+        fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {} into the VM share as {name}: {e}", src.display()));
         self
     }
 
@@ -172,8 +170,7 @@ impl Vm {
     fn file_mode(self, name: &str, contents: &[u8], mode: u32) -> Self {
         let dst = self.share.path().join(name);
         if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)
-                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
         fs::write(&dst, contents).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
@@ -199,13 +196,9 @@ impl Vm {
             self.name
         );
         let n = BOOT_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let out_dir = std::env::temp_dir().join("dbagent-vm-out").join(format!(
-            "{}-{}-{n}",
-            self.name,
-            std::process::id()
-        ));
-        fs::create_dir_all(&out_dir)
-            .unwrap_or_else(|e| panic!("create VM output folder {}: {e}", out_dir.display()));
+        let out_dir =
+            std::env::temp_dir().join("dbagent-vm-out").join(format!("{}-{}-{n}", self.name, std::process::id()));
+        fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("create VM output folder {}: {e}", out_dir.display()));
 
         let script = harness_dir().join("run-vm.sh");
         let mut cmd = Command::new("bash");
@@ -227,9 +220,7 @@ impl Vm {
             cmd.env("VM_ROOT_OVERLAY", overlay);
         }
         eprintln!("vm {}: booting, output in {}", self.name, out_dir.display());
-        let status = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        let status = cmd.status().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
 
         let result_log = out_dir.join("result.log");
         let text = fs::read_to_string(&result_log).unwrap_or_else(|_| {
@@ -242,9 +233,7 @@ impl Vm {
             )
         });
         let mut run = parse_result_log(&text, out_dir);
-        run.wall_ms = fs::read_to_string(run.out_dir.join("wall_ms"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        run.wall_ms = fs::read_to_string(run.out_dir.join("wall_ms")).ok().and_then(|s| s.trim().parse().ok());
         run
     }
 }
@@ -255,12 +244,7 @@ impl VmRun {
         self.results
             .iter()
             .find(|r| r.name() == name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "the guest reported no check named {name:?}; it reported {:?}",
-                    self.results
-                )
-            })
+            .unwrap_or_else(|| panic!("the guest reported no check named {name:?}; it reported {:?}", self.results))
     }
 
     /// Milliseconds of passed check `name`; panics if it failed or is missing.
@@ -272,10 +256,7 @@ impl VmRun {
     }
 
     pub fn failures(&self) -> Vec<&StepResult> {
-        self.results
-            .iter()
-            .filter(|r| matches!(r, StepResult::Fail { .. }))
-            .collect()
+        self.results.iter().filter(|r| matches!(r, StepResult::Fail { .. })).collect()
     }
 
     /// Panics with the failed checks and log excerpts unless every check passed and run.sh finished.
@@ -307,13 +288,7 @@ impl VmRun {
 
 /// Parses result.log: `BOOT <ms>`, `PASS <name> <ms>`, `FAIL <name> <reason>`, `END <code>`.
 pub fn parse_result_log(text: &str, out_dir: PathBuf) -> VmRun {
-    let mut run = VmRun {
-        results: Vec::new(),
-        boot_to_test_ms: None,
-        wall_ms: None,
-        exit_code: None,
-        out_dir,
-    };
+    let mut run = VmRun { results: Vec::new(), boot_to_test_ms: None, wall_ms: None, exit_code: None, out_dir };
     for line in text.lines() {
         let mut parts = line.splitn(3, ' ');
         match (parts.next(), parts.next(), parts.next()) {
@@ -323,10 +298,9 @@ pub fn parse_result_log(text: &str, out_dir: PathBuf) -> VmRun {
                 name: name.to_owned(),
                 ms: ms.and_then(|m| m.trim().parse().ok()).unwrap_or(0),
             }),
-            (Some("FAIL"), Some(name), reason) => run.results.push(StepResult::Fail {
-                name: name.to_owned(),
-                reason: reason.unwrap_or("").to_owned(),
-            }),
+            (Some("FAIL"), Some(name), reason) => {
+                run.results.push(StepResult::Fail { name: name.to_owned(), reason: reason.unwrap_or("").to_owned() })
+            }
             _ => {}
         }
     }
@@ -335,11 +309,8 @@ pub fn parse_result_log(text: &str, out_dir: PathBuf) -> VmRun {
 
 /// Panics with install instructions when qemu is missing: VM tests never skip.
 pub fn require_qemu() {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let found =
+        Command::new("qemu-system-x86_64").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     assert!(
         found,
         "qemu-system-x86_64 is not installed, so the VM tests cannot run (they never skip).\n\
@@ -351,10 +322,8 @@ pub fn require_qemu() {
 /// Creates (or truncates to) a sparse raw disk image of `bytes` bytes.
 pub fn sparse_disk(path: impl AsRef<Path>, bytes: u64) {
     let path = path.as_ref();
-    let f = fs::File::create(path)
-        .unwrap_or_else(|e| panic!("create disk image {}: {e}", path.display()));
-    f.set_len(bytes)
-        .unwrap_or_else(|e| panic!("size disk image {} to {bytes} bytes: {e}", path.display()));
+    let f = fs::File::create(path).unwrap_or_else(|e| panic!("create disk image {}: {e}", path.display()));
+    f.set_len(bytes).unwrap_or_else(|e| panic!("size disk image {} to {bytes} bytes: {e}", path.display()));
 }
 
 /// Whether `needle` occurs anywhere in the file (streamed, so multi-GB disk images are fine).
@@ -365,9 +334,7 @@ pub fn file_contains(path: impl AsRef<Path>, needle: &[u8]) -> bool {
     let mut buf = vec![0u8; 1 << 20];
     let mut carry: Vec<u8> = Vec::new();
     loop {
-        let n = f
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         if n == 0 {
             return false;
         }
@@ -385,9 +352,7 @@ pub fn file_contains(path: impl AsRef<Path>, needle: &[u8]) -> bool {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for [`Vm::hostfwd_port`]).
 pub fn free_local_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    l.local_addr()
-        .expect("local address of a bound listener")
-        .port()
+    l.local_addr().expect("local address of a bound listener").port()
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -405,7 +370,8 @@ fn tail(path: &Path, lines: usize) -> String {
 /// handshake; returns each command's `return` value, or the first error QEMU gave.
 pub fn qmp(socket: &Path, commands: &[serde_json::Value]) -> Result<Vec<serde_json::Value>, String> {
     use std::io::{BufRead, BufReader, Write};
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
+    let stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect {}: {e}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
     let mut writer = stream;
@@ -447,20 +413,8 @@ mod tests {
         );
         assert_eq!(run.boot_to_test_ms, Some(14000));
         assert_eq!(run.exit_code, Some(1));
-        assert_eq!(
-            run.results[0],
-            StepResult::Pass {
-                name: "fmt".into(),
-                ms: 812
-            }
-        );
-        assert_eq!(
-            run.results[1],
-            StepResult::Fail {
-                name: "open".into(),
-                reason: "exit 2: No key available".into()
-            }
-        );
+        assert_eq!(run.results[0], StepResult::Pass { name: "fmt".into(), ms: 812 });
+        assert_eq!(run.results[1], StepResult::Fail { name: "open".into(), reason: "exit 2: No key available".into() });
         assert_eq!(run.failures().len(), 1);
     }
 

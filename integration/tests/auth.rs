@@ -34,7 +34,11 @@ async fn orchestrator_can_read_and_mutate() {
     assert_eq!(info.caller_identity, "orchestrator");
     assert!(info.dev_mode);
 
-    let req = RegisterInstanceRequest { request_id: "reg-1".into(), id: "pg-1".into(), spec: Some(instance_spec("pg-1", &agent.dev_data_root())) };
+    let req = RegisterInstanceRequest {
+        request_id: "reg-1".into(),
+        id: "pg-1".into(),
+        spec: Some(instance_spec("pg-1", &agent.dev_data_root())),
+    };
     let inst = ok("RegisterInstance", InstancesClient::new(channel.clone()).register_instance(req).await);
     assert_eq!(inst.id, "pg-1");
 
@@ -53,15 +57,21 @@ async fn monitor_reads_but_every_mutation_is_denied() {
     let orch = agent.orchestrator().await;
     let op = ok(
         "StartSleep",
-        OperationsClient::new(orch).start_sleep(sleep_request("seen-by-monitor", "pg-1", Duration::from_millis(10))).await,
+        OperationsClient::new(orch)
+            .start_sleep(sleep_request("seen-by-monitor", "pg-1", Duration::from_millis(10)))
+            .await,
     );
 
     let ch = agent.monitor().await;
     ok("GetStatus", AgentClient::new(ch.clone()).get_status(GetStatusRequest {}).await);
     ok("ListInstances", InstancesClient::new(ch.clone()).list_instances(ListInstancesRequest {}).await);
-    let listed = ok("ListOperations", OperationsClient::new(ch.clone()).list_operations(ListOperationsRequest::default()).await);
+    let listed =
+        ok("ListOperations", OperationsClient::new(ch.clone()).list_operations(ListOperationsRequest::default()).await);
     assert!(listed.operations.iter().any(|o| o.id == op.id), "the monitor sees the orchestrator's operation");
-    ok("GetOperation", OperationsClient::new(ch.clone()).get_operation(GetOperationRequest { id: op.id.clone() }).await);
+    ok(
+        "GetOperation",
+        OperationsClient::new(ch.clone()).get_operation(GetOperationRequest { id: op.id.clone() }).await,
+    );
 
     let (rid, iid) = (|| "monitor-req-1".to_owned(), || "pg-1".to_owned());
     let mut ins = InstancesClient::new(ch.clone());
@@ -73,9 +83,13 @@ async fn monitor_reads_but_every_mutation_is_denied() {
     let results: Vec<(&str, Result<(), tonic::Status>)> = vec![
         (
             "RegisterInstance",
-            ins.register_instance(RegisterInstanceRequest { request_id: rid(), id: iid(), spec: Some(instance_spec("pg-1", &agent.dev_data_root())) })
-                .await
-                .map(drop),
+            ins.register_instance(RegisterInstanceRequest {
+                request_id: rid(),
+                id: iid(),
+                spec: Some(instance_spec("pg-1", &agent.dev_data_root())),
+            })
+            .await
+            .map(drop),
         ),
         (
             "UpdateInstance",
@@ -93,13 +107,17 @@ async fn monitor_reads_but_every_mutation_is_denied() {
         ("CancelOperation", ops.cancel_operation(CancelOperationRequest { id: op.id.clone() }).await.map(drop)),
         (
             "CreateVolume",
-            vol.create_volume(CreateVolumeRequest { request_id: rid(), instance_id: iid(), force: false }).await.map(drop),
+            vol.create_volume(CreateVolumeRequest { request_id: rid(), instance_id: iid(), force: false })
+                .await
+                .map(drop),
         ),
         ("OpenVolume", vol.open_volume(OpenVolumeRequest { request_id: rid(), instance_id: iid() }).await.map(drop)),
         ("CloseVolume", vol.close_volume(CloseVolumeRequest { request_id: rid(), instance_id: iid() }).await.map(drop)),
         (
             "GrowVolume",
-            vol.grow_volume(GrowVolumeRequest { request_id: rid(), instance_id: iid(), new_size_bytes: 20 << 30 }).await.map(drop),
+            vol.grow_volume(GrowVolumeRequest { request_id: rid(), instance_id: iid(), new_size_bytes: 20 << 30 })
+                .await
+                .map(drop),
         ),
         (
             "RotateVolumeKey",
@@ -107,13 +125,19 @@ async fn monitor_reads_but_every_mutation_is_denied() {
         ),
         (
             "BackupVolumeHeader",
-            vol.backup_volume_header(BackupVolumeHeaderRequest { request_id: rid(), instance_id: iid() }).await.map(drop),
+            vol.backup_volume_header(BackupVolumeHeaderRequest { request_id: rid(), instance_id: iid() })
+                .await
+                .map(drop),
         ),
         (
             "DestroyVolume",
-            vol.destroy_volume(DestroyVolumeRequest { request_id: rid(), instance_id: iid(), confirm_instance_id: iid() })
-                .await
-                .map(drop),
+            vol.destroy_volume(DestroyVolumeRequest {
+                request_id: rid(),
+                instance_id: iid(),
+                confirm_instance_id: iid(),
+            })
+            .await
+            .map(drop),
         ),
         (
             "StartBackup",
@@ -169,7 +193,10 @@ async fn monitor_reads_but_every_mutation_is_denied() {
             .await
             .map(drop),
         ),
-        ("SetDrains", logs.set_drains(SetDrainsRequest { request_id: rid(), instance_id: iid(), drains: vec![] }).await.map(drop)),
+        (
+            "SetDrains",
+            logs.set_drains(SetDrainsRequest { request_id: rid(), instance_id: iid(), drains: vec![] }).await.map(drop),
+        ),
         (
             "StartUpgrade",
             upg.start_upgrade(StartUpgradeRequest {
@@ -225,7 +252,8 @@ async fn monitor_reads_but_every_mutation_is_denied() {
 
     // Nothing the monitor tried may have happened.
     let orch = agent.orchestrator().await;
-    let instances = ok("ListInstances", InstancesClient::new(orch.clone()).list_instances(ListInstancesRequest {}).await);
+    let instances =
+        ok("ListInstances", InstancesClient::new(orch.clone()).list_instances(ListInstancesRequest {}).await);
     assert!(instances.instances.is_empty(), "the monitor registered an instance: {instances:?}");
     let op = ok("GetOperation", OperationsClient::new(orch).get_operation(GetOperationRequest { id: op.id }).await);
     assert!(!op.cancel_requested, "the monitor's cancel took effect: {op:?}");

@@ -18,8 +18,7 @@ use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
 use dbagent_proto::v1::{
     BackupMethod, BackupState, ListBackupsRequest, ListBackupsResponse, Operation, OperationState,
-    RegisterInstanceRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest,
-    WatchOperationRequest,
+    RegisterInstanceRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest, WatchOperationRequest,
 };
 use tonic::transport::Channel;
 
@@ -73,7 +72,12 @@ bin_dir = {bin_dir}
 "#,
         base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
         kek = toml_path(&kek),
-        data_roots = [Some(data_root(ctx.work_dir.as_path()).as_path()), pg_root].into_iter().flatten().map(toml_path).collect::<Vec<_>>().join(", "),
+        data_roots = [Some(data_root(ctx.work_dir.as_path()).as_path()), pg_root]
+            .into_iter()
+            .flatten()
+            .map(toml_path)
+            .collect::<Vec<_>>()
+            .join(", "),
         az1 = dest("az1"),
         az2 = dest("az2"),
         az3 = dest("az3"),
@@ -99,10 +103,7 @@ async fn watch_to_success(channel: &Channel, op: &Operation, agent: &Agent) -> O
         .into_inner();
     let deadline = Instant::now() + OP_TIMEOUT;
     let mut last = op.clone();
-    while !matches!(
-        state_of(&last),
-        OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled
-    ) {
+    while !matches!(state_of(&last), OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, stream.message()).await {
             Ok(Ok(Some(next))) => last = next,
@@ -116,24 +117,13 @@ async fn watch_to_success(channel: &Channel, op: &Operation, agent: &Agent) -> O
             ),
         }
     }
-    assert_eq!(
-        state_of(&last),
-        OperationState::Succeeded,
-        "{} failed: {:?}\n{}",
-        last.kind,
-        last.error,
-        agent.log()
-    );
+    assert_eq!(state_of(&last), OperationState::Succeeded, "{} failed: {:?}\n{}", last.kind, last.error, agent.log());
     last
 }
 
 fn backup_id_of(op: &Operation) -> String {
-    let result: serde_json::Value =
-        serde_json::from_str(&op.result_json).expect("result_json is JSON");
-    result["backup_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no backup_id in {}", op.result_json))
-        .to_owned()
+    let result: serde_json::Value = serde_json::from_str(&op.result_json).expect("result_json is JSON");
+    result["backup_id"].as_str().unwrap_or_else(|| panic!("no backup_id in {}", op.result_json)).to_owned()
 }
 
 fn start_request(request_id: &str) -> StartBackupRequest {
@@ -153,26 +143,18 @@ async fn logical_backup_through_the_agent_over_grpc() {
         "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL, qty int NOT NULL); \
          INSERT INTO orders SELECT i, 'item-' || i, i % 7 FROM generate_series(1, 5000) i",
     );
-    let checksum =
-        "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o";
+    let checksum = "SELECT count(*) || ':' || md5(string_agg(o::text, ',' ORDER BY o.id)) FROM orders o";
     let expected = pg.psql("shop", checksum);
     assert!(expected.starts_with("5000:"), "{expected}");
 
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
     let (pg_port, pg_root) = (pg.port, pg.root.path().to_path_buf());
-    let agent = AgentBuilder::config(move |ctx: &LaunchContext| {
-        agent_config(ctx, &for_config, pg_port, Some(&pg_root), true)
-    })
-    .start();
-    let orchestrator = ClientIdentity::issued(
-        pki.ca.cert_pem(),
-        &pki.ca.client("orchestrator", Validity::Current),
-    );
-    let monitor = ClientIdentity::issued(
-        pki.ca.cert_pem(),
-        &pki.ca.client("monitor", Validity::Current),
-    );
+    let agent =
+        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port, Some(&pg_root), true))
+            .start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let monitor = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("monitor", Validity::Current));
     let channel = agent.channel(&orchestrator).await;
     let mut backups = BackupsClient::new(channel.clone());
 
@@ -194,43 +176,19 @@ async fn logical_backup_through_the_agent_over_grpc() {
     assert_eq!(list.backups.len(), 1, "{list:?}");
     let b = &list.backups[0];
     assert_eq!(b.id, backup_id);
-    assert_eq!(
-        BackupState::try_from(b.state),
-        Ok(BackupState::Complete),
-        "{b:?}"
-    );
+    assert_eq!(BackupState::try_from(b.state), Ok(BackupState::Complete), "{b:?}");
     assert_eq!(BackupMethod::try_from(b.method), Ok(BackupMethod::Logical));
-    let mut names: Vec<_> = b
-        .destinations
-        .iter()
-        .map(|d| (d.name.as_str(), d.state.as_str()))
-        .collect();
+    let mut names: Vec<_> = b.destinations.iter().map(|d| (d.name.as_str(), d.state.as_str())).collect();
     names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            ("az1", "complete"),
-            ("az2", "complete"),
-            ("az3", "complete")
-        ],
-        "{b:?}"
-    );
+    assert_eq!(names, [("az1", "complete"), ("az2", "complete"), ("az3", "complete")], "{b:?}");
     assert!(b.size_bytes > 0 && b.stored_bytes > 0, "{b:?}");
 
     // The manifest names the host-KEK wrapper, not a separate backup key.
-    let manifest_path = agent
-        .work_dir()
-        .join("dest/az2")
-        .join(INSTANCE)
-        .join(&backup_id)
-        .join("manifest.json");
-    let manifest = std::fs::read_to_string(&manifest_path)
-        .unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
+    let manifest_path = agent.work_dir().join("dest/az2").join(INSTANCE).join(&backup_id).join("manifest.json");
+    let manifest =
+        std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
     assert!(manifest.contains("kek-aes-256-gcm-v1"), "{manifest}");
-    assert!(
-        !agent.state_dir().join("backups/host.key").exists(),
-        "no separate backup host key is made"
-    );
+    assert!(!agent.state_dir().join("backups/host.key").exists(), "no separate backup host key is made");
 
     // VerifyBackup on one destination.
     let verify = backups
@@ -244,11 +202,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
         .expect("VerifyBackup")
         .into_inner();
     let verified = watch_to_success(&channel, &verify, &agent).await;
-    assert!(
-        verified.result_json.contains("\"ok\":true"),
-        "{}",
-        verified.result_json
-    );
+    assert!(verified.result_json.contains("\"ok\":true"), "{}", verified.result_json);
 
     // RestoreBackup into a new database of the same server; the table is identical.
     let restore = backups
@@ -267,30 +221,18 @@ async fn logical_backup_through_the_agent_over_grpc() {
     assert_eq!(pg.psql("shop_restored", checksum), expected);
 
     // A retried StartBackup (same request_id) is the same operation, not a second backup.
-    let again = backups
-        .start_backup(start_request("backup-1"))
-        .await
-        .expect("StartBackup again")
-        .into_inner();
+    let again = backups.start_backup(start_request("backup-1")).await.expect("StartBackup again").into_inner();
     assert_eq!(again.id, op.id);
     let list = list_backups(&mut backups).await;
-    assert_eq!(
-        list.backups.len(),
-        1,
-        "a retry made a second backup: {list:?}"
-    );
+    assert_eq!(list.backups.len(), 1, "a retry made a second backup: {list:?}");
 
     // A monitor may read but not start backups.
     let mut as_monitor = BackupsClient::new(agent.channel(&monitor).await);
-    let denied = as_monitor
-        .start_backup(start_request("monitor-1"))
-        .await
-        .expect_err("a monitor must not start backups");
+    let denied =
+        as_monitor.start_backup(start_request("monitor-1")).await.expect_err("a monitor must not start backups");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     as_monitor
-        .list_backups(ListBackupsRequest {
-            instance_id: INSTANCE.into(),
-        })
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into() })
         .await
         .expect("a monitor may list backups");
 
@@ -305,20 +247,10 @@ async fn logical_backup_through_the_agent_over_grpc() {
     }
     let list = list_backups(&mut backups).await;
     assert_eq!(list.backups.len(), 10);
-    let refused = backups
-        .start_backup(start_request("backup-11"))
-        .await
-        .expect_err("the 11th manual backup must be refused");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert!(
-        refused.message().contains("starter") && refused.message().contains("10"),
-        "{}",
-        refused.message()
-    );
+    let refused =
+        backups.start_backup(start_request("backup-11")).await.expect_err("the 11th manual backup must be refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("starter") && refused.message().contains("10"), "{}", refused.message());
 }
 
 /// Without the host KEK the agent still starts and serves; backups are refused with
@@ -328,28 +260,18 @@ async fn without_a_kek_the_agent_serves_and_refuses_backups() {
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
     // No server is needed: the refusal comes before any dump. Port 1 is never contacted.
-    let agent =
-        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, None, false))
-            .start();
-    let orchestrator = ClientIdentity::issued(
-        pki.ca.cert_pem(),
-        &pki.ca.client("orchestrator", Validity::Current),
-    );
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, 1, None, false)).start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
     let channel = agent.channel(&orchestrator).await;
     register(&channel, &agent, None).await;
     let refused = BackupsClient::new(channel)
         .start_backup(start_request("backup-1"))
         .await
         .expect_err("a backup without a KEK must be refused");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
     let kek = agent.work_dir().join("kek");
     assert!(
-        refused.message().contains("key-encryption key")
-            && refused.message().contains(&kek.display().to_string()),
+        refused.message().contains("key-encryption key") && refused.message().contains(&kek.display().to_string()),
         "{}",
         refused.message()
     );
@@ -373,9 +295,5 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
 
 /// ListBackups of the test's instance.
 async fn list_backups(backups: &mut BackupsClient<Channel>) -> ListBackupsResponse {
-    backups
-        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into() })
-        .await
-        .expect("ListBackups")
-        .into_inner()
+    backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner()
 }

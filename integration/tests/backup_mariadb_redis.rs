@@ -1,7 +1,7 @@
 //! MariaDB (mariadb-dump) and Redis (RDB) through the real pipeline to three destinations,
 //! restored into fresh servers, data identical.
 
-use dbagent::backup::engines::RestoreTarget;
+use dbagent::backup::engine_commands::RestoreTarget;
 use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod};
 use dbagent::instances::Engine;
@@ -9,10 +9,17 @@ use dbagent_integration::backup_harness::{Harness, backup_id, instance};
 use dbagent_integration::servers::{MariaServer, OwnedDir, RedisServer};
 
 fn maria_conn(s: &MariaServer, db: &str) -> EngineConnection {
-    EngineConnection { host: "127.0.0.1".into(), port: s.port, user: "root".into(), database: db.into(), bin_dir: Default::default() }
+    EngineConnection {
+        host: "127.0.0.1".into(),
+        port: s.port,
+        user: "root".into(),
+        database: db.into(),
+        bin_dir: Default::default(),
+    }
 }
 
-const MARIA_CHECK: &str = "SELECT COUNT(*), MD5(GROUP_CONCAT(CONCAT_WS(':', id, v, n) ORDER BY id SEPARATOR ',')) FROM shop.items";
+const MARIA_CHECK: &str =
+    "SELECT COUNT(*), MD5(GROUP_CONCAT(CONCAT_WS(':', id, v, n) ORDER BY id SEPARATOR ',')) FROM shop.items";
 
 /// 20,000 InnoDB rows in shop.items; returns their [`MARIA_CHECK`].
 fn seed_shop(server: &MariaServer) -> String {
@@ -29,7 +36,11 @@ async fn mariadb_logical_round_trip() {
     let expected = seed_shop(&source);
 
     let h = Harness::new();
-    let config = BackupConfig { destinations: h.dir_destinations(), mariadb: maria_conn(&source, ""), ..BackupConfig::default() };
+    let config = BackupConfig {
+        destinations: h.dir_destinations(),
+        mariadb: maria_conn(&source, ""),
+        ..BackupConfig::default()
+    };
     let svc = h.service(config);
     let inst = instance("maria1", Engine::Mariadb, "mysql", &source.data);
     let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "m-1").await.unwrap();
@@ -58,7 +69,10 @@ async fn redis_rdb_round_trip() {
     let id = backup_id(&h.succeed(&op).await);
 
     let dir = OwnedDir::new("redis");
-    h.succeed(&svc.restore(&inst, &id, RestoreTarget::DataDir(dir.path().to_path_buf()), None, "r-restore").await.unwrap()).await;
+    h.succeed(
+        &svc.restore(&inst, &id, RestoreTarget::DataDir(dir.path().to_path_buf()), None, "r-restore").await.unwrap(),
+    )
+    .await;
     let restored = RedisServer::start(Some(dir));
     assert_eq!(restored.cli(&["DBSIZE"]), expected_size);
     assert_eq!(restored.cli(&["GET", "key:1999"]), format!("value-{}", 1999 * 31));
@@ -89,7 +103,12 @@ async fn mariadb_physical_round_trip() {
 
     let root = OwnedDir::new("mysql");
     let restored_dir = root.path().join("data");
-    h.succeed(&svc.restore(&inst, &id, RestoreTarget::DataDir(restored_dir.clone()), Some("az3".into()), "mp-restore").await.unwrap()).await;
+    h.succeed(
+        &svc.restore(&inst, &id, RestoreTarget::DataDir(restored_dir.clone()), Some("az3".into()), "mp-restore")
+            .await
+            .unwrap(),
+    )
+    .await;
     let restored = MariaServer::on(root, restored_dir);
     assert_eq!(restored.sql(MARIA_CHECK), expected);
 }

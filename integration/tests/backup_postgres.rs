@@ -2,7 +2,7 @@
 //! through the real pipeline to three destinations, restored into fresh clusters, data identical.
 //! Destinations: Garage buckets when DBAGENT_TEST_GARAGE is set up (see backup_s3.rs), `dir` here.
 
-use dbagent::backup::engines::RestoreTarget;
+use dbagent::backup::engine_commands::RestoreTarget;
 use dbagent::backup::manifest::data_key;
 use dbagent::backup::restore_dir::ASIDE;
 use dbagent::backup::settings::EngineConnection;
@@ -26,8 +26,16 @@ fn pg_connection(server: &PgServer, db: &str) -> EngineConnection {
 async fn postgres_physical_and_logical_round_trip() {
     let source = PgServer::init();
     source.psql("postgres", "CREATE DATABASE bench");
-    run_as("postgres", &format!("{PG_BIN}/pgbench"), &["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres", "-i", "-s", "2", "-q", "bench"]);
-    run_as("postgres", &format!("{PG_BIN}/pgbench"), &["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres", "-t", "200", "-c", "2", "bench"]);
+    run_as(
+        "postgres",
+        &format!("{PG_BIN}/pgbench"),
+        &["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres", "-i", "-s", "2", "-q", "bench"],
+    );
+    run_as(
+        "postgres",
+        &format!("{PG_BIN}/pgbench"),
+        &["-h", "127.0.0.1", "-p", &source.port.to_string(), "-U", "postgres", "-t", "200", "-c", "2", "bench"],
+    );
     let expected = source.pgbench_fingerprint("bench");
 
     // Two clusters on the host, and the configured connection points at the other one: the
@@ -35,7 +43,11 @@ async fn postgres_physical_and_logical_round_trip() {
     let other = PgServer::init();
     other.psql("postgres", "CREATE DATABASE bench");
     let h = Harness::new();
-    let config = BackupConfig { destinations: h.dir_destinations(), postgresql: pg_connection(&other, "bench"), ..BackupConfig::default() };
+    let config = BackupConfig {
+        destinations: h.dir_destinations(),
+        postgresql: pg_connection(&other, "bench"),
+        ..BackupConfig::default()
+    };
     let svc = h.service(config);
     let inst = instance("pg1", Engine::Postgresql, "postgres", &source.data);
 
@@ -44,14 +56,23 @@ async fn postgres_physical_and_logical_round_trip() {
     let done = h.succeed(&op).await;
     let phys = backup_id(&done);
     let progress = &done.progress;
-    assert!(progress.total > 0 && progress.done <= progress.total, "a physical backup knows about its size: {progress:?}");
-    assert!(progress.message.contains("az1") && progress.message.contains("az3"), "bytes out per destination: {progress:?}");
+    assert!(
+        progress.total > 0 && progress.done <= progress.total,
+        "a physical backup knows about its size: {progress:?}"
+    );
+    assert!(
+        progress.message.contains("az1") && progress.message.contains("az3"),
+        "bytes out per destination: {progress:?}"
+    );
     let info = svc.get("pg1", &phys).await.unwrap();
     assert_eq!(info.state, BackupState::Complete);
     assert!(info.manifest.tool_version.contains("pg_basebackup"), "{}", info.manifest.tool_version);
     let root = OwnedDir::new("postgres");
     let restored_dir = root.path().join("data");
-    let r = svc.restore(&inst, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "phys-restore").await.unwrap();
+    let r = svc
+        .restore(&inst, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "phys-restore")
+        .await
+        .unwrap();
     h.succeed(&r).await;
     let restored = PgServer::on(root, restored_dir.clone());
     assert_eq!(restored.pgbench_fingerprint("bench"), expected);
@@ -68,7 +89,10 @@ async fn postgres_physical_and_logical_round_trip() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&object, &bytes).unwrap();
-    let r = svc.restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "in-place-bad").await.unwrap();
+    let r = svc
+        .restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "in-place-bad")
+        .await
+        .unwrap();
     let failed = h.wait(&r).await;
     assert_eq!(failed.state, OpState::Failed, "a corrupt copy must fail the restore: {failed:?}");
     let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
@@ -77,7 +101,10 @@ async fn postgres_physical_and_logical_round_trip() {
     restored.start();
     assert_eq!(restored.pgbench_fingerprint("bench"), changed, "a failed restore in place lost or mixed data");
     restored.stop();
-    let r = svc.restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az1".into()), "in-place").await.unwrap();
+    let r = svc
+        .restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az1".into()), "in-place")
+        .await
+        .unwrap();
     h.succeed(&r).await;
     assert!(!restored_dir.join(ASIDE).exists(), "the old data is dropped after a successful restore");
     restored.start();
@@ -88,13 +115,18 @@ async fn postgres_physical_and_logical_round_trip() {
     let logical = backup_id(&h.succeed(&op).await);
     let fresh = PgServer::init();
     // Restoring into the instance's own server checks that it is the instance's: `fresh` is not.
-    let wrong = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: true };
+    let wrong =
+        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: true };
     let refused = h.wait(&svc.restore(&inst, &logical, wrong, None, "logical-wrong-server").await.unwrap()).await;
     let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert_eq!(refused.state, OpState::Failed, "{refused:?}");
     assert!(message.contains("serves data directory"), "{message}");
-    assert!(fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == "0", "nothing was restored into the wrong server");
-    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
+    assert!(
+        fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == "0",
+        "nothing was restored into the wrong server"
+    );
+    let target =
+        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
     let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);

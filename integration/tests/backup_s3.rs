@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dbagent::backup::engines::RestoreTarget;
+use dbagent::backup::engine_commands::RestoreTarget;
 use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod, BackupState, DestinationState};
 use dbagent::instances::Engine;
@@ -15,14 +15,28 @@ use dbagent_integration::garage::Garage;
 use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, run_as};
 
 fn pg_connection(server: &PgServer, db: &str) -> EngineConnection {
-    EngineConnection { host: "127.0.0.1".into(), port: server.port, user: "postgres".into(), database: db.into(), bin_dir: PG_BIN.into() }
+    EngineConnection {
+        host: "127.0.0.1".into(),
+        port: server.port,
+        user: "postgres".into(),
+        database: db.into(),
+        bin_dir: PG_BIN.into(),
+    }
 }
 
 fn pgbench(server: &PgServer, scale: &str) -> String {
     server.psql("postgres", "CREATE DATABASE bench");
     let port = server.port.to_string();
-    run_as("postgres", &format!("{PG_BIN}/pgbench"), &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-i", "-s", scale, "-q", "bench"]);
-    run_as("postgres", &format!("{PG_BIN}/pgbench"), &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-t", "100", "bench"]);
+    run_as(
+        "postgres",
+        &format!("{PG_BIN}/pgbench"),
+        &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-i", "-s", scale, "-q", "bench"],
+    );
+    run_as(
+        "postgres",
+        &format!("{PG_BIN}/pgbench"),
+        &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-t", "100", "bench"],
+    );
     server.pgbench_fingerprint("bench")
 }
 
@@ -41,7 +55,8 @@ async fn postgres_to_three_garage_buckets() {
     let svc = h.service(config);
     let inst = instance("pg1", Engine::Postgresql, "postgres", &source.data);
 
-    let phys = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "p").await.unwrap()).await);
+    let phys =
+        backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "p").await.unwrap()).await);
     let info = svc.get("pg1", &phys).await.unwrap();
     assert_eq!(info.state, BackupState::Complete);
     for b in &garage.buckets {
@@ -51,12 +66,15 @@ async fn postgres_to_three_garage_buckets() {
     }
     let root = OwnedDir::new("postgres");
     let dir = root.path().join("data");
-    h.succeed(&svc.restore(&inst, &phys, RestoreTarget::DataDir(dir.clone()), Some("az3".into()), "pr").await.unwrap()).await;
+    h.succeed(&svc.restore(&inst, &phys, RestoreTarget::DataDir(dir.clone()), Some("az3".into()), "pr").await.unwrap())
+        .await;
     assert_eq!(PgServer::on(root, dir).pgbench_fingerprint("bench"), expected);
 
-    let logical = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l").await.unwrap()).await);
+    let logical =
+        backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l").await.unwrap()).await);
     let fresh = PgServer::init();
-    let target = RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
+    let target =
+        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
     h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), "lr").await.unwrap()).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 }
@@ -67,7 +85,12 @@ async fn one_destination_down_then_repaired() {
     let source = PgServer::init();
     pgbench(&source, "1");
     let h = Harness::new();
-    let base = BackupConfig { postgresql: pg_connection(&source, "bench"), part_size: 5 << 20, max_retries: 1, ..BackupConfig::default() };
+    let base = BackupConfig {
+        postgresql: pg_connection(&source, "bench"),
+        part_size: 5 << 20,
+        max_retries: 1,
+        ..BackupConfig::default()
+    };
     let down = h.service(BackupConfig { destinations: garage.destinations(Some("az2")), ..base.clone() });
     let inst = instance("pg1", Engine::Postgresql, "postgres", &source.data);
     let done = h.succeed(&down.start(&inst, BackupMethod::Physical, BackupKind::Manual, "d").await.unwrap()).await;

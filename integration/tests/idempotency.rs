@@ -17,7 +17,11 @@ async fn instances(agent: &Agent) -> InstancesClient<Channel> {
 }
 
 async fn register(agent: &Agent, client: &mut InstancesClient<Channel>, request_id: &str, id: &str) -> Instance {
-    let req = RegisterInstanceRequest { request_id: request_id.into(), id: id.into(), spec: Some(instance_spec(id, &agent.dev_data_root())) };
+    let req = RegisterInstanceRequest {
+        request_id: request_id.into(),
+        id: id.into(),
+        spec: Some(instance_spec(id, &agent.dev_data_root())),
+    };
     client.register_instance(req).await.unwrap_or_else(|e| panic!("RegisterInstance {id}: {e:?}")).into_inner()
 }
 
@@ -29,7 +33,10 @@ async fn assert_reuse_refused(client: &mut InstancesClient<Channel>) {
     let err = client.remove_instance(remove("rm-1", "pg-2")).await.expect_err("rm-1 reused for another instance");
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     assert!(err.message().contains("already used for a different"), "{:?}", err.message());
-    client.get_instance(GetInstanceRequest { id: "pg-2".into() }).await.expect("the refused request must not remove pg-2");
+    client
+        .get_instance(GetInstanceRequest { id: "pg-2".into() })
+        .await
+        .expect("the refused request must not remove pg-2");
 }
 
 #[tokio::test]
@@ -45,7 +52,11 @@ async fn repeated_remove_instance_gets_the_same_answer_even_after_kill9() {
     let gone = client.get_instance(GetInstanceRequest { id: "pg-1".into() }).await.expect_err("pg-1 was removed");
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
 
-    let replay = client.remove_instance(remove("rm-1", "pg-1")).await.expect("repeated RemoveInstance (not NOT_FOUND)").into_inner();
+    let replay = client
+        .remove_instance(remove("rm-1", "pg-1"))
+        .await
+        .expect("repeated RemoveInstance (not NOT_FOUND)")
+        .into_inner();
     assert_eq!(replay, removed);
     // A new request_id is new work, and there is nothing left to remove.
     let fresh = client.remove_instance(remove("rm-2", "pg-1")).await.expect_err("a new request_id removes again");
@@ -55,7 +66,8 @@ async fn repeated_remove_instance_gets_the_same_answer_even_after_kill9() {
     agent.kill9();
     agent.restart();
     let mut client = instances(&agent).await;
-    let after = client.remove_instance(remove("rm-1", "pg-1")).await.expect("RemoveInstance after restart").into_inner();
+    let after =
+        client.remove_instance(remove("rm-1", "pg-1")).await.expect("RemoveInstance after restart").into_inner();
     assert_eq!(after, removed, "the answer must survive a SIGKILL");
     assert_reuse_refused(&mut client).await;
 }
@@ -75,10 +87,14 @@ async fn repeated_update_with_expected_generation_is_not_aborted() {
     };
     let first = client.update_instance(update.clone()).await.expect("UpdateInstance").into_inner();
     assert_eq!(first.generation, registered.generation + 1, "{first:?}");
-    let replay = client.update_instance(update.clone()).await.expect("repeated UpdateInstance (not ABORTED)").into_inner();
+    let replay =
+        client.update_instance(update.clone()).await.expect("repeated UpdateInstance (not ABORTED)").into_inner();
     assert_eq!(replay, first);
     // The same update under a new request_id is checked again, and its generation is stale now.
-    let stale = client.update_instance(UpdateInstanceRequest { request_id: "upd-2".into(), ..update }).await.expect_err("stale generation");
+    let stale = client
+        .update_instance(UpdateInstanceRequest { request_id: "upd-2".into(), ..update })
+        .await
+        .expect_err("stale generation");
     assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
 }
 
@@ -93,10 +109,14 @@ async fn set_backup_policy_replays_and_refuses_a_reused_request_id() {
     let first = backups.set_backup_policy(set.clone()).await.expect("SetBackupPolicy").into_inner();
     assert_eq!(first, policy);
     let generation = |i: Instance| i.generation;
-    let after_first = generation(client.get_instance(GetInstanceRequest { id: "pg-1".into() }).await.expect("GetInstance").into_inner());
+    let after_first = generation(
+        client.get_instance(GetInstanceRequest { id: "pg-1".into() }).await.expect("GetInstance").into_inner(),
+    );
     let replay = backups.set_backup_policy(set.clone()).await.expect("repeated SetBackupPolicy").into_inner();
     assert_eq!(replay, first);
-    let after_replay = generation(client.get_instance(GetInstanceRequest { id: "pg-1".into() }).await.expect("GetInstance").into_inner());
+    let after_replay = generation(
+        client.get_instance(GetInstanceRequest { id: "pg-1".into() }).await.expect("GetInstance").into_inner(),
+    );
     assert_eq!(after_replay, after_first, "a replay must not update the instance again");
 
     let other = SetBackupPolicyRequest { policy: Some(BackupPolicy { keep_daily: 9, ..policy }), ..set };

@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 async fn sigterm_exits_zero_and_running_operation_comes_back_interrupted() {
     let mut agent = Agent::start_dev();
     let mut ops = OperationsClient::new(agent.orchestrator().await);
-    let op = ops.start_sleep(sleep_request("term-1", "pg-1", Duration::from_secs(60))).await.expect("StartSleep").into_inner();
+    let op = ops
+        .start_sleep(sleep_request("term-1", "pg-1", Duration::from_secs(60)))
+        .await
+        .expect("StartSleep")
+        .into_inner();
     wait_for_state(&mut ops, &op.id, Duration::from_secs(10), |s| s == OperationState::Running).await;
 
     let started = Instant::now();
@@ -82,7 +86,11 @@ async fn sighup_reloads_the_server_certificate() {
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while first_get_status(agent.addr(), &trusts_new).await.is_err() {
-        assert!(Instant::now() < deadline, "new connections still see the old certificate 10 s after SIGHUP\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "new connections still see the old certificate 10 s after SIGHUP\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(first_get_status(agent.addr(), &trusts_old).await.is_err(), "the old certificate is still served");

@@ -12,8 +12,8 @@ use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::log_source::Source;
 use dbagent_proto::v1::logs_client::LogsClient;
 use dbagent_proto::v1::{
-    Drain, DrainStatus, GetDrainStatusRequest, HttpsDrain, ListDrainsRequest, LogRecord, LogSource, RegisterInstanceRequest,
-    SetDrainsRequest, Severity, SyslogDrain, TailLogsRequest,
+    Drain, DrainStatus, GetDrainStatusRequest, HttpsDrain, ListDrainsRequest, LogRecord, LogSource,
+    RegisterInstanceRequest, SetDrainsRequest, Severity, SyslogDrain, TailLogsRequest,
 };
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -26,7 +26,11 @@ use tonic::transport::Channel;
 const INSTANCE: &str = "inst-1";
 
 fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new().create(true).append(true).open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     f.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("append to {}: {e}", path.display()));
 }
 
@@ -55,7 +59,13 @@ async fn register_with_log_folder(agent: &Agent) -> PathBuf {
 }
 
 async fn tail(client: &mut LogsClient<Channel>, last_lines: u32, min_severity: Severity) -> Vec<LogRecord> {
-    let req = TailLogsRequest { instance_id: INSTANCE.into(), last_lines, since: None, follow: false, min_severity: min_severity as i32 };
+    let req = TailLogsRequest {
+        instance_id: INSTANCE.into(),
+        last_lines,
+        since: None,
+        follow: false,
+        min_severity: min_severity as i32,
+    };
     let mut stream = client.tail_logs(req).await.expect("TailLogs").into_inner();
     let mut records = Vec::new();
     while let Some(r) = stream.message().await.expect("read the TailLogs stream") {
@@ -65,7 +75,12 @@ async fn tail(client: &mut LogsClient<Channel>, last_lines: u32, min_severity: S
 }
 
 /// Calls TailLogs until it returns at least `n` records or `timeout` passes.
-async fn tail_until(client: &mut LogsClient<Channel>, n: usize, min_severity: Severity, timeout: Duration) -> Vec<LogRecord> {
+async fn tail_until(
+    client: &mut LogsClient<Channel>,
+    n: usize,
+    min_severity: Severity,
+    timeout: Duration,
+) -> Vec<LogRecord> {
     let deadline = Instant::now() + timeout;
     loop {
         let records = tail(client, 1000, min_severity).await;
@@ -102,9 +117,19 @@ async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follo
     // within the manager's reconcile interval.
     let records = tail_until(&mut client, 5, Severity::Unspecified, Duration::from_secs(20)).await;
     let expected = vec![
-        (Severity::Info, "2024-05-01 10:00:00.000 UTC [7] LOG:  database system is ready to accept connections".to_owned()),
-        (Severity::Error, "2024-05-01 10:00:01.000 UTC [8] ERROR:  relation \"missing\" does not exist at character 15".to_owned()),
-        (Severity::Info, "2024-05-01 10:00:02.000 UTC [9] LOG:  duration: 1.042 ms  statement: SELECT a,\n\t       b\n\t  FROM t".to_owned()),
+        (
+            Severity::Info,
+            "2024-05-01 10:00:00.000 UTC [7] LOG:  database system is ready to accept connections".to_owned(),
+        ),
+        (
+            Severity::Error,
+            "2024-05-01 10:00:01.000 UTC [8] ERROR:  relation \"missing\" does not exist at character 15".to_owned(),
+        ),
+        (
+            Severity::Info,
+            "2024-05-01 10:00:02.000 UTC [9] LOG:  duration: 1.042 ms  statement: SELECT a,\n\t       b\n\t  FROM t"
+                .to_owned(),
+        ),
         (Severity::Error, "2024-05-01 10:00:03.000 UTC [10] ERROR:  division by zero".to_owned()),
         (Severity::Info, "2024-05-01 10:00:04.000 UTC [11] LOG:  checkpoint starting: time".to_owned()),
     ];
@@ -127,17 +152,29 @@ async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follo
     let unknown = TailLogsRequest { instance_id: "no-such-instance".into(), ..Default::default() };
     let err = client.tail_logs(unknown).await.expect_err("TailLogs of an unknown instance");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
-    let bad = Drain { name: "Bad Name".into(), target: Some(Target::Https(HttpsDrain { url: "http://127.0.0.1:1/".into(), ca_pem: String::new() })) };
+    let bad = Drain {
+        name: "Bad Name".into(),
+        target: Some(Target::Https(HttpsDrain { url: "http://127.0.0.1:1/".into(), ca_pem: String::new() })),
+    };
     let err = client
-        .set_drains(SetDrainsRequest { request_id: "bad-drains-1".into(), instance_id: INSTANCE.into(), drains: vec![bad] })
+        .set_drains(SetDrainsRequest {
+            request_id: "bad-drains-1".into(),
+            instance_id: INSTANCE.into(),
+            drains: vec![bad],
+        })
         .await
         .expect_err("SetDrains with an invalid drain");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // Follow: a line appended after the call arrives on the open stream.
-    let req = TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 1, since: None, follow: true, min_severity: 0 };
+    let req =
+        TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 1, since: None, follow: true, min_severity: 0 };
     let mut stream = client.tail_logs(req).await.expect("TailLogs follow").into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("the backlog record arrives").expect("read").expect("one record");
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the backlog record arrives")
+        .expect("read")
+        .expect("one record");
     assert_eq!(first.message, expected[4].1);
     let appended = "2024-05-01 10:00:05.000 UTC [12] FATAL:  terminating connection due to administrator command";
     append(&log, &format!("{appended}\n"));
@@ -154,7 +191,11 @@ async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follo
     let seen_by_monitor = tail(&mut monitor, 1000, Severity::Error).await;
     assert_eq!(seen_by_monitor.len(), 3, "the monitor tails too: {:?}", summary(&seen_by_monitor));
     let denied = monitor
-        .set_drains(SetDrainsRequest { request_id: "monitor-drains-1".into(), instance_id: INSTANCE.into(), drains: vec![] })
+        .set_drains(SetDrainsRequest {
+            request_id: "monitor-drains-1".into(),
+            instance_id: INSTANCE.into(),
+            drains: vec![],
+        })
         .await
         .expect_err("a monitor must not set drains");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
@@ -171,12 +212,17 @@ async fn drain_status(client: &mut LogsClient<Channel>, drain: &str) -> DrainSta
 async fn set_drains(agent: &Agent, drains: Vec<Drain>) {
     let mut client = LogsClient::new(agent.orchestrator().await);
     let set = client
-        .set_drains(SetDrainsRequest { request_id: "set-drains-1".into(), instance_id: INSTANCE.into(), drains: drains.clone() })
+        .set_drains(SetDrainsRequest {
+            request_id: "set-drains-1".into(),
+            instance_id: INSTANCE.into(),
+            drains: drains.clone(),
+        })
         .await
         .unwrap_or_else(|e| panic!("SetDrains: {e:?}\n{}", agent.log()))
         .into_inner();
     assert_eq!(set.drains, drains);
-    let listed = client.list_drains(ListDrainsRequest { instance_id: INSTANCE.into() }).await.expect("ListDrains").into_inner();
+    let listed =
+        client.list_drains(ListDrainsRequest { instance_id: INSTANCE.into() }).await.expect("ListDrains").into_inner();
     assert_eq!(listed.drains, drains);
 }
 
@@ -193,7 +239,11 @@ async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
     append(&log, &(0..1000).map(seq_line).collect::<String>());
     let drain = Drain {
         name: "rsyslog".into(),
-        target: Some(Target::Syslog(SyslogDrain { address: format!("127.0.0.1:{}", rsyslog.port), tls: false, ca_pem: String::new() })),
+        target: Some(Target::Syslog(SyslogDrain {
+            address: format!("127.0.0.1:{}", rsyslog.port),
+            tls: false,
+            ca_pem: String::new(),
+        })),
     };
     set_drains(&agent, vec![drain]).await;
 
@@ -241,7 +291,11 @@ async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
     // At most the batch in flight at the kill comes twice: `batch_max_bytes` (2 MiB) of wire data,
     // over 100 bytes per record here.
     assert!(got.len() - N <= (2 << 20) / 100, "{} duplicates after one SIGKILL", got.len() - N);
-    eprintln!("received {} lines, {N} distinct, {} duplicates; {at_kill} had arrived at the SIGKILL", got.len(), got.len() - N);
+    eprintln!(
+        "received {} lines, {N} distinct, {} duplicates; {at_kill} had arrived at the SIGKILL",
+        got.len(),
+        got.len() - N
+    );
 
     let mut client = LogsClient::new(agent.orchestrator().await);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -268,19 +322,26 @@ async fn https_drain_delivers(sink: &HttpsSink, ca_pem: &str, n: usize) -> Agent
     let log = folder.join("postgresql-15-main.log");
     append(&log, "2024-05-01 10:00:00.000 UTC [9] ERROR:  syntax error at or near \"SELEC\"\n\tLINE 1: SELEC 1\n");
     append(&log, &(0..n).map(seq_line).collect::<String>());
-    let drain = Drain { name: "https".into(), target: Some(Target::Https(HttpsDrain { url: sink.url("/ingest"), ca_pem: ca_pem.to_owned() })) };
+    let drain = Drain {
+        name: "https".into(),
+        target: Some(Target::Https(HttpsDrain { url: sink.url("/ingest"), ca_pem: ca_pem.to_owned() })),
+    };
     set_drains(&agent, vec![drain]).await;
 
     let lines = sink.wait_for(Duration::from_secs(60), |l| l.len() > n).await;
     assert_eq!(lines.len(), n + 1, "every record was accepted once; sink errors: {:?}\n{}", sink.errors(), agent.log());
     let first = &lines[0];
-    assert_eq!(first["message"], "2024-05-01 10:00:00.000 UTC [9] ERROR:  syntax error at or near \"SELEC\"\n\tLINE 1: SELEC 1");
+    assert_eq!(
+        first["message"],
+        "2024-05-01 10:00:00.000 UTC [9] ERROR:  syntax error at or near \"SELEC\"\n\tLINE 1: SELEC 1"
+    );
     assert_eq!(first["severity"], "error");
     assert_eq!(first["instance"], INSTANCE);
     assert_eq!(first["source"], log.to_string_lossy().as_ref());
     assert!(first["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{first}");
     assert!(first["host"].as_str().is_some_and(|h| !h.is_empty()), "{first}");
-    let numbered: Vec<usize> = lines[1..].iter().map(|l| l["message"].as_str().and_then(seq_of).expect("a numbered line")).collect();
+    let numbered: Vec<usize> =
+        lines[1..].iter().map(|l| l["message"].as_str().and_then(seq_of).expect("a numbered line")).collect();
     assert!(numbered.iter().copied().eq(0..n), "lines arrive in order, each once");
     assert!(lines[1..].iter().all(|l| l["severity"] == "info"));
     for post in sink.posts() {

@@ -3,10 +3,10 @@
 //! systemd as PID 1; the VM harness covers a real unit), read through `journalctl --file -o json -f -u`,
 //! and a restart resumes after the committed cursor.
 
+use dbagent::logs::Severity;
 use dbagent::logs::checkpoint::Checkpoint;
 use dbagent::logs::journald::{JournalSettings, JournalSource, run_journal_source};
 use dbagent::logs::sources::SourceBatch;
-use dbagent::logs::Severity;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -38,7 +38,10 @@ async fn collect(rx: &mut mpsc::Receiver<SourceBatch>, n: usize) -> (Vec<String>
     let mut messages = Vec::new();
     let mut last = None;
     while messages.len() < n {
-        let batch = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("entries in time").expect("source runs");
+        let batch = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("entries in time")
+            .expect("source runs");
         assert!(batch.records.iter().all(|r| r.severity == Severity::Error && &*r.source == "journald:pg.service"));
         messages.extend(batch.records.into_iter().map(|r| r.message));
         last = Some(batch.checkpoint);
@@ -49,13 +52,16 @@ async fn collect(rx: &mut mpsc::Receiver<SourceBatch>, n: usize) -> (Vec<String>
 #[tokio::test]
 async fn journal_file_entries_come_through_and_resume_after_the_cursor() {
     if !Path::new(JOURNAL_REMOTE).exists() || !Path::new("/usr/bin/journalctl").exists() {
-        panic!("this test needs {JOURNAL_REMOTE} and journalctl: apt-get install systemd-journal-remote (integration/run-tests.sh installs it)");
+        panic!(
+            "this test needs {JOURNAL_REMOTE} and journalctl: apt-get install systemd-journal-remote (integration/run-tests.sh installs it)"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("test.journal");
     write_entries(&journal, "pg.service", 0..3);
     write_entries(&journal, "other.service", 100..102);
-    let settings = JournalSettings { command: "journalctl".into(), extra_args: vec![format!("--file={}", journal.display())] };
+    let settings =
+        JournalSettings { command: "journalctl".into(), extra_args: vec![format!("--file={}", journal.display())] };
 
     let (tx, mut rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();

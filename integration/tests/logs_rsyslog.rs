@@ -29,7 +29,9 @@ fn open_append(path: &Path) -> BufWriter<File> {
 fn skip() -> bool {
     if !rsyslogd_available() {
         // Never pass quietly: a missing drain server is a broken test machine.
-        panic!("/usr/sbin/rsyslogd is not installed: apt-get install rsyslog rsyslog-gnutls (integration/run-tests.sh installs it)");
+        panic!(
+            "/usr/sbin/rsyslogd is not installed: apt-get install rsyslog rsyslog-gnutls (integration/run-tests.sh installs it)"
+        );
     }
     false
 }
@@ -80,7 +82,11 @@ fn tcp_rotation_by_rename_and_copytruncate_delivers_every_line_once_in_order() {
         panic!("received {} of {N} lines; first missing: {missing:?}", got.len());
     }
     let first_bad = got.iter().enumerate().find(|(i, s)| *i != **s).map(|(i, _)| i);
-    assert!(first_bad.is_none(), "every line once, in order; first difference at {first_bad:?}: {:?}", first_bad.map(|i| &got[i.saturating_sub(3)..(i + 5).min(got.len())]));
+    assert!(
+        first_bad.is_none(),
+        "every line once, in order; first difference at {first_bad:?}: {:?}",
+        first_bad.map(|i| &got[i.saturating_sub(3)..(i + 5).min(got.len())])
+    );
 }
 
 #[test]
@@ -99,7 +105,8 @@ fn tls_drain_receives_everything() {
     w.flush().unwrap();
     let address = format!("127.0.0.1:{}", rsyslog.port);
     let ca = tls.ca.display().to_string();
-    let _shipper = Shipper::start(BIN, &dir.path().join("state"), &log.display().to_string(), &address, &["--tls-ca", &ca]);
+    let _shipper =
+        Shipper::start(BIN, &dir.path().join("state"), &log.display().to_string(), &address, &["--tls-ca", &ca]);
     let got = seqs(&rsyslog.wait_for(3000, Duration::from_secs(60)));
     assert!(got.iter().copied().eq(0..3000), "got {} lines", got.len());
 }
@@ -121,7 +128,8 @@ fn sigkill_ten_times_loses_nothing_and_duplicates_at_most_a_batch_per_crash() {
     w.flush().unwrap();
     let address = format!("127.0.0.1:{}", rsyslog.port);
     let batch = BATCH.to_string();
-    let mut shipper = Shipper::start(BIN, &dir.path().join("state"), &log.display().to_string(), &address, &["--batch", &batch]);
+    let mut shipper =
+        Shipper::start(BIN, &dir.path().join("state"), &log.display().to_string(), &address, &["--batch", &batch]);
     let writer = std::thread::spawn(move || {
         for i in N / 2..N {
             writeln!(w, "{}", line(i)).unwrap();
@@ -162,7 +170,12 @@ fn sigkill_ten_times_loses_nothing_and_duplicates_at_most_a_batch_per_crash() {
     eprintln!("duplicated ranges: {ranges:?}");
     // One batch is at most BATCH bytes of wire data; each record here is well over 100 bytes on the wire.
     let per_batch = BATCH / 100;
-    eprintln!("received {} lines, {} distinct, {duplicates} duplicates over 10 kills (bound {}); received at kills: {at_kill:?}", got.len(), distinct.len(), 10 * per_batch);
+    eprintln!(
+        "received {} lines, {} distinct, {duplicates} duplicates over 10 kills (bound {}); received at kills: {at_kill:?}",
+        got.len(),
+        distinct.len(),
+        10 * per_batch
+    );
     assert_eq!(distinct.len(), N, "every line written arrived");
     assert!(distinct.iter().all(|&s| s < N));
     assert!(at_kill.windows(2).any(|w| w[1] > w[0]), "kills happened while shipping: {at_kill:?}");

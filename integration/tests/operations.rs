@@ -34,7 +34,11 @@ async fn same_request_id_returns_same_operation_even_after_kill9() {
 async fn running_operation_is_interrupted_by_kill9() {
     let mut agent = Agent::start_dev();
     let mut ops = operations(&agent).await;
-    let op = ops.start_sleep(sleep_request("long-1", "pg-1", Duration::from_secs(60))).await.expect("StartSleep").into_inner();
+    let op = ops
+        .start_sleep(sleep_request("long-1", "pg-1", Duration::from_secs(60)))
+        .await
+        .expect("StartSleep")
+        .into_inner();
     wait_for_state(&mut ops, &op.id, Duration::from_secs(10), |s| s == OperationState::Running).await;
 
     agent.kill9();
@@ -49,8 +53,13 @@ async fn running_operation_is_interrupted_by_kill9() {
 async fn watch_streams_progress_until_succeeded() {
     let agent = Agent::start_dev();
     let mut ops = operations(&agent).await;
-    let op = ops.start_sleep(sleep_request("watch-1", "pg-1", Duration::from_millis(800))).await.expect("StartSleep").into_inner();
-    let mut stream = ops.watch_operation(WatchOperationRequest { id: op.id.clone() }).await.expect("WatchOperation").into_inner();
+    let op = ops
+        .start_sleep(sleep_request("watch-1", "pg-1", Duration::from_millis(800)))
+        .await
+        .expect("StartSleep")
+        .into_inner();
+    let mut stream =
+        ops.watch_operation(WatchOperationRequest { id: op.id.clone() }).await.expect("WatchOperation").into_inner();
     let mut seen = Vec::new();
     let collect = async {
         while let Some(update) = stream.message().await.expect("the watch stream fails") {
@@ -72,9 +81,14 @@ async fn watch_streams_progress_until_succeeded() {
 async fn cancel_stops_a_running_sleep() {
     let agent = Agent::start_dev();
     let mut ops = operations(&agent).await;
-    let op = ops.start_sleep(sleep_request("cancel-1", "pg-1", Duration::from_secs(60))).await.expect("StartSleep").into_inner();
+    let op = ops
+        .start_sleep(sleep_request("cancel-1", "pg-1", Duration::from_secs(60)))
+        .await
+        .expect("StartSleep")
+        .into_inner();
     wait_for_state(&mut ops, &op.id, Duration::from_secs(10), |s| s == OperationState::Running).await;
-    let cancelled = ops.cancel_operation(CancelOperationRequest { id: op.id.clone() }).await.expect("CancelOperation").into_inner();
+    let cancelled =
+        ops.cancel_operation(CancelOperationRequest { id: op.id.clone() }).await.expect("CancelOperation").into_inner();
     assert!(cancelled.cancel_requested, "{cancelled:?}");
     let done = wait_for_state(&mut ops, &op.id, Duration::from_secs(5), |s| s != OperationState::Running).await;
     assert_eq!(state_of(&done), OperationState::Cancelled, "{done:?}");
@@ -97,20 +111,35 @@ async fn same_request_id_with_other_parameters_is_already_exists() {
 async fn sleeps_on_one_target_run_one_after_the_other() {
     let agent = Agent::start_dev();
     let mut ops = operations(&agent).await;
-    let first = ops.start_sleep(sleep_request("serial-1", "pg-1", Duration::from_secs(3))).await.expect("first").into_inner();
-    let second = ops.start_sleep(sleep_request("serial-2", "pg-1", Duration::from_millis(300))).await.expect("second").into_inner();
+    let first =
+        ops.start_sleep(sleep_request("serial-1", "pg-1", Duration::from_secs(3))).await.expect("first").into_inner();
+    let second = ops
+        .start_sleep(sleep_request("serial-2", "pg-1", Duration::from_millis(300)))
+        .await
+        .expect("second")
+        .into_inner();
     // Another target is not held up by pg-1.
-    let other = ops.start_sleep(sleep_request("serial-3", "pg-2", Duration::from_millis(300))).await.expect("other").into_inner();
+    let other = ops
+        .start_sleep(sleep_request("serial-3", "pg-2", Duration::from_millis(300)))
+        .await
+        .expect("other")
+        .into_inner();
 
     wait_for_state(&mut ops, &first.id, Duration::from_secs(5), |s| s == OperationState::Running).await;
     wait_for_state(&mut ops, &other.id, Duration::from_secs(5), |s| s == OperationState::Succeeded).await;
     let second_now = ops.get_operation(GetOperationRequest { id: second.id.clone() }).await.expect("get").into_inner();
     let first_now = ops.get_operation(GetOperationRequest { id: first.id.clone() }).await.expect("get").into_inner();
     assert_eq!(state_of(&first_now), OperationState::Running, "{first_now:?}");
-    assert_eq!(state_of(&second_now), OperationState::Queued, "the second sleep must wait for the first: {second_now:?}");
+    assert_eq!(
+        state_of(&second_now),
+        OperationState::Queued,
+        "the second sleep must wait for the first: {second_now:?}"
+    );
 
-    let first_done = wait_for_state(&mut ops, &first.id, Duration::from_secs(10), |s| s == OperationState::Succeeded).await;
-    let second_done = wait_for_state(&mut ops, &second.id, Duration::from_secs(10), |s| s == OperationState::Succeeded).await;
+    let first_done =
+        wait_for_state(&mut ops, &first.id, Duration::from_secs(10), |s| s == OperationState::Succeeded).await;
+    let second_done =
+        wait_for_state(&mut ops, &second.id, Duration::from_secs(10), |s| s == OperationState::Succeeded).await;
     let (Some(first_end), Some(second_start)) = (first_done.finished, second_done.started) else {
         panic!("missing timestamps: {first_done:?} {second_done:?}");
     };

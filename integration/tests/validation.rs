@@ -73,7 +73,9 @@ fn missing_cert_file_names_the_path() {
 
 /// True when `message` names `field` as a whole word ("invalid" does not name "id").
 fn names_field(message: &str, field: &str) -> bool {
-    message.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).any(|w| w == field || w.ends_with(&format!(".{field}")))
+    message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .any(|w| w == field || w.ends_with(&format!(".{field}")))
 }
 
 #[tokio::test]
@@ -89,14 +91,22 @@ async fn malformed_instance_ids_are_invalid_argument() {
         };
         let err = instances.register_instance(req).await.expect_err("a malformed id must be refused");
         assert_eq!(err.code(), Code::InvalidArgument, "RegisterInstance id {bad:?}: {err:?}");
-        assert!(names_field(err.message(), "id"), "RegisterInstance id {bad:?}: the message should name `id`: {:?}", err.message());
+        assert!(
+            names_field(err.message(), "id"),
+            "RegisterInstance id {bad:?}: the message should name `id`: {:?}",
+            err.message()
+        );
 
-        let err = instances.get_instance(GetInstanceRequest { id: bad.to_owned() }).await.expect_err("GetInstance with a bad id");
+        let err = instances
+            .get_instance(GetInstanceRequest { id: bad.to_owned() })
+            .await
+            .expect_err("GetInstance with a bad id");
         assert_eq!(err.code(), Code::InvalidArgument, "GetInstance id {bad:?}: {err:?}");
         assert!(names_field(err.message(), "id"), "GetInstance id {bad:?}: {:?}", err.message());
     }
     let mut ops = OperationsClient::new(agent.orchestrator().await);
-    let err = ops.start_sleep(sleep_request("bad-target", "../etc", Duration::from_secs(1))).await.expect_err("bad target");
+    let err =
+        ops.start_sleep(sleep_request("bad-target", "../etc", Duration::from_secs(1))).await.expect_err("bad target");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(names_field(err.message(), "target"), "{:?}", err.message());
     let listed = instances.list_instances(ListInstancesRequest {}).await.expect("ListInstances").into_inner();
@@ -118,7 +128,8 @@ async fn bad_request_ids_are_invalid_argument() {
         assert_eq!(err.code(), Code::InvalidArgument, "RegisterInstance request_id of {} chars: {err:?}", bad.len());
         assert!(names_field(err.message(), "request_id"), "{:?}", err.message());
 
-        let err = ops.start_sleep(sleep_request(&bad, "pg-1", Duration::from_secs(1))).await.expect_err("bad request_id");
+        let err =
+            ops.start_sleep(sleep_request(&bad, "pg-1", Duration::from_secs(1))).await.expect_err("bad request_id");
         assert_eq!(err.code(), Code::InvalidArgument, "StartSleep request_id of {} chars: {err:?}", bad.len());
         assert!(names_field(err.message(), "request_id"), "{:?}", err.message());
     }
@@ -136,7 +147,8 @@ async fn registered_instance_reads_back_unchanged() {
     let created = instances.register_instance(req).await.expect("RegisterInstance").into_inner();
     assert_eq!(created.spec.as_ref(), Some(&spec));
 
-    let got = instances.get_instance(GetInstanceRequest { id: "pg-42".into() }).await.expect("GetInstance").into_inner();
+    let got =
+        instances.get_instance(GetInstanceRequest { id: "pg-42".into() }).await.expect("GetInstance").into_inner();
     assert_eq!(got.id, "pg-42");
     assert_eq!(got.spec, Some(spec), "the stored spec differs from the registered one");
     assert_eq!(got.generation, created.generation);
@@ -154,7 +166,11 @@ async fn restore_targets_outside_the_data_roots_are_refused() {
     let root = agent.dev_data_root();
     let mut instances = InstancesClient::new(agent.orchestrator().await);
     for id in ["pg-1", "pg-2"] {
-        let req = RegisterInstanceRequest { request_id: format!("reg-{id}"), id: id.into(), spec: Some(instance_spec(id, &root)) };
+        let req = RegisterInstanceRequest {
+            request_id: format!("reg-{id}"),
+            id: id.into(),
+            spec: Some(instance_spec(id, &root)),
+        };
         instances.register_instance(req).await.expect("RegisterInstance");
     }
     let pg2_dir = instance_spec("pg-2", &root).data_dir;
@@ -199,7 +215,10 @@ async fn log_globs_outside_the_roots_are_invalid_argument() {
     let inside = format!("{}/pg-1/log/*.log", agent.dev_data_root().display());
     for (n, glob) in ["/etc/dbagent/kek", "/etc/*", "/var/log/*/postgresql.log"].into_iter().enumerate() {
         let mut spec = instance_spec("pg-1", &agent.dev_data_root());
-        spec.log_sources = vec![LogSource { source: Some(Source::FileGlob(inside.clone())) }, LogSource { source: Some(Source::FileGlob(glob.into())) }];
+        spec.log_sources = vec![
+            LogSource { source: Some(Source::FileGlob(inside.clone())) },
+            LogSource { source: Some(Source::FileGlob(glob.into())) },
+        ];
         let req = RegisterInstanceRequest { request_id: format!("glob-{n}"), id: "pg-1".into(), spec: Some(spec) };
         let err = instances.register_instance(req).await.expect_err("a glob outside the roots");
         assert_eq!(err.code(), Code::InvalidArgument, "{glob}: {err:?}");

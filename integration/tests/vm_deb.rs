@@ -39,11 +39,7 @@ fn vm_deb_install_reboot_upgrade_watchdog_purge() {
     let build_ms = t0.elapsed().as_millis();
     // The host's dbagentctl is the same build as the package's.
     let ctl = target.join("release").join("dbagentctl");
-    assert!(
-        ctl.is_file(),
-        "{} is missing after build-deb.sh",
-        ctl.display()
-    );
+    assert!(ctl.is_file(), "{} is missing after build-deb.sh", ctl.display());
 
     let disk = work.path().join("data0.img");
     vm::sparse_disk(&disk, 256 << 20);
@@ -52,10 +48,7 @@ fn vm_deb_install_reboot_upgrade_watchdog_purge() {
 
     let pki = ServerPki::new();
     let files = pki.write(&work.path().join("pki"));
-    let (client_cert, client_key) = pki
-        .ca
-        .client("orchestrator", Validity::Current)
-        .write(work.path(), "orchestrator");
+    let (client_cert, client_key) = pki.ca.client("orchestrator", Validity::Current).write(work.path(), "orchestrator");
     let client_toml = work.path().join("client.toml");
     std::fs::write(
         &client_toml,
@@ -97,10 +90,7 @@ fn vm_deb_install_reboot_upgrade_watchdog_purge() {
         !vm::file_contains(&disk, b"written-in-boot-1"),
         "the row appears in plain text on the raw data disk: the volume is not encrypted"
     );
-    assert!(
-        vm::file_contains(&disk, b"LUKS\xba\xbe"),
-        "no LUKS header on the data disk"
-    );
+    assert!(vm::file_contains(&disk, b"LUKS\xba\xbe"), "no LUKS header on the data disk");
 
     let vm = vm.script(BOOT2);
     let second = vm.boot();
@@ -108,44 +98,19 @@ fn vm_deb_install_reboot_upgrade_watchdog_purge() {
     let score = |run: &vm::VmRun, file: &str| {
         std::fs::read_to_string(run.out_dir.join(file))
             .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.contains("Overall exposure level"))
-                    .map(str::to_owned)
-            })
+            .and_then(|t| t.lines().find(|l| l.contains("Overall exposure level")).map(str::to_owned))
             .unwrap_or_else(|| format!("({file} missing)"))
     };
     println!("VM deb test (qemu TCG, 2 vCPUs); package builds took {build_ms} ms");
-    println!(
-        "  security before hardening: {}",
-        score(&first, "security-before.txt")
-    );
-    println!(
-        "  security as shipped:       {}",
-        score(&first, "security-after.txt")
-    );
+    println!("  security before hardening: {}", score(&first, "security-before.txt"));
+    println!("  security as shipped:       {}", score(&first, "security-after.txt"));
     for (label, run) in [("boot 1", &first), ("boot 2", &second)] {
-        println!(
-            "  {label}: boot to test start {:?} ms, whole boot {:?} ms",
-            run.boot_to_test_ms, run.wall_ms
-        );
+        println!("  {label}: boot to test start {:?} ms, whole boot {:?} ms", run.boot_to_test_ms, run.wall_ms);
     }
-    for name in [
-        "dpkg-install",
-        "agent-start",
-        "host-drove-agent",
-        "pg-createcluster",
-        "pg-start",
-    ] {
+    for name in ["dpkg-install", "agent-start", "host-drove-agent", "pg-createcluster", "pg-start"] {
         println!("  boot 1 {name}: {} ms", first.ms(name));
     }
-    for name in [
-        "upgrade",
-        "fault-switch-enabled",
-        "watchdog-restarts-hung-agent",
-        "systemd-analyze-verify",
-        "purge",
-    ] {
+    for name in ["upgrade", "fault-switch-enabled", "watchdog-restarts-hung-agent", "systemd-analyze-verify", "purge"] {
         println!("  boot 2 {name}: {} ms", second.ms(name));
     }
 }
@@ -177,41 +142,21 @@ fn build_deb(version: Option<&str>, dest: &Path) -> (PathBuf, PathBuf) {
     if let Some(v) = version {
         cmd.env("DEB_VERSION", v);
     }
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); its messages are above",
-        script.display(),
-        out.status
-    );
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed ({}); its messages are above", script.display(), out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "build-deb.sh printed {path:?}, which is not a file"
-    );
+    assert!(path.is_file(), "build-deb.sh printed {path:?}, which is not a file");
     let copy = dest.join(path.file_name().expect("a .deb file name"));
-    std::fs::copy(&path, &copy)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", path.display(), copy.display()));
+    std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("copy {} to {}: {e}", path.display(), copy.display()));
     // build-deb.sh writes into <target>/debian/.
-    let target = path
-        .parent()
-        .and_then(Path::parent)
-        .expect("the .deb lies in <target>/debian/")
-        .to_path_buf();
+    let target = path.parent().and_then(Path::parent).expect("the .deb lies in <target>/debian/").to_path_buf();
     (copy, target)
 }
 
 /// Waits for the guest to say the agent is up, then talks to it as the orchestrator would: status,
 /// register the instance, create its volume. Writes `host-done` ("ok" or the failure) into the share.
-fn drive_agent_from_host(
-    share: &Path,
-    ctl: &Path,
-    client_toml: &Path,
-    done: &AtomicBool,
-) -> String {
+fn drive_agent_from_host(share: &Path, ctl: &Path, client_toml: &Path, done: &AtomicBool) -> String {
     let ready = share.join("guest-ready");
     let deadline = Instant::now() + Duration::from_secs(900);
     while !ready.exists() {
@@ -274,7 +219,6 @@ fn drive_agent_from_host(
             break;
         }
     }
-    std::fs::write(share.join("host-done"), format!("{verdict}\n"))
-        .expect("write host-done into the share");
+    std::fs::write(share.join("host-done"), format!("{verdict}\n")).expect("write host-done into the share");
     log
 }

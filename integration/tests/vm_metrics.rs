@@ -50,7 +50,13 @@ fn vm_instance_metrics_from_a_real_cgroup_v2_unit() {
     println!("  boot to test start {:?} ms, whole boot {:?} ms", run.boot_to_test_ms, run.wall_ms);
     println!("  agent start to READY {} ms; two snapshots after {} ms", run.ms("start-agent"), run.ms("two-snapshots"));
     println!("  journald lines through TailLogs after {} ms", run.ms("journald-lines"));
-    for check in ["cpu-usage-grows", "memory-above-150mib", "memory-limit-512mib", "io-series-present", "pressure-series-present"] {
+    for check in [
+        "cpu-usage-grows",
+        "memory-above-150mib",
+        "memory-limit-512mib",
+        "io-series-present",
+        "pressure-series-present",
+    ] {
         run.ms(check);
     }
 }

@@ -77,10 +77,7 @@ step luks-close cryptsetup close smoke
 
 #[test]
 fn vm_luks_roundtrip_on_real_dm_crypt_and_loopback_only_network() {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
     let marker = format!("dbagent-vm-smoke-marker-{nanos}\n");
     let work = tempfile::tempdir().expect("temporary folder for the data disk");
     let disk = work.path().join("data0.img");
@@ -104,46 +101,23 @@ fn vm_luks_roundtrip_on_real_dm_crypt_and_loopback_only_network() {
     let first = vm.boot();
     done.store(true, Ordering::SeqCst);
     let answered = client.join().expect("host-side port forward client");
-    assert!(
-        answered,
-        "the guest never answered on the forwarded port 127.0.0.1:{port}"
-    );
+    assert!(answered, "the guest never answered on the forwarded port 127.0.0.1:{port}");
 
     assert!(
         !vm::file_contains(&disk, marker.trim_end().as_bytes()),
         "the marker appears in plain text on the raw disk: the volume is not encrypted"
     );
-    assert!(
-        vm::file_contains(&disk, b"LUKS\xba\xbe"),
-        "no LUKS header on the raw disk"
-    );
+    assert!(vm::file_contains(&disk, b"LUKS\xba\xbe"), "no LUKS header on the raw disk");
 
     let vm = vm.script(REOPEN_SCRIPT);
     let second = vm.boot();
 
     println!("VM smoke timings (qemu TCG, 2 vCPUs):");
-    println!(
-        "  boot 1: boot to test start {:?} ms, whole boot {:?} ms",
-        first.boot_to_test_ms, first.wall_ms
-    );
-    println!(
-        "  boot 2: boot to test start {:?} ms, whole boot {:?} ms",
-        second.boot_to_test_ms, second.wall_ms
-    );
-    println!(
-        "  luksFormat (pbkdf2, 1000 iterations) {} ms",
-        first.ms("luks-format")
-    );
-    println!(
-        "  open {} ms (first boot), {} ms (second boot)",
-        first.ms("luks-open"),
-        second.ms("luks-open")
-    );
-    println!(
-        "  mkfs.ext4 {} ms; wrong key refused in {} ms",
-        first.ms("mkfs"),
-        second.ms("wrong-key-refused")
-    );
+    println!("  boot 1: boot to test start {:?} ms, whole boot {:?} ms", first.boot_to_test_ms, first.wall_ms);
+    println!("  boot 2: boot to test start {:?} ms, whole boot {:?} ms", second.boot_to_test_ms, second.wall_ms);
+    println!("  luksFormat (pbkdf2, 1000 iterations) {} ms", first.ms("luks-format"));
+    println!("  open {} ms (first boot), {} ms (second boot)", first.ms("luks-open"), second.ms("luks-open"));
+    println!("  mkfs.ext4 {} ms; wrong key refused in {} ms", first.ms("mkfs"), second.ms("wrong-key-refused"));
 }
 
 /// Connects to the forwarded port until the guest's listener answers "pong" or the VM is done.

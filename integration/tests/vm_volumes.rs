@@ -167,7 +167,8 @@ fn grow_disk_when_asked(share: &Path, qmp: &Path, done: &AtomicBool) -> Option<S
     thread::sleep(Duration::from_millis(100));
     let answer = match std::fs::read_to_string(&ask).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
         Some(size) => {
-            let resize = serde_json::json!({ "execute": "block_resize", "arguments": { "device": "d0", "size": size } });
+            let resize =
+                serde_json::json!({ "execute": "block_resize", "arguments": { "device": "d0", "size": size } });
             vm::qmp(qmp, &[resize]).map(|_| "ok".to_owned()).unwrap_or_else(|e| e)
         }
         None => "want-disk-grow does not hold a size in bytes".to_owned(),

@@ -1,15 +1,16 @@
 use dbagent_proto::v1 as pb;
 use tonic::{Request, Response};
 
+use super::ApiState;
 use super::auth::Caller;
 use super::convert::{duration, timestamp};
-use super::status::ApiResult;
-use super::ApiState;
+use super::error::ApiResult;
 
 pub struct AgentApi(pub ApiState);
 
 /// What this build implements; the orchestrator reads it to know what it may call.
-const CAPABILITIES: &[&str] = &["instances", "operations", "mtls", "health", "reflection", "volumes", "metrics", "logs", "backups"];
+const CAPABILITIES: &[&str] =
+    &["instances", "operations", "mtls", "health", "reflection", "volumes", "metrics", "logs", "backups"];
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentApi {

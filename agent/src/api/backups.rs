@@ -2,11 +2,11 @@ use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use tonic::{Request, Response, Status};
 
+use super::ApiState;
 use super::convert::backup::method_from_proto;
 use super::convert::instance::spec_from_proto;
-use super::status::ApiResult;
-use super::ApiState;
-use crate::backup::engines::RestoreTarget;
+use super::error::ApiResult;
+use crate::backup::engine_commands::RestoreTarget;
 use crate::backup::{BackupKind, BackupMethod};
 use crate::ids::{self, InvalidField};
 
@@ -59,15 +59,25 @@ impl pb::backups_server::Backups for BackupsApi {
         let database = target_database(&req.target_database, instance.spec.engine)?;
         let target = match (info.manifest.method, req.target_data_dir.is_empty()) {
             (BackupMethod::Physical, _) if database.is_some() => {
-                return Err(InvalidField::new("target_database", "only a logical backup restores into a database; use target_data_dir").into());
+                return Err(InvalidField::new(
+                    "target_database",
+                    "only a logical backup restores into a database; use target_data_dir",
+                )
+                .into());
             }
             (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
             (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
-            (BackupMethod::Logical, true) => {
-                RestoreTarget::Server { connection: self.0.backups.connection_for(&instance), database, instance_server: true }
-            }
+            (BackupMethod::Logical, true) => RestoreTarget::Server {
+                connection: self.0.backups.connection_for(&instance),
+                database,
+                instance_server: true,
+            },
             (BackupMethod::Logical, false) => {
-                return Err(InvalidField::new("target_data_dir", "a logical backup restores into the instance's server; leave it empty").into());
+                return Err(InvalidField::new(
+                    "target_data_dir",
+                    "a logical backup restores into the instance's server; leave it empty",
+                )
+                .into());
             }
         };
         let dest = (!req.destination.is_empty()).then_some(req.destination);
@@ -113,12 +123,18 @@ fn target_database(name: &str, engine: crate::instances::Engine) -> Result<Optio
         return Ok(None);
     }
     if engine != crate::instances::Engine::Postgresql {
-        return Err(InvalidField::new("target_database", "only PostgreSQL logical backups restore into a new database"));
+        return Err(InvalidField::new(
+            "target_database",
+            "only PostgreSQL logical backups restore into a new database",
+        ));
     }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     if !first_ok || name.len() > 63 || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        return Err(InvalidField::new("target_database", "must be 1 to 63 of a-z, 0-9 and _, not starting with a digit"));
+        return Err(InvalidField::new(
+            "target_database",
+            "must be 1 to 63 of a-z, 0-9 and _, not starting with a digit",
+        ));
     }
     Ok(Some(name.to_owned()))
 }

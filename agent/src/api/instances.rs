@@ -1,9 +1,9 @@
 use dbagent_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::instance::spec_from_proto;
-use super::status::ApiResult;
 use super::ApiState;
+use super::convert::instance::spec_from_proto;
+use super::error::ApiResult;
 
 pub struct InstancesApi(pub ApiState);
 

@@ -5,8 +5,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::ApiState;
-use super::convert::logs::{drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto};
-use super::status::ApiResult;
+use super::convert::logs::{
+    drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto,
+};
+use super::error::ApiResult;
 
 pub struct LogsApi(pub ApiState);
 
@@ -20,7 +22,9 @@ impl pb::logs_server::Logs for LogsApi {
         let tail = self.0.logs.tail(&tail_request_from_proto(req.into_inner())?)?;
         let backlog = tokio_stream::iter(tail.backlog).map(|r| Ok(record_to_proto(&r, 0)));
         let stream: RecordStream = match tail.follow {
-            Some(rx) => Box::pin(backlog.chain(ReceiverStream::new(rx).map(|i| Ok(record_to_proto(&i.record, i.missed_before))))),
+            Some(rx) => Box::pin(
+                backlog.chain(ReceiverStream::new(rx).map(|i| Ok(record_to_proto(&i.record, i.missed_before)))),
+            ),
             None => Box::pin(backlog),
         };
         Ok(Response::new(stream))
@@ -34,7 +38,13 @@ impl pb::logs_server::Logs for LogsApi {
     async fn set_drains(&self, req: Request<pb::SetDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
         let req = req.into_inner();
         let drains = self.0.requests.once("SetDrains", &req.request_id, &req, || async {
-            let drains = req.drains.iter().cloned().enumerate().map(|(i, d)| drain_from_proto(i, d)).collect::<Result<_, _>>()?;
+            let drains = req
+                .drains
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, d)| drain_from_proto(i, d))
+                .collect::<Result<_, _>>()?;
             let drains = self.0.logs.set_drains(&req.instance_id, drains).await?;
             Ok::<_, Status>(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() })
         });

@@ -3,10 +3,10 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::ApiState;
 use super::convert::duration_from_proto;
 use super::convert::metrics::range_from_proto;
-use super::status::ApiResult;
-use super::ApiState;
+use super::error::ApiResult;
 use crate::metrics::{MetricsError, Owner};
 
 pub struct MetricsApi(pub ApiState);

@@ -1,9 +1,9 @@
 use super::*;
 use crate::instances::{Registry, fixtures};
 use crate::locks::ResourceLocks;
-use crate::metrics::model::{Metric, Reading};
 use crate::metrics::MetricsHub;
-use crate::ops::{Engine, OpsSettings};
+use crate::metrics::model::{Metric, Reading};
+use crate::ops::{OperationEngine, OpsSettings};
 use dbagent_proto::v1::metrics_server::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,7 +16,7 @@ async fn state(dir: &std::path::Path) -> ApiState {
     registry.register("pg-1", fixtures::spec("pg-1")).await.unwrap();
     let settings = OpsSettings { max_concurrent: 1, retention: Duration::from_secs(60), max_finished: 10 };
     let root = CancellationToken::new();
-    let (engine, _) = Engine::open(&dir.join("ops"), settings, locks, root.clone()).unwrap();
+    let (engine, _) = OperationEngine::open(&dir.join("ops"), settings, locks, root.clone()).unwrap();
     let host = Arc::new(crate::volume::sim::SimHost::default());
     let volumes = crate::volume::Volumes::new(
         dir,
@@ -27,7 +27,13 @@ async fn state(dir: &std::path::Path) -> ApiState {
         registry.clone(),
     )
     .unwrap();
-    let logs = crate::logs::LogManager::new(dir.join("logs"), crate::logs::LogsConfig::default(), "h".into(), registry.clone(), root.clone());
+    let logs = crate::logs::LogManager::new(
+        dir.join("logs"),
+        crate::logs::LogsConfig::default(),
+        "h".into(),
+        registry.clone(),
+        root.clone(),
+    );
     let backup_config = crate::backup::BackupConfig::default();
     let wrapper = crate::backup::KekWrapper::from_kek(&[9u8; 32]).unwrap();
     let backups = crate::backup::BackupService::new(backup_config, dir, Arc::new(wrapper), engine.clone()).unwrap();
@@ -86,7 +92,10 @@ async fn latest_range_and_errors() {
 
     let range = pb::TimeRange { start: Some((t0 + Duration::from_secs(5)).into()), end: None };
     let got = api
-        .get_instance_metrics(Request::new(pb::GetInstanceMetricsRequest { instance_id: "pg-1".into(), range: Some(range) }))
+        .get_instance_metrics(Request::new(pb::GetInstanceMetricsRequest {
+            instance_id: "pg-1".into(),
+            range: Some(range),
+        }))
         .await
         .unwrap()
         .into_inner();

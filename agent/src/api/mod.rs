@@ -5,11 +5,11 @@ pub mod agent;
 pub mod auth;
 pub mod backups;
 pub mod convert;
+pub mod error;
 pub mod instances;
-pub mod metrics;
 pub mod logs;
+pub mod metrics;
 pub mod operations;
-pub mod status;
 pub mod volumes;
 
 use dbagent_proto::v1 as pb;
@@ -22,14 +22,14 @@ use tonic::transport::Server;
 use crate::backup::BackupService;
 use crate::instances::registry::Registry;
 use crate::metrics::MetricsHub;
-use crate::ops::Engine;
+use crate::ops::OperationEngine;
 use crate::tls::listener::TlsConn;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Arc<Registry>,
-    pub engine: Engine,
+    pub engine: OperationEngine,
     pub backups: Arc<BackupService>,
     pub started: SystemTime,
     pub hostname: String,

@@ -4,9 +4,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::duration_from_proto;
-use super::status::ApiResult;
 use super::ApiState;
+use super::convert::duration_from_proto;
+use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
 use crate::ops::{NewOperation, OpsError, sleep};
 
@@ -26,7 +26,9 @@ impl pb::operations_server::Operations for OperationsApi {
         let req = req.into_inner();
         let limit = match req.limit as usize {
             0 => DEFAULT_LIST_LIMIT,
-            n if n > MAX_LIST_LIMIT => return Err(InvalidField::new("limit", format!("at most {MAX_LIST_LIMIT}")).into()),
+            n if n > MAX_LIST_LIMIT => {
+                return Err(InvalidField::new("limit", format!("at most {MAX_LIST_LIMIT}")).into());
+            }
             n => n,
         };
         let target = (!req.target.is_empty()).then_some(req.target.as_str());

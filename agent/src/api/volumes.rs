@@ -1,8 +1,8 @@
 use dbagent_proto::v1 as pb;
 use tonic::{Request, Response};
 
-use super::status::ApiResult;
 use super::ApiState;
+use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
 use crate::volume::jobs::{self, VolumeAction};
 

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::BackupError;
 use super::destination::Destination;
 use super::manifest::{Manifest, manifest_key};
-use super::BackupError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,7 +73,11 @@ pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<
                 }
                 // Data without a manifest is an unfinished or half-deleted backup: it does not exist.
                 Ok(None) => continue,
-                Err(e) => DestinationStatus { name: dest.name().to_owned(), state: DestinationState::Failed(e.to_string()), bytes: 0 },
+                Err(e) => DestinationStatus {
+                    name: dest.name().to_owned(),
+                    state: DestinationState::Failed(e.to_string()),
+                    bytes: 0,
+                },
             };
             found.entry(id).or_default().1.insert(status.name.clone(), status);
         }
@@ -87,7 +91,11 @@ pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<
             for dest in destinations_of(&manifest, configured) {
                 let status = statuses.get(&dest).cloned().unwrap_or_else(|| {
                     match unreachable.iter().find(|(n, _)| *n == dest) {
-                        Some((_, e)) => DestinationStatus { name: dest.clone(), state: DestinationState::Failed(e.clone()), bytes: 0 },
+                        Some((_, e)) => DestinationStatus {
+                            name: dest.clone(),
+                            state: DestinationState::Failed(e.clone()),
+                            bytes: 0,
+                        },
                         None => DestinationStatus { name: dest.clone(), state: DestinationState::Missing, bytes: 0 },
                     }
                 });
@@ -101,7 +109,9 @@ pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<
             Some(BackupInfo { manifest, state, destinations })
         })
         .collect();
-    out.sort_by(|a, b| a.manifest.started.cmp(&b.manifest.started).then_with(|| a.manifest.backup_id.cmp(&b.manifest.backup_id)));
+    out.sort_by(|a, b| {
+        a.manifest.started.cmp(&b.manifest.started).then_with(|| a.manifest.backup_id.cmp(&b.manifest.backup_id))
+    });
     out
 }
 
@@ -110,7 +120,11 @@ fn destinations_of(_manifest: &Manifest, configured: &[Arc<dyn Destination>]) ->
     configured.iter().map(|d| d.name().to_owned()).collect()
 }
 
-pub async fn read_manifest(dest: &dyn Destination, instance: &str, backup: &str) -> Result<Option<Manifest>, BackupError> {
+pub async fn read_manifest(
+    dest: &dyn Destination,
+    instance: &str,
+    backup: &str,
+) -> Result<Option<Manifest>, BackupError> {
     let Some(bytes) = dest.get(&manifest_key(instance, backup)).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)

@@ -136,7 +136,11 @@ impl Opener {
     }
 
     /// Feeds stored bytes; `emit` receives the plaintext of every chunk known not to be the last.
-    pub fn push(&mut self, data: &[u8], emit: &mut dyn FnMut(&[u8]) -> Result<(), ChunkFault>) -> Result<(), ChunkFault> {
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), ChunkFault>,
+    ) -> Result<(), ChunkFault> {
         self.hash.update(data);
         self.buf.extend_from_slice(data);
         // Strictly more than one frame: the frame in hand is followed by data, so it is not the last.
@@ -166,7 +170,10 @@ impl Opener {
     fn open(&mut self, chunk: BytesMut, last: bool) -> Result<Vec<u8>, ChunkFault> {
         let len = chunk.len() as u64;
         let mut buf = chunk.to_vec();
-        let ok = self.key.open_in_place(nonce(self.index), Aad::from(aad(&self.backup_id, self.index, last)), &mut buf).is_ok();
+        let ok = self
+            .key
+            .open_in_place(nonce(self.index), Aad::from(aad(&self.backup_id, self.index, last)), &mut buf)
+            .is_ok();
         if !ok {
             let why = if last {
                 "fails authentication (corrupted, truncated or from another backup)"

@@ -10,15 +10,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 
+use super::BackupError;
 use super::catalog::BackupInfo;
+use super::decode;
 use super::destination::{Destination, Upload};
-use super::engines;
-use super::settings::EngineConnection;
+use super::engine_commands;
 use super::manifest::{self, BackupKind, BackupMethod, Manifest, data_key, manifest_key};
 use super::pipeline::{self, Counters, DumpSource, EncodeSettings};
-use super::restore;
 use super::service::BackupService;
-use super::BackupError;
+use super::settings::EngineConnection;
 use crate::instances::Instance;
 use crate::ops::{JobContext, JobResult, Progress};
 
@@ -45,7 +45,8 @@ fn inflight_path(svc: &BackupService, backup_id: &str) -> PathBuf {
 
 fn save_inflight(svc: &BackupService, record: &Inflight) -> Result<(), BackupError> {
     let path = inflight_path(svc, &record.backup_id);
-    let text = serde_json::to_vec_pretty(record).map_err(|e| BackupError::io("encode in-flight record", std::io::Error::other(e)))?;
+    let text = serde_json::to_vec_pretty(record)
+        .map_err(|e| BackupError::io("encode in-flight record", std::io::Error::other(e)))?;
     crate::fsutil::atomic_write(&path, &text).map_err(|e| BackupError::io(format!("write {}", path.display()), e))
 }
 
@@ -57,7 +58,10 @@ pub(crate) async fn backup(
     backup_id: String,
     ctx: JobContext,
 ) -> JobResult {
-    run_backup(&svc, &instance, method, kind, &backup_id, &ctx).await.map(Some).map_err(|e| e.to_op_error())
+    run_backup(&svc, &instance, method, kind, &backup_id, &ctx)
+        .await
+        .map(Some)
+        .map_err(|e| crate::ops::OpError::from_error(&e))
 }
 
 async fn run_backup(
@@ -69,10 +73,10 @@ async fn run_backup(
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
     let engine = instance.spec.engine;
-    let method = engines::effective_method(engine, method);
+    let method = engine_commands::effective_method(engine, method);
     let conn = svc.connection_for(instance);
     check_serves(instance, &conn).await?;
-    let tool = engines::dump_tool(engine, method, &conn)?;
+    let tool = engine_commands::dump_tool(engine, method, &conn)?;
     let tool_version = tool.version().await;
     let started = SystemTime::now();
     let data_key = super::chunks::new_data_key().map_err(BackupError::Key)?;
@@ -80,13 +84,18 @@ async fn run_backup(
 
     // Open every destination's upload first; one that cannot even start is failed from the outset.
     let key = data_key_path(instance, backup_id);
-    let mut record = Inflight { instance_id: instance.id.clone(), backup_id: backup_id.to_owned(), uploads: Vec::new() };
+    let mut record =
+        Inflight { instance_id: instance.id.clone(), backup_id: backup_id.to_owned(), uploads: Vec::new() };
     let mut uploads: Vec<(String, Box<dyn Upload>)> = Vec::new();
     let mut failed: Vec<(String, String)> = Vec::new();
     for dest in &svc.destinations {
         match dest.create(&key).await {
             Ok(up) => {
-                record.uploads.push(InflightUpload { destination: dest.name().to_owned(), key: key.clone(), handle: up.handle() });
+                record.uploads.push(InflightUpload {
+                    destination: dest.name().to_owned(),
+                    key: key.clone(),
+                    handle: up.handle(),
+                });
                 save_inflight(svc, &record)?;
                 uploads.push((dest.name().to_owned(), up));
             }
@@ -98,7 +107,9 @@ async fn run_backup(
     }
     if uploads.is_empty() {
         let _ = std::fs::remove_file(inflight_path(svc, backup_id));
-        return Err(BackupError::AllDestinationsFailed(failed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>().join("; ")));
+        return Err(BackupError::AllDestinationsFailed(
+            failed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>().join("; "),
+        ));
     }
 
     let mut child = tool
@@ -108,14 +119,22 @@ async fn run_backup(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| BackupError::Command { command: tool.name(), message: format!("start: {e}") })?;
-    let stdout = child.stdout.take().ok_or_else(|| BackupError::io("dump stdout", std::io::Error::other("not piped")))?;
+    let stdout =
+        child.stdout.take().ok_or_else(|| BackupError::io("dump stdout", std::io::Error::other("not piped")))?;
     let stderr = child.stderr.take();
     let name = tool.name();
     let done = Box::pin(async move {
         let tail = tokio::spawn(read_tail(stderr));
-        let status = child.wait().await.map_err(|e| BackupError::Command { command: name.clone(), message: format!("wait: {e}") })?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| BackupError::Command { command: name.clone(), message: format!("wait: {e}") })?;
         let tail = tail.await.unwrap_or_default();
-        if status.success() { Ok(()) } else { Err(BackupError::Command { command: name, message: format!("{status}: {}", tail.trim()) }) }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(BackupError::Command { command: name, message: format!("{status}: {}", tail.trim()) })
+        }
     });
     let source = DumpSource { reader: Box::new(stdout), done };
 
@@ -133,7 +152,8 @@ async fn run_backup(
         chunk_size: svc.config.chunk_size,
         rate_limit: svc.config.rate_limit_bytes_per_sec,
     };
-    let encode = pipeline::encode(source, data_key, backup_id, &settings, uploads, counters.clone(), ctx.cancel.clone());
+    let encode =
+        pipeline::encode(source, data_key, backup_id, &settings, uploads, counters.clone(), ctx.cancel.clone());
     tokio::pin!(encode);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let outcome = loop {
@@ -207,7 +227,9 @@ async fn run_backup(
     }
     let _ = std::fs::remove_file(inflight_path(svc, backup_id));
     if complete.is_empty() {
-        return Err(BackupError::AllDestinationsFailed(failed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>().join("; ")));
+        return Err(BackupError::AllDestinationsFailed(
+            failed.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>().join("; "),
+        ));
     }
     let state = if failed.is_empty() { "complete" } else { "degraded" };
     tracing::info!(backup = backup_id, instance = %instance.id, state, raw = outcome.raw_bytes, stored = outcome.stored_bytes, "backup finished");
@@ -227,7 +249,8 @@ fn data_key_path(instance: &Instance, backup_id: &str) -> String {
 }
 
 async fn write_manifest(dest: &dyn Destination, manifest: &Manifest) -> Result<(), BackupError> {
-    let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::io("encode manifest", std::io::Error::other(e)))?;
+    let bytes = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| BackupError::io("encode manifest", std::io::Error::other(e)))?;
     dest.put(&manifest_key(&manifest.instance_id, &manifest.backup_id), Bytes::from(bytes)).await
 }
 
@@ -249,7 +272,7 @@ pub(super) async fn read_tail(stderr: Option<tokio::process::ChildStderr>) -> St
 
 /// Refuses to dump unless the server at `conn` serves the instance's own data directory.
 pub(super) async fn check_serves(instance: &Instance, conn: &EngineConnection) -> Result<(), BackupError> {
-    let tool = engines::data_dir_query(instance.spec.engine, conn);
+    let tool = engine_commands::data_dir_query(instance.spec.engine, conn);
     let out = tool
         .command(&instance.spec.os_user)?
         .stdin(Stdio::null())
@@ -263,7 +286,11 @@ pub(super) async fn check_serves(instance: &Instance, conn: &EngineConnection) -
     if !out.status.success() {
         return Err(BackupError::Command {
             command: tool.name(),
-            message: format!("asking {where_} for its data directory: {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            message: format!(
+                "asking {where_} for its data directory: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     if served.is_empty() || canonical(Path::new(served)) != canonical(&instance.spec.data_dir) {
@@ -282,12 +309,18 @@ pub(super) async fn check_serves(instance: &Instance, conn: &EngineConnection) -
 /// meanwhile), so the total never falls below what was read: the percentage stops at 100.
 fn report_progress(ctx: &JobContext, counters: &Counters, estimate: u64) {
     let raw = counters.raw_in.load(Ordering::Relaxed);
-    let outs: Vec<String> = counters.out.iter().map(|(n, c)| format!("{n} {} bytes", c.load(Ordering::Relaxed))).collect();
+    let outs: Vec<String> =
+        counters.out.iter().map(|(n, c)| format!("{n} {} bytes", c.load(Ordering::Relaxed))).collect();
     let (total, of) = match estimate {
         0 => (0, String::new()),
         e => (e.max(raw), format!(" of about {e}")),
     };
-    ctx.progress(Progress { done: raw, total, unit: "bytes".into(), message: format!("in {raw} bytes{of}; out: {}", outs.join(", ")) });
+    ctx.progress(Progress {
+        done: raw,
+        total,
+        unit: "bytes".into(),
+        message: format!("in {raw} bytes{of}; out: {}", outs.join(", ")),
+    });
 }
 
 /// Walking more entries than this costs more than the estimate is worth: the size stays unknown.
@@ -319,7 +352,11 @@ pub(crate) fn estimate_size(dir: &Path) -> u64 {
 }
 
 /// Removes a backup from every destination, manifest first so it stops existing before its data goes.
-pub(crate) async fn delete_everywhere(destinations: &[Arc<dyn Destination>], instance: &str, backup: &str) -> Result<(), BackupError> {
+pub(crate) async fn delete_everywhere(
+    destinations: &[Arc<dyn Destination>],
+    instance: &str,
+    backup: &str,
+) -> Result<(), BackupError> {
     let mut errors = Vec::new();
     for dest in destinations {
         if let Err(e) = dest.delete(&manifest_key(instance, backup)).await {
@@ -335,7 +372,7 @@ pub(crate) async fn delete_everywhere(destinations: &[Arc<dyn Destination>], ins
 }
 
 pub(crate) async fn delete(svc: Arc<BackupService>, instance: String, backup: String, _ctx: JobContext) -> JobResult {
-    delete_everywhere(&svc.destinations, &instance, &backup).await.map_err(|e| e.to_op_error())?;
+    delete_everywhere(&svc.destinations, &instance, &backup).await.map_err(|e| crate::ops::OpError::from_error(&e))?;
     Ok(Some(serde_json::json!({ "backup_id": backup, "deleted": true })))
 }
 
@@ -349,10 +386,16 @@ pub(super) fn unwrap_key(svc: &BackupService, m: &Manifest) -> Result<Vec<u8>, B
         )));
     }
     if m.key_wrapper != svc.keys.scheme() {
-        return Err(BackupError::Key(format!("backup {} names an unknown key wrapper {:?}", m.backup_id, m.key_wrapper)));
+        return Err(BackupError::Key(format!(
+            "backup {} names an unknown key wrapper {:?}",
+            m.backup_id, m.key_wrapper
+        )));
     }
     svc.keys.unwrap(&m.backup_id, &wrapped).map_err(|e| match e {
-        BackupError::Key(msg) => BackupError::Key(format!("backup {} was encrypted under key-encryption key {}: {msg}", m.backup_id, m.key_id)),
+        BackupError::Key(msg) => BackupError::Key(format!(
+            "backup {} was encrypted under key-encryption key {}: {msg}",
+            m.backup_id, m.key_id
+        )),
         other => other,
     })
 }
@@ -362,16 +405,21 @@ pub(crate) async fn verify(svc: Arc<BackupService>, info: BackupInfo, source: St
         let dest = svc.destination(&source).ok_or_else(|| BackupError::dest(&source, "not configured"))?;
         let key = unwrap_key(&svc, &info.manifest)?;
         let m = &info.manifest;
-        ctx.progress(Progress { done: 0, total: m.stored_bytes, unit: "bytes".into(), message: format!("verifying on {source}") });
+        ctx.progress(Progress {
+            done: 0,
+            total: m.stored_bytes,
+            unit: "bytes".into(),
+            message: format!("verifying on {source}"),
+        });
         let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
         let mut sink = tokio::io::sink();
-        let out = restore::decode(stream, key, m, &source, &mut sink, &ctx.cancel).await?;
+        let out = decode::decode(stream, key, m, &source, &mut sink, &ctx.cancel).await?;
         Ok::<_, BackupError>(serde_json::json!({
             "backup_id": m.backup_id, "destination": source, "chunks": out.chunk_count,
             "stored_bytes": out.stored_bytes, "raw_bytes": out.raw_bytes, "sha256": m.sha256, "ok": true,
         }))
     };
-    run.await.map(Some).map_err(|e| e.to_op_error())
+    run.await.map(Some).map_err(|e| crate::ops::OpError::from_error(&e))
 }
 
 pub(crate) async fn repair(svc: Arc<BackupService>, info: BackupInfo, source: String, ctx: JobContext) -> JobResult {
@@ -386,11 +434,16 @@ pub(crate) async fn repair(svc: Arc<BackupService>, info: BackupInfo, source: St
                 continue;
             }
             let Some(to) = svc.destination(&status.name) else { continue };
-            ctx.progress(Progress { done: 0, total: m.stored_bytes, unit: "bytes".into(), message: format!("copying {source} -> {}", to.name()) });
+            ctx.progress(Progress {
+                done: 0,
+                total: m.stored_bytes,
+                unit: "bytes".into(),
+                message: format!("copying {source} -> {}", to.name()),
+            });
             let key = data_key(&m.instance_id, &m.backup_id);
             let upload = to.create(&key).await?;
             let stream = from.stream(&key).await?;
-            restore::copy_verified(stream, upload, m, &ctx.cancel).await?;
+            decode::copy_verified(stream, upload, m, &ctx.cancel).await?;
             write_manifest(to.as_ref(), &manifest).await?;
             repaired.push(to.name().to_owned());
         }
@@ -402,7 +455,7 @@ pub(crate) async fn repair(svc: Arc<BackupService>, info: BackupInfo, source: St
         }
         Ok::<_, BackupError>(serde_json::json!({ "backup_id": m.backup_id, "source": source, "repaired": repaired }))
     };
-    run.await.map(Some).map_err(|e| e.to_op_error())
+    run.await.map(Some).map_err(|e| crate::ops::OpError::from_error(&e))
 }
 
 /// Aborts the uploads and removes the partial objects of every backup that was running when the

@@ -1,5 +1,5 @@
 //! Wrapping of the per-backup data key under the host key-encryption key (KEK) of the local key
-//! provider (design: "The data key is wrapped by the key provider"). The KEK is read through the
+//! provider (docs/backups.md). The KEK is read through the
 //! same [`KekSource`] as the volume keystore: the systemd credential `dbagent-kek`, else
 //! `keys.kek_file` (dev mode generates `<state_dir>/kek`).
 
@@ -68,16 +68,8 @@ impl KekWrapper {
         let mut h = Sha256::new();
         h.update(b"dbagent-kek-id\0");
         h.update(kek);
-        let id = h
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(Self {
-            key: LessSafeKey::new(unbound),
-            id,
-        })
+        let id = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        Ok(Self { key: LessSafeKey::new(unbound), id })
     }
 }
 
@@ -92,15 +84,10 @@ impl KeyWrapper for KekWrapper {
 
     fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce)
-            .map_err(|e| BackupError::Key(format!("generate nonce: {e}")))?;
+        getrandom::fill(&mut nonce).map_err(|e| BackupError::Key(format!("generate nonce: {e}")))?;
         let mut sealed = data_key.to_vec();
         self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(backup_id)),
-                &mut sealed,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(backup_id)), &mut sealed)
             .map_err(|_| BackupError::Key("wrap the backup data key".into()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -120,10 +107,7 @@ impl KeyWrapper for KekWrapper {
         let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refuse())?;
         let mut buf = sealed.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(aad(backup_id)), &mut buf)
-            .map_err(|_| refuse())?;
+        let plain = self.key.open_in_place(nonce, Aad::from(aad(backup_id)), &mut buf).map_err(|_| refuse())?;
         Ok(plain.to_vec())
     }
 }
@@ -133,9 +117,7 @@ pub struct NoKek(String);
 
 impl NoKek {
     fn logged(reason: String) -> Self {
-        tracing::error!(
-            "{reason}; backups cannot be taken, verified or restored until it is provided"
-        );
+        tracing::error!("{reason}; backups cannot be taken, verified or restored until it is provided");
         Self(reason)
     }
 
@@ -187,10 +169,7 @@ mod tests {
         let b = KekWrapper::from_kek(&[1u8; 32]).unwrap();
         assert_ne!(a.key_id(), b.key_id());
         let e = b.unwrap("b1", &wrapped).unwrap_err().to_string();
-        assert!(
-            e.contains("cannot be unwrapped") && e.contains(&b.key_id()),
-            "{e}"
-        );
+        assert!(e.contains("cannot be unwrapped") && e.contains(&b.key_id()), "{e}");
         assert!(a.unwrap("b1", &wrapped[..20]).is_err());
     }
 
@@ -215,14 +194,7 @@ mod tests {
         let dev = from_config(&config, true);
         dev.check().unwrap();
         let kek = std::fs::read(dir.path().join("kek")).unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.path().join("kek"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o077,
-            0
-        );
+        assert_eq!(std::fs::metadata(dir.path().join("kek")).unwrap().permissions().mode() & 0o077, 0);
         assert_eq!(dev.key_id(), KekWrapper::from_kek(&kek).unwrap().key_id());
         // Production mode reads the existing file.
         let prod = from_config(&config, false);
@@ -234,22 +206,16 @@ mod tests {
     fn a_missing_kek_is_a_failed_precondition_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let w = from_config(&config_with_kek(dir.path()), false);
-        for e in [
-            w.check().unwrap_err(),
-            w.wrap("b1", &[0u8; 32]).unwrap_err(),
-            w.unwrap("b1", &[0u8; 60]).unwrap_err(),
-        ] {
+        for e in
+            [w.check().unwrap_err(), w.wrap("b1", &[0u8; 32]).unwrap_err(), w.unwrap("b1", &[0u8; 60]).unwrap_err()]
+        {
             assert!(matches!(e, BackupError::FailedPrecondition(_)), "{e:?}");
             let msg = e.to_string();
             assert!(
-                msg.contains("key-encryption key")
-                    && msg.contains(&dir.path().join("kek").display().to_string()),
+                msg.contains("key-encryption key") && msg.contains(&dir.path().join("kek").display().to_string()),
                 "{msg}"
             );
-            assert_eq!(
-                e.to_op_error().code,
-                crate::ops::ErrorCode::FailedPrecondition
-            );
+            assert_eq!(crate::error::HasErrorCode::code(&e), crate::error::ErrorCode::FailedPrecondition);
         }
     }
 }

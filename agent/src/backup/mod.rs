@@ -1,26 +1,26 @@
-//! Backups (design: Backups): one streaming pass from the engine's dump command through zstd and
+//! Backups: one streaming pass from the engine's dump command through zstd and
 //! AES-256-GCM chunks to every destination at once, with a manifest written last per destination.
 //!
 //! `docs/backups.md` describes the stored format, the configuration and the restore procedure.
 
 pub mod catalog;
 pub mod chunks;
+pub mod decode;
 pub mod destination;
-pub mod engines;
+pub mod engine_commands;
+pub mod jobs;
 pub mod keywrap;
 pub mod manifest;
 pub mod pipeline;
-pub mod jobs;
-pub mod restore;
 pub mod restore_dir;
 pub mod restore_job;
 pub mod scheduler;
 pub mod service;
 pub mod settings;
 
+pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
 pub use keywrap::{KekWrapper, KeyWrapper};
 pub use manifest::{BackupKind, BackupMethod, Manifest};
-pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
 pub use service::BackupService;
 pub use settings::BackupConfig;
 
@@ -33,7 +33,9 @@ pub enum BackupError {
     Invalid(#[from] crate::ids::InvalidField),
     #[error("backup {backup} of instance {instance} does not exist on any reachable destination")]
     NotFound { instance: String, backup: String },
-    #[error("the manual backup quota of plan {plan} ({limit} backups) is reached for instance {instance}; delete a manual backup first")]
+    #[error(
+        "the manual backup quota of plan {plan} ({limit} backups) is reached for instance {instance}; delete a manual backup first"
+    )]
     QuotaExhausted { instance: String, plan: &'static str, limit: usize },
     #[error("{0}")]
     FailedPrecondition(String),
@@ -63,11 +65,12 @@ impl BackupError {
     pub(crate) fn dest(destination: &str, message: impl std::fmt::Display) -> Self {
         BackupError::Destination { destination: destination.to_owned(), message: message.to_string() }
     }
+}
 
-    /// The error an operation record carries.
-    pub fn to_op_error(&self) -> crate::ops::OpError {
-        use crate::ops::ErrorCode;
-        let code = match self {
+impl crate::error::HasErrorCode for BackupError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
             BackupError::Invalid(_) => ErrorCode::InvalidArgument,
             BackupError::NotFound { .. } => ErrorCode::NotFound,
             BackupError::QuotaExhausted { .. } => ErrorCode::ResourceExhausted,
@@ -76,9 +79,9 @@ impl BackupError {
             }
             BackupError::Destination { .. } | BackupError::AllDestinationsFailed(_) => ErrorCode::Unavailable,
             BackupError::Cancelled => ErrorCode::Cancelled,
-            BackupError::Command { .. } | BackupError::Io { .. } | BackupError::Ops(_) => ErrorCode::Internal,
-        };
-        crate::ops::OpError { code, message: self.to_string() }
+            BackupError::Ops(e) => e.code(),
+            BackupError::Command { .. } | BackupError::Io { .. } => ErrorCode::Internal,
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::BackupError;
 use super::chunks::Sealer;
 use super::destination::Upload;
-use super::BackupError;
 
 const READ_SIZE: usize = 256 << 10;
 const RAW_QUEUE: usize = 4;
@@ -48,7 +48,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn new(destinations: &[String]) -> Arc<Self> {
-        Arc::new(Self { raw_in: AtomicU64::new(0), out: destinations.iter().map(|d| (d.clone(), AtomicU64::new(0))).collect() })
+        Arc::new(Self {
+            raw_in: AtomicU64::new(0),
+            out: destinations.iter().map(|d| (d.clone(), AtomicU64::new(0))).collect(),
+        })
     }
 }
 
@@ -129,7 +132,9 @@ pub async fn encode(
     let result = match (fanout_error, read, compressed) {
         (Some(e), _, _) => Err(e),
         // The reader only sees "stopped" when the compressor failed first: report the cause.
-        (None, Err(BackupError::Cancelled), Err(e)) if !cancel.is_cancelled() => Err(BackupError::io("compress and encrypt the dump", e)),
+        (None, Err(BackupError::Cancelled), Err(e)) if !cancel.is_cancelled() => {
+            Err(BackupError::io("compress and encrypt the dump", e))
+        }
         (None, Err(e), _) => Err(e),
         (None, Ok(raw), Ok((sha256, stored, count))) => Ok((raw, sha256, stored, count)),
         (None, Ok(_), Err(e)) => Err(BackupError::io("compress and encrypt the dump", e)),
@@ -148,13 +153,15 @@ pub async fn encode(
     match result {
         Ok((raw_bytes, sha256, stored_bytes, chunk_count)) => {
             if destinations.iter().all(|(_, r)| r.is_err()) {
-                let why: Vec<String> = destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
+                let why: Vec<String> =
+                    destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
                 return Err(BackupError::AllDestinationsFailed(why.join("; ")));
             }
             Ok(EncodeOutcome { raw_bytes, stored_bytes, sha256, chunk_count, destinations })
         }
         Err(BackupError::AllDestinationsFailed(_)) => {
-            let why: Vec<String> = destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
+            let why: Vec<String> =
+                destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
             Err(BackupError::AllDestinationsFailed(why.join("; ")))
         }
         Err(e) => Err(e),
@@ -204,7 +211,8 @@ impl Write for SealWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let tx = &self.tx;
         let sealer = self.sealer.as_mut().ok_or_else(|| std::io::Error::other("sealer already finished"))?;
-        sealer.push(data, &mut |chunk| tx.blocking_send(chunk).map_err(|_| std::io::Error::other("pipeline stopped")))?;
+        sealer
+            .push(data, &mut |chunk| tx.blocking_send(chunk).map_err(|_| std::io::Error::other("pipeline stopped")))?;
         Ok(data.len())
     }
 

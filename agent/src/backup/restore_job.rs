@@ -6,15 +6,15 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use super::BackupError;
 use super::catalog::BackupInfo;
+use super::decode;
 use super::destination::Destination;
-use super::engines::{self, RestorePlan, RestoreTarget, Tool};
+use super::engine_commands::{self, RestorePlan, RestoreTarget, Tool};
 use super::jobs::{check_serves, read_tail, unwrap_key};
 use super::manifest::{Manifest, data_key};
-use super::restore;
 use super::restore_dir::RestoreDir;
 use super::service::BackupService;
-use super::BackupError;
 use crate::instances::{Engine, Instance};
 use crate::ops::{JobContext, JobResult, Progress};
 
@@ -66,7 +66,10 @@ pub(crate) async fn restore(
     target: RestoreTarget,
     ctx: JobContext,
 ) -> JobResult {
-    run_restore(&svc, &instance, &info, &source, &target, &ctx).await.map(Some).map_err(|e| e.to_op_error())
+    run_restore(&svc, &instance, &info, &source, &target, &ctx)
+        .await
+        .map(Some)
+        .map_err(|e| crate::ops::OpError::from_error(&e))
 }
 
 async fn run_restore(
@@ -81,7 +84,7 @@ async fn run_restore(
     let dest = svc.destination(source).ok_or_else(|| BackupError::dest(source, "not configured"))?;
     // Refuse before touching the target: a wrong key must not leave a half-made data directory.
     let key = unwrap_key(svc, m)?;
-    let plan = engines::restore_plan(m.engine, m.method, target)?;
+    let plan = engine_commands::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
     if let RestoreTarget::Server { connection, instance_server: true, .. } = target {
         check_serves(instance, connection).await?;
@@ -113,12 +116,19 @@ async fn fill_target(
     user: &str,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
-    ctx.progress(Progress { done: 0, total: m.raw_bytes, unit: "bytes".into(), message: format!("restoring from {source}") });
+    ctx.progress(Progress {
+        done: 0,
+        total: m.raw_bytes,
+        unit: "bytes".into(),
+        message: format!("restoring from {source}"),
+    });
     let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
     let out = match plan {
         RestorePlan::File(path) => {
-            let mut file = tokio::fs::File::create(&path).await.map_err(|e| BackupError::io(format!("create {}", path.display()), e))?;
-            let out = restore::decode(stream, key, m, source, &mut file, &ctx.cancel).await?;
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| BackupError::io(format!("create {}", path.display()), e))?;
+            let out = decode::decode(stream, key, m, source, &mut file, &ctx.cancel).await?;
             file.sync_all().await.map_err(|e| BackupError::io(format!("fsync {}", path.display()), e))?;
             chown_to(&path, user)?;
             out
@@ -134,15 +144,24 @@ async fn fill_target(
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| BackupError::Command { command: tool.name(), message: format!("start: {e}") })?;
-            let mut stdin = child.stdin.take().ok_or_else(|| BackupError::io("restore stdin", std::io::Error::other("not piped")))?;
+            let mut stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| BackupError::io("restore stdin", std::io::Error::other("not piped")))?;
             let tail = tokio::spawn(read_tail(child.stderr.take()));
-            let decoded = restore::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
+            let decoded = decode::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
             drop(stdin);
-            let status = child.wait().await.map_err(|e| BackupError::Command { command: tool.name(), message: format!("wait: {e}") })?;
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| BackupError::Command { command: tool.name(), message: format!("wait: {e}") })?;
             let out = decoded?;
             if !status.success() {
                 let tail = tail.await.unwrap_or_default();
-                return Err(BackupError::Command { command: tool.name(), message: format!("{status}: {}", tail.trim()) });
+                return Err(BackupError::Command {
+                    command: tool.name(),
+                    message: format!("{status}: {}", tail.trim()),
+                });
             }
             if let Some(after) = after {
                 run_tool(&after, user).await?;
@@ -150,7 +169,9 @@ async fn fill_target(
             out
         }
     };
-    Ok(serde_json::json!({ "backup_id": m.backup_id, "source": source, "raw_bytes": out.raw_bytes, "chunks": out.chunk_count }))
+    Ok(
+        serde_json::json!({ "backup_id": m.backup_id, "source": source, "raw_bytes": out.raw_bytes, "chunks": out.chunk_count }),
+    )
 }
 
 async fn run_tool(tool: &Tool, user: &str) -> Result<(), BackupError> {
@@ -163,7 +184,10 @@ async fn run_tool(tool: &Tool, user: &str) -> Result<(), BackupError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(BackupError::Command { command: tool.name(), message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()) })
+        Err(BackupError::Command {
+            command: tool.name(),
+            message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        })
     }
 }
 
@@ -171,9 +195,9 @@ fn chown_to(path: &Path, user: &str) -> Result<(), BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
         return Ok(());
     }
-    let u = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| BackupError::FailedPrecondition(format!("system user {user:?} of the instance does not exist")))?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid)).map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))
+    let u = nix::unistd::User::from_name(user).ok().flatten().ok_or_else(|| {
+        BackupError::FailedPrecondition(format!("system user {user:?} of the instance does not exist"))
+    })?;
+    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
+        .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))
 }

@@ -37,7 +37,9 @@ pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: System
             }
         }
         match service.apply_retention(&instance.id, now).await {
-            Ok(removed) if !removed.is_empty() => tracing::info!(instance = %instance.id, "retention removed {} backups", removed.len()),
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(instance = %instance.id, "retention removed {} backups", removed.len())
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(instance = %instance.id, "retention: {e:#}"),
         }

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::BackupError;
 use super::catalog::{self, BackupInfo};
 use super::destination::{self, Destination};
-use super::engines::RestoreTarget;
+use super::engine_commands::RestoreTarget;
 use super::jobs;
-use super::restore_job;
 use super::keywrap::KeyWrapper;
 use super::manifest::{BackupKind, BackupMethod};
+use super::restore_job;
 use super::settings::{BackupConfig, EngineConnection};
-use super::BackupError;
 use crate::ids;
 use crate::instances::{Engine, Instance, PlanName};
 use crate::ops::{self, NewOperation, OperationRecord};
@@ -37,7 +37,7 @@ pub struct BackupService {
     pub(crate) config: BackupConfig,
     pub(crate) destinations: Vec<Arc<dyn Destination>>,
     pub(crate) keys: Arc<dyn KeyWrapper>,
-    pub(crate) engine: ops::Engine,
+    pub(crate) engine: ops::OperationEngine,
     pub(crate) inflight_dir: PathBuf,
 }
 
@@ -46,7 +46,7 @@ impl BackupService {
         config: BackupConfig,
         state_dir: &Path,
         keys: Arc<dyn KeyWrapper>,
-        engine: ops::Engine,
+        engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
         let destinations = config
             .effective_destinations(state_dir)
@@ -97,14 +97,23 @@ impl BackupService {
         let backup_id = backup_id_for(&instance.id, request_id);
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
-            let manual = existing.iter().filter(|b| b.manifest.kind == BackupKind::Manual && b.manifest.backup_id != backup_id).count();
+            let manual = existing
+                .iter()
+                .filter(|b| b.manifest.kind == BackupKind::Manual && b.manifest.backup_id != backup_id)
+                .count();
             let (plan, limit) = manual_quota(instance.spec.plan.name);
             if manual >= limit {
                 return Err(BackupError::QuotaExhausted { instance: instance.id.clone(), plan, limit });
             }
         }
         let params = serde_json::json!({ "backup_id": backup_id, "method": method, "kind": kind });
-        let new = NewOperation { request_id: request_id.to_owned(), kind: KIND_START, target: instance.id.clone(), params, exclusive: true };
+        let new = NewOperation {
+            request_id: request_id.to_owned(),
+            kind: KIND_START,
+            target: instance.id.clone(),
+            params,
+            exclusive: true,
+        };
         let (svc, instance) = (self.clone(), instance.clone());
         let job = Box::new(move |ctx| -> ops::engine::JobFuture {
             Box::pin(async move { jobs::backup(svc, instance, method, kind, backup_id, ctx).await })
@@ -119,12 +128,19 @@ impl BackupService {
     pub async fn get(&self, instance_id: &str, backup_id: &str) -> Result<BackupInfo, BackupError> {
         ids::instance_id("instance_id", instance_id)?;
         check_backup_id(backup_id)?;
-        self.list(instance_id).await.into_iter().find(|b| b.manifest.backup_id == backup_id).ok_or_else(|| {
-            BackupError::NotFound { instance: instance_id.to_owned(), backup: backup_id.to_owned() }
-        })
+        self.list(instance_id)
+            .await
+            .into_iter()
+            .find(|b| b.manifest.backup_id == backup_id)
+            .ok_or_else(|| BackupError::NotFound { instance: instance_id.to_owned(), backup: backup_id.to_owned() })
     }
 
-    pub async fn delete(self: &Arc<Self>, instance_id: &str, backup_id: &str, request_id: &str) -> Result<OperationRecord, BackupError> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        instance_id: &str,
+        backup_id: &str,
+        request_id: &str,
+    ) -> Result<OperationRecord, BackupError> {
         self.get(instance_id, backup_id).await?;
         let (svc, inst, bid) = (self.clone(), instance_id.to_owned(), backup_id.to_owned());
         self.submit(KIND_DELETE, instance_id, backup_id, request_id, serde_json::json!({}), false, move |ctx| {
@@ -177,7 +193,12 @@ impl BackupService {
     }
 
     /// Copies a degraded backup from a healthy destination to the others, verifying checksums.
-    pub async fn repair(self: &Arc<Self>, instance_id: &str, backup_id: &str, request_id: &str) -> Result<OperationRecord, BackupError> {
+    pub async fn repair(
+        self: &Arc<Self>,
+        instance_id: &str,
+        backup_id: &str,
+        request_id: &str,
+    ) -> Result<OperationRecord, BackupError> {
         let info = self.get(instance_id, backup_id).await?;
         let source = self.pick_source(&info, None)?;
         let svc = self.clone();
@@ -211,10 +232,16 @@ impl BackupService {
         let mut healthy = info.healthy_destinations();
         match wanted.filter(|w| !w.is_empty()) {
             Some(w) => healthy.find(|h| *h == w).map(str::to_owned).ok_or_else(|| {
-                BackupError::FailedPrecondition(format!("backup {} is not complete on destination {w}", info.manifest.backup_id))
+                BackupError::FailedPrecondition(format!(
+                    "backup {} is not complete on destination {w}",
+                    info.manifest.backup_id
+                ))
             }),
             None => healthy.next().map(str::to_owned).ok_or_else(|| {
-                BackupError::FailedPrecondition(format!("no reachable destination holds backup {}", info.manifest.backup_id))
+                BackupError::FailedPrecondition(format!(
+                    "no reachable destination holds backup {}",
+                    info.manifest.backup_id
+                ))
             }),
         }
     }
@@ -231,7 +258,8 @@ impl BackupService {
         job: impl FnOnce(ops::JobContext) -> ops::engine::JobFuture + Send + 'static,
     ) -> Result<OperationRecord, BackupError> {
         params["backup_id"] = serde_json::Value::from(backup_id);
-        let new = NewOperation { request_id: request_id.to_owned(), kind, target: instance_id.to_owned(), params, exclusive };
+        let new =
+            NewOperation { request_id: request_id.to_owned(), kind, target: instance_id.to_owned(), params, exclusive };
         Ok(self.engine.submit(new, Box::new(job)).await?.0)
     }
 
@@ -252,7 +280,11 @@ pub fn backup_id_for(instance_id: &str, request_id: &str) -> String {
 
 pub fn check_backup_id(id: &str) -> Result<(), ids::InvalidField> {
     let ok = id.len() == 21 && id.starts_with('b') && id[1..].bytes().all(|b| b.is_ascii_hexdigit());
-    if ok { Ok(()) } else { Err(ids::InvalidField::new("backup_id", format!("{id:?} is not a backup id (b and 20 hex digits)"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ids::InvalidField::new("backup_id", format!("{id:?} is not a backup id (b and 20 hex digits)")))
+    }
 }
 
 /// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
-use super::engines::RestoreTarget;
+use super::engine_commands::RestoreTarget;
 use super::settings::DestinationConfig;
 use super::*;
 use crate::instances::{Engine as DbEngine, Instance, PlanName, fixtures};
@@ -17,14 +17,14 @@ use crate::ops::{self, OpState, OperationRecord, OpsSettings};
 
 struct Fixture {
     dir: tempfile::TempDir,
-    engine: ops::Engine,
+    engine: ops::OperationEngine,
     data: Vec<u8>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (engine, _) = ops::Engine::open(
+        let (engine, _) = ops::OperationEngine::open(
             &dir.path().join("ops"),
             OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 100 },
             ResourceLocks::default(),
@@ -42,7 +42,11 @@ impl Fixture {
         let (served, dump) = (dir.path().join("served"), dir.path().join("dump.bin"));
         std::fs::write(
             &script,
-            format!("#!/bin/sh\ncase \"$*\" in *'CONFIG GET dir'*) exec cat {};; esac\nexec cat {}\n", served.display(), dump.display()),
+            format!(
+                "#!/bin/sh\ncase \"$*\" in *'CONFIG GET dir'*) exec cat {};; esac\nexec cat {}\n",
+                served.display(),
+                dump.display()
+            ),
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -53,7 +57,11 @@ impl Fixture {
         let mut c = BackupConfig { chunk_size: 64 << 10, ..BackupConfig::default() };
         c.redis.bin_dir = self.dir.path().join("bin");
         for az in ["az1", "az2", "az3"] {
-            let path = if broken == Some(az) { self.dir.path().join("dump.bin/x") } else { self.dir.path().join("dest").join(az) };
+            let path = if broken == Some(az) {
+                self.dir.path().join("dump.bin/x")
+            } else {
+                self.dir.path().join("dest").join(az)
+            };
             c.destinations.push(DestinationConfig::Dir { name: az.into(), path });
         }
         c
@@ -80,7 +88,7 @@ fn instance(plan: PlanName) -> Instance {
     Instance { id: "r1".into(), spec, created: SystemTime::now(), updated: SystemTime::now(), generation: 1 }
 }
 
-async fn wait(engine: &ops::Engine, op: &OperationRecord) -> OperationRecord {
+async fn wait(engine: &ops::OperationEngine, op: &OperationRecord) -> OperationRecord {
     let mut rx = engine.watch(&op.id).unwrap();
     loop {
         let r = rx.borrow_and_update().clone();
@@ -140,7 +148,11 @@ async fn backup_verify_restore_round_trip() {
     // Another host KEK: restore is refused before anything is written.
     let other = f.service(None, 2);
     let target2 = f.dir.path().join("restored2");
-    let r = wait(&f.engine, &other.restore(&inst, &id, RestoreTarget::DataDir(target2.clone()), None, "r-2").await.unwrap()).await;
+    let r = wait(
+        &f.engine,
+        &other.restore(&inst, &id, RestoreTarget::DataDir(target2.clone()), None, "r-2").await.unwrap(),
+    )
+    .await;
     assert_eq!(r.state, OpState::Failed);
     let msg = r.error.unwrap().message;
     assert!(msg.contains("cannot be unwrapped"), "{msg}");
@@ -184,7 +196,8 @@ async fn quota_and_retention() {
     assert!(matches!(e, BackupError::QuotaExhausted { limit: 10, .. }), "{e}");
     assert!(e.to_string().contains("starter"), "{e}");
     // Scheduled backups do not count against the manual quota.
-    let s = wait(&f.engine, &svc.start(&inst, BackupMethod::Physical, BackupKind::Scheduled, "s1").await.unwrap()).await;
+    let s =
+        wait(&f.engine, &svc.start(&inst, BackupMethod::Physical, BackupKind::Scheduled, "s1").await.unwrap()).await;
     assert_eq!(s.state, OpState::Succeeded, "{:?}", s.error);
     let scheduled = backup_id(&s);
     // keep_daily = 7: nothing expired now, exactly the scheduled one 8 days later.
@@ -245,13 +258,15 @@ async fn backups_wrapped_under_the_retired_host_key_are_refused_by_name() {
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let inst = instance(PlanName::Starter);
-    let done = wait(&f.engine, &svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap()).await;
+    let done =
+        wait(&f.engine, &svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap()).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
     let id = backup_id(&done);
     assert_eq!(svc.get("r1", &id).await.unwrap().manifest.key_wrapper, keywrap::KEK_WRAPPER);
     for az in ["az1", "az2", "az3"] {
         let path = f.dir.path().join("dest").join(az).join("r1").join(&id).join("manifest.json");
-        let text = std::fs::read_to_string(&path).unwrap().replace(keywrap::KEK_WRAPPER, keywrap::RETIRED_HOST_KEY_WRAPPER);
+        let text =
+            std::fs::read_to_string(&path).unwrap().replace(keywrap::KEK_WRAPPER, keywrap::RETIRED_HOST_KEY_WRAPPER);
         std::fs::write(&path, text).unwrap();
     }
     let v = wait(&f.engine, &svc.verify("r1", &id, None, "v-1").await.unwrap()).await;
@@ -278,11 +293,14 @@ async fn a_server_serving_another_data_directory_is_not_dumped() {
     let f = Fixture::new();
     std::fs::write(f.dir.path().join("served"), "dir\n/srv/db/other-instance\n").unwrap();
     let svc = f.service(None, 7);
-    let op = svc.start(&instance(PlanName::Starter), BackupMethod::Physical, BackupKind::Manual, "wrong-server").await.unwrap();
+    let op = svc
+        .start(&instance(PlanName::Starter), BackupMethod::Physical, BackupKind::Manual, "wrong-server")
+        .await
+        .unwrap();
     let done = wait(&f.engine, &op).await;
     assert_eq!(done.state, OpState::Failed);
     let e = done.error.unwrap();
-    assert_eq!(e.code, ops::ErrorCode::FailedPrecondition, "{e:?}");
+    assert_eq!(e.code, crate::error::ErrorCode::FailedPrecondition, "{e:?}");
     assert!(e.message.contains("/srv/db/other-instance") && e.message.contains("[backup.redis]"), "{}", e.message);
     assert!(svc.list("r1").await.is_empty(), "nothing may be stored for a refused backup");
     assert!(!f.dir.path().join("dest/az1/r1").exists(), "no upload may start before the check");

@@ -33,7 +33,10 @@ pub struct BackupConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DestinationConfig {
-    Dir { name: String, path: PathBuf },
+    Dir {
+        name: String,
+        path: PathBuf,
+    },
     S3 {
         name: String,
         bucket: String,
@@ -201,8 +204,11 @@ mod tests {
         assert_eq!(c.destinations[0].name(), "eu-1a");
         assert_eq!(c.postgresql.port, 5433);
         assert!(c.validate().is_ok());
-        let names: Vec<_> =
-            BackupConfig::default().effective_destinations(Path::new("/s")).iter().map(|d| d.name().to_owned()).collect();
+        let names: Vec<_> = BackupConfig::default()
+            .effective_destinations(Path::new("/s"))
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect();
         assert_eq!(names, ["az1", "az2", "az3"]);
         assert!(toml::from_str::<BackupConfig>("[[destinations]]\nkind = \"ftp\"\nname = \"x\"").is_err());
         let bad = BackupConfig { chunk_size: 1, ..BackupConfig::default() };

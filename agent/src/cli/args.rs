@@ -99,7 +99,11 @@ impl PlanArgs {
     /// Overrides `base` with the given flags; without a base the name, CPU and memory are required.
     pub fn apply(&self, base: Option<pb::Plan>, missing: &mut Vec<&'static str>) -> pb::Plan {
         if base.is_none() {
-            for (given, flag) in [(self.plan.is_some(), "--plan"), (self.cpu_millis.is_some(), "--cpu-millis"), (self.memory.is_some(), "--memory")] {
+            for (given, flag) in [
+                (self.plan.is_some(), "--plan"),
+                (self.cpu_millis.is_some(), "--cpu-millis"),
+                (self.memory.is_some(), "--memory"),
+            ] {
                 if !given {
                     missing.push(flag);
                 }
@@ -199,7 +203,10 @@ impl InstanceSpecArgs {
         set(&mut spec.systemd_unit, self.unit.clone());
         set(&mut spec.data_dir, self.data_dir.clone());
         set(&mut spec.os_user, self.os_user.clone());
-        let mut volume = spec.volume.take().unwrap_or_else(|| pb::VolumeSpec { filesystem: "ext4".to_owned(), ..Default::default() });
+        let mut volume = spec
+            .volume
+            .take()
+            .unwrap_or_else(|| pb::VolumeSpec { filesystem: "ext4".to_owned(), ..Default::default() });
         set(&mut volume.size_bytes, self.volume_size);
         set(&mut volume.device, self.device.clone());
         if let Some(fs) = self.filesystem {
@@ -223,8 +230,12 @@ impl InstanceSpecArgs {
         if self.backup_at.is_some() || self.keep_daily.is_some() {
             let mut policy = match spec.backup_policy.take() {
                 Some(p) => p,
-                None if self.backup_at.is_none() => return Err(CliError::Usage("--keep-daily needs --backup-at".to_owned())),
-                None if self.keep_daily.is_none() => return Err(CliError::Usage("--backup-at needs --keep-daily".to_owned())),
+                None if self.backup_at.is_none() => {
+                    return Err(CliError::Usage("--keep-daily needs --backup-at".to_owned()));
+                }
+                None if self.keep_daily.is_none() => {
+                    return Err(CliError::Usage("--backup-at needs --keep-daily".to_owned()));
+                }
                 None => pb::BackupPolicy::default(),
             };
             set(&mut policy.daily_at_minute_utc, self.backup_at);

@@ -102,7 +102,8 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
             return ctx.print(client.list_backups(ctx.unary(pb::ListBackupsRequest { instance_id })).await?.get_ref());
         }
         BackupsCommand::Get { instance_id, backup_id } => {
-            return ctx.print(client.get_backup(ctx.unary(pb::GetBackupRequest { instance_id, backup_id })).await?.get_ref());
+            return ctx
+                .print(client.get_backup(ctx.unary(pb::GetBackupRequest { instance_id, backup_id })).await?.get_ref());
         }
         BackupsCommand::Verify { instance_id, backup_id, destination, op } => {
             let request = pb::VerifyBackupRequest {
@@ -134,7 +135,8 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
         }
         BackupsCommand::Policy { instance_id, at, keep_daily, disabled, request } => {
             let policy = pb::BackupPolicy { daily_at_minute_utc: at, keep_daily, enabled: !disabled };
-            let request = pb::SetBackupPolicyRequest { request_id: request.resolve()?, instance_id, policy: Some(policy) };
+            let request =
+                pb::SetBackupPolicyRequest { request_id: request.resolve()?, instance_id, policy: Some(policy) };
             return ctx.print(client.set_backup_policy(ctx.unary(request)).await?.get_ref());
         }
     };

@@ -56,7 +56,10 @@ impl ClientConfig {
             }
         }
         if !config.endpoint.starts_with("https://") {
-            return Err(format!("endpoint {:?} must start with https:// (the agent only speaks mutual TLS)", config.endpoint));
+            return Err(format!(
+                "endpoint {:?} must start with https:// (the agent only speaks mutual TLS)",
+                config.endpoint
+            ));
         }
         if config.server_name.is_empty() {
             return Err("server_name must not be empty: it is the name checked in the agent's certificate".to_owned());
@@ -109,7 +112,8 @@ mod tests {
         assert!(e.contains("key"), "{e}");
         let e = ClientConfig::parse("ca = 1\ncert = \"b\"\nkey = \"c\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("ca"), "{e}");
-        let e = ClientConfig::parse("endpoint = \"http://x\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n", Path::new("/")).unwrap_err();
+        let e = ClientConfig::parse("endpoint = \"http://x\"\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n", Path::new("/"))
+            .unwrap_err();
         assert!(e.contains("https://"), "{e}");
     }
 

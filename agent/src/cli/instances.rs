@@ -1,8 +1,8 @@
 //! `dbagentctl instances ...`: the instance registry.
 
+use super::Ctx;
 use super::args::{InstanceSpecArgs, RequestIdArg};
 use super::error::CliError;
-use super::Ctx;
 use clap::Subcommand;
 use dbagent_proto::v1 as pb;
 use pb::instances_client::InstancesClient;
@@ -11,10 +11,12 @@ use pb::instances_client::InstancesClient;
 pub enum InstancesCommand {
     /// Register a database instance with the agent (orchestrator identity). Registering does not
     /// create its volume; see `volumes create`.
-    #[command(after_help = "Example:\n  dbagentctl instances register pg-42 --engine postgresql --engine-version 15 \\\n    \
+    #[command(
+        after_help = "Example:\n  dbagentctl instances register pg-42 --engine postgresql --engine-version 15 \\\n    \
         --unit postgresql@15-main.service --data-dir /var/lib/postgresql/15/main --os-user postgres \\\n    \
         --volume-size 10GiB --plan starter --cpu-millis 1000 --memory 2GiB \\\n    \
-        --maintenance mon@02:00+60m --backup-at 03:00 --keep-daily 7")]
+        --maintenance mon@02:00+60m --backup-at 03:00 --keep-daily 7"
+    )]
     Register {
         /// Instance id: lower-case letters, digits and '-', at most 63 characters.
         id: String,
@@ -50,7 +52,9 @@ pub async fn run(ctx: &Ctx, command: InstancesCommand) -> Result<(), CliError> {
         InstancesCommand::Register { id, spec, request } => {
             let spec = spec.apply(None)?;
             let request_id = request.resolve()?;
-            client.register_instance(ctx.unary(pb::RegisterInstanceRequest { request_id, id, spec: Some(spec) })).await?
+            client
+                .register_instance(ctx.unary(pb::RegisterInstanceRequest { request_id, id, spec: Some(spec) }))
+                .await?
         }
         InstancesCommand::Update { id, spec: flags, request } => {
             let current = client.get_instance(ctx.unary(pb::GetInstanceRequest { id: id.clone() })).await?.into_inner();
@@ -86,19 +90,50 @@ mod tests {
 
     fn register_spec(extra: &[&str]) -> Result<pb::InstanceSpec, CliError> {
         let mut argv = vec![
-            "dbagentctl", "instances", "register", "pg-42", "--engine", "postgresql", "--engine-version", "15",
-            "--unit", "postgresql@15-main.service", "--data-dir", "/var/lib/postgresql/15/main", "--os-user",
-            "postgres", "--volume-size", "10GiB", "--plan", "starter", "--cpu-millis", "1000", "--memory", "2GiB",
+            "dbagentctl",
+            "instances",
+            "register",
+            "pg-42",
+            "--engine",
+            "postgresql",
+            "--engine-version",
+            "15",
+            "--unit",
+            "postgresql@15-main.service",
+            "--data-dir",
+            "/var/lib/postgresql/15/main",
+            "--os-user",
+            "postgres",
+            "--volume-size",
+            "10GiB",
+            "--plan",
+            "starter",
+            "--cpu-millis",
+            "1000",
+            "--memory",
+            "2GiB",
         ];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).unwrap();
-        let super::super::Command::Instances(InstancesCommand::Register { spec, .. }) = cli.command else { panic!("parsed as another command") };
+        let super::super::Command::Instances(InstancesCommand::Register { spec, .. }) = cli.command else {
+            panic!("parsed as another command")
+        };
         spec.apply(None)
     }
 
     #[test]
     fn register_builds_the_full_spec() {
-        let spec = register_spec(&["--log-file", "/var/log/postgresql/*.log", "--maintenance", "tue@01:30+90m", "--backup-at", "03:00", "--keep-daily", "7"]).unwrap();
+        let spec = register_spec(&[
+            "--log-file",
+            "/var/log/postgresql/*.log",
+            "--maintenance",
+            "tue@01:30+90m",
+            "--backup-at",
+            "03:00",
+            "--keep-daily",
+            "7",
+        ])
+        .unwrap();
         assert_eq!(spec.engine, pb::Engine::Postgresql as i32);
         assert_eq!(spec.volume.as_ref().map(|v| (v.size_bytes, v.filesystem.as_str())), Some((10 << 30, "ext4")));
         assert_eq!(spec.plan.as_ref().map(|p| (p.cpu_millis, p.memory_bytes)), Some((1000, 2 << 30)));

@@ -9,7 +9,9 @@ pub mod config;
 mod connect;
 pub mod error;
 mod instances;
-mod observe;
+mod logs;
+mod metrics;
+mod metrics_table;
 mod operations;
 pub mod parse;
 pub mod render;
@@ -92,10 +94,10 @@ pub enum Command {
     Volumes(volumes::VolumesCommand),
     /// Read node and instance metrics.
     #[command(subcommand)]
-    Metrics(observe::MetricsCommand),
+    Metrics(metrics::MetricsCommand),
     /// Read instance logs and configure log drains.
     #[command(subcommand)]
-    Logs(observe::LogsCommand),
+    Logs(logs::LogsCommand),
     /// Take, check, restore and expire backups.
     #[command(subcommand)]
     Backups(backups::BackupsCommand),
@@ -185,14 +187,16 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Status => status(&ctx).await,
         Command::Info => {
-            let info = pb::agent_client::AgentClient::new(ctx.channel.clone()).get_info(ctx.unary(pb::GetInfoRequest {})).await?;
+            let info = pb::agent_client::AgentClient::new(ctx.channel.clone())
+                .get_info(ctx.unary(pb::GetInfoRequest {}))
+                .await?;
             ctx.print(info.get_ref())
         }
         Command::Instances(cmd) => instances::run(&ctx, cmd).await,
         Command::Operations(cmd) => operations::run(&ctx, cmd).await,
         Command::Volumes(cmd) => volumes::run(&ctx, cmd).await,
-        Command::Metrics(cmd) => observe::run_metrics(&ctx, cmd).await,
-        Command::Logs(cmd) => observe::run_logs(&ctx, cmd).await,
+        Command::Metrics(cmd) => metrics::run_metrics(&ctx, cmd).await,
+        Command::Logs(cmd) => logs::run_logs(&ctx, cmd).await,
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
         Command::Completions { .. } => Ok(()),
@@ -215,7 +219,9 @@ async fn status(ctx: &Ctx) -> Result<(), CliError> {
     let status = client.get_status(ctx.unary(pb::GetStatusRequest {})).await?.into_inner();
     let info = client.get_info(ctx.unary(pb::GetInfoRequest {})).await?.into_inner();
     match ctx.output {
-        OutputFormat::Json => emit(&format!("{:#}\n", serde_json::json!({ "status": status.to_json(), "info": info.to_json() }))),
+        OutputFormat::Json => {
+            emit(&format!("{:#}\n", serde_json::json!({ "status": status.to_json(), "info": info.to_json() })))
+        }
         OutputFormat::Table => emit(&format!("{}{}", status.to_table(), info.to_table())),
     }
 }
@@ -231,7 +237,8 @@ mod tests {
 
     #[test]
     fn global_options_parse_anywhere() {
-        let cli = Cli::try_parse_from(["dbagentctl", "instances", "list", "--output", "json", "--timeout", "5s"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["dbagentctl", "instances", "list", "--output", "json", "--timeout", "5s"]).unwrap();
         assert_eq!(cli.output, OutputFormat::Json);
         assert_eq!(cli.timeout, Duration::from_secs(5));
         assert!(Cli::try_parse_from(["dbagentctl", "backups", "list"]).is_err(), "instance id is required");

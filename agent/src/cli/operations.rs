@@ -48,15 +48,24 @@ pub enum OperationsCommand {
 pub async fn run(ctx: &Ctx, command: OperationsCommand) -> Result<(), CliError> {
     let mut client = OperationsClient::new(ctx.channel.clone());
     match command {
-        OperationsCommand::Get { id } => ctx.print(client.get_operation(ctx.unary(pb::GetOperationRequest { id })).await?.get_ref()),
+        OperationsCommand::Get { id } => {
+            ctx.print(client.get_operation(ctx.unary(pb::GetOperationRequest { id })).await?.get_ref())
+        }
         OperationsCommand::List { target, open, limit } => {
-            let request = pb::ListOperationsRequest { target: target.unwrap_or_default(), only_open: open, limit: limit.unwrap_or(0) };
+            let request = pb::ListOperationsRequest {
+                target: target.unwrap_or_default(),
+                only_open: open,
+                limit: limit.unwrap_or(0),
+            };
             ctx.print(client.list_operations(ctx.unary(request)).await?.get_ref())
         }
         OperationsCommand::Watch { id } => watch(ctx, id).await,
-        OperationsCommand::Cancel { id } => ctx.print(client.cancel_operation(ctx.unary(pb::CancelOperationRequest { id })).await?.get_ref()),
+        OperationsCommand::Cancel { id } => {
+            ctx.print(client.cancel_operation(ctx.unary(pb::CancelOperationRequest { id })).await?.get_ref())
+        }
         OperationsCommand::Sleep { target, duration, op } => {
-            let duration = prost_types::Duration::try_from(duration).map_err(|e| CliError::Usage(format!("--duration: {e}")))?;
+            let duration =
+                prost_types::Duration::try_from(duration).map_err(|e| CliError::Usage(format!("--duration: {e}")))?;
             let request = pb::StartSleepRequest { request_id: op.request.resolve()?, target, duration: Some(duration) };
             let started = client.start_sleep(ctx.unary(request)).await?.into_inner();
             finish(ctx, started, op.watch).await
@@ -106,12 +115,17 @@ pub async fn watch(ctx: &Ctx, id: String) -> Result<(), CliError> {
     };
     bar.finish_and_clear();
     if interrupted {
-        return Err(CliError::Interrupted(format!("operation {id} keeps running on the agent; `dbagentctl operations watch {id}` follows it again")));
+        return Err(CliError::Interrupted(format!(
+            "operation {id} keeps running on the agent; `dbagentctl operations watch {id}` follows it again"
+        )));
     }
     let op = last.ok_or_else(|| CliError::Other(format!("the agent closed the watch of {id} without sending it")))?;
     ctx.print(&op)?;
     if !is_finished(op.state) {
-        return Err(CliError::Other(format!("the agent closed the watch of {id} while it was {}", op_state_name(op.state))));
+        return Err(CliError::Other(format!(
+            "the agent closed the watch of {id} while it was {}",
+            op_state_name(op.state)
+        )));
     }
     match pb::OperationState::try_from(op.state) {
         Ok(pb::OperationState::Succeeded) => Ok(()),
@@ -131,7 +145,8 @@ fn show(bar: &ProgressBar, op: &pb::Operation) {
         bar.set_position(progress.done);
         bar.set_message(format!("{label} {}", progress.message));
     } else {
-        let style = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
         bar.set_style(style);
         bar.set_message(format!("{label} {}", progress_text(Some(&progress))));
     }

@@ -238,7 +238,9 @@ impl ToJson for pb::Drain {
     fn to_json(&self) -> Value {
         use pb::drain::Target;
         let target = match &self.target {
-            Some(Target::Syslog(s)) => json!({ "syslog": { "address": s.address, "tls": s.tls, "has_ca": !s.ca_pem.is_empty() } }),
+            Some(Target::Syslog(s)) => {
+                json!({ "syslog": { "address": s.address, "tls": s.tls, "has_ca": !s.ca_pem.is_empty() } })
+            }
             Some(Target::Https(h)) => json!({ "https": { "url": h.url, "has_ca": !h.ca_pem.is_empty() } }),
             None => Value::Null,
         };

@@ -49,9 +49,20 @@ fn instance_json() {
             data_dir: "/var/lib/postgresql/15/main".into(),
             os_user: "postgres".into(),
             volume: Some(pb::VolumeSpec { device: String::new(), size_bytes: 10 << 30, filesystem: "ext4".into() }),
-            log_sources: vec![pb::LogSource { source: Some(pb::log_source::Source::JournaldUnit("postgresql@15-main.service".into())) }],
-            plan: Some(pb::Plan { name: pb::PlanName::Starter as i32, cpu_millis: 1000, memory_bytes: 2 << 30, ..Default::default() }),
-            maintenance_window: Some(pb::MaintenanceWindow { weekday: pb::Weekday::Monday as i32, start_minute_utc: 120, duration_minutes: 60 }),
+            log_sources: vec![pb::LogSource {
+                source: Some(pb::log_source::Source::JournaldUnit("postgresql@15-main.service".into())),
+            }],
+            plan: Some(pb::Plan {
+                name: pb::PlanName::Starter as i32,
+                cpu_millis: 1000,
+                memory_bytes: 2 << 30,
+                ..Default::default()
+            }),
+            maintenance_window: Some(pb::MaintenanceWindow {
+                weekday: pb::Weekday::Monday as i32,
+                start_minute_utc: 120,
+                duration_minutes: 60,
+            }),
             backup_policy: None,
         }),
         created: ts(0),
@@ -62,7 +73,10 @@ fn instance_json() {
     assert_eq!(v["spec"]["engine"], "postgresql");
     assert_eq!(v["spec"]["plan"]["name"], "starter");
     assert_eq!(v["spec"]["volume"]["device"], Value::Null);
-    assert_eq!(v["spec"]["maintenance_window"], serde_json::json!({"weekday": "monday", "start_utc": "02:00", "duration_minutes": 60}));
+    assert_eq!(
+        v["spec"]["maintenance_window"],
+        serde_json::json!({"weekday": "monday", "start_utc": "02:00", "duration_minutes": 60})
+    );
     assert_eq!(v["spec"]["log_sources"][0]["journald_unit"], "postgresql@15-main.service");
     assert_eq!(v["spec"]["backup_policy"], Value::Null);
     assert_eq!(v["created"], "1970-01-01T00:00:00.250Z");
@@ -80,7 +94,8 @@ fn unknown_enum_values_stay_visible() {
 
 #[test]
 fn tables_align_columns() {
-    let text = columns(&["ID", "STATE"], &[vec!["op-1".into(), "running".into()], vec!["op-22222".into(), "failed".into()]]);
+    let text =
+        columns(&["ID", "STATE"], &[vec!["op-1".into(), "running".into()], vec!["op-22222".into(), "failed".into()]]);
     assert_eq!(text, "ID        STATE\nop-1      running\nop-22222  failed\n");
     assert_eq!(bytes(10 << 30), "10 GiB");
     assert_eq!(bytes(1536), "1.5 KiB");

@@ -53,7 +53,11 @@ pub fn bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 || value.fract() == 0.0 { format!("{value} {}", UNITS[unit]) } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn or_dash(s: Option<String>) -> String {
@@ -155,7 +159,12 @@ impl ToTable for pb::Instance {
             })
             .collect();
         let window = spec.maintenance_window.map(|w| {
-            format!("{} {} UTC for {} min", weekday_name(w.weekday), minute_text(w.start_minute_utc), w.duration_minutes)
+            format!(
+                "{} {} UTC for {} min",
+                weekday_name(w.weekday),
+                minute_text(w.start_minute_utc),
+                w.duration_minutes
+            )
         });
         let backups = spec.backup_policy.map(|b| {
             let state = if b.enabled { "" } else { " (disabled)" };
@@ -170,7 +179,13 @@ impl ToTable for pb::Instance {
             ("volume", format!("{} {} on {device}", bytes(volume.size_bytes), or_dash(Some(volume.filesystem)))),
             (
                 "plan",
-                format!("{} ({} mCPU, {} memory, {} disk)", plan_name(plan.name), plan.cpu_millis, bytes(plan.memory_bytes), bytes(plan.disk_bytes)),
+                format!(
+                    "{} ({} mCPU, {} memory, {} disk)",
+                    plan_name(plan.name),
+                    plan.cpu_millis,
+                    bytes(plan.memory_bytes),
+                    bytes(plan.disk_bytes)
+                ),
             ),
             ("logs", or_dash(Some(logs.join(", ")))),
             ("maintenance", or_dash(window)),
@@ -214,7 +229,10 @@ impl ToTable for pb::Volume {
             ("mounted", self.mounted.to_string()),
             ("cipher", format!("{} ({} bit key, {} byte sectors)", self.cipher, self.key_bits, self.sector_size)),
             ("size", bytes(self.size_bytes)),
-            ("filesystem", format!("{} {} used of {}", self.filesystem, bytes(self.fs_used_bytes), bytes(self.fs_size_bytes))),
+            (
+                "filesystem",
+                format!("{} {} used of {}", self.filesystem, bytes(self.fs_used_bytes), bytes(self.fs_size_bytes)),
+            ),
             ("flags", or_dash(Some(self.flags.join(", ")))),
         ])
     }
@@ -226,7 +244,9 @@ impl ToTable for pb::ListVolumesResponse {
         let rows: Vec<Vec<String>> = self
             .volumes
             .iter()
-            .map(|v| vec![v.instance_id.clone(), bytes(v.size_bytes), yes_no(v.active), yes_no(v.mounted), v.backing.clone()])
+            .map(|v| {
+                vec![v.instance_id.clone(), bytes(v.size_bytes), yes_no(v.active), yes_no(v.mounted), v.backing.clone()]
+            })
             .collect();
         columns(&["INSTANCE", "SIZE", "ACTIVE", "MOUNTED", "BACKING"], &rows)
     }
@@ -236,7 +256,7 @@ impl ToTable for pb::MetricSeries {
     fn to_table(&self) -> String {
         // The latest sample reads best as the grouped table `top` shows; a range stays one row per sample.
         if self.snapshots.len() == 1 {
-            return crate::metrics::render::render_table(&self.snapshots, None);
+            return super::metrics_table::render_table(&self.snapshots, None);
         }
         let rows: Vec<Vec<String>> = self.snapshots.iter().flat_map(metric_rows).collect();
         columns(&["TIME", "INSTANCE", "METRIC", "VALUE"], &rows)
@@ -248,16 +268,32 @@ pub fn metric_rows(s: &pb::MetricSnapshot) -> Vec<Vec<String>> {
         .iter()
         .map(|sample| {
             let labels: Vec<String> = sorted_labels(sample).into_iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-            let name = if labels.is_empty() { sample.name.clone() } else { format!("{}{{{}}}", sample.name, labels.join(",")) };
-            vec![or_dash(time_text(s.time.as_ref())), or_dash(Some(s.instance_id.clone())), name, sample.value.to_string()]
+            let name = if labels.is_empty() {
+                sample.name.clone()
+            } else {
+                format!("{}{{{}}}", sample.name, labels.join(","))
+            };
+            vec![
+                or_dash(time_text(s.time.as_ref())),
+                or_dash(Some(s.instance_id.clone())),
+                name,
+                sample.value.to_string(),
+            ]
         })
         .collect()
 }
 
 impl ToTable for pb::LogRecord {
     fn to_table(&self) -> String {
-        let missed = if self.missed_before > 0 { format!("[{} records missed]\n", self.missed_before) } else { String::new() };
-        format!("{missed}{} {} {}: {}\n", or_dash(time_text(self.time.as_ref())), severity_name(self.severity), self.source, self.message)
+        let missed =
+            if self.missed_before > 0 { format!("[{} records missed]\n", self.missed_before) } else { String::new() };
+        format!(
+            "{missed}{} {} {}: {}\n",
+            or_dash(time_text(self.time.as_ref())),
+            severity_name(self.severity),
+            self.source,
+            self.message
+        )
     }
 }
 
@@ -314,7 +350,13 @@ impl ToTable for pb::ListBackupsResponse {
             .backups
             .iter()
             .map(|b| {
-                vec![b.id.clone(), backup_state_name(b.state), backup_kind_name(b.kind), bytes(b.size_bytes), or_dash(time_text(b.created.as_ref()))]
+                vec![
+                    b.id.clone(),
+                    backup_state_name(b.state),
+                    backup_kind_name(b.kind),
+                    bytes(b.size_bytes),
+                    or_dash(time_text(b.created.as_ref())),
+                ]
             })
             .collect();
         columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows)

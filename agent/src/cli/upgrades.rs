@@ -80,7 +80,11 @@ fn read(what: &str, path: &Path) -> Result<String, CliError> {
 fn plan(args: &PlanArgs) -> Result<pb::Plan, CliError> {
     let mut missing = Vec::new();
     let plan = args.apply(None, &mut missing);
-    if missing.is_empty() { Ok(plan) } else { Err(CliError::Usage(format!("upgrades plan needs {}", missing.join(", ")))) }
+    if missing.is_empty() {
+        Ok(plan)
+    } else {
+        Err(CliError::Usage(format!("upgrades plan needs {}", missing.join(", "))))
+    }
 }
 
 pub fn preflight(command: &UpgradesCommand) -> Result<(), CliError> {
@@ -94,15 +98,22 @@ pub async fn run(ctx: &Ctx, command: UpgradesCommand) -> Result<(), CliError> {
     let mut client = UpgradesClient::new(ctx.channel.clone());
     let (op, watch) = match command {
         UpgradesCommand::Start { instance_id, target_version, force, op } => {
-            let request = pb::StartUpgradeRequest { request_id: op.request.resolve()?, instance_id, target_version, force };
+            let request =
+                pb::StartUpgradeRequest { request_id: op.request.resolve()?, instance_id, target_version, force };
             (client.start_upgrade(ctx.unary(request)).await?, op.watch)
         }
         UpgradesCommand::Plan { instance_id, plan: args, force, op } => {
-            let request = pb::ChangePlanRequest { request_id: op.request.resolve()?, instance_id, plan: Some(plan(&args)?), force };
+            let request = pb::ChangePlanRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                plan: Some(plan(&args)?),
+                force,
+            };
             (client.change_plan(ctx.unary(request)).await?, op.watch)
         }
         UpgradesCommand::Window { instance_id, window, request } => {
-            let request = pb::SetMaintenanceWindowRequest { request_id: request.resolve()?, instance_id, window: Some(window) };
+            let request =
+                pb::SetMaintenanceWindowRequest { request_id: request.resolve()?, instance_id, window: Some(window) };
             return ctx.print(client.set_maintenance_window(ctx.unary(request)).await?.get_ref());
         }
         UpgradesCommand::Availability { instance_id, month } => {

@@ -93,7 +93,8 @@ pub async fn run(ctx: &Ctx, command: VolumesCommand) -> Result<(), CliError> {
             (client.close_volume(ctx.unary(request)).await?, op.watch)
         }
         VolumesCommand::Grow { instance_id, size, op } => {
-            let request = pb::GrowVolumeRequest { request_id: op.request.resolve()?, instance_id, new_size_bytes: size };
+            let request =
+                pb::GrowVolumeRequest { request_id: op.request.resolve()?, instance_id, new_size_bytes: size };
             (client.grow_volume(ctx.unary(request)).await?, op.watch)
         }
         VolumesCommand::RotateKey { instance_id, op } => {
@@ -105,13 +106,19 @@ pub async fn run(ctx: &Ctx, command: VolumesCommand) -> Result<(), CliError> {
             (client.backup_volume_header(ctx.unary(request)).await?, op.watch)
         }
         VolumesCommand::Destroy { instance_id, confirm, op } => {
-            let request = pb::DestroyVolumeRequest { request_id: op.request.resolve()?, instance_id, confirm_instance_id: confirm };
+            let request = pb::DestroyVolumeRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                confirm_instance_id: confirm,
+            };
             (client.destroy_volume(ctx.unary(request)).await?, op.watch)
         }
         VolumesCommand::Get { instance_id } => {
             return ctx.print(client.get_volume(ctx.unary(pb::GetVolumeRequest { instance_id })).await?.get_ref());
         }
-        VolumesCommand::List => return ctx.print(client.list_volumes(ctx.unary(pb::ListVolumesRequest {})).await?.get_ref()),
+        VolumesCommand::List => {
+            return ctx.print(client.list_volumes(ctx.unary(pb::ListVolumesRequest {})).await?.get_ref());
+        }
     };
     finish(ctx, op.into_inner(), watch).await
 }

@@ -39,7 +39,7 @@ pub enum KeyProviderKind {
     Remote,
 }
 
-/// Where volume keys come from (design: Keys).
+/// Where volume keys come from (docs/volumes.md, "Keys").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
@@ -82,7 +82,11 @@ impl Default for VolumesConfig {
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        Self { provider: KeyProviderKind::Local, kek_file: PathBuf::from("/etc/dbagent/kek"), remote: RemoteKeysConfig::default() }
+        Self {
+            provider: KeyProviderKind::Local,
+            kek_file: PathBuf::from("/etc/dbagent/kek"),
+            remote: RemoteKeysConfig::default(),
+        }
     }
 }
 

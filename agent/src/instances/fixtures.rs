@@ -8,10 +8,7 @@ pub(crate) const GIB: u64 = 1 << 30;
 
 pub(crate) fn rules() -> ValidationRules {
     ValidationRules {
-        data_roots: vec![
-            PathBuf::from("/srv/db"),
-            PathBuf::from("/var/lib/dbagent/data"),
-        ],
+        data_roots: vec![PathBuf::from("/srv/db"), PathBuf::from("/var/lib/dbagent/data")],
         device_prefixes: vec![PathBuf::from("/dev/disk/by-id/"), PathBuf::from("/dev/vd")],
         log_roots: vec![PathBuf::from("/var/log/postgresql")],
     }
@@ -25,11 +22,7 @@ pub(crate) fn spec(name: &str) -> InstanceSpec {
         systemd_unit: "postgresql@15-main.service".to_owned(),
         data_dir: PathBuf::from(format!("/srv/db/{name}")),
         os_user: "postgres".to_owned(),
-        volume: VolumeSpec {
-            device: None,
-            size_bytes: 10 * GIB,
-            filesystem: Filesystem::Ext4,
-        },
+        volume: VolumeSpec { device: None, size_bytes: 10 * GIB, filesystem: Filesystem::Ext4 },
         log_sources: vec![
             LogSource::FileGlob("/var/log/postgresql/*.log".to_owned()),
             LogSource::JournaldUnit("postgresql@15-main.service".to_owned()),
@@ -49,10 +42,6 @@ pub(crate) fn spec(name: &str) -> InstanceSpec {
             start_minute_utc: 120,
             duration_minutes: 60,
         }),
-        backup_policy: Some(BackupPolicy {
-            daily_at_minute_utc: 180,
-            keep_daily: 7,
-            enabled: true,
-        }),
+        backup_policy: Some(BackupPolicy { daily_at_minute_utc: 180, keep_daily: 7, enabled: true }),
     }
 }

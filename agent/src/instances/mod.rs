@@ -8,8 +8,8 @@ pub mod validate;
 pub(crate) mod fixtures;
 
 pub use model::{
-    BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan,
-    PlanName, VolumeSpec, Weekday,
+    BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan, PlanName, VolumeSpec,
+    Weekday,
 };
 pub use registry::{Outcome, Registry, RegistryError};
 pub use validate::{ValidationRules, validate_spec};

@@ -44,15 +44,23 @@ pub enum RegistryError {
     #[error("{0}")]
     Busy(String),
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("{context}: {source}")]
-    Corrupt {
-        context: String,
-        source: serde_json::Error,
-    },
+    Corrupt { context: String, source: serde_json::Error },
+}
+
+impl crate::error::HasErrorCode for RegistryError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            RegistryError::Invalid(_) => C::InvalidArgument,
+            RegistryError::NotFound(_) => C::NotFound,
+            RegistryError::AlreadyExists(_) => C::AlreadyExists,
+            RegistryError::FailedPrecondition(_) => C::FailedPrecondition,
+            RegistryError::Conflict(_) | RegistryError::Busy(_) => C::Aborted,
+            RegistryError::Io { .. } | RegistryError::Corrupt { .. } => C::Internal,
+        }
+    }
 }
 
 pub struct Registry {
@@ -78,36 +86,22 @@ impl Registry {
     /// Creates `dir` (mode 0700) if needed and loads every instance file in it. Start-up is the only
     /// caller, so the reads are plain blocking I/O. A file that cannot be read or parsed fails the
     /// whole open: silently dropping an instance would orphan its volume and data.
-    pub fn open(
-        dir: PathBuf,
-        rules: ValidationRules,
-        locks: ResourceLocks,
-    ) -> Result<Self, RegistryError> {
+    pub fn open(dir: PathBuf, rules: ValidationRules, locks: ResourceLocks) -> Result<Self, RegistryError> {
         fsutil::ensure_private_dir(&dir)
             .map_err(|source| io(format!("create registry folder {}", dir.display()), source))?;
-        let files = fsutil::json_files(&dir)
-            .map_err(|source| io(format!("list registry folder {}", dir.display()), source))?;
+        let files =
+            fsutil::json_files(&dir).map_err(|source| io(format!("list registry folder {}", dir.display()), source))?;
         let mut instances = BTreeMap::new();
         for path in files {
             let instance = load(&path)?;
             instances.insert(instance.id.clone(), instance);
         }
-        Ok(Self {
-            dir,
-            rules,
-            locks,
-            claims: Arc::default(),
-            instances: Arc::new(RwLock::new(instances)),
-        })
+        Ok(Self { dir, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)) })
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
     /// `Outcome::Existing`, so a client may retry after a lost reply.
-    pub async fn register(
-        &self,
-        id: &str,
-        spec: InstanceSpec,
-    ) -> Result<(Instance, Outcome), RegistryError> {
+    pub async fn register(&self, id: &str, spec: InstanceSpec) -> Result<(Instance, Outcome), RegistryError> {
         self.check(id, &spec)?;
         // A retry of a registration that already succeeded needs no lock: answering it while an
         // operation runs on the instance saves the client a pointless Busy.
@@ -127,15 +121,8 @@ impl Registry {
         self.check_overlap(id, &spec)?;
         self.check_no_escape("spec.data_dir", &spec.data_dir)?;
         let now = now();
-        let instance = Instance {
-            id: id.to_owned(),
-            spec,
-            created: now,
-            updated: now,
-            generation: 1,
-        };
-        self.put(instance.clone(), "register", (guard, claims))
-            .await?;
+        let instance = Instance { id: id.to_owned(), spec, created: now, updated: now, generation: 1 };
+        self.put(instance.clone(), "register", (guard, claims)).await?;
         Ok((instance, Outcome::Created))
     }
 
@@ -156,12 +143,7 @@ impl Registry {
             )));
         }
         immutable_fields(&current.spec, &spec)?;
-        let updated = Instance {
-            spec,
-            updated: now(),
-            generation: current.generation + 1,
-            ..current
-        };
+        let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
         self.put(updated.clone(), "update", guard).await?;
         Ok(updated)
     }
@@ -174,21 +156,13 @@ impl Registry {
         let current = self.get(id)?;
         self.commit(Change::Delete(id.to_owned()), guard)
             .await
-            .map_err(|source| {
-                io(
-                    format!("remove instance {id}: delete {}", self.file(id).display()),
-                    source,
-                )
-            })?;
+            .map_err(|source| io(format!("remove instance {id}: delete {}", self.file(id).display()), source))?;
         Ok(current)
     }
 
     pub fn get(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
-        self.read()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+        self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.to_owned()))
     }
 
     /// All instances, sorted by id.
@@ -208,9 +182,7 @@ impl Registry {
 
     fn try_lock(&self, id: &str) -> Result<OwnedMutexGuard<()>, RegistryError> {
         self.locks.try_lock(id).ok_or_else(|| {
-            RegistryError::Busy(format!(
-                "instance {id} has an operation running; retry when it has finished"
-            ))
+            RegistryError::Busy(format!("instance {id} has an operation running; retry when it has finished"))
         })
     }
 
@@ -284,25 +256,11 @@ impl Registry {
         Ok(())
     }
 
-    async fn put(
-        &self,
-        instance: Instance,
-        verb: &str,
-        guards: impl Send + 'static,
-    ) -> Result<(), RegistryError> {
-        let context = format!(
-            "{verb} instance {}: write {}",
-            instance.id,
-            self.file(&instance.id).display()
-        );
-        let bytes =
-            serde_json::to_vec_pretty(&instance).map_err(|source| RegistryError::Corrupt {
-                context: context.clone(),
-                source,
-            })?;
-        self.commit(Change::Put(Box::new(instance), bytes), guards)
-            .await
-            .map_err(|source| io(context, source))
+    async fn put(&self, instance: Instance, verb: &str, guards: impl Send + 'static) -> Result<(), RegistryError> {
+        let context = format!("{verb} instance {}: write {}", instance.id, self.file(&instance.id).display());
+        let bytes = serde_json::to_vec_pretty(&instance)
+            .map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
+        self.commit(Change::Put(Box::new(instance), bytes), guards).await.map_err(|source| io(context, source))
     }
 
     /// Writes `change` to disk, then to the map, in a blocking task: an fsync can take tens of
@@ -357,14 +315,8 @@ fn load(path: &Path) -> Result<Instance, RegistryError> {
     let context = format!("load registry file {}", path.display());
     let bytes = std::fs::read(path).map_err(|source| io(context.clone(), source))?;
     let instance: Instance =
-        serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt {
-            context: context.clone(),
-            source,
-        })?;
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+        serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     if stem != instance.id || ids::instance_id("id", &instance.id).is_err() {
         let source = <serde_json::Error as serde::de::Error>::custom(format!(
             "the file holds instance {:?}; a registry file must be named <id>.json after a valid instance id",
@@ -392,7 +344,8 @@ fn immutable_fields(current: &InstanceSpec, new: &InstanceSpec) -> Result<(), Re
     }
     if current.volume.device != new.volume.device {
         return Err(RegistryError::FailedPrecondition(
-            "spec.volume.device cannot change; register a new instance on the new device and move the data there".to_owned(),
+            "spec.volume.device cannot change; register a new instance on the new device and move the data there"
+                .to_owned(),
         ));
     }
     Ok(())
@@ -401,9 +354,7 @@ fn immutable_fields(current: &InstanceSpec, new: &InstanceSpec) -> Result<(), Re
 /// The time of a change, cut to whole milliseconds: state files keep milliseconds, and an instance
 /// must compare equal before and after a restart.
 fn now() -> SystemTime {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
     UNIX_EPOCH + Duration::from_millis(millis)
 }

@@ -22,10 +22,7 @@ async fn register_is_idempotent_and_refuses_a_different_spec() {
     let mut other = spec("pg-1");
     other.plan.cpu_millis = 4000;
     let e = reg.register("pg-1", other).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::AlreadyExists(m) if m.contains("UpdateInstance")),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("UpdateInstance")), "{e}");
     assert_eq!(reg.get("pg-1").unwrap(), created);
     assert_eq!(reg.count(), 1);
 }
@@ -35,17 +32,11 @@ async fn register_validates_id_and_spec() {
     let dir = tempfile::tempdir().unwrap();
     let reg = open(dir.path());
     let e = reg.register("../x", spec("x")).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::Invalid(f) if f.field == "id"),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "id"), "{e}");
     let mut bad = spec("pg-1");
     bad.os_user = "Root".to_owned();
     let e = reg.register("pg-1", bad).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user"),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user"), "{e}");
     assert_eq!(reg.count(), 0);
 }
 
@@ -61,33 +52,21 @@ async fn register_refuses_shared_data_dir_or_device() {
         let mut s = spec("pg-2");
         s.data_dir = data_dir.into();
         let e = reg.register("pg-2", s).await.unwrap_err();
-        assert!(
-            matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-1")),
-            "{e}"
-        );
+        assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-1")), "{e}");
     }
     // The other way round: the new data_dir contains an existing one.
     reg.register("pg-3", spec("outer/pg-3")).await.unwrap();
     let e = reg.register("pg-4", spec("outer")).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-3")),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-3")), "{e}");
 
     let mut s = spec("pg-2");
     s.volume.device = Some("/dev/vdb".into());
     let e = reg.register("pg-2", s).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::AlreadyExists(m) if m.contains("/dev/vdb") && m.contains("pg-1")),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("/dev/vdb") && m.contains("pg-1")), "{e}");
 
     // A sibling whose name extends the other's is not nested.
     reg.register("pg-5", spec("pg-10")).await.unwrap();
-    assert_eq!(
-        reg.list().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
-        ["pg-1", "pg-3", "pg-5"]
-    );
+    assert_eq!(reg.list().iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["pg-1", "pg-3", "pg-5"]);
 }
 
 #[tokio::test]
@@ -104,10 +83,7 @@ async fn update_bumps_generation_and_checks_the_expected_one() {
     assert_eq!(updated.spec, s);
 
     let e = reg.update("pg-1", spec("pg-1"), Some(1)).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::Conflict(m) if m.contains("generation 2")),
-        "{e}"
-    );
+    assert!(matches!(&e, RegistryError::Conflict(m) if m.contains("generation 2")), "{e}");
     assert_eq!(reg.get("pg-1").unwrap(), updated);
 
     let third = reg.update("pg-1", spec("pg-1"), None).await.unwrap();
@@ -134,10 +110,7 @@ async fn update_refuses_immutable_fields() {
         (device, "spec.volume.device", "new instance"),
     ] {
         let e = reg.update("pg-1", s, None).await.unwrap_err();
-        assert!(
-            matches!(&e, RegistryError::FailedPrecondition(m) if m.contains(field) && m.contains(advice)),
-            "{e}"
-        );
+        assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains(field) && m.contains(advice)), "{e}");
     }
     assert_eq!(reg.get("pg-1").unwrap().generation, 1);
 }
@@ -150,10 +123,7 @@ async fn remove_deletes_the_file() {
     assert_eq!(reg.remove("pg-1").await.unwrap(), created);
     assert!(!dir.path().join("instances/pg-1.json").exists());
     assert!(matches!(reg.get("pg-1"), Err(RegistryError::NotFound(_))));
-    assert!(matches!(
-        reg.remove("pg-1").await,
-        Err(RegistryError::NotFound(_))
-    ));
+    assert!(matches!(reg.remove("pg-1").await, Err(RegistryError::NotFound(_))));
     // The data_dir is free again.
     reg.register("pg-2", spec("pg-1")).await.unwrap();
 }
@@ -186,22 +156,12 @@ async fn corrupt_or_misnamed_file_fails_open() {
     drop(reg);
 
     std::fs::write(folder.join("pg-2.json"), b"{ not json").unwrap();
-    let e = Registry::open(folder.clone(), rules(), ResourceLocks::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")),
-        "{e}"
-    );
+    let e = Registry::open(folder.clone(), rules(), ResourceLocks::default()).err().unwrap();
+    assert!(matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")), "{e}");
 
     std::fs::copy(folder.join("pg-1.json"), folder.join("pg-2.json")).unwrap();
-    let e = Registry::open(folder, rules(), ResourceLocks::default())
-        .err()
-        .unwrap();
-    assert!(
-        matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")),
-        "{e}"
-    );
+    let e = Registry::open(folder, rules(), ResourceLocks::default()).err().unwrap();
+    assert!(matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")), "{e}");
     assert!(e.to_string().contains("\"pg-1\""), "{e}");
 }
 
@@ -214,20 +174,11 @@ async fn busy_while_an_operation_holds_the_lock() {
 
     let held = locks.lock("pg-1").await;
     let e = reg.update("pg-1", spec("pg-1"), None).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::Busy(m) if m.contains("pg-1") && m.contains("retry")),
-        "{e}"
-    );
-    assert!(matches!(
-        reg.remove("pg-1").await,
-        Err(RegistryError::Busy(_))
-    ));
+    assert!(matches!(&e, RegistryError::Busy(m) if m.contains("pg-1") && m.contains("retry")), "{e}");
+    assert!(matches!(reg.remove("pg-1").await, Err(RegistryError::Busy(_))));
     let mut changed = spec("pg-1");
     changed.plan.cpu_millis = 4000;
-    assert!(matches!(
-        reg.register("pg-1", changed).await,
-        Err(RegistryError::Busy(_))
-    ));
+    assert!(matches!(reg.register("pg-1", changed).await, Err(RegistryError::Busy(_))));
     // A plain retry of the registration still gets its answer.
     let (_, outcome) = reg.register("pg-1", spec("pg-1")).await.unwrap();
     assert_eq!(outcome, Outcome::Existing);
@@ -250,14 +201,8 @@ async fn failed_write_changes_nothing() {
     let mut s = spec("pg-1");
     s.plan.cpu_millis = 4000;
     let e = reg.update("pg-1", s, None).await.unwrap_err();
-    assert!(
-        matches!(&e, RegistryError::Io { context, .. } if context.contains("update instance pg-1")),
-        "{e}"
-    );
-    assert!(matches!(
-        reg.register("pg-2", spec("pg-2")).await,
-        Err(RegistryError::Io { .. })
-    ));
+    assert!(matches!(&e, RegistryError::Io { context, .. } if context.contains("update instance pg-1")), "{e}");
+    assert!(matches!(reg.register("pg-2", spec("pg-2")).await, Err(RegistryError::Io { .. })));
     assert_eq!(reg.list(), vec![created]);
 }
 
@@ -281,8 +226,13 @@ async fn restore_targets_stay_in_the_data_roots_and_out_of_other_instances() {
     ] {
         let e = reg.check_restore_dir("pg-1", Path::new(target)).unwrap_err();
         match field_error {
-            true => assert!(matches!(&e, RegistryError::Invalid(f) if f.to_string().contains("target_data_dir")), "{target}: {e}"),
-            false => assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("overlaps")), "{target}: {e}"),
+            true => assert!(
+                matches!(&e, RegistryError::Invalid(f) if f.to_string().contains("target_data_dir")),
+                "{target}: {e}"
+            ),
+            false => {
+                assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("overlaps")), "{target}: {e}")
+            }
         }
     }
     let e = reg.check_restore_dir("pg-9", Path::new("/srv/db/new")).unwrap_err();
@@ -309,5 +259,8 @@ async fn a_data_dir_through_a_link_out_of_the_data_roots_is_refused() {
     reg.register("pg-1", s.clone()).await.unwrap();
     reg.check_no_escape("data_dir", &s.data_dir).unwrap();
     std::os::unix::fs::symlink(elsewhere.path(), root.path().join("15")).unwrap();
-    assert!(reg.check_no_escape("data_dir", &s.data_dir).is_err(), "a link planted after registration is caught at mount time");
+    assert!(
+        reg.check_no_escape("data_dir", &s.data_dir).is_err(),
+        "a link planted after registration is caught at mount time"
+    );
 }

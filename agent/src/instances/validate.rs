@@ -4,9 +4,7 @@
 
 use crate::fsutil;
 use crate::ids::{InvalidField, truncate_for_message};
-use crate::instances::model::{
-    BackupPolicy, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec,
-};
+use crate::instances::model::{BackupPolicy, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec};
 use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
@@ -66,10 +64,7 @@ fn plain_text(field: &str, s: &str) -> Result<(), InvalidField> {
     if s.chars().any(char::is_control) {
         return Err(InvalidField::new(
             field,
-            format!(
-                "{:?} contains NUL or control characters",
-                truncate_for_message(s)
-            ),
+            format!("{:?} contains NUL or control characters", truncate_for_message(s)),
         ));
     }
     Ok(())
@@ -80,9 +75,7 @@ fn engine_version(field: &str, v: &str) -> Result<(), InvalidField> {
     let parts: Vec<&str> = v.split('.').collect();
     let ok = v.len() <= 16
         && parts.len() <= 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
@@ -104,9 +97,7 @@ fn unit_name(field: &str, unit: &str) -> Result<(), InvalidField> {
     let stem = unit.strip_suffix(".service").unwrap_or("");
     let ok = unit.len() <= 256
         && !stem.is_empty()
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":_.@-".contains(&b));
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b":_.@-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -125,26 +116,18 @@ fn normalised_path<'a>(field: &str, path: &'a Path) -> Result<&'a str, InvalidFi
     let Some(text) = path.to_str() else {
         return Err(InvalidField::new(
             field,
-            format!(
-                "{:?} is not valid UTF-8",
-                truncate_for_message(&path.to_string_lossy())
-            ),
+            format!("{:?} is not valid UTF-8", truncate_for_message(&path.to_string_lossy())),
         ));
     };
     plain_text(field, text)?;
     if text.len() > MAX_PATH_LEN {
         return Err(InvalidField::new(
             field,
-            format!(
-                "is {} bytes long; at most {MAX_PATH_LEN} are allowed",
-                text.len()
-            ),
+            format!("is {} bytes long; at most {MAX_PATH_LEN} are allowed", text.len()),
         ));
     }
-    let normalised = text.strip_prefix('/').is_some_and(|rest| {
-        rest.split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
-    });
+    let normalised =
+        text.strip_prefix('/').is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
     if !normalised {
         return Err(InvalidField::new(
             field,
@@ -176,9 +159,7 @@ fn os_user(field: &str, user: &str) -> Result<(), InvalidField> {
     plain_text(field, user)?;
     let mut bytes = user.bytes();
     let ok = user.len() <= 32
-        && bytes
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
     if ok {
         Ok(())
@@ -228,10 +209,7 @@ fn log_sources(sources: &[LogSource], roots: &[PathBuf]) -> Result<(), InvalidFi
     if sources.len() > MAX_LOG_SOURCES {
         return Err(InvalidField::new(
             "spec.log_sources",
-            format!(
-                "has {} entries; at most {MAX_LOG_SOURCES} are allowed",
-                sources.len()
-            ),
+            format!("has {} entries; at most {MAX_LOG_SOURCES} are allowed", sources.len()),
         ));
     }
     for (i, source) in sources.iter().enumerate() {
@@ -252,9 +230,7 @@ fn log_sources(sources: &[LogSource], roots: &[PathBuf]) -> Result<(), InvalidFi
                     ));
                 }
             }
-            LogSource::JournaldUnit(unit) => {
-                unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?
-            }
+            LogSource::JournaldUnit(unit) => unit_name(&format!("spec.log_sources[{i}].journald_unit"), unit)?,
         }
     }
     Ok(())

@@ -38,22 +38,8 @@ fn engine_version() {
     for ok in ["15", "10.11", "7.2.4", "0.0.0"] {
         accepted(|s| s.engine_version = ok.to_owned());
     }
-    for bad in [
-        "",
-        "15.",
-        ".15",
-        "1.2.3.4",
-        "15a",
-        "v15",
-        "1 5",
-        "12345678901234567",
-        "15\0",
-    ] {
-        assert_eq!(
-            refused(|s| s.engine_version = bad.to_owned()),
-            "spec.engine_version",
-            "{bad:?}"
-        );
+    for bad in ["", "15.", ".15", "1.2.3.4", "15a", "v15", "1 5", "12345678901234567", "15\0"] {
+        assert_eq!(refused(|s| s.engine_version = bad.to_owned()), "spec.engine_version", "{bad:?}");
     }
 }
 
@@ -61,21 +47,8 @@ fn engine_version() {
 fn systemd_unit() {
     accepted(|s| s.systemd_unit = "mariadb.service".to_owned());
     let long = format!("{}.service", "a".repeat(249));
-    for bad in [
-        "",
-        ".service",
-        "pg",
-        "pg.socket",
-        "pg/x.service",
-        "p g.service",
-        "pg\n.service",
-        &long,
-    ] {
-        assert_eq!(
-            refused(|s| s.systemd_unit = bad.to_owned()),
-            "spec.systemd_unit",
-            "{bad:?}"
-        );
+    for bad in ["", ".service", "pg", "pg.socket", "pg/x.service", "p g.service", "pg\n.service", &long] {
+        assert_eq!(refused(|s| s.systemd_unit = bad.to_owned()), "spec.systemd_unit", "{bad:?}");
     }
 }
 
@@ -98,25 +71,14 @@ fn data_dir() {
         "/srv/db/x\u{7}",
         &long,
     ] {
-        assert_eq!(
-            refused(|s| s.data_dir = bad.into()),
-            "spec.data_dir",
-            "{bad:?}"
-        );
+        assert_eq!(refused(|s| s.data_dir = bad.into()), "spec.data_dir", "{bad:?}");
     }
 }
 
 #[test]
 fn data_dir_needs_a_configured_root() {
     let s = spec("pg-1");
-    let e = validate_spec(
-        &s,
-        &ValidationRules {
-            data_roots: vec![],
-            ..rules()
-        },
-    )
-    .unwrap_err();
+    let e = validate_spec(&s, &ValidationRules { data_roots: vec![], ..rules() }).unwrap_err();
     assert_eq!(e.field, "spec.data_dir");
     assert!(e.reason.contains("none configured"), "{}", e.reason);
 }
@@ -126,21 +88,8 @@ fn os_user() {
     for ok in ["postgres", "_x", "redis-1", &"a".repeat(32)] {
         accepted(|s| s.os_user = ok.to_owned());
     }
-    for bad in [
-        "",
-        "Postgres",
-        "1pg",
-        "-pg",
-        "pg.x",
-        "root user",
-        &"a".repeat(33),
-        "pg\0",
-    ] {
-        assert_eq!(
-            refused(|s| s.os_user = bad.to_owned()),
-            "spec.os_user",
-            "{bad:?}"
-        );
+    for bad in ["", "Postgres", "1pg", "-pg", "pg.x", "root user", &"a".repeat(33), "pg\0"] {
+        assert_eq!(refused(|s| s.os_user = bad.to_owned()), "spec.os_user", "{bad:?}");
     }
 }
 
@@ -159,11 +108,7 @@ fn volume_device() {
         "/dev//vdb",
         "/dev/vdb\n",
     ] {
-        assert_eq!(
-            refused(|s| s.volume.device = Some(bad.into())),
-            "spec.volume.device",
-            "{bad:?}"
-        );
+        assert_eq!(refused(|s| s.volume.device = Some(bad.into())), "spec.volume.device", "{bad:?}");
     }
 }
 
@@ -178,11 +123,7 @@ fn volume_size() {
         s.plan.disk_bytes = 0;
     });
     for bad in [0, (16 << 20) - 1, (64 << 40) + 1] {
-        assert_eq!(
-            refused(|s| s.volume.size_bytes = bad),
-            "spec.volume.size_bytes",
-            "{bad}"
-        );
+        assert_eq!(refused(|s| s.volume.size_bytes = bad), "spec.volume.size_bytes", "{bad}");
     }
 }
 
@@ -190,10 +131,7 @@ fn volume_size() {
 fn log_sources() {
     let ok = "/var/log/postgresql/x.log";
     accepted(|s| s.log_sources = vec![LogSource::FileGlob(ok.to_owned()); 32]);
-    assert_eq!(
-        refused(|s| s.log_sources = vec![LogSource::FileGlob(ok.to_owned()); 33]),
-        "spec.log_sources"
-    );
+    assert_eq!(refused(|s| s.log_sources = vec![LogSource::FileGlob(ok.to_owned()); 33]), "spec.log_sources");
     // Below a data root (PostgreSQL's logging_collector writes into the data directory).
     accepted(|s| s.log_sources = vec![LogSource::FileGlob("/srv/db/pg-1/log/*.log".to_owned())]);
     for bad in [
@@ -213,10 +151,7 @@ fn log_sources() {
         assert_eq!(field, "spec.log_sources[2].file_glob", "{bad:?}");
     }
     for bad in ["", "pg", "pg.socket", "pg;rm.service"] {
-        let field = refused(|s| {
-            s.log_sources
-                .insert(0, LogSource::JournaldUnit(bad.to_owned()))
-        });
+        let field = refused(|s| s.log_sources.insert(0, LogSource::JournaldUnit(bad.to_owned())));
         assert_eq!(field, "spec.log_sources[0].journald_unit", "{bad:?}");
     }
 }
@@ -230,90 +165,39 @@ fn plan() {
     accepted(|s| s.plan.disk_bytes = 0);
     accepted(|s| s.plan.disk_bytes = 20 * GIB);
     for bad in [0, 99, 256_001] {
-        assert_eq!(
-            refused(|s| s.plan.cpu_millis = bad),
-            "spec.plan.cpu_millis",
-            "{bad}"
-        );
+        assert_eq!(refused(|s| s.plan.cpu_millis = bad), "spec.plan.cpu_millis", "{bad}");
     }
     for bad in [0, (64 << 20) - 1, (4 << 40) + 1] {
-        assert_eq!(
-            refused(|s| s.plan.memory_bytes = bad),
-            "spec.plan.memory_bytes",
-            "{bad}"
-        );
+        assert_eq!(refused(|s| s.plan.memory_bytes = bad), "spec.plan.memory_bytes", "{bad}");
     }
-    assert_eq!(
-        refused(|s| s.plan.disk_bytes = 10 * GIB - 1),
-        "spec.plan.disk_bytes"
-    );
+    assert_eq!(refused(|s| s.plan.disk_bytes = 10 * GIB - 1), "spec.plan.disk_bytes");
 }
 
 #[test]
 fn maintenance_window() {
     accepted(|s| {
-        s.maintenance_window = Some(MaintenanceWindow {
-            weekday: Weekday::Monday,
-            start_minute_utc: 1439,
-            duration_minutes: 720,
-        })
+        s.maintenance_window =
+            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 1439, duration_minutes: 720 })
     });
     accepted(|s| {
-        s.maintenance_window = Some(MaintenanceWindow {
-            weekday: Weekday::Monday,
-            start_minute_utc: 0,
-            duration_minutes: 30,
-        })
+        s.maintenance_window =
+            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 0, duration_minutes: 30 })
     });
     let window = |start, duration| {
-        Some(MaintenanceWindow {
-            weekday: Weekday::Friday,
-            start_minute_utc: start,
-            duration_minutes: duration,
-        })
+        Some(MaintenanceWindow { weekday: Weekday::Friday, start_minute_utc: start, duration_minutes: duration })
     };
-    assert_eq!(
-        refused(|s| s.maintenance_window = window(1440, 60)),
-        "spec.maintenance_window.start_minute_utc"
-    );
-    assert_eq!(
-        refused(|s| s.maintenance_window = window(0, 29)),
-        "spec.maintenance_window.duration_minutes"
-    );
-    assert_eq!(
-        refused(|s| s.maintenance_window = window(0, 721)),
-        "spec.maintenance_window.duration_minutes"
-    );
+    assert_eq!(refused(|s| s.maintenance_window = window(1440, 60)), "spec.maintenance_window.start_minute_utc");
+    assert_eq!(refused(|s| s.maintenance_window = window(0, 29)), "spec.maintenance_window.duration_minutes");
+    assert_eq!(refused(|s| s.maintenance_window = window(0, 721)), "spec.maintenance_window.duration_minutes");
 }
 
 #[test]
 fn backup_policy() {
-    accepted(|s| {
-        s.backup_policy = Some(BackupPolicy {
-            daily_at_minute_utc: 1439,
-            keep_daily: 365,
-            enabled: false,
-        })
-    });
-    let policy = |at, keep| {
-        Some(BackupPolicy {
-            daily_at_minute_utc: at,
-            keep_daily: keep,
-            enabled: true,
-        })
-    };
-    assert_eq!(
-        refused(|s| s.backup_policy = policy(1440, 7)),
-        "spec.backup_policy.daily_at_minute_utc"
-    );
-    assert_eq!(
-        refused(|s| s.backup_policy = policy(0, 0)),
-        "spec.backup_policy.keep_daily"
-    );
-    assert_eq!(
-        refused(|s| s.backup_policy = policy(0, 366)),
-        "spec.backup_policy.keep_daily"
-    );
+    accepted(|s| s.backup_policy = Some(BackupPolicy { daily_at_minute_utc: 1439, keep_daily: 365, enabled: false }));
+    let policy = |at, keep| Some(BackupPolicy { daily_at_minute_utc: at, keep_daily: keep, enabled: true });
+    assert_eq!(refused(|s| s.backup_policy = policy(1440, 7)), "spec.backup_policy.daily_at_minute_utc");
+    assert_eq!(refused(|s| s.backup_policy = policy(0, 0)), "spec.backup_policy.keep_daily");
+    assert_eq!(refused(|s| s.backup_policy = policy(0, 366)), "spec.backup_policy.keep_daily");
 }
 
 #[test]
@@ -321,16 +205,9 @@ fn reasons_say_what_is_expected() {
     let mut s = spec("pg-1");
     s.plan.cpu_millis = 50;
     let e = validate_spec(&s, &rules()).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "invalid spec.plan.cpu_millis: is 50; it must be from 100 to 256000 (1000 = one CPU)"
-    );
+    assert_eq!(e.to_string(), "invalid spec.plan.cpu_millis: is 50; it must be from 100 to 256000 (1000 = one CPU)");
     s = spec("pg-1");
     s.data_dir = "/srv/db/x\0y".into();
     let e = validate_spec(&s, &rules()).unwrap_err();
-    assert!(
-        e.reason.contains("control characters") && e.reason.contains("\\0"),
-        "{}",
-        e.reason
-    );
+    assert!(e.reason.contains("control characters") && e.reason.contains("\\0"), "{}", e.reason);
 }

@@ -122,7 +122,8 @@ impl DrainBuffer {
             let valid = scan(&bytes, seq, from, &mut next_frame, &mut frames);
             if valid < bytes.len() as u64 {
                 tracing::warn!(segment = %path.display(), "cutting a torn frame at offset {valid} (crash during a write)");
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(format!("open {}", path.display())))?;
+                let f =
+                    OpenOptions::new().write(true).open(&path).map_err(io_err(format!("open {}", path.display())))?;
                 f.set_len(valid).map_err(io_err(format!("truncate {}", path.display())))?;
             }
             segments.push_back((seq, valid));
@@ -135,7 +136,11 @@ impl DrainBuffer {
             segments.push_back((current, 0));
         }
         let path = segment_path(dir, current);
-        let writer = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(format!("open {}", path.display())))?;
+        let writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("open {}", path.display())))?;
         let buffer = Self {
             dir: dir.to_path_buf(),
             limits,
@@ -152,7 +157,13 @@ impl DrainBuffer {
 
     /// Appends one frame. When the buffer is over its limit, whole segments are dropped, oldest first,
     /// and their records counted as dropped.
-    pub fn append(&mut self, key: &Arc<str>, checkpoint: &Checkpoint, records: u32, data: &[u8]) -> Result<(), LogsError> {
+    pub fn append(
+        &mut self,
+        key: &Arc<str>,
+        checkpoint: &Checkpoint,
+        records: u32,
+        data: &[u8],
+    ) -> Result<(), LogsError> {
         let ckpt = serde_json::to_vec(checkpoint).map_err(|e| LogsError::Corrupt(format!("encode checkpoint: {e}")))?;
         let mut payload = Vec::with_capacity(data.len() + ckpt.len() + key.len() + 10);
         payload.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
@@ -200,7 +211,11 @@ impl DrainBuffer {
     fn roll(&mut self, seq: u64) -> Result<(), LogsError> {
         self.sync()?;
         let path = segment_path(&self.dir, seq);
-        self.writer = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(format!("create {}", path.display())))?;
+        self.writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(format!("create {}", path.display())))?;
         self.segments.push_back((seq, 0));
         crate::fsutil::sync_dir(&self.dir).map_err(io_err(format!("sync {}", self.dir.display())))
     }
@@ -264,7 +279,8 @@ impl DrainBuffer {
             let Some((_, file)) = &segment else { break };
             let at = data.len();
             data.resize(at + len, 0);
-            file.read_exact_at(&mut data[at..], f.data_start).map_err(io_err(format!("read drain buffer {}", self.dir.display())))?;
+            file.read_exact_at(&mut data[at..], f.data_start)
+                .map_err(io_err(format!("read drain buffer {}", self.dir.display())))?;
             records += u64::from(f.records);
             last_frame = Some(f.id);
         }
@@ -306,7 +322,8 @@ impl DrainBuffer {
 
     fn write_state(&self) -> Result<(), LogsError> {
         let path = self.dir.join("state.json");
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| LogsError::Corrupt(format!("encode buffer state: {e}")))?;
+        let bytes =
+            serde_json::to_vec(&self.state).map_err(|e| LogsError::Corrupt(format!("encode buffer state: {e}")))?;
         fsutil::atomic_write(&path, &bytes).map_err(io_err(format!("write {}", path.display())))
     }
 

@@ -44,7 +44,12 @@ fn torn_tail_is_cut_and_its_data_reread_from_the_source() {
     b.append(&key, &ckpt(10), 1, b"one").unwrap();
     b.append(&key, &ckpt(20), 1, b"two").unwrap();
     drop(b);
-    let seg = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "seg")).unwrap().path();
+    let seg = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .unwrap()
+        .path();
     let len = std::fs::metadata(&seg).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 2).unwrap();
     let (b, pos) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)).unwrap();
@@ -64,7 +69,12 @@ fn full_buffer_drops_oldest_segments_and_counts_them() {
     let s = b.status();
     assert!(s.dropped_records > 0, "{s:?}");
     assert_eq!(s.dropped_records + s.buffered_records, 400);
-    let on_disk: u64 = std::fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "seg")).map(|e| e.metadata().unwrap().len()).sum();
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
     assert!(on_disk <= 256 * 1024 + 64 * 1024, "{on_disk}");
     drop(b);
     let (b, pos) = DrainBuffer::open(dir.path(), limits(256 * 1024, 64 * 1024)).unwrap();

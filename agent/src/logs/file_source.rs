@@ -35,7 +35,11 @@ pub struct FollowSettings {
 
 impl Default for FollowSettings {
     fn default() -> Self {
-        Self { rotate_wait: Duration::from_secs(5), flush_after: Duration::from_millis(500), rescan: Duration::from_millis(250) }
+        Self {
+            rotate_wait: Duration::from_secs(5),
+            flush_after: Duration::from_millis(500),
+            rescan: Duration::from_millis(250),
+        }
     }
 }
 
@@ -144,7 +148,16 @@ impl Tracked {
 
 impl FileFollower {
     pub fn new(glob: String, format: LineFormat, settings: FollowSettings, start: StartAt) -> Self {
-        Self { glob, format, settings, start, files: Vec::new(), scanned_at: None, chunk: vec![0; 1024 * 1024], roots: None }
+        Self {
+            glob,
+            format,
+            settings,
+            start,
+            files: Vec::new(),
+            scanned_at: None,
+            chunk: vec![0; 1024 * 1024],
+            roots: None,
+        }
     }
 
     /// Opens only files that resolve (symbolic links followed) below `roots`. The log folders
@@ -230,7 +243,9 @@ impl FileFollower {
             // A rotated-away file read to its end: its last record is complete, and must not wait
             // behind the new file's records.
             let rotated_at_end = !t.matched && read < budget;
-            if t.joiner.has_pending() && (rotated_at_end || now.duration_since(t.last_data) >= self.settings.flush_after) {
+            if t.joiner.has_pending()
+                && (rotated_at_end || now.duration_since(t.last_data) >= self.settings.flush_after)
+            {
                 let mut joined = Vec::new();
                 t.joiner.flush(&mut joined);
                 out.extend(joined.into_iter().map(|j| (t.name.clone(), j)));

@@ -7,7 +7,11 @@ use super::file_source::{FileFollower, FollowSettings, StartAt};
 use super::lines::{Joined, LineFormat};
 
 fn settings() -> FollowSettings {
-    FollowSettings { rotate_wait: Duration::from_millis(50), flush_after: Duration::from_millis(20), rescan: Duration::ZERO }
+    FollowSettings {
+        rotate_wait: Duration::from_millis(50),
+        flush_after: Duration::from_millis(20),
+        rescan: Duration::ZERO,
+    }
 }
 
 fn drain(f: &mut FileFollower) -> Vec<String> {
@@ -34,7 +38,12 @@ fn rename_rotation_reads_old_file_to_its_end_then_the_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("pg.log");
     append(&log, 0..10);
-    let mut f = FileFollower::new(dir.path().join("*.log").display().to_string(), LineFormat::Plain, settings(), StartAt::Beginning);
+    let mut f = FileFollower::new(
+        dir.path().join("*.log").display().to_string(),
+        LineFormat::Plain,
+        settings(),
+        StartAt::Beginning,
+    );
     assert_eq!(drain(&mut f), expected(0..10));
     append(&log, 10..15);
     std::fs::rename(&log, dir.path().join("pg.log.1")).unwrap();

@@ -104,7 +104,8 @@ impl Hub {
                 && req.instance.as_deref().is_none_or(|i| i == &*r.instance)
                 && req.since.is_none_or(|s| r.time >= s)
         };
-        let mut backlog: Vec<Arc<LogRecord>> = inner.rings.values().flat_map(|ring| ring.iter().filter(matches).cloned()).collect();
+        let mut backlog: Vec<Arc<LogRecord>> =
+            inner.rings.values().flat_map(|ring| ring.iter().filter(matches).cloned()).collect();
         if inner.rings.len() > 1 {
             backlog.sort_by_key(|r| r.time);
         }
@@ -149,13 +150,22 @@ mod tests {
     fn backlog_then_follow_with_filters() {
         let hub = Hub::new(100, 16);
         hub.publish((0..10).map(|i| rec(i, if i % 2 == 0 { Severity::Error } else { Severity::Info })).collect());
-        let req = TailRequest { instance: Some("pg-1".into()), last_lines: 3, follow: true, min_severity: Severity::Warning, ..Default::default() };
+        let req = TailRequest {
+            instance: Some("pg-1".into()),
+            last_lines: 3,
+            follow: true,
+            min_severity: Severity::Warning,
+            ..Default::default()
+        };
         let mut t = hub.tail(&req);
         assert_eq!(t.backlog.iter().map(|r| r.message.as_str()).collect::<Vec<_>>(), ["line 4", "line 6", "line 8"]);
         hub.publish(vec![rec(10, Severity::Info), rec(11, Severity::Critical)]);
         let item = t.follow.as_mut().unwrap().try_recv().unwrap();
         assert_eq!(item.record.message, "line 11");
-        let since = TailRequest { since: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(9)), ..Default::default() };
+        let since = TailRequest {
+            since: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(9)),
+            ..Default::default()
+        };
         assert_eq!(hub.tail(&since).backlog.len(), 3);
         let other = TailRequest { instance: Some("other".into()), ..Default::default() };
         assert!(hub.tail(&other).backlog.is_empty());

@@ -40,7 +40,9 @@ pub struct JournalEntry {
 /// Parses one line of `journalctl -o json`. MESSAGE is a string, or an array of bytes when it is not
 /// valid UTF-8; PRIORITY and __REALTIME_TIMESTAMP (microseconds) are strings.
 pub fn parse_entry(line: &str) -> Result<JournalEntry, LogsError> {
-    let bad = |what: &str| LogsError::Journal(format!("journalctl output {what}: {}", crate::ids::truncate_for_message(line)));
+    let bad = |what: &str| {
+        LogsError::Journal(format!("journalctl output {what}: {}", crate::ids::truncate_for_message(line)))
+    };
     let v: Value = serde_json::from_str(line).map_err(|_| bad("is not JSON"))?;
     let cursor = v.get("__CURSOR").and_then(Value::as_str).ok_or_else(|| bad("has no __CURSOR"))?.to_owned();
     let message = match v.get("MESSAGE") {
@@ -66,7 +68,12 @@ pub fn parse_entry(line: &str) -> Result<JournalEntry, LogsError> {
 
 /// The journalctl arguments: after the cursor if there is one, else the unit's whole journal
 /// (drains) or its last lines (tailing).
-pub fn journalctl_args(settings: &JournalSettings, unit: &str, cursor: Option<&str>, tail_lines: Option<u32>) -> Vec<String> {
+pub fn journalctl_args(
+    settings: &JournalSettings,
+    unit: &str,
+    cursor: Option<&str>,
+    tail_lines: Option<u32>,
+) -> Vec<String> {
     let mut args: Vec<String> = settings.extra_args.clone();
     args.extend(["-o", "json", "--no-pager", "-f", "-u", unit].map(String::from));
     match (cursor, tail_lines) {
@@ -161,7 +168,8 @@ impl Follow<'_> {
                 }
             }
             if let (false, Some(c)) = (records.is_empty(), cursor.clone()) {
-                let batch = SourceBatch { key: self.key.clone(), records, checkpoint: Checkpoint::Journal { cursor: c } };
+                let batch =
+                    SourceBatch { key: self.key.clone(), records, checkpoint: Checkpoint::Journal { cursor: c } };
                 if self.tx.send(batch).await.is_err() {
                     return Err(());
                 }
@@ -232,7 +240,11 @@ mod tests {
         std::fs::write(&data, CAPTURED).unwrap();
         std::fs::write(
             &script,
-            format!("#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *after-cursor*) sleep 5;; *) cat {};; esac\n", argv_log.display(), data.display()),
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {}\ncase \"$*\" in *after-cursor*) sleep 5;; *) cat {};; esac\n",
+                argv_log.display(),
+                data.display()
+            ),
         )
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -260,7 +272,9 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(std::fs::read_to_string(&argv_log).unwrap().contains("--after-cursor=s=8f1c;i=1a4;b=3e;m=61;t=61c;x=9f"));
+        assert!(
+            std::fs::read_to_string(&argv_log).unwrap().contains("--after-cursor=s=8f1c;i=1a4;b=3e;m=61;t=61c;x=9f")
+        );
         cancel.cancel();
         task.await.unwrap();
     }

@@ -213,7 +213,10 @@ mod tests {
                     FROM dual";
         let r = join(LineFormat::Mariadb, text);
         assert_eq!(r.len(), 3);
-        assert_eq!(r.iter().map(|r| r.severity).collect::<Vec<_>>(), [Severity::Info, Severity::Warning, Severity::Error]);
+        assert_eq!(
+            r.iter().map(|r| r.severity).collect::<Vec<_>>(),
+            [Severity::Info, Severity::Warning, Severity::Error]
+        );
         assert!(r[2].message.ends_with("SELECT 1\nFROM dual"));
     }
 

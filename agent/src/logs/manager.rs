@@ -47,7 +47,13 @@ struct InstanceLogs {
 
 impl LogManager {
     /// `dir` is `<state_dir>/logs`. Nothing runs until `run`.
-    pub fn new(dir: PathBuf, cfg: LogsConfig, hostname: String, registry: Arc<Registry>, cancel: CancellationToken) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        cfg: LogsConfig,
+        hostname: String,
+        registry: Arc<Registry>,
+        cancel: CancellationToken,
+    ) -> Self {
         let hub = Arc::new(Hub::new(cfg.tail_records, cfg.client_queue));
         Self { inner: Arc::new(Inner { dir, cfg, hostname, registry, hub, running: Mutex::default(), cancel }) }
     }
@@ -87,7 +93,8 @@ impl LogManager {
         }
         for instance in &instances {
             let format = LineFormat::from(instance.spec.engine);
-            let same = running.get(&instance.id).is_some_and(|l| l.format == format && l.sources == instance.spec.log_sources);
+            let same =
+                running.get(&instance.id).is_some_and(|l| l.format == format && l.sources == instance.spec.log_sources);
             if same || self.inner.cancel.is_cancelled() {
                 continue;
             }

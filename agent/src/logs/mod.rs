@@ -15,7 +15,6 @@ pub mod lines;
 pub mod manager;
 pub mod pipeline;
 pub mod record;
-pub mod render;
 pub mod settings;
 pub mod sources;
 
@@ -53,4 +52,16 @@ pub enum LogsError {
     Tls(String),
     #[error("the agent is shutting down; retry against the restarted agent")]
     ShuttingDown,
+}
+
+impl crate::error::HasErrorCode for LogsError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            LogsError::Invalid(_) => C::InvalidArgument,
+            LogsError::InstanceNotFound(_) | LogsError::DrainNotFound { .. } => C::NotFound,
+            LogsError::ShuttingDown | LogsError::Drain(_) | LogsError::Journal(_) | LogsError::Tls(_) => C::Unavailable,
+            LogsError::Io { .. } | LogsError::Corrupt(_) => C::Internal,
+        }
+    }
 }

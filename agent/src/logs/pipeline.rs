@@ -71,7 +71,12 @@ impl DrainPipeline {
             DrainTarget::Https { .. } => WireFormat::JsonLines { hostname: ctx.hostname.to_owned() },
         };
         let (tx, rx) = mpsc::channel(4);
-        let set = SourceSet { instance: ctx.instance.clone(), format: ctx.format, sources: ctx.sources, roots: ctx.roots.clone() };
+        let set = SourceSet {
+            instance: ctx.instance.clone(),
+            format: ctx.format,
+            sources: ctx.sources,
+            roots: ctx.roots.clone(),
+        };
         let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
         drop(tx);
         let wake = Arc::new(Notify::new());

@@ -66,7 +66,10 @@ impl LogsConfig {
             return Some(("logs.buffer_max_bytes", "must be at least twice logs.segment_bytes".into()));
         }
         if !(4096..=64 * MIB).contains(&self.batch_max_bytes) || self.batch_max_bytes > self.segment_bytes {
-            return Some(("logs.batch_max_bytes", "must be from 4096 to 67108864 and at most logs.segment_bytes".into()));
+            return Some((
+                "logs.batch_max_bytes",
+                "must be from 4096 to 67108864 and at most logs.segment_bytes".into(),
+            ));
         }
         for (key, v, max) in [
             ("logs.linger_ms", self.linger_ms, 10_000),

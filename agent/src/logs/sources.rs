@@ -1,7 +1,7 @@
 //! Running an instance's sources: each sends batches of records with the checkpoint after them.
 
-use std::path::PathBuf;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -79,7 +79,9 @@ pub fn spawn_sources(
                 }
                 let idle = Duration::from_millis(cfg.poll_interval_ms);
                 let budget = read_budget(cfg);
-                tasks.push(tokio::task::spawn_blocking(move || follow_files(key, follower, instance, idle, budget, &tx, &cancel)));
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    follow_files(key, follower, instance, idle, budget, &tx, &cancel)
+                }));
             }
             LogSource::JournaldUnit(unit) => {
                 let cursor = match position {
@@ -87,7 +89,14 @@ pub fn spawn_sources(
                     _ => None,
                 };
                 let tail = (mode == Mode::Tail).then_some(200);
-                let src = JournalSource { key, unit: unit.clone(), cursor, tail_lines: tail, settings: cfg.journal(), instance };
+                let src = JournalSource {
+                    key,
+                    unit: unit.clone(),
+                    cursor,
+                    tail_lines: tail,
+                    settings: cfg.journal(),
+                    instance,
+                };
                 tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));
             }
         }
@@ -112,7 +121,13 @@ fn follow_files(
             let time = SystemTime::now();
             let records = joined
                 .drain(..)
-                .map(|(source, j)| LogRecord { time, instance: instance.clone(), source, severity: j.severity, message: j.message })
+                .map(|(source, j)| LogRecord {
+                    time,
+                    instance: instance.clone(),
+                    source,
+                    severity: j.severity,
+                    message: j.message,
+                })
                 .collect();
             let batch = SourceBatch { key: key.clone(), records, checkpoint: follower.checkpoint() };
             if tx.blocking_send(batch).is_err() {

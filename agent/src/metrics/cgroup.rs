@@ -83,7 +83,8 @@ mod tests {
     fn truncated_lines_are_skipped() {
         let m = parse_flat_keyed("usage_usec 10\nuser_usec\nsystem_usec 1x\n");
         assert_eq!(m.len(), 1);
-        let io = parse_io_stat("8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n254:0 rbytes=12 wby\nbroken\n");
+        let io =
+            parse_io_stat("8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n254:0 rbytes=12 wby\nbroken\n");
         assert_eq!(io.len(), 2);
         assert_eq!(io[0], IoStat { major: 8, minor: 0, rbytes: 4096, wbytes: 8192, rios: 1, wios: 2 });
         assert_eq!(io[1].rbytes, 12);

@@ -19,11 +19,7 @@ pub struct CollectorPaths {
 
 impl Default for CollectorPaths {
     fn default() -> Self {
-        Self {
-            proc_root: "/proc".into(),
-            cgroup_root: "/sys/fs/cgroup".into(),
-            mapper_dir: "/dev/mapper".into(),
-        }
+        Self { proc_root: "/proc".into(), cgroup_root: "/sys/fs/cgroup".into(), mapper_dir: "/dev/mapper".into() }
     }
 }
 
@@ -157,7 +153,11 @@ impl Collector {
                 }
             }
         }
-        for (metric, file) in [(Metric::Memory, "memory.current"), (Metric::MemoryPeak, "memory.peak"), (Metric::MemoryLimit, "memory.max")] {
+        for (metric, file) in [
+            (Metric::Memory, "memory.current"),
+            (Metric::MemoryPeak, "memory.peak"),
+            (Metric::MemoryLimit, "memory.max"),
+        ] {
             if let Some(v) = read(file).as_deref().and_then(parse_single) {
                 r.plain(metric, v);
             }
@@ -170,7 +170,8 @@ impl Collector {
                 }
             }
         }
-        if let Some(v) = read("memory.events").as_deref().map(parse_flat_keyed).and_then(|e| e.get("oom_kill").copied()) {
+        if let Some(v) = read("memory.events").as_deref().map(parse_flat_keyed).and_then(|e| e.get("oom_kill").copied())
+        {
             r.plain(Metric::MemoryOomKills, v);
         }
         if let Some(text) = read("io.stat") {

@@ -1,7 +1,7 @@
 use super::*;
+use crate::metrics::Owner;
 use crate::metrics::model::Point;
 use crate::metrics::store::History;
-use crate::metrics::Owner;
 use std::time::{Duration, SystemTime};
 
 pub(crate) fn fixtures() -> PathBuf {
@@ -37,8 +37,16 @@ fn fixture_paths(tmp: &Path) -> CollectorPaths {
 
 fn targets(data_dir: &Path) -> Vec<InstanceTarget> {
     vec![
-        InstanceTarget { id: "pg-1".into(), systemd_unit: "postgresql@15-main.service".into(), data_dir: data_dir.into() },
-        InstanceTarget { id: "redis-1".into(), systemd_unit: "redis-server.service".into(), data_dir: "/nonexistent".into() },
+        InstanceTarget {
+            id: "pg-1".into(),
+            systemd_unit: "postgresql@15-main.service".into(),
+            data_dir: data_dir.into(),
+        },
+        InstanceTarget {
+            id: "redis-1".into(),
+            systemd_unit: "redis-server.service".into(),
+            data_dir: "/nonexistent".into(),
+        },
         InstanceTarget { id: "stopped".into(), systemd_unit: "mariadb.service".into(), data_dir: data_dir.into() },
     ]
 }
@@ -89,7 +97,8 @@ fn fixture_tree_node_and_instances() {
 #[test]
 fn missing_proc_files_give_an_empty_reading() {
     let tmp = tempfile::tempdir().unwrap();
-    let paths = CollectorPaths { proc_root: tmp.path().into(), cgroup_root: tmp.path().into(), mapper_dir: tmp.path().into() };
+    let paths =
+        CollectorPaths { proc_root: tmp.path().into(), cgroup_root: tmp.path().into(), mapper_dir: tmp.path().into() };
     let round = Collector::new(paths).collect(&targets(tmp.path()));
     assert!(round.node.is_empty());
     assert!(round.instances.is_empty());

@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::prometheus::{self, CONTENT_TYPE};
 use super::MetricsHub;
+use super::prometheus::{self, CONTENT_TYPE};
 
 /// Request line and headers; a scrape request is a few hundred bytes.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -57,7 +57,14 @@ async fn handle(mut stream: TcpStream, hub: &MetricsHub) -> std::io::Result<()> 
             break at;
         }
         if buf.len() > MAX_REQUEST {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request too large\n", false).await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request too large\n",
+                false,
+            )
+            .await;
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]);
@@ -74,7 +81,13 @@ async fn handle(mut stream: TcpStream, hub: &MetricsHub) -> std::io::Result<()> 
     }
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

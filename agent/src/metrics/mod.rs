@@ -9,7 +9,6 @@ pub mod model;
 pub mod otlp;
 pub mod procfs;
 pub mod prometheus;
-pub mod render;
 pub mod sampler;
 pub mod start;
 pub mod store;
@@ -32,7 +31,9 @@ pub enum MetricsError {
     NoSampleYet(Duration),
     #[error("interval {requested:?} is shorter than the sampling interval {sampling:?}; ask for {sampling:?} or more")]
     IntervalTooShort { requested: Duration, sampling: Duration },
-    #[error("listen for Prometheus scrapes on {addr}: {source} (set metrics.prometheus_listen or metrics.prometheus_enabled = false)")]
+    #[error(
+        "listen for Prometheus scrapes on {addr}: {source} (set metrics.prometheus_listen or metrics.prometheus_enabled = false)"
+    )]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("OTLP endpoint {endpoint:?}: {message}")]
     OtlpEndpoint { endpoint: String, message: String },
@@ -89,6 +90,17 @@ fn thin<T>(items: Vec<T>, max: usize) -> Vec<T> {
     }
     let step = n.div_ceil(max);
     items.into_iter().enumerate().filter(|(i, _)| (n - 1 - i).is_multiple_of(step)).map(|(_, s)| s).collect()
+}
+
+impl crate::error::HasErrorCode for MetricsError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            MetricsError::InvalidRange(_) | MetricsError::IntervalTooShort { .. } => C::InvalidArgument,
+            MetricsError::NoSampleYet(_) => C::Unavailable,
+            MetricsError::Bind { .. } | MetricsError::OtlpEndpoint { .. } | MetricsError::OtlpCa { .. } => C::Internal,
+        }
+    }
 }
 
 #[cfg(test)]

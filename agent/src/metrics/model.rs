@@ -85,20 +85,34 @@ impl Metric {
         use Metric::*;
         match self {
             CpuSeconds => info("cpu_seconds_total", C, TICK, "s", "CPU time spent in each mode."),
-            CpuUtilization => info("cpu_utilization_ratio", G, 0.0001, "1", "Share of CPU time not idle or iowait over the last interval, 0 to 1."),
+            CpuUtilization => info(
+                "cpu_utilization_ratio",
+                G,
+                0.0001,
+                "1",
+                "Share of CPU time not idle or iowait over the last interval, 0 to 1.",
+            ),
             CpuCount => info("cpus", G, 1.0, "1", "Online CPUs."),
             Load1 => info("load1", G, 0.01, "1", "1-minute load average."),
             Load5 => info("load5", G, 0.01, "1", "5-minute load average."),
             Load15 => info("load15", G, 0.01, "1", "15-minute load average."),
             MemoryTotal => info("memory_total_bytes", G, KIB, "By", "Usable RAM (MemTotal)."),
-            MemoryAvailable => info("memory_available_bytes", G, KIB, "By", "RAM available for new work without swapping (MemAvailable)."),
+            MemoryAvailable => info(
+                "memory_available_bytes",
+                G,
+                KIB,
+                "By",
+                "RAM available for new work without swapping (MemAvailable).",
+            ),
             MemoryFree => info("memory_free_bytes", G, KIB, "By", "Unused RAM (MemFree)."),
             MemoryCached => info("memory_cached_bytes", G, KIB, "By", "Page cache (Cached)."),
             MemoryBuffers => info("memory_buffers_bytes", G, KIB, "By", "Block device buffers (Buffers)."),
             SwapTotal => info("swap_total_bytes", G, KIB, "By", "Swap space (SwapTotal)."),
             SwapFree => info("swap_free_bytes", G, KIB, "By", "Unused swap space (SwapFree)."),
             FilesystemSize => info("filesystem_size_bytes", G, 1.0, "By", "Filesystem size."),
-            FilesystemAvail => info("filesystem_avail_bytes", G, 1.0, "By", "Filesystem space available to unprivileged users."),
+            FilesystemAvail => {
+                info("filesystem_avail_bytes", G, 1.0, "By", "Filesystem space available to unprivileged users.")
+            }
             FilesystemUsed => info("filesystem_used_bytes", G, 1.0, "By", "Filesystem space in use."),
             DiskReads => info("disk_reads_completed_total", C, 1.0, "1", "Reads completed."),
             DiskWrites => info("disk_writes_completed_total", C, 1.0, "1", "Writes completed."),
@@ -107,20 +121,54 @@ impl Metric {
             DiskReadTime => info("disk_read_time_seconds_total", C, MS, "s", "Time spent reading."),
             DiskWriteTime => info("disk_write_time_seconds_total", C, MS, "s", "Time spent writing."),
             DiskIoNow => info("disk_io_now", G, 1.0, "1", "I/Os in flight."),
-            DiskIoTime => info("disk_io_time_seconds_total", C, MS, "s", "Time the device had I/O in flight (utilization when taken as a rate)."),
-            DiskIoTimeWeighted => info("disk_io_time_weighted_seconds_total", C, MS, "s", "In-flight time weighted by the number of I/Os (queue length when taken as a rate)."),
-            PressureStalled => info("pressure_stalled_seconds_total", C, US, "s", "Pressure stall time: some = at least one task stalled, full = all non-idle tasks stalled."),
-            CgroupCpuSeconds => info("cpu_seconds_total", C, US, "s", "CPU time of the instance's cgroup by mode (user, system)."),
+            DiskIoTime => info(
+                "disk_io_time_seconds_total",
+                C,
+                MS,
+                "s",
+                "Time the device had I/O in flight (utilization when taken as a rate).",
+            ),
+            DiskIoTimeWeighted => info(
+                "disk_io_time_weighted_seconds_total",
+                C,
+                MS,
+                "s",
+                "In-flight time weighted by the number of I/Os (queue length when taken as a rate).",
+            ),
+            PressureStalled => info(
+                "pressure_stalled_seconds_total",
+                C,
+                US,
+                "s",
+                "Pressure stall time: some = at least one task stalled, full = all non-idle tasks stalled.",
+            ),
+            CgroupCpuSeconds => {
+                info("cpu_seconds_total", C, US, "s", "CPU time of the instance's cgroup by mode (user, system).")
+            }
             CpuUsage => info("cpu_usage_seconds_total", C, US, "s", "CPU time used by the instance's cgroup."),
-            CpuThrottledPeriods => info("cpu_throttled_periods_total", C, 1.0, "1", "Enforcement periods in which the cgroup was throttled."),
-            CpuThrottled => info("cpu_throttled_seconds_total", C, US, "s", "Time the cgroup was throttled by its CPU limit."),
+            CpuThrottledPeriods => info(
+                "cpu_throttled_periods_total",
+                C,
+                1.0,
+                "1",
+                "Enforcement periods in which the cgroup was throttled.",
+            ),
+            CpuThrottled => {
+                info("cpu_throttled_seconds_total", C, US, "s", "Time the cgroup was throttled by its CPU limit.")
+            }
             Memory => info("memory_bytes", G, 1.0, "By", "Memory charged to the instance's cgroup (memory.current)."),
-            MemoryPeak => info("memory_peak_bytes", G, 1.0, "By", "Highest memory.current since the cgroup was created."),
+            MemoryPeak => {
+                info("memory_peak_bytes", G, 1.0, "By", "Highest memory.current since the cgroup was created.")
+            }
             MemoryLimit => info("memory_limit_bytes", G, 1.0, "By", "memory.max; absent when unlimited."),
             MemoryStat => info("memory_stat_bytes", G, 1.0, "By", "Breakdown of the cgroup's memory from memory.stat."),
-            MemoryOomKills => info("memory_oom_kills_total", C, 1.0, "1", "Processes of the cgroup killed by the OOM killer."),
+            MemoryOomKills => {
+                info("memory_oom_kills_total", C, 1.0, "1", "Processes of the cgroup killed by the OOM killer.")
+            }
             IoReadBytes => info("io_read_bytes_total", C, 1.0, "By", "Bytes the cgroup read, per device (io.stat)."),
-            IoWrittenBytes => info("io_written_bytes_total", C, 1.0, "By", "Bytes the cgroup wrote, per device (io.stat)."),
+            IoWrittenBytes => {
+                info("io_written_bytes_total", C, 1.0, "By", "Bytes the cgroup wrote, per device (io.stat).")
+            }
             IoReads => info("io_reads_total", C, 1.0, "1", "Read operations of the cgroup, per device (io.stat)."),
             IoWrites => info("io_writes_total", C, 1.0, "1", "Write operations of the cgroup, per device (io.stat)."),
         }

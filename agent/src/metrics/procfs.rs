@@ -66,7 +66,9 @@ pub fn parse_stat(text: &str) -> Stat {
                     });
                 }
             }
-            Some(name) if name.starts_with("cpu") && name[3..].bytes().all(|b| b.is_ascii_digit()) => stat.cpu_count += 1,
+            Some(name) if name.starts_with("cpu") && name[3..].bytes().all(|b| b.is_ascii_digit()) => {
+                stat.cpu_count += 1
+            }
             _ => {}
         }
     }
@@ -173,9 +175,34 @@ pub struct Mount {
 
 /// Kernel and virtual filesystems: their "usage" is not disk usage.
 const PSEUDO_FS: &[&str] = &[
-    "autofs", "binfmt_misc", "bpf", "cgroup", "cgroup2", "configfs", "debugfs", "devpts", "devtmpfs", "efivarfs",
-    "fusectl", "hugetlbfs", "mqueue", "nsfs", "overlay", "proc", "pstore", "ramfs", "rpc_pipefs", "securityfs",
-    "selinuxfs", "squashfs", "sysfs", "tmpfs", "tracefs", "fuse.lxcfs", "fuse.gvfsd-fuse", "nfsd",
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "pstore",
+    "ramfs",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tmpfs",
+    "tracefs",
+    "fuse.lxcfs",
+    "fuse.gvfsd-fuse",
+    "nfsd",
 ];
 
 /// Real filesystems from /proc/self/mountinfo, one per mountpoint (the last mount over a path wins,
@@ -192,7 +219,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             continue;
         }
         let mountpoint = unescape_octal(point);
-        by_point.insert(mountpoint.clone(), Mount { mountpoint, fstype: fstype.to_owned(), source: unescape_octal(source) });
+        by_point.insert(
+            mountpoint.clone(),
+            Mount { mountpoint, fstype: fstype.to_owned(), source: unescape_octal(source) },
+        );
     }
     by_point.into_values().collect()
 }

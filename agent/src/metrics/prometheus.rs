@@ -43,7 +43,10 @@ pub fn render(snapshots: &[Arc<Snapshot>]) -> String {
         for p in &s.points {
             let family = families.entry((instance.is_some(), p.key.metric)).or_default();
             family.push_str(&family_name(&s.owner, p.key.metric));
-            let labels = instance.map(|id| ("instance", id)).into_iter().chain(p.key.labels.iter().map(|(k, v)| (*k, v.as_str())));
+            let labels = instance
+                .map(|id| ("instance", id))
+                .into_iter()
+                .chain(p.key.labels.iter().map(|(k, v)| (*k, v.as_str())));
             let mut first = true;
             for (k, v) in labels {
                 family.push(if first { '{' } else { ',' });

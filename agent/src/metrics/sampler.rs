@@ -5,9 +5,9 @@ use std::time::SystemTime;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::MetricsHub;
 use super::collect::{Collector, InstanceTarget};
 use super::model::Owner;
-use super::MetricsHub;
 
 /// Where the sampler learns which instances exist; the registry in the daemon, a list in tests.
 pub type Targets = Arc<dyn Fn() -> Vec<InstanceTarget> + Send + Sync>;

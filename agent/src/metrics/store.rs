@@ -146,7 +146,13 @@ impl OwnerHistory {
             if let Some(c) = self.chunks.back_mut() {
                 seal(c);
             }
-            self.chunks.push_back(Chunk { first_ms: ms, last_ms: ms, count: 0, bytes: Vec::new(), prev: Some(EncoderState::default()) });
+            self.chunks.push_back(Chunk {
+                first_ms: ms,
+                last_ms: ms,
+                count: 0,
+                bytes: Vec::new(),
+                prev: Some(EncoderState::default()),
+            });
         }
         let n_keys = self.keys.len();
         let Some(chunk) = self.chunks.back_mut() else { return };
@@ -233,13 +239,14 @@ impl OwnerHistory {
         let chunks: usize = self
             .chunks
             .iter()
-            .map(|c| size_of::<Chunk>() + c.bytes.capacity() + c.prev.as_ref().map_or(0, |p| p.values.capacity() * 16 + p.ids.capacity() * 2))
+            .map(|c| {
+                size_of::<Chunk>()
+                    + c.bytes.capacity()
+                    + c.prev.as_ref().map_or(0, |p| p.values.capacity() * 16 + p.ids.capacity() * 2)
+            })
             .sum();
-        let keys: usize = self
-            .keys
-            .iter()
-            .map(|k| 64 + k.labels.iter().map(|(_, v)| 24 + 16 + v.capacity()).sum::<usize>())
-            .sum();
+        let keys: usize =
+            self.keys.iter().map(|k| 64 + k.labels.iter().map(|(_, v)| 24 + 16 + v.capacity()).sum::<usize>()).sum();
         chunks + keys + self.latest.as_ref().map_or(0, |s| s.points.capacity() * size_of::<Point>())
     }
 }
@@ -294,7 +301,9 @@ impl History {
     }
 
     pub fn range(&self, owner: &Owner, start: SystemTime, end: SystemTime) -> Vec<Snapshot> {
-        self.owner(owner).map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).range(owner, start, end)).unwrap_or_default()
+        self.owner(owner)
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()).range(owner, start, end))
+            .unwrap_or_default()
     }
 
     pub fn heap_bytes(&self) -> usize {

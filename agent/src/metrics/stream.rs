@@ -9,7 +9,12 @@ use super::{MetricsHub, Owner, Snapshot};
 
 /// The owner's latest snapshot now (if any), then after sampling rounds at least `every` apart.
 /// Ends on `shutdown`; the feeding task ends when the receiver is dropped.
-pub fn snapshots(hub: Arc<MetricsHub>, owner: Owner, every: Duration, shutdown: CancellationToken) -> ReceiverStream<Arc<Snapshot>> {
+pub fn snapshots(
+    hub: Arc<MetricsHub>,
+    owner: Owner,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> ReceiverStream<Arc<Snapshot>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut rounds = hub.subscribe();
     tokio::spawn(async move {

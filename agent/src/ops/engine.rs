@@ -11,9 +11,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::journal::Journal;
-use super::model::{ErrorCode, OpError, OpState, OperationRecord, Progress};
 use super::OpsError;
+use super::journal::Journal;
+use super::model::{OpError, OpState, OperationRecord, Progress};
+use crate::error::ErrorCode;
 use crate::ids;
 use crate::locks::ResourceLocks;
 
@@ -90,11 +91,11 @@ struct Inner {
 }
 
 #[derive(Clone)]
-pub struct Engine {
+pub struct OperationEngine {
     inner: Arc<Inner>,
 }
 
-impl Engine {
+impl OperationEngine {
     /// Loads the journal; operations that were queued or running when the agent stopped become
     /// `interrupted` (returned so their kinds can clean up).
     pub fn open(
@@ -245,7 +246,9 @@ impl Engine {
         let record = slot.tx.borrow().clone();
         match &record.error {
             None => tracing::info!(op = %record.id, kind = %record.kind, "operation succeeded"),
-            Some(e) => tracing::warn!(op = %record.id, kind = %record.kind, state = record.state.as_str(), "operation ended: {}", e.message),
+            Some(e) => {
+                tracing::warn!(op = %record.id, kind = %record.kind, state = record.state.as_str(), "operation ended: {}", e.message)
+            }
         }
     }
 
@@ -332,8 +335,12 @@ impl Engine {
         finished.sort();
         let excess = finished.len().saturating_sub(self.inner.settings.max_finished);
         let cutoff = now.checked_sub(self.inner.settings.retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let doomed: Vec<_> =
-            finished.into_iter().enumerate().filter(|(i, (t, _, _))| *i < excess || *t < cutoff).map(|(_, x)| x).collect();
+        let doomed: Vec<_> = finished
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (t, _, _))| *i < excess || *t < cutoff)
+            .map(|(_, x)| x)
+            .collect();
         for (_, id, request_id) in &doomed {
             self.inner.journal.remove(id)?;
             let mut table = self.table();

@@ -5,9 +5,9 @@ fn settings() -> OpsSettings {
     OpsSettings { max_concurrent: 4, retention: Duration::from_secs(3600), max_finished: 100 }
 }
 
-fn open(dir: &std::path::Path) -> (Engine, Vec<OperationRecord>, CancellationToken) {
+fn open(dir: &std::path::Path) -> (OperationEngine, Vec<OperationRecord>, CancellationToken) {
     let root = CancellationToken::new();
-    let (e, interrupted) = Engine::open(dir, settings(), ResourceLocks::default(), root.clone()).unwrap();
+    let (e, interrupted) = OperationEngine::open(dir, settings(), ResourceLocks::default(), root.clone()).unwrap();
     (e, interrupted, root)
 }
 
@@ -23,7 +23,7 @@ fn sleep_op(request_id: &str, target: &str, ms: u64) -> (NewOperation, JobFn) {
     (new, sleep::job(d))
 }
 
-async fn wait_finished(e: &Engine, id: &str) -> OperationRecord {
+async fn wait_finished(e: &OperationEngine, id: &str) -> OperationRecord {
     let mut rx = e.watch(id).unwrap();
     rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone()
 }

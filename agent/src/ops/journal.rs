@@ -16,8 +16,10 @@ impl Journal {
     /// Opens (creating) the journal folder and loads every record in it. A file that cannot be read
     /// as a record is moved aside as `*.corrupt` and reported, never dropped silently.
     pub fn open(dir: &Path) -> Result<(Self, Vec<OperationRecord>), OpsError> {
-        fsutil::ensure_private_dir(dir).map_err(|e| OpsError::journal(format!("create journal folder {}", dir.display()), e))?;
-        let files = fsutil::json_files(dir).map_err(|e| OpsError::journal(format!("list journal folder {}", dir.display()), e))?;
+        fsutil::ensure_private_dir(dir)
+            .map_err(|e| OpsError::journal(format!("create journal folder {}", dir.display()), e))?;
+        let files = fsutil::json_files(dir)
+            .map_err(|e| OpsError::journal(format!("list journal folder {}", dir.display()), e))?;
         let mut records = Vec::with_capacity(files.len());
         for path in files {
             let bytes = std::fs::read(&path).map_err(|e| OpsError::journal(format!("read {}", path.display()), e))?;
@@ -25,8 +27,13 @@ impl Journal {
                 Ok(r) => records.push(r),
                 Err(e) => {
                     let aside = path.with_extension("corrupt");
-                    tracing::error!("journal record {} is unreadable ({e}); moved to {}", path.display(), aside.display());
-                    std::fs::rename(&path, &aside).map_err(|e| OpsError::journal(format!("move aside {}", path.display()), e))?;
+                    tracing::error!(
+                        "journal record {} is unreadable ({e}); moved to {}",
+                        path.display(),
+                        aside.display()
+                    );
+                    std::fs::rename(&path, &aside)
+                        .map_err(|e| OpsError::journal(format!("move aside {}", path.display()), e))?;
                 }
             }
         }
@@ -39,8 +46,10 @@ impl Journal {
 
     /// Blocking: call from `spawn_blocking` or at start-up.
     pub fn save(&self, record: &OperationRecord) -> Result<(), OpsError> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(|e| OpsError::journal(format!("encode {}", record.id), e.into()))?;
-        fsutil::atomic_write(&self.path(&record.id), &bytes).map_err(|e| OpsError::journal(format!("write journal record {}", record.id), e))
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| OpsError::journal(format!("encode {}", record.id), e.into()))?;
+        fsutil::atomic_write(&self.path(&record.id), &bytes)
+            .map_err(|e| OpsError::journal(format!("write journal record {}", record.id), e))
     }
 
     pub fn remove(&self, id: &str) -> Result<(), OpsError> {

@@ -1,13 +1,13 @@
-//! The operations engine: long work as durable, idempotent, cancellable operations
-//! (design: API conventions).
+//! The operations engine: long work as durable, idempotent, cancellable operations (docs/api.md,
+//! "Operations").
 
 pub mod engine;
 pub mod journal;
 pub mod model;
 pub mod sleep;
 
-pub use engine::{Engine, JobContext, JobResult, NewOperation, OpsSettings, Outcome};
-pub use model::{ErrorCode, OpError, OpState, OperationRecord, Progress};
+pub use engine::{JobContext, JobResult, NewOperation, OperationEngine, OpsSettings, Outcome};
+pub use model::{OpError, OpState, OperationRecord, Progress};
 
 use thiserror::Error;
 
@@ -17,7 +17,9 @@ pub enum OpsError {
     Invalid(#[from] crate::ids::InvalidField),
     #[error("operation {0} does not exist (finished operations are kept for operations.retention_hours)")]
     NotFound(String),
-    #[error("request_id {request_id:?} was already used for a different request (operation {existing}); choose a new request_id")]
+    #[error(
+        "request_id {request_id:?} was already used for a different request (operation {existing}); choose a new request_id"
+    )]
     RequestIdReused { request_id: String, existing: String },
     #[error("operation {id} already finished ({state}); there is nothing to cancel")]
     AlreadyFinished { id: String, state: &'static str },
@@ -32,5 +34,19 @@ pub enum OpsError {
 impl OpsError {
     pub(crate) fn journal(context: String, source: std::io::Error) -> Self {
         OpsError::Journal { context, source }
+    }
+}
+
+impl crate::error::HasErrorCode for OpsError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            OpsError::Invalid(_) => C::InvalidArgument,
+            OpsError::NotFound(_) => C::NotFound,
+            OpsError::RequestIdReused { .. } => C::AlreadyExists,
+            OpsError::AlreadyFinished { .. } | OpsError::TestKindsDisabled => C::FailedPrecondition,
+            OpsError::ShuttingDown => C::Unavailable,
+            OpsError::Journal { .. } => C::Internal,
+        }
     }
 }

@@ -32,43 +32,17 @@ impl OpState {
     }
 }
 
-/// gRPC-style error codes an operation can end with; the API maps them one to one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    InvalidArgument,
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    ResourceExhausted,
-    PermissionDenied,
-    Unavailable,
-    Aborted,
-    Cancelled,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
-            ErrorCode::FailedPrecondition => "FAILED_PRECONDITION",
-            ErrorCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Aborted => "ABORTED",
-            ErrorCode::Cancelled => "CANCELLED",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpError {
-    pub code: ErrorCode,
+    pub code: crate::error::ErrorCode,
     pub message: String,
+}
+
+impl OpError {
+    /// The record of a domain error: its own code and message.
+    pub fn from_error<E: crate::error::HasErrorCode + ?Sized>(e: &E) -> Self {
+        OpError { code: e.code(), message: e.to_string() }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::engine::{JobContext, JobFn, JobResult};
-use super::model::{ErrorCode, OpError, Progress};
+use super::model::{OpError, Progress};
+use crate::error::ErrorCode;
 use crate::ids::InvalidField;
 
 pub const KIND: &str = "sleep";

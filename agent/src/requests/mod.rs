@@ -1,5 +1,5 @@
 //! The request ledger: makes the mutating calls that return a plain resource (not an `Operation`)
-//! idempotent by `request_id`, as the operations engine does for long work (design: API conventions).
+//! idempotent by `request_id`, as the operations engine does for long work; docs/api.md lists which calls replay.
 //! A successful call's encoded response is kept under (RPC, request_id) with a digest of its request,
 //! so a client retrying after a lost reply gets the same answer, also after an agent restart, instead
 //! of the work being done twice (a second RemoveInstance would say NOT_FOUND).
@@ -73,7 +73,13 @@ impl RequestLedger {
     /// Runs `work` once per (`rpc`, `request_id`): a repeat of the same request gets the stored
     /// response, the same id with another request `RequestIdReused`. A failed `work` is not
     /// recorded, so a retry may succeed.
-    pub async fn once<Req, Resp, E, F, Fut>(&self, rpc: &str, request_id: &str, request: &Req, work: F) -> Result<Resp, E>
+    pub async fn once<Req, Resp, E, F, Fut>(
+        &self,
+        rpc: &str,
+        request_id: &str,
+        request: &Req,
+        work: F,
+    ) -> Result<Resp, E>
     where
         Req: Message,
         Resp: Message + Default,
@@ -153,12 +159,17 @@ impl Inner {
     }
 
     fn prune(&self, now: SystemTime) -> Result<usize, LedgerError> {
-        let mut by_age: Vec<(SystemTime, String)> = self.entries().iter().map(|(k, e)| (e.created, k.clone())).collect();
+        let mut by_age: Vec<(SystemTime, String)> =
+            self.entries().iter().map(|(k, e)| (e.created, k.clone())).collect();
         by_age.sort();
         let excess = by_age.len().saturating_sub(self.settings.max_entries);
         let cutoff = now.checked_sub(self.settings.retention).unwrap_or(SystemTime::UNIX_EPOCH);
-        let doomed: Vec<String> =
-            by_age.into_iter().enumerate().filter(|(i, (t, _))| *i < excess || *t < cutoff).map(|(_, (_, k))| k).collect();
+        let doomed: Vec<String> = by_age
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (t, _))| *i < excess || *t < cutoff)
+            .map(|(_, (_, k))| k)
+            .collect();
         for key in &doomed {
             self.store.remove(key)?;
             self.entries().remove(key);
@@ -203,4 +214,15 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl crate::error::HasErrorCode for LedgerError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            LedgerError::Invalid(_) => C::InvalidArgument,
+            LedgerError::RequestIdReused { .. } => C::AlreadyExists,
+            LedgerError::Corrupt { .. } | LedgerError::Io { .. } => C::Internal,
+        }
+    }
 }

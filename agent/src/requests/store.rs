@@ -25,7 +25,13 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    pub fn new(rpc: &str, request_id: &str, request_digest: String, response: &impl Message, created: SystemTime) -> Self {
+    pub fn new(
+        rpc: &str,
+        request_id: &str,
+        request_digest: String,
+        response: &impl Message,
+        created: SystemTime,
+    ) -> Self {
         let response = hex(&response.encode_to_vec());
         Self { rpc: rpc.to_owned(), request_id: request_id.to_owned(), request_digest, created, response }
     }
@@ -35,7 +41,11 @@ impl Entry {
         if self.request_digest != digest {
             return Err(LedgerError::RequestIdReused { rpc: self.rpc.clone(), request_id: self.request_id.clone() });
         }
-        let corrupt = |reason: String| LedgerError::Corrupt { rpc: self.rpc.clone(), request_id: self.request_id.clone(), reason };
+        let corrupt = |reason: String| LedgerError::Corrupt {
+            rpc: self.rpc.clone(),
+            request_id: self.request_id.clone(),
+            reason,
+        };
         let bytes = unhex(&self.response).ok_or_else(|| corrupt("not hex".into()))?;
         Resp::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
     }
@@ -76,13 +86,16 @@ impl Store {
 
     pub fn save(&self, key: &str, entry: &Entry) -> Result<(), LedgerError> {
         let path = self.path(key);
-        let bytes = serde_json::to_vec(entry).map_err(|e| LedgerError::Io { context: format!("encode {}", path.display()), source: e.into() })?;
-        fsutil::atomic_write(&path, &bytes).map_err(|source| LedgerError::Io { context: format!("write {}", path.display()), source })
+        let bytes = serde_json::to_vec(entry)
+            .map_err(|e| LedgerError::Io { context: format!("encode {}", path.display()), source: e.into() })?;
+        fsutil::atomic_write(&path, &bytes)
+            .map_err(|source| LedgerError::Io { context: format!("write {}", path.display()), source })
     }
 
     pub fn remove(&self, key: &str) -> Result<(), LedgerError> {
         let path = self.path(key);
-        fsutil::remove_durable(&path).map_err(|source| LedgerError::Io { context: format!("remove {}", path.display()), source })
+        fsutil::remove_durable(&path)
+            .map_err(|source| LedgerError::Io { context: format!("remove {}", path.display()), source })
     }
 }
 

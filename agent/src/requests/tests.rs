@@ -30,7 +30,11 @@ fn remove(request_id: &str, id: &str) -> pb::RemoveInstanceRequest {
 }
 
 /// Runs a RemoveInstance through `ledger` whose work answers generation `runs + 1`, counting runs.
-async fn call(ledger: &RequestLedger, req: &pb::RemoveInstanceRequest, runs: &AtomicUsize) -> Result<pb::Instance, TestError> {
+async fn call(
+    ledger: &RequestLedger,
+    req: &pb::RemoveInstanceRequest,
+    runs: &AtomicUsize,
+) -> Result<pb::Instance, TestError> {
     ledger
         .once("RemoveInstance", &req.request_id, req, || async {
             let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
@@ -56,7 +60,8 @@ async fn a_repeat_gets_the_stored_response_without_running_again() {
     // Another request_id, or the same one on another RPC, is another call.
     call(&ledger, &remove("r-2", "pg-1"), &runs).await.unwrap();
     let req = remove("r-1", "pg-1");
-    let other: Result<pb::Instance, TestError> = ledger.once("UpdateInstance", "r-1", &req, || async { Ok(Default::default()) }).await;
+    let other: Result<pb::Instance, TestError> =
+        ledger.once("UpdateInstance", "r-1", &req, || async { Ok(Default::default()) }).await;
     other.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     assert_eq!(ledger.len(), 3);
@@ -84,7 +89,9 @@ async fn a_bad_request_id_is_invalid_argument_and_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path(), 10);
     let runs = AtomicUsize::new(0);
-    let Err(TestError::Ledger(e)) = call(&ledger, &remove("", "pg-1"), &runs).await else { panic!("an empty request_id") };
+    let Err(TestError::Ledger(e)) = call(&ledger, &remove("", "pg-1"), &runs).await else {
+        panic!("an empty request_id")
+    };
     assert_eq!(tonic::Status::from(e).code(), Code::InvalidArgument);
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
@@ -94,7 +101,8 @@ async fn a_failed_call_is_not_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = open(dir.path(), 10);
     let req = remove("r-1", "pg-1");
-    let failed: Result<pb::Instance, TestError> = ledger.once("RemoveInstance", "r-1", &req, || async { Err(TestError::Work) }).await;
+    let failed: Result<pb::Instance, TestError> =
+        ledger.once("RemoveInstance", "r-1", &req, || async { Err(TestError::Work) }).await;
     assert!(matches!(failed, Err(TestError::Work)));
     assert!(ledger.is_empty());
     assert_eq!(files(dir.path()), 0);
@@ -118,7 +126,10 @@ async fn entries_survive_a_reopen() {
     let again = call(&ledger, &remove("r-1", "pg-1"), &runs).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the reopened ledger must replay, not run again");
-    assert!(matches!(call(&ledger, &remove("r-1", "pg-2"), &runs).await, Err(TestError::Ledger(LedgerError::RequestIdReused { .. }))));
+    assert!(matches!(
+        call(&ledger, &remove("r-1", "pg-2"), &runs).await,
+        Err(TestError::Ledger(LedgerError::RequestIdReused { .. }))
+    ));
 }
 
 #[tokio::test]
@@ -135,7 +146,8 @@ async fn entries_older_than_the_retention_are_pruned() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "a pruned request runs again");
 
     // At start-up too: an entry written long ago is gone after the open.
-    let old = Entry::new("RemoveInstance", "r-old", "00".into(), &pb::Instance::default(), SystemTime::now() - HOUR * 2);
+    let old =
+        Entry::new("RemoveInstance", "r-old", "00".into(), &pb::Instance::default(), SystemTime::now() - HOUR * 2);
     Store::new(dir.path().join("requests")).save(&entry_key("RemoveInstance", "r-old"), &old).unwrap();
     assert_eq!(files(dir.path()), 2);
     let reopened = open(dir.path(), 10);

@@ -27,7 +27,8 @@ pub fn ensure(dir: &Path) -> Result<bool, TlsError> {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name("dbagent development CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca_params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     ca_params.not_after = rcgen::date_time_ymd(year + 10, 1, 1);
     let ca_cert = ca_params.self_signed(&ca_key).map_err(TlsError::generate)?;

@@ -87,7 +87,8 @@ mod tests {
 
     #[test]
     fn roles_from_cn_and_san() {
-        let map = RoleMap::new(AuthConfig { orchestrators: vec!["orch".into()], monitors: vec!["dash.example".into()] });
+        let map =
+            RoleMap::new(AuthConfig { orchestrators: vec!["orch".into()], monitors: vec!["dash.example".into()] });
         assert_eq!(map.resolve(&cert("orch", &[]), None).role, Some(Role::Orchestrator));
         let p = map.resolve(&cert("x", &["dash.example"]), None);
         assert_eq!((p.role, p.identity.as_str()), (Some(Role::Monitor), "dash.example"));

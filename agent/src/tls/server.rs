@@ -18,9 +18,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(|e| TlsError::Pem { path: tls.key.clone(), message: format!("no usable private key: {e}") })?;
     let mut roots = RootCertStore::empty();
     for ca in read_certs(&tls.client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| TlsError::Pem { path: tls.client_ca.clone(), message: format!("not a usable CA certificate: {e}") })?;
+        roots.add(ca).map_err(|e| TlsError::Pem {
+            path: tls.client_ca.clone(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
     }
     let mut crls = Vec::new();
     for path in &tls.crls {
@@ -33,10 +34,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = verifier.build().map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))?;
-    let mut config = ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(format!("server certificate {} and key {}: {e}", tls.cert.display(), tls.key.display())))?;
+    let mut config =
+        ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key).map_err(|e| {
+            TlsError::Config(format!("server certificate {} and key {}: {e}", tls.cert.display(), tls.key.display()))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

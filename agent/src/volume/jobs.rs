@@ -4,8 +4,9 @@
 use serde_json::json;
 
 use super::{VolumeError, Volumes};
+use crate::error::ErrorCode;
 use crate::ops::engine::JobFn;
-use crate::ops::{ErrorCode, NewOperation, OpError};
+use crate::ops::{NewOperation, OpError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeAction {
@@ -41,11 +42,17 @@ impl VolumeAction {
 }
 
 pub fn new_operation(request_id: String, instance: &str, action: &VolumeAction) -> NewOperation {
-    NewOperation { request_id, kind: action.kind(), target: instance.to_owned(), params: action.params(), exclusive: true }
+    NewOperation {
+        request_id,
+        kind: action.kind(),
+        target: instance.to_owned(),
+        params: action.params(),
+        exclusive: true,
+    }
 }
 
 pub fn op_error(e: &VolumeError) -> OpError {
-    OpError { code: e.code(), message: e.to_string() }
+    OpError::from_error(e)
 }
 
 /// Volume steps are not cancelled halfway: stopping inside a header change is worse than finishing
@@ -61,13 +68,15 @@ pub fn job(volumes: Volumes, instance: String, action: VolumeAction) -> JobFn {
                 VolumeAction::Create { force } => volumes.create(id, force).await.map(|d| json!({ "outcome": d })),
                 VolumeAction::Open => volumes.open(id).await.map(|d| json!({ "outcome": d })),
                 VolumeAction::Close => volumes.close(id).await.map(|d| json!({ "outcome": d })),
-                VolumeAction::Grow { new_size_bytes } => {
-                    volumes.grow(id, new_size_bytes).await.map(|d| json!({ "outcome": d, "size_bytes": new_size_bytes }))
-                }
+                VolumeAction::Grow { new_size_bytes } => volumes
+                    .grow(id, new_size_bytes)
+                    .await
+                    .map(|d| json!({ "outcome": d, "size_bytes": new_size_bytes })),
                 VolumeAction::RotateKey => volumes.rotate_key(id).await.map(|d| json!({ "outcome": d })),
-                VolumeAction::BackupHeader => {
-                    volumes.backup_header(id).await.map(|p| json!({ "outcome": "backed_up", "path": p.display().to_string() }))
-                }
+                VolumeAction::BackupHeader => volumes
+                    .backup_header(id)
+                    .await
+                    .map(|p| json!({ "outcome": "backed_up", "path": p.display().to_string() })),
                 VolumeAction::Destroy => volumes.destroy(id, id).await.map(|d| json!({ "outcome": d })),
             };
             result.map(Some).map_err(|e| op_error(&e))

@@ -17,7 +17,8 @@ impl VolumeKey {
     /// A fresh random key of `bits` bits.
     pub fn random(bits: u32) -> Result<Self, KeyError> {
         let mut bytes = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
-        getrandom::fill(&mut bytes).map_err(|e| KeyError::Unavailable(format!("read random bytes for a new key: {e}")))?;
+        getrandom::fill(&mut bytes)
+            .map_err(|e| KeyError::Unavailable(format!("read random bytes for a new key: {e}")))?;
         Ok(Self(bytes))
     }
 
@@ -34,7 +35,9 @@ impl fmt::Debug for VolumeKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("no key version {version} for instance {instance} in the {provider} key provider; the volume cannot be opened without it")]
+    #[error(
+        "no key version {version} for instance {instance} in the {provider} key provider; the volume cannot be opened without it"
+    )]
     Missing { provider: &'static str, instance: String, version: u32 },
     #[error("key-encryption key: {0}")]
     Kek(String),

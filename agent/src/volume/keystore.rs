@@ -53,8 +53,10 @@ impl KekSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.generate => {
                 let mut kek = Zeroizing::new(vec![0u8; 32]);
                 getrandom::fill(&mut kek).map_err(|e| KeyError::Kek(format!("generate a development KEK: {e}")))?;
-                fsutil::atomic_write(&self.file, &kek)
-                    .map_err(|source| KeyError::Io { context: format!("write development KEK {}", self.file.display()), source })?;
+                fsutil::atomic_write(&self.file, &kek).map_err(|source| KeyError::Io {
+                    context: format!("write development KEK {}", self.file.display()),
+                    source,
+                })?;
                 tracing::info!("generated a development key-encryption key in {}", self.file.display());
                 Ok(kek)
             }
@@ -70,7 +72,8 @@ impl KekSource {
 /// 32 raw bytes, or 64 hex digits (surrounding whitespace ignored).
 fn read_kek(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let raw = Zeroizing::new(
-        std::fs::read(path).map_err(|source| KeyError::Io { context: format!("read KEK {}", path.display()), source })?,
+        std::fs::read(path)
+            .map_err(|source| KeyError::Io { context: format!("read KEK {}", path.display()), source })?,
     );
     if raw.len() == 32 {
         return Ok(raw);
@@ -109,7 +112,8 @@ impl LocalKeystore {
     }
 
     fn unwrap_entry(&self, path: &Path, instance: &str, version: u32) -> Result<VolumeKey, KeyError> {
-        let bytes = std::fs::read(path).map_err(|source| KeyError::Io { context: format!("read {}", path.display()), source })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| KeyError::Io { context: format!("read {}", path.display()), source })?;
         let corrupt = || KeyError::Corrupt(path.display().to_string());
         let rest = bytes.strip_prefix(MAGIC).ok_or_else(corrupt)?;
         if rest.len() < NONCE_LEN + AES_256_GCM.tag_len() {
@@ -135,7 +139,8 @@ impl LocalKeystore {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&buf);
-        fsutil::atomic_write(path, &out).map_err(|source| KeyError::Io { context: format!("write {}", path.display()), source })
+        fsutil::atomic_write(path, &out)
+            .map_err(|source| KeyError::Io { context: format!("write {}", path.display()), source })
     }
 
     fn key_blocking(&self, instance: &str, version: u32, create: bool, bits: u32) -> Result<VolumeKey, KeyError> {

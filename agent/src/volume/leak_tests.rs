@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::jobs::{self, VolumeAction};
 use super::KeyProvider;
+use super::jobs::{self, VolumeAction};
 use super::manager::tests::fixture;
 use crate::locks::ResourceLocks;
-use crate::ops::{Engine, OpState, OperationRecord, OpsSettings, Outcome};
+use crate::ops::{OpState, OperationEngine, OperationRecord, OpsSettings, Outcome};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -25,7 +25,12 @@ impl Write for Captured {
     }
 }
 
-async fn run(engine: &Engine, volumes: &super::Volumes, request: &str, action: VolumeAction) -> OperationRecord {
+async fn run(
+    engine: &OperationEngine,
+    volumes: &super::Volumes,
+    request: &str,
+    action: VolumeAction,
+) -> OperationRecord {
     let new = jobs::new_operation(request.into(), "pg-1", &action);
     let (record, _) = engine.submit(new, jobs::job(volumes.clone(), "pg-1".into(), action)).await.unwrap();
     let mut rx = engine.watch(&record.id).unwrap();
@@ -59,20 +64,29 @@ async fn no_key_bytes_in_state_records_or_logs() {
     let f = fixture();
     f.register("pg-1", None).await;
     let settings = OpsSettings { max_concurrent: 2, retention: Duration::from_secs(3600), max_finished: 100 };
-    let (engine, _) = Engine::open(&f.dir.path().join("operations"), settings, ResourceLocks::default(), Default::default()).unwrap();
+    let (engine, _) =
+        OperationEngine::open(&f.dir.path().join("operations"), settings, ResourceLocks::default(), Default::default())
+            .unwrap();
 
     let created = run(&engine, &f.volumes, "c1", VolumeAction::Create { force: false }).await;
     assert_eq!(created.state, OpState::Succeeded, "{created:?}");
     assert_eq!(created.result.as_ref().unwrap()["outcome"], "created");
     // Idempotency: the same request_id gives the same operation, not a second create.
     let (again, outcome) = engine
-        .submit(jobs::new_operation("c1".into(), "pg-1", &VolumeAction::Create { force: false }), jobs::job(f.volumes.clone(), "pg-1".into(), VolumeAction::Create { force: false }))
+        .submit(
+            jobs::new_operation("c1".into(), "pg-1", &VolumeAction::Create { force: false }),
+            jobs::job(f.volumes.clone(), "pg-1".into(), VolumeAction::Create { force: false }),
+        )
         .await
         .unwrap();
     assert_eq!((again.id.as_str(), outcome), (created.id.as_str(), Outcome::Existing));
 
     let mut keys = vec![f.keys.key("pg-1", 1, false, 256).await.unwrap()];
-    for (req, action) in [("o1", VolumeAction::Close), ("o2", VolumeAction::Open), ("g1", VolumeAction::Grow { new_size_bytes: 11 << 30 })] {
+    for (req, action) in [
+        ("o1", VolumeAction::Close),
+        ("o2", VolumeAction::Open),
+        ("g1", VolumeAction::Grow { new_size_bytes: 11 << 30 }),
+    ] {
         let r = run(&engine, &f.volumes, req, action).await;
         assert_eq!(r.state, OpState::Succeeded, "{r:?}");
     }
@@ -97,7 +111,11 @@ async fn no_key_bytes_in_state_records_or_logs() {
         for path in &all {
             let bytes = std::fs::read(path).unwrap();
             assert!(!bytes.windows(raw.len()).any(|w| w == raw), "raw key bytes in {}", path.display());
-            assert!(!String::from_utf8_lossy(&bytes).to_lowercase().contains(&hex[..16]), "hex key in {}", path.display());
+            assert!(
+                !String::from_utf8_lossy(&bytes).to_lowercase().contains(&hex[..16]),
+                "hex key in {}",
+                path.display()
+            );
         }
         assert!(!log.windows(raw.len()).any(|w| w == raw), "raw key bytes in the log");
         assert!(!String::from_utf8_lossy(&log).contains(&hex[..16]), "hex key in the log");

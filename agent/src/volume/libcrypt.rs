@@ -4,7 +4,9 @@
 
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
-use libcryptsetup_rs::{CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either, LibcryptErr};
+use libcryptsetup_rs::{
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either, LibcryptErr,
+};
 use std::path::Path;
 
 use super::crypt::*;
@@ -24,7 +26,9 @@ fn failed<'a>(op: &'static str, target: &'a Path) -> impl FnOnce(LibcryptErr) ->
 /// without any keyslot (the device was opened already, so it is not a missing file).
 fn unlock_failed(target: &Path) -> impl FnOnce(LibcryptErr) -> CryptError + '_ {
     move |e| match &e {
-        LibcryptErr::IOError(io) if matches!(io.raw_os_error(), Some(1 | 2)) => CryptError::WrongKey(target.display().to_string()),
+        LibcryptErr::IOError(io) if matches!(io.raw_os_error(), Some(1 | 2)) => {
+            CryptError::WrongKey(target.display().to_string())
+        }
         _ => CryptError::Failed { op: "unlock", target: target.display().to_string(), message: e.to_string() },
     }
 }
@@ -83,7 +87,8 @@ impl CryptBackend for LibCrypt {
             label: Some(params.label.clone()),
             subsystem: None,
         };
-        let mut luks2_ref: CryptParamsLuks2Ref<'_> = (&luks2).try_into().map_err(failed("prepare LUKS2 parameters for", device))?;
+        let mut luks2_ref: CryptParamsLuks2Ref<'_> =
+            (&luks2).try_into().map_err(failed("prepare LUKS2 parameters for", device))?;
         cd.context_handle()
             .format(
                 EncryptionFormat::Luks2,
@@ -94,12 +99,16 @@ impl CryptBackend for LibCrypt {
             )
             .map_err(failed("format LUKS2 on", device))?;
         cd.settings_handle().set_pbkdf_type(&pbkdf_type(&params.pbkdf)).map_err(failed("set the PBKDF of", device))?;
-        cd.keyslot_handle().add_by_key(None, None, passphrase, CryptVolumeKey::empty()).map_err(failed("add the first keyslot to", device))
+        cd.keyslot_handle()
+            .add_by_key(None, None, passphrase, CryptVolumeKey::empty())
+            .map_err(failed("add the first keyslot to", device))
     }
 
     fn verify(&self, device: &Path, passphrase: &[u8]) -> Result<u32, CryptError> {
         let mut cd = load(device)?;
-        cd.activate_handle().activate_by_passphrase(None, None, passphrase, CryptActivate::empty()).map_err(unlock_failed(device))
+        cd.activate_handle()
+            .activate_by_passphrase(None, None, passphrase, CryptActivate::empty())
+            .map_err(unlock_failed(device))
     }
 
     fn activate(&self, device: &Path, name: &str, passphrase: &[u8], flags: ActivationFlags) -> Result<(), CryptError> {
@@ -146,7 +155,9 @@ impl CryptBackend for LibCrypt {
         let mut cd = load(device)?;
         cd.settings_handle().set_pbkdf_type(&pbkdf_type(pbkdf)).map_err(failed("set the PBKDF of", device))?;
         cd.keyslot_handle().add_by_passphrase(None, old, new).map_err(|e| match unlock_failed(device)(e) {
-            CryptError::Failed { target, message, .. } => CryptError::Failed { op: "add a keyslot to", target, message },
+            CryptError::Failed { target, message, .. } => {
+                CryptError::Failed { op: "add a keyslot to", target, message }
+            }
             wrong => wrong,
         })
     }
@@ -180,12 +191,16 @@ impl CryptBackend for LibCrypt {
 
     fn header_backup(&self, device: &Path, file: &Path) -> Result<(), CryptError> {
         let mut cd = load(device)?;
-        cd.backup_handle().header_backup(Some(EncryptionFormat::Luks2), file).map_err(failed("back up the header of", device))
+        cd.backup_handle()
+            .header_backup(Some(EncryptionFormat::Luks2), file)
+            .map_err(failed("back up the header of", device))
     }
 
     fn header_restore(&self, device: &Path, file: &Path) -> Result<(), CryptError> {
         let mut cd = CryptInit::init(device).map_err(failed("open", device))?;
-        cd.backup_handle().header_restore(Some(EncryptionFormat::Luks2), file).map_err(failed("restore the header of", device))
+        cd.backup_handle()
+            .header_restore(Some(EncryptionFormat::Luks2), file)
+            .map_err(failed("restore the header of", device))
     }
 }
 

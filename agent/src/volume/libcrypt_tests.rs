@@ -70,7 +70,8 @@ fn format_verify_rotate_and_restore_on_a_file() {
 fn key_of_512_bits_and_cheap_argon2id() {
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "v.img");
-    let argon = PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 100, iterations: 4, memory_kib: 32 * 1024, parallel: 1 };
+    let argon =
+        PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 100, iterations: 4, memory_kib: 32 * 1024, parallel: 1 };
     LibCrypt.format(&img, &params(512, argon), KEY_A).unwrap();
     assert_eq!(LibCrypt.header_info(&img).unwrap().key_bits, 512);
     assert!(LibCrypt.verify(&img, KEY_A).is_ok());

@@ -228,7 +228,10 @@ impl Volumes {
             let device = self.blocking(move |inner| inner.device(&r)).await?;
             let key = self.key(id, record.key_version, false, record.key_bits).await?;
             let (d, n) = (device.clone(), name.clone());
-            match self.blocking(move |inner| Ok(inner.crypt.activate(&d, &n, key.as_bytes(), inner.settings.flags)?)).await {
+            match self
+                .blocking(move |inner| Ok(inner.crypt.activate(&d, &n, key.as_bytes(), inner.settings.flags)?))
+                .await
+            {
                 Ok(()) => {}
                 Err(VolumeError::Crypt(super::crypt::CryptError::WrongKey(_))) => {
                     self.open_with_next_key(id, &record, &device).await?;
@@ -252,12 +255,17 @@ impl Volumes {
             Err(e) => return Err(e),
         };
         let (d, n) = (device.to_path_buf(), mapper_name(id));
-        match self.blocking(move |inner| Ok(inner.crypt.activate(&d, &n, next.as_bytes(), inner.settings.flags)?)).await {
+        match self.blocking(move |inner| Ok(inner.crypt.activate(&d, &n, next.as_bytes(), inner.settings.flags)?)).await
+        {
             Ok(()) => {}
             Err(VolumeError::Crypt(super::crypt::CryptError::WrongKey(_))) => return Err(wrong()),
             Err(e) => return Err(e),
         }
-        tracing::warn!(instance = id, "volume opened with key version {}: completing an interrupted rotation", record.key_version + 1);
+        tracing::warn!(
+            instance = id,
+            "volume opened with key version {}: completing an interrupted rotation",
+            record.key_version + 1
+        );
         let updated = VolumeRecord { key_version: record.key_version + 1, ..record.clone() };
         self.blocking(move |inner| Ok(inner.store.put(&updated)?)).await?;
         self.inner.keys.forget(id, Some(record.key_version + 1)).await?;
@@ -345,7 +353,13 @@ impl Volumes {
 
 impl Inner {
     /// Checks a backing before create. Returns the device size for a block device.
-    fn check_backing(&self, id: &str, backing: &Path, managed_file: bool, overwrite: bool) -> Result<Option<u64>, VolumeError> {
+    fn check_backing(
+        &self,
+        id: &str,
+        backing: &Path,
+        managed_file: bool,
+        overwrite: bool,
+    ) -> Result<Option<u64>, VolumeError> {
         if !managed_file {
             let text = backing.to_string_lossy();
             let allowed = self.settings.device_prefixes.iter().any(|p| {
@@ -375,7 +389,10 @@ impl Inner {
             Ok(size) => size,
             Err(_) if managed_file => return Ok(None),
             Err(e) => {
-                return Err(VolumeError::FailedPrecondition(format!("device {} cannot be opened: {e}", backing.display())));
+                return Err(VolumeError::FailedPrecondition(format!(
+                    "device {} cannot be opened: {e}",
+                    backing.display()
+                )));
             }
         };
         if !overwrite {
@@ -486,7 +503,12 @@ impl Inner {
         Ok(())
     }
 
-    fn status(&self, record: &VolumeRecord, data_dir: Option<&Path>, last_error: Option<String>) -> Result<VolumeStatus, VolumeError> {
+    fn status(
+        &self,
+        record: &VolumeRecord,
+        data_dir: Option<&Path>,
+        last_error: Option<String>,
+    ) -> Result<VolumeStatus, VolumeError> {
         let id = &record.instance_id;
         let active = self.crypt.active(&mapper_name(id))?;
         let mounted = match data_dir {

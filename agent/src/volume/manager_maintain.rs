@@ -27,11 +27,14 @@ impl Volumes {
         let (m, dir) = (mapper.clone(), instance.spec.data_dir.clone());
         let open = self
             .blocking(move |inner| {
-                Ok(inner.crypt.active(&mapper_name(&instance.id))?.is_some() && inner.host.mounted_device(&dir)?.as_deref() == Some(m.as_path()))
+                Ok(inner.crypt.active(&mapper_name(&instance.id))?.is_some()
+                    && inner.host.mounted_device(&dir)?.as_deref() == Some(m.as_path()))
             })
             .await?;
         if !open {
-            return Err(VolumeError::FailedPrecondition(format!("the volume of {id} is not open; growing is online: open it first")));
+            return Err(VolumeError::FailedPrecondition(format!(
+                "the volume of {id} is not open; growing is online: open it first"
+            )));
         }
         let key = self.key(id, record.key_version, false, record.key_bits).await?;
         let r = record.clone();
@@ -84,13 +87,20 @@ impl Volumes {
             match inner.crypt.verify(&device, old.as_bytes()) {
                 Ok(old_slot) => {
                     if new_slot.is_none() {
-                        inner.crypt.add_keyslot(&device, old.as_bytes(), new.as_bytes(), &inner.settings.format.pbkdf)?;
+                        inner.crypt.add_keyslot(
+                            &device,
+                            old.as_bytes(),
+                            new.as_bytes(),
+                            &inner.settings.format.pbkdf,
+                        )?;
                     }
                     inner.crypt.destroy_keyslot(&device, old_slot)?;
                 }
                 // Only the new key opens it: an earlier rotation got this far and stopped.
                 Err(CryptError::WrongKey(_)) if new_slot.is_some() => {}
-                Err(CryptError::WrongKey(_)) => return Err(VolumeError::WrongKey { provider, instance: r.instance_id.clone() }),
+                Err(CryptError::WrongKey(_)) => {
+                    return Err(VolumeError::WrongKey { provider, instance: r.instance_id.clone() });
+                }
                 Err(e) => return Err(e.into()),
             }
             inner.crypt.verify(&device, new.as_bytes())?;
@@ -107,7 +117,8 @@ impl Volumes {
         let rotated = VolumeRecord { key_version: v + 1, ..record };
         self.blocking(move |inner| Ok(inner.store.put(&rotated)?)).await?;
         self.inner.keys.forget(id, Some(v + 1)).await?;
-        crate::fsutil::remove_durable(&backup).map_err(|e| super::host::HostError::io(format!("remove {}", backup.display()), e))?;
+        crate::fsutil::remove_durable(&backup)
+            .map_err(|e| super::host::HostError::io(format!("remove {}", backup.display()), e))?;
         tracing::info!(instance = id, "volume key rotated to version {}", v + 1);
         Ok(Done::Rotated)
     }

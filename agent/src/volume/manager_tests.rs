@@ -2,9 +2,9 @@
 
 use super::*;
 use crate::config::PbkdfKind;
+use crate::error::ErrorCode;
 use crate::instances::fixtures::{self, GIB};
 use crate::locks::ResourceLocks;
-use crate::ops::ErrorCode;
 use crate::volume::keystore::LocalKeystore;
 use crate::volume::sim::{SimCrypt, SimHost};
 
@@ -32,7 +32,8 @@ pub(crate) fn settings(prefixes: &[&str]) -> VolumeSettings {
 
 pub(crate) fn fixture_with(prefixes: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(Registry::open(dir.path().join("instances"), fixtures::rules(), ResourceLocks::default()).unwrap());
+    let registry =
+        Arc::new(Registry::open(dir.path().join("instances"), fixtures::rules(), ResourceLocks::default()).unwrap());
     let host = Arc::new(SimHost::default());
     let crypt = Arc::new(SimCrypt::on(host.clone()));
     let keys = Arc::new(LocalKeystore::open(dir.path().join("keystore"), &[9u8; 32]).unwrap());
@@ -61,7 +62,7 @@ impl Fixture {
 }
 
 fn code(e: &VolumeError) -> ErrorCode {
-    e.code()
+    crate::error::HasErrorCode::code(e)
 }
 
 #[tokio::test]

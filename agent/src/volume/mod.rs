@@ -1,5 +1,5 @@
 //! Encrypted volumes: LUKS2 aes-xts-plain64 per instance, keys from a key provider
-//! (design: Encryption at rest, Keys; docs/volumes.md).
+//! (docs/volumes.md).
 //!
 //! The OS sits behind two traits, [`crypt::CryptBackend`] and [`host::HostOps`], each with a real
 //! implementation and an in-memory one, so [`manager::Volumes`] is tested without root.
@@ -41,7 +41,9 @@ pub enum VolumeError {
     NoVolume(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("the key from the {provider} key provider does not open the volume of instance {instance}; nothing was changed")]
+    #[error(
+        "the key from the {provider} key provider does not open the volume of instance {instance}; nothing was changed"
+    )]
     WrongKey { provider: &'static str, instance: String },
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -57,14 +59,15 @@ pub enum VolumeError {
     Task(String),
 }
 
-impl VolumeError {
-    /// The error code the API and the operation record carry.
-    pub fn code(&self) -> crate::ops::ErrorCode {
-        use crate::ops::ErrorCode as C;
+impl crate::error::HasErrorCode for VolumeError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
         match self {
             VolumeError::Invalid(_) => C::InvalidArgument,
             VolumeError::InstanceNotFound(_) => C::NotFound,
-            VolumeError::NoVolume(_) | VolumeError::FailedPrecondition(_) | VolumeError::WrongKey { .. } => C::FailedPrecondition,
+            VolumeError::NoVolume(_) | VolumeError::FailedPrecondition(_) | VolumeError::WrongKey { .. } => {
+                C::FailedPrecondition
+            }
             VolumeError::Key(KeyError::Missing { .. } | KeyError::Kek(_)) => C::FailedPrecondition,
             VolumeError::Key(KeyError::Unavailable(_)) => C::Unavailable,
             VolumeError::Key(_) => C::Internal,

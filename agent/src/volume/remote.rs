@@ -27,7 +27,8 @@ impl RemoteKeys {
         if !config.server_name.is_empty() {
             tls = tls.domain_name(config.server_name.clone());
         }
-        let bad = |e: tonic::transport::Error| KeyError::Unavailable(format!("KeyService endpoint {}: {e}", config.endpoint));
+        let bad =
+            |e: tonic::transport::Error| KeyError::Unavailable(format!("KeyService endpoint {}: {e}", config.endpoint));
         let channel = Endpoint::from_shared(config.endpoint.clone())
             .map_err(bad)?
             .tls_config(tls)
@@ -59,7 +60,13 @@ impl KeyProvider for RemoteKeys {
                 return Err(KeyError::Missing { provider: "remote", instance: instance.to_owned(), version });
             }
             // The status message is the server's; it never carries key bytes.
-            Err(s) => return Err(KeyError::Unavailable(format!("KeyService GetInstanceKey: {:?}: {}", s.code(), s.message()))),
+            Err(s) => {
+                return Err(KeyError::Unavailable(format!(
+                    "KeyService GetInstanceKey: {:?}: {}",
+                    s.code(),
+                    s.message()
+                )));
+            }
         };
         let key = Zeroizing::new(reply.key);
         if reply.instance_id != instance || reply.key_version != version || key.len() * 8 != bits as usize {

@@ -13,7 +13,10 @@ struct FakeKeyService {
 
 #[tonic::async_trait]
 impl pb::key_service_server::KeyService for FakeKeyService {
-    async fn get_instance_key(&self, req: Request<pb::GetInstanceKeyRequest>) -> Result<Response<pb::InstanceKey>, Status> {
+    async fn get_instance_key(
+        &self,
+        req: Request<pb::GetInstanceKeyRequest>,
+    ) -> Result<Response<pb::InstanceKey>, Status> {
         assert!(req.peer_certs().is_some_and(|c| !c.is_empty()), "the client presented no certificate");
         let r = req.into_inner();
         let mut keys = self.keys.lock().unwrap();
@@ -74,7 +77,8 @@ async fn gets_and_creates_keys_over_mtls() {
     assert!(e.to_string().contains("512"), "a key of the wrong size is refused: {e}");
 
     // Without a client certificate the server refuses the connection.
-    let no_client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.crt"))).domain_name("localhost");
+    let no_client =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.crt"))).domain_name("localhost");
     let channel = Endpoint::from_shared(config.endpoint.clone()).unwrap().tls_config(no_client).unwrap().connect_lazy();
     let anonymous = RemoteKeys { client: pb::key_service_client::KeyServiceClient::new(channel), host: "x".into() };
     assert!(matches!(anonymous.key("pg-1", 1, false, 256).await.unwrap_err(), KeyError::Unavailable(_)));

@@ -64,7 +64,11 @@ impl SimCrypt {
     fn slot_of(&self, device: &Path, passphrase: &[u8]) -> Result<u32, CryptError> {
         let h = self.header(device)?;
         let want = slot_hash(passphrase);
-        h.slots.iter().find(|(_, v)| **v == want).map(|(k, _)| *k).ok_or_else(|| CryptError::WrongKey(device.display().to_string()))
+        h.slots
+            .iter()
+            .find(|(_, v)| **v == want)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| CryptError::WrongKey(device.display().to_string()))
     }
 
     /// Test helper: the device currently mapped as `name`.
@@ -100,7 +104,11 @@ impl CryptBackend for SimCrypt {
         self.slot_of(device, passphrase)?;
         let mut s = lock(&self.state);
         if s.active.contains_key(name) {
-            return Err(CryptError::Failed { op: "activate", target: name.into(), message: "device already exists".into() });
+            return Err(CryptError::Failed {
+                op: "activate",
+                target: name.into(),
+                message: "device already exists".into(),
+            });
         }
         s.active.insert(name.to_owned(), (device.to_path_buf(), flags));
         Ok(())
@@ -170,7 +178,11 @@ impl CryptBackend for SimCrypt {
         let h = self.header(device)?;
         let mut s = lock(&self.state);
         if s.backups.contains_key(file) {
-            return Err(CryptError::Failed { op: "back up the header of", target: device.display().to_string(), message: "file exists".into() });
+            return Err(CryptError::Failed {
+                op: "back up the header of",
+                target: device.display().to_string(),
+                message: "file exists".into(),
+            });
         }
         s.backups.insert(file.to_path_buf(), h);
         Ok(())

@@ -50,12 +50,16 @@ pub struct VolumeStore {
 
 impl VolumeStore {
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        fsutil::ensure_private_dir(&dir).map_err(|source| StoreError::Io { context: format!("create {}", dir.display()), source })?;
+        fsutil::ensure_private_dir(&dir)
+            .map_err(|source| StoreError::Io { context: format!("create {}", dir.display()), source })?;
         let mut records = BTreeMap::new();
-        for path in fsutil::json_files(&dir).map_err(|source| StoreError::Io { context: format!("list {}", dir.display()), source })? {
+        for path in fsutil::json_files(&dir)
+            .map_err(|source| StoreError::Io { context: format!("list {}", dir.display()), source })?
+        {
             let context = format!("load volume record {}", path.display());
             let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { context: context.clone(), source })?;
-            let record: VolumeRecord = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { context, source })?;
+            let record: VolumeRecord =
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { context, source })?;
             records.insert(record.instance_id.clone(), record);
         }
         Ok(Self { dir, records: Arc::new(Mutex::new(records)) })
@@ -81,7 +85,8 @@ impl VolumeStore {
     pub fn put(&self, record: &VolumeRecord) -> Result<(), StoreError> {
         let path = self.dir.join(format!("{}.json", record.instance_id));
         let context = format!("write volume record {}", path.display());
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Corrupt { context: context.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|source| StoreError::Corrupt { context: context.clone(), source })?;
         fsutil::atomic_write(&path, &bytes).map_err(|source| StoreError::Io { context, source })?;
         self.map().insert(record.instance_id.clone(), record.clone());
         Ok(())
@@ -89,7 +94,8 @@ impl VolumeStore {
 
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
         let path = self.dir.join(format!("{id}.json"));
-        fsutil::remove_durable(&path).map_err(|source| StoreError::Io { context: format!("remove {}", path.display()), source })?;
+        fsutil::remove_durable(&path)
+            .map_err(|source| StoreError::Io { context: format!("remove {}", path.display()), source })?;
         self.map().remove(id);
         Ok(())
     }

@@ -17,10 +17,7 @@ use crate::instances::Filesystem;
 pub struct SystemHost;
 
 fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, HostError> {
-    let shown = format!(
-        "{program} {}",
-        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-    );
+    let shown = format!("{program} {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
     let out = Command::new(program).args(args).output().map_err(|e| HostError::io(format!("run {shown}"), e))?;
     if !out.status.success() {
         return Err(HostError::Command {
@@ -49,7 +46,8 @@ const SIGNATURES: &[(&str, u64, &[u8])] = &[
 
 /// Reads `/proc/self/mountinfo` and returns the source of the mount at `target`.
 fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
     let target = target.to_string_lossy();
     let mut found = None;
     for line in text.lines() {
@@ -70,7 +68,8 @@ fn unescape(s: &str) -> String {
 impl HostOps for SystemHost {
     fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError> {
         if let Some(dir) = path.parent() {
-            crate::fsutil::ensure_private_dir(dir).map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+            crate::fsutil::ensure_private_dir(dir)
+                .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
         }
         let f = OpenOptions::new()
             .write(true)
@@ -173,8 +172,9 @@ impl HostOps for SystemHost {
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        nix::mount::umount2(target, MntFlags::empty())
-            .map_err(|e| HostError::io(format!("unmount {} (is the database still running?)", target.display()), e.into()))
+        nix::mount::umount2(target, MntFlags::empty()).map_err(|e| {
+            HostError::io(format!("unmount {} (is the database still running?)", target.display()), e.into())
+        })
     }
 
     fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
@@ -186,7 +186,8 @@ impl HostOps for SystemHost {
     }
 
     fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
-        let found = nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
+        let found =
+            nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
         let user_entry = found.ok_or_else(|| HostError::NoUser(user.to_owned()))?;
         nix::unistd::chown(path, Some(user_entry.uid), Some(user_entry.gid))
             .map_err(|e| HostError::io(format!("chown {} to {user}", path.display()), e.into()))?;
@@ -195,12 +196,10 @@ impl HostOps for SystemHost {
     }
 
     fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError> {
-        let st = nix::sys::statvfs::statvfs(mountpoint).map_err(|e| HostError::io(format!("statvfs {}", mountpoint.display()), e.into()))?;
+        let st = nix::sys::statvfs::statvfs(mountpoint)
+            .map_err(|e| HostError::io(format!("statvfs {}", mountpoint.display()), e.into()))?;
         let frag = st.fragment_size();
-        Ok(FsUsage {
-            size_bytes: st.blocks() * frag,
-            used_bytes: (st.blocks() - st.blocks_free()) * frag,
-        })
+        Ok(FsUsage { size_bytes: st.blocks() * frag, used_bytes: (st.blocks() - st.blocks_free()) * frag })
     }
 }
 

@@ -23,7 +23,12 @@ async fn main() -> anyhow::Result<()> {
     let op = svc.start(&instance, method, BackupKind::Manual, &request).await?;
     let done = harness.wait(&op).await;
     let wall = start.elapsed();
-    println!("state={} wall_s={:.2} result={}", done.state.as_str(), wall.as_secs_f64(), done.result.unwrap_or_default());
+    println!(
+        "state={} wall_s={:.2} result={}",
+        done.state.as_str(),
+        wall.as_secs_f64(),
+        done.result.unwrap_or_default()
+    );
     if let Some(e) = done.error {
         anyhow::bail!("backup failed: {}", e.message);
     }

@@ -65,7 +65,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => args.seconds = value()?.min(600),
             "--hold" => args.hold = usize::try_from(value()?)?,
             "--client-threads" => args.client_threads = usize::try_from(value()?)?.clamp(1, 64),
-            other => bail!("unknown argument {other:?}; usage: loadbench [--streams C] [--connections N] [--seconds D] [--hold K] [--client-threads T] [--peer-etcd]"),
+            other => bail!(
+                "unknown argument {other:?}; usage: loadbench [--streams C] [--connections N] [--seconds D] [--hold K] [--client-threads T] [--peer-etcd]"
+            ),
         }
     }
     if args.streams == 0 || args.connections == 0 || args.seconds == 0 {
@@ -102,7 +104,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(label: &str, addr: SocketAddr, identity: &ClientIdentity, args: &Args, call: Call) -> anyhow::Result<()> {
+async fn throughput(
+    label: &str,
+    addr: SocketAddr,
+    identity: &ClientIdentity,
+    args: &Args,
+    call: Call,
+) -> anyhow::Result<()> {
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(connect(addr, identity).await.with_context(|| format!("connect to {addr} for {label}"))?);
@@ -168,14 +176,20 @@ async fn hold_many(agent: &Agent, identity: &ClientIdentity, count: usize) -> an
         tasks.push(tokio::spawn(async move {
             let first: Result<Channel, String> = async {
                 let channel = connect(addr, &identity).await.map_err(|e| format!("connect: {e:?}"))?;
-                AgentClient::new(channel.clone()).get_status(GetStatusRequest {}).await.map_err(|s| format!("first call: {s}"))?;
+                AgentClient::new(channel.clone())
+                    .get_status(GetStatusRequest {})
+                    .await
+                    .map_err(|s| format!("first call: {s}"))?;
                 Ok(channel)
             }
             .await;
             // Every task arrives, failed or not, so the barrier always opens.
             barrier.wait().await;
             let channel = first?;
-            AgentClient::new(channel.clone()).get_status(GetStatusRequest {}).await.map_err(|s| format!("second call: {s}"))?;
+            AgentClient::new(channel.clone())
+                .get_status(GetStatusRequest {})
+                .await
+                .map_err(|s| format!("second call: {s}"))?;
             Ok::<Channel, String>(channel)
         }));
     }
@@ -247,7 +261,14 @@ impl Etcd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        println!("peer: {} (pid {})", String::from_utf8_lossy(&Command::new("etcd").arg("--version").output()?.stdout).lines().next().unwrap_or("etcd"), etcd.child.id());
+        println!(
+            "peer: {} (pid {})",
+            String::from_utf8_lossy(&Command::new("etcd").arg("--version").output()?.stdout)
+                .lines()
+                .next()
+                .unwrap_or("etcd"),
+            etcd.child.id()
+        );
         Ok(etcd)
     }
 }

@@ -28,12 +28,26 @@ fn main() -> anyhow::Result<()> {
     println!("input: {lines} lines, {:.1} MiB ({} bytes/line)", bytes as f64 / MIB, bytes / lines);
     println!("| shipper | lines/s | MiB/s | CPU s per GiB | wall s | CPU s |");
     println!("|---|---|---|---|---|---|");
-    let rsyslog = run("rsyslog 8.2302 imfile -> omfwd (octet-counted TCP)", lines, bytes, |port| start_rsyslog(dir.path(), &input, port))?;
+    let rsyslog = run("rsyslog 8.2302 imfile -> omfwd (octet-counted TCP)", lines, bytes, |port| {
+        start_rsyslog(dir.path(), &input, port)
+    })?;
     let ours = run("dbagent file -> disk buffer -> syslog TCP", lines, bytes, |port| {
         let exe = std::env::current_exe()?.with_file_name("logship-test");
         Ok(Command::new(exe)
-            .args(["--state", &dir.path().join("ship-state").display().to_string(), "--glob", &input.display().to_string()])
-            .args(["--address", &format!("127.0.0.1:{port}"), "--batch", &(4 * 1024 * 1024).to_string(), "--format", "postgresql"])
+            .args([
+                "--state",
+                &dir.path().join("ship-state").display().to_string(),
+                "--glob",
+                &input.display().to_string(),
+            ])
+            .args([
+                "--address",
+                &format!("127.0.0.1:{port}"),
+                "--batch",
+                &(4 * 1024 * 1024).to_string(),
+                "--format",
+                "postgresql",
+            ])
             .stdout(Stdio::null())
             .spawn()?)
     })?;
@@ -46,14 +60,25 @@ const MIB: f64 = 1024.0 * 1024.0;
 fn write_input(path: &Path, lines: u64) -> std::io::Result<u64> {
     let mut w = BufWriter::new(std::fs::File::create(path)?);
     for i in 0..lines {
-        writeln!(w, "2024-05-01 10:00:00.{:03} UTC [{}] LOG:  duration: 0.{:03} ms  statement: SELECT * FROM accounts WHERE id = {i}", i % 1000, 1000 + i % 50, i % 997)?;
+        writeln!(
+            w,
+            "2024-05-01 10:00:00.{:03} UTC [{}] LOG:  duration: 0.{:03} ms  statement: SELECT * FROM accounts WHERE id = {i}",
+            i % 1000,
+            1000 + i % 50,
+            i % 997
+        )?;
     }
     w.flush()?;
     Ok(std::fs::metadata(path)?.len())
 }
 
 /// Runs one shipper against a fresh sink until it has delivered every line; returns (MiB/s, CPU s/GiB).
-fn run(name: &str, lines: u64, bytes: u64, start: impl FnOnce(u16) -> anyhow::Result<Child>) -> anyhow::Result<(f64, f64)> {
+fn run(
+    name: &str,
+    lines: u64,
+    bytes: u64,
+    start: impl FnOnce(u16) -> anyhow::Result<Child>,
+) -> anyhow::Result<(f64, f64)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let count = Arc::new(AtomicU64::new(0));
@@ -97,7 +122,11 @@ fn count_frames(mut conn: std::net::TcpStream, count: &AtomicU64) {
         let mut at = 0;
         let mut frames = 0;
         while let Some(sp) = pending[at..].iter().position(|&b| b == b' ') {
-            let Some(len) = std::str::from_utf8(&pending[at..at + sp]).ok().and_then(|s| s.trim().parse::<usize>().ok()) else { return };
+            let Some(len) =
+                std::str::from_utf8(&pending[at..at + sp]).ok().and_then(|s| s.trim().parse::<usize>().ok())
+            else {
+                return;
+            };
             if pending.len() < at + sp + 1 + len {
                 break;
             }
@@ -112,7 +141,8 @@ fn count_frames(mut conn: std::net::TcpStream, count: &AtomicU64) {
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default().split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     Ok(ticks / 100.0)
 }
 

@@ -6,10 +6,10 @@
 
 use anyhow::{Context, bail};
 use dbagent::instances::LogSource;
+use dbagent::logs::LogsConfig;
 use dbagent::logs::drain::{DrainSpec, DrainTarget};
 use dbagent::logs::lines::LineFormat;
 use dbagent::logs::pipeline::{DrainPipeline, PipelineContext};
-use dbagent::logs::LogsConfig;
 use std::path::PathBuf;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -17,9 +17,13 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
-    let (mut state, mut glob, mut address, mut ca, mut batch, mut format) = (None, None, None, None, None, LineFormat::Postgresql);
+    let (mut state, mut glob, mut address, mut ca, mut batch, mut format) =
+        (None, None, None, None, None, LineFormat::Postgresql);
     while let Some(a) = args.next() {
         let mut v = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -41,7 +45,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let (Some(state), Some(glob), Some(address)) = (state, glob, address) else {
-        bail!("usage: logship-test --state DIR --glob GLOB --address HOST:PORT [--tls-ca FILE] [--batch BYTES] [--format F]");
+        bail!(
+            "usage: logship-test --state DIR --glob GLOB --address HOST:PORT [--tls-ca FILE] [--batch BYTES] [--format F]"
+        );
     };
     let mut cfg = LogsConfig { poll_interval_ms: 50, linger_ms: 50, ..LogsConfig::default() };
     if let Some(b) = batch {
@@ -52,7 +58,15 @@ async fn main() -> anyhow::Result<()> {
         target: DrainTarget::Syslog { address, tls: ca.is_some(), ca_pem: ca.unwrap_or_default() },
     };
     let sources = [LogSource::FileGlob(glob)];
-    let ctx = PipelineContext { instance: "inst-1".into(), format, sources: &sources, dir: state, cfg: &cfg, hostname: "testhost", roots: None };
+    let ctx = PipelineContext {
+        instance: "inst-1".into(),
+        format,
+        sources: &sources,
+        dir: state,
+        cfg: &cfg,
+        hostname: "testhost",
+        roots: None,
+    };
     let cancel = CancellationToken::new();
     let pipeline = DrainPipeline::start(&ctx, spec, &cancel)?;
     println!("ready");

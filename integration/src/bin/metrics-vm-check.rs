@@ -14,10 +14,10 @@
 //! the live journal.
 
 use anyhow::{Context, Result, bail};
+use dbagent_integration::guest::{arg, connect, report};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use dbagent_integration::guest::{arg, connect, report};
 use tonic::transport::Channel;
 
 const INSTANCE: &str = "burn";
@@ -37,20 +37,33 @@ async fn register(channel: &Channel, state: &Path, unit: &str, log_unit: Option<
             .map(|u| pb::LogSource { source: Some(pb::log_source::Source::JournaldUnit(u.to_owned())) })
             .into_iter()
             .collect(),
-        plan: Some(pb::Plan { name: pb::PlanName::Starter.into(), cpu_millis: 1000, memory_bytes: 1 << 30, disk_bytes: 0, ..Default::default() }),
+        plan: Some(pb::Plan {
+            name: pb::PlanName::Starter.into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            disk_bytes: 0,
+            ..Default::default()
+        }),
         maintenance_window: None,
         backup_policy: None,
     };
     let mut instances = pb::instances_client::InstancesClient::new(channel.clone());
     instances
-        .register_instance(pb::RegisterInstanceRequest { request_id: "metrics-vm-check-register".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .register_instance(pb::RegisterInstanceRequest {
+            request_id: "metrics-vm-check-register".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
         .await?;
     Ok(())
 }
 
 async fn latest(channel: &Channel) -> Result<Option<pb::MetricSnapshot>> {
     let mut metrics = pb::metrics_client::MetricsClient::new(channel.clone());
-    let series = metrics.get_instance_metrics(pb::GetInstanceMetricsRequest { instance_id: INSTANCE.into(), range: None }).await?.into_inner();
+    let series = metrics
+        .get_instance_metrics(pb::GetInstanceMetricsRequest { instance_id: INSTANCE.into(), range: None })
+        .await?
+        .into_inner();
     Ok(series.snapshots.into_iter().last())
 }
 
@@ -60,7 +73,11 @@ fn seconds(t: Option<&prost_types::Timestamp>) -> f64 {
 
 /// Polls until two snapshots of the instance are at least `gap` apart (a first one must appear within
 /// `deadline`; the agent samples on its own interval).
-async fn two_snapshots(channel: &Channel, gap: Duration, deadline: Duration) -> Result<(pb::MetricSnapshot, pb::MetricSnapshot)> {
+async fn two_snapshots(
+    channel: &Channel,
+    gap: Duration,
+    deadline: Duration,
+) -> Result<(pb::MetricSnapshot, pb::MetricSnapshot)> {
     let until = Instant::now() + deadline;
     let mut first: Option<pb::MetricSnapshot> = None;
     loop {
@@ -94,7 +111,13 @@ fn names(s: &pb::MetricSnapshot) -> Vec<String> {
 /// Follows the instance's logs until three lines of the logger unit came through the live journal.
 async fn journald_lines(channel: &Channel, log_unit: &str) -> Result<()> {
     let mut logs = pb::logs_client::LogsClient::new(channel.clone());
-    let request = pb::TailLogsRequest { instance_id: INSTANCE.into(), last_lines: 10, since: None, follow: true, min_severity: 0 };
+    let request = pb::TailLogsRequest {
+        instance_id: INSTANCE.into(),
+        last_lines: 10,
+        since: None,
+        follow: true,
+        min_severity: 0,
+    };
     let mut stream = logs.tail_logs(request).await?.into_inner();
     let until = Instant::now() + Duration::from_secs(90);
     let mut seen = Vec::new();
@@ -123,13 +146,15 @@ async fn main() -> Result<()> {
     let unit = arg("--unit").context("--unit is required")?;
     let log_unit = arg("--log-unit");
     let channel = connect(&state).await?;
-    let mut ok = report("register-burn", Instant::now(), register(&channel, &state, &unit, log_unit.as_deref()).await).is_some();
+    let mut ok =
+        report("register-burn", Instant::now(), register(&channel, &state, &unit, log_unit.as_deref()).await).is_some();
     if let Some(log_unit) = &log_unit {
         ok &= report("journald-lines", Instant::now(), journald_lines(&channel, log_unit).await).is_some();
     }
 
     let t = Instant::now();
-    let snaps = report("two-snapshots", t, two_snapshots(&channel, Duration::from_secs(2), Duration::from_secs(90)).await);
+    let snaps =
+        report("two-snapshots", t, two_snapshots(&channel, Duration::from_secs(2), Duration::from_secs(90)).await);
     ok &= snaps.is_some();
     if let Some((a, b)) = snaps {
         println!("INFO series in the instance snapshot: {:?}", names(&b));

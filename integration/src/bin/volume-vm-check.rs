@@ -16,15 +16,15 @@
 //! Both phases end with a search for key bytes under the state folder and in `--agent-log`.
 
 use anyhow::{Context, Result, bail};
+use dbagent::volume::KeyProvider;
 use dbagent::volume::crypt::{CryptBackend, CryptError};
 use dbagent::volume::keystore::{KekSource, LocalKeystore};
 use dbagent::volume::libcrypt::LibCrypt;
-use dbagent::volume::KeyProvider;
+use dbagent_integration::guest::{arg, connect, report};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use dbagent_integration::guest::{arg, connect, report};
 use tonic::transport::Channel;
 
 const MARKER: &str = "dbagent-vm-marker-6f1d2c";
@@ -35,7 +35,6 @@ struct Ctx {
     state: PathBuf,
     failures: std::cell::Cell<u32>,
 }
-
 
 impl Ctx {
     async fn step<F, T>(&self, name: &str, f: F) -> Option<T>
@@ -87,14 +86,23 @@ fn spec(data_dir: &Path, device: Option<&str>) -> pb::InstanceSpec {
         systemd_unit: "postgresql@15-main.service".into(),
         data_dir: data_dir.display().to_string(),
         os_user: "root".into(),
-        volume: Some(pb::VolumeSpec { device: device.unwrap_or_default().into(), size_bytes: 64 << 20, filesystem: "ext4".into() }),
+        volume: Some(pb::VolumeSpec {
+            device: device.unwrap_or_default().into(),
+            size_bytes: 64 << 20,
+            filesystem: "ext4".into(),
+        }),
         log_sources: vec![],
-        plan: Some(pb::Plan { name: pb::PlanName::Starter.into(), cpu_millis: 1000, memory_bytes: 1 << 30, disk_bytes: 0, ..Default::default() }),
+        plan: Some(pb::Plan {
+            name: pb::PlanName::Starter.into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            disk_bytes: 0,
+            ..Default::default()
+        }),
         maintenance_window: None,
         backup_policy: None,
     }
 }
-
 
 async fn keystore(state: &Path) -> Result<Arc<LocalKeystore>> {
     let kek = KekSource { credentials_dir: None, file: state.join("kek"), generate: false }.load()?;
@@ -122,12 +130,25 @@ async fn first(c: &Ctx, device: Option<String>) {
         let data_dir = c.data_dir(id);
         c.step(&format!("register-{id}"), async {
             let mut inst = pb::instances_client::InstancesClient::new(c.channel.clone());
-            inst.register_instance(pb::RegisterInstanceRequest { request_id: rid("reg", id), id: id.into(), spec: Some(spec(&data_dir, dev)) }).await?;
+            inst.register_instance(pb::RegisterInstanceRequest {
+                request_id: rid("reg", id),
+                id: id.into(),
+                spec: Some(spec(&data_dir, dev)),
+            })
+            .await?;
             Ok(())
         })
         .await;
         c.step(&format!("create-{id}"), async {
-            let op = c.volumes().create_volume(pb::CreateVolumeRequest { request_id: rid("create", id), instance_id: id.into(), force: true }).await?.into_inner();
+            let op = c
+                .volumes()
+                .create_volume(pb::CreateVolumeRequest {
+                    request_id: rid("create", id),
+                    instance_id: id.into(),
+                    force: true,
+                })
+                .await?
+                .into_inner();
             c.wait(op).await
         })
         .await;
@@ -140,7 +161,11 @@ async fn first(c: &Ctx, device: Option<String>) {
     })
     .await;
     c.step("close-vm-a", async {
-        let op = c.volumes().close_volume(pb::CloseVolumeRequest { request_id: rid("close", "vm-a"), instance_id: "vm-a".into() }).await?.into_inner();
+        let op = c
+            .volumes()
+            .close_volume(pb::CloseVolumeRequest { request_id: rid("close", "vm-a"), instance_id: "vm-a".into() })
+            .await?
+            .into_inner();
         c.wait(op).await?;
         if Path::new("/dev/mapper/dbagent-vm-a").exists() {
             bail!("/dev/mapper/dbagent-vm-a still exists after close");
@@ -149,7 +174,11 @@ async fn first(c: &Ctx, device: Option<String>) {
     })
     .await;
     c.step("reopen-vm-a", async {
-        let op = c.volumes().open_volume(pb::OpenVolumeRequest { request_id: rid("open", "vm-a"), instance_id: "vm-a".into() }).await?.into_inner();
+        let op = c
+            .volumes()
+            .open_volume(pb::OpenVolumeRequest { request_id: rid("open", "vm-a"), instance_id: "vm-a".into() })
+            .await?
+            .into_inner();
         c.wait(op).await?;
         check_marker(c, "vm-a", MARKER)
     })
@@ -165,7 +194,14 @@ async fn first(c: &Ctx, device: Option<String>) {
     .await;
     c.step("rotate-key", async {
         let old = ks.key("vm-a", 1, false, 256).await?;
-        let op = c.volumes().rotate_volume_key(pb::RotateVolumeKeyRequest { request_id: rid("rotate", "vm-a"), instance_id: "vm-a".into() }).await?.into_inner();
+        let op = c
+            .volumes()
+            .rotate_volume_key(pb::RotateVolumeKeyRequest {
+                request_id: rid("rotate", "vm-a"),
+                instance_id: "vm-a".into(),
+            })
+            .await?
+            .into_inner();
         c.wait(op).await?;
         let new = ks.key("vm-a", 2, false, 256).await?;
         let dev = backing(c, "vm-a").await?;
@@ -232,7 +268,11 @@ async fn first(c: &Ctx, device: Option<String>) {
     .await;
     for id in ["vm-a", "vm-b"] {
         c.step(&format!("close-{id}-at-end"), async {
-            let op = c.volumes().close_volume(pb::CloseVolumeRequest { request_id: rid("close-end", id), instance_id: id.into() }).await?.into_inner();
+            let op = c
+                .volumes()
+                .close_volume(pb::CloseVolumeRequest { request_id: rid("close-end", id), instance_id: id.into() })
+                .await?
+                .into_inner();
             c.wait(op).await?;
             let mapper = format!("/dev/mapper/dbagent-{id}");
             if Path::new(&mapper).exists() {
@@ -281,10 +321,17 @@ async fn grow_with_the_disk(c: &Ctx, dev: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let req = pb::GrowVolumeRequest { request_id: rid("grow-after-disk", "vm-a"), instance_id: "vm-a".into(), new_size_bytes: want };
+    let req = pb::GrowVolumeRequest {
+        request_id: rid("grow-after-disk", "vm-a"),
+        instance_id: "vm-a".into(),
+        new_size_bytes: want,
+    };
     c.wait(c.volumes().grow_volume(req).await?.into_inner()).await?;
     let after = c.volumes().get_volume(pb::GetVolumeRequest { instance_id: "vm-a".into() }).await?.into_inner();
-    println!("INFO vm-a grew with its disk: volume {} -> {} bytes, filesystem {} -> {}", before.size_bytes, after.size_bytes, before.fs_size_bytes, after.fs_size_bytes);
+    println!(
+        "INFO vm-a grew with its disk: volume {} -> {} bytes, filesystem {} -> {}",
+        before.size_bytes, after.size_bytes, before.fs_size_bytes, after.fs_size_bytes
+    );
     if after.size_bytes != want || after.fs_size_bytes < before.fs_size_bytes + (48 << 20) {
         bail!("vm-a did not grow onto the grown disk: {before:?} -> {after:?}");
     }

@@ -6,8 +6,8 @@
 use super::timestamp;
 use crate::ids::InvalidField;
 use crate::instances::model::{
-    BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan,
-    PlanName, VolumeSpec, Weekday,
+    BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan, PlanName, VolumeSpec,
+    Weekday,
 };
 use dbagent_proto::v1 as pb;
 use dbagent_proto::v1::log_source::Source;
@@ -17,12 +17,8 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
     let spec = spec.ok_or_else(|| missing("spec"))?;
     let volume = spec.volume.ok_or_else(|| missing("spec.volume"))?;
     let plan = spec.plan.ok_or_else(|| missing("spec.plan"))?;
-    let log_sources = spec
-        .log_sources
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| log_source_from_proto(i, s))
-        .collect::<Result<_, _>>()?;
+    let log_sources =
+        spec.log_sources.into_iter().enumerate().map(|(i, s)| log_source_from_proto(i, s)).collect::<Result<_, _>>()?;
     Ok(InstanceSpec {
         engine: engine_from_proto(spec.engine)?,
         engine_version: spec.engine_version,
@@ -31,9 +27,7 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
         os_user: spec.os_user,
         volume: VolumeSpec {
             // proto3 strings cannot be absent: empty means "no device, an agent-managed file".
-            device: Some(volume.device)
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from),
+            device: Some(volume.device).filter(|d| !d.is_empty()).map(PathBuf::from),
             size_bytes: volume.size_bytes,
             filesystem: filesystem_from_proto(&volume.filesystem)?,
         },
@@ -74,12 +68,7 @@ pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
         data_dir: spec.data_dir.to_string_lossy().into_owned(),
         os_user: spec.os_user.clone(),
         volume: Some(pb::VolumeSpec {
-            device: spec
-                .volume
-                .device
-                .as_ref()
-                .map(|d| d.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            device: spec.volume.device.as_ref().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default(),
             size_bytes: spec.volume.size_bytes,
             filesystem: filesystem_name(spec.volume.filesystem).to_owned(),
         }),
@@ -103,14 +92,11 @@ pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
             io_write_bps: spec.plan.io_write_bps,
             disk_bytes: spec.plan.disk_bytes,
         }),
-        maintenance_window: spec
-            .maintenance_window
-            .as_ref()
-            .map(|w| pb::MaintenanceWindow {
-                weekday: weekday_to_proto(w.weekday) as i32,
-                start_minute_utc: w.start_minute_utc,
-                duration_minutes: w.duration_minutes,
-            }),
+        maintenance_window: spec.maintenance_window.as_ref().map(|w| pb::MaintenanceWindow {
+            weekday: weekday_to_proto(w.weekday) as i32,
+            start_minute_utc: w.start_minute_utc,
+            duration_minutes: w.duration_minutes,
+        }),
         backup_policy: spec.backup_policy.as_ref().map(|b| pb::BackupPolicy {
             daily_at_minute_utc: b.daily_at_minute_utc,
             keep_daily: b.keep_daily,
@@ -142,9 +128,7 @@ fn engine_from_proto(value: i32) -> Result<Engine, InvalidField> {
         Ok(pb::Engine::Redis) => Ok(Engine::Redis),
         Ok(pb::Engine::Unspecified) | Err(_) => Err(InvalidField::new(
             "spec.engine",
-            format!(
-                "{value} is not an engine; use ENGINE_POSTGRESQL, ENGINE_MARIADB or ENGINE_REDIS"
-            ),
+            format!("{value} is not an engine; use ENGINE_POSTGRESQL, ENGINE_MARIADB or ENGINE_REDIS"),
         )),
     }
 }
@@ -185,10 +169,9 @@ pub fn weekday_from_proto(field: &str, value: i32) -> Result<Weekday, InvalidFie
         Ok(pb::Weekday::Friday) => Ok(Weekday::Friday),
         Ok(pb::Weekday::Saturday) => Ok(Weekday::Saturday),
         Ok(pb::Weekday::Sunday) => Ok(Weekday::Sunday),
-        Ok(pb::Weekday::Unspecified) | Err(_) => Err(InvalidField::new(
-            field,
-            format!("{value} is not a weekday; use WEEKDAY_MONDAY .. WEEKDAY_SUNDAY"),
-        )),
+        Ok(pb::Weekday::Unspecified) | Err(_) => {
+            Err(InvalidField::new(field, format!("{value} is not a weekday; use WEEKDAY_MONDAY .. WEEKDAY_SUNDAY")))
+        }
     }
 }
 
@@ -229,10 +212,7 @@ fn log_source_from_proto(i: usize, source: pb::LogSource) -> Result<LogSource, I
     match source.source {
         Some(Source::FileGlob(g)) => Ok(LogSource::FileGlob(g)),
         Some(Source::JournaldUnit(u)) => Ok(LogSource::JournaldUnit(u)),
-        None => Err(InvalidField::new(
-            format!("spec.log_sources[{i}]"),
-            "must set file_glob or journald_unit",
-        )),
+        None => Err(InvalidField::new(format!("spec.log_sources[{i}]"), "must set file_glob or journald_unit")),
     }
 }
 

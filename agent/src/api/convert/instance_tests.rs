@@ -28,10 +28,7 @@ fn spec_round_trips() {
         Weekday::Saturday,
         Weekday::Sunday,
     ] {
-        assert_eq!(
-            weekday_from_proto("w", weekday_to_proto(day) as i32).unwrap(),
-            day
-        );
+        assert_eq!(weekday_from_proto("w", weekday_to_proto(day) as i32).unwrap(), day);
     }
 }
 
@@ -47,13 +44,7 @@ fn instance_to_proto() {
     let pb = pb::Instance::from(&instance);
     assert_eq!(pb.id, "pg-1");
     assert_eq!(pb.generation, 3);
-    assert_eq!(
-        pb.created,
-        Some(prost_types::Timestamp {
-            seconds: 1_700_000_000,
-            nanos: 123_000_000
-        })
-    );
+    assert_eq!(pb.created, Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 123_000_000 }));
     assert_eq!(pb.updated.map(|t| t.seconds), Some(1_700_000_100));
     assert_eq!(spec_from_proto(pb.spec).unwrap(), instance.spec);
 }
@@ -69,35 +60,14 @@ fn refuses_missing_and_unknown_values() {
     assert_eq!(spec_from_proto(None).unwrap_err().field, "spec");
     assert_eq!(field_of(|s| s.volume = None), "spec.volume");
     assert_eq!(field_of(|s| s.plan = None), "spec.plan");
-    assert_eq!(
-        field_of(|s| s.engine = pb::Engine::Unspecified as i32),
-        "spec.engine"
-    );
+    assert_eq!(field_of(|s| s.engine = pb::Engine::Unspecified as i32), "spec.engine");
     assert_eq!(field_of(|s| s.engine = 42), "spec.engine");
-    assert_eq!(
-        field_of(|s| s.plan.as_mut().unwrap().name = 0),
-        "spec.plan.name"
-    );
-    assert_eq!(
-        field_of(|s| s.plan.as_mut().unwrap().name = 9),
-        "spec.plan.name"
-    );
-    assert_eq!(
-        field_of(|s| s.maintenance_window.as_mut().unwrap().weekday = 0),
-        "spec.maintenance_window.weekday"
-    );
-    assert_eq!(
-        field_of(|s| s.maintenance_window.as_mut().unwrap().weekday = 8),
-        "spec.maintenance_window.weekday"
-    );
-    assert_eq!(
-        field_of(|s| s.volume.as_mut().unwrap().filesystem = "btrfs".to_owned()),
-        "spec.volume.filesystem"
-    );
-    assert_eq!(
-        field_of(|s| s.log_sources[1].source = None),
-        "spec.log_sources[1]"
-    );
+    assert_eq!(field_of(|s| s.plan.as_mut().unwrap().name = 0), "spec.plan.name");
+    assert_eq!(field_of(|s| s.plan.as_mut().unwrap().name = 9), "spec.plan.name");
+    assert_eq!(field_of(|s| s.maintenance_window.as_mut().unwrap().weekday = 0), "spec.maintenance_window.weekday");
+    assert_eq!(field_of(|s| s.maintenance_window.as_mut().unwrap().weekday = 8), "spec.maintenance_window.weekday");
+    assert_eq!(field_of(|s| s.volume.as_mut().unwrap().filesystem = "btrfs".to_owned()), "spec.volume.filesystem");
+    assert_eq!(field_of(|s| s.log_sources[1].source = None), "spec.log_sources[1]");
 }
 
 #[test]

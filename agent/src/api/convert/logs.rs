@@ -21,15 +21,19 @@ pub fn severity_to_proto(s: Severity) -> pb::Severity {
 }
 
 pub fn severity_from_proto(s: i32) -> Result<Severity, InvalidField> {
-    Ok(match pb::Severity::try_from(s).map_err(|_| InvalidField::new("min_severity", format!("{s} is not a Severity")))? {
-        pb::Severity::Unspecified => Severity::Unspecified,
-        pb::Severity::Debug => Severity::Debug,
-        pb::Severity::Info => Severity::Info,
-        pb::Severity::Notice => Severity::Notice,
-        pb::Severity::Warning => Severity::Warning,
-        pb::Severity::Error => Severity::Error,
-        pb::Severity::Critical => Severity::Critical,
-    })
+    Ok(
+        match pb::Severity::try_from(s)
+            .map_err(|_| InvalidField::new("min_severity", format!("{s} is not a Severity")))?
+        {
+            pb::Severity::Unspecified => Severity::Unspecified,
+            pb::Severity::Debug => Severity::Debug,
+            pb::Severity::Info => Severity::Info,
+            pb::Severity::Notice => Severity::Notice,
+            pb::Severity::Warning => Severity::Warning,
+            pb::Severity::Error => Severity::Error,
+            pb::Severity::Critical => Severity::Critical,
+        },
+    )
 }
 
 pub fn tail_request_from_proto(r: pb::TailLogsRequest) -> Result<TailRequest, InvalidField> {
@@ -72,7 +76,9 @@ pub fn drain_to_proto(d: &DrainSpec) -> pb::Drain {
         DrainTarget::Syslog { address, tls, ca_pem } => {
             Target::Syslog(pb::SyslogDrain { address: address.clone(), tls: *tls, ca_pem: ca_pem.clone() })
         }
-        DrainTarget::Https { url, ca_pem } => Target::Https(pb::HttpsDrain { url: url.clone(), ca_pem: ca_pem.clone() }),
+        DrainTarget::Https { url, ca_pem } => {
+            Target::Https(pb::HttpsDrain { url: url.clone(), ca_pem: ca_pem.clone() })
+        }
     };
     pb::Drain { name: d.name.clone(), target: Some(target) }
 }
@@ -95,12 +101,20 @@ mod tests {
 
     #[test]
     fn drains_round_trip_and_severities_map() {
-        let d = DrainSpec { name: "a".into(), target: DrainTarget::Syslog { address: "h:1".into(), tls: true, ca_pem: "x".into() } };
+        let d = DrainSpec {
+            name: "a".into(),
+            target: DrainTarget::Syslog { address: "h:1".into(), tls: true, ca_pem: "x".into() },
+        };
         assert_eq!(drain_from_proto(0, drain_to_proto(&d)).unwrap(), d);
         assert!(drain_from_proto(0, pb::Drain { name: "a".into(), target: None }).is_err());
         assert_eq!(severity_from_proto(pb::Severity::Warning.into()).unwrap(), Severity::Warning);
         assert!(severity_from_proto(99).is_err());
-        let r = tail_request_from_proto(pb::TailLogsRequest { instance_id: String::new(), follow: true, ..Default::default() }).unwrap();
+        let r = tail_request_from_proto(pb::TailLogsRequest {
+            instance_id: String::new(),
+            follow: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(r.instance, None);
     }
 }

@@ -2,8 +2,8 @@
 
 pub mod backup;
 pub mod instance;
-pub mod metrics;
 pub mod logs;
+pub mod metrics;
 pub mod operation;
 pub mod volume;
 
@@ -16,11 +16,17 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0) }
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
 }
 
 /// A proto duration that must be present and not negative.
-pub fn duration_from_proto(field: &str, d: Option<prost_types::Duration>) -> Result<Duration, crate::ids::InvalidField> {
+pub fn duration_from_proto(
+    field: &str,
+    d: Option<prost_types::Duration>,
+) -> Result<Duration, crate::ids::InvalidField> {
     let d = d.ok_or_else(|| crate::ids::InvalidField::new(field, "is required"))?;
     let (Ok(secs), Ok(nanos)) = (u64::try_from(d.seconds), u32::try_from(d.nanos)) else {
         return Err(crate::ids::InvalidField::new(field, "must not be negative"));

@@ -31,7 +31,10 @@ impl From<&OperationRecord> for pb::Operation {
             created: Some(timestamp(r.created)),
             started: r.started.map(timestamp),
             finished: r.finished.map(timestamp),
-            error: r.error.as_ref().map(|e| pb::OperationError { code: e.code.as_str().into(), message: e.message.clone() }),
+            error: r
+                .error
+                .as_ref()
+                .map(|e| pb::OperationError { code: e.code.as_str().into(), message: e.message.clone() }),
             result_json: r.result.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             cancel_requested: r.cancel_requested,
         }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use std::sync::Arc;
 
-use super::settings::DestinationConfig;
 use super::BackupError;
+use super::settings::DestinationConfig;
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, BackupError>>;
 
@@ -43,7 +43,11 @@ pub trait Upload: Send {
     async fn abort(self: Box<Self>) -> Result<(), BackupError>;
 }
 
-pub fn open(config: &DestinationConfig, part_size: usize, max_retries: usize) -> Result<Arc<dyn Destination>, BackupError> {
+pub fn open(
+    config: &DestinationConfig,
+    part_size: usize,
+    max_retries: usize,
+) -> Result<Arc<dyn Destination>, BackupError> {
     Ok(match config {
         DestinationConfig::Dir { name, path } => Arc::new(dir::DirDestination::new(name, path)),
         DestinationConfig::S3 { .. } => Arc::new(s3::S3Destination::new(config, part_size, max_retries)?),

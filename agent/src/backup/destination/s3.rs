@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ByteStream, Destination, Upload};
-use crate::backup::settings::DestinationConfig;
 use crate::backup::BackupError;
+use crate::backup::settings::DestinationConfig;
 
 pub struct S3Destination {
     name: String,
@@ -25,12 +25,25 @@ pub struct S3Destination {
 
 impl S3Destination {
     pub fn new(config: &DestinationConfig, part_size: usize, max_retries: usize) -> Result<Self, BackupError> {
-        let DestinationConfig::S3 { name, bucket, endpoint, region, access_key_id, secret_access_key, prefix, allow_http } = config
+        let DestinationConfig::S3 {
+            name,
+            bucket,
+            endpoint,
+            region,
+            access_key_id,
+            secret_access_key,
+            prefix,
+            allow_http,
+        } = config
         else {
             return Err(BackupError::dest(config.name(), "not an s3 destination"));
         };
         let retry = RetryConfig {
-            backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(5), base: 2.0 },
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(200),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
             max_retries,
             retry_timeout: Duration::from_secs(60),
         };
@@ -49,7 +62,8 @@ impl S3Destination {
         if !endpoint.is_empty() {
             builder = builder.with_endpoint(endpoint);
         }
-        let store = builder.build().map_err(|e| BackupError::dest(name, format!("configure S3 bucket {bucket}: {e}")))?;
+        let store =
+            builder.build().map_err(|e| BackupError::dest(name, format!("configure S3 bucket {bucket}: {e}")))?;
         Ok(Self { name: name.clone(), store: Arc::new(store), prefix: prefix.trim_matches('/').to_owned(), part_size })
     }
 
@@ -85,7 +99,10 @@ impl Destination for S3Destination {
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BackupError> {
-        self.store.put(&self.path(key), PutPayload::from(bytes)).await.map_err(|e| self.err(format!("write {key}"), e))?;
+        self.store
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.err(format!("write {key}"), e))?;
         Ok(())
     }
 
@@ -120,7 +137,8 @@ impl Destination for S3Destination {
 
     async fn list_children(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
         let path = self.path(prefix);
-        let listed = self.store.list_with_delimiter(Some(&path)).await.map_err(|e| self.err(format!("list {prefix}"), e))?;
+        let listed =
+            self.store.list_with_delimiter(Some(&path)).await.map_err(|e| self.err(format!("list {prefix}"), e))?;
         let mut out: Vec<String> =
             listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect();
         out.sort();

@@ -40,7 +40,10 @@ pub const MAX_DRAINS: usize = 8;
 
 pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
     if drains.len() > MAX_DRAINS {
-        return Err(InvalidField::new("drains", format!("has {} entries; at most {MAX_DRAINS} per instance", drains.len())));
+        return Err(InvalidField::new(
+            "drains",
+            format!("has {} entries; at most {MAX_DRAINS} per instance", drains.len()),
+        ));
     }
     for (i, d) in drains.iter().enumerate() {
         let field = format!("drains[{i}]");
@@ -48,17 +51,24 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
             && d.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
             && d.name.as_bytes()[0].is_ascii_alphanumeric();
         if !name_ok {
-            return Err(InvalidField::new(format!("{field}.name"), "must be 1 to 63 of a-z 0-9 - _, starting with a letter or digit"));
+            return Err(InvalidField::new(
+                format!("{field}.name"),
+                "must be 1 to 63 of a-z 0-9 - _, starting with a letter or digit",
+            ));
         }
         if drains[..i].iter().any(|o| o.name == d.name) {
-            return Err(InvalidField::new(format!("{field}.name"), format!("{:?} is used twice; drain names must be unique", d.name)));
+            return Err(InvalidField::new(
+                format!("{field}.name"),
+                format!("{:?} is used twice; drain names must be unique", d.name),
+            ));
         }
         match &d.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
                 transport::split_host_port(address)
                     .ok_or_else(|| InvalidField::new(format!("{field}.syslog.address"), "must be HOST:PORT"))?;
                 if *tls && !ca_pem.is_empty() {
-                    transport::roots_from_pem(ca_pem).map_err(|e| InvalidField::new(format!("{field}.syslog.ca_pem"), e.to_string()))?;
+                    transport::roots_from_pem(ca_pem)
+                        .map_err(|e| InvalidField::new(format!("{field}.syslog.ca_pem"), e.to_string()))?;
                 }
                 if !*tls && !ca_pem.is_empty() {
                     return Err(InvalidField::new(format!("{field}.syslog.ca_pem"), "is only used with tls = true"));
@@ -67,7 +77,8 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
             DrainTarget::Https { url, ca_pem } => {
                 transport::HttpsUrl::parse(url).map_err(|m| InvalidField::new(format!("{field}.https.url"), m))?;
                 if !ca_pem.is_empty() {
-                    transport::roots_from_pem(ca_pem).map_err(|e| InvalidField::new(format!("{field}.https.ca_pem"), e.to_string()))?;
+                    transport::roots_from_pem(ca_pem)
+                        .map_err(|e| InvalidField::new(format!("{field}.https.ca_pem"), e.to_string()))?;
                 }
             }
         }
@@ -83,7 +94,9 @@ pub fn drains_file(instance_dir: &Path) -> PathBuf {
 pub fn load_drains(instance_dir: &Path) -> Result<Vec<DrainSpec>, LogsError> {
     let path = drains_file(instance_dir);
     match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| LogsError::Corrupt(format!("drain list {}: {e}", path.display()))),
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| LogsError::Corrupt(format!("drain list {}: {e}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(LogsError::Io { context: format!("read {}", path.display()), source }),
     }
@@ -94,7 +107,8 @@ pub fn store_drains(instance_dir: &Path, drains: &[DrainSpec]) -> Result<(), Log
         .map_err(|source| LogsError::Io { context: format!("create {}", instance_dir.display()), source })?;
     let path = drains_file(instance_dir);
     let bytes = serde_json::to_vec_pretty(drains).map_err(|e| LogsError::Corrupt(format!("encode drains: {e}")))?;
-    fsutil::atomic_write(&path, &bytes).map_err(|source| LogsError::Io { context: format!("write {}", path.display()), source })
+    fsutil::atomic_write(&path, &bytes)
+        .map_err(|source| LogsError::Io { context: format!("write {}", path.display()), source })
 }
 
 #[cfg(test)]
@@ -102,7 +116,10 @@ mod tests {
     use super::*;
 
     fn syslog(name: &str, address: &str) -> DrainSpec {
-        DrainSpec { name: name.into(), target: DrainTarget::Syslog { address: address.into(), tls: false, ca_pem: String::new() } }
+        DrainSpec {
+            name: name.into(),
+            target: DrainTarget::Syslog { address: address.into(), tls: false, ca_pem: String::new() },
+        }
     }
 
     #[test]
@@ -114,7 +131,10 @@ mod tests {
         assert!(e.to_string().contains("drains[1].name"), "{e}");
         let e = validate_drains(&[syslog("a", "nohost")]).unwrap_err();
         assert!(e.to_string().contains("address"), "{e}");
-        let https = DrainSpec { name: "h".into(), target: DrainTarget::Https { url: "http://x/".into(), ca_pem: String::new() } };
+        let https = DrainSpec {
+            name: "h".into(),
+            target: DrainTarget::Https { url: "http://x/".into(), ca_pem: String::new() },
+        };
         assert!(validate_drains(&[https]).unwrap_err().to_string().contains("https.url"));
         let bad_ca = DrainSpec {
             name: "t".into(),

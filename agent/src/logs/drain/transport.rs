@@ -57,7 +57,11 @@ impl HttpsUrl {
 
     /// `host:port` for connecting and for the `Host` header; an IPv6 host in brackets.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -85,8 +89,9 @@ pub fn roots_from_pem(pem: &str) -> Result<rustls::RootCertStore, LogsError> {
 
 fn connector(ca_pem: &str) -> Result<TlsConnector, LogsError> {
     let roots = if ca_pem.is_empty() {
-        let pem = std::fs::read_to_string(SYSTEM_CA_BUNDLE)
-            .map_err(|e| LogsError::Tls(format!("no ca_pem given and the system CA bundle {SYSTEM_CA_BUNDLE} is unreadable: {e}")))?;
+        let pem = std::fs::read_to_string(SYSTEM_CA_BUNDLE).map_err(|e| {
+            LogsError::Tls(format!("no ca_pem given and the system CA bundle {SYSTEM_CA_BUNDLE} is unreadable: {e}"))
+        })?;
         roots_from_pem(&pem)?
     } else {
         roots_from_pem(ca_pem)?
@@ -108,7 +113,8 @@ impl Transport {
         let kind = match &spec.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
                 let tls = if *tls {
-                    let (host, _) = split_host_port(address).ok_or_else(|| LogsError::Drain(format!("address {address:?} is not HOST:PORT")))?;
+                    let (host, _) = split_host_port(address)
+                        .ok_or_else(|| LogsError::Drain(format!("address {address:?} is not HOST:PORT")))?;
                     Some((connector(ca_pem)?, server_name(&host)?))
                 } else {
                     None
@@ -182,7 +188,10 @@ fn check_http_answer(address: &str, answer: &[u8], read: Result<(), LogsError>) 
         Some(200..=299) => Ok(()),
         Some(code) => {
             let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            Err(LogsError::Drain(format!("HTTPS drain {address} answered {code}: {}", crate::ids::truncate_for_message(body.trim()))))
+            Err(LogsError::Drain(format!(
+                "HTTPS drain {address} answered {code}: {}",
+                crate::ids::truncate_for_message(body.trim())
+            )))
         }
         None => read.and(Err(LogsError::Drain(format!("HTTPS drain {address} sent no HTTP status line")))),
     }
@@ -204,7 +213,11 @@ async fn timed<T>(address: &str, what: &str, f: impl Future<Output = std::io::Re
 }
 
 /// Writes the batch, half-closes, and waits for the receiver to close: EOF is the acknowledgement.
-async fn write_and_await_close<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, data: &[u8], address: &str) -> Result<(), LogsError> {
+async fn write_and_await_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    data: &[u8],
+    address: &str,
+) -> Result<(), LogsError> {
     timed(address, "send", async {
         s.write_all(data).await?;
         s.shutdown().await

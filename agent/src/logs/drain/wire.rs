@@ -45,7 +45,13 @@ fn rfc3339(t: SystemTime) -> String {
 fn encode_syslog(hostname: &str, r: &LogRecord, out: &mut Vec<u8>) {
     let mut msg = Vec::with_capacity(r.message.len() + 160);
     let pri = FACILITY * 8 + r.severity.syslog_code();
-    let _ = write!(msg, "<{pri}>1 {} {} {} - - [{SD_ID} instance=\"", rfc3339(r.time), header_field(hostname, 255), header_field(&r.instance, 48));
+    let _ = write!(
+        msg,
+        "<{pri}>1 {} {} {} - - [{SD_ID} instance=\"",
+        rfc3339(r.time),
+        header_field(hostname, 255),
+        header_field(&r.instance, 48)
+    );
     sd_escape(&r.instance, &mut msg);
     msg.extend_from_slice(b"\" source=\"");
     sd_escape(&r.source, &mut msg);

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::BackupError;
 use super::manifest::BackupMethod;
 use super::settings::EngineConnection;
-use super::BackupError;
 use crate::instances::Engine;
 
 /// A program and its arguments.
@@ -18,7 +18,8 @@ pub struct Tool {
 
 impl Tool {
     fn new(conn: &EngineConnection, program: &str, args: Vec<String>) -> Self {
-        let program = if conn.bin_dir.as_os_str().is_empty() { PathBuf::from(program) } else { conn.bin_dir.join(program) };
+        let program =
+            if conn.bin_dir.as_os_str().is_empty() { PathBuf::from(program) } else { conn.bin_dir.join(program) };
         Self { program, args }
     }
 
@@ -31,10 +32,9 @@ impl Tool {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args).current_dir("/").kill_on_drop(true);
         if nix::unistd::geteuid().is_root() && !os_user.is_empty() && os_user != "root" {
-            let user = nix::unistd::User::from_name(os_user)
-                .ok()
-                .flatten()
-                .ok_or_else(|| BackupError::FailedPrecondition(format!("system user {os_user:?} of the instance does not exist")))?;
+            let user = nix::unistd::User::from_name(os_user).ok().flatten().ok_or_else(|| {
+                BackupError::FailedPrecondition(format!("system user {os_user:?} of the instance does not exist"))
+            })?;
             cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw()).env("HOME", &user.dir);
         }
         Ok(cmd)
@@ -42,19 +42,21 @@ impl Tool {
 
     /// First line of `--version`, for the manifest; empty if the tool does not say.
     pub async fn version(&self) -> String {
-        let out = tokio::process::Command::new(&self.program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .await;
+        let out = tokio::process::Command::new(&self.program).arg("--version").stdin(Stdio::null()).output().await;
         // mariabackup prints its version on stderr, the others on stdout.
-        let first_line = |b: Vec<u8>| String::from_utf8_lossy(&b).lines().find(|l| !l.trim().is_empty()).map(str::to_owned);
+        let first_line =
+            |b: Vec<u8>| String::from_utf8_lossy(&b).lines().find(|l| !l.trim().is_empty()).map(str::to_owned);
         out.ok().and_then(|o| first_line(o.stdout).or_else(|| first_line(o.stderr))).unwrap_or_default()
     }
 }
 
 fn pg_conn(c: &EngineConnection) -> Vec<String> {
-    vec![format!("--host={}", c.host), format!("--port={}", c.port), format!("--username={}", c.user), "--no-password".into()]
+    vec![
+        format!("--host={}", c.host),
+        format!("--port={}", c.port),
+        format!("--username={}", c.user),
+        "--no-password".into(),
+    ]
 }
 
 fn maria_conn(c: &EngineConnection) -> Vec<String> {
@@ -70,7 +72,11 @@ fn maria_conn(c: &EngineConnection) -> Vec<String> {
 }
 
 fn redis_conn(c: &EngineConnection) -> Vec<String> {
-    if c.host.starts_with('/') { vec!["-s".into(), c.host.clone()] } else { vec!["-h".into(), c.host.clone(), "-p".into(), c.port.to_string()] }
+    if c.host.starts_with('/') {
+        vec!["-s".into(), c.host.clone()]
+    } else {
+        vec!["-h".into(), c.host.clone(), "-p".into(), c.port.to_string()]
+    }
 }
 
 /// A query whose last line of output is the data directory the server at `c` serves: a backup
@@ -102,7 +108,8 @@ pub fn dump_tool(engine: Engine, method: BackupMethod, c: &EngineConnection) -> 
     Ok(match (engine, method) {
         // One tar on stdout needs WAL fetched into it (-X fetch) and a single tablespace.
         (Engine::Postgresql, BackupMethod::Physical) => {
-            let mut a: Vec<String> = ["--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast"].map(String::from).into();
+            let mut a: Vec<String> =
+                ["--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast"].map(String::from).into();
             a.extend(pg_conn(c));
             Tool::new(c, "pg_basebackup", a)
         }
@@ -167,7 +174,10 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
     match (engine, method, target) {
         (Engine::Postgresql, BackupMethod::Physical, RestoreTarget::DataDir(dir)) => Ok(RestorePlan::Pipe {
             before: None,
-            tool: Tool { program: "tar".into(), args: vec!["-x".into(), "-f".into(), "-".into(), "-C".into(), path(dir)] },
+            tool: Tool {
+                program: "tar".into(),
+                args: vec!["-x".into(), "-f".into(), "-".into(), "-C".into(), path(dir)],
+            },
             after: None,
         }),
         (Engine::Postgresql, BackupMethod::Logical, RestoreTarget::Server { connection: c, database, .. }) => {
@@ -193,10 +203,14 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
         (Engine::Mariadb, BackupMethod::Physical, RestoreTarget::DataDir(dir)) => Ok(RestorePlan::Pipe {
             before: None,
             tool: Tool { program: "mbstream".into(), args: vec!["-x".into(), "-C".into(), path(dir)] },
-            after: Some(Tool { program: "mariabackup".into(), args: vec!["--prepare".into(), format!("--target-dir={}", path(dir))] }),
+            after: Some(Tool {
+                program: "mariabackup".into(),
+                args: vec!["--prepare".into(), format!("--target-dir={}", path(dir))],
+            }),
         }),
         (Engine::Redis, _, RestoreTarget::DataDir(dir)) => Ok(RestorePlan::File(dir.join("dump.rdb"))),
-        (Engine::Redis, _, RestoreTarget::Server { .. }) | (_, BackupMethod::Physical, RestoreTarget::Server { .. }) => {
+        (Engine::Redis, _, RestoreTarget::Server { .. })
+        | (_, BackupMethod::Physical, RestoreTarget::Server { .. }) => {
             wrong("a physical backup restores into a data directory, not into a running server; give target_data_dir")
         }
         (_, BackupMethod::Logical, RestoreTarget::DataDir(_)) => {
@@ -224,11 +238,11 @@ mod tests {
         assert!(t.args.contains(&"--all-databases".to_owned()));
         let t = dump_tool(Engine::Redis, BackupMethod::Logical, &c.redis).unwrap();
         assert_eq!(t.args, ["-h", "127.0.0.1", "-p", "6379", "--rdb", "-"]);
-        let e = restore_plan(Engine::Postgresql, BackupMethod::Physical, &RestoreTarget::Server {
-            connection: c.postgresql.clone(),
-            database: None,
-            instance_server: true,
-        })
+        let e = restore_plan(
+            Engine::Postgresql,
+            BackupMethod::Physical,
+            &RestoreTarget::Server { connection: c.postgresql.clone(), database: None, instance_server: true },
+        )
         .unwrap_err();
         assert!(e.to_string().contains("target_data_dir"));
     }

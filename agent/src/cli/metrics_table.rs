@@ -23,7 +23,12 @@ fn value(s: &pb::MetricSnapshot, name: &str, labels: &[(&str, &str)]) -> Option<
 }
 
 /// Per-second growth of a counter between two snapshots; a decrease (reset) counts from zero.
-fn rate(cur: &pb::MetricSnapshot, prev: Option<&pb::MetricSnapshot>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+fn rate(
+    cur: &pb::MetricSnapshot,
+    prev: Option<&pb::MetricSnapshot>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     let prev = prev?;
     let dt = secs(cur.time.as_ref())? - secs(prev.time.as_ref())?;
     let (c, p) = (value(cur, name, labels)?, value(prev, name, labels)?);
@@ -68,7 +73,11 @@ pub fn render_table(current: &[pb::MetricSnapshot], previous: Option<&[pb::Metri
     }
     let instances: Vec<_> = current.iter().filter(|s| !s.instance_id.is_empty()).collect();
     if !instances.is_empty() {
-        let _ = writeln!(out, "\n{:<20} {:>6} {:>10} {:>10} {:>4} {:>21} {:>10} {:>10}", "INSTANCE", "CPU", "MEMORY", "LIMIT", "OOM", "DISK USED/SIZE", "READ/s", "WRITE/s");
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:>6} {:>10} {:>10} {:>4} {:>21} {:>10} {:>10}",
+            "INSTANCE", "CPU", "MEMORY", "LIMIT", "OOM", "DISK USED/SIZE", "READ/s", "WRITE/s"
+        );
         for s in instances {
             let prev = prev_of(s);
             let disk = match (value(s, "filesystem_used_bytes", &[]), value(s, "filesystem_size_bytes", &[])) {
@@ -115,12 +124,26 @@ fn render_node(out: &mut String, s: &pb::MetricSnapshot, prev: Option<&pb::Metri
     let _ = writeln!(out, "\n{:<30} {:>10} {:>10} {:>10} {:>5}", "FILESYSTEM", "SIZE", "USED", "AVAIL", "USE%");
     for m in label_values(s, "filesystem_size_bytes", "mountpoint") {
         let l = [("mountpoint", m)];
-        let (size, used, avail) =
-            (value(s, "filesystem_size_bytes", &l), value(s, "filesystem_used_bytes", &l), value(s, "filesystem_avail_bytes", &l));
+        let (size, used, avail) = (
+            value(s, "filesystem_size_bytes", &l),
+            value(s, "filesystem_used_bytes", &l),
+            value(s, "filesystem_avail_bytes", &l),
+        );
         let pct = used.zip(avail).filter(|(u, a)| u + a > 0.0).map(|(u, a)| u * 100.0 / (u + a));
-        let _ = writeln!(out, "{m:<30} {:>10} {:>10} {:>10} {:>5}", opt(size, bytes), opt(used, bytes), opt(avail, bytes), opt(pct, |p| format!("{p:.0}%")));
+        let _ = writeln!(
+            out,
+            "{m:<30} {:>10} {:>10} {:>10} {:>5}",
+            opt(size, bytes),
+            opt(used, bytes),
+            opt(avail, bytes),
+            opt(pct, |p| format!("{p:.0}%"))
+        );
     }
-    let _ = writeln!(out, "\n{:<12} {:>12} {:>12} {:>10} {:>10} {:>6}", "DEVICE", "READ/s", "WRITE/s", "READS/s", "WRITES/s", "UTIL%");
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:>12} {:>12} {:>10} {:>10} {:>6}",
+        "DEVICE", "READ/s", "WRITE/s", "READS/s", "WRITES/s", "UTIL%"
+    );
     for d in label_values(s, "disk_reads_completed_total", "device") {
         let l = [("device", d)];
         let _ = writeln!(
@@ -149,24 +172,38 @@ mod tests {
     }
 
     fn snap(t: i64, id: &str, samples: Vec<pb::Sample>) -> pb::MetricSnapshot {
-        pb::MetricSnapshot { time: Some(prost_types::Timestamp { seconds: t, nanos: 0 }), instance_id: id.into(), samples }
+        pb::MetricSnapshot {
+            time: Some(prost_types::Timestamp { seconds: t, nanos: 0 }),
+            instance_id: id.into(),
+            samples,
+        }
     }
 
     #[test]
     fn table_with_rates() {
         let node = |t, reads: f64| {
-            snap(t, "", vec![
-                sample("cpu_utilization_ratio", &[], 0.25),
-                sample("memory_total_bytes", &[], 8.0 * 1024.0 * 1024.0 * 1024.0),
-                sample("memory_available_bytes", &[], 6.0 * 1024.0 * 1024.0 * 1024.0),
-                sample("filesystem_size_bytes", &[("mountpoint", "/")], 100.0),
-                sample("filesystem_used_bytes", &[("mountpoint", "/")], 25.0),
-                sample("filesystem_avail_bytes", &[("mountpoint", "/")], 75.0),
-                sample("disk_reads_completed_total", &[("device", "vda")], reads),
-                sample("disk_read_bytes_total", &[("device", "vda")], reads * 4096.0),
-            ])
+            snap(
+                t,
+                "",
+                vec![
+                    sample("cpu_utilization_ratio", &[], 0.25),
+                    sample("memory_total_bytes", &[], 8.0 * 1024.0 * 1024.0 * 1024.0),
+                    sample("memory_available_bytes", &[], 6.0 * 1024.0 * 1024.0 * 1024.0),
+                    sample("filesystem_size_bytes", &[("mountpoint", "/")], 100.0),
+                    sample("filesystem_used_bytes", &[("mountpoint", "/")], 25.0),
+                    sample("filesystem_avail_bytes", &[("mountpoint", "/")], 75.0),
+                    sample("disk_reads_completed_total", &[("device", "vda")], reads),
+                    sample("disk_read_bytes_total", &[("device", "vda")], reads * 4096.0),
+                ],
+            )
         };
-        let inst = |t, cpu: f64| snap(t, "pg-1", vec![sample("cpu_usage_seconds_total", &[], cpu), sample("memory_bytes", &[], 512.0 * 1024.0 * 1024.0)]);
+        let inst = |t, cpu: f64| {
+            snap(
+                t,
+                "pg-1",
+                vec![sample("cpu_usage_seconds_total", &[], cpu), sample("memory_bytes", &[], 512.0 * 1024.0 * 1024.0)],
+            )
+        };
         let prev = vec![node(100, 10.0), inst(100, 50.0)];
         let cur = vec![node(110, 110.0), inst(110, 55.0)];
         let text = render_table(&cur, Some(&prev));

@@ -9,10 +9,10 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::BackupError;
 use super::chunks::{ChunkFault, Opener};
 use super::destination::{ByteStream, Upload};
 use super::manifest::Manifest;
-use super::BackupError;
 
 const QUEUE: usize = 4;
 
@@ -170,7 +170,10 @@ pub async fn copy_verified(
         return Err(BackupError::Corrupt {
             backup: manifest.backup_id.clone(),
             destination: "source".into(),
-            message: format!("copy has SHA-256 {digest} and {n} bytes, the manifest says {} and {}", manifest.sha256, manifest.stored_bytes),
+            message: format!(
+                "copy has SHA-256 {digest} and {n} bytes, the manifest says {} and {}",
+                manifest.sha256, manifest.stored_bytes
+            ),
         });
     }
     upload.finish().await

@@ -12,17 +12,20 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, ServeError};
 use crate::backup::{self, BackupError, BackupService};
 use crate::config::Config;
+use crate::fsutil;
 use crate::instances::registry::{Registry, RegistryError};
 use crate::instances::validate::ValidationRules;
 use crate::locks::ResourceLocks;
-use crate::ops::{Engine, OpsError, OpsSettings};
+use crate::metrics::{self, MetricsHub};
+use crate::ops::{OperationEngine, OpsError, OpsSettings};
 use crate::requests::{DEFAULT_MAX_ENTRIES, LedgerError, LedgerSettings, RequestLedger};
 use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
 use crate::tls::peer::RoleMap;
 use crate::tls::server::ReloadableAcceptor;
 use crate::tls::{TlsError, devpki};
-use crate::metrics::{self, MetricsHub};
-use crate::{fsutil, notify};
+
+pub mod systemd;
+pub mod tracing_setup;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -54,8 +57,10 @@ pub enum DaemonError {
 pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     let root = CancellationToken::new();
     let state_dir = config.state_dir.clone();
-    fsutil::ensure_private_dir(&state_dir)
-        .map_err(|source| DaemonError::Io { context: format!("create state folder {}", state_dir.display()), source })?;
+    fsutil::ensure_private_dir(&state_dir).map_err(|source| DaemonError::Io {
+        context: format!("create state folder {}", state_dir.display()),
+        source,
+    })?;
     if dev {
         prepare_dev(&config)?;
     }
@@ -74,7 +79,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         max_finished: config.operations.max_finished,
     };
     let volumes = crate::volume::setup::from_config(&config, dev, registry.clone())?;
-    let (engine, interrupted) = Engine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    let (engine, interrupted) = OperationEngine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
     // Replies are replayed as long as operations are kept: one retention for every request_id.
     let requests = RequestLedger::open(
         state_dir.join("requests"),
@@ -115,7 +120,13 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         root.clone(),
     )
     .await?;
-    let logs = crate::logs::LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
+    let logs = crate::logs::LogManager::new(
+        state_dir.join("logs"),
+        config.logs.clone(),
+        hostname.clone(),
+        registry.clone(),
+        root.clone(),
+    );
     let logs_task = tokio::spawn(logs.clone().run());
 
     let state = ApiState {
@@ -142,7 +153,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         Duration::from_secs(config.backup.scheduler_interval_secs),
         root.clone(),
     ));
-    let watchdog = notify::spawn_watchdog(root.clone(), config.testing.fault_switches);
+    let watchdog = systemd::spawn_watchdog(root.clone(), config.testing.fault_switches);
 
     // The listener is bound and the server task runs: connections from now on are served.
     // READY only after the instances' volumes are open, so database units ordered after the agent
@@ -153,7 +164,7 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         config.api.listen,
         registry.count()
     );
-    notify::ready(&summary);
+    systemd::ready(&summary);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{summary}");
     if dev {
         print_dev_help(&state_dir);
@@ -167,20 +178,26 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
         r = &mut server => Some(r),
     };
     root.cancel();
-    notify::stopping("draining");
+    systemd::stopping("draining");
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     if !engine.drain(grace).await {
         tracing::warn!("operations still running after {grace:?}; they will be reported interrupted at next start");
     }
     // Log pipelines stop on the root token; let in-flight batches be acknowledged and committed.
     if tokio::time::timeout(grace, logs_task).await.is_err() {
-        tracing::warn!("log shipping did not stop within {grace:?}; unacknowledged batches are sent again at next start");
+        tracing::warn!(
+            "log shipping did not stop within {grace:?}; unacknowledged batches are sent again at next start"
+        );
     }
     let server_result = match server_result {
         Some(r) => Some(r),
         None => tokio::time::timeout(grace, server).await.ok(),
     };
-    for task in [Some(signals), Some(pruner), Some(scheduler), Some(accept_task), watchdog].into_iter().flatten().chain(metrics_tasks.handles) {
+    for task in [Some(signals), Some(pruner), Some(scheduler), Some(accept_task), watchdog]
+        .into_iter()
+        .flatten()
+        .chain(metrics_tasks.handles)
+    {
         task.abort();
     }
     match server_result {
@@ -217,7 +234,7 @@ async fn handle_signals(root: CancellationToken, acceptor: Arc<ReloadableAccepto
     }
 }
 
-async fn prune_periodically(engine: Engine, requests: RequestLedger, root: CancellationToken) {
+async fn prune_periodically(engine: OperationEngine, requests: RequestLedger, root: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {

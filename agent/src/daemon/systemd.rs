@@ -11,10 +11,6 @@ pub fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
-pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
-}
-
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("notify systemd: {e}");

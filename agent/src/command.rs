@@ -1,0 +1,256 @@
+//! Running external tools (dump programs, mkfs, losetup, journalctl, systemctl): the one place that
+//! decides how a tool is started, as which user, with what stdin, how much of its stderr is kept and
+//! how a failure reads. Every module that runs a tool goes through [`ToolCommand`].
+//!
+//! Policy:
+//! - A tool runs in `/` with stdin closed unless the caller pipes it, and dies with its handle
+//!   (`kill_on_drop`), so a cancelled job never leaves a dump running.
+//! - `run_as(user)` drops to the engine's OS user when the agent is root (dumps and restores must
+//!   not write files a database user cannot own); as a non-root agent (tests) it runs as itself.
+//! - Only the last [`STDERR_TAIL`] bytes of stderr are kept: a tool that prints gigabytes of
+//!   warnings cannot grow the agent's memory, and the end of stderr is where the reason is.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// How much of a tool's stderr is kept for its error message.
+pub const STDERR_TAIL: usize = 8 * 1024;
+
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error("start {command}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("wait for {command}: {source}")]
+    Wait { command: String, source: std::io::Error },
+    #[error("{command} failed ({status}): {stderr}")]
+    Failed { command: String, status: String, stderr: String },
+    #[error("system user {0:?} does not exist")]
+    UnknownUser(String),
+}
+
+impl crate::error::HasErrorCode for CommandError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode;
+        match self {
+            CommandError::UnknownUser(_) => ErrorCode::FailedPrecondition,
+            CommandError::Spawn { .. } | CommandError::Wait { .. } | CommandError::Failed { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The user a tool runs as.
+#[derive(Debug, Clone)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+/// A program, its arguments and the user it runs as.
+#[derive(Debug, Clone)]
+pub struct ToolCommand {
+    program: PathBuf,
+    args: Vec<OsString>,
+    user: Option<RunAs>,
+}
+
+impl ToolCommand {
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self { program: program.into(), args: Vec::new(), user: None }
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the tool as `os_user` when the agent is root; empty or "root" keeps root.
+    pub fn run_as(mut self, os_user: &str) -> Result<Self, CommandError> {
+        if !nix::unistd::geteuid().is_root() || os_user.is_empty() || os_user == "root" {
+            return Ok(self);
+        }
+        let user = nix::unistd::User::from_name(os_user)
+            .ok()
+            .flatten()
+            .ok_or_else(|| CommandError::UnknownUser(os_user.to_owned()))?;
+        self.user = Some(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir });
+        Ok(self)
+    }
+
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The program's file name, for messages and manifests.
+    pub fn name(&self) -> String {
+        self.program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// The command line as shown in errors and logs.
+    pub fn shown(&self) -> String {
+        let mut s = self.program.display().to_string();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    /// A tokio command with the policy applied (stdin closed, stdout and stderr piped), for callers
+    /// that stream stdout or feed stdin; pair it with [`finish`].
+    pub fn tokio(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(u) = &self.user {
+            cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
+        }
+        cmd
+    }
+
+    /// Starts the tool (see [`ToolCommand::tokio`]).
+    pub fn spawn(&self) -> Result<tokio::process::Child, CommandError> {
+        self.tokio().spawn().map_err(|source| CommandError::Spawn { command: self.name(), source })
+    }
+
+    /// Runs the tool to completion and returns its stdout; a non-zero exit is an error carrying the
+    /// tail of stderr.
+    pub async fn output(&self) -> Result<Vec<u8>, CommandError> {
+        let out = self.tokio().output().await.map_err(|source| CommandError::Spawn { command: self.name(), source })?;
+        check(&self.name(), out.status, &out.stderr)?;
+        Ok(out.stdout)
+    }
+
+    /// Whether the tool exits 0; for probes whose failure is an answer, not an error.
+    pub async fn succeeds(&self) -> bool {
+        let mut cmd = self.tokio();
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.status().await.is_ok_and(|s| s.success())
+    }
+
+    /// The blocking form of [`ToolCommand::output`], for code already on a blocking thread.
+    pub fn output_blocking(&self) -> Result<Vec<u8>, CommandError> {
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args).current_dir("/").stdin(Stdio::null());
+        if let Some(u) = &self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
+        }
+        let out = cmd.output().map_err(|source| CommandError::Spawn { command: self.shown(), source })?;
+        check(&self.shown(), out.status, &out.stderr)?;
+        Ok(out.stdout)
+    }
+
+    /// The blocking form of [`ToolCommand::succeeds`].
+    pub fn succeeds_blocking(&self) -> bool {
+        std::process::Command::new(&self.program)
+            .args(&self.args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+/// Waits for a child started with [`ToolCommand::spawn`] whose stdout the caller consumed, keeping
+/// the tail of its stderr for the error.
+pub async fn finish(name: &str, mut child: tokio::process::Child) -> Result<(), CommandError> {
+    let tail = tokio::spawn(read_tail(child.stderr.take()));
+    let status = child.wait().await.map_err(|source| CommandError::Wait { command: name.to_owned(), source })?;
+    let tail = tail.await.unwrap_or_default();
+    check(name, status, tail.as_bytes())
+}
+
+fn check(name: &str, status: ExitStatus, stderr: &[u8]) -> Result<(), CommandError> {
+    if status.success() {
+        return Ok(());
+    }
+    let from = stderr.len().saturating_sub(STDERR_TAIL);
+    Err(CommandError::Failed {
+        command: name.to_owned(),
+        status: status.to_string(),
+        stderr: String::from_utf8_lossy(&stderr[from..]).trim().to_owned(),
+    })
+}
+
+/// Reads a stream to its end, keeping only the last [`STDERR_TAIL`] bytes.
+pub async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>) -> String {
+    let Some(mut stream) = stream else { return String::new() };
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > STDERR_TAIL {
+            tail.drain(..tail.len() - STDERR_TAIL);
+        }
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failure_carries_the_status_and_only_the_tail_of_stderr() {
+        // 20 000 'x' then the reason: the message keeps the reason and at most STDERR_TAIL bytes.
+        let cmd = ToolCommand::new("sh")
+            .args(["-c", "head -c 20000 /dev/zero | tr '\\0' x >&2; echo THE-REASON >&2; exit 3"]);
+        let err = cmd.output().await.unwrap_err();
+        let CommandError::Failed { command, status, stderr } = err else { panic!("not Failed: {err}") };
+        assert_eq!(command, "sh");
+        assert!(status.contains('3'), "{status}");
+        assert!(stderr.ends_with("THE-REASON"), "{stderr}");
+        assert!(stderr.len() <= STDERR_TAIL, "{}", stderr.len());
+    }
+
+    #[tokio::test]
+    async fn success_returns_stdout_and_runs_in_root_dir() {
+        let out = ToolCommand::new("sh").args(["-c", "pwd"]).output().await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out).trim(), "/");
+        assert!(ToolCommand::new("true").succeeds().await);
+        assert!(!ToolCommand::new("false").succeeds().await);
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error_and_an_unknown_user_is_refused() {
+        let err = ToolCommand::new("/nonexistent/tool").output().await.unwrap_err();
+        assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+        if nix::unistd::geteuid().is_root() {
+            let err = ToolCommand::new("true").run_as("no-such-user-dbagent").unwrap_err();
+            assert!(matches!(err, CommandError::UnknownUser(_)), "{err}");
+            // An existing user is accepted, and root stays root.
+            assert!(ToolCommand::new("true").run_as("nobody").is_ok());
+            assert!(ToolCommand::new("true").run_as("root").unwrap().user.is_none());
+        }
+    }
+
+    #[test]
+    fn blocking_forms_match_the_async_ones() {
+        let err = ToolCommand::new("sh").args(["-c", "echo why >&2; exit 1"]).output_blocking().unwrap_err();
+        assert!(err.to_string().contains("why"), "{err}");
+        assert_eq!(ToolCommand::new("echo").arg("hi").output_blocking().unwrap(), b"hi\n");
+        assert!(ToolCommand::new("true").succeeds_blocking());
+    }
+}
