@@ -448,7 +448,7 @@ impl Config {
     pub fn digest(&self) -> String {
         let text = toml::to_string(self).unwrap_or_default();
         let hash = Sha256::digest(text.as_bytes());
-        hash.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&hash)
     }
 }
 

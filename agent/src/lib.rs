@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod fsutil;
+pub mod hex;
 pub mod ids;
 pub mod instances;
 pub mod locks;

@@ -81,7 +81,7 @@ impl Sealer {
     /// Seals what is left as the last chunk; returns it with the SHA-256 (hex), stored size and chunk count.
     pub fn finish(mut self) -> std::io::Result<(Bytes, String, u64, u64)> {
         let last = self.seal(true)?;
-        let digest = self.hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = crate::hex::encode(&self.hash.finalize());
         Ok((last, digest, self.stored, self.index))
     }
 
@@ -159,7 +159,7 @@ impl Opener {
         }
         let rest = std::mem::take(&mut self.buf);
         let plain = self.open(rest, true)?;
-        let digest = self.hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = crate::hex::encode(&self.hash.finalize());
         Ok((plain, digest, self.index))
     }
 

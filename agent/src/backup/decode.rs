@@ -162,7 +162,7 @@ pub async fn copy_verified(
         }
     }
     .await;
-    let digest = super::manifest::hex(&hash.finalize());
+    let digest = crate::hex::encode(&hash.finalize());
     let mismatch = copied.is_ok() && (digest != manifest.sha256 || n != manifest.stored_bytes);
     if copied.is_err() || mismatch {
         upload.abort().await?;

@@ -204,7 +204,7 @@ async fn run_backup(
         cipher: "AES-256-GCM".into(),
         chunk_size: settings.chunk_size,
         chunk_count: outcome.chunk_count,
-        wrapped_key: manifest::hex(&wrapped),
+        wrapped_key: crate::hex::encode(&wrapped),
         key_wrapper: svc.keys.scheme().into(),
         key_id: svc.keys.key_id(),
         destinations: svc.destination_names(),
@@ -377,7 +377,7 @@ pub(crate) async fn delete(svc: Arc<BackupService>, instance: String, backup: St
 }
 
 pub(super) fn unwrap_key(svc: &BackupService, m: &Manifest) -> Result<Vec<u8>, BackupError> {
-    let wrapped = manifest::unhex(&m.wrapped_key)
+    let wrapped = crate::hex::decode(&m.wrapped_key)
         .ok_or_else(|| BackupError::Key(format!("manifest of backup {} holds no valid wrapped key", m.backup_id)))?;
     if m.key_wrapper == super::keywrap::RETIRED_HOST_KEY_WRAPPER {
         return Err(BackupError::Key(format!(

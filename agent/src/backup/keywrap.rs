@@ -68,7 +68,7 @@ impl KekWrapper {
         let mut h = Sha256::new();
         h.update(b"dbagent-kek-id\0");
         h.update(kek);
-        let id = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let id = crate::hex::encode(&h.finalize()[..8]);
         Ok(Self { key: LessSafeKey::new(unbound), id })
     }
 }

@@ -73,26 +73,3 @@ pub fn data_key(instance: &str, backup: &str) -> String {
 pub fn manifest_key(instance: &str, backup: &str) -> String {
     format!("{instance}/{backup}/{MANIFEST}")
 }
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(unhex(&hex(&[0, 255, 16])).unwrap(), vec![0, 255, 16]);
-        assert!(unhex("abc").is_none());
-        assert!(unhex("zz").is_none());
-    }
-}

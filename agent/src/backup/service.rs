@@ -275,7 +275,7 @@ pub fn backup_id_for(instance_id: &str, request_id: &str) -> String {
     h.update(instance_id.as_bytes());
     h.update([0]);
     h.update(request_id.as_bytes());
-    format!("b{}", &super::manifest::hex(&h.finalize())[..20])
+    format!("b{}", &crate::hex::encode(&h.finalize())[..20])
 }
 
 pub fn check_backup_id(id: &str) -> Result<(), ids::InvalidField> {

@@ -368,7 +368,7 @@ fn request_digest(kind: &str, target: &str, params: &serde_json::Value) -> Strin
         h.update(part.as_bytes());
         h.update([0]);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&h.finalize())
 }
 
 fn new_operation_id() -> String {
@@ -378,7 +378,7 @@ fn new_operation_id() -> String {
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         bytes.copy_from_slice(&nanos.to_le_bytes()[..10]);
     }
-    format!("op-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("op-{}", crate::hex::encode(&bytes))
 }
 
 #[cfg(test)]

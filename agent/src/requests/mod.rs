@@ -90,7 +90,7 @@ impl RequestLedger {
         ids::request_id(request_id).map_err(LedgerError::from)?;
         let key = entry_key(rpc, request_id);
         // prost encodes these requests deterministically: none of them has a map field.
-        let digest = hex(&Sha256::digest(request.encode_to_vec()));
+        let digest = crate::hex::encode(&Sha256::digest(request.encode_to_vec()));
         let serial = self.lock_key(&key).await;
         if let Some(found) = self.entries().get(&key) {
             return found.replay(&digest).map_err(E::from);
@@ -202,18 +202,7 @@ fn entry_key(rpc: &str, request_id: &str) -> String {
     h.update(rpc.as_bytes());
     h.update([0]);
     h.update(request_id.as_bytes());
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    crate::hex::encode(&h.finalize())
 }
 
 impl crate::error::HasErrorCode for LedgerError {

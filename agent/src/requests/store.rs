@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{LedgerError, entry_key, hex, unhex};
+use super::{LedgerError, entry_key};
 use crate::fsutil;
 
 /// One successful call: what was asked (as a digest) and what was answered.
@@ -32,7 +32,7 @@ impl Entry {
         response: &impl Message,
         created: SystemTime,
     ) -> Self {
-        let response = hex(&response.encode_to_vec());
+        let response = crate::hex::encode(&response.encode_to_vec());
         Self { rpc: rpc.to_owned(), request_id: request_id.to_owned(), request_digest, created, response }
     }
 
@@ -46,7 +46,7 @@ impl Entry {
             request_id: self.request_id.clone(),
             reason,
         };
-        let bytes = unhex(&self.response).ok_or_else(|| corrupt("not hex".into()))?;
+        let bytes = crate::hex::decode(&self.response).ok_or_else(|| corrupt("not hex".into()))?;
         Resp::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))
     }
 }

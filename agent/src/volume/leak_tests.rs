@@ -107,7 +107,7 @@ async fn no_key_bytes_in_state_records_or_logs() {
     assert!(!log.is_empty());
     for key in &keys {
         let raw = key.as_bytes();
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::encode(raw);
         for path in &all {
             let bytes = std::fs::read(path).unwrap();
             assert!(!bytes.windows(raw.len()).any(|w| w == raw), "raw key bytes in {}", path.display());

@@ -380,7 +380,7 @@ async fn leak_scan(c: &Ctx) {
             let bytes = std::fs::read(f).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes).to_lowercase();
             for k in &keys {
-                let hex: String = k.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+                let hex = dbagent::hex::encode(k.as_bytes());
                 if bytes.windows(k.as_bytes().len()).any(|w| w == k.as_bytes()) || text.contains(&hex[..16]) {
                     bail!("key bytes found in {}", f.display());
                 }
