@@ -104,11 +104,11 @@ impl OperationEngine {
         locks: ResourceLocks,
         root: CancellationToken,
     ) -> Result<(Self, Vec<OperationRecord>), OpsError> {
-        let (journal, records) = Journal::open(dir)?;
+        let (journal, loaded) = Journal::open(dir)?;
         let mut table = Table::default();
         let mut interrupted = Vec::new();
         let now = SystemTime::now();
-        for mut record in records {
+        for mut record in loaded.records {
             if !record.state.is_finished() {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
