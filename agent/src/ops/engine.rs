@@ -96,8 +96,9 @@ pub struct OperationEngine {
 }
 
 impl OperationEngine {
-    /// Loads the journal; operations that were queued or running when the agent stopped become
-    /// `interrupted` (returned so their kinds can clean up).
+    /// Loads the journal (an unreadable record is quarantined, see `Journal::open`); operations
+    /// that were queued or running when the agent stopped become `interrupted` (returned so their
+    /// kinds can clean up).
     pub fn open(
         dir: &std::path::Path,
         settings: OpsSettings,
