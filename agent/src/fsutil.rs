@@ -1,5 +1,6 @@
 //! Durable file writes: write a temporary file, fsync it, rename it over the target, fsync the folder.
-//! A crash leaves either the old or the new content, never a torn file.
+//! A crash leaves either the old or the new content, never a torn file. A folder of JSON records
+//! uses these through `json_store`, which adds keys, loading and a policy for corrupt records.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -38,20 +39,31 @@ pub fn remove_durable(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates `dir` (and parents) with mode 0700 if it does not exist.
+/// Creates `dir` (and parents) with mode 0700 if it does not exist. A folder it creates is made
+/// durable in its parent, so files written into it later cannot vanish with it in a crash.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
-/// Lists the `*.json` files of `dir`, removing leftovers of interrupted atomic writes.
+/// Lists the `*.json` files of `dir`, removing leftovers of interrupted atomic writes. Hidden files
+/// (a temporary file is `.<name>.tmp`) are never listed.
 pub fn json_files(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with('.') && name.ends_with(".tmp") {
-            // A temporary file of a write that never reached its rename: the old file is still valid.
-            let _ = fs::remove_file(&path);
+        if name.starts_with('.') {
+            if name.ends_with(".tmp") {
+                // A temporary file of a write that never reached its rename: the old file is still valid.
+                let _ = fs::remove_file(&path);
+            }
         } else if name.ends_with(".json") {
             out.push(path);
         }
@@ -91,9 +103,12 @@ mod tests {
         atomic_write(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         fs::write(dir.path().join(".b.json.tmp"), b"torn").unwrap();
+        fs::write(dir.path().join(".hidden.json"), b"{}").unwrap();
+        fs::write(dir.path().join("a.json.corrupt-20240501T100000Z"), b"{").unwrap();
         let files = json_files(dir.path()).unwrap();
         assert_eq!(files, vec![p.clone()]);
         assert!(!dir.path().join(".b.json.tmp").exists());
+        assert!(dir.path().join(".hidden.json").exists(), "only temporary files are removed");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }

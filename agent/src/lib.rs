@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod hex;
 pub mod ids;
 pub mod instances;
+pub mod json_store;
 pub mod locks;
 pub mod logs;
 pub mod metrics;

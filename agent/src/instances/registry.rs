@@ -11,9 +11,11 @@
 
 use crate::fsutil;
 use crate::ids::{self, InvalidField};
-use crate::instances::model::{Instance, InstanceSpec};
+use crate::instances::model::{Engine, Instance, InstanceSpec};
 use crate::instances::validate::{self, ValidationRules, validate_spec};
+use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::locks::ResourceLocks;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -33,20 +35,60 @@ pub enum RegistryError {
     Invalid(#[from] InvalidField),
     #[error("instance {0} is not registered")]
     NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// The expected generation does not match: maps to ABORTED.
-    #[error("{0}")]
-    Conflict(String),
-    /// The per-instance lock is held by a running operation: maps to ABORTED.
-    #[error("{0}")]
-    Busy(String),
+    #[error("instance {instance} is already registered with a different spec; use UpdateInstance to change it")]
+    AlreadyRegistered { instance: String },
+    #[error(
+        "data_dir {} overlaps data_dir {} of instance {other}; every instance needs a folder of its own, \
+         neither inside nor around another's",
+        data_dir.display(),
+        other_data_dir.display()
+    )]
+    DataDirOverlaps { data_dir: PathBuf, other: String, other_data_dir: PathBuf },
+    #[error("volume.device {} is already used by instance {other}; every instance needs a device of its own", device.display())]
+    DeviceInUse { device: PathBuf, other: String },
+    /// Another client changed the instance since the caller read it.
+    #[error("instance {instance} is at generation {actual}, not the expected {expected}; read it again and retry")]
+    GenerationMismatch { instance: String, expected: u64, actual: u64 },
+    /// The instance's lock is held by a running operation. Which one is not recorded with the lock:
+    /// ListOperations with the instance as target shows it.
+    #[error("instance {instance} has an operation running; retry when it has finished")]
+    Busy { instance: String },
+    #[error(
+        "spec.engine of instance {instance} cannot change from {} to {} with UpdateInstance; engine changes are \
+         upgrades: use StartUpgrade",
+        from.as_str(),
+        to.as_str()
+    )]
+    EngineChange { instance: String, from: Engine, to: Engine },
+    #[error(
+        "spec.data_dir of instance {instance} cannot change from {} to {}; register a new instance and move the \
+         data there",
+        from.display(),
+        to.display()
+    )]
+    DataDirChange { instance: String, from: PathBuf, to: PathBuf },
+    #[error(
+        "spec.volume.device of instance {instance} cannot change from {} to {}; register a new instance on the \
+         new device and move the data there",
+        device_name(from),
+        device_name(to)
+    )]
+    DeviceChange { instance: String, from: Option<PathBuf>, to: Option<PathBuf> },
+    #[error(
+        "target_data_dir {} overlaps data_dir {} of instance {other}; restore into a folder of its own",
+        target.display(),
+        other_data_dir.display()
+    )]
+    RestoreDirOverlaps { target: PathBuf, other: String, other_data_dir: PathBuf },
+    #[error(
+        "{field} {} leads out of the data roots ({}) through a symbolic link; use a path whose folders are \
+         not links out of them",
+        path.display(),
+        data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    LeavesDataRoots { field: String, path: PathBuf, data_roots: Vec<PathBuf> },
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error("{context}: {source}")]
-    Corrupt { context: String, source: serde_json::Error },
+    Storage { context: String, source: JsonStoreError },
 }
 
 impl crate::error::HasErrorCode for RegistryError {
@@ -55,16 +97,42 @@ impl crate::error::HasErrorCode for RegistryError {
         match self {
             RegistryError::Invalid(_) => C::InvalidArgument,
             RegistryError::NotFound(_) => C::NotFound,
-            RegistryError::AlreadyExists(_) => C::AlreadyExists,
-            RegistryError::FailedPrecondition(_) => C::FailedPrecondition,
-            RegistryError::Conflict(_) | RegistryError::Busy(_) => C::Aborted,
-            RegistryError::Io { .. } | RegistryError::Corrupt { .. } => C::Internal,
+            RegistryError::AlreadyRegistered { .. }
+            | RegistryError::DataDirOverlaps { .. }
+            | RegistryError::DeviceInUse { .. } => C::AlreadyExists,
+            RegistryError::EngineChange { .. }
+            | RegistryError::DataDirChange { .. }
+            | RegistryError::DeviceChange { .. }
+            | RegistryError::RestoreDirOverlaps { .. }
+            | RegistryError::LeavesDataRoots { .. } => C::FailedPrecondition,
+            RegistryError::GenerationMismatch { .. } | RegistryError::Busy { .. } => C::Aborted,
+            RegistryError::Storage { .. } => C::Internal,
         }
     }
 }
 
+fn device_name(device: &Option<PathBuf>) -> String {
+    match device {
+        Some(device) => device.display().to_string(),
+        None => "none (an agent-managed file)".to_owned(),
+    }
+}
+
+/// An instance file is `<id>.json` and must hold a valid instance id.
+impl JsonRecord for Instance {
+    const KIND: &'static str = "instance";
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.id)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        ids::instance_id("id", &self.id).map_err(|e| e.to_string())
+    }
+}
+
 pub struct Registry {
-    dir: PathBuf,
+    store: JsonStore<Instance>,
     rules: ValidationRules,
     locks: ResourceLocks,
     /// Held across the overlap check and the write of a registration: data_dir and device
@@ -78,25 +146,21 @@ type InstanceMap = BTreeMap<String, Instance>;
 
 /// One durable change: the file and the map entry of one instance.
 enum Change {
-    Put(Box<Instance>, Vec<u8>),
+    Put(Box<Instance>),
     Delete(String),
 }
 
 impl Registry {
     /// Creates `dir` (mode 0700) if needed and loads every instance file in it. Start-up is the only
-    /// caller, so the reads are plain blocking I/O. A file that cannot be read or parsed fails the
-    /// whole open: silently dropping an instance would orphan its volume and data.
+    /// caller, so the reads are plain blocking I/O.
     pub fn open(dir: PathBuf, rules: ValidationRules, locks: ResourceLocks) -> Result<Self, RegistryError> {
-        fsutil::ensure_private_dir(&dir)
-            .map_err(|source| io(format!("create registry folder {}", dir.display()), source))?;
-        let files =
-            fsutil::json_files(&dir).map_err(|source| io(format!("list registry folder {}", dir.display()), source))?;
-        let mut instances = BTreeMap::new();
-        for path in files {
-            let instance = load(&path)?;
-            instances.insert(instance.id.clone(), instance);
-        }
-        Ok(Self { dir, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)) })
+        // A corrupt instance file refuses the start: the registry is the only record of which
+        // instances exist. Going on without one would orphan its volume and data, and let its id and
+        // data_dir be registered again over them; the operator repairs or restores the file.
+        let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::RefuseToStart)
+            .map_err(|source| RegistryError::Storage { context: "open the instance registry".into(), source })?;
+        let instances = loaded.records.into_iter().map(|i| (i.id.clone(), i)).collect();
+        Ok(Self { store, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)) })
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
@@ -114,9 +178,7 @@ impl Registry {
             if existing.spec == spec {
                 return Ok((existing.clone(), Outcome::Existing));
             }
-            return Err(RegistryError::AlreadyExists(format!(
-                "instance {id} is already registered with a different spec; use UpdateInstance to change it"
-            )));
+            return Err(RegistryError::AlreadyRegistered { instance: id.to_owned() });
         }
         self.check_overlap(id, &spec)?;
         self.check_no_escape("spec.data_dir", &spec.data_dir)?;
@@ -137,12 +199,13 @@ impl Registry {
         let guard = self.try_lock(id)?;
         let current = self.get(id)?;
         if let Some(expected) = expected_generation.filter(|g| *g != current.generation) {
-            return Err(RegistryError::Conflict(format!(
-                "instance {id} is at generation {}, not the expected {expected}; read it again and retry",
-                current.generation
-            )));
+            return Err(RegistryError::GenerationMismatch {
+                instance: id.to_owned(),
+                expected,
+                actual: current.generation,
+            });
         }
-        immutable_fields(&current.spec, &spec)?;
+        immutable_fields(id, &current.spec, &spec)?;
         let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
         self.put(updated.clone(), "update", guard).await?;
         Ok(updated)
@@ -156,7 +219,7 @@ impl Registry {
         let current = self.get(id)?;
         self.commit(Change::Delete(id.to_owned()), guard)
             .await
-            .map_err(|source| io(format!("remove instance {id}: delete {}", self.file(id).display()), source))?;
+            .map_err(|source| RegistryError::Storage { context: format!("remove instance {id}"), source })?;
         Ok(current)
     }
 
@@ -181,9 +244,7 @@ impl Registry {
     }
 
     fn try_lock(&self, id: &str) -> Result<OwnedMutexGuard<()>, RegistryError> {
-        self.locks.try_lock(id).ok_or_else(|| {
-            RegistryError::Busy(format!("instance {id} has an operation running; retry when it has finished"))
-        })
+        self.locks.try_lock(id).ok_or_else(|| RegistryError::Busy { instance: id.to_owned() })
     }
 
     /// Where a physical restore for instance `id` may write: its own data_dir (the caller checks
@@ -200,12 +261,11 @@ impl Registry {
         for other in instances.values() {
             let theirs = &other.spec.data_dir;
             if overlaps(dir, theirs) {
-                return Err(RegistryError::FailedPrecondition(format!(
-                    "target_data_dir {} overlaps data_dir {} of instance {}; restore into a folder of its own",
-                    dir.display(),
-                    theirs.display(),
-                    other.id
-                )));
+                return Err(RegistryError::RestoreDirOverlaps {
+                    target: dir.to_path_buf(),
+                    other: other.id.clone(),
+                    other_data_dir: theirs.clone(),
+                });
             }
         }
         self.check_no_escape("target_data_dir", dir)
@@ -224,11 +284,11 @@ impl Registry {
         if fsutil::resolves_below(dir, &self.rules.data_roots) {
             return Ok(());
         }
-        Err(RegistryError::FailedPrecondition(format!(
-            "{field} {} leads out of the data roots ({}) through a symbolic link",
-            dir.display(),
-            self.rules.data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
-        )))
+        Err(RegistryError::LeavesDataRoots {
+            field: field.to_owned(),
+            path: dir.to_path_buf(),
+            data_roots: self.rules.data_roots.clone(),
+        })
     }
 
     /// Two instances on one folder tree or one device would destroy each other's data.
@@ -236,57 +296,56 @@ impl Registry {
         for other in self.read().values().filter(|o| o.id != id) {
             let (mine, theirs) = (&spec.data_dir, &other.spec.data_dir);
             if overlaps(mine, theirs) {
-                return Err(RegistryError::AlreadyExists(format!(
-                    "data_dir {} overlaps data_dir {} of instance {}; every instance needs its own folder",
-                    mine.display(),
-                    theirs.display(),
-                    other.id
-                )));
+                return Err(RegistryError::DataDirOverlaps {
+                    data_dir: mine.clone(),
+                    other: other.id.clone(),
+                    other_data_dir: theirs.clone(),
+                });
             }
             if let (Some(mine), Some(theirs)) = (&spec.volume.device, &other.spec.volume.device)
                 && mine == theirs
             {
-                return Err(RegistryError::AlreadyExists(format!(
-                    "volume.device {} is already used by instance {}",
-                    mine.display(),
-                    other.id
-                )));
+                return Err(RegistryError::DeviceInUse { device: mine.clone(), other: other.id.clone() });
             }
         }
         Ok(())
     }
 
     async fn put(&self, instance: Instance, verb: &str, guards: impl Send + 'static) -> Result<(), RegistryError> {
-        let context = format!("{verb} instance {}: write {}", instance.id, self.file(&instance.id).display());
-        let bytes = serde_json::to_vec_pretty(&instance)
-            .map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
-        self.commit(Change::Put(Box::new(instance), bytes), guards).await.map_err(|source| io(context, source))
+        let context = format!("{verb} instance {}", instance.id);
+        self.commit(Change::Put(Box::new(instance)), guards)
+            .await
+            .map_err(|source| RegistryError::Storage { context, source })
     }
 
     /// Writes `change` to disk, then to the map, in a blocking task: an fsync can take tens of
     /// milliseconds on a busy disk and must not stall the async workers. `guards` are released only
     /// when the task ends, even if the caller's future was dropped.
-    async fn commit(&self, change: Change, guards: impl Send + 'static) -> std::io::Result<()> {
-        let (dir, instances) = (self.dir.clone(), Arc::clone(&self.instances));
+    async fn commit(&self, change: Change, guards: impl Send + 'static) -> Result<(), JsonStoreError> {
+        let (store, instances) = (self.store.clone(), Arc::clone(&self.instances));
+        let id = match &change {
+            Change::Put(instance) => instance.id.clone(),
+            Change::Delete(id) => id.clone(),
+        };
         let task = tokio::task::spawn_blocking(move || {
             let _guards = guards;
             match change {
-                Change::Put(instance, bytes) => {
-                    fsutil::atomic_write(&instance_file(&dir, &instance.id), &bytes)?;
+                Change::Put(instance) => {
+                    store.put(&instance)?;
                     write_map(&instances).insert(instance.id.clone(), *instance);
                 }
                 Change::Delete(id) => {
-                    fsutil::remove_durable(&instance_file(&dir, &id))?;
+                    store.remove(&id)?;
                     write_map(&instances).remove(&id);
                 }
             }
             Ok(())
         });
-        task.await.map_err(std::io::Error::other)?
-    }
-
-    fn file(&self, id: &str) -> PathBuf {
-        instance_file(&self.dir, id)
+        // Only a panic in the task ends up here: report it as the write it interrupted.
+        task.await.map_err(|e| {
+            let path = self.store.file(&id).unwrap_or_default();
+            self.store.io_error("write", path, std::io::Error::other(e))
+        })?
     }
 
     // The map is only ever changed by single inserts and removes, so a poisoned lock still holds a
@@ -301,52 +360,29 @@ fn overlaps(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
-/// Ids are validated before use, so the id is a safe file name.
-fn instance_file(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}.json"))
-}
-
 fn write_map(instances: &RwLock<InstanceMap>) -> RwLockWriteGuard<'_, InstanceMap> {
     instances.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Reads one instance file and checks that it belongs under its name.
-fn load(path: &Path) -> Result<Instance, RegistryError> {
-    let context = format!("load registry file {}", path.display());
-    let bytes = std::fs::read(path).map_err(|source| io(context.clone(), source))?;
-    let instance: Instance =
-        serde_json::from_slice(&bytes).map_err(|source| RegistryError::Corrupt { context: context.clone(), source })?;
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    if stem != instance.id || ids::instance_id("id", &instance.id).is_err() {
-        let source = <serde_json::Error as serde::de::Error>::custom(format!(
-            "the file holds instance {:?}; a registry file must be named <id>.json after a valid instance id",
-            ids::truncate_for_message(&instance.id)
-        ));
-        return Err(RegistryError::Corrupt { context, source });
-    }
-    Ok(instance)
-}
-
 /// Changing these would silently point the registry at other data; each needs its own operation.
-fn immutable_fields(current: &InstanceSpec, new: &InstanceSpec) -> Result<(), RegistryError> {
+fn immutable_fields(id: &str, current: &InstanceSpec, new: &InstanceSpec) -> Result<(), RegistryError> {
+    let instance = id.to_owned();
     if current.engine != new.engine {
-        return Err(RegistryError::FailedPrecondition(format!(
-            "spec.engine cannot change from {:?} to {:?} with UpdateInstance; engine changes are upgrades: use StartUpgrade",
-            current.engine, new.engine
-        )));
+        return Err(RegistryError::EngineChange { instance, from: current.engine, to: new.engine });
     }
     if current.data_dir != new.data_dir {
-        return Err(RegistryError::FailedPrecondition(format!(
-            "spec.data_dir cannot change from {} to {}; register a new instance and move the data there",
-            current.data_dir.display(),
-            new.data_dir.display()
-        )));
+        return Err(RegistryError::DataDirChange {
+            instance,
+            from: current.data_dir.clone(),
+            to: new.data_dir.clone(),
+        });
     }
     if current.volume.device != new.volume.device {
-        return Err(RegistryError::FailedPrecondition(
-            "spec.volume.device cannot change; register a new instance on the new device and move the data there"
-                .to_owned(),
-        ));
+        return Err(RegistryError::DeviceChange {
+            instance,
+            from: current.volume.device.clone(),
+            to: new.volume.device.clone(),
+        });
     }
     Ok(())
 }
@@ -357,10 +393,6 @@ fn now() -> SystemTime {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let millis = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
     UNIX_EPOCH + Duration::from_millis(millis)
-}
-
-fn io(context: String, source: std::io::Error) -> RegistryError {
-    RegistryError::Io { context, source }
 }
 
 #[cfg(test)]

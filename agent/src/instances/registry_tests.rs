@@ -1,6 +1,6 @@
 use super::*;
+use crate::error::{ErrorCode, HasErrorCode};
 use crate::instances::fixtures::{rules, spec};
-use crate::instances::model::Engine;
 
 fn open(dir: &Path) -> Registry {
     Registry::open(dir.join("instances"), rules(), ResourceLocks::default()).unwrap()
@@ -22,7 +22,9 @@ async fn register_is_idempotent_and_refuses_a_different_spec() {
     let mut other = spec("pg-1");
     other.plan.cpu_millis = 4000;
     let e = reg.register("pg-1", other).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("UpdateInstance")), "{e}");
+    assert!(matches!(&e, RegistryError::AlreadyRegistered { instance } if instance == "pg-1"), "{e}");
+    assert!(e.to_string().contains("use UpdateInstance"), "{e}");
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
     assert_eq!(reg.get("pg-1").unwrap(), created);
     assert_eq!(reg.count(), 1);
 }
@@ -48,21 +50,30 @@ async fn register_refuses_shared_data_dir_or_device() {
     first.volume.device = Some("/dev/vdb".into());
     reg.register("pg-1", first).await.unwrap();
 
-    for data_dir in ["/srv/db/pg-1", "/srv/db/pg-1/inner"] {
+    for wanted in ["/srv/db/pg-1", "/srv/db/pg-1/inner"] {
         let mut s = spec("pg-2");
-        s.data_dir = data_dir.into();
+        s.data_dir = wanted.into();
         let e = reg.register("pg-2", s).await.unwrap_err();
-        assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-1")), "{e}");
+        assert!(
+            matches!(&e, RegistryError::DataDirOverlaps { data_dir, other, other_data_dir }
+                if data_dir == Path::new(wanted) && other == "pg-1" && other_data_dir == Path::new("/srv/db/pg-1")),
+            "{e}"
+        );
+        assert_eq!(e.code(), ErrorCode::AlreadyExists);
     }
     // The other way round: the new data_dir contains an existing one.
     reg.register("pg-3", spec("outer/pg-3")).await.unwrap();
     let e = reg.register("pg-4", spec("outer")).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("instance pg-3")), "{e}");
+    assert!(matches!(&e, RegistryError::DataDirOverlaps { other, .. } if other == "pg-3"), "{e}");
 
     let mut s = spec("pg-2");
     s.volume.device = Some("/dev/vdb".into());
     let e = reg.register("pg-2", s).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::AlreadyExists(m) if m.contains("/dev/vdb") && m.contains("pg-1")), "{e}");
+    assert!(
+        matches!(&e, RegistryError::DeviceInUse { device, other } if device == Path::new("/dev/vdb") && other == "pg-1"),
+        "{e}"
+    );
+    assert_eq!(e.code(), ErrorCode::AlreadyExists);
 
     // A sibling whose name extends the other's is not nested.
     reg.register("pg-5", spec("pg-10")).await.unwrap();
@@ -83,7 +94,12 @@ async fn update_bumps_generation_and_checks_the_expected_one() {
     assert_eq!(updated.spec, s);
 
     let e = reg.update("pg-1", spec("pg-1"), Some(1)).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::Conflict(m) if m.contains("generation 2")), "{e}");
+    assert!(
+        matches!(&e, RegistryError::GenerationMismatch { instance, expected: 1, actual: 2 } if instance == "pg-1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("read it again and retry"), "{e}");
+    assert_eq!(e.code(), ErrorCode::Aborted);
     assert_eq!(reg.get("pg-1").unwrap(), updated);
 
     let third = reg.update("pg-1", spec("pg-1"), None).await.unwrap();
@@ -104,15 +120,33 @@ async fn update_refuses_immutable_fields() {
     data_dir.data_dir = "/srv/db/elsewhere".into();
     let mut device = spec("pg-1");
     device.volume.device = Some("/dev/vdc".into());
-    for (s, field, advice) in [
-        (engine, "spec.engine", "StartUpgrade"),
-        (data_dir, "spec.data_dir", "new instance"),
-        (device, "spec.volume.device", "new instance"),
-    ] {
-        let e = reg.update("pg-1", s, None).await.unwrap_err();
-        assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains(field) && m.contains(advice)), "{e}");
-    }
+    let e = reg.update("pg-1", engine, None).await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::EngineChange { instance, from: Engine::Postgresql, to: Engine::Mariadb } if instance == "pg-1"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("from postgresql to mariadb") && e.to_string().contains("StartUpgrade"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    let e = reg.update("pg-1", data_dir, None).await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::DataDirChange { from, to, .. }
+            if from == Path::new("/srv/db/pg-1") && to == Path::new("/srv/db/elsewhere")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("register a new instance"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    let e = reg.update("pg-1", device, None).await.unwrap_err();
+    assert!(
+        matches!(&e, RegistryError::DeviceChange { from: None, to: Some(to), .. } if to == Path::new("/dev/vdc")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("from none (an agent-managed file) to /dev/vdc"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     assert_eq!(reg.get("pg-1").unwrap().generation, 1);
+    // A spec that changes none of them still updates.
+    let mut plan = spec("pg-1");
+    plan.plan.cpu_millis = 4000;
+    assert_eq!(reg.update("pg-1", plan, None).await.unwrap().generation, 2);
 }
 
 #[tokio::test]
@@ -147,22 +181,109 @@ async fn reopen_restores_everything() {
     assert_eq!(reopened.count(), 2);
 }
 
+/// The registry's policy is `RefuseToStart`: a corrupt instance file fails the open with an error
+/// naming it, and nothing in the folder is moved or lost.
 #[tokio::test]
-async fn corrupt_or_misnamed_file_fails_open() {
+async fn a_corrupt_instance_file_refuses_the_start_and_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("instances");
     let reg = open(dir.path());
-    reg.register("pg-1", spec("pg-1")).await.unwrap();
+    let (created, _) = reg.register("pg-1", spec("pg-1")).await.unwrap();
     drop(reg);
+    let good = std::fs::read(folder.join("pg-1.json")).unwrap();
 
-    std::fs::write(folder.join("pg-2.json"), b"{ not json").unwrap();
-    let e = Registry::open(folder.clone(), rules(), ResourceLocks::default()).err().unwrap();
-    assert!(matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")), "{e}");
+    let full = std::fs::read_to_string(folder.join("pg-1.json")).unwrap().replace("pg-1", "pg-2");
+    let misnamed = full.replace("\"id\": \"pg-2\"", "\"id\": \"pg-1\"");
+    let invalid_id = full.replace("\"id\": \"pg-2\"", "\"id\": \"PG-2\"");
+    for (file, content, says) in [
+        ("pg-2.json", &full[..full.len() / 2], "not a valid instance file"),
+        ("pg-2.json", &misnamed[..], "\"pg-1\""),
+        ("PG-2.json", &invalid_id[..], "must match"),
+    ] {
+        std::fs::write(folder.join(file), content).unwrap();
+        let e = Registry::open(folder.clone(), rules(), ResourceLocks::default()).err().unwrap();
+        assert!(
+            matches!(&e, RegistryError::Storage { source: JsonStoreError::Corrupt { path, .. }, .. }
+                if path.ends_with(file)),
+            "{file}: {e}"
+        );
+        assert!(e.to_string().contains(says) && e.to_string().contains("open the instance registry"), "{e}");
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(folder.join(file).exists(), "the corrupt file stays for the operator");
+        assert_eq!(std::fs::read(folder.join("pg-1.json")).unwrap(), good, "the good record is intact");
+        std::fs::remove_file(folder.join(file)).unwrap();
+    }
+    // Repaired, the registry opens with its instance.
+    assert_eq!(open(dir.path()).list(), vec![created]);
+}
 
-    std::fs::copy(folder.join("pg-1.json"), folder.join("pg-2.json")).unwrap();
-    let e = Registry::open(folder, rules(), ResourceLocks::default()).err().unwrap();
-    assert!(matches!(&e, RegistryError::Corrupt { context, .. } if context.contains("pg-2.json")), "{e}");
-    assert!(e.to_string().contains("\"pg-1\""), "{e}");
+/// What an agent before the shared JSON store wrote: an upgraded agent must read it as it is.
+#[tokio::test]
+async fn reads_an_instance_file_in_the_format_written_before() {
+    const PG_1: &str = r#"{
+  "id": "pg-1",
+  "spec": {
+    "engine": "postgresql",
+    "engine_version": "15.4",
+    "systemd_unit": "postgresql@15-main.service",
+    "data_dir": "/srv/db/pg-1",
+    "os_user": "postgres",
+    "volume": {
+      "device": null,
+      "size_bytes": 10737418240,
+      "filesystem": "ext4"
+    },
+    "log_sources": [
+      {
+        "file_glob": "/var/log/postgresql/*.log"
+      },
+      {
+        "journald_unit": "postgresql@15-main.service"
+      }
+    ],
+    "plan": {
+      "name": "starter",
+      "cpu_millis": 2000,
+      "memory_bytes": 4294967296,
+      "io_read_iops": 3000,
+      "io_write_iops": 3000,
+      "io_read_bps": 104857600,
+      "io_write_bps": 104857600,
+      "disk_bytes": 10737418240
+    },
+    "maintenance_window": {
+      "weekday": "sunday",
+      "start_minute_utc": 120,
+      "duration_minutes": 60
+    },
+    "backup_policy": {
+      "daily_at_minute_utc": 180,
+      "keep_daily": 7,
+      "enabled": true
+    }
+  },
+  "created": "2024-05-01T10:00:00.123Z",
+  "updated": "2024-05-01T10:00:00.123Z",
+  "generation": 2
+}"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("instances")).unwrap();
+    std::fs::write(dir.path().join("instances/pg-1.json"), PG_1).unwrap();
+    let reg = open(dir.path());
+    let at = UNIX_EPOCH + Duration::from_millis(1_714_557_600_123);
+    let expected = Instance { id: "pg-1".into(), spec: spec("pg-1"), created: at, updated: at, generation: 2 };
+    assert_eq!(reg.get("pg-1").unwrap(), expected);
+    // Written back, the file has the same shape.
+    let mut s = spec("pg-1");
+    s.plan.cpu_millis = 4000;
+    reg.update("pg-1", s, Some(2)).await.unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("instances/pg-1.json")).unwrap()).unwrap();
+    let mut before: serde_json::Value = serde_json::from_str(PG_1).unwrap();
+    before["spec"]["plan"]["cpu_millis"] = 4000.into();
+    before["generation"] = 3.into();
+    before["updated"] = written["updated"].clone();
+    assert_eq!(written, before);
 }
 
 #[tokio::test]
@@ -174,11 +295,13 @@ async fn busy_while_an_operation_holds_the_lock() {
 
     let held = locks.lock("pg-1").await;
     let e = reg.update("pg-1", spec("pg-1"), None).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::Busy(m) if m.contains("pg-1") && m.contains("retry")), "{e}");
-    assert!(matches!(reg.remove("pg-1").await, Err(RegistryError::Busy(_))));
+    assert!(matches!(&e, RegistryError::Busy { instance } if instance == "pg-1"), "{e}");
+    assert!(e.to_string().contains("retry when it has finished"), "{e}");
+    assert_eq!(e.code(), ErrorCode::Aborted);
+    assert!(matches!(reg.remove("pg-1").await, Err(RegistryError::Busy { .. })));
     let mut changed = spec("pg-1");
     changed.plan.cpu_millis = 4000;
-    assert!(matches!(reg.register("pg-1", changed).await, Err(RegistryError::Busy(_))));
+    assert!(matches!(reg.register("pg-1", changed).await, Err(RegistryError::Busy { .. })));
     // A plain retry of the registration still gets its answer.
     let (_, outcome) = reg.register("pg-1", spec("pg-1")).await.unwrap();
     assert_eq!(outcome, Outcome::Existing);
@@ -201,9 +324,15 @@ async fn failed_write_changes_nothing() {
     let mut s = spec("pg-1");
     s.plan.cpu_millis = 4000;
     let e = reg.update("pg-1", s, None).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::Io { context, .. } if context.contains("update instance pg-1")), "{e}");
-    assert!(matches!(reg.register("pg-2", spec("pg-2")).await, Err(RegistryError::Io { .. })));
-    assert_eq!(reg.list(), vec![created]);
+    assert!(
+        matches!(&e, RegistryError::Storage { context, source: JsonStoreError::Io { path, .. } }
+            if context == "update instance pg-1" && path.ends_with("pg-1.json")),
+        "{e}"
+    );
+    assert_eq!(e.code(), ErrorCode::Internal);
+    assert!(matches!(reg.register("pg-2", spec("pg-2")).await, Err(RegistryError::Storage { .. })));
+    assert_eq!(reg.list(), vec![created.clone()]);
+    assert_eq!(open(dir.path()).list(), vec![created], "the file on disk is unchanged too");
 }
 
 #[tokio::test]
@@ -231,7 +360,11 @@ async fn restore_targets_stay_in_the_data_roots_and_out_of_other_instances() {
                 "{target}: {e}"
             ),
             false => {
-                assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("overlaps")), "{target}: {e}")
+                assert!(
+                    matches!(&e, RegistryError::RestoreDirOverlaps { target: t, .. } if t == Path::new(target)),
+                    "{target}: {e}"
+                );
+                assert_eq!(e.code(), ErrorCode::FailedPrecondition);
             }
         }
     }
@@ -252,7 +385,13 @@ async fn a_data_dir_through_a_link_out_of_the_data_roots_is_refused() {
     let mut s = spec("x");
     s.data_dir = root.path().join("15/main");
     let e = reg.register("pg-1", s.clone()).await.unwrap_err();
-    assert!(matches!(&e, RegistryError::FailedPrecondition(m) if m.contains("symbolic link")), "{e}");
+    assert!(
+        matches!(&e, RegistryError::LeavesDataRoots { field, path, data_roots }
+            if field == "spec.data_dir" && path == &s.data_dir && data_roots == &[root.path().to_path_buf()]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     assert!(reg.list().is_empty());
     // The same path without the link registers, and the check still runs before a mount.
     std::fs::remove_file(root.path().join("15")).unwrap();

@@ -96,19 +96,20 @@ pub struct OperationEngine {
 }
 
 impl OperationEngine {
-    /// Loads the journal; operations that were queued or running when the agent stopped become
-    /// `interrupted` (returned so their kinds can clean up).
+    /// Loads the journal (an unreadable record is quarantined, see `Journal::open`); operations
+    /// that were queued or running when the agent stopped become `interrupted` (returned so their
+    /// kinds can clean up).
     pub fn open(
         dir: &std::path::Path,
         settings: OpsSettings,
         locks: ResourceLocks,
         root: CancellationToken,
     ) -> Result<(Self, Vec<OperationRecord>), OpsError> {
-        let (journal, records) = Journal::open(dir)?;
+        let (journal, loaded) = Journal::open(dir)?;
         let mut table = Table::default();
         let mut interrupted = Vec::new();
         let now = SystemTime::now();
-        for mut record in records {
+        for mut record in loaded.records {
             if !record.state.is_finished() {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;

@@ -120,3 +120,89 @@ async fn prune_keeps_open_and_recent() {
     assert!(matches!(e.get(&rec.id), Err(OpsError::NotFound(_))));
     assert!(!dir.path().join(format!("{}.json", rec.id)).exists());
 }
+
+/// The journal's policy is `Quarantine`: a corrupt operation record is moved aside as
+/// `<id>.json.corrupt-<time>`, and the engine opens with the other records.
+#[tokio::test]
+async fn a_corrupt_operation_record_is_quarantined_and_the_rest_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = {
+        let (e, _, _) = open(dir.path());
+        let (n, j) = sleep_op("r1", "pg-1", 1);
+        let (rec, _) = e.submit(n, j).await.unwrap();
+        wait_finished(&e, &rec.id).await
+    };
+    let good_file = dir.path().join(format!("{}.json", good.id));
+    let text = std::fs::read_to_string(&good_file).unwrap();
+    // As stored: times in whole milliseconds.
+    let good: OperationRecord = serde_json::from_str(&text).unwrap();
+    let torn = "op-00000000000000000001";
+    std::fs::write(dir.path().join(format!("{torn}.json")), &text[..text.len() / 2]).unwrap();
+    // Parses, but its id is not one the agent makes.
+    let bad_id = "op-1";
+    std::fs::write(dir.path().join(format!("{bad_id}.json")), text.replace(&good.id, bad_id)).unwrap();
+
+    let (_, loaded) = crate::ops::journal::Journal::open(dir.path()).unwrap();
+    assert_eq!(loaded.records, vec![good.clone()]);
+    let mut moved: Vec<_> = loaded.corrupt.iter().map(|c| (c.file.clone(), c.moved_to.clone().unwrap())).collect();
+    moved.sort();
+    assert_eq!(moved.len(), 2);
+    for ((file, aside), id) in moved.iter().zip([torn, bad_id]) {
+        assert_eq!(file, &dir.path().join(format!("{id}.json")));
+        assert!(!file.exists() && aside.exists(), "{}", aside.display());
+        assert!(aside.file_name().unwrap().to_string_lossy().starts_with(&format!("{id}.json.corrupt-")));
+    }
+    assert!(loaded.corrupt.iter().any(|c| c.reason.contains("not an operation id")), "{:?}", loaded.corrupt);
+
+    // Quarantined before the engine's own open: the engine opens with the good record, untouched.
+    std::fs::write(dir.path().join(format!("{torn}.json")), b"{").unwrap();
+    let (e, interrupted, _) = open(dir.path());
+    assert!(interrupted.is_empty());
+    assert_eq!(e.get(&good.id).unwrap(), good);
+    assert!(matches!(e.get(torn), Err(OpsError::NotFound(_))));
+    assert!(!dir.path().join(format!("{torn}.json")).exists(), "the engine's open quarantines too");
+    assert_eq!(std::fs::read_to_string(&good_file).unwrap(), text);
+}
+
+/// What an agent before the shared JSON store wrote: an upgraded agent reads it, and an operation
+/// that was running is reported interrupted.
+#[tokio::test]
+async fn reads_operation_records_in_the_format_written_before() {
+    const RUNNING: &str = r#"{
+  "id": "op-0123456789abcdef0123",
+  "request_id": "r-1",
+  "request_digest": "abababababababababababababababababababababababababababababababab",
+  "kind": "sleep",
+  "target": "pg-1",
+  "params": {
+    "millis": 10
+  },
+  "state": "running",
+  "progress": {
+    "done": 5,
+    "total": 10,
+    "unit": "ms",
+    "message": ""
+  },
+  "created": "2024-05-01T10:00:00.123Z",
+  "started": "2024-05-01T10:00:00.123Z",
+  "finished": null,
+  "error": null,
+  "result": null,
+  "cancel_requested": false
+}"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("op-0123456789abcdef0123.json"), RUNNING).unwrap();
+    let root = CancellationToken::new();
+    // A retention that still covers the record's date.
+    let settings = OpsSettings { retention: Duration::from_secs(100 * 365 * 24 * 3600), ..settings() };
+    let (e, interrupted) = OperationEngine::open(dir.path(), settings, ResourceLocks::default(), root).unwrap();
+    assert_eq!(interrupted.len(), 1);
+    let rec = e.get("op-0123456789abcdef0123").unwrap();
+    assert_eq!((rec.state, rec.kind.as_str(), rec.target.as_str()), (OpState::Interrupted, "sleep", "pg-1"));
+    assert_eq!(rec.progress.done, 5);
+    assert_eq!(rec.params, serde_json::json!({ "millis": 10 }));
+    assert_eq!(rec.created, SystemTime::UNIX_EPOCH + Duration::from_millis(1_714_557_600_123));
+    let (n, j) = sleep_op("r-1", "pg-1", 10);
+    assert!(matches!(e.submit(n, j).await, Err(OpsError::RequestIdReused { .. })), "its request_id is known");
+}

@@ -1,58 +1,54 @@
-//! The durable operation journal: one JSON file per operation, written atomically with fsync.
+//! The durable operation journal: one `<operation id>.json` per operation in a [`JsonStore`].
 //! A record on disk is the truth after a crash.
 
-use std::path::{Path, PathBuf};
+use std::borrow::Cow;
+use std::path::Path;
 
 use super::OpsError;
 use super::model::OperationRecord;
-use crate::fsutil;
+use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, Loaded, OnCorrupt};
+
+/// An operation file is `<id>.json` and must hold an operation id as the agent makes them.
+impl JsonRecord for OperationRecord {
+    const KIND: &'static str = "operation record";
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.id)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        crate::ids::operation_id(&self.id).map_err(|e| e.to_string())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Journal {
-    dir: PathBuf,
+    records: JsonStore<OperationRecord>,
 }
 
 impl Journal {
-    /// Opens (creating) the journal folder and loads every record in it. A file that cannot be read
-    /// as a record is moved aside as `*.corrupt` and reported, never dropped silently.
-    pub fn open(dir: &Path) -> Result<(Self, Vec<OperationRecord>), OpsError> {
-        fsutil::ensure_private_dir(dir)
-            .map_err(|e| OpsError::journal(format!("create journal folder {}", dir.display()), e))?;
-        let files = fsutil::json_files(dir)
-            .map_err(|e| OpsError::journal(format!("list journal folder {}", dir.display()), e))?;
-        let mut records = Vec::with_capacity(files.len());
-        for path in files {
-            let bytes = std::fs::read(&path).map_err(|e| OpsError::journal(format!("read {}", path.display()), e))?;
-            match serde_json::from_slice::<OperationRecord>(&bytes) {
-                Ok(r) => records.push(r),
-                Err(e) => {
-                    let aside = path.with_extension("corrupt");
-                    tracing::error!(
-                        "journal record {} is unreadable ({e}); moved to {}",
-                        path.display(),
-                        aside.display()
-                    );
-                    std::fs::rename(&path, &aside)
-                        .map_err(|e| OpsError::journal(format!("move aside {}", path.display()), e))?;
-                }
-            }
-        }
-        Ok((Self { dir: dir.to_path_buf() }, records))
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    /// Opens (creating) the journal folder and loads every record in it; also returns the files
+    /// that were quarantined.
+    pub fn open(dir: &Path) -> Result<(Self, Loaded<OperationRecord>), OpsError> {
+        // A corrupt operation record is quarantined (moved aside, logged) and the agent starts with
+        // the rest: a record is history and the answer to a retried request_id, so losing one means
+        // at worst that a retry starts the work again, and an interrupted job's leftovers wait for
+        // the operator, who has the moved file. Refusing to start would take every instance's API
+        // down for one record.
+        let (records, loaded) = JsonStore::open(dir.to_path_buf(), OnCorrupt::Quarantine).map_err(journal_error)?;
+        Ok((Self { records }, loaded))
     }
 
     /// Blocking: call from `spawn_blocking` or at start-up.
     pub fn save(&self, record: &OperationRecord) -> Result<(), OpsError> {
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| OpsError::journal(format!("encode {}", record.id), e.into()))?;
-        fsutil::atomic_write(&self.path(&record.id), &bytes)
-            .map_err(|e| OpsError::journal(format!("write journal record {}", record.id), e))
+        self.records.put(record).map_err(journal_error)
     }
 
     pub fn remove(&self, id: &str) -> Result<(), OpsError> {
-        fsutil::remove_durable(&self.path(id)).map_err(|e| OpsError::journal(format!("remove journal record {id}"), e))
+        self.records.remove(id).map_err(journal_error)
     }
+}
+
+fn journal_error(e: JsonStoreError) -> OpsError {
+    OpsError::journal("operations journal".into(), std::io::Error::other(e))
 }

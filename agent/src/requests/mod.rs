@@ -4,7 +4,7 @@
 //! so a client retrying after a lost reply gets the same answer, also after an agent restart, instead
 //! of the work being done twice (a second RemoveInstance would say NOT_FOUND).
 
-mod store;
+mod entry;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +19,8 @@ use thiserror::Error;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::ids::{self, InvalidField};
-use store::{Entry, Store};
+use crate::json_store::{JsonStore, JsonStoreError, OnCorrupt};
+use entry::Entry;
 
 /// Enough for every retry window we expect while bounding memory and start-up time.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -40,8 +41,8 @@ pub enum LedgerError {
     RequestIdReused { rpc: String, request_id: String },
     #[error("the stored {rpc} response for request_id {request_id:?} is unreadable: {reason}")]
     Corrupt { rpc: String, request_id: String, reason: String },
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] JsonStoreError),
 }
 
 /// Cheap to clone; clones share one ledger.
@@ -51,7 +52,8 @@ pub struct RequestLedger {
 }
 
 struct Inner {
-    store: Store,
+    /// Blocking: used at start-up and from `spawn_blocking`.
+    store: JsonStore<Entry>,
     settings: LedgerSettings,
     entries: Mutex<HashMap<String, Entry>>,
     /// One lock per key while a call runs, so simultaneous identical calls do the work once.
@@ -62,8 +64,11 @@ struct Inner {
 impl RequestLedger {
     /// Loads the entries under `dir` (created if missing) and prunes the expired ones.
     pub fn open(dir: PathBuf, settings: LedgerSettings) -> Result<Self, LedgerError> {
-        let store = Store::new(dir);
-        let entries = store.load()?;
+        // A corrupt entry is quarantined (moved aside, logged) and the ledger opens with the rest:
+        // without the entry a retried call runs again, as it would without a ledger, which is better
+        // than refusing to start; the moved file keeps the answer for an operator who needs it.
+        let (store, loaded) = JsonStore::<Entry>::open(dir, OnCorrupt::Quarantine)?;
+        let entries = loaded.records.into_iter().map(|e| (entry_key(&e.rpc, &e.request_id), e)).collect();
         let inner = Inner { store, settings, entries: Mutex::new(entries), running: Mutex::default() };
         let ledger = Self { inner: Arc::new(inner) };
         ledger.prune(SystemTime::now())?;
@@ -129,11 +134,11 @@ impl RequestLedger {
     /// work succeeded, and an error would make the client retry into a different answer.
     async fn record(&self, key: String, entry: Entry, serial: KeyGuard) {
         let what = format!("{} request_id {:?}", entry.rpc, entry.request_id);
-        self.entries().insert(key.clone(), entry.clone());
+        self.entries().insert(key, entry.clone());
         let inner = self.inner.clone();
         let task = tokio::task::spawn_blocking(move || {
             let _serial = serial;
-            inner.store.save(&key, &entry)?;
+            inner.store.put(&entry)?;
             if inner.entries().len() > inner.settings.max_entries {
                 inner.prune(SystemTime::now())?;
             }
@@ -211,7 +216,7 @@ impl crate::error::HasErrorCode for LedgerError {
         match self {
             LedgerError::Invalid(_) => C::InvalidArgument,
             LedgerError::RequestIdReused { .. } => C::AlreadyExists,
-            LedgerError::Corrupt { .. } | LedgerError::Io { .. } => C::Internal,
+            LedgerError::Corrupt { .. } | LedgerError::Store(_) => C::Internal,
         }
     }
 }

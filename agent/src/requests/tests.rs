@@ -116,13 +116,13 @@ async fn entries_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let runs = AtomicUsize::new(0);
     let first = call(&open(dir.path(), 10), &remove("r-1", "pg-1"), &runs).await.unwrap();
-    // A leftover of an interrupted write and a file not named by its key are dropped at start.
+    // A leftover of an interrupted write is removed at start and never read.
     std::fs::write(dir.path().join("requests/.x.json.tmp"), b"torn").unwrap();
-    std::fs::write(dir.path().join("requests/garbage.json"), b"{").unwrap();
 
     let ledger = open(dir.path(), 10);
     assert_eq!(ledger.len(), 1);
     assert_eq!(files(dir.path()), 1);
+    assert!(!dir.path().join("requests/.x.json.tmp").exists());
     let again = call(&ledger, &remove("r-1", "pg-1"), &runs).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the reopened ledger must replay, not run again");
@@ -148,7 +148,8 @@ async fn entries_older_than_the_retention_are_pruned() {
     // At start-up too: an entry written long ago is gone after the open.
     let old =
         Entry::new("RemoveInstance", "r-old", "00".into(), &pb::Instance::default(), SystemTime::now() - HOUR * 2);
-    Store::new(dir.path().join("requests")).save(&entry_key("RemoveInstance", "r-old"), &old).unwrap();
+    let (store, _) = JsonStore::<Entry>::open(dir.path().join("requests"), OnCorrupt::RefuseToStart).unwrap();
+    store.put(&old).unwrap();
     assert_eq!(files(dir.path()), 2);
     let reopened = open(dir.path(), 10);
     assert_eq!(reopened.len(), 1);
@@ -194,4 +195,58 @@ async fn simultaneous_identical_calls_do_the_work_once() {
     assert_eq!(a.unwrap(), b.unwrap());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert!(ledger.inner.running_locks().is_empty(), "released key locks must not accumulate");
+}
+
+/// The ledger's policy is `Quarantine`: a corrupt entry is moved aside as
+/// `<key>.json.corrupt-<time>`, and the ledger opens and replays the rest.
+#[tokio::test]
+async fn a_corrupt_entry_is_quarantined_and_the_rest_still_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("requests");
+    let runs = AtomicUsize::new(0);
+    let ledger = open(dir.path(), 10);
+    let first = call(&ledger, &remove("r-1", "pg-1"), &runs).await.unwrap();
+    call(&ledger, &remove("r-2", "pg-1"), &runs).await.unwrap();
+    call(&ledger, &remove("r-3", "pg-1"), &runs).await.unwrap();
+    drop(ledger);
+    let name = |request_id: &str| format!("{}.json", entry_key("RemoveInstance", request_id));
+    // r-2 torn in half; r-3's entry copied under the name of r-4, whose key it does not have.
+    let r2 = std::fs::read(folder.join(name("r-2"))).unwrap();
+    std::fs::write(folder.join(name("r-2")), &r2[..r2.len() / 2]).unwrap();
+    std::fs::copy(folder.join(name("r-3")), folder.join(name("r-4"))).unwrap();
+
+    let ledger = open(dir.path(), 10);
+    assert_eq!(ledger.len(), 2);
+    let names: Vec<String> =
+        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for request_id in ["r-2", "r-4"] {
+        assert!(!folder.join(name(request_id)).exists(), "{request_id}");
+        let aside = format!("{}.corrupt-", name(request_id));
+        assert!(names.iter().any(|n| n.starts_with(&aside)), "{request_id} quarantined: {names:?}");
+    }
+    assert_eq!(files(dir.path()), 2);
+    assert_eq!(call(&ledger, &remove("r-1", "pg-1"), &runs).await.unwrap(), first, "the good entry replays");
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    call(&ledger, &remove("r-2", "pg-1"), &runs).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 4, "without its entry, a retry of r-2 runs again");
+}
+
+/// What an agent before the shared JSON store wrote (file name and content): an upgraded agent
+/// replays it.
+#[tokio::test]
+async fn replays_an_entry_in_the_format_written_before() {
+    // RemoveInstance r-1 on pg-1, answered with instance pg-1 at generation 3.
+    const NAME: &str = "11881d8940b4126e618bee3b8f394f9fa1258869cea9e220322a4342d259032b.json";
+    const ENTRY: &str = r#"{"rpc":"RemoveInstance","request_id":"r-1","request_digest":"64c322449043cb70002a42ba39758c521b15c4ed24f20d2ac6af23298b92c959","created":"2024-05-01T10:00:00.123Z","response":"0a0470672d312803"}"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("requests")).unwrap();
+    std::fs::write(dir.path().join("requests").join(NAME), ENTRY).unwrap();
+    // A retention that still covers the entry's date.
+    let settings = LedgerSettings { retention: Duration::from_secs(100 * 365 * 24 * 3600), max_entries: 10 };
+    let ledger = RequestLedger::open(dir.path().join("requests"), settings).unwrap();
+    assert_eq!(ledger.len(), 1);
+    let runs = AtomicUsize::new(0);
+    let replayed = call(&ledger, &remove("r-1", "pg-1"), &runs).await.unwrap();
+    assert_eq!(replayed, pb::Instance { id: "pg-1".into(), generation: 3, ..Default::default() });
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "replayed, not run");
 }

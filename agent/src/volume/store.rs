@@ -2,13 +2,14 @@
 //! Never secrets: the key version is a number, the key lives with the key provider.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::fsutil;
 use crate::instances::Filesystem;
+use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,43 +35,45 @@ pub struct VolumeRecord {
     pub created: SystemTime,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error("{context}: {source}")]
-    Corrupt { context: String, source: serde_json::Error },
+/// The volume store's errors are the JSON store's; the name stays for `VolumeError::Store`.
+pub type StoreError = JsonStoreError;
+
+/// A volume file is `<instance id>.json` and must hold a valid instance id.
+impl JsonRecord for VolumeRecord {
+    const KIND: &'static str = "volume record";
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.instance_id)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        crate::ids::instance_id("instance_id", &self.instance_id).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Clone)]
 pub struct VolumeStore {
-    dir: PathBuf,
-    records: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
+    records: JsonStore<VolumeRecord>,
+    map: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
 }
 
 impl VolumeStore {
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        fsutil::ensure_private_dir(&dir)
-            .map_err(|source| StoreError::Io { context: format!("create {}", dir.display()), source })?;
-        let mut records = BTreeMap::new();
-        for path in fsutil::json_files(&dir)
-            .map_err(|source| StoreError::Io { context: format!("list {}", dir.display()), source })?
-        {
-            let context = format!("load volume record {}", path.display());
-            let bytes = std::fs::read(&path).map_err(|source| StoreError::Io { context: context.clone(), source })?;
-            let record: VolumeRecord =
-                serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { context, source })?;
-            records.insert(record.instance_id.clone(), record);
-        }
-        Ok(Self { dir, records: Arc::new(Mutex::new(records)) })
+        // A corrupt volume record refuses the start: it is the only place that says which backing
+        // holds an instance's encrypted data and which key version opens it. Going on without it
+        // would report the volume missing, and a CreateVolume could then format over its data.
+        let (records, loaded) = JsonStore::<VolumeRecord>::open(dir, OnCorrupt::RefuseToStart)?;
+        let map = loaded.records.into_iter().map(|r| (r.instance_id.clone(), r)).collect();
+        Ok(Self { records, map: Arc::new(Mutex::new(map)) })
     }
 
+    /// The store's folder; the agent-managed backing files live there too, as `<id>.img`.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.records.dir()
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, VolumeRecord>> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn get(&self, id: &str) -> Option<VolumeRecord> {
@@ -83,20 +86,100 @@ impl VolumeStore {
 
     /// Durable write first, then memory.
     pub fn put(&self, record: &VolumeRecord) -> Result<(), StoreError> {
-        let path = self.dir.join(format!("{}.json", record.instance_id));
-        let context = format!("write volume record {}", path.display());
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|source| StoreError::Corrupt { context: context.clone(), source })?;
-        fsutil::atomic_write(&path, &bytes).map_err(|source| StoreError::Io { context, source })?;
+        self.records.put(record)?;
         self.map().insert(record.instance_id.clone(), record.clone());
         Ok(())
     }
 
     pub fn remove(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.dir.join(format!("{id}.json"));
-        fsutil::remove_durable(&path)
-            .map_err(|source| StoreError::Io { context: format!("remove {}", path.display()), source })?;
+        self.records.remove(id)?;
         self.map().remove(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// What an agent before the shared JSON store wrote.
+    const PG_1: &str = r#"{
+  "instance_id": "pg-1",
+  "backing": "/var/lib/dbagent/volumes/pg-1.img",
+  "managed_file": true,
+  "key_version": 1,
+  "key_bits": 512,
+  "filesystem": "ext4",
+  "size_bytes": 10737418240,
+  "state": "ready",
+  "created": "2024-05-01T10:00:00.123Z"
+}"#;
+
+    fn pg_1() -> VolumeRecord {
+        VolumeRecord {
+            instance_id: "pg-1".into(),
+            backing: "/var/lib/dbagent/volumes/pg-1.img".into(),
+            managed_file: true,
+            key_version: 1,
+            key_bits: 512,
+            filesystem: Filesystem::Ext4,
+            size_bytes: 10 << 30,
+            state: VolumeState::Ready,
+            created: UNIX_EPOCH + Duration::from_millis(1_714_557_600_123),
+        }
+    }
+
+    #[test]
+    fn reads_a_volume_record_in_the_format_written_before() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg-1.json"), PG_1).unwrap();
+        // A managed backing file lives beside the records and is not one.
+        std::fs::write(dir.path().join("pg-1.img"), b"").unwrap();
+        let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(store.list(), vec![pg_1()]);
+        store.put(&pg_1()).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("pg-1.json")).unwrap()).unwrap();
+        assert_eq!(written, serde_json::from_str::<serde_json::Value>(PG_1).unwrap(), "same shape written back");
+    }
+
+    /// The volume store's policy is `RefuseToStart`: the open fails naming the file, nothing is moved.
+    #[test]
+    fn a_corrupt_volume_record_refuses_the_start_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+        store.put(&pg_1()).unwrap();
+        let good = std::fs::read(dir.path().join("pg-1.json")).unwrap();
+        let pg_2 = PG_1.replace("pg-1", "pg-2");
+        for (file, content, says) in [
+            ("pg-2.json", &pg_2[..pg_2.len() / 2], "not a valid volume record file"),
+            ("pg-3.json", &pg_2[..], "\"pg-2\""),
+            ("PG-2.json", &pg_2.replace("\"pg-2\"", "\"PG-2\"")[..], "must match"),
+        ] {
+            std::fs::write(dir.path().join(file), content).unwrap();
+            let e = VolumeStore::open(dir.path().to_path_buf()).err().unwrap();
+            assert!(matches!(&e, StoreError::Corrupt { path, .. } if path.ends_with(file)), "{file}: {e}");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(dir.path().join(file).exists(), "the corrupt file stays for the operator");
+            assert_eq!(std::fs::read(dir.path().join("pg-1.json")).unwrap(), good, "the good record is intact");
+            std::fs::remove_file(dir.path().join(file)).unwrap();
+        }
+        assert_eq!(VolumeStore::open(dir.path().to_path_buf()).unwrap().list(), vec![pg_1()]);
+    }
+
+    #[test]
+    fn put_and_remove_write_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VolumeStore::open(dir.path().join("volumes")).unwrap();
+        let mut creating = pg_1();
+        creating.state = VolumeState::Creating;
+        store.put(&creating).unwrap();
+        assert_eq!(store.get("pg-1"), Some(creating.clone()));
+        assert_eq!(VolumeStore::open(dir.path().join("volumes")).unwrap().get("pg-1"), Some(creating));
+        store.remove("pg-1").unwrap();
+        assert_eq!(store.get("pg-1"), None);
+        assert!(VolumeStore::open(dir.path().join("volumes")).unwrap().list().is_empty());
+        assert!(matches!(store.remove("../pg-1"), Err(StoreError::InvalidKey { .. })));
     }
 }
