@@ -19,14 +19,14 @@ pub enum Access {
 
 /// One RPC path, the access it needs, and whether it is served.
 #[derive(Debug, Clone, Copy)]
-pub struct Rule {
+pub struct AccessRule {
     pub path: &'static str,
     pub access: Access,
     /// `None`: served. `Some(capability)`: answered UNIMPLEMENTED naming the capability.
     pub pending: Option<&'static str>,
 }
 
-impl Rule {
+impl AccessRule {
     /// The package-qualified service of the path: `dbagent.v1.Volumes` for
     /// `/dbagent.v1.Volumes/CreateVolume`.
     pub fn service(&self) -> &'static str {
@@ -39,20 +39,20 @@ impl Rule {
     }
 }
 
-const fn r(path: &'static str) -> Rule {
-    Rule { path, access: Access::Read, pending: None }
+const fn r(path: &'static str) -> AccessRule {
+    AccessRule { path, access: Access::Read, pending: None }
 }
-const fn w(path: &'static str) -> Rule {
-    Rule { path, access: Access::Write, pending: None }
+const fn w(path: &'static str) -> AccessRule {
+    AccessRule { path, access: Access::Write, pending: None }
 }
-const fn later(rule: Rule, capability: &'static str) -> Rule {
-    Rule { pending: Some(capability), ..rule }
+const fn later(rule: AccessRule, capability: &'static str) -> AccessRule {
+    AccessRule { pending: Some(capability), ..rule }
 }
 
 /// Every RPC the agent answers. A path missing here is refused, so a new RPC cannot slip in
 /// unguarded. The served services, the capabilities GetInfo advertises and what reflection lists are
 /// all read from this table.
-pub const RULES: &[Rule] = &[
+pub const RULES: &[AccessRule] = &[
     r("/grpc.health.v1.Health/Check"),
     r("/grpc.health.v1.Health/Watch"),
     r("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
