@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod fsutil;
 pub mod hex;
+pub mod host_inventory;
 pub mod ids;
 pub mod instances;
 pub mod json_store;

@@ -1,41 +1,87 @@
 use dbagent_proto::v1 as pb;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
-use super::ApiState;
-use super::auth::Caller;
+use super::auth::{self, Caller};
 use super::convert::{duration, timestamp};
 use super::error::ApiResult;
+use crate::host_inventory::HostInventory;
+use crate::instances::registry::Registry;
+use crate::ops::OperationEngine;
 
-pub struct AgentApi(pub ApiState);
+/// The Agent service: who the agent is, what it offers, how it is doing.
+pub struct AgentApi {
+    pub started: SystemTime,
+    pub hostname: String,
+    pub config_digest: String,
+    pub dev_mode: bool,
+    /// Volumes run on in-memory backends (`dbagent --dev --sim`); GetStatus warns about it.
+    pub volumes_simulated: bool,
+    pub host: HostInventory,
+    /// Read for the instance count only.
+    pub registry: Arc<Registry>,
+    /// Read for the count of open operations only.
+    pub operations: OperationEngine,
+    /// Cancelled: GetStatus reports "draining".
+    pub shutdown: CancellationToken,
+}
 
-/// What this build implements; the orchestrator reads it to know what it may call.
-const CAPABILITIES: &[&str] =
-    &["instances", "operations", "mtls", "health", "reflection", "volumes", "metrics", "logs", "backups"];
+/// Capabilities that are no RPC: the agent serves mutual TLS only.
+const TRANSPORT_CAPABILITIES: &[&str] = &["mtls"];
+
+/// What this build implements; the orchestrator reads it to know what it may call. Derived from the
+/// permission table, so a capability is advertised exactly when an RPC of it is served.
+fn capabilities() -> Vec<String> {
+    let mut capabilities: Vec<String> = TRANSPORT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    for service in auth::served_services() {
+        let capability = service_capability(service);
+        if !capabilities.contains(&capability) {
+            capabilities.push(capability);
+        }
+    }
+    capabilities
+}
+
+/// A served service's capability: dbagent's own services by their name in lower case
+/// (`dbagent.v1.Volumes` is "volumes"), gRPC's standard ones by their package
+/// (`grpc.health.v1.Health` is "health", both reflection versions are "reflection").
+fn service_capability(service: &str) -> String {
+    match service.strip_prefix("grpc.") {
+        Some(standard) => standard.split('.').next().unwrap_or(standard).to_owned(),
+        None => service.rsplit('.').next().unwrap_or(service).to_ascii_lowercase(),
+    }
+}
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for AgentApi {
     async fn get_info(&self, req: Request<pb::GetInfoRequest>) -> ApiResult<pb::AgentInfo> {
         let caller = req.extensions().get::<Caller>().cloned();
-        let s = &self.0;
         Ok(Response::new(pb::AgentInfo {
             version: env!("CARGO_PKG_VERSION").into(),
-            hostname: s.hostname.clone(),
-            capabilities: CAPABILITIES.iter().map(|c| (*c).into()).collect(),
-            config_digest: s.config_digest.clone(),
-            dev_mode: s.dev_mode,
+            hostname: self.hostname.clone(),
+            capabilities: capabilities(),
+            config_digest: self.config_digest.clone(),
+            dev_mode: self.dev_mode,
             caller_identity: caller.as_ref().map(|c| c.identity.clone()).unwrap_or_default(),
             caller_role: caller.map(|c| c.role.as_str().into()).unwrap_or_default(),
+            host: Some((&self.host).into()),
         }))
     }
 
     async fn get_status(&self, _req: Request<pb::GetStatusRequest>) -> ApiResult<pb::AgentStatus> {
-        let s = &self.0;
         Ok(Response::new(pb::AgentStatus {
-            started: Some(timestamp(s.started)),
-            uptime: Some(duration(s.started.elapsed().unwrap_or_default())),
-            instance_count: u32::try_from(s.registry.count()).unwrap_or(u32::MAX),
-            open_operations: u32::try_from(s.engine.open_count()).unwrap_or(u32::MAX),
-            state: if s.shutdown.is_cancelled() { "draining" } else { "serving" }.into(),
+            started: Some(timestamp(self.started)),
+            uptime: Some(duration(self.started.elapsed().unwrap_or_default())),
+            instance_count: u32::try_from(self.registry.count()).unwrap_or(u32::MAX),
+            open_operations: u32::try_from(self.operations.open_count()).unwrap_or(u32::MAX),
+            state: if self.shutdown.is_cancelled() { "draining" } else { "serving" }.into(),
+            volumes_simulated: self.volumes_simulated,
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

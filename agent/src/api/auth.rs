@@ -17,24 +17,47 @@ pub enum Access {
     Write,
 }
 
-/// `None`: served. `Some(capability)`: answered UNIMPLEMENTED naming the capability.
-type Pending = Option<&'static str>;
-
-const fn r(path: &'static str) -> (&'static str, Access, Pending) {
-    (path, Access::Read, None)
-}
-const fn w(path: &'static str) -> (&'static str, Access, Pending) {
-    (path, Access::Write, None)
-}
-const fn later(rule: (&'static str, Access, Pending), capability: &'static str) -> (&'static str, Access, Pending) {
-    (rule.0, rule.1, Some(capability))
+/// One RPC path, the access it needs, and whether it is served.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRule {
+    pub path: &'static str,
+    pub access: Access,
+    /// `None`: served. `Some(capability)`: answered UNIMPLEMENTED naming the capability.
+    pub pending: Option<&'static str>,
 }
 
-/// Every RPC the agent serves. A path missing here is refused, so a new RPC cannot slip in unguarded.
-pub const RULES: &[(&str, Access, Pending)] = &[
+impl AccessRule {
+    /// The package-qualified service of the path: `dbagent.v1.Volumes` for
+    /// `/dbagent.v1.Volumes/CreateVolume`.
+    pub fn service(&self) -> &'static str {
+        let path = self.path.strip_prefix('/').unwrap_or(self.path);
+        path.split_once('/').map_or(path, |(service, _)| service)
+    }
+
+    pub fn is_served(&self) -> bool {
+        self.pending.is_none()
+    }
+}
+
+const fn r(path: &'static str) -> AccessRule {
+    AccessRule { path, access: Access::Read, pending: None }
+}
+const fn w(path: &'static str) -> AccessRule {
+    AccessRule { path, access: Access::Write, pending: None }
+}
+const fn later(rule: AccessRule, capability: &'static str) -> AccessRule {
+    AccessRule { pending: Some(capability), ..rule }
+}
+
+/// Every RPC the agent answers. A path missing here is refused, so a new RPC cannot slip in
+/// unguarded. The served services, the capabilities GetInfo advertises and what reflection lists are
+/// all read from this table.
+pub const RULES: &[AccessRule] = &[
     r("/grpc.health.v1.Health/Check"),
     r("/grpc.health.v1.Health/Watch"),
     r("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+    // Beside v1 because many clients (Python's grpcio-reflection, older grpcurl) speak only v1alpha.
+    r("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
     r("/dbagent.v1.Agent/GetInfo"),
     r("/dbagent.v1.Agent/GetStatus"),
     w("/dbagent.v1.Instances/RegisterInstance"),
@@ -78,6 +101,17 @@ pub const RULES: &[(&str, Access, Pending)] = &[
     later(w("/dbagent.v1.Upgrades/InstallCertificate"), "database TLS certificates"),
 ];
 
+/// The services with at least one served RPC, package-qualified, each once, in table order.
+pub fn served_services() -> Vec<&'static str> {
+    let mut services: Vec<&'static str> = Vec::new();
+    for rule in RULES.iter().filter(|rule| rule.is_served()) {
+        if !services.contains(&rule.service()) {
+            services.push(rule.service());
+        }
+    }
+    services
+}
+
 /// The authenticated caller, put into request extensions for handlers that report it.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -96,20 +130,20 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::S
             peer.identity
         )));
     };
-    let Some(&(_, access, pending)) = RULES.iter().find(|(p, _, _)| *p == path) else {
+    let Some(rule) = RULES.iter().find(|rule| rule.path == path) else {
         if path.starts_with("/dbagent.v1.KeyService/") {
             return Err(tonic::Status::unimplemented("KeyService is served by the orchestrator, not by the agent"));
         }
         return Err(tonic::Status::unimplemented(format!("{path} is not an RPC of this agent")));
     };
-    if access == Access::Write && role != Role::Orchestrator {
+    if rule.access == Access::Write && role != Role::Orchestrator {
         return Err(tonic::Status::permission_denied(format!(
             "{path} changes the host; identity {:?} has the read-only {} role",
             peer.identity,
             role.as_str()
         )));
     }
-    if let Some(capability) = pending {
+    if let Some(capability) = rule.pending {
         return Err(tonic::Status::unimplemented(format!(
             "the {capability} capability is not implemented in dbagent {} yet",
             env!("CARGO_PKG_VERSION")
@@ -187,12 +221,28 @@ mod tests {
                 }
                 for method in &service.method {
                     let path = format!("/dbagent.v1.{name}/{}", method.name());
-                    assert_eq!(RULES.iter().filter(|(p, _, _)| *p == path).count(), 1, "{path}");
+                    assert_eq!(RULES.iter().filter(|rule| rule.path == path).count(), 1, "{path}");
                     count += 1;
                 }
             }
         }
-        assert_eq!(count + 3, RULES.len(), "rules for RPCs that do not exist");
+        let standard = [
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        for set in standard {
+            for file in &prost_types::FileDescriptorSet::decode(set).unwrap().file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                        assert_eq!(RULES.iter().filter(|rule| rule.path == path).count(), 1, "{path}");
+                        count += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(count, RULES.len(), "rules for RPCs that do not exist");
     }
 
     #[test]
@@ -217,5 +267,41 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/x.Y/Z", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
+    }
+
+    const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    const REFLECTION_V1ALPHA: &str = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+
+    #[test]
+    fn both_reflection_versions_are_open_to_both_roles() {
+        for role in [Role::Orchestrator, Role::Monitor] {
+            for path in [REFLECTION_V1, REFLECTION_V1ALPHA] {
+                let caller = authorize(path, Some(&peer(Some(role))));
+                assert!(caller.is_ok(), "{path} for {role:?}: {caller:?}");
+            }
+        }
+        let e = authorize(REFLECTION_V1ALPHA, Some(&peer(None))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "a certificate without a role still gets nothing");
+    }
+
+    #[test]
+    fn served_services_leave_out_unbuilt_and_client_only_services() {
+        let served = served_services();
+        for service in [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "dbagent.v1.Agent",
+            "dbagent.v1.Volumes",
+            "dbagent.v1.Backups",
+        ] {
+            assert!(served.contains(&service), "{service} is served: {served:?}");
+        }
+        assert!(!served.contains(&"dbagent.v1.Upgrades"), "no Upgrades RPC is built yet");
+        assert!(!served.contains(&"dbagent.v1.KeyService"), "the agent calls KeyService, it does not serve it");
+        let mut unique = served.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), served.len(), "each service once: {served:?}");
     }
 }

@@ -1,61 +1,70 @@
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-use super::ApiState;
 use super::convert::backup::method_from_proto;
 use super::convert::instance::spec_from_proto;
 use super::error::ApiResult;
 use crate::backup::engine_commands::RestoreTarget;
-use crate::backup::{BackupKind, BackupMethod};
+use crate::backup::{BackupKind, BackupMethod, BackupService};
 use crate::ids::{self, InvalidField};
+use crate::instances::registry::Registry;
+use crate::requests::RequestLedger;
 
-pub struct BackupsApi(pub ApiState);
+/// The Backups service: backups of registered instances, with SetBackupPolicy replayed by
+/// request_id.
+pub struct BackupsApi {
+    pub backups: Arc<BackupService>,
+    /// The instance a backup is of; the backup policy is part of its spec.
+    pub registry: Arc<Registry>,
+    pub requests: RequestLedger,
+}
 
 #[tonic::async_trait]
 impl pb::backups_server::Backups for BackupsApi {
     async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
-        let instance = self.0.registry.get(&req.instance_id)?;
+        let instance = self.registry.get(&req.instance_id)?;
         let method = method_from_proto(req.method)?;
-        let op = self.0.backups.start(&instance, method, BackupKind::Manual, &req.request_id).await?;
+        let op = self.backups.start(&instance, method, BackupKind::Manual, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn list_backups(&self, req: Request<pb::ListBackupsRequest>) -> ApiResult<pb::ListBackupsResponse> {
         let req = req.into_inner();
         ids::instance_id("instance_id", &req.instance_id)?;
-        let backups = self.0.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
+        let backups = self.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
         Ok(Response::new(pb::ListBackupsResponse { backups }))
     }
 
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> ApiResult<pb::Backup> {
         let req = req.into_inner();
-        let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
+        let info = self.backups.get(&req.instance_id, &req.backup_id).await?;
         Ok(Response::new((&info).into()))
     }
 
     async fn delete_backup(&self, req: Request<pb::DeleteBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
-        let op = self.0.backups.delete(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        let op = self.backups.delete(&req.instance_id, &req.backup_id, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn verify_backup(&self, req: Request<pb::VerifyBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
         let dest = (!req.destination.is_empty()).then_some(req.destination);
-        let op = self.0.backups.verify(&req.instance_id, &req.backup_id, dest, &req.request_id).await?;
+        let op = self.backups.verify(&req.instance_id, &req.backup_id, dest, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
-        let instance = self.0.registry.get(&req.instance_id)?;
+        let instance = self.registry.get(&req.instance_id)?;
         // The path is checked before anything else is looked up: it is where root will write.
         if !req.target_data_dir.is_empty() {
-            self.0.registry.check_restore_dir(&instance.id, Path::new(&req.target_data_dir))?;
+            self.registry.check_restore_dir(&instance.id, Path::new(&req.target_data_dir))?;
         }
-        let info = self.0.backups.get(&req.instance_id, &req.backup_id).await?;
+        let info = self.backups.get(&req.instance_id, &req.backup_id).await?;
         let database = target_database(&req.target_database, instance.spec.engine)?;
         let target = match (info.manifest.method, req.target_data_dir.is_empty()) {
             (BackupMethod::Physical, _) if database.is_some() => {
@@ -68,7 +77,7 @@ impl pb::backups_server::Backups for BackupsApi {
             (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
             (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
             (BackupMethod::Logical, true) => RestoreTarget::Server {
-                connection: self.0.backups.connection_for(&instance),
+                connection: self.backups.connection_for(&instance),
                 database,
                 instance_server: true,
             },
@@ -81,19 +90,19 @@ impl pb::backups_server::Backups for BackupsApi {
             }
         };
         let dest = (!req.destination.is_empty()).then_some(req.destination);
-        let op = self.0.backups.restore(&instance, &req.backup_id, target, dest, &req.request_id).await?;
+        let op = self.backups.restore(&instance, &req.backup_id, target, dest, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn repair_backup(&self, req: Request<pb::RepairBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
-        let op = self.0.backups.repair(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        let op = self.backups.repair(&req.instance_id, &req.backup_id, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn set_backup_policy(&self, req: Request<pb::SetBackupPolicyRequest>) -> ApiResult<pb::BackupPolicy> {
         let req = req.into_inner();
-        let policy = self.0.requests.once("SetBackupPolicy", &req.request_id, &req, || self.replace_policy(&req));
+        let policy = self.requests.once("SetBackupPolicy", &req.request_id, &req, || self.replace_policy(&req));
         Ok(Response::new(policy.await?))
     }
 }
@@ -101,12 +110,12 @@ impl pb::backups_server::Backups for BackupsApi {
 impl BackupsApi {
     async fn replace_policy(&self, req: &pb::SetBackupPolicyRequest) -> Result<pb::BackupPolicy, Status> {
         let policy = req.policy.ok_or_else(|| InvalidField::new("policy", "is required"))?;
-        let current = self.0.registry.get(&req.instance_id)?;
+        let current = self.registry.get(&req.instance_id)?;
         // Reuse the instance spec's validation of the policy by converting a full spec.
         let mut proto_spec = pb::Instance::from(&current).spec.unwrap_or_default();
         proto_spec.backup_policy = Some(policy);
         let spec = spec_from_proto(Some(proto_spec))?;
-        let updated = self.0.registry.update(&req.instance_id, spec, None).await?;
+        let updated = self.registry.update(&req.instance_id, spec, None).await?;
         let p = updated.spec.backup_policy.as_ref();
         Ok(pb::BackupPolicy {
             daily_at_minute_utc: p.map_or(0, |p| p.daily_at_minute_utc),

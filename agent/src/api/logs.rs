@@ -4,13 +4,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::ApiState;
 use super::convert::logs::{
     drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto,
 };
 use super::error::ApiResult;
+use crate::logs::LogManager;
+use crate::requests::RequestLedger;
 
-pub struct LogsApi(pub ApiState);
+/// The Logs service: tails and drains, with SetDrains replayed by request_id.
+pub struct LogsApi {
+    pub logs: LogManager,
+    pub requests: RequestLedger,
+}
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::LogRecord, Status>> + Send>>;
 
@@ -19,7 +24,7 @@ impl pb::logs_server::Logs for LogsApi {
     type TailLogsStream = RecordStream;
 
     async fn tail_logs(&self, req: Request<pb::TailLogsRequest>) -> ApiResult<RecordStream> {
-        let tail = self.0.logs.tail(&tail_request_from_proto(req.into_inner())?)?;
+        let tail = self.logs.tail(&tail_request_from_proto(req.into_inner())?)?;
         let backlog = tokio_stream::iter(tail.backlog).map(|r| Ok(record_to_proto(&r, 0)));
         let stream: RecordStream = match tail.follow {
             Some(rx) => Box::pin(
@@ -31,13 +36,13 @@ impl pb::logs_server::Logs for LogsApi {
     }
 
     async fn list_drains(&self, req: Request<pb::ListDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
-        let drains = self.0.logs.list_drains(&req.into_inner().instance_id)?;
+        let drains = self.logs.list_drains(&req.into_inner().instance_id)?;
         Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() }))
     }
 
     async fn set_drains(&self, req: Request<pb::SetDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
         let req = req.into_inner();
-        let drains = self.0.requests.once("SetDrains", &req.request_id, &req, || async {
+        let drains = self.requests.once("SetDrains", &req.request_id, &req, || async {
             let drains = req
                 .drains
                 .iter()
@@ -45,7 +50,7 @@ impl pb::logs_server::Logs for LogsApi {
                 .enumerate()
                 .map(|(i, d)| drain_from_proto(i, d))
                 .collect::<Result<_, _>>()?;
-            let drains = self.0.logs.set_drains(&req.instance_id, drains).await?;
+            let drains = self.logs.set_drains(&req.instance_id, drains).await?;
             Ok::<_, Status>(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() })
         });
         Ok(Response::new(drains.await?))
@@ -53,7 +58,7 @@ impl pb::logs_server::Logs for LogsApi {
 
     async fn get_drain_status(&self, req: Request<pb::GetDrainStatusRequest>) -> ApiResult<pb::DrainStatus> {
         let req = req.into_inner();
-        let status = self.0.logs.drain_status(&req.instance_id, &req.drain).await?;
+        let status = self.logs.drain_status(&req.instance_id, &req.drain).await?;
         Ok(Response::new(drain_status_to_proto(&status)))
     }
 }

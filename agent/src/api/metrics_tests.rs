@@ -1,58 +1,21 @@
 use super::*;
-use crate::instances::{Registry, fixtures};
+use crate::instances::fixtures;
 use crate::locks::ResourceLocks;
-use crate::metrics::MetricsHub;
 use crate::metrics::model::{Metric, Reading};
-use crate::ops::{OperationEngine, OpsSettings};
 use dbagent_proto::v1::metrics_server::Metrics;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_stream::StreamExt;
-use tokio_util::sync::CancellationToken;
 
-async fn state(dir: &std::path::Path) -> ApiState {
-    let locks = ResourceLocks::default();
-    let registry = Arc::new(Registry::open(dir.join("instances"), fixtures::rules(), locks.clone()).unwrap());
+/// The Metrics service alone: a hub, a registry with one instance to tell known from unknown, and
+/// the shutdown token.
+async fn metrics_api(dir: &std::path::Path) -> MetricsApi {
+    let registry =
+        Arc::new(Registry::open(dir.join("instances"), fixtures::rules(), ResourceLocks::default()).unwrap());
     registry.register("pg-1", fixtures::spec("pg-1")).await.unwrap();
-    let settings = OpsSettings { max_concurrent: 1, retention: Duration::from_secs(60), max_finished: 10 };
-    let root = CancellationToken::new();
-    let (engine, _) = OperationEngine::open(&dir.join("ops"), settings, locks, root.clone()).unwrap();
-    let host = Arc::new(crate::volume::sim::SimHost::default());
-    let volumes = crate::volume::Volumes::new(
-        dir,
-        crate::volume::manager::tests::settings(&["/dev/vd"]),
-        Arc::new(crate::volume::sim::SimCrypt::on(host.clone())),
-        host,
-        Arc::new(Arc::new(crate::volume::keystore::LocalKeystore::open(dir.join("keystore"), &[9u8; 32]).unwrap())),
-        registry.clone(),
-    )
-    .unwrap();
-    let logs = crate::logs::LogManager::new(
-        dir.join("logs"),
-        crate::logs::LogsConfig::default(),
-        "h".into(),
-        registry.clone(),
-        root.clone(),
-    );
-    let backup_config = crate::backup::BackupConfig::default();
-    let wrapper = crate::backup::KekWrapper::from_kek(&[9u8; 32]).unwrap();
-    let backups = crate::backup::BackupService::new(backup_config, dir, Arc::new(wrapper), engine.clone()).unwrap();
-    let settings = crate::requests::LedgerSettings { retention: Duration::from_secs(60), max_entries: 10 };
-    let requests = crate::requests::RequestLedger::open(dir.join("requests"), settings).unwrap();
-    ApiState {
-        backups,
-        requests,
-        volumes,
-        logs,
+    MetricsApi {
+        hub: MetricsHub::new(Duration::from_millis(50), Duration::from_secs(3600)),
         registry,
-        engine,
-        started: SystemTime::now(),
-        hostname: "h".into(),
-        config_digest: String::new(),
-        dev_mode: true,
-        test_kinds: false,
-        shutdown: root,
-        metrics: MetricsHub::new(Duration::from_millis(50), Duration::from_secs(3600)),
+        shutdown: CancellationToken::new(),
     }
 }
 
@@ -66,16 +29,15 @@ fn reading(memory: u64) -> Reading {
 #[tokio::test]
 async fn latest_range_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let s = state(dir.path()).await;
-    let api = MetricsApi(s.clone());
+    let api = metrics_api(dir.path()).await;
     let e = api.get_node_metrics(Request::new(pb::GetNodeMetricsRequest { range: None })).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
 
     let t0 = SystemTime::now() - Duration::from_secs(30);
     let pg = Owner::Instance("pg-1".into());
     for i in 0..3u64 {
-        s.metrics.history.push(pg.clone(), t0 + Duration::from_secs(10 * i), reading(100 + i));
-        s.metrics.history.push(Owner::Node, t0 + Duration::from_secs(10 * i), Reading::default());
+        api.hub.history.push(pg.clone(), t0 + Duration::from_secs(10 * i), reading(100 + i));
+        api.hub.history.push(Owner::Node, t0 + Duration::from_secs(10 * i), Reading::default());
     }
     let latest = api
         .get_instance_metrics(Request::new(pb::GetInstanceMetricsRequest { instance_id: "pg-1".into(), range: None }))
@@ -114,8 +76,7 @@ async fn latest_range_and_errors() {
 #[tokio::test]
 async fn stream_follows_rounds_and_ends_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let s = state(dir.path()).await;
-    let api = MetricsApi(s.clone());
+    let api = metrics_api(dir.path()).await;
     let e = api
         .stream_metrics(Request::new(pb::StreamMetricsRequest {
             instance_id: String::new(),
@@ -131,7 +92,7 @@ async fn stream_follows_rounds_and_ends_on_shutdown() {
         .await
         .unwrap()
         .into_inner();
-    let hub = s.metrics.clone();
+    let hub = api.hub.clone();
     let pg = Owner::Instance("pg-1".into());
     for i in 0..3u64 {
         hub.history.push(pg.clone(), SystemTime::now(), reading(i));
@@ -141,7 +102,7 @@ async fn stream_follows_rounds_and_ends_on_shutdown() {
         assert_eq!(mem.value, i as f64);
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    s.shutdown.cancel();
+    api.shutdown.cancel();
     let end = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
     assert!(end.is_none(), "the stream ends on shutdown");
 }

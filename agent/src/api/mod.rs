@@ -13,39 +13,29 @@ pub mod operations;
 pub mod volumes;
 
 use dbagent_proto::v1 as pb;
-use std::sync::Arc;
-use std::time::SystemTime;
+use prost::Message;
+use prost_types::FileDescriptorSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
-use crate::backup::BackupService;
-use crate::instances::registry::Registry;
-use crate::metrics::MetricsHub;
-use crate::ops::OperationEngine;
 use crate::tls::listener::TlsConn;
 
-/// What the handlers share. Cheap to clone.
-#[derive(Clone)]
-pub struct ApiState {
-    pub registry: Arc<Registry>,
-    pub engine: OperationEngine,
-    pub backups: Arc<BackupService>,
-    pub started: SystemTime,
-    pub hostname: String,
-    pub config_digest: String,
-    pub dev_mode: bool,
-    pub test_kinds: bool,
-    pub shutdown: CancellationToken,
-    pub volumes: crate::volume::Volumes,
-    pub metrics: Arc<MetricsHub>,
-    pub logs: crate::logs::LogManager,
-    /// Replays the mutating calls that return a plain resource, by request_id.
-    pub requests: crate::requests::RequestLedger,
+/// Every service the agent serves, each with exactly what it uses. The daemon builds them.
+pub struct Services {
+    pub agent: agent::AgentApi,
+    pub instances: instances::InstancesApi,
+    pub operations: operations::OperationsApi,
+    pub volumes: volumes::VolumesApi,
+    pub metrics: metrics::MetricsApi,
+    pub logs: logs::LogsApi,
+    pub backups: backups::BackupsApi,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("decode the API's file descriptors for reflection: {0}")]
+    Descriptors(#[from] prost::DecodeError),
     #[error("build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serve the API: {0}")]
@@ -54,7 +44,7 @@ pub enum ServeError {
 
 /// Serves every service on `incoming` until `shutdown`, then lets in-flight RPCs finish.
 pub async fn serve(
-    state: ApiState,
+    services: Services,
     incoming: ReceiverStream<Result<TlsConn, std::io::Error>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -66,22 +56,78 @@ pub async fn serve(
     health.set_serving::<pb::metrics_server::MetricsServer<metrics::MetricsApi>>().await;
     health.set_serving::<pb::logs_server::LogsServer<logs::LogsApi>>().await;
     health.set_serving::<pb::backups_server::BackupsServer<backups::BackupsApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(dbagent_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let files = reflection_files()?;
+    let reflection_v1 = reflection_builder(&files).build_v1()?;
+    let reflection_v1alpha = reflection_builder(&files).build_v1alpha()?;
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(auth::AuthLayer)
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(pb::agent_server::AgentServer::new(agent::AgentApi(state.clone())))
-        .add_service(pb::instances_server::InstancesServer::new(instances::InstancesApi(state.clone())))
-        .add_service(pb::volumes_server::VolumesServer::new(volumes::VolumesApi(state.clone())))
-        .add_service(pb::metrics_server::MetricsServer::new(metrics::MetricsApi(state.clone())))
-        .add_service(pb::logs_server::LogsServer::new(logs::LogsApi(state.clone())))
-        .add_service(pb::backups_server::BackupsServer::new(backups::BackupsApi(state.clone())))
-        .add_service(pb::operations_server::OperationsServer::new(operations::OperationsApi(state)))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::agent_server::AgentServer::new(services.agent))
+        .add_service(pb::instances_server::InstancesServer::new(services.instances))
+        .add_service(pb::volumes_server::VolumesServer::new(services.volumes))
+        .add_service(pb::metrics_server::MetricsServer::new(services.metrics))
+        .add_service(pb::logs_server::LogsServer::new(services.logs))
+        .add_service(pb::backups_server::BackupsServer::new(services.backups))
+        .add_service(pb::operations_server::OperationsServer::new(services.operations))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// The files reflection describes: ours, health's and reflection's own (both versions, so each
+/// reflection endpoint can describe the other), each keeping only the services the agent serves.
+/// `keyservice.proto` thus keeps its messages but not `KeyService`, which the agent calls and never
+/// serves; the services not built yet go the same way.
+fn reflection_files() -> Result<FileDescriptorSet, prost::DecodeError> {
+    let served = auth::served_services();
+    let mut files = Vec::new();
+    for encoded in [
+        dbagent_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        for mut file in FileDescriptorSet::decode(encoded)?.file {
+            let package = file.package().to_owned();
+            file.service.retain(|service| served.contains(&format!("{package}.{}", service.name()).as_str()));
+            files.push(file);
+        }
+    }
+    Ok(FileDescriptorSet { file: files })
+}
+
+/// A reflection builder listing exactly the served services (without `with_service_name`, the
+/// builder lists every service of every file it is given).
+fn reflection_builder(files: &FileDescriptorSet) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_file_descriptor_set(files.clone());
+    auth::served_services().into_iter().fold(builder, |builder, service| builder.with_service_name(service))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reflection can describe each service it lists, and describes nothing the agent does not serve.
+    #[test]
+    fn reflection_describes_exactly_the_served_services() {
+        let files = reflection_files().unwrap();
+        let mut described: Vec<String> = files
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name())))
+            .collect();
+        described.sort();
+        let mut served: Vec<String> = auth::served_services().into_iter().map(str::to_owned).collect();
+        served.sort();
+        assert_eq!(described, served);
+        assert!(served.iter().any(|s| s == "dbagent.v1.Volumes"), "{served:?}");
+        assert!(!described.iter().any(|s| s.ends_with(".KeyService")), "{described:?}");
+        let keyservice = files.file.iter().find(|f| f.name().ends_with("keyservice.proto"));
+        assert!(keyservice.is_some_and(|f| !f.message_type.is_empty()), "its messages stay resolvable");
+    }
 }

@@ -2,15 +2,22 @@ use dbagent_proto::v1 as pb;
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::ApiState;
 use super::convert::duration_from_proto;
 use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
-use crate::ops::{NewOperation, OpsError, sleep};
+use crate::ops::{NewOperation, OperationEngine, OpsError, sleep};
 
-pub struct OperationsApi(pub ApiState);
+/// The Operations service: reads and cancels operations, and starts the test kind.
+pub struct OperationsApi {
+    pub operations: OperationEngine,
+    /// `operations.enable_test_kinds`: StartSleep is refused without it.
+    pub test_kinds: bool,
+    /// Ends the watch streams, so none holds the agent's exit.
+    pub shutdown: CancellationToken,
+}
 
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
@@ -18,7 +25,7 @@ const MAX_LIST_LIMIT: usize = 1000;
 #[tonic::async_trait]
 impl pb::operations_server::Operations for OperationsApi {
     async fn get_operation(&self, req: Request<pb::GetOperationRequest>) -> ApiResult<pb::Operation> {
-        let record = self.0.engine.get(&req.into_inner().id)?;
+        let record = self.operations.get(&req.into_inner().id)?;
         Ok(Response::new((&record).into()))
     }
 
@@ -32,15 +39,15 @@ impl pb::operations_server::Operations for OperationsApi {
             n => n,
         };
         let target = (!req.target.is_empty()).then_some(req.target.as_str());
-        let operations = self.0.engine.list(target, req.only_open, limit).iter().map(Into::into).collect();
+        let operations = self.operations.list(target, req.only_open, limit).iter().map(Into::into).collect();
         Ok(Response::new(pb::ListOperationsResponse { operations }))
     }
 
     type WatchOperationStream = Pin<Box<dyn Stream<Item = Result<pb::Operation, Status>> + Send>>;
 
     async fn watch_operation(&self, req: Request<pb::WatchOperationRequest>) -> ApiResult<Self::WatchOperationStream> {
-        let mut rx = self.0.engine.watch(&req.into_inner().id)?;
-        let shutdown = self.0.shutdown.clone();
+        let mut rx = self.operations.watch(&req.into_inner().id)?;
+        let shutdown = self.shutdown.clone();
         let (tx, out) = tokio::sync::mpsc::channel(4);
         // Sends the current state, then each change, and ends after the final state; a shutdown
         // ends the stream too so it never holds the agent's exit.
@@ -64,12 +71,12 @@ impl pb::operations_server::Operations for OperationsApi {
     }
 
     async fn cancel_operation(&self, req: Request<pb::CancelOperationRequest>) -> ApiResult<pb::Operation> {
-        let record = self.0.engine.cancel(&req.into_inner().id).await?;
+        let record = self.operations.cancel(&req.into_inner().id).await?;
         Ok(Response::new((&record).into()))
     }
 
     async fn start_sleep(&self, req: Request<pb::StartSleepRequest>) -> ApiResult<pb::Operation> {
-        if !self.0.test_kinds {
+        if !self.test_kinds {
             return Err(OpsError::TestKindsDisabled.into());
         }
         let req = req.into_inner();
@@ -84,7 +91,7 @@ impl pb::operations_server::Operations for OperationsApi {
             params: sleep::params(duration),
             exclusive: true,
         };
-        let (record, _) = self.0.engine.submit(new, sleep::job(duration)).await?;
+        let (record, _) = self.operations.submit(new, sleep::job(duration)).await?;
         Ok(Response::new((&record).into()))
     }
 }

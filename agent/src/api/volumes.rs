@@ -1,12 +1,21 @@
 use dbagent_proto::v1 as pb;
+use std::sync::Arc;
 use tonic::{Request, Response};
 
-use super::ApiState;
 use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
+use crate::instances::registry::Registry;
+use crate::ops::OperationEngine;
+use crate::volume::Volumes;
 use crate::volume::jobs::{self, VolumeAction};
 
-pub struct VolumesApi(pub ApiState);
+/// The Volumes service: changes run as operations; reads go to the volumes directly.
+pub struct VolumesApi {
+    pub volumes: Volumes,
+    /// Checks that an instance exists before its volume is touched.
+    pub registry: Arc<Registry>,
+    pub operations: OperationEngine,
+}
 
 impl VolumesApi {
     /// Checks the ids and that the instance exists, then starts the operation (or returns the one
@@ -15,11 +24,11 @@ impl VolumesApi {
         ids::request_id(&request_id)?;
         ids::instance_id("instance_id", &instance_id)?;
         if !matches!(action, VolumeAction::Destroy) {
-            self.0.registry.get(&instance_id)?;
+            self.registry.get(&instance_id)?;
         }
         let new = jobs::new_operation(request_id, &instance_id, &action);
-        let job = jobs::job(self.0.volumes.clone(), instance_id, action);
-        let (record, _) = self.0.engine.submit(new, job).await?;
+        let job = jobs::job(self.volumes.clone(), instance_id, action);
+        let (record, _) = self.operations.submit(new, job).await?;
         Ok(Response::new((&record).into()))
     }
 }
@@ -60,12 +69,12 @@ impl pb::volumes_server::Volumes for VolumesApi {
     }
 
     async fn get_volume(&self, req: Request<pb::GetVolumeRequest>) -> ApiResult<pb::Volume> {
-        let status = self.0.volumes.get(&req.into_inner().instance_id).await?;
+        let status = self.volumes.get(&req.into_inner().instance_id).await?;
         Ok(Response::new((&status).into()))
     }
 
     async fn list_volumes(&self, _req: Request<pb::ListVolumesRequest>) -> ApiResult<pb::ListVolumesResponse> {
-        let volumes = self.0.volumes.list().await?.iter().map(Into::into).collect();
+        let volumes = self.volumes.list().await?.iter().map(Into::into).collect();
         Ok(Response::new(pb::ListVolumesResponse { volumes }))
     }
 

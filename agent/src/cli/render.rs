@@ -66,6 +66,10 @@ impl ToJson for pb::AgentInfo {
             "version": self.version, "hostname": self.hostname, "capabilities": self.capabilities,
             "config_digest": self.config_digest, "dev_mode": self.dev_mode,
             "caller_identity": self.caller_identity, "caller_role": self.caller_role,
+            "host": self.host.as_ref().map(|h| json!({
+                "os_name": h.os_name, "os_version": h.os_version, "kernel_version": h.kernel_version,
+                "cpu_model": h.cpu_model, "cpu_count": h.cpu_count, "memory_bytes": h.memory_bytes,
+            })),
         })
     }
 }
@@ -77,6 +81,7 @@ impl ToJson for pb::AgentStatus {
             "state": self.state, "started": time(self.started.as_ref()),
             "uptime_seconds": uptime.map(|d| d.as_secs_f64()),
             "instance_count": self.instance_count, "open_operations": self.open_operations,
+            "volumes_simulated": self.volumes_simulated,
         })
     }
 }

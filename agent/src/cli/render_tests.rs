@@ -103,3 +103,49 @@ fn tables_align_columns() {
     let op_table = operation().to_table();
     assert!(op_table.contains("512 B/1 KiB (50%) formatting"), "{op_table}");
 }
+
+fn agent_info(host: Option<pb::HostInventory>) -> pb::AgentInfo {
+    pb::AgentInfo { version: "0.1.0".into(), hostname: "db-7".into(), host, ..Default::default() }
+}
+
+#[test]
+fn agent_info_shows_the_host() {
+    let host = pb::HostInventory {
+        os_name: "Debian GNU/Linux".into(),
+        os_version: "12".into(),
+        kernel_version: "6.1.0-18-amd64".into(),
+        cpu_model: "AMD EPYC 7B13".into(),
+        cpu_count: 8,
+        memory_bytes: 32 << 30,
+    };
+    let info = agent_info(Some(host));
+    let table = info.to_table();
+    for line in ["os:            Debian GNU/Linux 12\n", "kernel:        6.1.0-18-amd64\n"] {
+        assert!(table.contains(line), "{line:?} in\n{table}");
+    }
+    assert!(table.contains("cpus:          8 x AMD EPYC 7B13\n"), "{table}");
+    assert!(table.contains("memory:        32 GiB\n"), "{table}");
+    let v = info.to_json();
+    assert_eq!(v["host"]["os_version"], "12");
+    assert_eq!(v["host"]["cpu_count"], 8);
+    assert_eq!(v["host"]["memory_bytes"], 32u64 << 30);
+
+    // An agent from before the inventory: dashes and null, not zeros.
+    let old = agent_info(None);
+    assert!(old.to_table().contains("memory:        -\n"), "{}", old.to_table());
+    assert_eq!(old.to_json()["host"], Value::Null);
+}
+
+#[test]
+fn status_warns_when_volumes_are_simulated() {
+    use crate::cli::table::SIMULATED_VOLUMES_WARNING;
+    let simulated = pb::AgentStatus { state: "serving".into(), volumes_simulated: true, ..Default::default() };
+    let table = simulated.to_table();
+    assert!(table.starts_with(&format!("{SIMULATED_VOLUMES_WARNING}\n")), "{table}");
+    assert_eq!(simulated.to_json()["volumes_simulated"], true);
+
+    let real = pb::AgentStatus { volumes_simulated: false, ..simulated };
+    assert!(!real.to_table().contains("simulated"), "{}", real.to_table());
+    assert!(real.to_table().starts_with("state:"), "{}", real.to_table());
+    assert_eq!(real.to_json()["volumes_simulated"], false);
+}

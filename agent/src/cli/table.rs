@@ -78,6 +78,8 @@ pub fn progress_text(p: Option<&pb::Progress>) -> String {
 
 impl ToTable for pb::AgentInfo {
     fn to_table(&self) -> String {
+        // An agent older than the host inventory sends none.
+        let host = self.host.as_ref();
         fields(&[
             ("version", self.version.clone()),
             ("hostname", self.hostname.clone()),
@@ -85,13 +87,27 @@ impl ToTable for pb::AgentInfo {
             ("config digest", or_dash(Some(self.config_digest.clone()))),
             ("dev mode", self.dev_mode.to_string()),
             ("you are", format!("{} (role {})", self.caller_identity, or_dash(Some(self.caller_role.clone())))),
+            ("os", or_dash(host.map(|h| format!("{} {}", h.os_name, h.os_version).trim().to_owned()))),
+            ("kernel", or_dash(host.map(|h| h.kernel_version.clone()))),
+            ("cpus", or_dash(host.map(|h| format!("{} x {}", h.cpu_count, or_dash(Some(h.cpu_model.clone())))))),
+            ("memory", or_dash(host.map(|h| bytes(h.memory_bytes)))),
         ])
     }
 }
 
+/// Leads `dbagentctl status` when the volumes are in-memory stand-ins, so nobody takes that agent for
+/// one that stores data.
+pub const SIMULATED_VOLUMES_WARNING: &str =
+    "WARNING: volumes are simulated in memory (dbagent --dev --sim): no disk is encrypted or written";
+
 impl ToTable for pb::AgentStatus {
     fn to_table(&self) -> String {
-        fields(&[
+        let mut out = String::new();
+        if self.volumes_simulated {
+            out.push_str(SIMULATED_VOLUMES_WARNING);
+            out.push('\n');
+        }
+        out + &fields(&[
             ("state", self.state.clone()),
             ("started", or_dash(time_text(self.started.as_ref()))),
             ("uptime", or_dash(duration_text(self.uptime.as_ref()))),

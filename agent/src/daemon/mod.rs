@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, ServeError};
+use crate::api::{self, ServeError};
 use crate::backup::{self, BackupError, BackupService};
 use crate::config::Config;
 use crate::fsutil;
@@ -129,22 +129,38 @@ pub async fn run(config: Config, dev: bool) -> Result<(), DaemonError> {
     );
     let logs_task = tokio::spawn(logs.clone().run());
 
-    let state = ApiState {
-        registry: registry.clone(),
-        engine: engine.clone(),
-        backups: backups.clone(),
-        started: SystemTime::now(),
-        hostname,
-        config_digest: config.digest(),
-        dev_mode: dev,
-        test_kinds: config.operations.enable_test_kinds,
-        shutdown: root.clone(),
-        volumes: volumes.clone(),
-        metrics: metrics_hub,
-        logs,
-        requests: requests.clone(),
+    let services = api::Services {
+        agent: api::agent::AgentApi {
+            started: SystemTime::now(),
+            hostname,
+            config_digest: config.digest(),
+            dev_mode: dev,
+            volumes_simulated: false,
+            host: crate::host_inventory::HostInventory::read(),
+            registry: registry.clone(),
+            operations: engine.clone(),
+            shutdown: root.clone(),
+        },
+        instances: api::instances::InstancesApi { registry: registry.clone(), requests: requests.clone() },
+        operations: api::operations::OperationsApi {
+            operations: engine.clone(),
+            test_kinds: config.operations.enable_test_kinds,
+            shutdown: root.clone(),
+        },
+        volumes: api::volumes::VolumesApi {
+            volumes: volumes.clone(),
+            registry: registry.clone(),
+            operations: engine.clone(),
+        },
+        metrics: api::metrics::MetricsApi { hub: metrics_hub, registry: registry.clone(), shutdown: root.clone() },
+        logs: api::logs::LogsApi { logs, requests: requests.clone() },
+        backups: api::backups::BackupsApi {
+            backups: backups.clone(),
+            registry: registry.clone(),
+            requests: requests.clone(),
+        },
     };
-    let mut server = tokio::spawn(api::serve(state, incoming, root.clone()));
+    let mut server = tokio::spawn(api::serve(services, incoming, root.clone()));
     let signals = tokio::spawn(handle_signals(root.clone(), acceptor));
     let pruner = tokio::spawn(prune_periodically(engine.clone(), requests, root.clone()));
     let scheduler = tokio::spawn(backup::scheduler::run(

@@ -1,6 +1,7 @@
 //! Conversions between the generated `dbagent.v1` types and the domain model, at the API edge only.
 
 pub mod backup;
+pub mod host_inventory;
 pub mod instance;
 pub mod logs;
 pub mod metrics;

@@ -1,0 +1,81 @@
+use super::*;
+use crate::instances::fixtures;
+use crate::locks::ResourceLocks;
+use crate::ops::OpsSettings;
+use dbagent_proto::v1::agent_server::Agent;
+use std::time::Duration;
+
+/// The Agent service alone: a registry with one instance, an empty operation engine.
+async fn agent_api(dir: &std::path::Path, volumes_simulated: bool) -> AgentApi {
+    let locks = ResourceLocks::default();
+    let registry = Arc::new(Registry::open(dir.join("instances"), fixtures::rules(), locks.clone()).unwrap());
+    registry.register("pg-1", fixtures::spec("pg-1")).await.unwrap();
+    let settings = OpsSettings { max_concurrent: 1, retention: Duration::from_secs(60), max_finished: 10 };
+    let shutdown = CancellationToken::new();
+    let (operations, _) = OperationEngine::open(&dir.join("ops"), settings, locks, shutdown.clone()).unwrap();
+    AgentApi {
+        started: SystemTime::now(),
+        hostname: "h".into(),
+        config_digest: "digest".into(),
+        dev_mode: true,
+        volumes_simulated,
+        host: HostInventory {
+            os_name: "Debian GNU/Linux".into(),
+            os_version: "12".into(),
+            kernel_version: "6.1.0-18-amd64".into(),
+            cpu_model: "Xeon".into(),
+            cpu_count: 4,
+            memory_bytes: 8 << 30,
+        },
+        registry,
+        operations,
+        shutdown,
+    }
+}
+
+#[test]
+fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
+    let advertised = capabilities();
+    let served = |capability: &str| {
+        auth::RULES.iter().any(|rule| rule.is_served() && service_capability(rule.service()) == capability)
+    };
+    for rule in auth::RULES {
+        let capability = rule.pending.map_or_else(|| service_capability(rule.service()), str::to_owned);
+        assert_eq!(advertised.contains(&capability), served(&capability), "{capability:?} of {}", rule.path);
+    }
+    for capability in &advertised {
+        let transport = TRANSPORT_CAPABILITIES.contains(&capability.as_str());
+        assert!(transport || served(capability), "{capability:?} is advertised but nothing of it is served");
+    }
+    for expected in ["mtls", "health", "reflection", "instances", "operations", "volumes", "metrics", "logs", "backups"]
+    {
+        assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");
+    }
+    for absent in ["upgrades", "plan changes", "availability", "keyservice"] {
+        assert!(!advertised.contains(&absent.to_owned()), "{absent:?} is not served: {advertised:?}");
+    }
+    assert_eq!(advertised.iter().filter(|c| *c == "reflection").count(), 1, "v1 and v1alpha are one capability");
+}
+
+#[tokio::test]
+async fn status_says_when_volumes_are_simulated() {
+    for simulated in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let api = agent_api(dir.path(), simulated).await;
+        let status = api.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+        assert_eq!(status.volumes_simulated, simulated);
+        assert_eq!((status.state.as_str(), status.instance_count), ("serving", 1));
+    }
+}
+
+#[tokio::test]
+async fn info_reports_the_host_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = agent_api(dir.path(), false).await;
+    let info = api.get_info(Request::new(pb::GetInfoRequest {})).await.unwrap().into_inner();
+    let host = info.host.unwrap();
+    assert_eq!((host.os_name.as_str(), host.os_version.as_str()), ("Debian GNU/Linux", "12"));
+    assert_eq!(host.kernel_version, "6.1.0-18-amd64");
+    assert_eq!((host.cpu_model.as_str(), host.cpu_count, host.memory_bytes), ("Xeon", 4, 8 << 30));
+    assert_eq!(info.capabilities, capabilities());
+}
