@@ -132,6 +132,16 @@ enum Ended {
     Exited,
 }
 
+/// Why [`Follow::pump`] returned.
+enum Pumped {
+    /// journalctl closed its output (it exits).
+    Closed,
+    /// Reading its output failed while it may still run.
+    ReadFailed(std::io::Error),
+    /// Cancelled, or nobody receives batches any more.
+    Stop,
+}
+
 struct Follow<'a> {
     key: &'a Arc<str>,
     source: &'a Arc<str>,
@@ -155,15 +165,28 @@ impl Follow<'_> {
         let stderr = tokio::spawn(read_tail(child.stderr.take()));
         let pumped = match child.stdout.take() {
             Some(stdout) => self.pump(&mut BufReader::new(stdout).lines(), cursor).await,
-            None => Ok(()),
+            None => Pumped::Closed,
         };
-        if pumped.is_err() {
-            // kill_on_drop would do it too; killing here also reaps it before the next start.
-            let _ = child.kill().await;
-            return Ok(Ended::Stopped);
+        // kill_on_drop would stop journalctl too; killing here also reaps it before the next start.
+        match pumped {
+            Pumped::Closed => {}
+            Pumped::Stop => {
+                let _ = child.kill().await;
+                return Ok(Ended::Stopped);
+            }
+            Pumped::ReadFailed(source) => {
+                let _ = child.kill().await;
+                return Err(LogsError::Io { context: format!("read the output of {}", command.shown()), source });
+            }
         }
-        let status =
-            child.wait().await.map_err(|source| unavailable(CommandError::Wait { command: command.name(), source }))?;
+        // journalctl closed its output, so it is exiting; a shutdown still does not wait for it.
+        let status = tokio::select! {
+            s = child.wait() => s.map_err(|source| unavailable(CommandError::Wait { command: command.name(), source }))?,
+            () = self.cancel.cancelled() => {
+                let _ = child.kill().await;
+                return Ok(Ended::Stopped);
+            }
+        };
         let stderr = stderr.await.unwrap_or_default();
         if status.success() {
             return Ok(Ended::Exited);
@@ -175,18 +198,22 @@ impl Follow<'_> {
         }))
     }
 
-    /// Reads entries into batches until journalctl closes its output (Ok) or we must stop (Err).
+    /// Reads entries into batches until journalctl closes its output, reading fails, or we must stop.
     async fn pump<R: tokio::io::AsyncBufRead + Unpin>(
         &self,
         lines: &mut tokio::io::Lines<R>,
         cursor: &mut Option<String>,
-    ) -> Result<(), ()> {
+    ) -> Pumped {
         loop {
             let first = tokio::select! {
                 l = lines.next_line() => l,
-                () = self.cancel.cancelled() => return Err(()),
+                () = self.cancel.cancelled() => return Pumped::Stop,
             };
-            let Ok(Some(first)) = first else { return Ok(()) };
+            let first = match first {
+                Ok(Some(line)) => line,
+                Ok(None) => return Pumped::Closed,
+                Err(e) => return Pumped::ReadFailed(e),
+            };
             let mut records = Vec::new();
             self.push(&first, &mut records, cursor);
             // Gather what journalctl has already written into the same batch.
@@ -200,7 +227,7 @@ impl Follow<'_> {
                 let batch =
                     SourceBatch { key: self.key.clone(), records, checkpoint: Checkpoint::Journal { cursor: c } };
                 if self.tx.send(batch).await.is_err() {
-                    return Err(());
+                    return Pumped::Stop;
                 }
             }
         }
@@ -308,9 +335,23 @@ mod tests {
         task.await.unwrap();
     }
 
-    fn follow_parts() -> (Arc<str>, Arc<str>, Arc<str>, mpsc::Sender<SourceBatch>, mpsc::Receiver<SourceBatch>) {
-        let (tx, rx) = mpsc::channel(4);
-        ("journald:u".into(), "journald:u".into(), "pg-1".into(), tx, rx)
+    /// What a [`Follow`] borrows, for tests that run journalctl once.
+    struct FollowParts {
+        name: Arc<str>,
+        instance: Arc<str>,
+        tx: mpsc::Sender<SourceBatch>,
+        cancel: CancellationToken,
+    }
+
+    impl FollowParts {
+        fn new() -> (Self, mpsc::Receiver<SourceBatch>) {
+            let (tx, rx) = mpsc::channel(4);
+            (Self { name: "journald:u".into(), instance: "pg-1".into(), tx, cancel: CancellationToken::new() }, rx)
+        }
+
+        fn follow(&self) -> Follow<'_> {
+            Follow { key: &self.name, source: &self.name, instance: &self.instance, tx: &self.tx, cancel: &self.cancel }
+        }
     }
 
     /// journalctl that cannot start, or that exits with a failure, is JournalUnavailable (UNAVAILABLE)
@@ -318,9 +359,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_journalctl_is_unavailable_with_its_reason() {
         use crate::error::{ErrorCode, HasErrorCode};
-        let (key, source, instance, tx, _rx) = follow_parts();
-        let cancel = CancellationToken::new();
-        let follow = Follow { key: &key, source: &source, instance: &instance, tx: &tx, cancel: &cancel };
+        let (parts, _rx) = FollowParts::new();
+        let follow = parts.follow();
         let mut cursor = None;
 
         let missing = ToolCommand::new("/nonexistent/journalctl");
@@ -349,12 +389,11 @@ mod tests {
     /// A cancelled source stops a running journalctl rather than waiting for it.
     #[tokio::test]
     async fn cancelling_stops_a_running_journalctl() {
-        let (key, source, instance, tx, _rx) = follow_parts();
-        let cancel = CancellationToken::new();
-        let follow = Follow { key: &key, source: &source, instance: &instance, tx: &tx, cancel: &cancel };
+        let (parts, _rx) = FollowParts::new();
+        let follow = parts.follow();
         let mut cursor = None;
         let forever = ToolCommand::new("sleep").arg("600");
-        let stopper = cancel.clone();
+        let stopper = parts.cancel.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             stopper.cancel();
@@ -364,5 +403,18 @@ mod tests {
             .expect("run_once returns once cancelled")
             .expect("cancelling is no error");
         assert!(matches!(ended, Ended::Stopped));
+    }
+
+    /// Output that cannot be read (not UTF-8: journalctl's JSON always is) fails this run and stops
+    /// journalctl, which would otherwise be waited for while it keeps following.
+    #[tokio::test]
+    async fn unreadable_output_stops_journalctl_instead_of_waiting_for_it() {
+        let (parts, _rx) = FollowParts::new();
+        let mut cursor = None;
+        let garbled = ToolCommand::new("sh").args(["-c", "printf '\\377\\n'; exec sleep 600"]);
+        let follow = parts.follow();
+        let run = tokio::time::timeout(Duration::from_secs(10), follow.run_once(&garbled, "u", &mut cursor));
+        let e = run.await.expect("run_once returns without waiting for journalctl").err().expect("a read error");
+        assert!(matches!(&e, LogsError::Io { context, .. } if context.contains("sleep 600")), "{e}");
     }
 }
