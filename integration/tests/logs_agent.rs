@@ -201,6 +201,48 @@ async fn tail_logs_returns_joined_records_in_order_filters_by_severity_and_follo
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
 }
 
+/// Every Logs call answers by its instance id as the registry does: a malformed id is INVALID_ARGUMENT
+/// (not INTERNAL), an unknown instance NOT_FOUND, and a registered instance goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_calls_answer_invalid_argument_for_a_bad_id_and_not_found_for_an_unknown_instance() {
+    let agent = Agent::start_dev();
+    register_with_log_folder(&agent).await;
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let unreachable = Drain {
+        name: "d".into(),
+        target: Some(Target::Syslog(SyslogDrain { address: "127.0.0.1:9".into(), tls: false, ca_pem: String::new() })),
+    };
+    let code = |r: Result<tonic::Code, tonic::Status>| r.unwrap_or_else(|e| e.code());
+    for (n, (id, expected)) in
+        [("", tonic::Code::InvalidArgument), ("no-such-instance", tonic::Code::NotFound), (INSTANCE, tonic::Code::Ok)]
+            .into_iter()
+            .enumerate()
+    {
+        let set = client
+            .set_drains(SetDrainsRequest {
+                request_id: format!("codes-{n}"),
+                instance_id: id.into(),
+                drains: vec![unreachable.clone()],
+            })
+            .await;
+        assert_eq!(code(set.map(|_| tonic::Code::Ok)), expected, "SetDrains {id:?}\n{}", agent.log());
+        let list = client.list_drains(ListDrainsRequest { instance_id: id.into() }).await;
+        assert_eq!(code(list.map(|_| tonic::Code::Ok)), expected, "ListDrains {id:?}");
+        let status = client.get_drain_status(GetDrainStatusRequest { instance_id: id.into(), drain: "d".into() }).await;
+        assert_eq!(code(status.map(|_| tonic::Code::Ok)), expected, "GetDrainStatus {id:?}");
+    }
+    // TailLogs reads an empty instance_id as "every instance", so its malformed id is another one.
+    for (id, expected) in [
+        ("Not An Id", tonic::Code::InvalidArgument),
+        ("no-such-instance", tonic::Code::NotFound),
+        (INSTANCE, tonic::Code::Ok),
+        ("", tonic::Code::Ok),
+    ] {
+        let tail = client.tail_logs(TailLogsRequest { instance_id: id.into(), ..Default::default() }).await;
+        assert_eq!(code(tail.map(|_| tonic::Code::Ok)), expected, "TailLogs {id:?}");
+    }
+}
+
 async fn drain_status(client: &mut LogsClient<Channel>, drain: &str) -> DrainStatus {
     client
         .get_drain_status(GetDrainStatusRequest { instance_id: INSTANCE.into(), drain: drain.into() })

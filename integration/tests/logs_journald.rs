@@ -6,7 +6,7 @@
 use dbagent::logs::Severity;
 use dbagent::logs::checkpoint::Checkpoint;
 use dbagent::logs::journald::{JournalSettings, JournalSource, run_journal_source};
-use dbagent::logs::sources::SourceBatch;
+use dbagent::logs::record::SourceBatch;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::LogsError;
 use super::checkpoint::Checkpoint;
+use super::error::LogsError;
 use crate::fsutil;
 
 const MAGIC: u8 = 0xB1;
@@ -97,7 +97,7 @@ impl DrainBuffer {
         let state_path = dir.join("state.json");
         let state: State = match fs::read(&state_path) {
             Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| LogsError::Corrupt(format!("drain buffer state {}: {e}", state_path.display())))?,
+                .map_err(|source| LogsError::BufferStateCorrupt { path: state_path.clone(), source })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io_err(format!("read {}", state_path.display()))(e)),
         };
@@ -164,7 +164,7 @@ impl DrainBuffer {
         records: u32,
         data: &[u8],
     ) -> Result<(), LogsError> {
-        let ckpt = serde_json::to_vec(checkpoint).map_err(|e| LogsError::Corrupt(format!("encode checkpoint: {e}")))?;
+        let ckpt = serde_json::to_vec(checkpoint).map_err(|source| LogsError::Encode { what: "checkpoint", source })?;
         let mut payload = Vec::with_capacity(data.len() + ckpt.len() + key.len() + 10);
         payload.extend_from_slice(&u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes());
         payload.extend_from_slice(&key.as_bytes()[..key.len().min(u16::MAX as usize)]);
@@ -323,7 +323,7 @@ impl DrainBuffer {
     fn write_state(&self) -> Result<(), LogsError> {
         let path = self.dir.join("state.json");
         let bytes =
-            serde_json::to_vec(&self.state).map_err(|e| LogsError::Corrupt(format!("encode buffer state: {e}")))?;
+            serde_json::to_vec(&self.state).map_err(|source| LogsError::Encode { what: "buffer state", source })?;
         fsutil::atomic_write(&path, &bytes).map_err(io_err(format!("write {}", path.display())))
     }
 

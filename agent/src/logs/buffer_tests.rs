@@ -81,3 +81,24 @@ fn full_buffer_drops_oldest_segments_and_counts_them() {
     assert_eq!(b.status().dropped_records, s.dropped_records, "the drop count is persisted");
     assert_eq!(pos.get("k"), Some(&ckpt(39)));
 }
+
+#[test]
+fn an_unparsable_state_file_is_internal_and_names_its_path() {
+    use super::error::LogsError;
+    use crate::error::{ErrorCode, HasErrorCode};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut b, _) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)).unwrap();
+    b.append(&Arc::from("file:/x.log"), &ckpt(10), 1, b"line").unwrap();
+    let batch = b.read_batch(1 << 20).unwrap().unwrap();
+    b.ack(batch.last_frame).unwrap();
+    drop(b);
+    // The allowed path first: the committed checkpoint comes back.
+    let (_, pos) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)).unwrap();
+    assert_eq!(pos.get("file:/x.log"), Some(&ckpt(10)));
+
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, b"{ torn").unwrap();
+    let Err(e) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)) else { panic!("a torn state.json opened") };
+    assert!(matches!(&e, LogsError::BufferStateCorrupt { path, .. } if *path == state), "{e}");
+    assert_eq!(e.code(), ErrorCode::Internal);
+}

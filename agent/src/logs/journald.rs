@@ -1,20 +1,23 @@
-//! journald units, read through `journalctl -o json -f` as a child process: no journal library, and
-//! the cursor journalctl prints is the read position.
+//! Following one journald unit through `journalctl -o json -f` as a child process: no journal
+//! library, and the cursor journalctl prints is the read position.
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::LogsError;
 use super::checkpoint::Checkpoint;
-use super::record::{LogRecord, Severity};
-use super::sources::SourceBatch;
+use super::error::LogsError;
+use super::record::{LogRecord, Severity, SourceBatch};
+use crate::command::{CommandError, ToolCommand, read_tail};
+
+/// journalctl is restarted after this long when it exits, doubling up to [`MAX_RESTART_DELAY`]
+/// while it keeps exiting without handing on an entry.
+const MIN_RESTART_DELAY: Duration = Duration::from_millis(500);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalSettings {
@@ -40,9 +43,7 @@ pub struct JournalEntry {
 /// Parses one line of `journalctl -o json`. MESSAGE is a string, or an array of bytes when it is not
 /// valid UTF-8; PRIORITY and __REALTIME_TIMESTAMP (microseconds) are strings.
 pub fn parse_entry(line: &str) -> Result<JournalEntry, LogsError> {
-    let bad = |what: &str| {
-        LogsError::Journal(format!("journalctl output {what}: {}", crate::ids::truncate_for_message(line)))
-    };
+    let bad = |problem| LogsError::JournalOutput { problem, line: crate::ids::truncate_for_message(line) };
     let v: Value = serde_json::from_str(line).map_err(|_| bad("is not JSON"))?;
     let cursor = v.get("__CURSOR").and_then(Value::as_str).ok_or_else(|| bad("has no __CURSOR"))?.to_owned();
     let message = match v.get("MESSAGE") {
@@ -97,44 +98,48 @@ pub struct JournalSource {
     pub instance: Arc<str>,
 }
 
-/// Follows the unit until cancelled, restarting journalctl with the last cursor when it exits.
+/// Follows the unit until cancelled, restarting journalctl after the last cursor when it exits.
 pub async fn run_journal_source(src: JournalSource, tx: mpsc::Sender<SourceBatch>, cancel: CancellationToken) {
     let JournalSource { key, unit, mut cursor, tail_lines, settings, instance } = src;
     let source: Arc<str> = Arc::from(format!("journald:{unit}").as_str());
-    let mut backoff = Duration::from_millis(500);
+    let follow = Follow { key: &key, source: &source, instance: &instance, tx: &tx, cancel: &cancel };
+    let mut delay = MIN_RESTART_DELAY;
     loop {
-        let args = journalctl_args(&settings, &unit, cursor.as_deref(), tail_lines);
-        let child = Command::new(&settings.command)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        match child {
-            Ok(mut child) => {
-                if let Some(stdout) = child.stdout.take() {
-                    let mut lines = BufReader::new(stdout).lines();
-                    let ctx = Follow { key: &key, source: &source, instance: &instance, tx: &tx, cancel: &cancel };
-                    if ctx.pump(&mut lines, &mut cursor).await.is_err() {
-                        return;
-                    }
-                    backoff = Duration::from_millis(500);
-                }
-                let _ = child.kill().await;
-            }
-            Err(e) => tracing::warn!("start {} for unit {unit}: {e}", settings.command.display()),
+        let command =
+            ToolCommand::new(&settings.command).args(journalctl_args(&settings, &unit, cursor.as_deref(), tail_lines));
+        let before = cursor.clone();
+        match follow.run_once(&command, &unit, &mut cursor).await {
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Exited) => tracing::debug!(unit, "journalctl exited; restarting in {delay:?}"),
+            Err(e) => tracing::warn!("{e:#}; restarting in {delay:?}"),
         }
-        if cancel.is_cancelled() {
-            return;
+        if cursor != before {
+            delay = MIN_RESTART_DELAY;
         }
-        tracing::debug!(unit, "journalctl exited; restarting in {backoff:?}");
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
             () = cancel.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        delay = (delay * 2).min(MAX_RESTART_DELAY);
     }
+}
+
+/// How one run of journalctl ended, when it did not fail.
+enum Ended {
+    /// Cancelled, or nobody receives batches any more: the source is done.
+    Stopped,
+    /// journalctl exited successfully (`--file` journals end, for one): run it again.
+    Exited,
+}
+
+/// Why [`Follow::pump`] returned.
+enum Pumped {
+    /// journalctl closed its output (it exits).
+    Closed,
+    /// Reading its output failed while it may still run.
+    ReadFailed(std::io::Error),
+    /// Cancelled, or nobody receives batches any more.
+    Stop,
 }
 
 struct Follow<'a> {
@@ -146,18 +151,69 @@ struct Follow<'a> {
 }
 
 impl Follow<'_> {
-    /// Reads entries into batches until journalctl exits (Ok) or we must stop (Err).
+    /// Runs journalctl once, handing on its entries until it exits or we must stop.
+    async fn run_once(
+        &self,
+        command: &ToolCommand,
+        unit: &str,
+        cursor: &mut Option<String>,
+    ) -> Result<Ended, LogsError> {
+        let unavailable = |source| LogsError::JournalUnavailable { unit: unit.to_owned(), source };
+        let mut child = command.spawn().map_err(unavailable)?;
+        // Read stderr alongside stdout, so a chatty journalctl never blocks on a full pipe, and
+        // keep only its tail for the error.
+        let stderr = tokio::spawn(read_tail(child.stderr.take()));
+        let pumped = match child.stdout.take() {
+            Some(stdout) => self.pump(&mut BufReader::new(stdout).lines(), cursor).await,
+            None => Pumped::Closed,
+        };
+        // kill_on_drop would stop journalctl too; killing here also reaps it before the next start.
+        match pumped {
+            Pumped::Closed => {}
+            Pumped::Stop => {
+                let _ = child.kill().await;
+                return Ok(Ended::Stopped);
+            }
+            Pumped::ReadFailed(source) => {
+                let _ = child.kill().await;
+                return Err(LogsError::Io { context: format!("read the output of {}", command.shown()), source });
+            }
+        }
+        // journalctl closed its output, so it is exiting; a shutdown still does not wait for it.
+        let status = tokio::select! {
+            s = child.wait() => s.map_err(|source| unavailable(CommandError::Wait { command: command.name(), source }))?,
+            () = self.cancel.cancelled() => {
+                let _ = child.kill().await;
+                return Ok(Ended::Stopped);
+            }
+        };
+        let stderr = stderr.await.unwrap_or_default();
+        if status.success() {
+            return Ok(Ended::Exited);
+        }
+        Err(unavailable(CommandError::Failed {
+            command: command.shown(),
+            status: status.to_string(),
+            stderr: stderr.trim().to_owned(),
+        }))
+    }
+
+    /// Reads entries into batches until journalctl closes its output, reading fails, or we must stop.
     async fn pump<R: tokio::io::AsyncBufRead + Unpin>(
         &self,
         lines: &mut tokio::io::Lines<R>,
         cursor: &mut Option<String>,
-    ) -> Result<(), ()> {
+    ) -> Pumped {
         loop {
             let first = tokio::select! {
                 l = lines.next_line() => l,
-                () = self.cancel.cancelled() => return Err(()),
+                () = self.cancel.cancelled() => return Pumped::Stop,
             };
-            let Ok(Some(first)) = first else { return Ok(()) };
+            let first = match first {
+                Ok(Some(line)) => line,
+                Ok(None) => return Pumped::Closed,
+                Err(e) => return Pumped::ReadFailed(e),
+            };
             let mut records = Vec::new();
             self.push(&first, &mut records, cursor);
             // Gather what journalctl has already written into the same batch.
@@ -171,7 +227,7 @@ impl Follow<'_> {
                 let batch =
                     SourceBatch { key: self.key.clone(), records, checkpoint: Checkpoint::Journal { cursor: c } };
                 if self.tx.send(batch).await.is_err() {
-                    return Err(());
+                    return Pumped::Stop;
                 }
             }
         }
@@ -214,8 +270,8 @@ mod tests {
         assert_eq!(e[1].severity, Severity::Info);
         assert_eq!(e[2].message, "");
         assert_eq!(e[2].severity, Severity::Unspecified);
-        assert!(parse_entry("{}").is_err());
-        assert!(parse_entry("not json").is_err());
+        assert!(matches!(parse_entry("{}"), Err(LogsError::JournalOutput { problem: "has no __CURSOR", .. })));
+        assert!(matches!(parse_entry("not json"), Err(LogsError::JournalOutput { problem: "is not JSON", .. })));
     }
 
     #[test]
@@ -277,5 +333,88 @@ mod tests {
         );
         cancel.cancel();
         task.await.unwrap();
+    }
+
+    /// What a [`Follow`] borrows, for tests that run journalctl once.
+    struct FollowParts {
+        name: Arc<str>,
+        instance: Arc<str>,
+        tx: mpsc::Sender<SourceBatch>,
+        cancel: CancellationToken,
+    }
+
+    impl FollowParts {
+        fn new() -> (Self, mpsc::Receiver<SourceBatch>) {
+            let (tx, rx) = mpsc::channel(4);
+            (Self { name: "journald:u".into(), instance: "pg-1".into(), tx, cancel: CancellationToken::new() }, rx)
+        }
+
+        fn follow(&self) -> Follow<'_> {
+            Follow { key: &self.name, source: &self.name, instance: &self.instance, tx: &self.tx, cancel: &self.cancel }
+        }
+    }
+
+    /// journalctl that cannot start, or that exits with a failure, is JournalUnavailable (UNAVAILABLE)
+    /// naming the unit, the command and the end of its stderr; one that exits 0 is just restarted.
+    #[tokio::test]
+    async fn a_failing_journalctl_is_unavailable_with_its_reason() {
+        use crate::error::{ErrorCode, HasErrorCode};
+        let (parts, _rx) = FollowParts::new();
+        let follow = parts.follow();
+        let mut cursor = None;
+
+        let missing = ToolCommand::new("/nonexistent/journalctl");
+        let e = follow.run_once(&missing, "u", &mut cursor).await.err().expect("a missing journalctl fails");
+        assert!(
+            matches!(&e, LogsError::JournalUnavailable { unit, source: CommandError::Spawn { .. } } if unit == "u")
+        );
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+
+        // 20 000 bytes of noise on stderr before the reason: only the tail is kept.
+        let failing = ToolCommand::new("sh")
+            .args(["-c", "head -c 20000 /dev/zero | tr '\\0' x >&2; echo 'Failed to open journal' >&2; exit 1"]);
+        let e = follow.run_once(&failing, "u", &mut cursor).await.err().expect("exit 1 fails");
+        let LogsError::JournalUnavailable { source: CommandError::Failed { command, stderr, .. }, .. } = &e else {
+            panic!("not a failed journalctl: {e}")
+        };
+        assert!(command.starts_with("sh -c"), "{command}");
+        assert!(stderr.ends_with("Failed to open journal"), "{stderr}");
+        assert!(stderr.len() <= crate::command::STDERR_TAIL, "{}", stderr.len());
+
+        let ended = follow.run_once(&ToolCommand::new("true"), "u", &mut cursor).await.expect("exit 0 is no error");
+        assert!(matches!(ended, Ended::Exited));
+        assert_eq!(cursor, None, "no entry, no cursor");
+    }
+
+    /// A cancelled source stops a running journalctl rather than waiting for it.
+    #[tokio::test]
+    async fn cancelling_stops_a_running_journalctl() {
+        let (parts, _rx) = FollowParts::new();
+        let follow = parts.follow();
+        let mut cursor = None;
+        let forever = ToolCommand::new("sleep").arg("600");
+        let stopper = parts.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stopper.cancel();
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(10), follow.run_once(&forever, "u", &mut cursor))
+            .await
+            .expect("run_once returns once cancelled")
+            .expect("cancelling is no error");
+        assert!(matches!(ended, Ended::Stopped));
+    }
+
+    /// Output that cannot be read (not UTF-8: journalctl's JSON always is) fails this run and stops
+    /// journalctl, which would otherwise be waited for while it keeps following.
+    #[tokio::test]
+    async fn unreadable_output_stops_journalctl_instead_of_waiting_for_it() {
+        let (parts, _rx) = FollowParts::new();
+        let mut cursor = None;
+        let garbled = ToolCommand::new("sh").args(["-c", "printf '\\377\\n'; exec sleep 600"]);
+        let follow = parts.follow();
+        let run = tokio::time::timeout(Duration::from_secs(10), follow.run_once(&garbled, "u", &mut cursor));
+        let e = run.await.expect("run_once returns without waiting for journalctl").err().expect("a read error");
+        assert!(matches!(&e, LogsError::Io { context, .. } if context.contains("sleep 600")), "{e}");
     }
 }

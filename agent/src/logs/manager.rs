@@ -10,14 +10,14 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::LogsError;
 use super::drain::{DrainSpec, load_drains, store_drains, validate_drains};
+use super::error::LogsError;
 use super::hub::{Hub, Tail, TailRequest};
 use super::lines::LineFormat;
 use super::pipeline::{DrainPipeline, DrainStatus, PipelineContext};
 use super::settings::LogsConfig;
 use super::sources::{Mode, SourceSet, spawn_sources};
-use crate::instances::registry::{Registry, RegistryError};
+use crate::instances::registry::Registry;
 use crate::instances::{Instance, LogSource};
 
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
@@ -150,11 +150,10 @@ impl LogManager {
         Arc::from(self.inner.registry.log_read_roots())
     }
 
+    /// The registered instance `id`: a malformed id answers INVALID_ARGUMENT and an unknown one
+    /// NOT_FOUND, as the registry says.
     fn instance(&self, id: &str) -> Result<Instance, LogsError> {
-        self.inner.registry.get(id).map_err(|e| match e {
-            RegistryError::NotFound(id) => LogsError::InstanceNotFound(id),
-            other => LogsError::Corrupt(other.to_string()),
-        })
+        Ok(self.inner.registry.get(id)?)
     }
 
     pub fn tail(&self, req: &TailRequest) -> Result<Tail, LogsError> {

@@ -9,14 +9,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::LogsError;
-use super::buffer::{BufferStatus, DrainBuffer};
+use super::buffer::{BufferLimits, BufferStatus, DrainBuffer};
 use super::drain::transport::Transport;
 use super::drain::wire::WireFormat;
 use super::drain::{DrainSpec, DrainTarget};
+use super::error::LogsError;
 use super::lines::LineFormat;
+use super::record::SourceBatch;
 use super::settings::LogsConfig;
-use super::sources::{Mode, SourceBatch, SourceSet, spawn_sources};
+use super::sources::{Mode, SourceSet, spawn_sources};
 use crate::instances::LogSource;
 
 /// An in-flight batch gets this long to be acknowledged after shutdown began.
@@ -44,6 +45,14 @@ pub struct DrainPipeline {
     tasks: Vec<JoinHandle<()>>,
 }
 
+fn buffer_limits(cfg: &LogsConfig) -> BufferLimits {
+    BufferLimits {
+        max_bytes: cfg.buffer_max_bytes,
+        segment_bytes: cfg.segment_bytes,
+        sync_interval: Duration::from_millis(cfg.sync_interval_ms),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -61,7 +70,7 @@ pub struct PipelineContext<'a> {
 
 impl DrainPipeline {
     pub fn start(ctx: &PipelineContext<'_>, spec: DrainSpec, parent: &CancellationToken) -> Result<Self, LogsError> {
-        let (buffer, positions) = DrainBuffer::open(&ctx.dir, ctx.cfg.buffer_limits())?;
+        let (buffer, positions) = DrainBuffer::open(&ctx.dir, buffer_limits(ctx.cfg))?;
         let buffer = Arc::new(Mutex::new(buffer));
         let live = Arc::new(Mutex::new(Live::default()));
         let cancel = parent.child_token();

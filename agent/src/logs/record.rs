@@ -1,8 +1,11 @@
 //! One log record as the agent sees it, whatever the source: a joined multi-line message with the
-//! severity the engine's format gave it.
+//! severity the engine's format gave it; and the batch of records a source hands on with its read
+//! position after them.
 
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use super::checkpoint::Checkpoint;
 
 /// Ordered from least to most severe, so a minimum-severity filter is a comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -71,4 +74,14 @@ pub struct LogRecord {
     pub source: Arc<str>,
     pub severity: Severity,
     pub message: String,
+}
+
+/// What a source hands on: records, and where reading resumes after them. A drain stores the
+/// checkpoint with the records in its buffer and commits it once the drain acknowledged them.
+#[derive(Debug)]
+pub struct SourceBatch {
+    /// Names the source in checkpoints (see `sources::source_key`).
+    pub key: Arc<str>,
+    pub records: Vec<LogRecord>,
+    pub checkpoint: Checkpoint,
 }

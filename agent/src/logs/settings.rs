@@ -1,12 +1,8 @@
-//! The `[logs]` section of the agent config.
+//! The `[logs]` section of the agent config: plain data, imported by the modules it configures and
+//! importing none of them (sources and pipelines turn it into each part's settings).
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::Duration;
-
-use super::buffer::BufferLimits;
-use super::file_source::FollowSettings;
-use super::journald::JournalSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,26 +85,6 @@ impl LogsConfig {
             return Some(("logs.client_queue", "must be from 16 to 1000000".into()));
         }
         None
-    }
-
-    pub fn buffer_limits(&self) -> BufferLimits {
-        BufferLimits {
-            max_bytes: self.buffer_max_bytes,
-            segment_bytes: self.segment_bytes,
-            sync_interval: Duration::from_millis(self.sync_interval_ms),
-        }
-    }
-
-    pub fn follow(&self) -> FollowSettings {
-        FollowSettings {
-            rotate_wait: Duration::from_millis(self.rotate_wait_ms),
-            flush_after: Duration::from_millis(self.flush_after_ms),
-            rescan: Duration::from_millis(self.poll_interval_ms.max(50)),
-        }
-    }
-
-    pub fn journal(&self) -> JournalSettings {
-        JournalSettings { command: self.journalctl.clone(), extra_args: self.journalctl_args.clone() }
     }
 }
 

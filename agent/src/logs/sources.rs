@@ -9,10 +9,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Checkpoint;
-use super::file_source::{FileFollower, StartAt};
-use super::journald::{JournalSource, run_journal_source};
+use super::file_source::{FileFollower, FollowSettings, StartAt};
+use super::journald::{JournalSettings, JournalSource, run_journal_source};
 use super::lines::LineFormat;
-use super::record::LogRecord;
+use super::record::{LogRecord, SourceBatch};
 use super::settings::LogsConfig;
 use crate::instances::LogSource;
 
@@ -23,11 +23,17 @@ fn read_budget(cfg: &LogsConfig) -> usize {
     usize::try_from(cfg.batch_max_bytes / 2).unwrap_or(usize::MAX).clamp(2048, 1024 * 1024)
 }
 
-#[derive(Debug)]
-pub struct SourceBatch {
-    pub key: Arc<str>,
-    pub records: Vec<LogRecord>,
-    pub checkpoint: Checkpoint,
+fn follow_settings(cfg: &LogsConfig) -> FollowSettings {
+    FollowSettings {
+        rotate_wait: Duration::from_millis(cfg.rotate_wait_ms),
+        flush_after: Duration::from_millis(cfg.flush_after_ms),
+        // Expanding a glob is a directory listing: not more often than 20 times a second.
+        rescan: Duration::from_millis(cfg.poll_interval_ms.max(50)),
+    }
+}
+
+fn journal_settings(cfg: &LogsConfig) -> JournalSettings {
+    JournalSettings { command: cfg.journalctl.clone(), extra_args: cfg.journalctl_args.clone() }
 }
 
 /// Names a source in checkpoints; stable across restarts.
@@ -70,7 +76,7 @@ pub fn spawn_sources(
         match source {
             LogSource::FileGlob(glob) => {
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
-                let mut follower = FileFollower::new(glob.clone(), set.format, cfg.follow(), start);
+                let mut follower = FileFollower::new(glob.clone(), set.format, follow_settings(cfg), start);
                 if let Some(roots) = &set.roots {
                     follower.confine_to(roots.clone());
                 }
@@ -94,7 +100,7 @@ pub fn spawn_sources(
                     unit: unit.clone(),
                     cursor,
                     tail_lines: tail,
-                    settings: cfg.journal(),
+                    settings: journal_settings(cfg),
                     instance,
                 };
                 tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));

@@ -1,13 +1,14 @@
 //! Log drains: where an instance's logs are shipped. Their configuration, its validation and storage,
 //! the wire formats, and delivery with an acknowledgement.
 
+pub mod endpoint;
 pub mod transport;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use super::LogsError;
+use super::error::LogsError;
 use crate::fsutil;
 use crate::ids::InvalidField;
 
@@ -64,10 +65,10 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
         }
         match &d.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
-                transport::split_host_port(address)
+                endpoint::split_host_port(address)
                     .ok_or_else(|| InvalidField::new(format!("{field}.syslog.address"), "must be HOST:PORT"))?;
                 if *tls && !ca_pem.is_empty() {
-                    transport::roots_from_pem(ca_pem)
+                    endpoint::roots_from_pem(ca_pem)
                         .map_err(|e| InvalidField::new(format!("{field}.syslog.ca_pem"), e.to_string()))?;
                 }
                 if !*tls && !ca_pem.is_empty() {
@@ -75,9 +76,9 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
                 }
             }
             DrainTarget::Https { url, ca_pem } => {
-                transport::HttpsUrl::parse(url).map_err(|m| InvalidField::new(format!("{field}.https.url"), m))?;
+                endpoint::HttpsUrl::parse(url).map_err(|m| InvalidField::new(format!("{field}.https.url"), m))?;
                 if !ca_pem.is_empty() {
-                    transport::roots_from_pem(ca_pem)
+                    endpoint::roots_from_pem(ca_pem)
                         .map_err(|e| InvalidField::new(format!("{field}.https.ca_pem"), e.to_string()))?;
                 }
             }
@@ -94,9 +95,7 @@ pub fn drains_file(instance_dir: &Path) -> PathBuf {
 pub fn load_drains(instance_dir: &Path) -> Result<Vec<DrainSpec>, LogsError> {
     let path = drains_file(instance_dir);
     match std::fs::read(&path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| LogsError::Corrupt(format!("drain list {}: {e}", path.display())))
-        }
+        Ok(b) => serde_json::from_slice(&b).map_err(|source| LogsError::DrainListCorrupt { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(LogsError::Io { context: format!("read {}", path.display()), source }),
     }
@@ -106,7 +105,7 @@ pub fn store_drains(instance_dir: &Path, drains: &[DrainSpec]) -> Result<(), Log
     fsutil::ensure_private_dir(instance_dir)
         .map_err(|source| LogsError::Io { context: format!("create {}", instance_dir.display()), source })?;
     let path = drains_file(instance_dir);
-    let bytes = serde_json::to_vec_pretty(drains).map_err(|e| LogsError::Corrupt(format!("encode drains: {e}")))?;
+    let bytes = serde_json::to_vec_pretty(drains).map_err(|source| LogsError::Encode { what: "drain list", source })?;
     fsutil::atomic_write(&path, &bytes)
         .map_err(|source| LogsError::Io { context: format!("write {}", path.display()), source })
 }
@@ -151,5 +150,15 @@ mod tests {
         let drains = vec![syslog("a", "127.0.0.1:514")];
         store_drains(&inst, &drains).unwrap();
         assert_eq!(load_drains(&inst).unwrap(), drains);
+    }
+
+    #[test]
+    fn a_corrupt_drain_list_is_internal_and_names_its_file() {
+        use crate::error::{ErrorCode, HasErrorCode};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(drains_file(dir.path()), b"{ not json").unwrap();
+        let e = load_drains(dir.path()).unwrap_err();
+        assert!(matches!(&e, LogsError::DrainListCorrupt { path, .. } if *path == drains_file(dir.path())), "{e}");
+        assert_eq!(e.code(), ErrorCode::Internal);
     }
 }

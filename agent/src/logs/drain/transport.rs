@@ -9,15 +9,17 @@
 //!
 //! HTTPS: one POST per batch; any 2xx answer is the acknowledgement.
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use super::endpoint::{HttpsUrl, roots_from_pem, split_host_port};
 use super::{DrainSpec, DrainTarget};
-use crate::logs::LogsError;
+use crate::logs::error::{LogsError, PemProblem};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// For writing a batch and for the receiver to close after it.
@@ -33,79 +35,32 @@ enum Kind {
     Https { url: HttpsUrl, tls: TlsConnector, server_name: ServerName<'static> },
 }
 
-/// `https://HOST[:PORT][/PATH]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpsUrl {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
-}
-
-impl HttpsUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("https://").ok_or("must start with https://")?;
-        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let (host, port) = match split_host_port(authority) {
-            Some((h, p)) => (h, p),
-            None => (authority.trim_start_matches('[').trim_end_matches(']').to_owned(), 443),
-        };
-        if host.is_empty() || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err("must be https://HOST[:PORT]/PATH".into());
-        }
-        Ok(Self { host, port, path })
-    }
-
-    /// `host:port` for connecting and for the `Host` header; an IPv6 host in brackets.
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// `host:port` or `[v6]:port`.
-pub fn split_host_port(address: &str) -> Option<(String, u16)> {
-    let (host, port) = address.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (!host.is_empty() && !host.contains(':') || address.starts_with('[')).then(|| (host.to_owned(), port))
-}
-
-pub fn roots_from_pem(pem: &str) -> Result<rustls::RootCertStore, LogsError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| LogsError::Tls(format!("read CA PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(LogsError::Tls("no certificate found in the CA PEM".into()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs {
-        roots.add(c).map_err(|e| LogsError::Tls(format!("use CA certificate: {e}")))?;
-    }
-    Ok(roots)
-}
-
+/// A TLS client trusting the drain's `ca_pem`, or the system CA bundle when it is empty.
 fn connector(ca_pem: &str) -> Result<TlsConnector, LogsError> {
     let roots = if ca_pem.is_empty() {
-        let pem = std::fs::read_to_string(SYSTEM_CA_BUNDLE).map_err(|e| {
-            LogsError::Tls(format!("no ca_pem given and the system CA bundle {SYSTEM_CA_BUNDLE} is unreadable: {e}"))
-        })?;
-        roots_from_pem(&pem)?
+        system_roots(Path::new(SYSTEM_CA_BUNDLE))?
     } else {
-        roots_from_pem(ca_pem)?
+        roots_from_pem(ca_pem).map_err(LogsError::InvalidCaPem)?
     };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| LogsError::Tls(format!("TLS versions: {e}")))?
+        .map_err(LogsError::TlsSetup)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, LogsError> {
-    ServerName::try_from(host.to_owned()).map_err(|e| LogsError::Tls(format!("server name {host:?}: {e}")))
+fn system_roots(path: &Path) -> Result<rustls::RootCertStore, LogsError> {
+    let unusable = |problem| LogsError::SystemCaBundle { path: path.to_owned(), problem };
+    let pem = std::fs::read_to_string(path).map_err(|e| unusable(PemProblem::Unreadable(e)))?;
+    roots_from_pem(&pem).map_err(unusable)
+}
+
+fn server_name(drain: &str, host: &str) -> Result<ServerName<'static>, LogsError> {
+    ServerName::try_from(host.to_owned()).map_err(|e| LogsError::InvalidDrain {
+        drain: drain.to_owned(),
+        reason: format!("host {host:?} is not a TLS server name: {e}"),
+    })
 }
 
 impl Transport {
@@ -113,17 +68,22 @@ impl Transport {
         let kind = match &spec.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
                 let tls = if *tls {
-                    let (host, _) = split_host_port(address)
-                        .ok_or_else(|| LogsError::Drain(format!("address {address:?} is not HOST:PORT")))?;
-                    Some((connector(ca_pem)?, server_name(&host)?))
+                    let (host, _) = split_host_port(address).ok_or_else(|| LogsError::InvalidDrain {
+                        drain: spec.name.clone(),
+                        reason: format!("address {address:?} is not HOST:PORT"),
+                    })?;
+                    Some((connector(ca_pem)?, server_name(&spec.name, &host)?))
                 } else {
                     None
                 };
                 Kind::Syslog { address: address.clone(), tls }
             }
             DrainTarget::Https { url, ca_pem } => {
-                let url = HttpsUrl::parse(url).map_err(LogsError::Drain)?;
-                let server_name = server_name(&url.host)?;
+                let url = HttpsUrl::parse(url).map_err(|reason| LogsError::InvalidDrain {
+                    drain: spec.name.clone(),
+                    reason: format!("url {reason}"),
+                })?;
+                let server_name = server_name(&spec.name, &url.host)?;
                 Kind::Https { tls: connector(ca_pem)?, server_name, url }
             }
         };
@@ -188,12 +148,13 @@ fn check_http_answer(address: &str, answer: &[u8], read: Result<(), LogsError>) 
         Some(200..=299) => Ok(()),
         Some(code) => {
             let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            Err(LogsError::Drain(format!(
-                "HTTPS drain {address} answered {code}: {}",
-                crate::ids::truncate_for_message(body.trim())
-            )))
+            Err(LogsError::DrainRefused {
+                address: address.to_owned(),
+                status: code,
+                body: crate::ids::truncate_for_message(body.trim()),
+            })
         }
-        None => read.and(Err(LogsError::Drain(format!("HTTPS drain {address} sent no HTTP status line")))),
+        None => read.and(Err(LogsError::NoHttpStatus { address: address.to_owned() })),
     }
 }
 
@@ -203,12 +164,16 @@ async fn connect(address: &str) -> Result<TcpStream, LogsError> {
     Ok(tcp)
 }
 
-async fn timed<T>(address: &str, what: &str, f: impl Future<Output = std::io::Result<T>>) -> Result<T, LogsError> {
-    let limit = if what == "connect" || what == "TLS handshake" { CONNECT_TIMEOUT } else { IO_TIMEOUT };
+async fn timed<T>(
+    address: &str,
+    step: &'static str,
+    f: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, LogsError> {
+    let limit = if step == "connect" || step == "TLS handshake" { CONNECT_TIMEOUT } else { IO_TIMEOUT };
     match tokio::time::timeout(limit, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(LogsError::Drain(format!("{what} {address}: {e}"))),
-        Err(_) => Err(LogsError::Drain(format!("{what} {address}: no progress in {limit:?}"))),
+        Ok(Err(source)) => Err(LogsError::Delivery { address: address.to_owned(), step, source }),
+        Err(_) => Err(LogsError::DeliveryTimedOut { address: address.to_owned(), step, limit }),
     }
 }
 
@@ -242,26 +207,52 @@ async fn write_and_await_close<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn addresses_and_urls() {
-        assert_eq!(split_host_port("127.0.0.1:514"), Some(("127.0.0.1".into(), 514)));
-        assert_eq!(split_host_port("[::1]:6514"), Some(("::1".into(), 6514)));
-        assert_eq!(split_host_port("logs.example:0"), None);
-        assert_eq!(split_host_port("::1:514"), None);
-        let u = HttpsUrl::parse("https://logs.example:8443/v1/ingest?x=1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("logs.example", 8443, "/v1/ingest?x=1"));
-        assert_eq!(HttpsUrl::parse("https://logs.example").unwrap().path, "/");
-        assert_eq!(u.authority(), "logs.example:8443");
-        let v6 = HttpsUrl::parse("https://[::1]:8443/in").unwrap();
-        assert_eq!((v6.host.as_str(), v6.authority().as_str()), ("::1", "[::1]:8443"));
-        assert!(HttpsUrl::parse("http://x/").is_err());
-    }
+    use crate::error::{ErrorCode, HasErrorCode};
 
     #[test]
     fn http_answers() {
         assert!(check_http_answer("a", b"HTTP/1.1 204 No Content\r\n\r\n", Ok(())).is_ok());
         let e = check_http_answer("a", b"HTTP/1.1 503 Busy\r\n\r\ntry later", Ok(())).unwrap_err();
-        assert!(e.to_string().contains("503") && e.to_string().contains("try later"), "{e}");
-        assert!(check_http_answer("a", b"", Ok(())).is_err());
+        assert!(matches!(&e, LogsError::DrainRefused { status: 503, body, .. } if body == "try later"), "{e}");
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        let e = check_http_answer("a", b"", Ok(())).unwrap_err();
+        assert!(matches!(e, LogsError::NoHttpStatus { .. }), "{e}");
+    }
+
+    fn drain(target: DrainTarget) -> DrainSpec {
+        DrainSpec { name: "d".into(), target }
+    }
+
+    #[test]
+    fn a_bad_ca_pem_is_invalid_and_an_unreadable_system_bundle_a_node_problem() {
+        let bad_ca = drain(DrainTarget::Https { url: "https://logs.example/in".into(), ca_pem: "garbage".into() });
+        let e = Transport::new(&bad_ca).err().expect("a ca_pem without certificates is refused");
+        assert!(matches!(e, LogsError::InvalidCaPem(PemProblem::NoCertificate)), "{e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca-certificates.crt");
+        let e = system_roots(&missing).unwrap_err();
+        assert!(matches!(&e, LogsError::SystemCaBundle { problem: PemProblem::Unreadable(_), .. }), "{e}");
+        assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+        std::fs::write(&missing, "no pem here").unwrap();
+        let e = system_roots(&missing).unwrap_err();
+        assert!(matches!(&e, LogsError::SystemCaBundle { problem: PemProblem::NoCertificate, .. }), "{e}");
+
+        // The allowed path: a CA PEM with a certificate sets the transport up.
+        let cert = rcgen::generate_simple_self_signed(vec!["logs.example".into()]).unwrap().cert.pem();
+        let good = drain(DrainTarget::Https { url: "https://logs.example/in".into(), ca_pem: cert.clone() });
+        assert!(Transport::new(&good).is_ok());
+        std::fs::write(&missing, &cert).unwrap();
+        assert_eq!(system_roots(&missing).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_stored_drain_with_a_bad_address_names_the_drain() {
+        let no_port = drain(DrainTarget::Syslog { address: "logs.example".into(), tls: true, ca_pem: String::new() });
+        let e = Transport::new(&no_port).err().expect("an address without a port is refused");
+        assert!(matches!(&e, LogsError::InvalidDrain { drain, .. } if drain == "d"), "{e}");
+        let plain = drain(DrainTarget::Syslog { address: "127.0.0.1:514".into(), tls: false, ca_pem: String::new() });
+        assert!(Transport::new(&plain).is_ok());
     }
 }
