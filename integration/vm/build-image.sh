@@ -2,13 +2,19 @@
 # Build (once, cached) the Debian 12 guest used by the VM harness: a root file system image with systemd,
 # cryptsetup, PostgreSQL 15 and the test driver, Debian's stock kernel and a small busybox initramfs.
 #
-# Usage: build-image.sh            prints the image directory (root.img, vmlinuz, initrd.gz) on stdout
+# Usage: build-image.sh            prints the image directory (root.img, vmlinuz, initrd.gz) on stdout,
+#                                  as its only line: run-vm.sh captures it; everything else goes to stderr
 # Env:   DBAGENT_VM_CACHE          cache folder (default /var/cache/dbagent-vm)
 #        VM_REBUILD=1              rebuild even if a cached image for this script version exists
 #
 # The cache is keyed by a hash of this script and of guest/, so any change to them builds a new image.
 # Needs root (debootstrap, chroot). Missing host packages are installed with apt-get.
 set -euo pipefail
+# Standard output carries one line, the image folder (callers capture it): the original stdout is kept
+# as fd 3 for that line and everything else, ours and every tool's (mke2fs -d, apt, chroot ...), goes
+# to stderr. The build itself runs with fd 3 closed, so nothing it starts can hold the caller's pipe.
+exec 3>&1 1>&2
+image_ready() { printf '%s\n' "$IMAGE" >&3; exit 0; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${DBAGENT_VM_CACHE:-/var/cache/dbagent-vm}"
@@ -22,8 +28,7 @@ IMAGE="$CACHE/image-$KEY"
 
 if [[ -f "$IMAGE/ready" && "${VM_REBUILD:-0}" != 1 ]]; then
     touch "$IMAGE/ready" 2>/dev/null || true
-    echo "$IMAGE"
-    exit 0
+    image_ready
 fi
 
 [[ $(id -u) == 0 ]] || die "building the guest image needs root (debootstrap, chroot); run as root once, later runs reuse $IMAGE"
@@ -31,22 +36,16 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/build.lock"
 flock -n 9 || { log "another build of the guest image is running, waiting for it ($CACHE/build.lock)"; flock 9; }
 if [[ -f "$IMAGE/ready" && "${VM_REBUILD:-0}" != 1 ]]; then
-    echo "$IMAGE"
-    exit 0
+    image_ready
 fi
 
+# The build; it runs with fd 3 closed (see the top) and ends in image_ready.
+build() {
 # --- host tools -------------------------------------------------------------------------------------
-need=()
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v busybox >/dev/null || need+=(busybox-static)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v depmod >/dev/null || need+=(kmod)
-if ((${#need[@]})); then
-    log "installing host packages: ${need[*]}"
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 "${need[@]}" >&2
-fi
+# The packages and commands of the VM harness (integration/apt-deps.sh), installed and checked.
+# shellcheck source=SCRIPTDIR/../apt-deps.sh
+. "$HERE/../apt-deps.sh"
+ensure_installed "${VM_PACKAGES[@]}" -- "${VM_COMMANDS[@]}" || die "the host packages the guest image needs are missing (above)"
 BUSYBOX="$(command -v busybox)"
 if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is not statically linked; install busybox-static"; fi
 
@@ -209,4 +208,6 @@ for old in "$CACHE"/image-*; do
     if [[ "$old" != "$IMAGE" && -f "$old/ready" && -n "$(find "$old/ready" -mtime +14)" ]]; then rm -rf "$old"; fi
 done
 log "image ready in $IMAGE ($((SECONDS - T0)) s)"
-echo "$IMAGE"
+}
+build 3>&-
+image_ready

@@ -37,6 +37,9 @@ for d in "${DISKS[@]}"; do [[ -f "$d" || -b "$d" ]] || die "disk $d does not exi
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: apt-get install qemu-system-x86"
 
 IMAGE="$("$HERE/build-image.sh")" || die "building the guest image failed (see above)"
+# build-image.sh prints exactly one line, the image folder; anything else is a bug there, say so plainly.
+[[ "$IMAGE" != *$'\n'* && "$IMAGE" == /* && -d "$IMAGE" ]] \
+    || die "build-image.sh printed $(printf '%q' "$IMAGE") on stdout instead of one line naming the image folder"
 for f in root.img vmlinuz initrd.gz; do [[ -f "$IMAGE/$f" ]] || die "$IMAGE/$f missing: rebuild with VM_REBUILD=1 $HERE/build-image.sh"; done
 
 mkdir -p "$OUT"
@@ -62,6 +65,7 @@ if [[ -n "${VM_ROOT_OVERLAY:-}" ]]; then
     ROOT_DRIVE="file=$(realpath "$VM_ROOT_OVERLAY"),format=qcow2,if=none,id=root"
 fi
 
+# shellcheck disable=SC2054  # commas separate qemu's suboptions, not array elements
 ARGS=(
     -accel tcg,thread=multi -cpu max -m "${VM_MEMORY:-1024}" -smp "${VM_CPUS:-2}" -nographic -no-reboot
     -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.gz"

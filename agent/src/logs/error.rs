@@ -112,7 +112,7 @@ mod tests {
         let invalid = crate::ids::instance_id("instance_id", "").unwrap_err();
         assert_eq!(LogsError::from(RegistryError::from(invalid)).code(), ErrorCode::InvalidArgument);
         assert_eq!(LogsError::from(RegistryError::NotFound("pg-9".into())).code(), ErrorCode::NotFound);
-        assert_eq!(LogsError::from(RegistryError::Busy("pg-1".into())).code(), ErrorCode::Aborted);
+        assert_eq!(LogsError::from(RegistryError::Busy { instance: "pg-1".into() }).code(), ErrorCode::Aborted);
     }
 
     #[test]
