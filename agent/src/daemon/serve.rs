@@ -116,3 +116,35 @@ async fn prune_periodically(engine: OperationEngine, requests: RequestLedger, ro
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_while_serving_begins_the_shutdown_as_a_failure() {
+        let root = CancellationToken::new();
+        let mut tasks = CriticalTasks::default();
+        tasks.spawn(Task::SignalHandler, std::future::pending());
+        tasks.spawn(Task::BackupScheduler, async { Ok(()) });
+        let failure = until_shutdown(&mut tasks, &root).await;
+        assert!(matches!(failure, Some(DaemonError::TaskStopped { task: Task::BackupScheduler })), "{failure:?}");
+        assert!(root.is_cancelled(), "the failure must begin the shutdown");
+        assert_eq!(tasks.running(), vec![Task::SignalHandler], "the others are left to the drain");
+    }
+
+    #[tokio::test]
+    async fn a_signal_is_a_shutdown_not_a_failure() {
+        let root = CancellationToken::new();
+        let mut tasks = CriticalTasks::default();
+        let token = root.clone();
+        // As the signal handler does on SIGTERM: cancel the root token, then end.
+        tasks.spawn(Task::SignalHandler, async move {
+            token.cancel();
+            Ok(())
+        });
+        tasks.spawn(Task::BackupScheduler, std::future::pending());
+        assert!(until_shutdown(&mut tasks, &root).await.is_none());
+        assert!(root.is_cancelled());
+    }
+}
