@@ -80,7 +80,7 @@ fn collect_notifications(sock: UnixDatagram) -> Arc<Mutex<Vec<(Instant, String)>
 }
 
 /// A syslog receiver that reads every batch and never closes its side, so each batch stays
-/// unacknowledged (transport.rs: EOF from the receiver is the acknowledgement).
+/// unacknowledged (agent/src/logs/drain/transport.rs: the receiver's EOF is the acknowledgement).
 fn black_hole() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the syslog receiver");
     let address = listener.local_addr().expect("its address").to_string();

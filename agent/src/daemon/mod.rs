@@ -1,6 +1,6 @@
-//! The daemon's life: [`build`] opens the state and constructs the subsystems, [`serve`] starts
-//! their tasks, tells systemd READY and waits for a signal or a critical task's exit, [`shutdown`]
-//! drains everything against one deadline. `--dev` helpers are in [`dev`].
+//! The daemon's life: `build` opens the state and constructs the subsystems, `serve` starts their
+//! tasks, tells systemd READY and waits for a signal or a critical task's exit, `shutdown` drains
+//! everything against one deadline. `--dev` helpers are in [`dev`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
