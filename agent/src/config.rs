@@ -145,6 +145,9 @@ pub struct TestingConfig {
     /// Fault injection for tests (docs/packaging.md): SIGUSR2 makes the agent stop petting the systemd
     /// watchdog, as a hung runtime would. Off by default (SIGUSR2 then keeps its default effect).
     pub fault_switches: bool,
+    /// The test-only `sleep` operation ignores cancellation, so it outlasts the shutdown grace as a
+    /// step that cannot be interrupted would (tests of `api.shutdown_grace_secs`). Off by default.
+    pub sleep_outlasts_shutdown: bool,
 }
 
 impl Default for MetricsConfig {
@@ -547,6 +550,8 @@ mod tests {
     fn fault_switches_are_off_unless_enabled() {
         assert!(!parse("").unwrap().testing.fault_switches);
         assert!(parse("[testing]\nfault_switches = true").unwrap().testing.fault_switches);
+        assert!(!parse("").unwrap().testing.sleep_outlasts_shutdown);
+        assert!(parse("[testing]\nsleep_outlasts_shutdown = true").unwrap().testing.sleep_outlasts_shutdown);
         let e = parse("[testing]\nhang = true").unwrap_err().to_string();
         assert!(e.contains("hang"), "{e}");
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use dbagent::config::{Config, DEFAULT_CONFIG_PATH};
-use dbagent::daemon;
-use dbagent::daemon::tracing_setup;
+use dbagent::daemon::{self, RunMode, tracing_setup};
+use dbagent::volume::setup::VolumeBackend;
 
 /// Node agent of a managed-database platform: encrypted volumes, metrics, logs, backups, upgrades,
 /// driven by the orchestrator over gRPC with mutual TLS.
@@ -22,6 +22,12 @@ struct Args {
     /// all state under --state-dir (default ./dbagent-dev), the test operation kind enabled.
     #[arg(long)]
     dev: bool,
+
+    /// With --dev: simulated volumes. The Volumes API works without root or device-mapper, on
+    /// in-memory backends; nothing is encrypted and the volumes are gone when the agent stops.
+    /// For developing against the full API on a laptop; no configuration key can turn it on.
+    #[arg(long, requires = "dev")]
+    sim: bool,
 
     /// Overrides `state_dir`.
     #[arg(long, env = "DBAGENT_STATE_DIR")]
@@ -38,7 +44,7 @@ struct Args {
 
 fn load(args: &Args) -> Result<Config, String> {
     let mut config = if args.dev {
-        let dir = args.state_dir.clone().unwrap_or_else(daemon::default_dev_state_dir);
+        let dir = args.state_dir.clone().unwrap_or_else(daemon::dev::default_dev_state_dir);
         let dir = if dir.is_absolute() { dir } else { std::env::current_dir().map_err(|e| e.to_string())?.join(dir) };
         Config::dev(&dir, args.listen)
     } else {
@@ -75,17 +81,12 @@ fn main() -> ExitCode {
     }
     tracing_setup::init(&config.logging);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("dbagent: start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let mode = match (args.dev, args.sim) {
+        (false, _) => RunMode::Production,
+        (true, false) => RunMode::Dev { volumes: VolumeBackend::System },
+        (true, true) => RunMode::Dev { volumes: VolumeBackend::Simulated },
     };
-    let result = runtime.block_on(daemon::run(config, args.dev));
-    // Blocking work still running (a libcryptsetup call, a file write) gets a moment, not forever.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    match result {
+    match daemon::run(config, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -53,6 +53,7 @@ enum Mode {
 /// Chooses how an [`Agent`] is started.
 pub struct AgentBuilder {
     mode: Mode,
+    extra_args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     wait_ready: bool,
 }
@@ -60,12 +61,18 @@ pub struct AgentBuilder {
 impl AgentBuilder {
     /// `dbagent --dev --state-dir DIR --listen 127.0.0.1:PORT`: the agent makes its own PKI.
     pub fn dev() -> Self {
-        Self { mode: Mode::Dev, env: Vec::new(), wait_ready: true }
+        Self { mode: Mode::Dev, extra_args: Vec::new(), env: Vec::new(), wait_ready: true }
     }
 
     /// `dbagent --config FILE`, with the file's TOML made by `render` from the launch context.
     pub fn config(render: impl Fn(&LaunchContext) -> String + 'static) -> Self {
-        Self { mode: Mode::Config(Box::new(render)), env: Vec::new(), wait_ready: true }
+        Self { mode: Mode::Config(Box::new(render)), extra_args: Vec::new(), env: Vec::new(), wait_ready: true }
+    }
+
+    /// One more command-line argument after those of the mode, e.g. `--sim`.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.extra_args.push(arg.into());
+        self
     }
 
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
@@ -87,7 +94,7 @@ impl AgentBuilder {
             state_dir: dir.path().join("state"),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
         };
-        let args: Vec<OsString> = match &self.mode {
+        let mut args: Vec<OsString> = match &self.mode {
             Mode::Dev => vec![
                 "--dev".into(),
                 "--state-dir".into(),
@@ -101,6 +108,7 @@ impl AgentBuilder {
                 vec!["--config".into(), file.into()]
             }
         };
+        args.extend(self.extra_args);
         let mut agent = Agent { bin: agent_binary(), args, env: self.env, ctx, child: None, _dir: dir };
         agent.spawn();
         if self.wait_ready {

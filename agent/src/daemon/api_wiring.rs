@@ -1,0 +1,47 @@
+//! What the gRPC services are given: the one place that hands the subsystems to the API. Each
+//! service gets only what it uses.
+
+use std::time::SystemTime;
+
+use super::build::Daemon;
+use crate::api::{self, Services};
+use crate::host_inventory::HostInventory;
+
+pub(super) fn services(d: &Daemon) -> Services {
+    Services {
+        agent: api::agent::AgentApi {
+            started: SystemTime::now(),
+            hostname: d.hostname.clone(),
+            config_digest: d.config.digest(),
+            dev_mode: d.mode.is_dev(),
+            volumes_simulated: d.volumes_simulated,
+            // Read once: the inventory does not change while the agent runs.
+            host: HostInventory::read(),
+            registry: d.registry.clone(),
+            operations: d.engine.clone(),
+            shutdown: d.root.clone(),
+        },
+        instances: api::instances::InstancesApi { registry: d.registry.clone(), requests: d.requests.clone() },
+        operations: api::operations::OperationsApi {
+            operations: d.engine.clone(),
+            test_kinds: d.config.operations.enable_test_kinds,
+            shutdown: d.root.clone(),
+        },
+        volumes: api::volumes::VolumesApi {
+            volumes: d.volumes.clone(),
+            registry: d.registry.clone(),
+            operations: d.engine.clone(),
+        },
+        metrics: api::metrics::MetricsApi {
+            hub: d.metrics_hub.clone(),
+            registry: d.registry.clone(),
+            shutdown: d.root.clone(),
+        },
+        logs: api::logs::LogsApi { logs: d.logs.clone(), requests: d.requests.clone() },
+        backups: api::backups::BackupsApi {
+            backups: d.backups.clone(),
+            registry: d.registry.clone(),
+            requests: d.requests.clone(),
+        },
+    }
+}

@@ -1,0 +1,130 @@
+//! Opens the state and constructs every subsystem, in dependency order, before anything serves.
+//! A failure here stops the start: nothing has been announced to systemd or clients yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{DaemonError, RunMode, dev};
+use crate::backup::{self, BackupService};
+use crate::config::Config;
+use crate::fsutil;
+use crate::instances::registry::Registry;
+use crate::instances::validate::ValidationRules;
+use crate::locks::ResourceLocks;
+use crate::logs::LogManager;
+use crate::metrics::start::MetricsTasks;
+use crate::metrics::{self, MetricsHub};
+use crate::ops::{OperationEngine, OpsSettings};
+use crate::requests::{DEFAULT_MAX_ENTRIES, LedgerSettings, RequestLedger};
+use crate::tls::server::ReloadableAcceptor;
+use crate::volume::Volumes;
+use crate::volume::setup::VolumeBackend;
+
+/// Everything the daemon runs, constructed but not serving yet.
+pub(super) struct Daemon {
+    pub config: Config,
+    pub mode: RunMode,
+    /// Cancelled when shutdown begins; every task and running operation watches it.
+    pub root: CancellationToken,
+    pub hostname: String,
+    pub registry: Arc<Registry>,
+    pub engine: OperationEngine,
+    pub requests: RequestLedger,
+    pub volumes: Volumes,
+    /// True with `--dev --sim`: the volumes live in memory and nothing is encrypted.
+    pub volumes_simulated: bool,
+    pub backups: Arc<BackupService>,
+    pub logs: LogManager,
+    pub metrics_hub: Arc<MetricsHub>,
+    /// Already running (they bind their listener at start); the daemon adopts them.
+    pub metrics_tasks: MetricsTasks,
+    pub acceptor: Arc<ReloadableAcceptor>,
+    pub listener: TcpListener,
+}
+
+pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, DaemonError> {
+    let root = CancellationToken::new();
+    let state_dir = config.state_dir.clone();
+    fsutil::ensure_private_dir(&state_dir).map_err(|source| DaemonError::Io {
+        context: format!("create state folder {}", state_dir.display()),
+        source,
+    })?;
+    if mode.is_dev() {
+        dev::prepare_dev(&config)?;
+    }
+
+    let locks = ResourceLocks::default();
+    let rules = ValidationRules {
+        data_roots: config.instances.data_roots.clone(),
+        device_prefixes: config.instances.device_prefixes.clone(),
+        log_roots: config.instances.log_roots.clone(),
+    };
+    let registry = Arc::new(Registry::open(state_dir.join("instances"), rules, locks.clone())?);
+    let retention = Duration::from_secs(config.operations.retention_hours * 3600);
+    let settings = OpsSettings {
+        max_concurrent: config.operations.max_concurrent as usize,
+        retention,
+        max_finished: config.operations.max_finished,
+    };
+    let backend = mode.volume_backend();
+    let volumes = crate::volume::setup::from_config(&config, mode.is_dev(), backend, registry.clone())?;
+    crate::ops::sleep::outlast_shutdown(config.testing.sleep_outlasts_shutdown);
+    let (engine, interrupted) = OperationEngine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    // Replies are replayed as long as operations are kept: one retention for every request_id.
+    let requests = RequestLedger::open(
+        state_dir.join("requests"),
+        LedgerSettings { retention, max_entries: DEFAULT_MAX_ENTRIES },
+    )?;
+    for op in &interrupted {
+        tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
+    }
+    // After the volumes: in dev mode their setup has generated the KEK both use.
+    let keys = backup::keywrap::from_config(&config, mode.is_dev());
+    let backups = BackupService::new(config.backup.clone(), &state_dir, keys, engine.clone())?;
+    // Interrupted backups left uploads and partial objects; none has a manifest. Remove them.
+    for id in backups.clean_interrupted().await {
+        tracing::info!(backup = %id, "removed the leftovers of an interrupted backup");
+    }
+
+    let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone())?);
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| DaemonError::Bind { addr: config.api.listen, source })?;
+
+    let hostname = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let metrics_hub = MetricsHub::new(
+        Duration::from_secs(config.metrics.interval_secs),
+        Duration::from_secs(config.metrics.history_secs),
+    );
+    let logs =
+        LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
+    // Last: it spawns its tasks, and nothing after it can fail.
+    let metrics_tasks = metrics::start::start(
+        &config.metrics,
+        metrics_hub.clone(),
+        metrics::start::registry_targets(registry.clone()),
+        hostname.clone(),
+        root.clone(),
+    )
+    .await?;
+
+    Ok(Daemon {
+        config,
+        mode,
+        root,
+        hostname,
+        registry,
+        engine,
+        requests,
+        volumes,
+        volumes_simulated: backend == VolumeBackend::Simulated,
+        backups,
+        logs,
+        metrics_hub,
+        metrics_tasks,
+        acceptor,
+        listener,
+    })
+}
