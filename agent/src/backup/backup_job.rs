@@ -43,8 +43,8 @@ pub async fn run(
 
     let estimate = estimate_raw_size(instance, method).await;
 
-    let key = manifest::data_key(&instance.id, backup_id);
-    let (record, uploads, mut failed) = open_uploads(res, &instance.id, backup_id, &key).await?;
+    let object_key = manifest::data_key(&instance.id, backup_id);
+    let (record, uploads, mut failed) = open_uploads(res, &instance.id, backup_id, &object_key).await?;
     if uploads.is_empty() {
         res.inflight.remove(backup_id);
         return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
@@ -108,7 +108,7 @@ pub async fn run(
         destinations: res.destination_names(),
         failed_destinations: failed.iter().map(|(n, _)| n.clone()).collect(),
     };
-    let complete = write_manifests(res, &outcome, &manifest, &key, &mut failed).await;
+    let complete = write_manifests(res, &outcome, &manifest, &object_key, &mut failed).await;
     res.inflight.remove(backup_id);
     if complete.is_empty() {
         return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
