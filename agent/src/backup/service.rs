@@ -45,10 +45,6 @@ impl BackupService {
         Ok(Arc::new(Self { resources, engine }))
     }
 
-    pub fn destination_names(&self) -> Vec<String> {
-        self.resources.destination_names()
-    }
-
     /// The connection a backup of `instance` dumps from (see [`BackupConfig::connection_for`]).
     pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
         self.resources.settings.connection_for(instance)
