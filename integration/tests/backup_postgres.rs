@@ -7,6 +7,7 @@ use dbagent::backup::manifest::data_key;
 use dbagent::backup::restore_dir::ASIDE;
 use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod, BackupState};
+use dbagent::error::ErrorCode;
 use dbagent::instances::Engine;
 use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, backup_id, instance};
@@ -97,6 +98,11 @@ async fn postgres_physical_and_logical_round_trip() {
     assert_eq!(failed.state, OpState::Failed, "a corrupt copy must fail the restore: {failed:?}");
     let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert!(message.contains("chunks"), "the restore must fail on the damaged chunk, part-way: {message}");
+    assert_eq!(
+        failed.error.as_ref().map(|e| e.code),
+        Some(ErrorCode::FailedPrecondition),
+        "corrupt, not a tool failure"
+    );
     assert!(!restored_dir.join(ASIDE).exists(), "the set-aside folder is gone after the rollback");
     restored.start();
     assert_eq!(restored.pgbench_fingerprint("bench"), changed, "a failed restore in place lost or mixed data");
@@ -121,6 +127,7 @@ async fn postgres_physical_and_logical_round_trip() {
     let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert_eq!(refused.state, OpState::Failed, "{refused:?}");
     assert!(message.contains("serves data directory"), "{message}");
+    assert_eq!(refused.error.as_ref().map(|e| e.code), Some(ErrorCode::FailedPrecondition));
     assert!(
         fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == "0",
         "nothing was restored into the wrong server"
@@ -139,6 +146,7 @@ async fn postgres_physical_and_logical_round_trip() {
     let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert_eq!(refused.state, OpState::Failed, "{refused:?}");
     assert!(message.contains("serves data directory") && message.contains("pg9"), "{message}");
+    assert_eq!(refused.error.as_ref().map(|e| e.code), Some(ErrorCode::FailedPrecondition));
     assert!(svc.list("pg9").await.is_empty());
 
     // Verify reads every chunk on every healthy destination; az2's copy was damaged above.

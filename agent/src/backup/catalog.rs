@@ -130,3 +130,10 @@ pub async fn read_manifest(
         .map(Some)
         .map_err(|e| BackupError::dest(dest.name(), format!("manifest of {instance}/{backup} is not valid: {e}")))
 }
+
+/// Writes the manifest of a backup: the last step on a destination, after which the backup exists there.
+pub async fn write_manifest(dest: &dyn Destination, manifest: &Manifest) -> Result<(), BackupError> {
+    let bytes = serde_json::to_vec_pretty(manifest)
+        .map_err(|e| BackupError::io("encode manifest", std::io::Error::other(e)))?;
+    dest.put(&manifest_key(&manifest.instance_id, &manifest.backup_id), bytes::Bytes::from(bytes)).await
+}

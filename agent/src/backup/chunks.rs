@@ -8,6 +8,8 @@ use bytes::{Bytes, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 
+use super::BackupError;
+
 pub const TAG_LEN: usize = 16;
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
 const AAD_PREFIX: &[u8] = b"dbagent-backup-chunk-v1\0";
@@ -28,14 +30,16 @@ fn aad(backup_id: &str, index: u64, last: bool) -> Vec<u8> {
     a
 }
 
-fn key(data_key: &[u8]) -> Result<LessSafeKey, String> {
-    UnboundKey::new(&AES_256_GCM, data_key).map(LessSafeKey::new).map_err(|_| "data key must be 32 bytes".to_owned())
+fn key(data_key: &[u8]) -> Result<LessSafeKey, BackupError> {
+    UnboundKey::new(&AES_256_GCM, data_key)
+        .map(LessSafeKey::new)
+        .map_err(|_| BackupError::DataKeyLength { found: data_key.len() })
 }
 
 /// A fresh random 256-bit data key.
-pub fn new_data_key() -> Result<[u8; 32], String> {
+pub fn new_data_key() -> Result<[u8; 32], BackupError> {
     let mut k = [0u8; 32];
-    getrandom::fill(&mut k).map_err(|e| format!("generate data key: {e}"))?;
+    getrandom::fill(&mut k).map_err(BackupError::Random)?;
     Ok(k)
 }
 
@@ -52,7 +56,7 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    pub fn new(data_key: &[u8], backup_id: &str, chunk_size: usize) -> Result<Self, String> {
+    pub fn new(data_key: &[u8], backup_id: &str, chunk_size: usize) -> Result<Self, BackupError> {
         Ok(Self {
             key: key(data_key)?,
             backup_id: backup_id.to_owned(),
@@ -123,7 +127,7 @@ pub struct Opener {
 }
 
 impl Opener {
-    pub fn new(data_key: &[u8], backup_id: &str, chunk_size: usize) -> Result<Self, String> {
+    pub fn new(data_key: &[u8], backup_id: &str, chunk_size: usize) -> Result<Self, BackupError> {
         Ok(Self {
             key: key(data_key)?,
             backup_id: backup_id.to_owned(),

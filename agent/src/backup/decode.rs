@@ -44,7 +44,7 @@ pub async fn decode(
         destination: destination.to_owned(),
         message,
     };
-    let opener = Opener::new(&data_key, &manifest.backup_id, manifest.chunk_size).map_err(BackupError::Key)?;
+    let opener = Opener::new(&data_key, &manifest.backup_id, manifest.chunk_size)?;
     let (enc_tx, enc_rx) = mpsc::channel::<Bytes>(QUEUE);
     let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(QUEUE);
     let decoder = tokio::task::spawn_blocking(move || open_and_decompress(enc_rx, opener, plain_tx));

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 use super::BackupError;
+use super::manifest::Manifest;
 use crate::config::Config;
 use crate::volume::keystore::KekSource;
 
@@ -23,7 +24,7 @@ pub trait KeyWrapper: Send + Sync {
     /// The manifest's `key_wrapper` value.
     fn scheme(&self) -> &'static str;
     fn key_id(&self) -> String;
-    /// `Err(FailedPrecondition)` when no key is available at all, so callers refuse up front.
+    /// `Err(KekUnavailable)` when no key is available at all, so callers refuse up front.
     fn check(&self) -> Result<(), BackupError> {
         Ok(())
     }
@@ -57,12 +58,7 @@ pub struct KekWrapper {
 
 impl KekWrapper {
     pub fn from_kek(kek: &[u8]) -> Result<Self, BackupError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| {
-            BackupError::FailedPrecondition(format!(
-                "the host key-encryption key must be 32 bytes, found {}",
-                kek.len()
-            ))
-        })?;
+        let unbound = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| BackupError::KekLength { found: kek.len() })?;
         // A domain-separated digest: the id names the KEK without being usable to test guesses
         // against other digests of it.
         let mut h = Sha256::new();
@@ -84,23 +80,18 @@ impl KeyWrapper for KekWrapper {
 
     fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| BackupError::Key(format!("generate nonce: {e}")))?;
+        getrandom::fill(&mut nonce).map_err(BackupError::Random)?;
         let mut sealed = data_key.to_vec();
         self.key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(backup_id)), &mut sealed)
-            .map_err(|_| BackupError::Key("wrap the backup data key".into()))?;
+            .map_err(|_| BackupError::WrapFailed)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
     fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, BackupError> {
-        let refuse = || {
-            BackupError::Key(format!(
-                "the data key of backup {backup_id} cannot be unwrapped with this host's key-encryption key {}; restore it on an agent holding the KEK that wrote it",
-                self.id
-            ))
-        };
+        let refuse = || BackupError::KeyUnwrap { backup: backup_id.to_owned(), host_key: self.id.clone() };
         if wrapped.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(refuse());
         }
@@ -122,10 +113,7 @@ impl NoKek {
     }
 
     fn refusal(&self) -> BackupError {
-        BackupError::FailedPrecondition(format!(
-            "backups need the host key-encryption key (KEK), which is unavailable: {}",
-            self.0
-        ))
+        BackupError::KekUnavailable { reason: self.0.clone() }
     }
 }
 
@@ -151,6 +139,30 @@ impl KeyWrapper for NoKek {
     }
 }
 
+/// The data key of the backup `manifest` describes, refused with the reason when this host cannot
+/// open it: the retired wrapper, an unknown wrapper, another host's KEK (told apart by key id
+/// before trying, so the refusal names both keys), or a wrapped key that does not open.
+pub fn unwrap_data_key(keys: &dyn KeyWrapper, manifest: &Manifest) -> Result<Vec<u8>, BackupError> {
+    let backup = || manifest.backup_id.clone();
+    if manifest.key_wrapper == RETIRED_HOST_KEY_WRAPPER {
+        return Err(BackupError::RetiredHostKey { backup: backup(), key_id: manifest.key_id.clone() });
+    }
+    if manifest.key_wrapper != keys.scheme() {
+        return Err(BackupError::UnknownKeyWrapper { backup: backup(), wrapper: manifest.key_wrapper.clone() });
+    }
+    keys.check()?;
+    if manifest.key_id != keys.key_id() {
+        return Err(BackupError::WrongKek {
+            backup: backup(),
+            backup_key: manifest.key_id.clone(),
+            host_key: keys.key_id(),
+        });
+    }
+    let wrapped =
+        crate::hex::decode(&manifest.wrapped_key).ok_or_else(|| BackupError::WrappedKeyInvalid { backup: backup() })?;
+    keys.unwrap(&manifest.backup_id, &wrapped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,19 +176,53 @@ mod tests {
         let wrapped = a.wrap("b1", &[9u8; 32]).unwrap();
         assert_eq!(again.unwrap("b1", &wrapped).unwrap(), vec![9u8; 32]);
         // The backup id is bound: the same wrapped key under another backup's name does not open.
-        let e = a.unwrap("b2", &wrapped).unwrap_err().to_string();
-        assert!(e.contains("cannot be unwrapped") && e.contains("b2"), "{e}");
+        let e = a.unwrap("b2", &wrapped).unwrap_err();
+        assert!(matches!(&e, BackupError::KeyUnwrap { backup, .. } if backup == "b2"), "{e:?}");
         let b = KekWrapper::from_kek(&[1u8; 32]).unwrap();
         assert_ne!(a.key_id(), b.key_id());
-        let e = b.unwrap("b1", &wrapped).unwrap_err().to_string();
-        assert!(e.contains("cannot be unwrapped") && e.contains(&b.key_id()), "{e}");
-        assert!(a.unwrap("b1", &wrapped[..20]).is_err());
+        let e = b.unwrap("b1", &wrapped).unwrap_err();
+        assert!(matches!(&e, BackupError::KeyUnwrap { host_key, .. } if *host_key == b.key_id()), "{e:?}");
+        assert!(matches!(a.unwrap("b1", &wrapped[..20]), Err(BackupError::KeyUnwrap { .. })));
+    }
+
+    fn manifest_wrapped_by(keys: &dyn KeyWrapper, backup_id: &str, data_key: &[u8]) -> Manifest {
+        let mut m = Manifest::for_tests("i1", backup_id);
+        m.wrapped_key = crate::hex::encode(&keys.wrap(backup_id, data_key).unwrap());
+        m.key_wrapper = keys.scheme().into();
+        m.key_id = keys.key_id();
+        m
+    }
+
+    #[test]
+    fn a_manifest_key_opens_on_its_host_and_each_refusal_names_its_reason() {
+        let host = KekWrapper::from_kek(&[7u8; 32]).unwrap();
+        let m = manifest_wrapped_by(&host, "b1", &[9u8; 32]);
+        assert_eq!(unwrap_data_key(&host, &m).unwrap(), vec![9u8; 32]);
+
+        let other = KekWrapper::from_kek(&[8u8; 32]).unwrap();
+        let e = unwrap_data_key(&other, &m).unwrap_err();
+        assert!(
+            matches!(&e, BackupError::WrongKek { backup_key, host_key, .. }
+                if *backup_key == host.key_id() && *host_key == other.key_id()),
+            "{e:?}"
+        );
+        // Same KEK, but the wrapped key belongs to another backup: the binding refuses it.
+        let mut copied = manifest_wrapped_by(&host, "b2", &[9u8; 32]);
+        copied.backup_id = "b1".into();
+        assert!(matches!(unwrap_data_key(&host, &copied), Err(BackupError::KeyUnwrap { .. })));
+        let retired = Manifest { key_wrapper: RETIRED_HOST_KEY_WRAPPER.into(), ..m.clone() };
+        assert!(matches!(unwrap_data_key(&host, &retired), Err(BackupError::RetiredHostKey { .. })));
+        let unknown = Manifest { key_wrapper: "rot13".into(), ..m.clone() };
+        assert!(matches!(unwrap_data_key(&host, &unknown), Err(BackupError::UnknownKeyWrapper { .. })));
+        let garbled = Manifest { wrapped_key: "not hex".into(), ..m };
+        assert!(matches!(unwrap_data_key(&host, &garbled), Err(BackupError::WrappedKeyInvalid { .. })));
     }
 
     #[test]
     fn kek_of_the_wrong_length_is_refused() {
-        let e = KekWrapper::from_kek(&[1u8; 16]).err().unwrap().to_string();
-        assert!(e.contains("32 bytes"), "{e}");
+        let e = KekWrapper::from_kek(&[1u8; 16]).err().unwrap();
+        assert!(matches!(e, BackupError::KekLength { found: 16 }), "{e:?}");
+        assert!(KekWrapper::from_kek(&[1u8; 32]).is_ok());
     }
 
     fn config_with_kek(dir: &std::path::Path) -> Config {
@@ -209,7 +255,7 @@ mod tests {
         for e in
             [w.check().unwrap_err(), w.wrap("b1", &[0u8; 32]).unwrap_err(), w.unwrap("b1", &[0u8; 60]).unwrap_err()]
         {
-            assert!(matches!(e, BackupError::FailedPrecondition(_)), "{e:?}");
+            assert!(matches!(e, BackupError::KekUnavailable { .. }), "{e:?}");
             let msg = e.to_string();
             assert!(
                 msg.contains("key-encryption key") && msg.contains(&dir.path().join("kek").display().to_string()),

@@ -73,3 +73,38 @@ pub fn data_key(instance: &str, backup: &str) -> String {
 pub fn manifest_key(instance: &str, backup: &str) -> String {
     format!("{instance}/{backup}/{MANIFEST}")
 }
+
+#[cfg(test)]
+impl Manifest {
+    /// A manifest of an empty Redis backup, for tests that only look at ids and keys.
+    pub(crate) fn for_tests(instance_id: &str, backup_id: &str) -> Self {
+        Manifest {
+            format: FORMAT_VERSION,
+            backup_id: backup_id.into(),
+            instance_id: instance_id.into(),
+            engine: Engine::Redis,
+            engine_version: String::new(),
+            tool: "redis-cli".into(),
+            tool_version: String::new(),
+            agent_version: String::new(),
+            method: BackupMethod::Physical,
+            kind: BackupKind::Manual,
+            started: SystemTime::UNIX_EPOCH,
+            finished: SystemTime::UNIX_EPOCH,
+            expires: None,
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            compression: "zstd".into(),
+            zstd_level: 1,
+            cipher: "AES-256-GCM".into(),
+            chunk_size: 65536,
+            chunk_count: 0,
+            wrapped_key: String::new(),
+            key_wrapper: String::new(),
+            key_id: String::new(),
+            destinations: Vec::new(),
+            failed_destinations: Vec::new(),
+        }
+    }
+}

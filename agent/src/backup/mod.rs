@@ -2,21 +2,34 @@
 //! AES-256-GCM chunks to every destination at once, with a manifest written last per destination.
 //!
 //! `docs/backups.md` describes the stored format, the configuration and the restore procedure.
+//!
+//! Layering (no module imports one that imports it back): [`service::BackupService`] is what the
+//! API and the scheduler call; it turns each request into an [`action::BackupAction`] and runs it
+//! as an operation. An action's body (`backup_job`, `verify_repair`, `deletion`, `restore_job`)
+//! gets [`resources::BackupResources`] (destinations, key wrapper, settings, in-flight records),
+//! never the service.
 
+pub mod action;
+pub mod backup_job;
 pub mod catalog;
 pub mod chunks;
 pub mod decode;
+pub mod deletion;
 pub mod destination;
 pub mod engine_commands;
-pub mod jobs;
+pub mod inflight;
 pub mod keywrap;
 pub mod manifest;
+pub mod piped_tool;
 pub mod pipeline;
+pub mod resources;
 pub mod restore_dir;
 pub mod restore_job;
 pub mod scheduler;
+pub mod server_check;
 pub mod service;
 pub mod settings;
+pub mod verify_repair;
 
 pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
 pub use keywrap::{KekWrapper, KeyWrapper};
@@ -24,9 +37,13 @@ pub use manifest::{BackupKind, BackupMethod, Manifest};
 pub use service::BackupService;
 pub use settings::BackupConfig;
 
+use std::path::PathBuf;
 use thiserror::Error;
 
-/// Every way a backup call can fail. The API maps each variant to one gRPC code.
+use crate::command::CommandError;
+
+/// Every way a backup call can fail. The API maps each variant to one gRPC code
+/// ([`crate::error::HasErrorCode`] below); operations carry the code and the message.
 #[derive(Debug, Error)]
 pub enum BackupError {
     #[error(transparent)]
@@ -37,18 +54,87 @@ pub enum BackupError {
         "the manual backup quota of plan {plan} ({limit} backups) is reached for instance {instance}; delete a manual backup first"
     )]
     QuotaExhausted { instance: String, plan: &'static str, limit: usize },
-    #[error("{0}")]
-    FailedPrecondition(String),
+
+    // Which copy to read.
+    #[error(
+        "backup {backup} is not complete on destination {destination}; name a destination GetBackup lists as complete, or repair the backup first"
+    )]
+    NotOnDestination { backup: String, destination: String },
+    #[error("no reachable destination holds a complete copy of backup {backup}; bring a destination back first")]
+    NoCompleteCopy { backup: String },
+
+    // Where a restore may go.
+    #[error(
+        "instance {instance} is running; stop {unit} before restoring in place, or restore into a new data directory"
+    )]
+    InstanceRunning { instance: String, unit: String },
+    #[error("target_data_dir {} is not empty; restore into a new or empty folder", dir.display())]
+    RestoreTargetNotEmpty { dir: PathBuf },
+    #[error(
+        "{} holds the data set aside by an earlier restore that did not finish; move it back or remove it first",
+        aside.display()
+    )]
+    RestoreLeftoverFound { aside: PathBuf },
+    #[error("a physical backup restores into a data directory, not into a running server; give target_data_dir")]
+    PhysicalRestoreNeedsDataDir,
+    #[error("a logical backup restores into a running server (a new database), not into a data directory")]
+    LogicalRestoreNeedsServer,
+    #[error("system user {user:?} of the instance does not exist; create it or fix the instance's os_user")]
+    UnknownOsUser { user: String },
+
+    // Whose server a dump or a logical restore talks to.
+    #[error(
+        "the {engine} server at {at} serves data directory {served:?}, not {} of instance {instance}; point [backup.{engine}] at the instance's own server",
+        data_dir.display()
+    )]
+    WrongServer { engine: &'static str, at: String, served: String, data_dir: PathBuf, instance: String },
+    #[error(
+        "the {engine} server at {at} did not say which data directory it serves ({source}); start the instance's server, or point [backup.{engine}] at it"
+    )]
+    ServerNotAnswering { engine: &'static str, at: String, source: CommandError },
+
+    // Keys.
+    #[error("backups need the host key-encryption key (KEK), which is unavailable: {reason}")]
+    KekUnavailable { reason: String },
+    #[error("the host key-encryption key must be 32 bytes, found {found}")]
+    KekLength { found: usize },
+    #[error(
+        "backup {backup} was encrypted under key-encryption key {backup_key}, this host's is {host_key}; restore it on an agent holding the KEK that wrote it"
+    )]
+    WrongKek { backup: String, backup_key: String, host_key: String },
+    #[error(
+        "the data key of backup {backup} cannot be unwrapped with this host's key-encryption key {host_key}: it was wrapped under another KEK, or the manifest's wrapped key was altered or copied from another backup"
+    )]
+    KeyUnwrap { backup: String, host_key: String },
+    #[error("the manifest of backup {backup} holds no valid wrapped key (not hex)")]
+    WrappedKeyInvalid { backup: String },
+    #[error(
+        "backup {backup} was wrapped under the retired backup host key (host.key, key {key_id}); since data keys are wrapped by the host KEK such backups are no longer readable"
+    )]
+    RetiredHostKey { backup: String, key_id: String },
+    #[error("backup {backup} names an unknown key wrapper {wrapper:?}; it was written by another agent build")]
+    UnknownKeyWrapper { backup: String, wrapper: String },
+    #[error("a backup data key must be 32 bytes, found {found}")]
+    DataKeyLength { found: usize },
+    #[error("the system random number generator failed: {0}")]
+    Random(getrandom::Error),
+    #[error("sealing the backup data key under the host KEK failed")]
+    WrapFailed,
+
+    // Tools and storage.
+    #[error(transparent)]
+    Tool(CommandError),
     #[error("destination {destination}: {message}")]
     Destination { destination: String, message: String },
-    #[error("every destination failed: {0}")]
-    AllDestinationsFailed(String),
-    #[error("{command} failed: {message}")]
-    Command { command: String, message: String },
+    #[error("every destination failed: {}", reasons.join("; "))]
+    AllDestinationsFailed { reasons: Vec<String> },
+    #[error(
+        "backup {backup} could not be removed everywhere ({}); run the delete again once the destinations are back",
+        reasons.join("; ")
+    )]
+    DeleteIncomplete { backup: String, reasons: Vec<String> },
     #[error("backup {backup} is corrupt on {destination}: {message}")]
     Corrupt { backup: String, destination: String, message: String },
-    #[error("{0}")]
-    Key(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
     #[error("cancelled")]
@@ -67,6 +153,16 @@ impl BackupError {
     }
 }
 
+/// A tool that cannot run as the instance's user is the instance's problem, not the tool's.
+impl From<CommandError> for BackupError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownUser(user) => BackupError::UnknownOsUser { user },
+            other => BackupError::Tool(other),
+        }
+    }
+}
+
 impl crate::error::HasErrorCode for BackupError {
     fn code(&self) -> crate::error::ErrorCode {
         use crate::error::ErrorCode;
@@ -74,16 +170,39 @@ impl crate::error::HasErrorCode for BackupError {
             BackupError::Invalid(_) => ErrorCode::InvalidArgument,
             BackupError::NotFound { .. } => ErrorCode::NotFound,
             BackupError::QuotaExhausted { .. } => ErrorCode::ResourceExhausted,
-            BackupError::FailedPrecondition(_) | BackupError::Key(_) | BackupError::Corrupt { .. } => {
-                ErrorCode::FailedPrecondition
-            }
-            BackupError::Destination { .. } | BackupError::AllDestinationsFailed(_) => ErrorCode::Unavailable,
+            BackupError::NotOnDestination { .. }
+            | BackupError::NoCompleteCopy { .. }
+            | BackupError::InstanceRunning { .. }
+            | BackupError::RestoreTargetNotEmpty { .. }
+            | BackupError::RestoreLeftoverFound { .. }
+            | BackupError::PhysicalRestoreNeedsDataDir
+            | BackupError::LogicalRestoreNeedsServer
+            | BackupError::UnknownOsUser { .. }
+            | BackupError::WrongServer { .. }
+            | BackupError::ServerNotAnswering { .. }
+            | BackupError::KekUnavailable { .. }
+            | BackupError::KekLength { .. }
+            | BackupError::WrongKek { .. }
+            | BackupError::KeyUnwrap { .. }
+            | BackupError::WrappedKeyInvalid { .. }
+            | BackupError::RetiredHostKey { .. }
+            | BackupError::UnknownKeyWrapper { .. }
+            | BackupError::DataKeyLength { .. }
+            | BackupError::Corrupt { .. } => ErrorCode::FailedPrecondition,
+            BackupError::Destination { .. }
+            | BackupError::AllDestinationsFailed { .. }
+            | BackupError::DeleteIncomplete { .. } => ErrorCode::Unavailable,
             BackupError::Cancelled => ErrorCode::Cancelled,
             BackupError::Ops(e) => e.code(),
-            BackupError::Command { .. } | BackupError::Io { .. } => ErrorCode::Internal,
+            BackupError::Tool(e) => e.code(),
+            BackupError::Random(_) | BackupError::WrapFailed | BackupError::Io { .. } => ErrorCode::Internal,
         }
     }
 }
 
 #[cfg(test)]
+mod refusal_tests;
+#[cfg(test)]
 mod service_tests;
+#[cfg(test)]
+mod test_fixture;

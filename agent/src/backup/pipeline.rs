@@ -87,7 +87,7 @@ pub async fn encode(
     let (sealed_tx, mut sealed_rx) = mpsc::channel::<Bytes>(SEALED_QUEUE);
 
     let reader = tokio::spawn(read_source(source, raw_tx, counters.clone(), stop.clone()));
-    let sealer = Sealer::new(&data_key, backup_id, settings.chunk_size).map_err(BackupError::Key)?;
+    let sealer = Sealer::new(&data_key, backup_id, settings.chunk_size)?;
     let (level, workers) = (settings.zstd_level, settings.zstd_workers);
     let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, sealer, sealed_tx, level, workers));
 
@@ -118,7 +118,8 @@ pub async fn encode(
             }
         }
         if senders.iter().all(Option::is_none) {
-            fanout_error = Some(BackupError::AllDestinationsFailed(String::new()));
+            // The reasons are the writers' errors, gathered below.
+            fanout_error = Some(BackupError::AllDestinationsFailed { reasons: Vec::new() });
             break;
         }
         limiter.pace(sent, &cancel).await;
@@ -150,20 +151,15 @@ pub async fn encode(
         let r = handle.await.unwrap_or_else(|e| Err(BackupError::dest(&name, format!("writer task failed: {e}"))));
         destinations.push((name, r));
     }
+    let all_failed = || BackupError::AllDestinationsFailed {
+        reasons: destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect(),
+    };
     match result {
+        Ok(_) if destinations.iter().all(|(_, r)| r.is_err()) => Err(all_failed()),
         Ok((raw_bytes, sha256, stored_bytes, chunk_count)) => {
-            if destinations.iter().all(|(_, r)| r.is_err()) {
-                let why: Vec<String> =
-                    destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
-                return Err(BackupError::AllDestinationsFailed(why.join("; ")));
-            }
             Ok(EncodeOutcome { raw_bytes, stored_bytes, sha256, chunk_count, destinations })
         }
-        Err(BackupError::AllDestinationsFailed(_)) => {
-            let why: Vec<String> =
-                destinations.iter().filter_map(|(_, r)| r.as_ref().err().map(|e| e.to_string())).collect();
-            Err(BackupError::AllDestinationsFailed(why.join("; ")))
-        }
+        Err(BackupError::AllDestinationsFailed { .. }) => Err(all_failed()),
         Err(e) => Err(e),
     }
 }

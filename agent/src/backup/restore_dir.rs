@@ -31,10 +31,7 @@ impl RestoreDir {
     pub fn prepare(dir: &Path) -> Result<Self, BackupError> {
         let aside = dir.join(ASIDE);
         if aside.symlink_metadata().is_ok() {
-            return Err(BackupError::FailedPrecondition(format!(
-                "{} holds the data set aside by an earlier restore that did not finish; move it back or remove it first",
-                aside.display()
-            )));
+            return Err(BackupError::RestoreLeftoverFound { aside });
         }
         let created = !dir.exists();
         fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
@@ -151,7 +148,7 @@ mod tests {
         assert!(!dir.exists());
 
         fs::create_dir_all(dir.join(ASIDE)).unwrap();
-        let e = RestoreDir::prepare(&dir).unwrap_err().to_string();
-        assert!(e.contains(ASIDE) && e.contains("earlier restore"), "{e}");
+        let e = RestoreDir::prepare(&dir).unwrap_err();
+        assert!(matches!(&e, BackupError::RestoreLeftoverFound { aside } if aside.ends_with(ASIDE)), "{e:?}");
     }
 }

@@ -3,77 +3,55 @@
 //! running server.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::Arc;
 
 use super::BackupError;
 use super::catalog::BackupInfo;
 use super::decode;
 use super::destination::Destination;
-use super::engine_commands::{self, RestorePlan, RestoreTarget, Tool};
-use super::jobs::{check_serves, read_tail, unwrap_key};
+use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
+use super::keywrap::unwrap_data_key;
 use super::manifest::{Manifest, data_key};
+use super::piped_tool;
+use super::resources::BackupResources;
 use super::restore_dir::RestoreDir;
-use super::service::BackupService;
+use super::server_check::check_serves;
+use crate::command::ToolCommand;
+use crate::ids::InvalidField;
 use crate::instances::{Engine, Instance};
-use crate::ops::{JobContext, JobResult, Progress};
+use crate::ops::{JobContext, Progress};
 
 /// A data directory to restore into must be new or empty; the instance's own one only while it is stopped.
-pub(crate) fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), BackupError> {
+pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), BackupError> {
     if !dir.is_absolute() {
-        return Err(BackupError::FailedPrecondition(format!("target_data_dir {} must be absolute", dir.display())));
+        return Err(InvalidField::new("target_data_dir", format!("{} must be absolute", dir.display())).into());
     }
     if dir == instance.spec.data_dir {
-        if instance_running(instance) {
-            return Err(BackupError::FailedPrecondition(format!(
-                "instance {} is running; stop {} before restoring in place, or restore into a new data directory",
-                instance.id, instance.spec.systemd_unit
-            )));
+        if instance_running(instance).await {
+            return Err(BackupError::InstanceRunning {
+                instance: instance.id.clone(),
+                unit: instance.spec.systemd_unit.clone(),
+            });
         }
         return Ok(());
     }
     let not_empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
     match not_empty {
-        true => Err(BackupError::FailedPrecondition(format!(
-            "target_data_dir {} is not empty; restore into a new or empty folder",
-            dir.display()
-        ))),
+        true => Err(BackupError::RestoreTargetNotEmpty { dir: dir.to_owned() }),
         false => Ok(()),
     }
 }
 
-fn instance_running(instance: &Instance) -> bool {
-    let pid_file = match instance.spec.engine {
-        Engine::Postgresql => Some(instance.spec.data_dir.join("postmaster.pid")),
-        _ => None,
-    };
-    if pid_file.is_some_and(|p| p.exists()) {
+/// A PostgreSQL cluster leaves `postmaster.pid` while it runs (also when started by hand, outside
+/// its unit); for every engine the instance's systemd unit being active counts.
+async fn instance_running(instance: &Instance) -> bool {
+    if instance.spec.engine == Engine::Postgresql && instance.spec.data_dir.join("postmaster.pid").exists() {
         return true;
     }
-    std::process::Command::new("systemctl")
-        .args(["is-active", "--quiet", &instance.spec.systemd_unit])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    ToolCommand::new("systemctl").args(["is-active", "--quiet", &instance.spec.systemd_unit]).succeeds().await
 }
 
-pub(crate) async fn restore(
-    svc: Arc<BackupService>,
-    instance: Instance,
-    info: BackupInfo,
-    source: String,
-    target: RestoreTarget,
-    ctx: JobContext,
-) -> JobResult {
-    run_restore(&svc, &instance, &info, &source, &target, &ctx)
-        .await
-        .map(Some)
-        .map_err(|e| crate::ops::OpError::from_error(&e))
-}
-
-async fn run_restore(
-    svc: &BackupService,
+pub async fn run(
+    res: &BackupResources,
     instance: &Instance,
     info: &BackupInfo,
     source: &str,
@@ -81,9 +59,9 @@ async fn run_restore(
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
     let m = &info.manifest;
-    let dest = svc.destination(source).ok_or_else(|| BackupError::dest(source, "not configured"))?;
+    let dest = res.destination(source)?;
     // Refuse before touching the target: a wrong key must not leave a half-made data directory.
-    let key = unwrap_key(svc, m)?;
+    let key = unwrap_data_key(res.keys.as_ref(), m)?;
     let plan = engine_commands::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
     if let RestoreTarget::Server { connection, instance_server: true, .. } = target {
@@ -106,7 +84,7 @@ async fn run_restore(
     result
 }
 
-/// Streams the backup into the restore plan's file or tool.
+/// Runs the restore plan: its `before` tool, the backup streamed into its file or tool, its `after` tool.
 async fn fill_target(
     dest: &dyn Destination,
     key: Vec<u8>,
@@ -123,8 +101,11 @@ async fn fill_target(
         message: format!("restoring from {source}"),
     });
     let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
-    let out = match plan {
-        RestorePlan::File(path) => {
+    if let Some(before) = plan.before {
+        before.run_as(user)?.output().await?;
+    }
+    let out = match plan.into {
+        RestoreSink::File(path) => {
             let mut file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| BackupError::io(format!("create {}", path.display()), e))?;
@@ -133,71 +114,38 @@ async fn fill_target(
             chown_to(&path, user)?;
             out
         }
-        RestorePlan::Pipe { before, tool, after } => {
-            if let Some(before) = before {
-                run_tool(&before, user).await?;
-            }
-            let mut child = tool
-                .command(user)?
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| BackupError::Command { command: tool.name(), message: format!("start: {e}") })?;
-            let mut stdin = child
-                .stdin
-                .take()
-                .ok_or_else(|| BackupError::io("restore stdin", std::io::Error::other("not piped")))?;
-            let tail = tokio::spawn(read_tail(child.stderr.take()));
+        RestoreSink::Tool(tool) => {
+            let (mut stdin, exit) = piped_tool::spawn_writing(&tool.run_as(user)?)?;
             let decoded = decode::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
             drop(stdin);
-            let status = child
-                .wait()
-                .await
-                .map_err(|e| BackupError::Command { command: tool.name(), message: format!("wait: {e}") })?;
-            let out = decoded?;
-            if !status.success() {
-                let tail = tail.await.unwrap_or_default();
-                return Err(BackupError::Command {
-                    command: tool.name(),
-                    message: format!("{status}: {}", tail.trim()),
-                });
+            match (decoded, exit.wait().await) {
+                // The tool stopped reading: its own failure says why, the broken pipe does not.
+                (Err(BackupError::Io { .. }), Err(tool_failed)) => return Err(tool_failed.into()),
+                // Otherwise the stream's fault (a corrupt chunk, a cancel) is the cause of both.
+                (decoded, exited) => {
+                    let out = decoded?;
+                    exited?;
+                    out
+                }
             }
-            if let Some(after) = after {
-                run_tool(&after, user).await?;
-            }
-            out
         }
     };
+    if let Some(after) = plan.after {
+        after.run_as(user)?.output().await?;
+    }
     Ok(
         serde_json::json!({ "backup_id": m.backup_id, "source": source, "raw_bytes": out.raw_bytes, "chunks": out.chunk_count }),
     )
-}
-
-async fn run_tool(tool: &Tool, user: &str) -> Result<(), BackupError> {
-    let out = tool
-        .command(user)?
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| BackupError::Command { command: tool.name(), message: format!("start: {e}") })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BackupError::Command {
-            command: tool.name(),
-            message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-        })
-    }
 }
 
 fn chown_to(path: &Path, user: &str) -> Result<(), BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
         return Ok(());
     }
-    let u = nix::unistd::User::from_name(user).ok().flatten().ok_or_else(|| {
-        BackupError::FailedPrecondition(format!("system user {user:?} of the instance does not exist"))
-    })?;
+    let u = nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| BackupError::UnknownOsUser { user: user.to_owned() })?;
     nix::unistd::chown(path, Some(u.uid), Some(u.gid))
         .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))
 }

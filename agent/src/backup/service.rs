@@ -1,29 +1,25 @@
-//! The Backups domain service: what the gRPC handlers and the scheduler call. Long work runs as
-//! operations (`backup.start`, `backup.delete`, `backup.verify`, `backup.restore`, `backup.repair`).
+//! The Backups domain service: what the gRPC handlers and the scheduler call. Requests are checked
+//! here (ids, quota, key, source copy, restore target); long work runs as an operation whose body
+//! is a [`BackupAction`] run with the service's [`BackupResources`].
 
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
-use super::catalog::{self, BackupInfo};
-use super::destination::{self, Destination};
+use super::action::BackupAction;
+use super::catalog::BackupInfo;
+use super::deletion;
 use super::engine_commands::RestoreTarget;
-use super::jobs;
 use super::keywrap::KeyWrapper;
 use super::manifest::{BackupKind, BackupMethod};
-use super::restore_job;
+use super::resources::BackupResources;
+use super::restore_job::check_restore_dir;
 use super::settings::{BackupConfig, EngineConnection};
 use crate::ids;
-use crate::instances::{Engine, Instance, PlanName};
-use crate::ops::{self, NewOperation, OperationRecord};
-
-pub const KIND_START: &str = "backup.start";
-pub const KIND_DELETE: &str = "backup.delete";
-pub const KIND_VERIFY: &str = "backup.verify";
-pub const KIND_RESTORE: &str = "backup.restore";
-pub const KIND_REPAIR: &str = "backup.repair";
+use crate::instances::{Instance, PlanName};
+use crate::ops::{self, OperationRecord};
 
 /// Manual backups kept at most, per plan.
 pub fn manual_quota(plan: PlanName) -> (&'static str, usize) {
@@ -34,11 +30,8 @@ pub fn manual_quota(plan: PlanName) -> (&'static str, usize) {
 }
 
 pub struct BackupService {
-    pub(crate) config: BackupConfig,
-    pub(crate) destinations: Vec<Arc<dyn Destination>>,
-    pub(crate) keys: Arc<dyn KeyWrapper>,
-    pub(crate) engine: ops::OperationEngine,
-    pub(crate) inflight_dir: PathBuf,
+    resources: Arc<BackupResources>,
+    engine: ops::OperationEngine,
 }
 
 impl BackupService {
@@ -48,52 +41,25 @@ impl BackupService {
         keys: Arc<dyn KeyWrapper>,
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
-        let destinations = config
-            .effective_destinations(state_dir)
-            .iter()
-            .map(|d| destination::open(d, config.part_size, config.max_retries))
-            .collect::<Result<Vec<_>, _>>()?;
-        let inflight_dir = state_dir.join("backups/inflight");
-        crate::fsutil::ensure_private_dir(&inflight_dir)
-            .map_err(|e| BackupError::io(format!("create {}", inflight_dir.display()), e))?;
-        Ok(Arc::new(Self { config, destinations, keys, engine, inflight_dir }))
+        let resources = Arc::new(BackupResources::open(config, state_dir, keys)?);
+        Ok(Arc::new(Self { resources, engine }))
     }
 
-    pub fn destination_names(&self) -> Vec<String> {
-        self.destinations.iter().map(|d| d.name().to_owned()).collect()
-    }
-
-    /// The connection a backup of `instance` dumps from: its engine's `[backup.<engine>]`
-    /// settings, and for PostgreSQL the port of the cluster running on the instance's data
-    /// directory (`postmaster.pid`), so that several clusters on one host each dump their own.
+    /// The connection a backup of `instance` dumps from (see [`BackupConfig::connection_for`]).
     pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
-        let mut conn = self.connection(instance.spec.engine).clone();
-        if instance.spec.engine == Engine::Postgresql
-            && let Some(port) = postmaster_port(&instance.spec.data_dir)
-        {
-            conn.port = port;
-        }
-        conn
-    }
-
-    pub fn connection(&self, engine: Engine) -> &EngineConnection {
-        match engine {
-            Engine::Postgresql => &self.config.postgresql,
-            Engine::Mariadb => &self.config.mariadb,
-            Engine::Redis => &self.config.redis,
-        }
+        self.resources.settings.connection_for(instance)
     }
 
     /// Starts a backup. Manual backups beyond the plan's quota are refused before anything runs.
     pub async fn start(
-        self: &Arc<Self>,
+        &self,
         instance: &Instance,
         method: BackupMethod,
         kind: BackupKind,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
-        self.keys.check()?;
+        self.resources.keys.check()?;
         let backup_id = backup_id_for(&instance.id, request_id);
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
@@ -106,23 +72,12 @@ impl BackupService {
                 return Err(BackupError::QuotaExhausted { instance: instance.id.clone(), plan, limit });
             }
         }
-        let params = serde_json::json!({ "backup_id": backup_id, "method": method, "kind": kind });
-        let new = NewOperation {
-            request_id: request_id.to_owned(),
-            kind: KIND_START,
-            target: instance.id.clone(),
-            params,
-            exclusive: true,
-        };
-        let (svc, instance) = (self.clone(), instance.clone());
-        let job = Box::new(move |ctx| -> ops::engine::JobFuture {
-            Box::pin(async move { jobs::backup(svc, instance, method, kind, backup_id, ctx).await })
-        });
-        Ok(self.engine.submit(new, job).await?.0)
+        let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
+        self.submit(request_id, action).await
     }
 
     pub async fn list(&self, instance_id: &str) -> Vec<BackupInfo> {
-        catalog::list(&self.destinations, instance_id).await
+        self.resources.list(instance_id).await
     }
 
     pub async fn get(&self, instance_id: &str, backup_id: &str) -> Result<BackupInfo, BackupError> {
@@ -136,76 +91,62 @@ impl BackupService {
     }
 
     pub async fn delete(
-        self: &Arc<Self>,
+        &self,
         instance_id: &str,
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         self.get(instance_id, backup_id).await?;
-        let (svc, inst, bid) = (self.clone(), instance_id.to_owned(), backup_id.to_owned());
-        self.submit(KIND_DELETE, instance_id, backup_id, request_id, serde_json::json!({}), false, move |ctx| {
-            Box::pin(async move { jobs::delete(svc, inst, bid, ctx).await })
-        })
-        .await
+        let action = BackupAction::Delete { instance_id: instance_id.to_owned(), backup_id: backup_id.to_owned() };
+        self.submit(request_id, action).await
     }
 
     pub async fn verify(
-        self: &Arc<Self>,
+        &self,
         instance_id: &str,
         backup_id: &str,
         destination: Option<String>,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.keys.check()?;
+        self.resources.keys.check()?;
         let info = self.get(instance_id, backup_id).await?;
-        let source = self.pick_source(&info, destination.as_deref())?;
-        let svc = self.clone();
-        let params = serde_json::json!({ "destination": source });
-        self.submit(KIND_VERIFY, instance_id, backup_id, request_id, params, false, move |ctx| {
-            Box::pin(async move { jobs::verify(svc, info, source, ctx).await })
-        })
-        .await
+        let source = pick_source(&info, destination.as_deref())?;
+        let action = BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source };
+        self.submit(request_id, action).await
     }
 
     /// Restores into `target`. A physical restore into the instance's own data directory needs the
     /// instance stopped.
     pub async fn restore(
-        self: &Arc<Self>,
+        &self,
         instance: &Instance,
         backup_id: &str,
         target: RestoreTarget,
         destination: Option<String>,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.keys.check()?;
+        self.resources.keys.check()?;
         let info = self.get(&instance.id, backup_id).await?;
-        let source = self.pick_source(&info, destination.as_deref())?;
+        let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
-            restore_job::check_restore_dir(instance, dir)?;
+            check_restore_dir(instance, dir).await?;
         }
-        let params = serde_json::json!({ "destination": source, "target": format!("{target:?}") });
-        let (svc, instance) = (self.clone(), instance.clone());
-        let exclusive_target = instance.id.clone();
-        self.submit(KIND_RESTORE, &exclusive_target, backup_id, request_id, params, true, move |ctx| {
-            Box::pin(async move { restore_job::restore(svc, instance, info, source, target, ctx).await })
-        })
-        .await
+        let action =
+            BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };
+        self.submit(request_id, action).await
     }
 
     /// Copies a degraded backup from a healthy destination to the others, verifying checksums.
     pub async fn repair(
-        self: &Arc<Self>,
+        &self,
         instance_id: &str,
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         let info = self.get(instance_id, backup_id).await?;
-        let source = self.pick_source(&info, None)?;
-        let svc = self.clone();
-        self.submit(KIND_REPAIR, instance_id, backup_id, request_id, serde_json::json!({}), false, move |ctx| {
-            Box::pin(async move { jobs::repair(svc, info, source, ctx).await })
-        })
-        .await
+        let source = pick_source(&info, None)?;
+        let action = BackupAction::Repair { instance_id: instance_id.to_owned(), info: Box::new(info), source };
+        self.submit(request_id, action).await
     }
 
     /// Deletes every backup of `instance_id` whose expiry is at or before `now`, manifest first on
@@ -214,7 +155,8 @@ impl BackupService {
         let mut removed = Vec::new();
         for info in self.list(instance_id).await {
             if info.manifest.expires.is_some_and(|e| e <= now) {
-                jobs::delete_everywhere(&self.destinations, instance_id, &info.manifest.backup_id).await?;
+                deletion::delete_everywhere(&self.resources.destinations, instance_id, &info.manifest.backup_id)
+                    .await?;
                 tracing::info!(instance = instance_id, backup = %info.manifest.backup_id, "retention: deleted expired backup");
                 removed.push(info.manifest.backup_id);
             }
@@ -225,46 +167,26 @@ impl BackupService {
     /// At start-up: backups cut short by a stop or crash leave uploads and partial objects behind;
     /// abort and delete them (they never got a manifest). Returns the backup ids cleaned.
     pub async fn clean_interrupted(&self) -> Vec<String> {
-        jobs::clean_inflight(self).await
+        self.resources.inflight.clean_all(&self.resources.destinations).await
     }
 
-    fn pick_source(&self, info: &BackupInfo, wanted: Option<&str>) -> Result<String, BackupError> {
-        let mut healthy = info.healthy_destinations();
-        match wanted.filter(|w| !w.is_empty()) {
-            Some(w) => healthy.find(|h| *h == w).map(str::to_owned).ok_or_else(|| {
-                BackupError::FailedPrecondition(format!(
-                    "backup {} is not complete on destination {w}",
-                    info.manifest.backup_id
-                ))
-            }),
-            None => healthy.next().map(str::to_owned).ok_or_else(|| {
-                BackupError::FailedPrecondition(format!(
-                    "no reachable destination holds backup {}",
-                    info.manifest.backup_id
-                ))
-            }),
-        }
+    async fn submit(&self, request_id: &str, action: BackupAction) -> Result<OperationRecord, BackupError> {
+        let new = action.new_operation(request_id);
+        Ok(self.engine.submit(new, action.job(self.resources.clone())).await?.0)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    async fn submit(
-        &self,
-        kind: &'static str,
-        instance_id: &str,
-        backup_id: &str,
-        request_id: &str,
-        mut params: serde_json::Value,
-        exclusive: bool,
-        job: impl FnOnce(ops::JobContext) -> ops::engine::JobFuture + Send + 'static,
-    ) -> Result<OperationRecord, BackupError> {
-        params["backup_id"] = serde_json::Value::from(backup_id);
-        let new =
-            NewOperation { request_id: request_id.to_owned(), kind, target: instance_id.to_owned(), params, exclusive };
-        Ok(self.engine.submit(new, Box::new(job)).await?.0)
-    }
-
-    pub(crate) fn destination(&self, name: &str) -> Option<&Arc<dyn Destination>> {
-        self.destinations.iter().find(|d| d.name() == name)
+/// The destination to read `info` from: `wanted` if given (it must hold a complete copy), else the
+/// first that does.
+fn pick_source(info: &BackupInfo, wanted: Option<&str>) -> Result<String, BackupError> {
+    let mut healthy = info.healthy_destinations();
+    let backup = || info.manifest.backup_id.clone();
+    match wanted.filter(|w| !w.is_empty()) {
+        Some(w) => healthy
+            .find(|h| *h == w)
+            .map(str::to_owned)
+            .ok_or_else(|| BackupError::NotOnDestination { backup: backup(), destination: w.to_owned() }),
+        None => healthy.next().map(str::to_owned).ok_or_else(|| BackupError::NoCompleteCopy { backup: backup() }),
     }
 }
 
@@ -285,10 +207,4 @@ pub fn check_backup_id(id: &str) -> Result<(), ids::InvalidField> {
     } else {
         Err(ids::InvalidField::new("backup_id", format!("{id:?} is not a backup id (b and 20 hex digits)")))
     }
-}
-
-/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
-fn postmaster_port(data_dir: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
-    text.lines().nth(3)?.trim().parse().ok()
 }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+use crate::instances::{Engine, Instance};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
@@ -130,6 +132,28 @@ impl BackupConfig {
             .collect()
     }
 
+    /// The `[backup.<engine>]` connection.
+    pub fn connection(&self, engine: Engine) -> &EngineConnection {
+        match engine {
+            Engine::Postgresql => &self.postgresql,
+            Engine::Mariadb => &self.mariadb,
+            Engine::Redis => &self.redis,
+        }
+    }
+
+    /// The connection a backup of `instance` dumps from: its engine's `[backup.<engine>]`
+    /// settings, and for PostgreSQL the port of the cluster running on the instance's data
+    /// directory (`postmaster.pid`), so that several clusters on one host each dump their own.
+    pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
+        let mut conn = self.connection(instance.spec.engine).clone();
+        if instance.spec.engine == Engine::Postgresql
+            && let Some(port) = postmaster_port(&instance.spec.data_dir)
+        {
+            conn.port = port;
+        }
+        conn
+    }
+
     /// `Err((key, message))` for the first invalid value.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !(1..=19).contains(&self.zstd_level) {
@@ -171,6 +195,12 @@ impl BackupConfig {
         }
         Ok(())
     }
+}
+
+/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
+fn postmaster_port(data_dir: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().nth(3)?.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -124,11 +124,7 @@ impl Destination for DirDestination {
 
     async fn abort_leftover(&self, key: &str, _handle: &str) -> Result<(), BackupError> {
         let tmp = self.temp_path(key);
-        match tokio::fs::remove_file(&tmp).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.err(format!("delete {}", tmp.display()), e)),
-        }
+        remove_temp(&tmp).await.map_err(|e| self.err(format!("delete {}", tmp.display()), e))
     }
 }
 
@@ -170,10 +166,22 @@ impl Upload for DirUpload {
 
     async fn abort(self: Box<Self>) -> Result<(), BackupError> {
         drop(self.file);
-        match tokio::fs::remove_file(&self.tmp).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackupError::dest(&self.name, format!("delete {}: {e}", self.tmp.display()))),
-        }
+        remove_temp(&self.tmp)
+            .await
+            .map_err(|e| BackupError::dest(&self.name, format!("delete {}: {e}", self.tmp.display())))
     }
+}
+
+/// Removes an unfinished upload's temporary file, and the backup's folder if that leaves it empty
+/// (an aborted backup leaves nothing, not even an empty folder).
+async fn remove_temp(tmp: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_file(tmp).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = tmp.parent() {
+        let _ = tokio::fs::remove_dir(dir).await;
+    }
+    Ok(())
 }

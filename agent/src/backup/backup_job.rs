@@ -1,0 +1,275 @@
+//! The StartBackup operation: check the server, open an upload on every destination (recorded for
+//! crash cleanup), stream the dump through the pipeline, then write the manifest where the data
+//! arrived. The pipeline stages check the cancellation token at every await; progress is bytes.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::BackupError;
+use super::catalog::write_manifest;
+use super::chunks;
+use super::destination::Upload;
+use super::engine_commands;
+use super::inflight::{InflightBackup, InflightUpload};
+use super::manifest::{self, BackupKind, BackupMethod, Manifest};
+use super::piped_tool;
+use super::pipeline::{self, Counters, DumpSource, EncodeOutcome};
+use super::resources::BackupResources;
+use super::server_check::check_serves;
+use crate::instances::Instance;
+use crate::ops::{JobContext, Progress};
+
+/// A destination that failed, and why.
+type Failure = (String, String);
+
+pub async fn run(
+    res: &BackupResources,
+    instance: &Instance,
+    method: BackupMethod,
+    kind: BackupKind,
+    backup_id: &str,
+    ctx: &JobContext,
+) -> Result<serde_json::Value, BackupError> {
+    let engine = instance.spec.engine;
+    let method = engine_commands::effective_method(engine, method);
+    let conn = res.settings.connection_for(instance);
+    check_serves(instance, &conn).await?;
+    let tool = engine_commands::dump_tool(engine, method, &conn).run_as(&instance.spec.os_user)?;
+    let tool_version = engine_commands::tool_version(&tool).await;
+    let started = SystemTime::now();
+    let data_key = chunks::new_data_key()?;
+    let wrapped = res.keys.wrap(backup_id, &data_key)?;
+
+    let estimate = estimate_raw_size(instance, method).await;
+
+    let object_key = manifest::data_key(&instance.id, backup_id);
+    let (record, uploads, mut failed) = open_uploads(res, &instance.id, backup_id, &object_key).await?;
+    if uploads.is_empty() {
+        res.inflight.remove(backup_id);
+        return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
+    }
+    let encoded = match piped_tool::spawn_reading(&tool) {
+        Ok((stdout, exit)) => {
+            let source = DumpSource { reader: Box::new(stdout), done: Box::pin(async move { Ok(exit.wait().await?) }) };
+            encode(res, source, data_key, backup_id, uploads, estimate, ctx).await
+        }
+        Err(e) => {
+            for (_, up) in uploads {
+                let _ = up.abort().await;
+            }
+            Err(e.into())
+        }
+    };
+    let outcome = match encoded {
+        Ok(o) => o,
+        Err(e) => {
+            // The pipeline aborted its uploads; take away whatever might still be visible.
+            res.inflight.clean(&res.destinations, &record).await;
+            return Err(e);
+        }
+    };
+    for (name, r) in &outcome.destinations {
+        if let Err(e) = r {
+            tracing::warn!(backup = backup_id, destination = %name, "destination failed: {e:#}");
+            failed.push((name.clone(), e.to_string()));
+        }
+    }
+    let expires = match (kind, &instance.spec.backup_policy) {
+        (BackupKind::Scheduled, Some(p)) => Some(started + Duration::from_secs(u64::from(p.keep_daily) * 86_400)),
+        (BackupKind::Scheduled, None) => Some(started + Duration::from_secs(7 * 86_400)),
+        (BackupKind::Manual, _) => None,
+    };
+    let manifest = Manifest {
+        format: manifest::FORMAT_VERSION,
+        backup_id: backup_id.to_owned(),
+        instance_id: instance.id.clone(),
+        engine,
+        engine_version: instance.spec.engine_version.clone(),
+        tool: tool.name(),
+        tool_version,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        method,
+        kind,
+        started,
+        finished: SystemTime::now(),
+        expires,
+        raw_bytes: outcome.raw_bytes,
+        stored_bytes: outcome.stored_bytes,
+        sha256: outcome.sha256.clone(),
+        compression: "zstd".into(),
+        zstd_level: res.settings.zstd_level,
+        cipher: "AES-256-GCM".into(),
+        chunk_size: res.settings.chunk_size,
+        chunk_count: outcome.chunk_count,
+        wrapped_key: crate::hex::encode(&wrapped),
+        key_wrapper: res.keys.scheme().into(),
+        key_id: res.keys.key_id(),
+        destinations: res.destination_names(),
+        failed_destinations: failed.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    let complete = write_manifests(res, &outcome, &manifest, &object_key, &mut failed).await;
+    res.inflight.remove(backup_id);
+    if complete.is_empty() {
+        return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
+    }
+    let state = if failed.is_empty() { "complete" } else { "degraded" };
+    tracing::info!(backup = backup_id, instance = %instance.id, state, raw = outcome.raw_bytes, stored = outcome.stored_bytes, "backup finished");
+    Ok(serde_json::json!({
+        "backup_id": backup_id,
+        "state": state,
+        "raw_bytes": outcome.raw_bytes,
+        "stored_bytes": outcome.stored_bytes,
+        "sha256": outcome.sha256,
+        "complete": complete,
+        "failed": failed.iter().map(|(n, e)| serde_json::json!({ "destination": n, "error": e })).collect::<Vec<_>>(),
+    }))
+}
+
+/// Opens every destination's upload, recording each in the in-flight record before data flows;
+/// one that cannot even start is failed from the outset.
+async fn open_uploads(
+    res: &BackupResources,
+    instance_id: &str,
+    backup_id: &str,
+    key: &str,
+) -> Result<(InflightBackup, Vec<(String, Box<dyn Upload>)>, Vec<Failure>), BackupError> {
+    let mut record = InflightBackup::new(instance_id, backup_id);
+    let mut uploads: Vec<(String, Box<dyn Upload>)> = Vec::new();
+    let mut failed = Vec::new();
+    for dest in &res.destinations {
+        match dest.create(key).await {
+            Ok(up) => {
+                record.uploads.push(InflightUpload {
+                    destination: dest.name().to_owned(),
+                    key: key.to_owned(),
+                    handle: up.handle(),
+                });
+                uploads.push((dest.name().to_owned(), up));
+                if let Err(e) = res.inflight.save(&record) {
+                    // Without a record a crash would leave these uploads behind: do not go on.
+                    for (_, up) in uploads {
+                        let _ = up.abort().await;
+                    }
+                    res.inflight.remove(backup_id);
+                    return Err(e);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(backup = backup_id, "{e:#}");
+                failed.push((dest.name().to_owned(), e.to_string()));
+            }
+        }
+    }
+    Ok((record, uploads, failed))
+}
+
+/// Runs the pipeline from the dump to the uploads, reporting progress every half second.
+async fn encode(
+    res: &BackupResources,
+    source: DumpSource,
+    data_key: [u8; 32],
+    backup_id: &str,
+    uploads: Vec<(String, Box<dyn Upload>)>,
+    estimate: u64,
+    ctx: &JobContext,
+) -> Result<EncodeOutcome, BackupError> {
+    let names: Vec<String> = uploads.iter().map(|(n, _)| n.clone()).collect();
+    let counters = Counters::new(&names);
+    let settings = res.encode_settings();
+    let encode =
+        pipeline::encode(source, data_key, backup_id, &settings, uploads, counters.clone(), ctx.cancel.clone());
+    tokio::pin!(encode);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            r = &mut encode => break r,
+            _ = tick.tick() => report_progress(ctx, &counters, estimate),
+        }
+    };
+    report_progress(ctx, &counters, estimate);
+    outcome
+}
+
+/// Writes the manifest on every destination the data reached; a destination whose manifest fails
+/// loses its data object too. Returns the destinations that hold the complete backup.
+async fn write_manifests(
+    res: &BackupResources,
+    outcome: &EncodeOutcome,
+    manifest: &Manifest,
+    key: &str,
+    failed: &mut Vec<Failure>,
+) -> Vec<String> {
+    let mut complete = Vec::new();
+    for (name, r) in &outcome.destinations {
+        if r.is_err() {
+            continue;
+        }
+        let Ok(dest) = res.destination(name) else { continue };
+        match write_manifest(dest.as_ref(), manifest).await {
+            Ok(()) => complete.push(name.clone()),
+            Err(e) => {
+                tracing::warn!(backup = %manifest.backup_id, destination = %name, "write manifest: {e:#}");
+                let _ = dest.delete(key).await;
+                failed.push((name.clone(), e.to_string()));
+            }
+        }
+    }
+    complete
+}
+
+/// The raw size a physical backup will read, for a progress percentage; 0 (unknown) for a dump,
+/// whose size has little to do with the files behind it.
+async fn estimate_raw_size(instance: &Instance, method: BackupMethod) -> u64 {
+    let data_dir = instance.spec.data_dir.clone();
+    match method {
+        BackupMethod::Physical => tokio::task::spawn_blocking(move || estimate_size(&data_dir)).await.unwrap_or(0),
+        BackupMethod::Logical => 0,
+    }
+}
+
+/// `estimate`: the expected raw size, 0 when unknown. The dump may outgrow it (WAL written
+/// meanwhile), so the total never falls below what was read: the percentage stops at 100.
+fn report_progress(ctx: &JobContext, counters: &Counters, estimate: u64) {
+    let raw = counters.raw_in.load(Ordering::Relaxed);
+    let outs: Vec<String> =
+        counters.out.iter().map(|(n, c)| format!("{n} {} bytes", c.load(Ordering::Relaxed))).collect();
+    let (total, of) = match estimate {
+        0 => (0, String::new()),
+        e => (e.max(raw), format!(" of about {e}")),
+    };
+    ctx.progress(Progress {
+        done: raw,
+        total,
+        unit: "bytes".into(),
+        message: format!("in {raw} bytes{of}; out: {}", outs.join(", ")),
+    });
+}
+
+/// Walking more entries than this costs more than the estimate is worth: the size stays unknown.
+const ESTIMATE_MAX_ENTRIES: usize = 1_000_000;
+
+/// Bytes in the regular files below `dir` (symbolic links not followed), which is about what a
+/// physical backup reads; 0 (unknown) if the folder cannot be read or is too large to walk.
+pub(crate) fn estimate_size(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return 0;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > ESTIMATE_MAX_ENTRIES {
+                return 0;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}

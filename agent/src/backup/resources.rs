@@ -1,0 +1,56 @@
+//! What the backup operations work with, owned by the service and handed to each job: the
+//! destinations, the key wrapper, the settings and the in-flight records. A job gets this, never
+//! the service, so no job module imports the service.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::BackupError;
+use super::catalog::{self, BackupInfo};
+use super::destination::{self, Destination};
+use super::inflight::InflightRecords;
+use super::keywrap::KeyWrapper;
+use super::pipeline::EncodeSettings;
+use super::settings::BackupConfig;
+
+pub struct BackupResources {
+    pub settings: BackupConfig,
+    pub destinations: Vec<Arc<dyn Destination>>,
+    pub keys: Arc<dyn KeyWrapper>,
+    pub inflight: InflightRecords,
+}
+
+impl BackupResources {
+    /// Opens the configured destinations (defaults below `state_dir`) and the in-flight records.
+    pub fn open(settings: BackupConfig, state_dir: &Path, keys: Arc<dyn KeyWrapper>) -> Result<Self, BackupError> {
+        let destinations = settings
+            .effective_destinations(state_dir)
+            .iter()
+            .map(|d| destination::open(d, settings.part_size, settings.max_retries))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inflight = InflightRecords::open(state_dir)?;
+        Ok(Self { settings, destinations, keys, inflight })
+    }
+
+    pub fn destination_names(&self) -> Vec<String> {
+        self.destinations.iter().map(|d| d.name().to_owned()).collect()
+    }
+
+    /// The destination called `name`; a name taken from a manifest may no longer be configured.
+    pub fn destination(&self, name: &str) -> Result<&Arc<dyn Destination>, BackupError> {
+        self.destinations.iter().find(|d| d.name() == name).ok_or_else(|| BackupError::dest(name, "not configured"))
+    }
+
+    pub async fn list(&self, instance_id: &str) -> Vec<BackupInfo> {
+        catalog::list(&self.destinations, instance_id).await
+    }
+
+    pub fn encode_settings(&self) -> EncodeSettings {
+        EncodeSettings {
+            zstd_level: self.settings.zstd_level,
+            zstd_workers: self.settings.zstd_workers,
+            chunk_size: self.settings.chunk_size,
+            rate_limit: self.settings.rate_limit_bytes_per_sec,
+        }
+    }
+}
