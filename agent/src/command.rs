@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio_util::task::AbortOnDropHandle;
 
 /// How much of a tool's stderr is kept for its error message.
 pub const STDERR_TAIL: usize = 8 * 1024;
@@ -108,9 +110,8 @@ impl ToolCommand {
         s
     }
 
-    /// A tokio command with the policy applied (stdin closed, stdout and stderr piped), for callers
-    /// that stream stdout or feed stdin; pair it with [`finish`].
-    pub fn tokio(&self) -> tokio::process::Command {
+    /// A tokio command with the policy applied (stdin closed, stdout and stderr piped).
+    fn tokio(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .current_dir("/")
@@ -124,9 +125,27 @@ impl ToolCommand {
         cmd
     }
 
-    /// Starts the tool (see [`ToolCommand::tokio`]).
-    pub fn spawn(&self) -> Result<tokio::process::Child, CommandError> {
-        self.tokio().spawn().map_err(|source| CommandError::Spawn { command: self.name(), source })
+    /// Starts the tool with its stdout piped to the caller (a dump feeding the backup pipeline,
+    /// journalctl following a unit).
+    pub fn spawn_reading(&self) -> Result<(ChildStdout, ToolExit), CommandError> {
+        let mut child = self.tokio().spawn().map_err(|source| self.spawn_error(source))?;
+        let stdout =
+            child.stdout.take().ok_or_else(|| self.spawn_error(std::io::Error::other("stdout is not piped")))?;
+        Ok((stdout, ToolExit::watch(self.name(), child)))
+    }
+
+    /// Starts the tool with its stdin piped from the caller (a restore tool the decoded stream
+    /// fills); its stdout is discarded. The tool sees the end of its input when stdin is dropped.
+    pub fn spawn_writing(&self) -> Result<(ChildStdin, ToolExit), CommandError> {
+        let mut cmd = self.tokio();
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
+        let stdin = child.stdin.take().ok_or_else(|| self.spawn_error(std::io::Error::other("stdin is not piped")))?;
+        Ok((stdin, ToolExit::watch(self.name(), child)))
+    }
+
+    fn spawn_error(&self, source: std::io::Error) -> CommandError {
+        CommandError::Spawn { command: self.name(), source }
     }
 
     /// Runs the tool to completion and returns its stdout; a non-zero exit is an error carrying the
@@ -135,6 +154,15 @@ impl ToolCommand {
         let out = self.tokio().output().await.map_err(|source| CommandError::Spawn { command: self.name(), source })?;
         check(&self.name(), out.status, &out.stderr)?;
         Ok(out.stdout)
+    }
+
+    /// The first non-empty line the program prints for `--version` (some, like mariabackup, print
+    /// it on stderr); empty if it says nothing. Runs as the agent, whatever `run_as` was given.
+    pub async fn version_line(&self) -> String {
+        let out = ToolCommand::new(&self.program).arg("--version").tokio().output().await;
+        let first_line =
+            |b: Vec<u8>| String::from_utf8_lossy(&b).lines().find(|l| !l.trim().is_empty()).map(str::to_owned);
+        out.ok().and_then(|o| first_line(o.stdout).or_else(|| first_line(o.stderr))).unwrap_or_default()
     }
 
     /// Whether the tool exits 0; for probes whose failure is an answer, not an error.
@@ -170,13 +198,37 @@ impl ToolCommand {
     }
 }
 
-/// Waits for a child started with [`ToolCommand::spawn`] whose stdout the caller consumed, keeping
-/// the tail of its stderr for the error.
-pub async fn finish(name: &str, mut child: tokio::process::Child) -> Result<(), CommandError> {
-    let tail = tokio::spawn(read_tail(child.stderr.take()));
-    let status = child.wait().await.map_err(|source| CommandError::Wait { command: name.to_owned(), source })?;
-    let tail = tail.await.unwrap_or_default();
-    check(name, status, tail.as_bytes())
+/// How a started tool ends: `Ok` on exit 0, else its name, exit status and the tail of stderr.
+///
+/// The exit is awaited by a task started with the tool, which drains stderr from the first byte: a
+/// tool that writes more than a pipe buffer (64 KiB) of stderr before its output ends (mariabackup
+/// logs every file it copies) would otherwise block on stderr while the caller waits for its stdout,
+/// and both would stall forever. Dropping a `ToolExit` (a cancelled job, a stopped source) aborts
+/// that task, which drops the child, which kills it (`kill_on_drop`).
+pub struct ToolExit {
+    name: String,
+    watcher: AbortOnDropHandle<Result<(), CommandError>>,
+}
+
+impl ToolExit {
+    fn watch(name: String, mut child: tokio::process::Child) -> Self {
+        let watcher = tokio::spawn({
+            let name = name.clone();
+            async move {
+                let tail = tokio::spawn(read_tail(child.stderr.take()));
+                let status =
+                    child.wait().await.map_err(|source| CommandError::Wait { command: name.clone(), source })?;
+                let tail = tail.await.unwrap_or_default();
+                check(&name, status, tail.as_bytes())
+            }
+        });
+        Self { name, watcher: AbortOnDropHandle::new(watcher) }
+    }
+
+    pub async fn wait(self) -> Result<(), CommandError> {
+        let Self { name, watcher } = self;
+        watcher.await.map_err(|e| CommandError::Wait { command: name, source: std::io::Error::other(e) })?
+    }
 }
 
 fn check(name: &str, status: ExitStatus, stderr: &[u8]) -> Result<(), CommandError> {
@@ -211,6 +263,8 @@ pub async fn read_tail<R: AsyncRead + Unpin>(stream: Option<R>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn a_failure_carries_the_status_and_only_the_tail_of_stderr() {
@@ -252,5 +306,51 @@ mod tests {
         assert!(err.to_string().contains("why"), "{err}");
         assert_eq!(ToolCommand::new("echo").arg("hi").output_blocking().unwrap(), b"hi\n");
         assert!(ToolCommand::new("true").succeeds_blocking());
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_floods_stderr_before_its_output_does_not_stall() {
+        // 1 MiB of stderr first: without draining it from the start the tool blocks on stderr
+        // and the reader below waits for stdout forever.
+        let tool = ToolCommand::new("sh").args(["-c", "head -c 1048576 /dev/zero >&2; echo out"]);
+        let run = async {
+            let (mut stdout, exit) = tool.spawn_reading().unwrap();
+            let mut out = String::new();
+            stdout.read_to_string(&mut out).await.unwrap();
+            exit.wait().await.unwrap();
+            out
+        };
+        let out = tokio::time::timeout(Duration::from_secs(20), run).await.expect("the tool stalled");
+        assert_eq!(out, "out\n");
+    }
+
+    #[tokio::test]
+    async fn a_failed_writer_reports_its_name_status_and_stderr_tail() {
+        let ok = ToolCommand::new("sh").args(["-c", "cat >/dev/null"]);
+        let (mut stdin, exit) = ok.spawn_writing().unwrap();
+        stdin.write_all(b"data").await.unwrap();
+        drop(stdin);
+        exit.wait().await.unwrap();
+
+        let failing = ToolCommand::new("sh").args(["-c", "cat >/dev/null; echo THE-REASON >&2; exit 4"]);
+        let (stdin, exit) = failing.spawn_writing().unwrap();
+        drop(stdin);
+        let e = exit.wait().await.unwrap_err();
+        let CommandError::Failed { command, status, stderr } = &e else { panic!("not Failed: {e}") };
+        assert_eq!(command, "sh");
+        assert!(status.contains('4'), "{status}");
+        assert_eq!(stderr, "THE-REASON");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_exit_kills_the_tool() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("still-running");
+        let script = format!("sleep 2; touch {}", marker.display());
+        let (stdout, exit) = ToolCommand::new("sh").args(["-c", &script]).spawn_reading().unwrap();
+        drop(exit);
+        drop(stdout);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!marker.exists(), "the tool outlived its job");
     }
 }

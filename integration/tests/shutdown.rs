@@ -169,9 +169,19 @@ async fn one_grace_bounds_the_whole_drain_and_the_watchdog_is_petted_through_it(
         .into_inner();
     wait_for_state(&mut ops, &op.id, Duration::from_secs(10), |s| s == OperationState::Running).await;
 
-    // In-flight RPCs: a TailLogs that follows forever.
+    // In-flight RPCs: a TailLogs that follows; it has no end of its own, so shutdown must end it
+    // (with UNAVAILABLE) rather than let it hold the server until the deadline.
     let follow = TailLogsRequest { follow: true, ..Default::default() };
-    let _tail = logs.tail_logs(follow).await.expect("TailLogs follow").into_inner();
+    let mut tail = logs.tail_logs(follow).await.expect("TailLogs follow").into_inner();
+    let tail_end = tokio::spawn(async move {
+        loop {
+            match tail.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return (Instant::now(), None),
+                Err(status) => return (Instant::now(), Some(status)),
+            }
+        }
+    });
 
     let signalled = Instant::now();
     agent.signal(nix::sys::signal::Signal::SIGTERM);
@@ -184,11 +194,19 @@ async fn one_grace_bounds_the_whole_drain_and_the_watchdog_is_petted_through_it(
     assert!(took < GRACE * 2, "the grace was applied more than once: {took:?}\n{log}");
     for cut_off in [
         "operations still running at the shutdown deadline",
-        "the API server was still running at the shutdown deadline",
         "the log shipping was still running at the shutdown deadline",
     ] {
-        assert!(log.contains(cut_off), "all three subsystems outlast the grace; missing {cut_off:?}\n{log}");
+        assert!(log.contains(cut_off), "both subsystems outlast the grace; missing {cut_off:?}\n{log}");
     }
+    let (ended, status) = tail_end.await.expect("the TailLogs reader");
+    let status = status.unwrap_or_else(|| panic!("the follow stream ended without saying why\n{log}"));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    assert!(ended - signalled < GRACE / 2, "the follow stream held on into the drain: {:?}", ended - signalled);
+    assert!(
+        !log.contains("the API server was still running at the shutdown deadline"),
+        "no in-flight RPC should outlast the grace once follow streams end on shutdown\n{log}"
+    );
 
     let notes = notifications.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let stopping = notes

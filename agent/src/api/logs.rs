@@ -2,6 +2,7 @@ use dbagent_proto::v1 as pb;
 use std::pin::Pin;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert::logs::{
@@ -15,7 +16,11 @@ use crate::requests::RequestLedger;
 pub struct LogsApi {
     pub logs: LogManager,
     pub requests: RequestLedger,
+    /// Ends the follow streams, so no `logs tail -f` holds the agent's exit.
+    pub shutdown: CancellationToken,
 }
+
+const SHUTTING_DOWN: &str = "the agent is shutting down; tail again when it is back";
 
 type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::LogRecord, Status>> + Send>>;
 
@@ -27,9 +32,17 @@ impl pb::logs_server::Logs for LogsApi {
         let tail = self.logs.tail(&tail_request_from_proto(req.into_inner())?)?;
         let backlog = tokio_stream::iter(tail.backlog).map(|r| Ok(record_to_proto(&r, 0)));
         let stream: RecordStream = match tail.follow {
-            Some(rx) => Box::pin(
-                backlog.chain(ReceiverStream::new(rx).map(|i| Ok(record_to_proto(&i.record, i.missed_before)))),
-            ),
+            Some(rx) => {
+                let live = ReceiverStream::new(rx).map(|i| Ok(record_to_proto(&i.record, i.missed_before)));
+                // A follow has no end of its own: shutdown ends it, with a status saying why.
+                let shutdown = self.shutdown.clone();
+                let live = futures::StreamExt::take_until(live, shutdown.clone().cancelled_owned());
+                let why = futures::stream::once(async move {
+                    shutdown.is_cancelled().then(|| Err(Status::unavailable(SHUTTING_DOWN)))
+                })
+                .filter_map(|e| e);
+                Box::pin(backlog.chain(live).chain(why))
+            }
             None => Box::pin(backlog),
         };
         Ok(Response::new(stream))

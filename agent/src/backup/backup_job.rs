@@ -13,7 +13,6 @@ use super::destination::Upload;
 use super::engine_commands;
 use super::inflight::{InflightBackup, InflightUpload};
 use super::manifest::{self, BackupKind, BackupMethod, Manifest};
-use super::piped_tool;
 use super::pipeline::{self, Counters, DumpSource, EncodeOutcome};
 use super::resources::BackupResources;
 use super::server_check::check_serves;
@@ -36,7 +35,7 @@ pub async fn run(
     let conn = res.settings.connection_for(instance);
     check_serves(instance, &conn).await?;
     let tool = engine_commands::dump_tool(engine, method, &conn).run_as(&instance.spec.os_user)?;
-    let tool_version = engine_commands::tool_version(&tool).await;
+    let tool_version = tool.version_line().await;
     let started = SystemTime::now();
     let data_key = chunks::new_data_key()?;
     let wrapped = res.keys.wrap(backup_id, &data_key)?;
@@ -49,7 +48,7 @@ pub async fn run(
         res.inflight.remove(backup_id);
         return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
     }
-    let encoded = match piped_tool::spawn_reading(&tool) {
+    let encoded = match tool.spawn_reading() {
         Ok((stdout, exit)) => {
             let source = DumpSource { reader: Box::new(stdout), done: Box::pin(async move { Ok(exit.wait().await?) }) };
             encode(res, source, data_key, backup_id, uploads, estimate, ctx).await

@@ -15,15 +15,6 @@ fn tool(conn: &EngineConnection, program: &str, args: Vec<String>) -> ToolComman
     ToolCommand::new(program).args(args)
 }
 
-/// First line of `tool --version`, for the manifest; empty if the tool does not say. Runs as the
-/// agent: a version string needs no database user.
-pub async fn tool_version(tool: &ToolCommand) -> String {
-    let out = ToolCommand::new(tool.program()).arg("--version").tokio().output().await;
-    // mariabackup prints its version on stderr, the others on stdout.
-    let first_line = |b: Vec<u8>| String::from_utf8_lossy(&b).lines().find(|l| !l.trim().is_empty()).map(str::to_owned);
-    out.ok().and_then(|o| first_line(o.stdout).or_else(|| first_line(o.stderr))).unwrap_or_default()
-}
-
 fn pg_conn(c: &EngineConnection) -> Vec<String> {
     vec![
         format!("--host={}", c.host),

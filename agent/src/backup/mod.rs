@@ -20,7 +20,6 @@ pub mod engine_commands;
 pub mod inflight;
 pub mod keywrap;
 pub mod manifest;
-pub mod piped_tool;
 pub mod pipeline;
 pub mod resources;
 pub mod restore_dir;

@@ -11,7 +11,6 @@ use super::destination::Destination;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
 use super::keywrap::unwrap_data_key;
 use super::manifest::{Manifest, data_key};
-use super::piped_tool;
 use super::resources::BackupResources;
 use super::restore_dir::RestoreDir;
 use super::server_check::check_serves;
@@ -115,7 +114,7 @@ async fn fill_target(
             out
         }
         RestoreSink::Tool(tool) => {
-            let (mut stdin, exit) = piped_tool::spawn_writing(&tool.run_as(user)?)?;
+            let (mut stdin, exit) = tool.run_as(user)?.spawn_writing()?;
             let decoded = decode::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
             drop(stdin);
             match (decoded, exit.wait().await) {

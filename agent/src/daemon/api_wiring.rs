@@ -37,7 +37,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             shutdown: d.root.clone(),
         },
-        logs: api::logs::LogsApi { logs: d.logs.clone(), requests: d.requests.clone() },
+        logs: api::logs::LogsApi { logs: d.logs.clone(), requests: d.requests.clone(), shutdown: d.root.clone() },
         backups: api::backups::BackupsApi {
             backups: d.backups.clone(),
             registry: d.registry.clone(),
