@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    for entry in std::fs::read_dir(dir).expect("read the source folder") {
+        let path = entry.expect("read the source folder").path();
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
@@ -23,7 +23,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// `agent/src/a/b.rs` -> ["a", "b"]; `a/mod.rs` -> ["a"]; `lib.rs` -> [].
 fn module_of(src: &Path, file: &Path) -> Vec<String> {
-    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let rel = file.strip_prefix(src).expect("a file under src").with_extension("");
     let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     if parts.last().is_some_and(|p| p == "mod" || p == "lib" || p == "main") {
         parts.pop();
@@ -118,7 +118,7 @@ fn graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for file in &files {
         let here = module_of(src, file);
-        let text = strip_comments(&std::fs::read_to_string(file).unwrap());
+        let text = strip_comments(&std::fs::read_to_string(file).expect("read a source file"));
         let mut targets = Vec::new();
         let mut rest = text.as_str();
         // `use` statements (possibly over several lines); re-exports are skipped.
@@ -180,13 +180,11 @@ fn cycles(edges: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Strin
             for w in next {
                 if !s.index.contains_key(w) {
                     visit(s, w);
-                    let lw = s.low[w];
-                    let lv = s.low.get_mut(v).unwrap();
-                    *lv = (*lv).min(lw);
+                    let low = s.low[v].min(s.low[w]);
+                    s.low.insert(v, low);
                 } else if s.on_stack.contains(w) {
-                    let iw = s.index[w];
-                    let lv = s.low.get_mut(v).unwrap();
-                    *lv = (*lv).min(iw);
+                    let low = s.low[v].min(s.index[w]);
+                    s.low.insert(v, low);
                 }
             }
         }
