@@ -1,6 +1,7 @@
 //! A folder of JSON records, one `<key>.json` per record: the one way the agent keeps state that is a
 //! set of named records (the instance registry, the volume store, the operations journal, the request
-//! ledger).
+//! ledger, the backups' crash-cleanup records). A drain's buffer state (`logs/buffer.rs`) is one file
+//! per drain, not a set of records: it uses the same atomic write ([`fsutil::atomic_write`]).
 //!
 //! Writes: a record goes to `.<key>.json.tmp` in the same folder (mode 0600), which is fsynced,
 //! renamed over `<key>.json`, and the folder is fsynced ([`fsutil::atomic_write`]); a removal unlinks
@@ -22,8 +23,8 @@
 //!   and the store opens with the rest. For records whose loss costs a repeated piece of work or some
 //!   history, but whose content an operator may still need: the operations journal and the request
 //!   ledger.
-//! - `Drop`: the file is deleted and logged. For a cache that is rebuilt, where a lost record only
-//!   means work is done again (a log file read again from its start).
+//! - `Drop`: the file is deleted and logged. For records nothing can be done with once unreadable:
+//!   the backups' crash-cleanup records (what one named cannot be found again).
 //!
 //! A read that fails (EIO, EACCES) is not a corrupt record: it fails the open under every policy,
 //! since the disk, not the record, needs the operator's attention.

@@ -10,16 +10,20 @@
 //! - At start-up every record left is a backup that was cut short. Its manifests (a crash may come
 //!   between writing them and removing the record; the operation never reported success) and its
 //!   data objects are deleted, its uploads aborted, then the record is removed. A record whose
-//!   cleaning failed on some destination is kept and retried at the next start; an unreadable
-//!   record is removed with a warning, since nothing can be done with it.
+//!   cleaning failed on some destination is kept and retried at the next start.
+//! - The records are a [`JsonStore`] with the `Drop` policy: an unreadable record is removed with a
+//!   warning, since nothing can be done with it (what it named cannot be found again), and it must
+//!   not stop the agent or the cleaning of the others.
 
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::borrow::Cow;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::BackupError;
 use super::destination::Destination;
 use super::manifest::manifest_key;
+use crate::json_store::{JsonRecord, JsonStore, OnCorrupt};
 
 /// The uploads one running backup has open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +41,14 @@ pub struct InflightUpload {
     pub handle: String,
 }
 
+impl JsonRecord for InflightBackup {
+    const KIND: &'static str = "in-flight backup record";
+
+    fn key(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.backup_id)
+    }
+}
+
 impl InflightBackup {
     pub fn new(instance_id: &str, backup_id: &str) -> Self {
         Self { instance_id: instance_id.to_owned(), backup_id: backup_id.to_owned(), uploads: Vec::new() }
@@ -46,52 +58,39 @@ impl InflightBackup {
 /// The folder of in-flight records.
 #[derive(Debug, Clone)]
 pub struct InflightRecords {
-    dir: PathBuf,
+    store: JsonStore<InflightBackup>,
 }
 
 impl InflightRecords {
-    /// Opens (creating, private) `<state_dir>/backups/inflight`.
+    /// Opens (creating, private) `<state_dir>/backups/inflight`; unreadable records are dropped.
     pub fn open(state_dir: &Path) -> Result<Self, BackupError> {
-        let dir = state_dir.join("backups/inflight");
-        crate::fsutil::ensure_private_dir(&dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, backup_id: &str) -> PathBuf {
-        self.dir.join(format!("{backup_id}.json"))
+        let (store, _) = JsonStore::open(state_dir.join("backups/inflight"), OnCorrupt::Drop)?;
+        Ok(Self { store })
     }
 
     /// Writes (atomically replaces) the record of `backup`.
     pub fn save(&self, backup: &InflightBackup) -> Result<(), BackupError> {
-        let path = self.path(&backup.backup_id);
-        let text = serde_json::to_vec_pretty(backup)
-            .map_err(|e| BackupError::io("encode in-flight record", std::io::Error::other(e)))?;
-        crate::fsutil::atomic_write(&path, &text).map_err(|e| BackupError::io(format!("write {}", path.display()), e))
+        Ok(self.store.put(backup)?)
     }
 
     /// The backup ended and nothing of it is left to clean.
     pub fn remove(&self, backup_id: &str) {
-        let path = self.path(backup_id);
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("remove in-flight record {}: {e}", path.display());
+        if let Err(e) = self.store.remove(backup_id) {
+            tracing::warn!("remove in-flight record of backup {backup_id}: {e:#}");
         }
     }
 
     /// Cleans every backup a stop or crash cut short; returns the backup ids fully cleaned.
     pub async fn clean_all(&self, destinations: &[Arc<dyn Destination>]) -> Vec<String> {
-        let Ok(files) = crate::fsutil::json_files(&self.dir) else { return Vec::new() };
+        let records = match JsonStore::<InflightBackup>::open(self.store.dir().to_owned(), OnCorrupt::Drop) {
+            Ok((_, loaded)) => loaded.records,
+            Err(e) => {
+                tracing::error!("read the in-flight backup records: {e:#}; their leftovers stay until the next start");
+                return Vec::new();
+            }
+        };
         let mut cleaned = Vec::new();
-        for path in files {
-            let record: InflightBackup = match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                Some(r) => r,
-                None => {
-                    tracing::warn!("unreadable in-flight backup record {}; removing it", path.display());
-                    let _ = std::fs::remove_file(&path);
-                    continue;
-                }
-            };
+        for record in records {
             if self.clean(destinations, &record).await {
                 cleaned.push(record.backup_id);
             }
@@ -134,6 +133,7 @@ mod tests {
     use crate::backup::destination::dir::DirDestination;
     use crate::backup::manifest::data_key;
     use bytes::Bytes;
+    use std::path::PathBuf;
 
     fn destinations(root: &Path) -> Vec<Arc<dyn Destination>> {
         ["az1", "az2"]
@@ -203,11 +203,11 @@ mod tests {
         std::fs::remove_file(&handle).unwrap();
         std::fs::create_dir_all(handle.join("stuck")).unwrap();
         assert!(records.clean_all(&dests).await.is_empty());
-        assert!(records.path("b00000000000000000002").exists(), "the record stays for the next start");
+        assert!(records.store.file("b00000000000000000002").unwrap().exists(), "the record stays for the next start");
         // Once the destination is fixed, the next start cleans it.
         std::fs::remove_dir_all(&handle).unwrap();
         assert_eq!(records.clean_all(&dests).await, vec!["b00000000000000000002".to_owned()]);
-        assert!(!records.path("b00000000000000000002").exists());
+        assert!(!records.store.file("b00000000000000000002").unwrap().exists());
     }
 
     #[tokio::test]
@@ -215,9 +215,9 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let dests = destinations(&state.path().join("dest"));
         let records = InflightRecords::open(state.path()).unwrap();
-        std::fs::write(records.path("b0000000000000000000f"), b"not json").unwrap();
+        std::fs::write(records.store.file("b0000000000000000000f").unwrap(), b"not json").unwrap();
         crash_mid_backup(&records, &dests, "b00000000000000000003").await;
         assert_eq!(records.clean_all(&dests).await, vec!["b00000000000000000003".to_owned()]);
-        assert!(!records.path("b0000000000000000000f").exists());
+        assert!(!records.store.file("b0000000000000000000f").unwrap().exists());
     }
 }

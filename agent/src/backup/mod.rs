@@ -136,6 +136,8 @@ pub enum BackupError {
     Corrupt { backup: String, destination: String, message: String },
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::json_store::JsonStoreError),
     #[error("cancelled")]
     Cancelled,
     #[error(transparent)]
@@ -194,6 +196,7 @@ impl crate::error::HasErrorCode for BackupError {
             BackupError::Cancelled => ErrorCode::Cancelled,
             BackupError::Ops(e) => e.code(),
             BackupError::Tool(e) => e.code(),
+            BackupError::Store(e) => e.code(),
             BackupError::Random(_) | BackupError::WrapFailed | BackupError::Io { .. } => ErrorCode::Internal,
         }
     }
