@@ -17,11 +17,11 @@ async fn state(dir: &std::path::Path) -> ApiState {
     let settings = OpsSettings { max_concurrent: 1, retention: Duration::from_secs(60), max_finished: 10 };
     let root = CancellationToken::new();
     let (engine, _) = OperationEngine::open(&dir.join("ops"), settings, locks, root.clone()).unwrap();
-    let host = Arc::new(crate::volume::sim::SimHost::default());
+    let host = Arc::new(crate::volume::host::SimHost::default());
     let volumes = crate::volume::Volumes::new(
         dir,
-        crate::volume::manager::tests::settings(&["/dev/vd"]),
-        Arc::new(crate::volume::sim::SimCrypt::on(host.clone())),
+        crate::volume::test_fixture::settings(&["/dev/vd"]),
+        Arc::new(crate::volume::crypt::SimCrypt::on(host.clone())),
         host,
         Arc::new(Arc::new(crate::volume::keystore::LocalKeystore::open(dir.join("keystore"), &[9u8; 32]).unwrap())),
         registry.clone(),

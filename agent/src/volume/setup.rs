@@ -29,8 +29,8 @@ pub fn from_config(config: &Config, dev: bool, registry: Arc<Registry>) -> Resul
     Volumes::new(
         &config.state_dir,
         VolumeSettings::from_config(config),
-        Arc::new(super::libcrypt::LibCrypt),
-        Arc::new(super::system_host::SystemHost),
+        Arc::new(super::crypt::LibCryptsetup),
+        Arc::new(super::host::SystemHost),
         keys,
         registry,
     )
