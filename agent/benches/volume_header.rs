@@ -5,8 +5,7 @@
 //! benchmark and not a test.
 
 use dbagent::config::PbkdfKind;
-use dbagent::volume::crypt::{CryptBackend, FormatParams, PbkdfParams};
-use dbagent::volume::libcrypt::LibCrypt;
+use dbagent::volume::crypt::{CryptBackend, FormatParams, LibCryptsetup, PbkdfParams};
 use std::time::Instant;
 
 const KEY: &[u8] = &[0x5a; 32];
@@ -25,10 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::File::create(&image)?.set_len(32 << 20)?;
             let params = FormatParams { key_bits, sector_size: 0, pbkdf: pbkdf.clone(), label: "dbagent-bench".into() };
             let t = Instant::now();
-            LibCrypt.format(&image, &params, KEY)?;
+            LibCryptsetup.format(&image, &params, KEY)?;
             let format = t.elapsed();
             let t = Instant::now();
-            LibCrypt.verify(&image, KEY)?;
+            LibCryptsetup.verify(&image, KEY)?;
             let unlock = t.elapsed();
             println!("{name}, {key_bits}-bit key: format + keyslot {format:.2?}, unlock {unlock:.2?}");
         }

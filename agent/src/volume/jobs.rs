@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{VolumeError, Volumes};
+use super::{VolumeOutcome, Volumes};
 use crate::error::ErrorCode;
 use crate::ops::engine::JobFn;
 use crate::ops::{NewOperation, OpError};
@@ -51,10 +51,6 @@ pub fn new_operation(request_id: String, instance: &str, action: &VolumeAction) 
     }
 }
 
-pub fn op_error(e: &VolumeError) -> OpError {
-    OpError::from_error(e)
-}
-
 /// Volume steps are not cancelled halfway: stopping inside a header change is worse than finishing
 /// it. A cancel before the job starts is honoured.
 pub fn job(volumes: Volumes, instance: String, action: VolumeAction) -> JobFn {
@@ -76,10 +72,10 @@ pub fn job(volumes: Volumes, instance: String, action: VolumeAction) -> JobFn {
                 VolumeAction::BackupHeader => volumes
                     .backup_header(id)
                     .await
-                    .map(|p| json!({ "outcome": "backed_up", "path": p.display().to_string() })),
-                VolumeAction::Destroy => volumes.destroy(id, id).await.map(|d| json!({ "outcome": d })),
+                    .map(|p| json!({ "outcome": VolumeOutcome::BackedUp, "path": p.display().to_string() })),
+                VolumeAction::Destroy => volumes.destroy(id).await.map(|d| json!({ "outcome": d })),
             };
-            result.map(Some).map_err(|e| op_error(&e))
+            result.map(Some).map_err(|e| OpError::from_error(&e))
         })
     })
 }

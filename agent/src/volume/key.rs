@@ -3,7 +3,10 @@
 //! logs, errors, `Debug` output, state files or operation records.
 
 use std::fmt;
+use std::path::PathBuf;
 use zeroize::Zeroizing;
+
+use crate::error::{ErrorCode, HasErrorCode};
 
 /// One instance's key at one version. `Debug` and `Display` show only its length.
 #[derive(Clone)]
@@ -17,8 +20,7 @@ impl VolumeKey {
     /// A fresh random key of `bits` bits.
     pub fn random(bits: u32) -> Result<Self, KeyError> {
         let mut bytes = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
-        getrandom::fill(&mut bytes)
-            .map_err(|e| KeyError::Unavailable(format!("read random bytes for a new key: {e}")))?;
+        getrandom::fill(&mut bytes).map_err(KeyError::Random)?;
         Ok(Self(bytes))
     }
 
@@ -39,14 +41,71 @@ pub enum KeyError {
         "no key version {version} for instance {instance} in the {provider} key provider; the volume cannot be opened without it"
     )]
     Missing { provider: &'static str, instance: String, version: u32 },
+    /// The host key-encryption key could not be loaded when the agent started; the reason is that
+    /// load error's message.
     #[error("key-encryption key: {0}")]
     Kek(String),
-    #[error("key provider unavailable: {0}")]
-    Unavailable(String),
-    #[error("key entry {0} is damaged or was not wrapped under this host's key-encryption key")]
-    Corrupt(String),
+    #[error(
+        "key-encryption key {} does not exist; provide 32 random bytes there (mode 0600) or as the systemd credential {credential}",
+        path.display()
+    )]
+    KekMissing { path: PathBuf, credential: &'static str },
+    #[error(
+        "key-encryption key {} has mode {mode:o}; it must be readable by root only: chmod 600 {}",
+        path.display(),
+        path.display()
+    )]
+    KekExposed { path: PathBuf, mode: u32 },
+    #[error("key-encryption key {} must hold 32 raw bytes or 64 hex digits", path.display())]
+    KekMalformed { path: PathBuf },
+    #[error("a key-encryption key is 32 bytes, not {0}")]
+    KekLength(usize),
+    #[error("read random bytes: {0}")]
+    Random(getrandom::Error),
+    #[error("seal a key entry under the key-encryption key")]
+    Seal,
+    #[error("key entry {} is damaged or was not wrapped under this host's key-encryption key", .0.display())]
+    Corrupt(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error("a keystore step on a blocking thread did not finish: {0}")]
+    BlockingTask(#[from] tokio::task::JoinError),
+    /// The remote provider's settings (`[keys.remote]`) do not make a channel.
+    #[error("set up the KeyService channel to {endpoint}: {source}; check [keys.remote]")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The KeyService could not be reached (`code` is then tonic's, e.g. Unknown for a failed TLS
+    /// handshake) or answered with an error status; NOT_FOUND is [`KeyError::Missing`].
+    #[error("KeyService GetInstanceKey: {code:?}: {message}")]
+    Service { code: tonic::Code, message: String },
+    #[error(
+        "KeyService answered for instance {got_instance:?} version {got_version} with {got_bits} bits; asked for {instance} version {version} with {bits} bits"
+    )]
+    WrongAnswer { instance: String, version: u32, bits: u32, got_instance: String, got_version: u32, got_bits: u32 },
+}
+
+impl HasErrorCode for KeyError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            KeyError::Missing { .. }
+            | KeyError::Kek(_)
+            | KeyError::KekMissing { .. }
+            | KeyError::KekExposed { .. }
+            | KeyError::KekMalformed { .. }
+            | KeyError::KekLength(_)
+            | KeyError::Endpoint { .. } => ErrorCode::FailedPrecondition,
+            KeyError::Service { .. } => ErrorCode::Unavailable,
+            KeyError::Random(_)
+            | KeyError::Seal
+            | KeyError::Corrupt(_)
+            | KeyError::Io { .. }
+            | KeyError::BlockingTask(_)
+            | KeyError::WrongAnswer { .. } => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A source of per-instance keys. Versions start at 1; a key rotation asks for the next version.

@@ -41,18 +41,13 @@ impl KekSource {
             Ok(meta) => {
                 let mode = meta.permissions().mode();
                 if mode & 0o077 != 0 {
-                    return Err(KeyError::Kek(format!(
-                        "{} has mode {:o}; it must be readable by root only: chmod 600 {}",
-                        self.file.display(),
-                        mode & 0o777,
-                        self.file.display()
-                    )));
+                    return Err(KeyError::KekExposed { path: self.file.clone(), mode: mode & 0o777 });
                 }
                 read_kek(&self.file)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.generate => {
                 let mut kek = Zeroizing::new(vec![0u8; 32]);
-                getrandom::fill(&mut kek).map_err(|e| KeyError::Kek(format!("generate a development KEK: {e}")))?;
+                getrandom::fill(&mut kek).map_err(KeyError::Random)?;
                 fsutil::atomic_write(&self.file, &kek).map_err(|source| KeyError::Io {
                     context: format!("write development KEK {}", self.file.display()),
                     source,
@@ -60,10 +55,9 @@ impl KekSource {
                 tracing::info!("generated a development key-encryption key in {}", self.file.display());
                 Ok(kek)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::Kek(format!(
-                "{} does not exist; provide 32 random bytes there (mode 0600) or as the systemd credential {KEK_CREDENTIAL}",
-                self.file.display()
-            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(KeyError::KekMissing { path: self.file.clone(), credential: KEK_CREDENTIAL })
+            }
             Err(source) => Err(KeyError::Io { context: format!("read KEK {}", self.file.display()), source }),
         }
     }
@@ -87,7 +81,7 @@ fn read_kek(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         }
         return Ok(out);
     }
-    Err(KeyError::Kek(format!("{} must hold 32 raw bytes or 64 hex digits", path.display())))
+    Err(KeyError::KekMalformed { path: path.to_path_buf() })
 }
 
 pub struct LocalKeystore {
@@ -99,7 +93,7 @@ impl LocalKeystore {
     pub fn open(dir: PathBuf, kek: &[u8]) -> Result<Self, KeyError> {
         fsutil::ensure_private_dir(&dir)
             .map_err(|source| KeyError::Io { context: format!("create keystore {}", dir.display()), source })?;
-        let key = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| KeyError::Kek("must be exactly 32 bytes".into()))?;
+        let key = UnboundKey::new(&AES_256_GCM, kek).map_err(|_| KeyError::KekLength(kek.len()))?;
         Ok(Self { dir, kek: Arc::new(LessSafeKey::new(key)) })
     }
 
@@ -114,7 +108,7 @@ impl LocalKeystore {
     fn unwrap_entry(&self, path: &Path, instance: &str, version: u32) -> Result<VolumeKey, KeyError> {
         let bytes = std::fs::read(path)
             .map_err(|source| KeyError::Io { context: format!("read {}", path.display()), source })?;
-        let corrupt = || KeyError::Corrupt(path.display().to_string());
+        let corrupt = || KeyError::Corrupt(path.to_path_buf());
         let rest = bytes.strip_prefix(MAGIC).ok_or_else(corrupt)?;
         if rest.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(corrupt());
@@ -129,12 +123,12 @@ impl LocalKeystore {
 
     fn wrap_entry(&self, path: &Path, instance: &str, version: u32, key: &VolumeKey) -> Result<(), KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| KeyError::Unavailable(format!("read random bytes: {e}")))?;
+        getrandom::fill(&mut nonce).map_err(KeyError::Random)?;
         let mut buf = Zeroizing::new(key.as_bytes().to_vec());
         let aad = Self::aad(instance, version);
         self.kek
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut *buf)
-            .map_err(|_| KeyError::Kek("seal a key entry".into()))?;
+            .map_err(|_| KeyError::Seal)?;
         let mut out = Vec::with_capacity(MAGIC.len() + NONCE_LEN + buf.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&nonce);
@@ -179,16 +173,12 @@ impl KeyProvider for Arc<LocalKeystore> {
 
     async fn key(&self, instance: &str, version: u32, create: bool, bits: u32) -> Result<VolumeKey, KeyError> {
         let (me, instance) = (self.clone(), instance.to_owned());
-        tokio::task::spawn_blocking(move || me.key_blocking(&instance, version, create, bits))
-            .await
-            .map_err(|e| KeyError::Unavailable(format!("keystore task: {e}")))?
+        tokio::task::spawn_blocking(move || me.key_blocking(&instance, version, create, bits)).await?
     }
 
     async fn forget(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError> {
         let (me, instance) = (self.clone(), instance.to_owned());
-        tokio::task::spawn_blocking(move || me.forget_blocking(&instance, keep))
-            .await
-            .map_err(|e| KeyError::Unavailable(format!("keystore task: {e}")))?
+        tokio::task::spawn_blocking(move || me.forget_blocking(&instance, keep)).await?
     }
 }
 

@@ -40,15 +40,16 @@ fn kek_sources() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("kek");
     let src = KekSource { credentials_dir: None, file: file.clone(), generate: false };
-    assert!(src.load().unwrap_err().to_string().contains("does not exist"));
+    assert!(matches!(src.load().unwrap_err(), KeyError::KekMissing { path, .. } if path == file));
     let dev = KekSource { credentials_dir: None, file: file.clone(), generate: true };
     let kek = dev.load().unwrap();
     assert_eq!(kek.len(), 32);
     assert_eq!(src.load().unwrap(), kek);
 
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let e = src.load().unwrap_err().to_string();
-    assert!(e.contains("chmod 600"), "{e}");
+    let e = src.load().unwrap_err();
+    assert!(matches!(e, KeyError::KekExposed { mode: 0o640, .. }), "{e}");
+    assert!(e.to_string().contains("chmod 600"), "the message says what to do: {e}");
 
     let creds = dir.path().join("creds");
     std::fs::create_dir(&creds).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::KeyProvider;
 use super::jobs::{self, VolumeAction};
-use super::manager::tests::fixture;
+use super::test_fixture::fixture;
 use crate::locks::ResourceLocks;
 use crate::ops::{OpState, OperationEngine, OperationRecord, OpsSettings, Outcome};
 

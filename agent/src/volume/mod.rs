@@ -1,30 +1,45 @@
 //! Encrypted volumes: LUKS2 aes-xts-plain64 per instance, keys from a key provider
 //! (docs/volumes.md).
 //!
-//! The OS sits behind two traits, [`crypt::CryptBackend`] and [`host::HostOps`], each with a real
-//! implementation and an in-memory one, so [`manager::Volumes`] is tested without root.
+//! The OS sits behind two traits, each with a real implementation and an in-memory one beside it:
+//! [`crypt::CryptBackend`] (`crypt/libcryptsetup.rs`, `crypt/sim.rs`) and [`host::HostOps`]
+//! (`host/system.rs`, `host/sim.rs`), so the [`Volumes`] service is tested without root.
+//!
+//! The service is split by what its operations do: `service.rs` (the handle, its settings and the
+//! steps every operation shares), `provisioning.rs` (create, destroy), `unlocking.rs` (open, close,
+//! start-up), `growth.rs`, `key_rotation.rs`, `header_backups.rs` and `status.rs` (GetVolume,
+//! ListVolumes).
+
+use std::path::PathBuf;
 
 pub mod crypt;
+mod growth;
+mod header_backups;
 pub mod host;
 pub mod jobs;
 pub mod key;
+mod key_rotation;
 pub mod keystore;
-pub mod libcrypt;
-pub mod manager;
-mod manager_maintain;
+mod provisioning;
 pub mod remote;
+mod service;
 pub mod setup;
-pub mod sim;
+mod status;
 pub mod store;
-pub mod system_host;
+mod unlocking;
 
 #[cfg(test)]
 mod leak_tests;
+#[cfg(test)]
+pub(crate) mod test_fixture;
 
 pub use key::{KeyError, KeyProvider, VolumeKey};
-pub use manager::{VolumeSettings, VolumeStatus, Volumes};
+pub use service::{VolumeOutcome, VolumeSettings, Volumes};
+pub use status::VolumeStatus;
 
+use crate::error::{ErrorCode, HasErrorCode};
 use crate::ids::InvalidField;
+use crate::instances::RegistryError;
 
 /// `/dev/mapper/<name>` of an instance's open volume.
 pub fn mapper_name(instance: &str) -> String {
@@ -39,12 +54,70 @@ pub enum VolumeError {
     InstanceNotFound(String),
     #[error("instance {0} has no volume; create it with CreateVolume")]
     NoVolume(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
+    #[error("the volume of instance {0} is not open; growing is online: open it with OpenVolume first")]
+    NotOpen(String),
+    /// Simulated and real volume records never share a state folder: a simulated DestroyVolume
+    /// would forget a real volume's keys.
+    #[error(
+        "{} holds records of {} volumes{}; use another state folder (--state-dir){}",
+        records_dir.display(),
+        if *simulated_records { "simulated" } else { "real" },
+        if *simulated_records { format!(" (written by dbagent --dev --sim, see {})", marker.display()) } else { String::new() },
+        if *simulated_records { " or start with --dev --sim again" } else { ": --sim would forget their keys on DestroyVolume" }
+    )]
+    StateFolderKind { records_dir: PathBuf, simulated_records: bool, marker: PathBuf },
+    #[error(
+        "{} holds the volume of instance {owner}; destroy that volume first. Nothing was touched",
+        backing.display()
+    )]
+    BackingInUse { backing: PathBuf, owner: String },
+    #[error(
+        "device {} cannot be opened ({source}); attach the disk or correct spec.volume.device. Nothing was touched",
+        device.display()
+    )]
+    DeviceUnavailable {
+        device: PathBuf,
+        #[source]
+        source: host::HostError,
+    },
+    #[error(
+        "{} already carries a {signature} signature and may hold data; pass force=true to overwrite it. Nothing was touched",
+        device.display()
+    )]
+    SignaturePresent { device: PathBuf, signature: String },
+    #[error(
+        "{} is already mounted at {}; unmount it so the volume can be mounted there",
+        mounted.display(),
+        data_dir.display()
+    )]
+    DataDirOccupied { data_dir: PathBuf, mounted: PathBuf },
+    /// The data_dir leads out of the data roots: mounting there would put the volume elsewhere.
+    #[error(transparent)]
+    UnsafeDataDir(RegistryError),
+    #[error(
+        "the volume of instance {instance} is {current} bytes; shrinking to {requested} is not supported (the filesystem and its data would be cut): ask for at least {current}"
+    )]
+    ShrinkRefused { instance: String, current: u64, requested: u64 },
+    #[error(
+        "device {} is {size} bytes, less than the requested {requested}; grow the disk first, then grow the volume",
+        device.display()
+    )]
+    DeviceTooSmall { device: PathBuf, size: u64, requested: u64 },
     #[error(
         "the key from the {provider} key provider does not open the volume of instance {instance}; nothing was changed"
     )]
     WrongKey { provider: &'static str, instance: String },
+    /// A rotation would destroy the only keyslot that opens the volume.
+    #[error(
+        "the {provider} key provider gave instance {instance} the same key for versions {from} and {to}; the rotation was refused and nothing was changed"
+    )]
+    RotationKeyUnchanged { provider: &'static str, instance: String, from: u32, to: u32 },
+    #[error(
+        "after rotation the old key still opens {}; the pre-rotation header backup is kept at {}",
+        device.display(),
+        backup.display()
+    )]
+    OldKeyStillOpens { device: PathBuf, backup: PathBuf },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -54,26 +127,36 @@ pub enum VolumeError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("{error}; undoing it failed too: {rollback}")]
-    RolledBack { error: Box<VolumeError>, rollback: String },
-    #[error("internal task failed: {0}")]
-    Task(String),
+    RolledBack { error: Box<VolumeError>, rollback: Box<VolumeError> },
+    /// A step on a blocking thread panicked or was cancelled at shutdown.
+    #[error("a volume step on a blocking thread did not finish: {0}")]
+    BlockingTask(#[from] tokio::task::JoinError),
 }
 
-impl crate::error::HasErrorCode for VolumeError {
-    fn code(&self) -> crate::error::ErrorCode {
-        use crate::error::ErrorCode as C;
+impl HasErrorCode for VolumeError {
+    fn code(&self) -> ErrorCode {
         match self {
-            VolumeError::Invalid(_) => C::InvalidArgument,
-            VolumeError::InstanceNotFound(_) => C::NotFound,
-            VolumeError::NoVolume(_) | VolumeError::FailedPrecondition(_) | VolumeError::WrongKey { .. } => {
-                C::FailedPrecondition
-            }
-            VolumeError::Key(KeyError::Missing { .. } | KeyError::Kek(_)) => C::FailedPrecondition,
-            VolumeError::Key(KeyError::Unavailable(_)) => C::Unavailable,
-            VolumeError::Key(_) => C::Internal,
-            VolumeError::Host(host::HostError::NoUser(_)) => C::FailedPrecondition,
+            VolumeError::Invalid(_) => ErrorCode::InvalidArgument,
+            VolumeError::InstanceNotFound(_) => ErrorCode::NotFound,
+            VolumeError::NoVolume(_)
+            | VolumeError::NotOpen(_)
+            | VolumeError::StateFolderKind { .. }
+            | VolumeError::BackingInUse { .. }
+            | VolumeError::DeviceUnavailable { .. }
+            | VolumeError::SignaturePresent { .. }
+            | VolumeError::DataDirOccupied { .. }
+            | VolumeError::ShrinkRefused { .. }
+            | VolumeError::DeviceTooSmall { .. }
+            | VolumeError::WrongKey { .. }
+            | VolumeError::RotationKeyUnchanged { .. } => ErrorCode::FailedPrecondition,
+            VolumeError::UnsafeDataDir(e) => e.code(),
+            VolumeError::Key(e) => e.code(),
+            VolumeError::Crypt(e) => e.code(),
+            VolumeError::Host(e) => e.code(),
             VolumeError::RolledBack { error, .. } => error.code(),
-            VolumeError::Crypt(_) | VolumeError::Host(_) | VolumeError::Store(_) | VolumeError::Task(_) => C::Internal,
+            VolumeError::OldKeyStillOpens { .. } | VolumeError::Store(_) | VolumeError::BlockingTask(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 }

@@ -27,8 +27,7 @@ impl RemoteKeys {
         if !config.server_name.is_empty() {
             tls = tls.domain_name(config.server_name.clone());
         }
-        let bad =
-            |e: tonic::transport::Error| KeyError::Unavailable(format!("KeyService endpoint {}: {e}", config.endpoint));
+        let bad = |source| KeyError::Endpoint { endpoint: config.endpoint.clone(), source };
         let channel = Endpoint::from_shared(config.endpoint.clone())
             .map_err(bad)?
             .tls_config(tls)
@@ -60,22 +59,18 @@ impl KeyProvider for RemoteKeys {
                 return Err(KeyError::Missing { provider: "remote", instance: instance.to_owned(), version });
             }
             // The status message is the server's; it never carries key bytes.
-            Err(s) => {
-                return Err(KeyError::Unavailable(format!(
-                    "KeyService GetInstanceKey: {:?}: {}",
-                    s.code(),
-                    s.message()
-                )));
-            }
+            Err(s) => return Err(KeyError::Service { code: s.code(), message: s.message().to_owned() }),
         };
         let key = Zeroizing::new(reply.key);
         if reply.instance_id != instance || reply.key_version != version || key.len() * 8 != bits as usize {
-            return Err(KeyError::Unavailable(format!(
-                "KeyService answered for instance {:?} version {} with {} bits; asked for {instance} version {version} with {bits} bits",
-                reply.instance_id,
-                reply.key_version,
-                key.len() * 8
-            )));
+            return Err(KeyError::WrongAnswer {
+                instance: instance.to_owned(),
+                version,
+                bits,
+                got_instance: reply.instance_id,
+                got_version: reply.key_version,
+                got_bits: u32::try_from(key.len() * 8).unwrap_or(u32::MAX),
+            });
         }
         Ok(VolumeKey::new(key))
     }

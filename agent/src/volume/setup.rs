@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::crypt::CryptBackend;
+use super::crypt::{LibCryptsetup, SimCrypt};
 use super::host::{HostError, HostOps};
+use super::host::{SimHost, SystemHost};
 use super::keystore::{KekSource, LocalKeystore};
 use super::remote::RemoteKeys;
-use super::sim::{SimCrypt, SimHost};
 use super::{KeyProvider, VolumeError, VolumeSettings, Volumes};
 use crate::config::{Config, KeyProviderKind};
 use crate::fsutil;
@@ -34,7 +35,7 @@ pub fn from_config(
 ) -> Result<Volumes, VolumeError> {
     claim_state_folder(&config.state_dir, backend)?;
     let (crypt, host): (Arc<dyn CryptBackend>, Arc<dyn HostOps>) = match backend {
-        VolumeBackend::System => (Arc::new(super::libcrypt::LibCrypt), Arc::new(super::system_host::SystemHost)),
+        VolumeBackend::System => (Arc::new(LibCryptsetup), Arc::new(SystemHost)),
         VolumeBackend::Simulated => {
             tracing::warn!(
                 "volumes are SIMULATED (--sim): they live in this process's memory, nothing is encrypted, \
@@ -89,18 +90,13 @@ fn claim_state_folder(state_dir: &Path, backend: VolumeBackend) -> Result<(), Vo
     };
     let simulated_before = marker.exists();
     match backend {
-        VolumeBackend::Simulated if has_records && !simulated_before => Err(VolumeError::FailedPrecondition(format!(
-            "{} holds records of real volumes; --sim would forget their keys on DestroyVolume. \
-             Start --dev --sim with another --state-dir",
-            records_dir.display()
-        ))),
+        VolumeBackend::Simulated if has_records && !simulated_before => {
+            Err(VolumeError::StateFolderKind { records_dir, simulated_records: false, marker })
+        }
         VolumeBackend::Simulated => write_marker(&marker),
-        VolumeBackend::System if has_records && simulated_before => Err(VolumeError::FailedPrecondition(format!(
-            "{} holds records of simulated volumes (written by dbagent --dev --sim, see {}); \
-             start with --sim again or use another state folder",
-            records_dir.display(),
-            marker.display()
-        ))),
+        VolumeBackend::System if has_records && simulated_before => {
+            Err(VolumeError::StateFolderKind { records_dir, simulated_records: true, marker })
+        }
         VolumeBackend::System if simulated_before => {
             fsutil::remove_durable(&marker).map_err(|e| HostError::io(format!("remove {}", marker.display()), e))?;
             Ok(())

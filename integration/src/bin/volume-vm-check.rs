@@ -17,9 +17,8 @@
 
 use anyhow::{Context, Result, bail};
 use dbagent::volume::KeyProvider;
-use dbagent::volume::crypt::{CryptBackend, CryptError};
+use dbagent::volume::crypt::{CryptBackend, CryptError, LibCryptsetup};
 use dbagent::volume::keystore::{KekSource, LocalKeystore};
-use dbagent::volume::libcrypt::LibCrypt;
 use dbagent_integration::guest::{arg, connect, report};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
@@ -118,7 +117,7 @@ async fn backing(c: &Ctx, id: &str) -> Result<PathBuf> {
 
 async fn opens(dev: &Path, key: &[u8]) -> Result<bool> {
     let (dev, key) = (dev.to_path_buf(), key.to_vec());
-    match tokio::task::spawn_blocking(move || LibCrypt.verify(&dev, &key)).await? {
+    match tokio::task::spawn_blocking(move || LibCryptsetup.verify(&dev, &key)).await? {
         Ok(_) => Ok(true),
         Err(CryptError::WrongKey(_)) => Ok(false),
         Err(e) => Err(e.into()),

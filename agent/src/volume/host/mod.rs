@@ -1,19 +1,48 @@
 //! Host plumbing under a volume, behind a trait: backing files and loop devices, filesystems,
-//! mounts, ownership. Real: [`super::system_host::SystemHost`]; in memory: [`super::sim::SimHost`].
-//! Calls block: callers run them in `spawn_blocking`.
+//! mounts, ownership. Real: [`SystemHost`]; in memory: [`SimHost`]. Calls block: callers run them in
+//! `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
 
+use crate::command::CommandError;
 use crate::instances::Filesystem;
+
+mod sim;
+mod system;
+
+pub use sim::SimHost;
+pub use system::SystemHost;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
-    #[error("{command} failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    /// losetup, mkfs or a filesystem grower failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// blkid could not tell whether the device carries a signature (exit 2, "nothing found", is an
+    /// answer and not this error).
+    #[error(
+        "probe {} for filesystem and partition signatures: {source}; if the device holds nothing to keep, create with force=true",
+        device.display()
+    )]
+    SignatureProbe {
+        device: PathBuf,
+        #[source]
+        source: CommandError,
+    },
     #[error("OS user {0:?} does not exist on this host; create it before the volume")]
     NoUser(String),
+}
+
+impl crate::error::HasErrorCode for HostError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            HostError::NoUser(_) => C::FailedPrecondition,
+            HostError::Io { .. } | HostError::Command(_) | HostError::SignatureProbe { .. } => C::Internal,
+        }
+    }
 }
 
 impl HostError {

@@ -1,37 +1,23 @@
 //! [`HostOps`] on the real host. Loop devices are handled with `losetup` (util-linux) rather than
 //! the loop ioctls: the workspace forbids `unsafe`, which every ioctl wrapper needs, and losetup
 //! already retries the LOOP_CTL_GET_FREE / LOOP_SET_FD race between concurrent attachers.
-//! mkfs and filesystem growth are commands too; mounts go through mount(2) via nix.
+//! mkfs, filesystem growth and the blkid probe are commands too, run through [`ToolCommand`] on the
+//! caller's blocking thread; mounts go through mount(2) via nix.
 
 use nix::mount::{MntFlags, MsFlags};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::ExitStatus;
 
-use super::host::{FsUsage, HostError, HostOps};
+use super::{FsUsage, HostError, HostOps};
+use crate::command::{CommandError, ToolCommand};
 use crate::instances::Filesystem;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemHost;
-
-fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, HostError> {
-    let shown = format!("{program} {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
-    let out = Command::new(program).args(args).output().map_err(|e| HostError::io(format!("run {shown}"), e))?;
-    if !out.status.success() {
-        return Err(HostError::Command {
-            command: shown,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().chars().take(500).collect(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
-}
 
 /// Signatures we refuse to overwrite without `force`, by (offset, magic).
 const SIGNATURES: &[(&str, u64, &[u8])] = &[
@@ -59,6 +45,11 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
         }
     }
     Ok(found)
+}
+
+/// blkid's exit 2, "no signature found", as [`CommandError::Failed`] shows it: an answer, not an error.
+fn nothing_found() -> String {
+    ExitStatus::from_raw(2 << 8).to_string()
 }
 
 fn unescape(s: &str) -> String {
@@ -93,7 +84,9 @@ impl HostOps for SystemHost {
         if let Some(dev) = self.find_loop(file)? {
             return Ok(dev);
         }
-        run("losetup", &[os("--find"), os("--show"), os("--nooverlap"), file.as_os_str()]).map(PathBuf::from)
+        let shown =
+            ToolCommand::new("losetup").args(["--find", "--show", "--nooverlap"]).arg(file).output_blocking()?;
+        Ok(PathBuf::from(String::from_utf8_lossy(&shown).trim()))
     }
 
     fn find_loop(&self, file: &Path) -> Result<Option<PathBuf>, HostError> {
@@ -113,11 +106,13 @@ impl HostOps for SystemHost {
     }
 
     fn detach_loop(&self, device: &Path) -> Result<(), HostError> {
-        run("losetup", &[os("--detach"), device.as_os_str()]).map(drop)
+        ToolCommand::new("losetup").arg("--detach").arg(device).output_blocking()?;
+        Ok(())
     }
 
     fn refresh_loop(&self, device: &Path) -> Result<(), HostError> {
-        run("losetup", &[os("--set-capacity"), device.as_os_str()]).map(drop)
+        ToolCommand::new("losetup").arg("--set-capacity").arg(device).output_blocking()?;
+        Ok(())
     }
 
     fn device_size(&self, device: &Path) -> Result<u64, HostError> {
@@ -136,30 +131,33 @@ impl HostOps for SystemHost {
                 return Ok(Some((*name).to_owned()));
             }
         }
-        // blkid knows many more (LVM, RAID members, partition tables); exit 2 means "nothing found".
-        match Command::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(device).output() {
-            Ok(out) if out.status.success() => {
-                let kind = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // blkid knows many more (LVM, RAID members, partition tables).
+        match ToolCommand::new("blkid").args(["-p", "-o", "value", "-s", "TYPE"]).arg(device).output_blocking() {
+            Ok(out) => {
+                let kind = String::from_utf8_lossy(&out).trim().to_owned();
                 Ok((!kind.is_empty()).then_some(kind))
             }
-            _ => Ok(None),
+            Err(CommandError::Failed { status, .. }) if status == nothing_found() => Ok(None),
+            Err(source) => Err(HostError::SignatureProbe { device: device.to_path_buf(), source }),
         }
     }
 
     fn mkfs(&self, device: &Path, fs: Filesystem, label: &str) -> Result<(), HostError> {
-        match fs {
-            Filesystem::Ext4 => run("mkfs.ext4", &[os("-q"), os("-F"), os("-L"), os(label), device.as_os_str()]),
-            Filesystem::Xfs => run("mkfs.xfs", &[os("-q"), os("-f"), os("-L"), os(label), device.as_os_str()]),
-        }
-        .map(drop)
+        let command = match fs {
+            Filesystem::Ext4 => ToolCommand::new("mkfs.ext4").args(["-q", "-F", "-L", label]),
+            Filesystem::Xfs => ToolCommand::new("mkfs.xfs").args(["-q", "-f", "-L", label]),
+        };
+        command.arg(device).output_blocking()?;
+        Ok(())
     }
 
     fn grow_fs(&self, device: &Path, mountpoint: &Path, fs: Filesystem) -> Result<(), HostError> {
-        match fs {
-            Filesystem::Ext4 => run("resize2fs", &[device.as_os_str()]),
-            Filesystem::Xfs => run("xfs_growfs", &[mountpoint.as_os_str()]),
-        }
-        .map(drop)
+        let command = match fs {
+            Filesystem::Ext4 => ToolCommand::new("resize2fs").arg(device),
+            Filesystem::Xfs => ToolCommand::new("xfs_growfs").arg(mountpoint),
+        };
+        command.output_blocking()?;
+        Ok(())
     }
 
     fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError> {
@@ -221,6 +219,28 @@ mod tests {
         assert_eq!(SystemHost.signature(&f).unwrap().as_deref(), Some("ext4"));
         SystemHost.ensure_sparse_file(&f, 1 << 10).unwrap();
         assert_eq!(SystemHost.device_size(&f).unwrap(), 1 << 20, "never shrinks");
+    }
+
+    #[test]
+    fn blkid_answers_for_signatures_outside_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("d.img");
+        SystemHost.ensure_sparse_file(&f, 1 << 20).unwrap();
+        // All zeroes: blkid exits 2, which is "nothing found".
+        assert_eq!(SystemHost.signature(&f).unwrap(), None);
+        // A device-mapper snapshot store is not in SIGNATURES; blkid names it.
+        let mut bytes = std::fs::read(&f).unwrap();
+        bytes[..4].copy_from_slice(b"SnAp");
+        std::fs::write(&f, &bytes).unwrap();
+        assert_eq!(SystemHost.signature(&f).unwrap().as_deref(), Some("DM_snapshot_cow"));
+    }
+
+    #[test]
+    fn a_failing_tool_reports_its_command_and_stderr() {
+        let e = SystemHost.detach_loop(Path::new("/dev/loop-dbagent-none")).unwrap_err();
+        let HostError::Command(CommandError::Failed { command, stderr, .. }) = &e else { panic!("{e:?}") };
+        assert!(command.starts_with("losetup --detach"), "{command}");
+        assert!(!stderr.is_empty(), "{e}");
     }
 
     #[test]

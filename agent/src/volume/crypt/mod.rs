@@ -1,5 +1,5 @@
-//! The LUKS2 layer behind a small trait: libcryptsetup for real ([`super::libcrypt::LibCrypt`]) and
-//! an in-memory double for the daemon logic's tests ([`super::sim::SimCrypt`]).
+//! The LUKS2 layer behind a small trait: libcryptsetup for real ([`LibCryptsetup`]) and an in-memory
+//! double that answers like it ([`SimCrypt`]), so the volume service is tested without root.
 //!
 //! The instance key is the passphrase of one keyslot; the LUKS2 volume key is random, made by
 //! libcryptsetup at format time and never leaves it. Rotating the instance key replaces the keyslot,
@@ -10,6 +10,12 @@
 use std::path::Path;
 
 use crate::config::PbkdfKind;
+
+mod libcryptsetup;
+mod sim;
+
+pub use libcryptsetup::LibCryptsetup;
+pub use sim::SimCrypt;
 
 pub const CIPHER: &str = "aes";
 pub const CIPHER_MODE: &str = "xts-plain64";
@@ -58,15 +64,6 @@ pub struct HeaderInfo {
     pub cipher: String,
     pub key_bits: u32,
     pub sector_size: u32,
-    pub data_offset_bytes: u64,
-    pub active_keyslots: Vec<u32>,
-}
-
-/// An active mapping `/dev/mapper/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveInfo {
-    pub size_bytes: u64,
-    pub flags: ActivationFlags,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +71,25 @@ pub enum CryptError {
     /// No keyslot accepts the key. Kept apart so callers can tell it from a broken device.
     #[error("the key does not open any keyslot of {0}")]
     WrongKey(String),
-    #[error("{op} {target}: {message}")]
-    Failed { op: &'static str, target: String, message: String },
+    /// libcryptsetup refused `op` on `target` (a device, a header file or a mapping name); `source`
+    /// carries its errno.
+    #[error("{op} {target}: {source}")]
+    Failed {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::error::HasErrorCode for CryptError {
+    fn code(&self) -> crate::error::ErrorCode {
+        use crate::error::ErrorCode as C;
+        match self {
+            CryptError::WrongKey(_) => C::FailedPrecondition,
+            CryptError::Failed { .. } => C::Internal,
+        }
+    }
 }
 
 pub trait CryptBackend: Send + Sync + 'static {
@@ -86,8 +100,8 @@ pub trait CryptBackend: Send + Sync + 'static {
     fn verify(&self, device: &Path, passphrase: &[u8]) -> Result<u32, CryptError>;
     fn activate(&self, device: &Path, name: &str, passphrase: &[u8], flags: ActivationFlags) -> Result<(), CryptError>;
     fn deactivate(&self, name: &str) -> Result<(), CryptError>;
-    /// `None` when `/dev/mapper/<name>` is not active.
-    fn active(&self, name: &str) -> Result<Option<ActiveInfo>, CryptError>;
+    /// The flags of the active mapping `/dev/mapper/<name>`; `None` when it is not active.
+    fn active(&self, name: &str) -> Result<Option<ActivationFlags>, CryptError>;
     /// Grows the active mapping to the whole (grown) device.
     fn resize(&self, device: &Path, name: &str, passphrase: &[u8]) -> Result<(), CryptError>;
     /// Adds a keyslot for `new` (unlocked by `old`) with `pbkdf`; returns its number.
@@ -98,5 +112,4 @@ pub trait CryptBackend: Send + Sync + 'static {
     fn header_info(&self, device: &Path) -> Result<HeaderInfo, CryptError>;
     /// Writes the header to `file`, which must not exist.
     fn header_backup(&self, device: &Path, file: &Path) -> Result<(), CryptError>;
-    fn header_restore(&self, device: &Path, file: &Path) -> Result<(), CryptError>;
 }

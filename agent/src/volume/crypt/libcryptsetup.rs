@@ -9,17 +9,26 @@ use libcryptsetup_rs::{
 };
 use std::path::Path;
 
-use super::crypt::*;
+use super::*;
 use crate::config::PbkdfKind;
 
 /// LUKS2 has 32 keyslots.
 const MAX_KEYSLOTS: u32 = 32;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LibCrypt;
+pub struct LibCryptsetup;
+
+/// The errno of a libcryptsetup failure; the crate's other errors (bad strings, JSON) become
+/// `io::Error::other` so [`CryptError::Failed`] has one source type.
+fn os_error(e: LibcryptErr) -> std::io::Error {
+    match e {
+        LibcryptErr::IOError(io) => io,
+        other => std::io::Error::other(other),
+    }
+}
 
 fn failed<'a>(op: &'static str, target: &'a Path) -> impl FnOnce(LibcryptErr) -> CryptError + 'a {
-    move |e| CryptError::Failed { op, target: target.display().to_string(), message: e.to_string() }
+    move |e| CryptError::Failed { op, target: target.display().to_string(), source: os_error(e) }
 }
 
 /// EPERM is libcryptsetup's answer for a passphrase that no keyslot accepts; ENOENT for a header
@@ -29,7 +38,7 @@ fn unlock_failed(target: &Path) -> impl FnOnce(LibcryptErr) -> CryptError + '_ {
         LibcryptErr::IOError(io) if matches!(io.raw_os_error(), Some(1 | 2)) => {
             CryptError::WrongKey(target.display().to_string())
         }
-        _ => CryptError::Failed { op: "unlock", target: target.display().to_string(), message: e.to_string() },
+        _ => CryptError::Failed { op: "unlock", target: target.display().to_string(), source: os_error(e) },
     }
 }
 
@@ -68,7 +77,7 @@ fn activate_flags(f: ActivationFlags) -> CryptActivate {
     out
 }
 
-impl CryptBackend for LibCrypt {
+impl CryptBackend for LibCryptsetup {
     fn is_luks(&self, device: &Path) -> Result<bool, CryptError> {
         let mut cd = CryptInit::init(device).map_err(failed("open", device))?;
         Ok(cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).is_ok()
@@ -125,7 +134,7 @@ impl CryptBackend for LibCrypt {
         cd.activate_handle().deactivate(name, CryptDeactivate::empty()).map_err(failed("deactivate", path))
     }
 
-    fn active(&self, name: &str) -> Result<Option<ActiveInfo>, CryptError> {
+    fn active(&self, name: &str) -> Result<Option<ActivationFlags>, CryptError> {
         use libcryptsetup_rs::consts::vals::CryptStatusInfo;
         let path = Path::new(name);
         match libcryptsetup_rs::status(None, name).map_err(failed("status of mapping", path))? {
@@ -134,11 +143,10 @@ impl CryptBackend for LibCrypt {
         }
         let mut cd = CryptInit::init_by_name_and_header(name, None).map_err(failed("find mapping", path))?;
         let active = cd.runtime_handle(name).get_active_device().map_err(failed("read mapping", path))?;
-        let flags = ActivationFlags {
+        Ok(Some(ActivationFlags {
             no_read_workqueue: active.flags.contains(CryptActivate::NO_READ_WORKQUEUE),
             no_write_workqueue: active.flags.contains(CryptActivate::NO_WRITE_WORKQUEUE),
-        };
-        Ok(Some(ActiveInfo { size_bytes: active.size * 512, flags }))
+        }))
     }
 
     fn resize(&self, device: &Path, name: &str, passphrase: &[u8]) -> Result<(), CryptError> {
@@ -155,9 +163,7 @@ impl CryptBackend for LibCrypt {
         let mut cd = load(device)?;
         cd.settings_handle().set_pbkdf_type(&pbkdf_type(pbkdf)).map_err(failed("set the PBKDF of", device))?;
         cd.keyslot_handle().add_by_passphrase(None, old, new).map_err(|e| match unlock_failed(device)(e) {
-            CryptError::Failed { target, message, .. } => {
-                CryptError::Failed { op: "add a keyslot to", target, message }
-            }
+            CryptError::Failed { target, source, .. } => CryptError::Failed { op: "add a keyslot to", target, source },
             wrong => wrong,
         })
     }
@@ -184,9 +190,8 @@ impl CryptBackend for LibCrypt {
             status.get_cipher_mode().map_err(failed("read the cipher mode of", device))?
         );
         let key_bits = u32::try_from(status.get_volume_key_size()).unwrap_or(0) * 8;
-        let data_offset_bytes = status.get_data_offset() * 512;
         let sector_size = u32::try_from(libcryptsetup_rs::get_sector_size(Some(&mut cd))).unwrap_or(0);
-        Ok(HeaderInfo { cipher, key_bits, sector_size, data_offset_bytes, active_keyslots: active_keyslots(&mut cd) })
+        Ok(HeaderInfo { cipher, key_bits, sector_size })
     }
 
     fn header_backup(&self, device: &Path, file: &Path) -> Result<(), CryptError> {
@@ -194,13 +199,6 @@ impl CryptBackend for LibCrypt {
         cd.backup_handle()
             .header_backup(Some(EncryptionFormat::Luks2), file)
             .map_err(failed("back up the header of", device))
-    }
-
-    fn header_restore(&self, device: &Path, file: &Path) -> Result<(), CryptError> {
-        let mut cd = CryptInit::init(device).map_err(failed("open", device))?;
-        cd.backup_handle()
-            .header_restore(Some(EncryptionFormat::Luks2), file)
-            .map_err(failed("restore the header of", device))
     }
 }
 
@@ -211,5 +209,5 @@ fn active_keyslots(cd: &mut CryptDevice) -> Vec<u32> {
 }
 
 #[cfg(test)]
-#[path = "libcrypt_tests.rs"]
+#[path = "libcryptsetup_tests.rs"]
 mod tests;

@@ -1,0 +1,169 @@
+//! The host in memory: files, loop devices, signatures, mounts and owners as plain state, so the
+//! volume service is tested without root or loop devices.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{FsUsage, HostError, HostOps};
+use crate::instances::Filesystem;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct HostState {
+    /// Files and block devices with their sizes.
+    sizes: HashMap<PathBuf, u64>,
+    loops: BTreeMap<PathBuf, PathBuf>,
+    next_loop: u32,
+    signatures: HashMap<PathBuf, String>,
+    mounts: HashMap<PathBuf, PathBuf>,
+    dirs: HashSet<PathBuf>,
+    owners: HashMap<PathBuf, String>,
+    grown: Vec<PathBuf>,
+}
+
+/// Users `postgres`, `mysql` and `redis` exist; others do not.
+#[derive(Default)]
+pub struct SimHost {
+    state: Mutex<HostState>,
+}
+
+fn missing(what: &str, path: &Path) -> HostError {
+    HostError::io(format!("{what} {}", path.display()), std::io::Error::from(std::io::ErrorKind::NotFound))
+}
+
+impl SimHost {
+    /// Test helper: a block device of `size` bytes, optionally carrying a signature.
+    pub fn add_device(&self, path: &Path, size: u64, signature: Option<&str>) {
+        let mut s = lock(&self.state);
+        s.sizes.insert(path.to_path_buf(), size);
+        if let Some(sig) = signature {
+            s.signatures.insert(path.to_path_buf(), sig.to_owned());
+        }
+    }
+
+    /// The file behind a loop device, for [`crate::volume::crypt::SimCrypt`]: a header written
+    /// through the loop device lands in the file.
+    pub fn loop_backing(&self, device: &Path) -> Option<PathBuf> {
+        lock(&self.state).loops.get(device).cloned()
+    }
+
+    pub fn loop_count(&self) -> usize {
+        lock(&self.state).loops.len()
+    }
+
+    pub fn owner(&self, path: &Path) -> Option<String> {
+        lock(&self.state).owners.get(path).cloned()
+    }
+
+    pub fn grown(&self) -> Vec<PathBuf> {
+        lock(&self.state).grown.clone()
+    }
+}
+
+impl HostOps for SimHost {
+    fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError> {
+        let mut s = lock(&self.state);
+        let current = s.sizes.entry(path.to_path_buf()).or_insert(0);
+        *current = (*current).max(size);
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), HostError> {
+        let mut s = lock(&self.state);
+        s.sizes.remove(path);
+        s.signatures.remove(path);
+        Ok(())
+    }
+
+    fn attach_loop(&self, file: &Path) -> Result<PathBuf, HostError> {
+        if let Some(dev) = self.find_loop(file)? {
+            return Ok(dev);
+        }
+        let mut s = lock(&self.state);
+        let size = *s.sizes.get(file).ok_or_else(|| missing("attach", file))?;
+        let dev = PathBuf::from(format!("/dev/loop{}", s.next_loop));
+        s.next_loop += 1;
+        s.loops.insert(dev.clone(), file.to_path_buf());
+        s.sizes.insert(dev.clone(), size);
+        Ok(dev)
+    }
+
+    fn find_loop(&self, file: &Path) -> Result<Option<PathBuf>, HostError> {
+        Ok(lock(&self.state).loops.iter().find(|(_, f)| *f == file).map(|(d, _)| d.clone()))
+    }
+
+    fn detach_loop(&self, device: &Path) -> Result<(), HostError> {
+        let mut s = lock(&self.state);
+        s.loops.remove(device).ok_or_else(|| missing("detach", device))?;
+        s.sizes.remove(device);
+        Ok(())
+    }
+
+    fn refresh_loop(&self, device: &Path) -> Result<(), HostError> {
+        let mut s = lock(&self.state);
+        let file = s.loops.get(device).cloned().ok_or_else(|| missing("refresh", device))?;
+        let size = s.sizes.get(&file).copied().unwrap_or(0);
+        s.sizes.insert(device.to_path_buf(), size);
+        Ok(())
+    }
+
+    fn device_size(&self, device: &Path) -> Result<u64, HostError> {
+        lock(&self.state).sizes.get(device).copied().ok_or_else(|| missing("open", device))
+    }
+
+    fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {
+        Ok(lock(&self.state).signatures.get(device).cloned())
+    }
+
+    fn mkfs(&self, device: &Path, fs: Filesystem, _label: &str) -> Result<(), HostError> {
+        let name = match fs {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        };
+        lock(&self.state).signatures.insert(device.to_path_buf(), name.to_owned());
+        Ok(())
+    }
+
+    fn grow_fs(&self, device: &Path, _mountpoint: &Path, _fs: Filesystem) -> Result<(), HostError> {
+        lock(&self.state).grown.push(device.to_path_buf());
+        Ok(())
+    }
+
+    fn mount(&self, device: &Path, target: &Path, _fs: Filesystem) -> Result<(), HostError> {
+        let mut s = lock(&self.state);
+        if !s.dirs.contains(target) {
+            return Err(missing("mount on", target));
+        }
+        s.mounts.insert(target.to_path_buf(), device.to_path_buf());
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        lock(&self.state).mounts.remove(target).map(drop).ok_or_else(|| missing("unmount", target))
+    }
+
+    fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
+        Ok(lock(&self.state).mounts.get(target).cloned())
+    }
+
+    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError> {
+        lock(&self.state).dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
+        if !["postgres", "mysql", "redis"].contains(&user) {
+            return Err(HostError::NoUser(user.to_owned()));
+        }
+        lock(&self.state).owners.insert(path.to_path_buf(), user.to_owned());
+        Ok(())
+    }
+
+    fn fs_usage(&self, _mountpoint: &Path) -> Result<FsUsage, HostError> {
+        Ok(FsUsage { size_bytes: 1 << 30, used_bytes: 1 << 20 })
+    }
+}

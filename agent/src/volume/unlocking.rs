@@ -1,0 +1,150 @@
+//! Opening and closing a volume: activate `/dev/mapper/dbagent-<id>` with the instance's key and
+//! mount it at the data_dir; unmount, deactivate and detach. At start-up every volume is opened
+//! before the agent reports READY, and a rotation that stopped halfway is finished here.
+
+use std::path::Path;
+
+use super::crypt::CryptError;
+use super::key::KeyError;
+use super::service::{VolumeOutcome, Volumes, VolumesInner, mapper_path};
+use super::store::{VolumeRecord, VolumeState};
+use super::{VolumeError, mapper_name};
+use crate::instances::{Filesystem, Instance};
+
+impl Volumes {
+    /// Activates `/dev/mapper/dbagent-<id>` and mounts it. Idempotent. A failure is kept for
+    /// GetVolume's `last_error`.
+    pub async fn open(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
+        let result = self.activate_and_mount(id).await;
+        self.set_last_error(id, result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    async fn activate_and_mount(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
+        let instance = self.instance(id)?;
+        let record = self.record(id)?;
+        let name = mapper_name(id);
+        let n = name.clone();
+        let active = self.blocking(move |inner| Ok(inner.crypt.active(&n)?.is_some())).await?;
+        if !active {
+            let r = record.clone();
+            let device = self.blocking(move |inner| inner.device(&r)).await?;
+            let key = self.key(id, record.key_version, false, record.key_bits).await?;
+            let (d, n) = (device.clone(), name.clone());
+            match self
+                .blocking(move |inner| Ok(inner.crypt.activate(&d, &n, key.as_bytes(), inner.settings.flags)?))
+                .await
+            {
+                Ok(()) => {}
+                Err(VolumeError::Crypt(CryptError::WrongKey(_))) => {
+                    self.open_with_next_key(id, &record, &device).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let i = instance.clone();
+        let fs = record.filesystem;
+        let mounted_now = self.blocking(move |inner| inner.mount(&i, fs)).await?;
+        Ok(if active && !mounted_now { VolumeOutcome::AlreadyOpen } else { VolumeOutcome::Opened })
+    }
+
+    /// A rotation that stopped between the header change and its record update leaves the volume
+    /// under the next key version: finish the rotation's bookkeeping.
+    async fn open_with_next_key(&self, id: &str, record: &VolumeRecord, device: &Path) -> Result<(), VolumeError> {
+        let wrong = || VolumeError::WrongKey { provider: self.inner.keys.name(), instance: id.to_owned() };
+        let next = match self.key(id, record.key_version + 1, false, record.key_bits).await {
+            Ok(k) => k,
+            Err(VolumeError::Key(KeyError::Missing { .. })) => return Err(wrong()),
+            Err(e) => return Err(e),
+        };
+        let (d, n) = (device.to_path_buf(), mapper_name(id));
+        match self.blocking(move |inner| Ok(inner.crypt.activate(&d, &n, next.as_bytes(), inner.settings.flags)?)).await
+        {
+            Ok(()) => {}
+            Err(VolumeError::Crypt(CryptError::WrongKey(_))) => return Err(wrong()),
+            Err(e) => return Err(e),
+        }
+        tracing::warn!(
+            instance = id,
+            "volume opened with key version {}: completing an interrupted rotation",
+            record.key_version + 1
+        );
+        self.put_record(VolumeRecord { key_version: record.key_version + 1, ..record.clone() }).await?;
+        self.inner.keys.forget(id, Some(record.key_version + 1)).await?;
+        Ok(())
+    }
+
+    /// Unmounts, deactivates and (for a managed file) detaches the loop device. Idempotent.
+    pub async fn close(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
+        let record = self.record(id)?;
+        let did = self.blocking(move |inner| inner.teardown(&record)).await?;
+        self.set_last_error(id, None);
+        Ok(if did { VolumeOutcome::Closed } else { VolumeOutcome::AlreadyClosed })
+    }
+
+    /// At start-up, before READY: opens the volume of every registered instance that has one. A
+    /// failure is logged and reported by GetVolume; it does not stop the agent. Returns the number
+    /// of volumes opened and failed.
+    pub async fn open_all(&self) -> (usize, usize) {
+        let (mut opened, mut failed) = (0, 0);
+        for record in self.inner.store.list() {
+            let id = record.instance_id;
+            if record.state != VolumeState::Ready || self.inner.registry.get(&id).is_err() {
+                continue;
+            }
+            match self.open(&id).await {
+                Ok(_) => opened += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(instance = %id, "open volume at start-up: {e:#}");
+                }
+            }
+        }
+        (opened, failed)
+    }
+}
+
+impl VolumesInner {
+    /// Mounts the mapper device at data_dir unless it is mounted there. Returns true if it mounted now.
+    pub(super) fn mount(&self, instance: &Instance, fs: Filesystem) -> Result<bool, VolumeError> {
+        let mapper = mapper_path(&instance.id);
+        let dir = &instance.spec.data_dir;
+        match self.host.mounted_device(dir)? {
+            Some(dev) if dev == mapper => return Ok(false),
+            Some(other) => return Err(VolumeError::DataDirOccupied { data_dir: dir.clone(), mounted: other }),
+            None => {}
+        }
+        self.registry.check_no_escape("data_dir", dir).map_err(VolumeError::UnsafeDataDir)?;
+        self.host.ensure_dir(dir)?;
+        self.host.mount(&mapper, dir, fs)?;
+        Ok(true)
+    }
+
+    /// Unmount, deactivate, detach: whatever of it is in place. Returns true if anything was.
+    pub(super) fn teardown(&self, record: &VolumeRecord) -> Result<bool, VolumeError> {
+        let id = &record.instance_id;
+        let mapper = mapper_path(id);
+        let mut did = false;
+        if let Ok(instance) = self.registry.get(id)
+            && self.host.mounted_device(&instance.spec.data_dir)?.as_deref() == Some(mapper.as_path())
+        {
+            self.host.unmount(&instance.spec.data_dir)?;
+            did = true;
+        }
+        if self.crypt.active(&mapper_name(id))?.is_some() {
+            self.crypt.deactivate(&mapper_name(id))?;
+            did = true;
+        }
+        if record.managed_file
+            && let Some(dev) = self.host.find_loop(&record.backing)?
+        {
+            self.host.detach_loop(&dev)?;
+            did = true;
+        }
+        Ok(did)
+    }
+}
+
+#[cfg(test)]
+#[path = "unlocking_tests.rs"]
+mod tests;
