@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use dbagent::metrics::collect::{Collector, CollectorPaths, InstanceTarget};
-use dbagent::metrics::{MetricsHub, Owner, procfs, prometheus};
+use dbagent::metrics::{MetricsHub, Owner, proc_files, prometheus};
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -127,13 +127,13 @@ fn main() {
     let mut times = Vec::new();
     for _ in 0..1000 {
         let t = Instant::now();
-        black_box(procfs::parse_stat(black_box(&stat)));
-        black_box(procfs::parse_loadavg(black_box(&loadavg)));
-        black_box(procfs::parse_meminfo(black_box(&meminfo)));
-        black_box(procfs::parse_diskstats(black_box(&diskstats)));
-        black_box(procfs::parse_mountinfo(black_box(&mountinfo)));
+        black_box(proc_files::parse_stat(black_box(&stat)));
+        black_box(proc_files::parse_loadavg(black_box(&loadavg)));
+        black_box(proc_files::parse_meminfo(black_box(&meminfo)));
+        black_box(proc_files::parse_diskstats(black_box(&diskstats)));
+        black_box(proc_files::parse_mountinfo(black_box(&mountinfo)));
         for p in &pressure {
-            black_box(procfs::parse_pressure(black_box(p)));
+            black_box(proc_files::parse_pressure(black_box(p)));
         }
         times.push(t.elapsed());
     }
