@@ -141,7 +141,7 @@ impl Collector {
         }
         for resource in ["cpu", "io", "memory"] {
             if let Some(text) = self.proc.read(&format!("pressure/{resource}")) {
-                push_pressure(&mut r, resource, &text);
+                push_pressure(&mut r, resource, text);
             }
         }
         r
