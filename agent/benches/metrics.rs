@@ -1,12 +1,14 @@
 //! `cargo bench -p dbagent --bench metrics`: one collection of node + 50 instance cgroups (a fixture
-//! tree), the Prometheus rendering of it, and, in the same run, the CPU time one scrape costs a
-//! dev-mode dbagent versus Debian's prometheus-node-exporter on this host, plus the idle agent's RSS.
-//! The figures go to docs/benchmarks.md ("Metrics").
+//! tree), one collection of the node alone and the parsing of the captured /proc files (what the
+//! /proc parsers cost), the Prometheus rendering of the first, and, in the same run, the CPU time one
+//! scrape costs a dev-mode dbagent versus Debian's prometheus-node-exporter on this host, plus the
+//! idle agent's RSS. The figures go to docs/benchmarks.md ("Metrics").
 
 #![allow(clippy::unwrap_used)]
 
 use dbagent::metrics::collect::{Collector, CollectorPaths, InstanceTarget};
-use dbagent::metrics::{MetricsHub, Owner, prometheus};
+use dbagent::metrics::{MetricsHub, Owner, proc_files, prometheus};
+use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -106,6 +108,37 @@ fn main() {
     let collect = median(times);
     let series = round.node.values.len() + round.instances.iter().map(|(_, r)| r.values.len()).sum::<usize>();
 
+    // The node alone: the /proc files (and a statvfs per filesystem) without the 50 cgroups.
+    let mut times = Vec::new();
+    let mut node_series = 0;
+    for _ in 0..200 {
+        let t = Instant::now();
+        node_series = collector.collect(&[]).node.values.len();
+        times.push(t.elapsed());
+    }
+    let node = median(times);
+
+    // Parsing alone, on the captured files already in memory: no reads, no statvfs.
+    let proc = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics/fixtures/proc");
+    let file = |name: &str| std::fs::read_to_string(proc.join(name)).unwrap();
+    let (stat, loadavg, meminfo) = (file("stat"), file("loadavg"), file("meminfo"));
+    let (diskstats, mountinfo) = (file("diskstats"), file("mountinfo"));
+    let pressure = [file("pressure/cpu"), file("pressure/io"), file("pressure/memory")];
+    let mut times = Vec::new();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        black_box(proc_files::parse_stat(black_box(&stat)));
+        black_box(proc_files::parse_loadavg(black_box(&loadavg)));
+        black_box(proc_files::parse_meminfo(black_box(&meminfo)));
+        black_box(proc_files::parse_diskstats(black_box(&diskstats)));
+        black_box(proc_files::parse_mountinfo(black_box(&mountinfo)));
+        for p in &pressure {
+            black_box(proc_files::parse_pressure(black_box(p)));
+        }
+        times.push(t.elapsed());
+    }
+    let parse = median(times);
+
     let hub = MetricsHub::new(Duration::from_secs(10), Duration::from_secs(3600));
     let now = SystemTime::now();
     hub.history.push(Owner::Node, now, round.node);
@@ -183,6 +216,14 @@ fn main() {
         "| Prometheus rendering of that ({} bytes) | {:.3} ms (median of 200) |",
         text.len(),
         render.as_secs_f64() * 1e3
+    );
+    println!(
+        "| one collection, node only ({node_series} series) | {:.3} ms (median of 200) |",
+        node.as_secs_f64() * 1e3
+    );
+    println!(
+        "| parsing the captured /proc files (stat, loadavg, meminfo, diskstats, mountinfo, 3 pressure) | {:.1} µs (median of 1000) |",
+        parse.as_secs_f64() * 1e6
     );
     println!("| CPU per scrape, dbagent (node only, {ours_size} bytes) | {:.3} ms (2000 scrapes) |", ours_cpu * 1e3);
     println!(

@@ -22,8 +22,9 @@ pub fn parse_single(text: &str) -> Option<u64> {
 /// One device line of io.stat: `8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IoStat {
-    pub major: u32,
-    pub minor: u32,
+    /// Signed like procfs's `DiskStat` numbers, which name the device.
+    pub major: i32,
+    pub minor: i32,
     pub rbytes: u64,
     pub wbytes: u64,
     pub rios: u64,

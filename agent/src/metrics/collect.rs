@@ -2,11 +2,14 @@
 //! unreadable gives no sample for what it holds: a stopped unit has no cgroup, a kernel without PSI
 //! has no /proc/pressure, and neither is an error worth more than silence.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use procfs::DiskStat;
 
 use super::cgroup::{self, parse_flat_keyed, parse_io_stat, parse_single};
 use super::model::{Metric, Reading, SeriesKey};
-use super::procfs::{self, CpuTimes, DiskStats};
+use super::proc_files::{self, CpuTimes};
 
 /// Where the collectors look. Tests point these at fixture trees.
 #[derive(Debug, Clone)]
@@ -33,7 +36,24 @@ pub struct InstanceTarget {
 
 pub struct Collector {
     paths: CollectorPaths,
+    proc: ProcReader,
     prev_cpu: Option<CpuTimes>,
+}
+
+/// Reads files under the proc root into one buffer kept from round to round.
+struct ProcReader {
+    root: PathBuf,
+    text: String,
+}
+
+impl ProcReader {
+    /// The file's text until the next read; `None` when it is missing or unreadable.
+    fn read(&mut self, name: &str) -> Option<&str> {
+        self.text.clear();
+        let mut file = std::fs::File::open(self.root.join(name)).ok()?;
+        file.read_to_string(&mut self.text).ok()?;
+        Some(&self.text)
+    }
 }
 
 /// One round: the node's reading, then each instance's (instances without a cgroup are left out).
@@ -47,12 +67,13 @@ const MEMORY_STAT_KEYS: &[&str] =
 
 impl Collector {
     pub fn new(paths: CollectorPaths) -> Self {
-        Self { paths, prev_cpu: None }
+        let proc = ProcReader { root: paths.proc_root.clone(), text: String::new() };
+        Self { paths, proc, prev_cpu: None }
     }
 
     /// Blocking (statvfs can hang on a dead network mount): call from `spawn_blocking`.
     pub fn collect(&mut self, targets: &[InstanceTarget]) -> Round {
-        let disks = procfs::parse_diskstats(&self.read_proc("diskstats").unwrap_or_default());
+        let disks = self.proc.read("diskstats").map(proc_files::parse_diskstats).unwrap_or_default();
         let node = self.collect_node(&disks);
         let instances = targets
             .iter()
@@ -64,50 +85,44 @@ impl Collector {
         Round { node, instances }
     }
 
-    fn read_proc(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.paths.proc_root.join(name)).ok()
-    }
-
-    pub fn collect_node(&mut self, disks: &[DiskStats]) -> Reading {
+    pub fn collect_node(&mut self, disks: &[DiskStat]) -> Reading {
         let mut r = Reading::default();
-        if let Some(text) = self.read_proc("stat") {
-            let stat = procfs::parse_stat(&text);
-            if let Some(cpu) = stat.cpu {
-                for (mode, v) in CpuTimes::MODES.iter().zip(cpu.values()) {
-                    r.push(SeriesKey::with(Metric::CpuSeconds, "mode", *mode), v);
-                }
-                if let Some(bp) = self.prev_cpu.as_ref().and_then(|p| CpuTimes::utilization_bp(p, &cpu)) {
-                    r.plain(Metric::CpuUtilization, bp);
-                }
-                self.prev_cpu = Some(cpu);
+        if let Some(stat) = self.proc.read("stat").and_then(proc_files::parse_stat) {
+            for (mode, v) in CpuTimes::MODES.iter().zip(stat.cpu.values()) {
+                r.push(SeriesKey::with(Metric::CpuSeconds, "mode", *mode), v);
             }
+            if let Some(bp) = self.prev_cpu.as_ref().and_then(|p| CpuTimes::utilization_bp(p, &stat.cpu)) {
+                r.plain(Metric::CpuUtilization, bp);
+            }
+            self.prev_cpu = Some(stat.cpu);
             if stat.cpu_count > 0 {
                 r.plain(Metric::CpuCount, stat.cpu_count);
             }
         }
-        if let Some(load) = self.read_proc("loadavg").as_deref().and_then(procfs::parse_loadavg) {
+        if let Some(load) = self.proc.read("loadavg").and_then(proc_files::parse_loadavg) {
             for (m, v) in [Metric::Load1, Metric::Load5, Metric::Load15].into_iter().zip(load) {
                 r.plain(m, v);
             }
         }
-        if let Some(text) = self.read_proc("meminfo") {
-            let mem = procfs::parse_meminfo(&text);
-            for (m, field) in [
-                (Metric::MemoryTotal, "MemTotal"),
-                (Metric::MemoryAvailable, "MemAvailable"),
-                (Metric::MemoryFree, "MemFree"),
-                (Metric::MemoryCached, "Cached"),
-                (Metric::MemoryBuffers, "Buffers"),
-                (Metric::SwapTotal, "SwapTotal"),
-                (Metric::SwapFree, "SwapFree"),
+        if let Some(mem) = self.proc.read("meminfo").and_then(proc_files::parse_meminfo) {
+            // procfs gives bytes; the history keeps the kernel's KiB (model.rs scales them), whose
+            // deltas encode shorter. The division is exact: procfs multiplied by 1024.
+            for (m, bytes) in [
+                (Metric::MemoryTotal, Some(mem.mem_total)),
+                (Metric::MemoryAvailable, mem.mem_available),
+                (Metric::MemoryFree, Some(mem.mem_free)),
+                (Metric::MemoryCached, Some(mem.cached)),
+                (Metric::MemoryBuffers, Some(mem.buffers)),
+                (Metric::SwapTotal, Some(mem.swap_total)),
+                (Metric::SwapFree, Some(mem.swap_free)),
             ] {
-                if let Some(v) = mem.get(field) {
-                    r.plain(m, *v);
+                if let Some(v) = bytes {
+                    r.plain(m, v / 1024);
                 }
             }
         }
-        if let Some(text) = self.read_proc("self/mountinfo") {
-            for mount in procfs::parse_mountinfo(&text) {
+        if let Some(text) = self.proc.read("self/mountinfo") {
+            for mount in proc_files::parse_mountinfo(text) {
                 if let Some(fs) = fs_usage(Path::new(&mount.mountpoint)) {
                     let key = |m| SeriesKey {
                         metric: m,
@@ -121,19 +136,19 @@ impl Collector {
                 }
             }
         }
-        for d in disks.iter().filter(|d| !procfs::is_ignored_disk(d)) {
+        for d in disks.iter().filter(|d| !proc_files::is_ignored_disk(d)) {
             push_disk(&mut r, d);
         }
         for resource in ["cpu", "io", "memory"] {
-            if let Some(text) = self.read_proc(&format!("pressure/{resource}")) {
-                push_pressure(&mut r, resource, &text);
+            if let Some(text) = self.proc.read(&format!("pressure/{resource}")) {
+                push_pressure(&mut r, resource, text);
             }
         }
         r
     }
 
     /// Empty when the unit has no cgroup (not started, or not on cgroup v2).
-    pub fn collect_instance(&self, target: &InstanceTarget, disks: &[DiskStats]) -> Reading {
+    pub fn collect_instance(&self, target: &InstanceTarget, disks: &[DiskStat]) -> Reading {
         let mut r = Reading::default();
         let Some(dir) = cgroup::unit_cgroup(&self.paths.cgroup_root, &target.systemd_unit) else {
             return r;
@@ -238,24 +253,24 @@ fn push_fs(r: &mut Reading, fs: FsUsage, key: impl Fn(Metric) -> SeriesKey) {
     r.push(key(Metric::FilesystemUsed), fs.used);
 }
 
-fn push_disk(r: &mut Reading, d: &DiskStats) {
+fn push_disk(r: &mut Reading, d: &DiskStat) {
     for (metric, v) in [
         (Metric::DiskReads, d.reads),
         (Metric::DiskWrites, d.writes),
-        (Metric::DiskReadBytes, d.read_sectors),
-        (Metric::DiskWrittenBytes, d.write_sectors),
-        (Metric::DiskReadTime, d.read_ms),
-        (Metric::DiskWriteTime, d.write_ms),
-        (Metric::DiskIoNow, d.in_flight),
-        (Metric::DiskIoTime, d.io_ms),
-        (Metric::DiskIoTimeWeighted, d.weighted_ms),
+        (Metric::DiskReadBytes, d.sectors_read),
+        (Metric::DiskWrittenBytes, d.sectors_written),
+        (Metric::DiskReadTime, d.time_reading),
+        (Metric::DiskWriteTime, d.time_writing),
+        (Metric::DiskIoNow, d.in_progress),
+        (Metric::DiskIoTime, d.time_in_progress),
+        (Metric::DiskIoTimeWeighted, d.weighted_time_in_progress),
     ] {
         r.push(SeriesKey::with(metric, "device", d.name.clone()), v);
     }
 }
 
 fn push_pressure(r: &mut Reading, resource: &'static str, text: &str) {
-    let p = procfs::parse_pressure(text);
+    let p = proc_files::parse_pressure(text);
     for (kind, v) in [("some", p.some_us), ("full", p.full_us)] {
         if let Some(v) = v {
             let labels = vec![("resource", resource.to_owned()), ("kind", kind.to_owned())];

@@ -7,7 +7,7 @@ pub mod collect;
 pub mod http;
 pub mod model;
 pub mod otlp;
-pub mod procfs;
+pub mod proc_files;
 pub mod prometheus;
 pub mod sampler;
 pub mod start;

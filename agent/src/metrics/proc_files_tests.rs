@@ -7,8 +7,8 @@ const MOUNTINFO: &str = include_str!("fixtures/proc/mountinfo");
 
 #[test]
 fn stat_of_this_machine() {
-    let s = parse_stat(STAT);
-    let cpu = s.cpu.unwrap();
+    let s = parse_stat(STAT).unwrap();
+    let cpu = s.cpu;
     assert_eq!(cpu.user, 110_552);
     assert_eq!(cpu.idle, 28_664);
     assert_eq!(cpu.steal, 198);
@@ -17,12 +17,14 @@ fn stat_of_this_machine() {
 
 #[test]
 fn stat_truncated_or_old_kernel() {
+    // procfs requires the ctxt, btime and processes lines, which every kernel since 2.6 writes.
+    const REST: &str = "ctxt 1267140\nbtime 1795670072\nprocesses 42244\n";
     // An old kernel without iowait/irq/softirq/steal columns.
-    let s = parse_stat("cpu  10 0 5 100\ncpu0 10 0 5 100\n");
-    assert_eq!(s.cpu.unwrap().iowait, 0);
+    let s = parse_stat(&format!("cpu  10 0 5 100\ncpu0 10 0 5 100\n{REST}")).unwrap();
+    assert_eq!((s.cpu.idle, s.cpu.iowait, s.cpu_count), (100, 0, 1));
     // A read cut off before idle: no CPU sample rather than a wrong one.
-    assert_eq!(parse_stat("cpu  10 0 5").cpu, None);
-    assert_eq!(parse_stat("").cpu_count, 0);
+    assert_eq!(parse_stat(&format!("cpu  10 0 5\n{REST}")), None);
+    assert_eq!(parse_stat(""), None);
 }
 
 #[test]
@@ -39,12 +41,11 @@ fn utilization_and_counter_decrease() {
 
 #[test]
 fn meminfo_of_this_machine() {
-    let m = parse_meminfo(MEMINFO);
-    assert!(m["MemTotal"] > m["MemAvailable"]);
-    assert!(m.contains_key("Cached") && m.contains_key("SwapTotal"));
-    // A truncated last line is skipped.
-    let m = parse_meminfo("MemTotal:       24684084 kB\nMemFree:");
-    assert_eq!(m.len(), 1);
+    let m = parse_meminfo(MEMINFO).unwrap();
+    assert!(m.mem_total > m.mem_available.unwrap());
+    assert_eq!((m.mem_total, m.cached, m.swap_total), (24_684_084 * 1024, 10_790_300 * 1024, 0), "in bytes");
+    // A file cut short gives no memory sample: procfs needs each of the fields every kernel writes.
+    assert!(parse_meminfo("MemTotal:       24684084 kB\nMemFree:").is_none());
 }
 
 #[test]
@@ -60,16 +61,16 @@ fn diskstats_of_this_machine() {
     let vda = d.iter().find(|d| d.name == "vda").unwrap();
     assert_eq!((vda.major, vda.minor), (254, 0));
     assert_eq!(vda.reads, 105_159);
-    assert_eq!(vda.read_sectors, 5_730_666);
+    assert_eq!(vda.sectors_read, 5_730_666);
     assert_eq!(vda.writes, 58_619);
-    assert_eq!(vda.io_ms, 24_224);
-    assert_eq!(vda.weighted_ms, 387_425);
+    assert_eq!(vda.time_in_progress, 24_224);
+    assert_eq!(vda.weighted_time_in_progress, 387_425);
     let kept: Vec<_> = d.iter().filter(|d| !is_ignored_disk(d)).map(|d| d.name.as_str()).collect();
     assert_eq!(kept, ["vda"]);
     // Kernels before 4.18 have 14 columns, no discard fields; a truncated line is skipped.
     let old = parse_diskstats("   8       0 sda 1 2 3 4 5 6 7 8 9 10 11\n   8       1 sda1 1 2 3\n");
     assert_eq!(old.len(), 1);
-    assert_eq!(old[0].weighted_ms, 11);
+    assert_eq!(old[0].weighted_time_in_progress, 11);
 }
 
 #[test]
