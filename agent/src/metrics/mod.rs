@@ -25,8 +25,8 @@ pub use store::History;
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
-    #[error("time range: {0}")]
-    InvalidRange(String),
+    #[error("time range: end is before start; give an end at or after the start")]
+    RangeEndsBeforeStart,
     #[error("no metrics sample has been taken yet; the first comes within {0:?} of start")]
     NoSampleYet(Duration),
     #[error("interval {requested:?} is shorter than the sampling interval {sampling:?}; ask for {sampling:?} or more")]
@@ -76,7 +76,7 @@ impl MetricsHub {
             return Ok(self.history.latest(owner).map(|s| (*s).clone()).into_iter().collect());
         };
         if end < start {
-            return Err(MetricsError::InvalidRange("end is before start".into()));
+            return Err(MetricsError::RangeEndsBeforeStart);
         }
         Ok(thin(self.history.range(owner, start, end), MAX_RANGE_SNAPSHOTS))
     }
@@ -96,7 +96,7 @@ impl crate::error::HasErrorCode for MetricsError {
     fn code(&self) -> crate::error::ErrorCode {
         use crate::error::ErrorCode as C;
         match self {
-            MetricsError::InvalidRange(_) | MetricsError::IntervalTooShort { .. } => C::InvalidArgument,
+            MetricsError::RangeEndsBeforeStart | MetricsError::IntervalTooShort { .. } => C::InvalidArgument,
             MetricsError::NoSampleYet(_) => C::Unavailable,
             MetricsError::Bind { .. } | MetricsError::OtlpEndpoint { .. } | MetricsError::OtlpCa { .. } => C::Internal,
         }
