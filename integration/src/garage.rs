@@ -105,8 +105,8 @@ impl Garage {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
-    /// S3 ListMultipartUploads of `bucket`, by hand (curl --aws-sigv4): the raw XML.
-    pub fn list_multipart_uploads(&self, bucket: &str) -> String {
+    /// A signed S3 GET of `path_and_query` by hand (curl --aws-sigv4): the raw XML answer.
+    fn s3_get(&self, path_and_query: &str, what: &str) -> String {
         let out = Command::new("curl")
             .args([
                 "-sS",
@@ -117,29 +117,21 @@ impl Garage {
                 &format!("{KEY_ID}:{SECRET}"),
             ])
             .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{bucket}?uploads=", self.endpoint()))
+            .arg(format!("{}/{path_and_query}", self.endpoint()))
             .output()
             .expect("curl");
-        assert!(out.status.success(), "ListMultipartUploads: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// S3 ListMultipartUploads of `bucket`: the raw XML.
+    pub fn list_multipart_uploads(&self, bucket: &str) -> String {
+        self.s3_get(&format!("{bucket}?uploads="), "ListMultipartUploads")
     }
 
     /// Keys in `bucket` (ListObjectsV2), by hand.
     pub fn list_keys(&self, bucket: &str) -> Vec<String> {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--fail",
-                "--aws-sigv4",
-                &format!("aws:amz:{REGION}:s3"),
-                "--user",
-                &format!("{KEY_ID}:{SECRET}"),
-            ])
-            .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{bucket}?list-type=2", self.endpoint()))
-            .output()
-            .expect("curl");
-        let xml = String::from_utf8_lossy(&out.stdout);
+        let xml = self.s3_get(&format!("{bucket}?list-type=2"), "ListObjectsV2");
         xml.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
     }
 

@@ -58,6 +58,15 @@ impl Clients {
     }
 }
 
+/// Registers INSTANCE on `agent` and returns clients for its volume.
+async fn registered(agent: &dbagent_integration::agent::Agent) -> Clients {
+    let channel = agent.orchestrator().await;
+    let spec = instance_spec(INSTANCE, &agent.dev_data_root());
+    let req = RegisterInstanceRequest { request_id: "reg-sim".into(), id: INSTANCE.into(), spec: Some(spec) };
+    InstancesClient::new(channel.clone()).register_instance(req).await.expect("RegisterInstance");
+    Clients { volumes: VolumesClient::new(channel.clone()), ops: OperationsClient::new(channel) }
+}
+
 fn failed_with(op: &Operation, code: &str) {
     assert_eq!(state_of(op), OperationState::Failed, "{op:?}");
     let error = op.error.as_ref().expect("a failed operation carries its error");
@@ -68,11 +77,7 @@ fn failed_with(op: &Operation, code: &str) {
 async fn every_volume_call_works_on_simulated_volumes() {
     let agent = AgentBuilder::dev().arg("--sim").start();
     assert!(agent.log().contains("volumes are SIMULATED"), "the agent must say so at start:\n{}", agent.log());
-    let channel = agent.orchestrator().await;
-    let spec = instance_spec(INSTANCE, &agent.dev_data_root());
-    let req = RegisterInstanceRequest { request_id: "reg-sim".into(), id: INSTANCE.into(), spec: Some(spec) };
-    InstancesClient::new(channel.clone()).register_instance(req).await.expect("RegisterInstance");
-    let mut c = Clients { volumes: VolumesClient::new(channel.clone()), ops: OperationsClient::new(channel) };
+    let mut c = registered(&agent).await;
 
     let req = CreateVolumeRequest { request_id: "create".into(), instance_id: INSTANCE.into(), force: false };
     let started = c.volumes.create_volume(req).await;
@@ -190,11 +195,7 @@ fn sim_is_refused_without_dev_and_no_configuration_can_express_it() {
 #[tokio::test]
 async fn after_a_restart_simulated_volumes_are_reported_and_can_be_destroyed() {
     let mut agent = AgentBuilder::dev().arg("--sim").start();
-    let channel = agent.orchestrator().await;
-    let spec = instance_spec(INSTANCE, &agent.dev_data_root());
-    let req = RegisterInstanceRequest { request_id: "reg-sim".into(), id: INSTANCE.into(), spec: Some(spec) };
-    InstancesClient::new(channel.clone()).register_instance(req).await.expect("RegisterInstance");
-    let mut c = Clients { volumes: VolumesClient::new(channel.clone()), ops: OperationsClient::new(channel) };
+    let mut c = registered(&agent).await;
     let req = CreateVolumeRequest { request_id: "create".into(), instance_id: INSTANCE.into(), force: false };
     let started = c.volumes.create_volume(req).await;
     c.succeeded(started, "created").await;
