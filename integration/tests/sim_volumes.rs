@@ -43,6 +43,17 @@ impl Clients {
         assert_eq!(result["outcome"], outcome, "{} result: {result}", op.kind);
     }
 
+    /// DestroyVolume with the confirmation, to success.
+    async fn destroy(&mut self) {
+        let req = DestroyVolumeRequest {
+            request_id: "destroy".into(),
+            instance_id: INSTANCE.into(),
+            confirm_instance_id: INSTANCE.into(),
+        };
+        let started = self.volumes.destroy_volume(req).await;
+        self.succeeded(started, "destroyed").await;
+    }
+
     async fn volume(&mut self) -> Volume {
         self.volumes
             .get_volume(GetVolumeRequest { instance_id: INSTANCE.into() })
@@ -125,13 +136,7 @@ async fn every_volume_call_works_on_simulated_volumes() {
     let refused = c.volumes.destroy_volume(wrong).await.expect_err("destroy without the confirmation");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(c.volume().await.active, "a refused destroy leaves the volume");
-    let req = DestroyVolumeRequest {
-        request_id: "destroy".into(),
-        instance_id: INSTANCE.into(),
-        confirm_instance_id: INSTANCE.into(),
-    };
-    let started = c.volumes.destroy_volume(req).await;
-    c.succeeded(started, "destroyed").await;
+    c.destroy().await;
     let gone = c
         .volumes
         .get_volume(GetVolumeRequest { instance_id: INSTANCE.into() })
@@ -214,11 +219,5 @@ async fn after_a_restart_simulated_volumes_are_reported_and_can_be_destroyed() {
         .await
         .expect_err("GetVolume of a simulated volume after a restart");
     assert!(lost.message().contains(&format!("{INSTANCE}.img")), "GetVolume names the lost volume: {lost:?}");
-    let req = DestroyVolumeRequest {
-        request_id: "destroy".into(),
-        instance_id: INSTANCE.into(),
-        confirm_instance_id: INSTANCE.into(),
-    };
-    let started = c.volumes.destroy_volume(req).await;
-    c.succeeded(started, "destroyed").await;
+    c.destroy().await;
 }
