@@ -8,9 +8,7 @@ use nix::mount::{MntFlags, MsFlags};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 
 use super::{FsUsage, HostError, HostOps};
 use crate::command::{CommandError, ToolCommand};
@@ -45,11 +43,6 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
         }
     }
     Ok(found)
-}
-
-/// blkid's exit 2, "no signature found", as [`CommandError::Failed`] shows it: an answer, not an error.
-fn nothing_found() -> String {
-    ExitStatus::from_raw(2 << 8).to_string()
 }
 
 fn unescape(s: &str) -> String {
@@ -137,7 +130,8 @@ impl HostOps for SystemHost {
                 let kind = String::from_utf8_lossy(&out).trim().to_owned();
                 Ok((!kind.is_empty()).then_some(kind))
             }
-            Err(CommandError::Failed { status, .. }) if status == nothing_found() => Ok(None),
+            // Exit 2 is blkid's "no signature found": an answer, not an error.
+            Err(CommandError::Failed { status, .. }) if status.code() == Some(2) => Ok(None),
             Err(source) => Err(HostError::SignatureProbe { device: device.to_path_buf(), source }),
         }
     }
