@@ -56,6 +56,17 @@ pub struct PgServer {
 }
 
 impl PgServer {
+    /// How the agent's backups reach this server's database `db`, as the superuser over TCP.
+    pub fn connection(&self, db: &str) -> dbagent::backup::settings::EngineConnection {
+        dbagent::backup::settings::EngineConnection {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "postgres".into(),
+            database: db.into(),
+            bin_dir: PG_BIN.into(),
+        }
+    }
+
     pub fn init() -> Self {
         let root = OwnedDir::new("postgres");
         let data = root.path().join("data");

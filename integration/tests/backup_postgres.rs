@@ -5,23 +5,12 @@
 use dbagent::backup::engine_commands::RestoreTarget;
 use dbagent::backup::manifest::data_key;
 use dbagent::backup::restore_dir::ASIDE;
-use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod, BackupState};
 use dbagent::error::ErrorCode;
 use dbagent::instances::Engine;
 use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, backup_id, instance};
 use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, run_as};
-
-fn pg_connection(server: &PgServer, db: &str) -> EngineConnection {
-    EngineConnection {
-        host: "127.0.0.1".into(),
-        port: server.port,
-        user: "postgres".into(),
-        database: db.into(),
-        bin_dir: PG_BIN.into(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_physical_and_logical_round_trip() {
@@ -46,7 +35,7 @@ async fn postgres_physical_and_logical_round_trip() {
     let h = Harness::new();
     let config = BackupConfig {
         destinations: h.dir_destinations(),
-        postgresql: pg_connection(&other, "bench"),
+        postgresql: other.connection("bench"),
         ..BackupConfig::default()
     };
     let svc = h.service(config);
@@ -122,7 +111,7 @@ async fn postgres_physical_and_logical_round_trip() {
     let fresh = PgServer::init();
     // Restoring into the instance's own server checks that it is the instance's: `fresh` is not.
     let wrong =
-        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: true };
+        RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: true };
     let refused = h.wait(&svc.restore(&inst, &logical, wrong, None, "logical-wrong-server").await.unwrap()).await;
     let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert_eq!(refused.state, OpState::Failed, "{refused:?}");
@@ -133,7 +122,7 @@ async fn postgres_physical_and_logical_round_trip() {
         "nothing was restored into the wrong server"
     );
     let target =
-        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
+        RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: false };
     let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);

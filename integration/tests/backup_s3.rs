@@ -6,23 +6,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dbagent::backup::engine_commands::RestoreTarget;
-use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod, BackupState, DestinationState};
 use dbagent::instances::Engine;
 use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, backup_id, instance};
 use dbagent_integration::garage::Garage;
 use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, run_as};
-
-fn pg_connection(server: &PgServer, db: &str) -> EngineConnection {
-    EngineConnection {
-        host: "127.0.0.1".into(),
-        port: server.port,
-        user: "postgres".into(),
-        database: db.into(),
-        bin_dir: PG_BIN.into(),
-    }
-}
 
 fn pgbench(server: &PgServer, scale: &str) -> String {
     server.psql("postgres", "CREATE DATABASE bench");
@@ -48,7 +37,7 @@ async fn postgres_to_three_garage_buckets() {
     let h = Harness::new();
     let config = BackupConfig {
         destinations: garage.destinations(None),
-        postgresql: pg_connection(&source, "bench"),
+        postgresql: source.connection("bench"),
         part_size: 5 << 20,
         ..BackupConfig::default()
     };
@@ -74,7 +63,7 @@ async fn postgres_to_three_garage_buckets() {
         backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l").await.unwrap()).await);
     let fresh = PgServer::init();
     let target =
-        RestoreTarget::Server { connection: pg_connection(&fresh, "postgres"), database: None, instance_server: false };
+        RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: false };
     h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), "lr").await.unwrap()).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 }
@@ -86,7 +75,7 @@ async fn one_destination_down_then_repaired() {
     pgbench(&source, "1");
     let h = Harness::new();
     let base = BackupConfig {
-        postgresql: pg_connection(&source, "bench"),
+        postgresql: source.connection("bench"),
         part_size: 5 << 20,
         max_retries: 1,
         ..BackupConfig::default()
@@ -115,7 +104,7 @@ async fn sigkill_mid_backup_leaves_nothing() {
     // Slow enough (256 KiB/s) that the kill lands mid-stream.
     let config = BackupConfig {
         destinations: garage.destinations(None),
-        postgresql: pg_connection(&source, "bench"),
+        postgresql: source.connection("bench"),
         part_size: 5 << 20,
         rate_limit_bytes_per_sec: 256 << 10,
         ..BackupConfig::default()
