@@ -7,5 +7,8 @@ pub mod v1 {
     tonic::include_proto!("dbagent.v1");
 }
 
-/// Encoded `FileDescriptorSet` of the whole API, for gRPC reflection.
+/// Encoded `FileDescriptorSet` of the whole API, for gRPC reflection. It keeps the
+/// `(dbagent.v1.access)` method options.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dbagent_descriptor.bin"));
+
+pub mod access;

@@ -39,8 +39,11 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
     let served = |capability: &str| {
         auth::RULES.iter().any(|rule| rule.is_served() && service_capability(rule.service()) == capability)
     };
-    for rule in auth::RULES {
-        let capability = rule.pending.map_or_else(|| service_capability(rule.service()), str::to_owned);
+    for rule in auth::RULES.iter() {
+        let capability = match rule.serving {
+            auth::Serving::Later { capability } => capability.to_owned(),
+            auth::Serving::Served | auth::Serving::ByOrchestrator => service_capability(rule.service()),
+        };
         assert_eq!(advertised.contains(&capability), served(&capability), "{capability:?} of {}", rule.path);
     }
     for capability in &advertised {

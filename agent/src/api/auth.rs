@@ -1,20 +1,31 @@
-//! Authorization in one place: every RPC path, the access it needs, and whether its capability is
-//! built yet. A tower layer checks each request against this table before any handler runs.
+//! Authorization in one place: every RPC path, the access it needs, and whether the agent serves
+//! it. A tower layer checks each request against this table before any handler runs.
+//!
+//! The access of dbagent's own RPCs is not written here: it is declared in the proto
+//! (`option (dbagent.v1.access)`) and read from the table the proto crate generates from it.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+pub use dbagent_proto::access::Access;
+use dbagent_proto::access::METHOD_ACCESS;
+
 use crate::tls::peer::{PeerInfo, Role};
 
+/// Whether the agent answers an RPC it knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Status, lists, metrics, logs: orchestrator and monitor.
-    Read,
-    /// Anything that changes the host: orchestrator only.
-    Write,
+pub enum Serving {
+    Served,
+    /// Declared in the proto, not built yet: answered UNIMPLEMENTED naming the capability.
+    Later {
+        capability: &'static str,
+    },
+    /// A service the agent calls and the orchestrator serves: answered UNIMPLEMENTED.
+    ByOrchestrator,
 }
 
 /// One RPC path, the access it needs, and whether it is served.
@@ -22,8 +33,7 @@ pub enum Access {
 pub struct AccessRule {
     pub path: &'static str,
     pub access: Access,
-    /// `None`: served. `Some(capability)`: answered UNIMPLEMENTED naming the capability.
-    pub pending: Option<&'static str>,
+    pub serving: Serving,
 }
 
 impl AccessRule {
@@ -35,71 +45,55 @@ impl AccessRule {
     }
 
     pub fn is_served(&self) -> bool {
-        self.pending.is_none()
+        self.serving == Serving::Served
     }
 }
 
-const fn r(path: &'static str) -> AccessRule {
-    AccessRule { path, access: Access::Read, pending: None }
-}
-const fn w(path: &'static str) -> AccessRule {
-    AccessRule { path, access: Access::Write, pending: None }
-}
-const fn later(rule: AccessRule, capability: &'static str) -> AccessRule {
-    AccessRule { pending: Some(capability), ..rule }
-}
-
-/// Every RPC the agent answers. A path missing here is refused, so a new RPC cannot slip in
-/// unguarded. The served services, the capabilities GetInfo advertises and what reflection lists are
-/// all read from this table.
-pub const RULES: &[AccessRule] = &[
-    r("/grpc.health.v1.Health/Check"),
-    r("/grpc.health.v1.Health/Watch"),
-    r("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+/// gRPC's standard services the agent serves beside its own. They are not in our proto; each only
+/// reports, so each is read.
+const STANDARD_READS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     // Beside v1 because many clients (Python's grpcio-reflection, older grpcurl) speak only v1alpha.
-    r("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
-    r("/dbagent.v1.Agent/GetInfo"),
-    r("/dbagent.v1.Agent/GetStatus"),
-    w("/dbagent.v1.Instances/RegisterInstance"),
-    w("/dbagent.v1.Instances/UpdateInstance"),
-    w("/dbagent.v1.Instances/RemoveInstance"),
-    r("/dbagent.v1.Instances/GetInstance"),
-    r("/dbagent.v1.Instances/ListInstances"),
-    r("/dbagent.v1.Operations/GetOperation"),
-    r("/dbagent.v1.Operations/ListOperations"),
-    r("/dbagent.v1.Operations/WatchOperation"),
-    w("/dbagent.v1.Operations/CancelOperation"),
-    w("/dbagent.v1.Operations/StartSleep"),
-    w("/dbagent.v1.Volumes/CreateVolume"),
-    w("/dbagent.v1.Volumes/OpenVolume"),
-    w("/dbagent.v1.Volumes/CloseVolume"),
-    w("/dbagent.v1.Volumes/GrowVolume"),
-    w("/dbagent.v1.Volumes/RotateVolumeKey"),
-    w("/dbagent.v1.Volumes/BackupVolumeHeader"),
-    r("/dbagent.v1.Volumes/GetVolume"),
-    r("/dbagent.v1.Volumes/ListVolumes"),
-    w("/dbagent.v1.Volumes/DestroyVolume"),
-    r("/dbagent.v1.Metrics/GetNodeMetrics"),
-    r("/dbagent.v1.Metrics/GetInstanceMetrics"),
-    r("/dbagent.v1.Metrics/StreamMetrics"),
-    r("/dbagent.v1.Logs/TailLogs"),
-    r("/dbagent.v1.Logs/ListDrains"),
-    w("/dbagent.v1.Logs/SetDrains"),
-    r("/dbagent.v1.Logs/GetDrainStatus"),
-    w("/dbagent.v1.Backups/StartBackup"),
-    r("/dbagent.v1.Backups/ListBackups"),
-    r("/dbagent.v1.Backups/GetBackup"),
-    w("/dbagent.v1.Backups/DeleteBackup"),
-    w("/dbagent.v1.Backups/VerifyBackup"),
-    w("/dbagent.v1.Backups/RestoreBackup"),
-    w("/dbagent.v1.Backups/RepairBackup"),
-    w("/dbagent.v1.Backups/SetBackupPolicy"),
-    later(w("/dbagent.v1.Upgrades/StartUpgrade"), "upgrades"),
-    later(w("/dbagent.v1.Upgrades/ChangePlan"), "plan changes"),
-    later(w("/dbagent.v1.Upgrades/SetMaintenanceWindow"), "maintenance windows"),
-    later(r("/dbagent.v1.Upgrades/GetAvailability"), "availability"),
-    later(w("/dbagent.v1.Upgrades/InstallCertificate"), "database TLS certificates"),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+
+/// RPCs of the proto this build does not implement yet, with the capability each belongs to.
+const NOT_BUILT_YET: &[(&str, &str)] = &[
+    ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades"),
+    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes"),
+    ("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows"),
+    ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
+    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates"),
+];
+
+/// Services of the proto that the agent calls and never serves.
+const SERVED_BY_ORCHESTRATOR: &[&str] = &["dbagent.v1.KeyService"];
+
+/// Every RPC the agent knows: the standard ones, then every RPC of the proto with its declared
+/// access. A path missing here is refused, so a new RPC cannot slip in unguarded. The served
+/// services, the capabilities GetInfo advertises and what reflection lists are all read from it.
+pub static RULES: LazyLock<Vec<AccessRule>> = LazyLock::new(|| {
+    let standard =
+        STANDARD_READS.iter().map(|&path| AccessRule { path, access: Access::Read, serving: Serving::Served });
+    let ours = METHOD_ACCESS.iter().map(|row| AccessRule {
+        path: row.path,
+        access: row.access,
+        serving: serving(row.path, row.service()),
+    });
+    standard.chain(ours).collect()
+});
+
+fn serving(path: &str, service: &str) -> Serving {
+    if SERVED_BY_ORCHESTRATOR.contains(&service) {
+        return Serving::ByOrchestrator;
+    }
+    match NOT_BUILT_YET.iter().find(|(pending, _)| *pending == path) {
+        Some(&(_, capability)) => Serving::Later { capability },
+        None => Serving::Served,
+    }
+}
 
 /// The services with at least one served RPC, package-qualified, each once, in table order.
 pub fn served_services() -> Vec<&'static str> {
@@ -131,23 +125,30 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::S
         )));
     };
     let Some(rule) = RULES.iter().find(|rule| rule.path == path) else {
-        if path.starts_with("/dbagent.v1.KeyService/") {
-            return Err(tonic::Status::unimplemented("KeyService is served by the orchestrator, not by the agent"));
-        }
         return Err(tonic::Status::unimplemented(format!("{path} is not an RPC of this agent")));
     };
-    if rule.access == Access::Write && role != Role::Orchestrator {
+    // Anything but a declared read needs the orchestrator: the check fails closed.
+    if rule.access != Access::Read && role != Role::Orchestrator {
         return Err(tonic::Status::permission_denied(format!(
-            "{path} changes the host; identity {:?} has the read-only {} role",
+            "{path} needs write access, which only the orchestrator has; identity {:?} has the read-only {} role",
             peer.identity,
             role.as_str()
         )));
     }
-    if let Some(capability) = rule.pending {
-        return Err(tonic::Status::unimplemented(format!(
-            "the {capability} capability is not implemented in dbagent {} yet",
-            env!("CARGO_PKG_VERSION")
-        )));
+    match rule.serving {
+        Serving::Served => {}
+        Serving::Later { capability } => {
+            return Err(tonic::Status::unimplemented(format!(
+                "the {capability} capability is not implemented in dbagent {} yet",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        Serving::ByOrchestrator => {
+            return Err(tonic::Status::unimplemented(format!(
+                "{} is served by the orchestrator, not by the agent",
+                rule.service()
+            )));
+        }
     }
     Ok(Caller { identity: peer.identity.clone(), role })
 }
@@ -208,41 +209,52 @@ mod tests {
         PeerInfo { remote: None, identity: "x".into(), role }
     }
 
-    /// Every RPC of every dbagent.v1 service the agent serves has exactly one rule.
+    /// Every RPC of every service in our proto and in the standard services has exactly one rule,
+    /// and ours carry the access the proto declares.
     #[test]
-    fn every_rpc_has_a_rule() {
-        let fds = prost_types::FileDescriptorSet::decode(dbagent_proto::FILE_DESCRIPTOR_SET).unwrap();
+    fn every_rpc_has_one_rule_with_its_declared_access() {
         let mut count = 0;
-        for file in &fds.file {
-            for service in &file.service {
-                let name = service.name();
-                if name == "KeyService" {
-                    continue;
-                }
-                for method in &service.method {
-                    let path = format!("/dbagent.v1.{name}/{}", method.name());
-                    assert_eq!(RULES.iter().filter(|rule| rule.path == path).count(), 1, "{path}");
-                    count += 1;
-                }
-            }
-        }
-        let standard = [
+        for set in [
+            dbagent_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
-        for set in standard {
+        ] {
             for file in &prost_types::FileDescriptorSet::decode(set).unwrap().file {
                 for service in &file.service {
                     for method in &service.method {
                         let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                        assert_eq!(RULES.iter().filter(|rule| rule.path == path).count(), 1, "{path}");
+                        let rules: Vec<_> = RULES.iter().filter(|rule| rule.path == path).collect();
+                        assert_eq!(rules.len(), 1, "{path}");
+                        if let Some(declared) = dbagent_proto::access::method_access(&path) {
+                            assert_eq!(rules[0].access, declared, "{path}");
+                        }
                         count += 1;
                     }
                 }
             }
         }
         assert_eq!(count, RULES.len(), "rules for RPCs that do not exist");
+    }
+
+    /// A misspelt path in the lists written here would silently leave an RPC served.
+    #[test]
+    fn every_path_written_here_is_an_rpc_of_the_proto() {
+        for (path, _) in NOT_BUILT_YET {
+            assert!(dbagent_proto::access::method_access(path).is_some(), "{path}");
+        }
+        for service in SERVED_BY_ORCHESTRATOR {
+            assert!(METHOD_ACCESS.iter().any(|row| row.service() == *service), "{service}");
+        }
+    }
+
+    #[test]
+    fn monitor_is_denied_exactly_the_declared_writes() {
+        let mon = peer(Some(Role::Monitor));
+        for row in METHOD_ACCESS {
+            let denied = authorize(row.path, Some(&mon)).is_err_and(|e| e.code() == tonic::Code::PermissionDenied);
+            assert_eq!(denied, row.access == Access::Write, "{}", row.path);
+        }
     }
 
     #[test]
@@ -267,6 +279,11 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/x.Y/Z", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
+        let e = authorize("/x.Y/Z", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "an unknown path reaches no handler");
+        let e = authorize("/dbagent.v1.KeyService/WrapKey", Some(&orch)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented);
+        assert!(e.message().contains("orchestrator"), "{e:?}");
     }
 
     const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
