@@ -1,5 +1,6 @@
-//! A single-node Garage (S3-compatible store) on free loopback ports with three buckets, set up as
-//! in the toolchain notes. Skips (returns None) when the Garage binary is not installed.
+//! A single-node Garage (S3-compatible store) on free loopback ports with the buckets a test asks
+//! for, and signed S3 listings by hand to check what the agent left in them. A missing Garage binary
+//! is a panic naming how to install it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -105,34 +106,51 @@ impl Garage {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
 
-    /// A signed S3 GET of `path_and_query` by hand (curl --aws-sigv4): the raw XML answer.
+    /// A signed S3 GET of `path_and_query` by hand (curl --aws-sigv4): the raw XML answer. Panics
+    /// with curl's stderr and the body unless curl succeeded and S3 answered 200, so a listing that
+    /// failed is never read as an empty one.
     fn s3_get(&self, path_and_query: &str, what: &str) -> String {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--fail",
-                "--aws-sigv4",
-                &format!("aws:amz:{REGION}:s3"),
-                "--user",
-                &format!("{KEY_ID}:{SECRET}"),
-            ])
-            .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
-            .arg(format!("{}/{path_and_query}", self.endpoint()))
-            .output()
-            .expect("curl");
-        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.s3_request(&[], path_and_query, what, (KEY_ID, SECRET))
     }
 
-    /// S3 ListMultipartUploads of `bucket`: the raw XML.
+    fn s3_request(&self, extra: &[&str], path_and_query: &str, what: &str, (key_id, secret): (&str, &str)) -> String {
+        let url = format!("{}/{path_and_query}", self.endpoint());
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-w", "\n%{http_code}"])
+            .args(["--aws-sigv4", &format!("aws:amz:{REGION}:s3"), "--user", &format!("{key_id}:{secret}")])
+            .args(["-H", "x-amz-content-sha256:UNSIGNED-PAYLOAD"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap_or_else(|e| panic!("run curl for {what} (apt-get install curl): {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // `-w` writes the HTTP status after the body, on a line of its own, whatever the outcome.
+        let (body, http_code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        assert!(
+            out.status.success() && http_code == "200",
+            "{what} of {url}: curl {}, HTTP {http_code:?}: {}\n{body}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        body.to_owned()
+    }
+
+    /// S3 ListMultipartUploads of `bucket`: the raw XML, checked to be that listing, not truncated.
     pub fn list_multipart_uploads(&self, bucket: &str) -> String {
-        self.s3_get(&format!("{bucket}?uploads="), "ListMultipartUploads")
+        let xml = self.s3_get(&format!("{bucket}?uploads="), "ListMultipartUploads");
+        assert_complete_listing(&xml, "ListMultipartUploadsResult", bucket);
+        xml
     }
 
     /// Keys in `bucket` (ListObjectsV2), by hand.
     pub fn list_keys(&self, bucket: &str) -> Vec<String> {
         let xml = self.s3_get(&format!("{bucket}?list-type=2"), "ListObjectsV2");
-        xml.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+        assert_complete_listing(&xml, "ListBucketResult", bucket);
+        let keys: Vec<String> =
+            xml.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect();
+        let count = xml.split("<KeyCount>").nth(1).and_then(|s| s.split("</KeyCount>").next());
+        assert_eq!(count, Some(keys.len().to_string().as_str()), "ListObjectsV2 of {bucket}: keys read apart\n{xml}");
+        keys
     }
 
     /// Destination configs: one per bucket, named az1.., optionally with a dead endpoint for one.
@@ -162,9 +180,50 @@ impl Garage {
     }
 }
 
+/// A listing that is not the one asked for, or only its first page, would hide objects.
+fn assert_complete_listing(xml: &str, root: &str, bucket: &str) {
+    assert!(xml.contains(&format!("<{root}")), "{bucket}: not a {root}:\n{xml}");
+    assert!(!xml.contains("<IsTruncated>true</IsTruncated>"), "{bucket}: the listing is truncated:\n{xml}");
+}
+
 impl Drop for Garage {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panic_message(f: impl FnOnce() -> Vec<String>) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("the listing must fail");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default()
+    }
+
+    /// "No object left" must never pass because the listing itself failed.
+    #[test]
+    fn a_failed_listing_panics_instead_of_listing_nothing() {
+        let garage = Garage::start(&["present"]);
+        let file = garage.dir.path().join("object");
+        std::fs::write(&file, b"x").unwrap();
+        let file = file.to_str().unwrap();
+        garage.s3_request(&["-T", file], "present/a/key", "PutObject", (KEY_ID, SECRET));
+        assert_eq!(garage.list_keys("present"), ["a/key"], "the allowed listing sees the object");
+
+        let missing = panic_message(|| garage.list_keys("absent"));
+        assert!(missing.contains("HTTP \"404\"") && missing.contains("NoSuchBucket"), "{missing}");
+
+        let wrong_secret = "f".repeat(SECRET.len());
+        let forbidden = panic_message(|| {
+            let xml = garage.s3_request(&[], "present?list-type=2", "ListObjectsV2", (KEY_ID, &wrong_secret));
+            vec![xml]
+        });
+        assert!(forbidden.contains("HTTP \"403\"") && forbidden.contains("AccessDenied"), "{forbidden}");
     }
 }
