@@ -68,11 +68,12 @@ async fn ready_is_notified_only_once_serving() {
 async fn sighup_reloads_the_server_certificate() {
     let pki = Rc::new(ServerPki::new());
     let for_config = pki.clone();
-    let agent = AgentBuilder::config(move |ctx: &LaunchContext| {
+    let mut agent = AgentBuilder::config(move |ctx: &LaunchContext| {
         let files = for_config.write(&ctx.work_dir.join("pki"));
         custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"])
     })
     .start();
+    let pid = agent.pid().expect("the agent runs");
     let client = pki.ca.client("orchestrator", Validity::Current);
     let trusts_old = ClientIdentity::issued(pki.ca.cert_pem(), &client);
     // The new server certificate comes from another CA, so which one a connection sees is unambiguous.
@@ -94,5 +95,13 @@ async fn sighup_reloads_the_server_certificate() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(first_get_status(agent.addr(), &trusts_old).await.is_err(), "the old certificate is still served");
-    assert!(agent.pid().is_some(), "SIGHUP must not stop the agent");
+
+    // SIGHUP must not stop the agent: the process it was sent to is still running (not reaped,
+    // not replaced) and still answers.
+    assert_eq!(agent.try_wait(), None, "the agent exited after SIGHUP\n{}", agent.log());
+    assert_eq!(agent.pid(), Some(pid), "the agent after SIGHUP is another process");
+    match first_get_status(agent.addr(), &trusts_new).await {
+        Ok(status) => assert_eq!(status.state, "serving", "{status:?}"),
+        Err(e) => panic!("the agent does not answer after SIGHUP: {e:?}\n{}", agent.log()),
+    }
 }
