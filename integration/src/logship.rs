@@ -136,3 +136,28 @@ impl Deliveries {
         (from..to.min(self.seqs.len())).filter(|&at| self.first[self.seqs[at]] != Some(at)).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrived(seqs: &[usize]) -> Vec<String> {
+        seqs.iter().map(|&s| numbered_line(s)).collect()
+    }
+
+    #[test]
+    fn repeats_are_counted_where_they_arrived() {
+        let got = Deliveries::check(&arrived(&[0, 1, 2, 3, 2, 3, 4, 5, 4]), 6);
+        assert_eq!((got.distinct(), got.missing()), (6, vec![]));
+        assert_eq!((got.repeats_in(0, 4), got.repeats_in(4, 7), got.repeats_in(7, 9)), (0, 2, 1));
+        assert_eq!(Deliveries::check(&arrived(&[0, 2]), 3).missing(), vec![1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "differs from the line written as number 1")]
+    fn a_line_changed_after_its_number_is_refused() {
+        let mut lines = arrived(&[0, 1]);
+        lines[1].pop();
+        Deliveries::check(&lines, 2);
+    }
+}
