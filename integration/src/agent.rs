@@ -2,9 +2,10 @@
 
 use crate::client::{ClientIdentity, connect};
 use crate::ready::speaks_tls;
+use crate::servers::ReservedPort;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -25,13 +26,6 @@ pub fn agent_binary() -> PathBuf {
     let bin = target.join("debug").join("dbagent");
     assert!(bin.exists(), "{} does not exist; build it first: cargo build -p dbagent --bins", bin.display());
     bin
-}
-
-/// A port on 127.0.0.1 that was free a moment ago. Another process could take it before the agent
-/// binds it; that race is accepted for tests.
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("read the address of the probe listener").port()
 }
 
 /// What a config-file generator needs to know about the agent it configures.
@@ -89,10 +83,13 @@ impl AgentBuilder {
     pub fn start(self) -> Agent {
         crate::install_crypto_provider();
         let dir = tempfile::Builder::new().prefix("dbagent-it-").tempdir().expect("create the test's temp dir");
+        // The agent's config names its port and it does not report a port 0 back, so the fixture
+        // reserves one (the agent's tokio listener binds it beside the reservation).
+        let port = ReservedPort::new();
         let ctx = LaunchContext {
             work_dir: dir.path().to_owned(),
             state_dir: dir.path().join("state"),
-            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port.port())),
         };
         let mut args: Vec<OsString> = match &self.mode {
             Mode::Dev => vec![
@@ -109,7 +106,7 @@ impl AgentBuilder {
             }
         };
         args.extend(self.extra_args);
-        let mut agent = Agent { bin: agent_binary(), args, env: self.env, ctx, child: None, _dir: dir };
+        let mut agent = Agent { bin: agent_binary(), args, env: self.env, ctx, child: None, _port: port, _dir: dir };
         agent.spawn();
         if self.wait_ready {
             agent.wait_ready();
@@ -125,6 +122,9 @@ pub struct Agent {
     env: Vec<(OsString, OsString)>,
     ctx: LaunchContext,
     child: Option<Child>,
+    /// Held for the fixture's life: no other process can take the port, also between a kill and
+    /// a restart.
+    _port: ReservedPort,
     _dir: TempDir,
 }
 

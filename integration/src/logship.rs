@@ -1,5 +1,6 @@
 //! The `logship-test` helper (one dbagent drain pipeline) as a fixture: started, SIGKILLed,
-//! restarted; killed on drop.
+//! restarted; killed on drop. And the numbered log lines the drain tests write, with the check of
+//! what arrived: every line byte for byte, and where repeats arrived.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -65,5 +66,98 @@ impl Shipper {
 impl Drop for Shipper {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Line `seq` of the numbered logs the drain tests write (without its newline): a PostgreSQL log
+/// line whose text varies with the number (length, timestamp, pid, a non-ASCII user name), so a
+/// line that arrives cut, shifted or mixed with another shows, not only one that is missing.
+pub fn numbered_line(seq: usize) -> String {
+    let user = ["app", "reporting", "müller", "svc_backup"][seq % 4];
+    format!(
+        "2024-05-01 10:{:02}:{:02}.{:03} UTC [{}] LOG:  seq={seq:08} connection authorized: user={user} database=db{} application_name=a{}",
+        seq / 60_000 % 60,
+        seq / 1000 % 60,
+        seq % 1000,
+        1000 + seq % 7919,
+        seq % 13,
+        "x".repeat(seq % 37)
+    )
+}
+
+/// The number in a [`numbered_line`].
+pub fn seq_of(line: &str) -> Option<usize> {
+    line.split("seq=").nth(1).and_then(|s| s.get(..8)).and_then(|s| s.parse().ok())
+}
+
+/// What a drain delivered, in order of arrival, after checking every arrived line byte for byte.
+pub struct Deliveries {
+    /// The number of each arrived line.
+    seqs: Vec<usize>,
+    /// Where each number first arrived.
+    first: Vec<Option<usize>>,
+}
+
+impl Deliveries {
+    /// Checks each of `received` (the messages as the receiver wrote them, the syslog framing and
+    /// header removed) against the [`numbered_line`] of its number, below `n`; panics on the first
+    /// line that differs.
+    pub fn check(received: &[String], n: usize) -> Self {
+        let mut seqs = Vec::with_capacity(received.len());
+        let mut first = vec![None; n];
+        for (at, line) in received.iter().enumerate() {
+            let seq = seq_of(line)
+                .filter(|&s| s < n)
+                .unwrap_or_else(|| panic!("arrived line {at} is none of the {n} written: {line:?}"));
+            let written = numbered_line(seq);
+            assert_eq!(line, &written, "arrived line {at} differs from the line written as number {seq}");
+            first[seq].get_or_insert(at);
+            seqs.push(seq);
+        }
+        Self { seqs, first }
+    }
+
+    pub fn seqs(&self) -> &[usize] {
+        &self.seqs
+    }
+
+    /// How many of the written lines arrived at least once.
+    pub fn distinct(&self) -> usize {
+        self.first.iter().filter(|f| f.is_some()).count()
+    }
+
+    /// Up to 20 numbers that never arrived.
+    pub fn missing(&self) -> Vec<usize> {
+        self.first.iter().enumerate().filter(|(_, f)| f.is_none()).map(|(s, _)| s).take(20).collect()
+    }
+
+    /// How many of the lines that arrived at positions `from..to` had arrived before.
+    pub fn repeats_in(&self, from: usize, to: usize) -> usize {
+        (from..to.min(self.seqs.len())).filter(|&at| self.first[self.seqs[at]] != Some(at)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrived(seqs: &[usize]) -> Vec<String> {
+        seqs.iter().map(|&s| numbered_line(s)).collect()
+    }
+
+    #[test]
+    fn repeats_are_counted_where_they_arrived() {
+        let got = Deliveries::check(&arrived(&[0, 1, 2, 3, 2, 3, 4, 5, 4]), 6);
+        assert_eq!((got.distinct(), got.missing()), (6, vec![]));
+        assert_eq!((got.repeats_in(0, 4), got.repeats_in(4, 7), got.repeats_in(7, 9)), (0, 2, 1));
+        assert_eq!(Deliveries::check(&arrived(&[0, 2]), 3).missing(), vec![1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "differs from the line written as number 1")]
+    fn a_line_changed_after_its_number_is_refused() {
+        let mut lines = arrived(&[0, 1]);
+        lines[1].pop();
+        Deliveries::check(&lines, 2);
     }
 }

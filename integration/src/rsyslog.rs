@@ -1,18 +1,13 @@
 //! A private rsyslogd as a log drain: its own config, work folder and pid file, listening on
-//! 127.0.0.1 only, writing what it receives from our test instance to a file. Killed on drop.
+//! 127.0.0.1 only (a [`ReservedPort`]), writing what it receives from our test instance to a file.
+//! Killed on drop.
 
-use std::net::TcpListener;
+use crate::servers::ReservedPort;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind a free port")
-}
-
-pub fn rsyslogd_available() -> bool {
-    Path::new("/usr/sbin/rsyslogd").exists()
-}
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 
 /// PEM files of a test CA and a server certificate for 127.0.0.1 signed by it.
 pub struct TlsFiles {
@@ -49,12 +44,29 @@ pub struct Rsyslog {
     pub dir: PathBuf,
     pub output: PathBuf,
     conf: PathBuf,
+    _reserved: ReservedPort,
 }
 
 impl Rsyslog {
-    /// Starts rsyslogd on `port` (plain TCP, or TLS with `tls`), writing the MSG of every message
-    /// from app-name `inst-1` to `<dir>/received.log`, one per line.
-    pub fn start(dir: &Path, port: u16, tls: Option<&TlsFiles>) -> Self {
+    /// Starts rsyslogd on a port of its own (plain TCP, or TLS with `tls`), writing the MSG of every
+    /// message from app-name `inst-1` to `<dir>/received.log`, one per line.
+    pub fn start(dir: &Path, tls: Option<&TlsFiles>) -> Self {
+        Self::start_on(dir, ReservedPort::new(), tls)
+    }
+
+    /// As [`Rsyslog::start`], on a port reserved earlier (a drain pointed at it before the server
+    /// is up sees connections refused, and no other process can take the port meanwhile).
+    ///
+    /// The main queue is direct: the thread that reads a connection writes its messages before it
+    /// reads the next bytes, so once rsyslogd has closed a connection everything sent on it is in
+    /// the output file ([`Rsyslog::wait_connections_closed`]).
+    pub fn start_on(dir: &Path, reserved: ReservedPort, tls: Option<&TlsFiles>) -> Self {
+        // Never pass quietly: a missing drain server is a broken test machine.
+        assert!(
+            Path::new(RSYSLOGD).exists(),
+            "{RSYSLOGD} is not installed: apt-get install rsyslog rsyslog-gnutls (integration/run-tests.sh installs it)"
+        );
+        let port = reserved.port();
         let work = dir.join("rsyslog-work");
         std::fs::create_dir_all(&work).expect("create rsyslog work folder");
         let output = dir.join("received.log");
@@ -74,7 +86,7 @@ impl Rsyslog {
         std::fs::write(
             &conf,
             format!(
-                "global(workDirectory=\"{work}\" maxMessageSize=\"256k\")\n{global}{input}\n\
+                "global(workDirectory=\"{work}\" maxMessageSize=\"256k\")\n{global}main_queue(queue.type=\"Direct\")\n{input}\n\
                  input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
                  template(name=\"msgonly\" type=\"string\" string=\"%msg%\\n\")\n\
                  if $app-name == \"inst-1\" then {{\n  action(type=\"omfile\" file=\"{out}\" template=\"msgonly\" asyncWriting=\"off\" flushOnTXEnd=\"on\")\n  stop\n}}\n",
@@ -83,7 +95,7 @@ impl Rsyslog {
             ),
         )
         .expect("write rsyslog.conf");
-        let mut r = Self { child: None, port, dir: dir.to_path_buf(), output, conf };
+        let mut r = Self { child: None, port, dir: dir.to_path_buf(), output, conf, _reserved: reserved };
         r.spawn();
         r
     }
@@ -91,7 +103,7 @@ impl Rsyslog {
     fn spawn(&mut self) {
         let pid = self.dir.join("rsyslogd.pid");
         let _ = std::fs::remove_file(&pid);
-        let child = Command::new("/usr/sbin/rsyslogd")
+        let child = Command::new(RSYSLOGD)
             .args(["-n", "-f"])
             .arg(&self.conf)
             .arg("-i")
@@ -126,6 +138,25 @@ impl Rsyslog {
         self.spawn();
     }
 
+    /// Bytes written to the output so far: a cheap measure of progress to poll.
+    pub fn received_bytes(&self) -> u64 {
+        std::fs::metadata(&self.output).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Waits until rsyslogd holds no open connection on its port (it read each to the end and
+    /// closed it), so all a dead sender sent is in the output; panics after `timeout`.
+    pub fn wait_connections_closed(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open = open_connections(self.port);
+            if open == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rsyslogd still has {open} connections open after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The messages received so far.
     pub fn received(&self) -> Vec<String> {
         std::fs::read_to_string(&self.output).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -151,4 +182,19 @@ impl Drop for Rsyslog {
             let _ = c.wait();
         }
     }
+}
+
+/// Server-side TCP sockets on 127.0.0.1:`port` that are not closed yet: accepted or waiting to be
+/// (SYN_RECV, ESTABLISHED), or with the peer gone and rsyslogd yet to read the end (CLOSE_WAIT).
+fn open_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.len() > 3 && fields[1] == local && matches!(fields[3], "01" | "03" | "08")
+        })
+        .count()
 }

@@ -1,5 +1,5 @@
-//! Real database servers for tests: PostgreSQL 15, MariaDB, Redis, each on its own free loopback
-//! port with a private data folder; never the system-wide services.
+//! Real database servers for tests: PostgreSQL 15, MariaDB, Redis, each on its own reserved loopback
+//! port ([`ReservedPort`]) with a private data folder; never the system-wide services.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -9,8 +9,48 @@ use std::time::{Duration, Instant};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// A port on 127.0.0.1 that was free a moment ago: another process can take it before the caller's
+/// server binds it. Prefer [`ReservedPort`] for a server we start (or port 0 for a listener of our
+/// own); this stays for callers that have not moved yet.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A loopback port held for a server the test starts, for as long as this value lives.
+///
+/// The socket is bound with `SO_REUSEADDR` and never listens. Linux then lets another socket that
+/// also sets `SO_REUSEADDR` bind and listen on the same port (PostgreSQL, MariaDB, Redis, rsyslog
+/// and the agent's tokio listener all do), while every other bind of that port fails, `bind(0)`
+/// and `connect()` never pick it, and a connection to it is refused while our server is down. So
+/// there is no window between choosing the port and the server binding it, and a stopped server
+/// gets the same port back on restart. (Port 0 read back from the server would need each server to
+/// report its port; not all of them do, and a restart would move it.)
+pub struct ReservedPort {
+    port: u16,
+    _socket: socket2::Socket,
+}
+
+impl ReservedPort {
+    pub fn new() -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("create a socket to reserve a port");
+        socket.set_reuse_address(true).expect("set SO_REUSEADDR on the port reservation");
+        let any = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        socket.bind(&any.into()).expect("bind 127.0.0.1:0 to reserve a port");
+        let port =
+            socket.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).expect("read the reserved port");
+        Self { port, _socket: socket }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Runs `program args` as `user` (via runuser when root), panicking with its output on failure.
@@ -53,6 +93,8 @@ pub struct PgServer {
     pub root: OwnedDir,
     pub data: PathBuf,
     pub port: u16,
+    /// Held while the server lives, so `stop` + `start` find the port free.
+    _reserved: ReservedPort,
 }
 
 impl PgServer {
@@ -80,8 +122,8 @@ impl PgServer {
 
     /// A server on an existing (restored) data folder.
     pub fn on(root: OwnedDir, data: PathBuf) -> Self {
-        let port = free_port();
-        let server = Self { root, data, port };
+        let reserved = ReservedPort::new();
+        let server = Self { root, data, port: reserved.port(), _reserved: reserved };
         server.start();
         server
     }
@@ -162,6 +204,7 @@ pub struct MariaServer {
     pub port: u16,
     pub socket: PathBuf,
     child: std::process::Child,
+    _reserved: ReservedPort,
 }
 
 impl MariaServer {
@@ -193,7 +236,8 @@ impl MariaServer {
 
     /// A server on an existing (restored) data folder.
     pub fn on(root: OwnedDir, data: PathBuf) -> Self {
-        let port = free_port();
+        let reserved = ReservedPort::new();
+        let port = reserved.port();
         let socket = root.path().join("mysqld.sock");
         let child = Command::new("mariadbd")
             .args([
@@ -212,7 +256,7 @@ impl MariaServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mariadbd");
-        let server = Self { root, data, port, socket, child };
+        let server = Self { root, data, port, socket, child, _reserved: reserved };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Command::new("mariadb-admin")
             .args(["--protocol=TCP", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])
@@ -247,13 +291,15 @@ pub struct RedisServer {
     pub root: OwnedDir,
     pub port: u16,
     child: std::process::Child,
+    _reserved: ReservedPort,
 }
 
 impl RedisServer {
     /// Starts on `dir` (a restored data folder holding dump.rdb) or a fresh one.
     pub fn start(root: Option<OwnedDir>) -> Self {
         let root = root.unwrap_or_else(|| OwnedDir::new("redis"));
-        let port = free_port();
+        let reserved = ReservedPort::new();
+        let port = reserved.port();
         let conf = root.path().join("redis.conf");
         std::fs::write(
             &conf,
@@ -277,7 +323,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let server = Self { root, port, child };
+        let server = Self { root, port, child, _reserved: reserved };
         let deadline = Instant::now() + Duration::from_secs(30);
         while server.try_cli(&["ping"]).as_deref() != Some("PONG") {
             assert!(Instant::now() < deadline, "redis-server did not start");

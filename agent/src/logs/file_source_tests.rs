@@ -52,11 +52,18 @@ fn rename_rotation_reads_old_file_to_its_end_then_the_new_one() {
     append(&log, 20..25);
     let got = drain(&mut f);
     assert_eq!(got, expected(10..25));
-    std::thread::sleep(Duration::from_millis(60));
-    assert!(drain(&mut f).is_empty());
-    match f.checkpoint() {
-        Checkpoint::Files { files } => assert_eq!(files.len(), 1, "the rotated file is closed once quiet"),
-        other => panic!("{other:?}"),
+    // The rotated file is closed once quiet for `rotate_wait`, with nothing more read from either file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(drain(&mut f).is_empty());
+        match f.checkpoint() {
+            Checkpoint::Files { files } if files.len() == 1 => break,
+            Checkpoint::Files { files } => {
+                assert!(std::time::Instant::now() < deadline, "the rotated file is still open: {files:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -103,8 +110,13 @@ fn multi_line_records_flush_when_quiet_and_hold_the_checkpoint() {
     f.poll(1 << 20, &mut out);
     assert!(out.is_empty(), "held until the record is complete or quiet");
     assert!(matches!(f.checkpoint(), Checkpoint::Files { files } if files[0].offset == 0));
-    std::thread::sleep(Duration::from_millis(30));
-    f.poll(1 << 20, &mut out);
+    // Handed on once quiet for `flush_after`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while out.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the record was not handed on when quiet");
+        std::thread::sleep(Duration::from_millis(5));
+        f.poll(1 << 20, &mut out);
+    }
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.message, "t [1] ERROR:  boom\n\tdetail");
     assert!(matches!(f.checkpoint(), Checkpoint::Files { files } if files[0].offset == 27));

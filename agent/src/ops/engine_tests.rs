@@ -89,20 +89,45 @@ async fn cancel_and_shutdown() {
     assert_eq!(e.get(&rec.id).unwrap().state, OpState::Interrupted);
 }
 
+/// An operation whose job runs until the test sends on the returned sender: when it ends is a step
+/// of the test, not a timer that a slow machine could outrun.
+fn gated_op(request_id: &str, target: &str) -> (NewOperation, JobFn, tokio::sync::oneshot::Sender<()>) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let new = NewOperation {
+        request_id: request_id.into(),
+        kind: sleep::KIND,
+        target: target.into(),
+        params: serde_json::json!({ "gated": true }),
+        exclusive: true,
+    };
+    let job: JobFn = Box::new(move |_ctx| {
+        Box::pin(async move {
+            released.await.expect("the test keeps the gate until it releases it");
+            Ok(None)
+        })
+    });
+    (new, job, release)
+}
+
 #[tokio::test]
 async fn exclusive_operations_on_one_target_queue() {
     let dir = tempfile::tempdir().unwrap();
     let (e, _, _) = open(dir.path());
-    let (n, j) = sleep_op("r1", "pg-1", 300);
+    let (n, j, release) = gated_op("r1", "pg-1");
     let (first, _) = e.submit(n, j).await.unwrap();
+    e.watch(&first.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
     let (n, j) = sleep_op("r2", "pg-1", 10);
     let (second, _) = e.submit(n, j).await.unwrap();
     let (n, j) = sleep_op("r3", "pg-2", 10);
     let (other, _) = e.submit(n, j).await.unwrap();
+    // Another target is not held up by pg-1; the second pg-1 operation waits for the first.
     assert_eq!(wait_finished(&e, &other.id).await.state, OpState::Succeeded);
     assert_eq!(e.get(&second.id).unwrap().state, OpState::Queued);
+    assert_eq!(e.get(&first.id).unwrap().state, OpState::Running);
+    release.send(()).unwrap();
     let a = wait_finished(&e, &first.id).await;
     let b = wait_finished(&e, &second.id).await;
+    assert_eq!((a.state, b.state), (OpState::Succeeded, OpState::Succeeded));
     assert!(b.started.unwrap() >= a.finished.unwrap());
     assert_eq!(e.list(Some("pg-1"), false, 10).len(), 2);
     assert_eq!(e.open_count(), 0);
