@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::servers::free_port;
+use crate::servers::ReservedPort;
 
 /// Garage in the default tools cache; the tests run [`garage_bin`], which honours `DBAGENT_TOOLS`.
 pub const GARAGE_BIN: &str = "/var/cache/dbagent-tools/bin/garage";
@@ -36,6 +36,11 @@ pub struct Garage {
     config: PathBuf,
     bin: PathBuf,
     child: Child,
+    /// rpc, s3 and admin ports, held for Garage's whole life (Garage's tokio listeners set
+    /// `SO_REUSEADDR`, so they bind over the reservation and nothing else can take the ports).
+    _ports: [ReservedPort; 3],
+    /// A port nothing listens on, for a destination that must be unreachable.
+    dead_port: ReservedPort,
 }
 
 impl Garage {
@@ -50,7 +55,8 @@ impl Garage {
             tools_dir().display()
         );
         let dir = tempfile::tempdir().expect("garage dir");
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let ports = [ReservedPort::new(), ReservedPort::new(), ReservedPort::new()];
+        let (rpc, s3, admin) = (ports[0].port(), ports[1].port(), ports[2].port());
         let config = dir.path().join("garage.toml");
         std::fs::write(
             &config,
@@ -71,7 +77,8 @@ impl Garage {
             .stderr(std::fs::File::create(dir.path().join("garage.log")).map(Stdio::from).unwrap_or(Stdio::null()))
             .spawn()
             .expect("start garage");
-        let mut g = Self { dir, s3_port: s3, buckets: Vec::new(), config, bin, child };
+        let mut g =
+            Self { dir, s3_port: s3, buckets: Vec::new(), config, bin, child, _ports: ports, dead_port: ReservedPort::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         let node = loop {
             if let Some(id) = g.try_cli(&["node", "id", "-q"]) {
@@ -161,7 +168,7 @@ impl Garage {
             .map(|(i, b)| {
                 let name = format!("az{}", i + 1);
                 let endpoint = if dead == Some(name.as_str()) {
-                    format!("http://127.0.0.1:{}", free_port())
+                    format!("http://127.0.0.1:{}", self.dead_port.port())
                 } else {
                     self.endpoint()
                 };
