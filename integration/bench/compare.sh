@@ -14,7 +14,7 @@
 # Each section is a program that prints a Markdown section on stdout (progress on stderr): metrics
 # (integration/src/bin/metrics-bench.rs), api (loadbench.rs), logs (logs-bench.rs), backups
 # (integration/bench/backups.sh), volumes (cargo bench -p dbagent --bench volume_header, and the VM
-# figures of integration/bench/volumes-vm.md). A full run takes about 25 minutes on 2 CPUs.
+# figures of integration/bench/volumes-vm.md). A full run takes about 15 minutes on 2 CPUs, plus backups.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -98,7 +98,7 @@ header() {
   echo "| command | \`integration/bench/compare.sh --runs $RUNS$( ((QUICK)) && echo ' --quick')$([[ "$ONLY" != "$(IFS=,; echo "${ALL_SECTIONS[*]}")" ]] && echo " --only $ONLY")\` |"
   echo "| machine | $cpu, $(nproc) CPUs, $mem, kernel $kernel, Debian $debian |"
   echo "| dbagent | git $commit$dirty, release build |"
-  echo "| peers | $(first_line prometheus-node-exporter --version | sed 's/ (branch.*//'); $(first_line /usr/sbin/rsyslogd -v | sed 's/ compiled with://; s/  */ /g'); $(first_line pgbackrest version); $(first_line "$PG_BIN/postgres" --version); $garage; $(first_line zstd --version) |"
+  echo "| peers | $(first_line prometheus-node-exporter --version | sed 's/ (branch.*//'); $(first_line /usr/sbin/rsyslogd -v | sed 's/ compiled with://; s/  */ /g'); $(first_line pgbackrest version); $(first_line "$PG_BIN/postgres" --version); $garage; $(first_line zstd --version | sed "s/\*\*\* //g; s/ \*\*\*//; s/, by .*//") |"
   echo "| load average at the start | $(cut -d' ' -f1-3 /proc/loadavg) |"
   echo
   echo "Busiest processes at the start, other than this benchmark (\`top\`, over 2 s):"

@@ -200,7 +200,7 @@ fn print_section(
     let bare_p99 = bench_stats::median(&pick(Target::BareHealth, |f| f.p99_ms));
     let placement = if args.pin {
         format!(
-            "both servers pinned to CPU {SERVER_CPU} after their start (`taskset -a -p`: their runtimes sized for {cpus} CPUs, as on any host), the client to CPU {CLIENT_CPU}"
+            "Both servers pinned to CPU {SERVER_CPU} after their start (`taskset -a -p`: their runtimes sized for {cpus} CPUs, as on any host), the client to CPU {CLIENT_CPU}"
         )
     } else {
         format!("not pinned ({cpus} CPU(s)): client and server share the CPUs")
@@ -287,6 +287,8 @@ impl Drop for BareServer {
 /// The bare server: tonic's Server with rustls, the health service alone; prints its address.
 fn serve_bare(tls: &Path) -> anyhow::Result<()> {
     use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    // ring, as the agent's.
+    dbagent_integration::install_crypto_provider();
     let read = |name: &str| std::fs::read(tls.join(name)).with_context(|| format!("read {name}"));
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(read("server.crt")?, read("server.key")?))

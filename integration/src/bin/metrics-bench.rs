@@ -68,6 +68,8 @@ fn parse_args() -> anyhow::Result<Args> {
 struct Side {
     name: String,
     child: Child,
+    /// The process's own cgroup v2 folder: its cpu.stat counts every thread in microseconds.
+    cgroup: PathBuf,
     endpoint: SocketAddr,
     bytes: usize,
     series: usize,
@@ -89,9 +91,9 @@ fn main() -> anyhow::Result<()> {
     let load_before = bench_stats::load_average();
     let cgroups = InstanceCgroups::create(args.instances)?;
 
-    let ne = start_node_exporter()?;
-    let empty = start_agent(&scratch.path().join("empty"), None)?;
-    let full = start_agent(&scratch.path().join("full"), Some(&cgroups.root))?;
+    let ne = start_node_exporter(&cgroups)?;
+    let empty = start_agent(&scratch.path().join("empty"), None, &cgroups)?;
+    let full = start_agent(&scratch.path().join("full"), Some(&cgroups.instances), &cgroups)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(register_instances(&full.1, args.instances))?;
     let mut sides = vec![ne, empty.0, full.0];
@@ -123,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         if now >= next_window {
             let minutes = args.window.as_secs_f64() / 60.0;
             for (side, at) in sides.iter_mut().zip(cpu_at.iter_mut()) {
-                let cpu = bench_stats::cpu_seconds(side.child.id()).with_context(|| format!("{} exited", side.name))?;
+                let cpu = cgroup_cpu_seconds(&side.cgroup).with_context(|| format!("CPU of {}", side.name))?;
                 if let Some(prev) = *at {
                     side.cpu_per_min.push((cpu - prev) / minutes);
                 }
@@ -164,13 +166,17 @@ fn print_section(args: &Args, sides: &[Side], rss: &[f64], cgroups: &InstanceCgr
     println!("## Metrics\n");
     println!(
         "`target/release/metrics-bench` (integration/src/bin/metrics-bench.rs): the three processes below run at the \
-         same time; one scraper fetches each endpoint every {} s (plain HTTP, no compression). CPU = utime + stime \
-         from /proc/PID/stat, read at the end of each window of {} s after {} s of warm-up, given per minute as the \
-         median [min-max] of {} windows. Load average before: {before}; after: {after}.\n",
+         same time; one scraper fetches each endpoint every {} s (plain HTTP, no compression). CPU = user + system \
+         time of each process, from `usage_usec` in the cpu.stat of a cgroup v2 folder of its own (every thread, \
+         exited ones included, in microseconds: /proc/PID/stat counts 10 ms ticks, too coarse for processes this \
+         idle), read at the end of each window of {} s after {} s of warm-up, given per minute as the \
+         median [min-max] of {} windows ({} scrapes of each endpoint in all). Load average before: {before}; after: \
+         {after}.\n",
         SCRAPE_INTERVAL.as_secs(),
         args.window.as_secs(),
         WARM_UP.as_secs(),
-        args.windows
+        args.windows,
+        sides.first().map_or(0, |s| s.scrapes)
     );
     println!(
         "| process | CPU s per minute, median [min-max] | series per scrape | bytes per scrape | RSS at the end |"
@@ -266,7 +272,7 @@ fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_node_exporter() -> anyhow::Result<Side> {
+fn start_node_exporter(cgroups: &InstanceCgroups) -> anyhow::Result<Side> {
     let addr: SocketAddr = ([127, 0, 0, 1], dbagent_integration::agent::free_port()).into();
     let mut cmd = Command::new("prometheus-node-exporter");
     cmd.arg(format!("--web.listen-address={addr}")).arg("--collector.disable-defaults");
@@ -278,9 +284,11 @@ fn start_node_exporter() -> anyhow::Result<Side> {
         .stderr(Stdio::null())
         .spawn()
         .context("start prometheus-node-exporter (apt-get install prometheus-node-exporter)")?;
+    let cgroup = cgroups.measure("node-exporter", child.id())?;
     let side = Side {
         name: "node_exporter".into(),
         child,
+        cgroup,
         endpoint: addr,
         bytes: 0,
         series: 0,
@@ -293,7 +301,7 @@ fn start_node_exporter() -> anyhow::Result<Side> {
 
 /// `dbagent --dev` with its state in `dir`; with `cgroup_root`, in a private mount namespace where
 /// that folder is /sys/fs/cgroup (the cgroup v2 view the collector reads).
-fn start_agent(dir: &Path, cgroup_root: Option<&Path>) -> anyhow::Result<(Side, Api)> {
+fn start_agent(dir: &Path, cgroup_root: Option<&Path>, cgroups: &InstanceCgroups) -> anyhow::Result<(Side, Api)> {
     std::fs::create_dir_all(dir)?;
     let bin = dbagent_integration::agent::agent_binary();
     let listen: SocketAddr = ([127, 0, 0, 1], dbagent_integration::agent::free_port()).into();
@@ -318,11 +326,13 @@ fn start_agent(dir: &Path, cgroup_root: Option<&Path>) -> anyhow::Result<(Side, 
     let mut child = cmd
         .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
+    let cgroup = cgroups.measure(if cgroup_root.is_some() { "dbagent-full" } else { "dbagent-empty" }, child.id())?;
     let stderr = child.stderr.take().context("agent stderr")?;
     let mut lines = BufReader::new(stderr).lines();
     let mut log = std::fs::File::create(&stderr_path)?;
@@ -346,8 +356,16 @@ fn start_agent(dir: &Path, cgroup_root: Option<&Path>) -> anyhow::Result<(Side, 
     let tls = state.join("tls");
     let identity =
         ClientIdentity::from_files(&tls.join("ca.crt"), &tls.join("orchestrator.crt"), &tls.join("orchestrator.key"))?;
-    let side =
-        Side { name: "dbagent".into(), child, endpoint, bytes: 0, series: 0, scrapes: 0, cpu_per_min: Vec::new() };
+    let side = Side {
+        name: "dbagent".into(),
+        child,
+        cgroup,
+        endpoint,
+        bytes: 0,
+        series: 0,
+        scrapes: 0,
+        cpu_per_min: Vec::new(),
+    };
     wait_listening(listen, "dbagent's API")?;
     Ok((side, Api { listen, identity, data_root: state.join("data") }))
 }
@@ -395,10 +413,13 @@ async fn register_instances(api: &Api, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One cgroup v2 folder per instance unit under a private root (`<root>/system.slice/<unit>`), each
-/// holding a `sleep` process; removed (processes killed, folders deleted) on drop.
+/// The bench's cgroup v2 folders under `<v2 mount>/dbagent-bench-PID`: one per instance unit
+/// (`instances/system.slice/<unit>`, each holding a `sleep` process; `instances` is what the
+/// 50-instance agent sees as /sys/fs/cgroup), and one per measured process (`measure/<name>`).
+/// Removed on drop (sleepers killed first; the measured processes must be gone by then).
 struct InstanceCgroups {
     root: PathBuf,
+    instances: PathBuf,
     sleepers: Vec<Child>,
     caveat: String,
 }
@@ -407,9 +428,11 @@ impl InstanceCgroups {
     fn create(count: usize) -> anyhow::Result<Self> {
         let v2 = cgroup2_mount()?;
         let root = v2.join(format!("dbagent-bench-{}", std::process::id()));
-        let system = root.join("system.slice");
+        let instances = root.join("instances");
+        let system = instances.join("system.slice");
         std::fs::create_dir_all(&system).with_context(|| format!("create {} (needs root)", system.display()))?;
-        let mut me = Self { root, sleepers: Vec::new(), caveat: String::new() };
+        std::fs::create_dir(root.join("measure"))?;
+        let mut me = Self { root, instances, sleepers: Vec::new(), caveat: String::new() };
         for i in 0..count {
             let dir = system.join(unit(i));
             std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -419,6 +442,7 @@ impl InstanceCgroups {
             me.sleepers.push(child);
         }
         let first = system.join(unit(0));
+        let system_shown = system.display().to_string();
         let files: Vec<&str> = [
             "cpu.stat",
             "memory.current",
@@ -438,10 +462,10 @@ impl InstanceCgroups {
         me.caveat = format!(
             "`dbagent --dev --sim`, release build, shipped defaults; {count} instances registered through the API, \
              each with a sim volume (no device-mapper, so no per-volume disk series) and a data folder (statvfs). \
-             Each instance's unit is a real cgroup v2 folder made by the bench under {} (the agent sees it as \
-             /sys/fs/cgroup in a private mount namespace), holding one sleeping process; not systemd units{}. Cgroup \
+             Each instance's unit is a real cgroup v2 folder made by the bench under {system_shown} (the agent sees \
+             it as /sys/fs/cgroup/system.slice in a private mount namespace), holding one sleeping process; not \
+             systemd units{}. Cgroup \
              files present per instance, read every round: {}{}.",
-            v2.display(),
             if hybrid { " (this host is cgroup v1+v2 hybrid without systemd as PID 1)" } else { "" },
             files.join(", "),
             if files.contains(&"memory.current") {
@@ -456,21 +480,46 @@ impl InstanceCgroups {
     }
 }
 
+impl InstanceCgroups {
+    /// A cgroup folder of its own for process `pid` (moved there with all its threads).
+    fn measure(&self, name: &str, pid: u32) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join("measure").join(name);
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("move {name} (pid {pid}) into {}", dir.display()))?;
+        Ok(dir)
+    }
+}
+
 impl Drop for InstanceCgroups {
     fn drop(&mut self) {
         for c in &mut self.sleepers {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let system = self.root.join("system.slice");
-        if let Ok(entries) = std::fs::read_dir(&system) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir(e.path());
+        // Children first: a cgroup folder can only be removed once it has no children.
+        for parent in [self.instances.join("system.slice"), self.root.join("measure")] {
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
             }
+            let _ = std::fs::remove_dir(&parent);
         }
-        let _ = std::fs::remove_dir(&system);
+        let _ = std::fs::remove_dir(&self.instances);
         let _ = std::fs::remove_dir(&self.root);
     }
+}
+
+/// `usage_usec` of a cgroup's cpu.stat, in seconds.
+fn cgroup_cpu_seconds(dir: &Path) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(dir.join("cpu.stat"))?;
+    let usec: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no usage_usec in {}/cpu.stat", dir.display()))?;
+    Ok(usec / 1e6)
 }
 
 /// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a pure v2 host, /sys/fs/cgroup/unified
