@@ -1,9 +1,9 @@
 # shellcheck shell=bash disable=SC2034  # (the lists are used by the scripts that source this file)
-# Sourced by run-tests.sh, run-dev.sh, build-deb.sh and vm/build-image.sh: the Debian packages and
-# commands each of them needs, and ensure_installed, which installs what is missing and then checks
-# that everything really is there. apt can remove an installed package while it installs another
-# (a backports qemu-utils gave way to bookworm's qemu-system-x86 that way), so what counts is the
-# state after apt, never apt's exit status.
+# Sourced by run-tests.sh, run-dev.sh, build-deb.sh, vm/build-image.sh and bench/compare.sh: the
+# Debian packages and commands each of them needs, and ensure_installed, which installs what is
+# missing and then checks that everything really is there. apt can remove an installed package
+# while it installs another (a backports qemu-utils gave way to bookworm's qemu-system-x86 that way),
+# so what counts is the state after apt, never apt's exit status.
 #
 # The lists come in pairs:
 #   *_PACKAGES  Debian packages that must end up "install ok installed";
@@ -49,6 +49,17 @@ TEST_COMMANDS=(
   mariadb-admin=mariadb-client mariadb-dump=mariadb-client mariabackup=mariadb-backup mbstream=mariadb-backup
   redis-server=redis-server redis-cli=redis-tools
   zstd=zstd curl=curl runuser=util-linux
+)
+
+# The side-by-side benchmarks (integration/bench/compare.sh): every peer they run, and the tools that
+# measure (taskset pins client and server to separate cores, /usr/bin/time -v reports peak RSS,
+# unshare + mount give the metrics bench's agent a cgroup v2 view on a hybrid host).
+BENCH_PACKAGES=(prometheus-node-exporter rsyslog pgbackrest zstd postgresql-15 postgresql-client-15 util-linux mount time curl)
+BENCH_COMMANDS=(
+  prometheus-node-exporter=prometheus-node-exporter /usr/sbin/rsyslogd=rsyslog pgbackrest=pgbackrest zstd=zstd
+  "$PG_BIN/initdb=postgresql-15" "$PG_BIN/pg_ctl=postgresql-15" "$PG_BIN/pgbench=postgresql-15"
+  "$PG_BIN/pg_basebackup=postgresql-client-15" taskset=util-linux unshare=util-linux mount=mount
+  /usr/bin/time=time curl=curl
 )
 
 _apt_log() { printf '%s: %s\n' "$(basename "$0" .sh)" "$*" >&2; }

@@ -89,14 +89,12 @@ if [[ "$INSTALL_ONLY" == 0 ]]; then
 fi
 
 # --- heavy test tools, built from crates.io once and cached outside the checkout ----------------------
-TOOLS="${DBAGENT_TOOLS:-/var/cache/dbagent-tools}"
-export DBAGENT_TOOLS="$TOOLS"   # integration/src/garage.rs and build-deb.sh look here
-export PATH="$TOOLS/bin:$PATH"
+# shellcheck source=SCRIPTDIR/tools.sh
+. integration/tools.sh
+tools_setup
+TOOLS="$DBAGENT_TOOLS"
 if [[ ! -x "$TOOLS/bin/garage" ]]; then
-  log "building Garage 2.5.0 into $TOOLS (S3 server for the backup tests; about 10 minutes, once)"
-  cargo install garage@2.5.0 --locked --no-default-features --features bundled-libs,lmdb \
-    --root "$TOOLS" --target-dir "$TOOLS/build"
-  rm -rf "$TOOLS/build"
+  ensure_garage || die "building Garage failed (above)"
   step_done "Garage"
 fi
 CARGO_DEB_VERSION=3.8.0   # as in integration/build-deb.sh

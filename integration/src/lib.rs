@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod backup_harness;
+pub mod bench_stats;
 pub mod client;
 pub mod config;
 pub mod garage;

@@ -1,25 +1,27 @@
-//! Load bench of the agent's API over mTLS, against a dev-mode agent on 127.0.0.1.
+//! The API over mTLS beside its limit: the agent against a bare tonic + rustls server with the same
+//! certificates (the agent's dev server certificate, client certificates required from the same
+//! CA), both answering the standard `grpc.health.v1.Health/Check`, driven by the same client in the
+//! same run; plus the agent's real `Agent.GetStatus` handler, and 1000 concurrent connections.
 //!
-//! Phase 1: C concurrent GetStatus loops spread over N connections for D seconds: requests/s and
-//! latency percentiles. Phase 2: K TLS connections opened at once, each doing one GetStatus and
-//! holding on until all K are open, then a second GetStatus on each: errors and time to establish.
+//! Each run drives every call for `--seconds` from `--streams` concurrent loops over
+//! `--connections` connections; runs alternate the order (agent first, then bare first). With at
+//! least two CPUs the servers run on CPU 0 and the client on CPU 1 (`taskset`), so the client does
+//! not compete with the server it measures. Prints a Markdown section (`## API over mTLS`) on
+//! stdout, progress on stderr.
 //!
-//! With `--peer-etcd`, phase 1 runs twice more with the standard `grpc.health.v1.Health/Check`:
-//! against the agent, and against etcd (Debian's etcd-server, Go gRPC) serving the agent's own dev
-//! certificate with client-certificate auth, so both peers answer the same call from the same
-//! client over the same mTLS in the same run.
-//!
-//! Usage: loadbench [--streams C] [--connections N] [--seconds D] [--hold K] [--client-threads T] [--peer-etcd]
-//! Defaults: 64 streams over 8 connections for 10 s, 1000 held connections, 2 client threads. Set
-//! DBAGENT_BIN to a release build for meaningful figures. The client shares the machine with the
-//! agent, so its threads compete with the agent's: `--client-threads 1` shows how much.
+//! Usage: loadbench [--runs N] [--seconds D] [--streams C] [--connections N] [--hold K]
+//!                  [--client-threads T] [--no-pin]
+//! Defaults: 5 runs of 10 s, 64 streams over 8 connections, 1000 held connections, 2 client threads.
+//! Set DBAGENT_BIN to a release build (integration/bench/compare.sh does).
 
 use anyhow::{Context, bail};
+use dbagent_integration::bench_stats;
 use dbagent_integration::{Agent, ClientIdentity, connect};
 use dbagent_proto::v1::GetStatusRequest;
 use dbagent_proto::v1::agent_client::AgentClient;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,29 +32,44 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// Bounds phase 2 so a wedged agent cannot hang the bench.
 const HOLD_PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Where the servers and the client run when the machine has two CPUs or more.
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
 
 struct Args {
+    runs: usize,
+    seconds: u64,
     streams: usize,
     connections: usize,
-    seconds: u64,
     hold: usize,
     client_threads: usize,
-    peer_etcd: bool,
+    pin: bool,
 }
 
-/// What each stream calls in a loop.
-#[derive(Clone, Copy)]
-enum Call {
-    Status,
-    Health,
+/// What each stream calls in a loop, and on which server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    AgentHealth,
+    BareHealth,
+    AgentStatus,
 }
+
+/// One run of one target.
+struct Figures {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+const USAGE: &str = "usage: loadbench [--runs N] [--seconds D] [--streams C] [--connections N] [--hold K] [--client-threads T] [--no-pin]";
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { streams: 64, connections: 8, seconds: 10, hold: 1000, client_threads: 2, peer_etcd: false };
+    let mut args = Args { runs: 5, seconds: 10, streams: 64, connections: 8, hold: 1000, client_threads: 2, pin: true };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--peer-etcd" {
-            args.peer_etcd = true;
+        if flag == "--no-pin" {
+            args.pin = false;
             continue;
         }
         let mut value = || -> anyhow::Result<u64> {
@@ -60,60 +77,244 @@ fn parse_args() -> anyhow::Result<Args> {
             v.parse().with_context(|| format!("{flag} {v:?} is not a number"))
         };
         match flag.as_str() {
+            "--runs" => args.runs = usize::try_from(value()?)?,
+            "--seconds" => args.seconds = value()?.min(600),
             "--streams" => args.streams = usize::try_from(value()?)?,
             "--connections" => args.connections = usize::try_from(value()?)?,
-            "--seconds" => args.seconds = value()?.min(600),
             "--hold" => args.hold = usize::try_from(value()?)?,
             "--client-threads" => args.client_threads = usize::try_from(value()?)?.clamp(1, 64),
-            other => bail!(
-                "unknown argument {other:?}; usage: loadbench [--streams C] [--connections N] [--seconds D] [--hold K] [--client-threads T] [--peer-etcd]"
-            ),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
-    if args.streams == 0 || args.connections == 0 || args.seconds == 0 {
-        bail!("--streams, --connections and --seconds must be at least 1");
+    if args.runs == 0 || args.streams == 0 || args.connections == 0 || args.seconds == 0 {
+        bail!("--runs, --streams, --connections and --seconds must be at least 1");
     }
     Ok(args)
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let mut raw = std::env::args().skip(1);
+    if raw.next().as_deref() == Some("--serve-bare") {
+        let tls = PathBuf::from(raw.next().context("--serve-bare needs the TLS folder")?);
+        return serve_bare(&tls);
+    }
+    let mut args = parse_args()?;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    args.pin &= cpus >= 2;
+    if args.pin {
+        pin_self(CLIENT_CPU)?;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
         .enable_all()
         .build()
         .context("client runtime")?
-        .block_on(run(args))
+        .block_on(run(args, cpus))
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    println!("client: {} runtime threads", args.client_threads);
-    let agent = Agent::start_dev();
-    println!("agent: {} (pid {})", dbagent_integration::agent::agent_binary().display(), agent.pid().unwrap_or(0));
-    let identity = agent.dev_identity("orchestrator");
+/// Pins the calling thread (and so every thread it starts later) to `cpu`.
+fn pin_self(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("CPU set")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pin the client")?;
+    Ok(())
+}
 
-    throughput("dbagent GetStatus", agent.addr(), &identity, &args, Call::Status).await?;
-    if args.peer_etcd {
-        throughput("dbagent Health/Check", agent.addr(), &identity, &args, Call::Health).await?;
-        let etcd = Etcd::start(agent.state_dir())?;
-        throughput("etcd Health/Check", etcd.addr, &identity, &args, Call::Health).await?;
-    }
-    if args.hold > 0 {
-        hold_many(&agent, &identity, args.hold).await?;
+/// Moves every thread of `pid` to [`SERVER_CPU`] (`taskset -a -p`).
+fn pin_process(pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &SERVER_CPU.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("run taskset (util-linux)")?;
+    if !status.success() {
+        bail!("taskset -a -p -c {SERVER_CPU} {pid} failed: {status}");
     }
     Ok(())
 }
 
+async fn run(args: Args, cpus: usize) -> anyhow::Result<()> {
+    let load_before = bench_stats::load_average();
+    let agent = Agent::start_dev();
+    let identity = agent.dev_identity("orchestrator");
+    let bare = BareServer::start(agent.state_dir())?;
+    if args.pin {
+        // Both servers start as on any host (their runtimes sized for every CPU), then all their
+        // threads move to one CPU: the same placement for both.
+        pin_process(agent.pid().context("agent pid")?)?;
+        pin_process(bare.child.id())?;
+    }
+    eprintln!("loadbench: agent pid {}, bare server pid {}", agent.pid().unwrap_or(0), bare.child.id());
+
+    let mut results: Vec<(Target, Figures)> = Vec::new();
+    for run in 0..args.runs {
+        let order = if run % 2 == 0 {
+            [Target::AgentHealth, Target::BareHealth, Target::AgentStatus]
+        } else {
+            [Target::AgentStatus, Target::BareHealth, Target::AgentHealth]
+        };
+        for target in order {
+            let addr = if target == Target::BareHealth { bare.addr } else { agent.addr() };
+            let f = throughput(addr, &identity, &args, target).await?;
+            eprintln!(
+                "loadbench: run {}/{} {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                run + 1,
+                args.runs,
+                label(target),
+                f.rate,
+                f.p50_ms,
+                f.p99_ms,
+                f.errors
+            );
+            results.push((target, f));
+        }
+    }
+    let hold = if args.hold > 0 { Some(hold_many(&agent, &identity, args.hold).await?) } else { None };
+    let load_after = bench_stats::load_average();
+    print_section(&args, cpus, &results, hold.as_ref(), &load_before, &load_after);
+    Ok(())
+}
+
+fn label(t: Target) -> &'static str {
+    match t {
+        Target::AgentHealth => "dbagent Health/Check",
+        Target::BareHealth => "bare tonic + rustls Health/Check",
+        Target::AgentStatus => "dbagent Agent.GetStatus",
+    }
+}
+
+fn print_section(
+    args: &Args,
+    cpus: usize,
+    results: &[(Target, Figures)],
+    hold: Option<&HoldResult>,
+    load_before: &str,
+    load_after: &str,
+) {
+    let pick = |t: Target, f: fn(&Figures) -> f64| -> Vec<f64> {
+        results.iter().filter(|(x, _)| *x == t).map(|(_, r)| f(r)).collect()
+    };
+    let errors = |t: Target| results.iter().filter(|(x, _)| *x == t).map(|(_, r)| r.errors).sum::<u64>();
+    let bare_rate = bench_stats::median(&pick(Target::BareHealth, |f| f.rate));
+    let bare_p50 = bench_stats::median(&pick(Target::BareHealth, |f| f.p50_ms));
+    let bare_p99 = bench_stats::median(&pick(Target::BareHealth, |f| f.p99_ms));
+    let placement = if args.pin {
+        format!(
+            "Both servers pinned to CPU {SERVER_CPU} after their start (`taskset -a -p`: their runtimes sized for {cpus} CPUs, as on any host), the client to CPU {CLIENT_CPU}"
+        )
+    } else {
+        format!("not pinned ({cpus} CPU(s)): client and server share the CPUs")
+    };
+    println!("## API over mTLS\n");
+    println!(
+        "`target/release/loadbench` (integration/src/bin/loadbench.rs), dev-mode agent (release build, shipped \
+         defaults) against a bare tonic + rustls server (tonic's own TLS, the agent's dev server certificate, client \
+         certificates required from the same CA), both on 127.0.0.1, ECDSA P-256, TLS 1.3. Same client, same \
+         certificates, {} streams over {} connections, {} s per run, {} runs per row, the order alternating (agent \
+         first, then bare first). {placement}; {} client runtime threads. Load average before: {load_before}; after: \
+         {load_after}.\n",
+        args.streams, args.connections, args.seconds, args.runs, args.client_threads
+    );
+    println!("| call | req/s, median [min-max] | p50 ms | p99 ms | errors | agent / bare (median) |");
+    println!("|---|---|---|---|---|---|");
+    for t in [Target::BareHealth, Target::AgentHealth, Target::AgentStatus] {
+        let (rate, p50, p99) = (pick(t, |f| f.rate), pick(t, |f| f.p50_ms), pick(t, |f| f.p99_ms));
+        let ratio = match t {
+            Target::BareHealth => "1 (the limit)".to_owned(),
+            _ => format!(
+                "rate x{:.2}, p50 x{:.2}, p99 x{:.2}",
+                bench_stats::median(&rate) / bare_rate,
+                bench_stats::median(&p50) / bare_p50,
+                bench_stats::median(&p99) / bare_p99
+            ),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {ratio} |",
+            label(t),
+            bench_stats::show(&rate, 0),
+            bench_stats::show(&p50, 3),
+            bench_stats::show(&p99, 3),
+            errors(t)
+        );
+    }
+    println!();
+    println!(
+        "* Health/Check rows: the same call on both; the agent's request passes its accept loop (connection limit, \
+         handshake timeout), the role lookup and the permission layer, which the bare server does not have: the \
+         ratio is what those cost. GetStatus is the real handler (host inventory, counts, uptime), not comparable \
+         to the bare server; it is shown against the same limit."
+    );
+    if let Some(h) = hold {
+        println!(
+            "* {} concurrent mTLS connections to the agent, each one GetStatus, all held, then a second call on each: \
+             all open after {:.2} s, done after {:.2} s, {} errors.",
+            h.count, h.establish_s, h.total_s, h.errors
+        );
+    }
+    println!();
+}
+
+/// The bare server as a child process (`loadbench --serve-bare TLS_DIR`), killed on drop.
+struct BareServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BareServer {
+    fn start(agent_state: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve-bare")
+            .arg(agent_state.join("tls"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the bare server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("bare server stdout")?).read_line(&mut line)?;
+        let addr = line.trim().parse().with_context(|| format!("the bare server announced {line:?}"))?;
+        Ok(Self { child, addr })
+    }
+}
+
+impl Drop for BareServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bare server: tonic's Server with rustls, the health service alone; prints its address.
+fn serve_bare(tls: &Path) -> anyhow::Result<()> {
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+    // ring, as the agent's.
+    dbagent_integration::install_crypto_provider();
+    let read = |name: &str| std::fs::read(tls.join(name)).with_context(|| format!("read {name}"));
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.crt")?, read("server.key")?))
+        .client_ca_root(Certificate::from_pem(read("ca.crt")?));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async move {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        Server::builder()
+            .tls_config(config)?
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await?;
+        Ok(())
+    })
+}
+
 async fn throughput(
-    label: &str,
     addr: SocketAddr,
     identity: &ClientIdentity,
     args: &Args,
-    call: Call,
-) -> anyhow::Result<()> {
+    target: Target,
+) -> anyhow::Result<Figures> {
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        channels.push(connect(addr, identity).await.with_context(|| format!("connect to {addr} for {label}"))?);
+        channels.push(connect(addr, identity).await.with_context(|| format!("connect to {addr}"))?);
     }
     let duration = Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -127,9 +328,9 @@ async fn throughput(
             let mut errors = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let ok = match call {
-                    Call::Status => agent_client.get_status(GetStatusRequest {}).await.is_ok(),
-                    Call::Health => health.check(HealthCheckRequest { service: String::new() }).await.is_ok(),
+                let ok = match target {
+                    Target::AgentStatus => agent_client.get_status(GetStatusRequest {}).await.is_ok(),
+                    _ => health.check(HealthCheckRequest { service: String::new() }).await.is_ok(),
                 };
                 match ok {
                     true => latencies_us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
@@ -142,7 +343,7 @@ async fn throughput(
     let mut all = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (lat, err) = task.await.context("join a phase 1 task")?;
+        let (lat, err) = task.await.context("join a stream")?;
         all.extend(lat);
         errors += err;
     }
@@ -150,7 +351,7 @@ async fn throughput(
     all.sort_unstable();
     let pct = |p: f64| -> f64 {
         if all.is_empty() {
-            return 0.0;
+            return f64::NAN;
         }
         // Nearest-rank percentile; the float-to-index cast is the intent here.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
@@ -159,15 +360,17 @@ async fn throughput(
     };
     #[allow(clippy::cast_precision_loss)]
     let rate = all.len() as f64 / elapsed;
-    println!("phase 1: {label}, {} streams over {} connections, {:.1} s", args.streams, args.connections, elapsed);
-    println!("  requests   {}", all.len());
-    println!("  errors     {errors}");
-    println!("  rate       {rate:.0} req/s");
-    println!("  latency ms p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}", pct(50.0), pct(90.0), pct(99.0), pct(100.0));
-    Ok(())
+    Ok(Figures { rate, p50_ms: pct(50.0), p99_ms: pct(99.0), errors })
 }
 
-async fn hold_many(agent: &Agent, identity: &ClientIdentity, count: usize) -> anyhow::Result<()> {
+struct HoldResult {
+    count: usize,
+    establish_s: f64,
+    total_s: f64,
+    errors: usize,
+}
+
+async fn hold_many(agent: &Agent, identity: &ClientIdentity, count: usize) -> anyhow::Result<HoldResult> {
     let barrier = Arc::new(Barrier::new(count + 1));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(count);
@@ -196,7 +399,7 @@ async fn hold_many(agent: &Agent, identity: &ClientIdentity, count: usize) -> an
     let all_open = tokio::time::timeout(HOLD_PHASE_TIMEOUT, barrier.wait()).await;
     let establish = started.elapsed();
     if all_open.is_err() {
-        bail!("phase 2: not all {count} connections finished their first call within {HOLD_PHASE_TIMEOUT:?}");
+        bail!("not all {count} connections finished their first call within {HOLD_PHASE_TIMEOUT:?}");
     }
     let mut errors = Vec::new();
     let mut held = Vec::with_capacity(count);
@@ -209,73 +412,9 @@ async fn hold_many(agent: &Agent, identity: &ClientIdentity, count: usize) -> an
         }
     }
     let total = started.elapsed();
-    println!("phase 2: {count} concurrent TLS connections, one GetStatus each, held, then a second");
-    println!("  all open after  {:.3} s", establish.as_secs_f64());
-    println!("  all done after  {:.3} s", total.as_secs_f64());
-    println!("  errors          {}", errors.len());
     for e in errors.iter().take(5) {
-        println!("    {e}");
+        eprintln!("loadbench: held connection: {e}");
     }
     drop(held);
-    if !errors.is_empty() {
-        bail!("phase 2 had {} errors", errors.len());
-    }
-    Ok(())
-}
-
-/// A single-member etcd on 127.0.0.1 that serves the agent's dev server certificate and requires
-/// client certificates from the dev CA; killed on drop.
-struct Etcd {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Etcd {
-    fn start(agent_state: &Path) -> anyhow::Result<Self> {
-        let tls = agent_state.join("tls");
-        let dir = tempfile::tempdir().context("etcd data folder")?;
-        let (client, peer) = (dbagent_integration::servers::free_port(), dbagent_integration::servers::free_port());
-        let file = |name: &str| tls.join(name).to_string_lossy().into_owned();
-        let child = Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("https://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("https://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{peer}")])
-            .args(["--cert-file", &file("server.crt"), "--key-file", &file("server.key")])
-            .args(["--client-cert-auth", "--trusted-ca-file", &file("ca.crt")])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log"))?)
-            .spawn()
-            .context("start etcd (apt-get install etcd-server)")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], client));
-        let etcd = Self { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            if Instant::now() > deadline {
-                bail!("etcd did not listen on {addr} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        println!(
-            "peer: {} (pid {})",
-            String::from_utf8_lossy(&Command::new("etcd").arg("--version").output()?.stdout)
-                .lines()
-                .next()
-                .unwrap_or("etcd"),
-            etcd.child.id()
-        );
-        Ok(etcd)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Ok(HoldResult { count, establish_s: establish.as_secs_f64(), total_s: total.as_secs_f64(), errors: errors.len() })
 }
