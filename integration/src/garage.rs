@@ -77,8 +77,16 @@ impl Garage {
             .stderr(std::fs::File::create(dir.path().join("garage.log")).map(Stdio::from).unwrap_or(Stdio::null()))
             .spawn()
             .expect("start garage");
-        let mut g =
-            Self { dir, s3_port: s3, buckets: Vec::new(), config, bin, child, _ports: ports, dead_port: ReservedPort::new() };
+        let mut g = Self {
+            dir,
+            s3_port: s3,
+            buckets: Vec::new(),
+            config,
+            bin,
+            child,
+            _ports: ports,
+            dead_port: ReservedPort::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         let node = loop {
             if let Some(id) = g.try_cli(&["node", "id", "-q"]) {

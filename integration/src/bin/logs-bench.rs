@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         for shipper in order {
             let dir = scratch.path().join(format!("run-{run}-{}", shipper as u8));
             std::fs::create_dir_all(&dir)?;
-            let receiver = Rsyslog::start(&dir.join("receiver"), dbagent_integration::rsyslog::free_port(), None);
+            let receiver = Rsyslog::start(&dir.join("receiver"), None);
             let figures = match shipper {
                 Shipper::Dbagent => runtime.block_on(run_dbagent(&input, &receiver, &expected))?,
                 _ => run_rsyslog(shipper, &dir, &input, &receiver, &expected)?,

@@ -71,6 +71,8 @@ struct Side {
     /// The process's own cgroup v2 folder: its cpu.stat counts every thread in microseconds.
     cgroup: PathBuf,
     endpoint: SocketAddr,
+    /// Holds the endpoint's port for the process's life (it binds over the reservation).
+    _port: dbagent_integration::servers::ReservedPort,
     bytes: usize,
     series: usize,
     scrapes: usize,
@@ -273,7 +275,8 @@ fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
 }
 
 fn start_node_exporter(cgroups: &InstanceCgroups) -> anyhow::Result<Side> {
-    let addr: SocketAddr = ([127, 0, 0, 1], dbagent_integration::agent::free_port()).into();
+    let port = dbagent_integration::servers::ReservedPort::new();
+    let addr: SocketAddr = ([127, 0, 0, 1], port.port()).into();
     let mut cmd = Command::new("prometheus-node-exporter");
     cmd.arg(format!("--web.listen-address={addr}")).arg("--collector.disable-defaults");
     for c in NODE_EXPORTER_COLLECTORS {
@@ -290,6 +293,7 @@ fn start_node_exporter(cgroups: &InstanceCgroups) -> anyhow::Result<Side> {
         child,
         cgroup,
         endpoint: addr,
+        _port: port,
         bytes: 0,
         series: 0,
         scrapes: 0,
@@ -304,7 +308,8 @@ fn start_node_exporter(cgroups: &InstanceCgroups) -> anyhow::Result<Side> {
 fn start_agent(dir: &Path, cgroup_root: Option<&Path>, cgroups: &InstanceCgroups) -> anyhow::Result<(Side, Api)> {
     std::fs::create_dir_all(dir)?;
     let bin = dbagent_integration::agent::agent_binary();
-    let listen: SocketAddr = ([127, 0, 0, 1], dbagent_integration::agent::free_port()).into();
+    let port = dbagent_integration::servers::ReservedPort::new();
+    let listen: SocketAddr = ([127, 0, 0, 1], port.port()).into();
     let state = dir.join("state");
     let mut cmd = match cgroup_root {
         None => Command::new(&bin),
@@ -361,6 +366,7 @@ fn start_agent(dir: &Path, cgroup_root: Option<&Path>, cgroups: &InstanceCgroups
         child,
         cgroup,
         endpoint,
+        _port: port,
         bytes: 0,
         series: 0,
         scrapes: 0,
