@@ -109,7 +109,13 @@ async fn clean(harness: &Harness, svc: &Arc<BackupService>) -> anyhow::Result<()
 /// Garage keeps running until SIGTERM or SIGINT; its folder goes with it (TMPDIR decides where).
 async fn serve_garage() -> anyhow::Result<()> {
     let g = tokio::task::spawn_blocking(|| Garage::start(&BUCKETS)).await?;
-    println!("S3_PORT={}\nS3_KEY={}\nS3_SECRET={}\nS3_REGION={}", g.s3_port, garage::KEY_ID, garage::SECRET, garage::REGION);
+    println!(
+        "S3_PORT={}\nS3_KEY={}\nS3_SECRET={}\nS3_REGION={}",
+        g.s3_port,
+        garage::KEY_ID,
+        garage::SECRET,
+        garage::REGION
+    );
     println!("READY");
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
