@@ -6,7 +6,7 @@
 //! one part being gathered (S3: `part_size`, default 8 MiB; dir: a 256 KiB write buffer). With the
 //! defaults and three S3 destinations that is under 48 MiB of buffers.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use std::io::Write;
 use std::sync::Arc;
@@ -173,19 +173,19 @@ async fn read_source(
     let DumpSource { mut reader, done } = source;
     let mut total = 0u64;
     loop {
-        let mut buf = vec![0u8; READ_SIZE];
+        // read_buf fills spare capacity: no zeroing of every buffer first (profiled: a few % of the CPU).
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
         let n = tokio::select! {
-            r = reader.read(&mut buf) => r.map_err(|e| BackupError::io("read the dump output", e))?,
+            r = reader.read_buf(&mut buf) => r.map_err(|e| BackupError::io("read the dump output", e))?,
             () = stop.cancelled() => return Err(BackupError::Cancelled),
         };
         if n == 0 {
             break;
         }
-        buf.truncate(n);
         total += n as u64;
         counters.raw_in.store(total, Ordering::Relaxed);
         tokio::select! {
-            r = tx.send(Bytes::from(buf)) => if r.is_err() { return Err(BackupError::Cancelled) },
+            r = tx.send(buf.freeze()) => if r.is_err() { return Err(BackupError::Cancelled) },
             () = stop.cancelled() => return Err(BackupError::Cancelled),
         }
     }
