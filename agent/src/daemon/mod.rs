@@ -85,7 +85,13 @@ impl RunMode {
 /// Runs the agent until SIGTERM/SIGINT or until a critical task stops, then drains. Returns by the
 /// shutdown deadline: `api.shutdown_grace_secs` after shutdown began, for everything at once.
 pub fn run(config: Config, mode: RunMode) -> Result<(), DaemonError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(DaemonError::Runtime)?;
+    // Blocking threads outlive the default 10 s of idleness, so the metrics collection that runs on
+    // one every 10 s reuses a thread instead of starting a new one each round.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(120))
+        .build()
+        .map_err(DaemonError::Runtime)?;
     let grace = Duration::from_secs(config.api.shutdown_grace_secs);
     let (result, deadline) = runtime.block_on(async move {
         match build::build(config, mode).await {

@@ -140,6 +140,8 @@ pub struct Registry {
     /// (updates cannot change data_dir or device), and it is held for one file write.
     claims: Arc<AsyncMutex<()>>,
     instances: Arc<RwLock<InstanceMap>>,
+    /// Counts committed changes, so followers (the log manager) wake on a change instead of polling.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 type InstanceMap = BTreeMap<String, Instance>;
@@ -160,7 +162,8 @@ impl Registry {
         let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::RefuseToStart)
             .map_err(|source| RegistryError::Storage { context: "open the instance registry".into(), source })?;
         let instances = loaded.records.into_iter().map(|i| (i.id.clone(), i)).collect();
-        Ok(Self { store, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)) })
+        let changes = tokio::sync::watch::Sender::new(0);
+        Ok(Self { store, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)), changes })
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
@@ -235,6 +238,12 @@ impl Registry {
 
     pub fn count(&self) -> usize {
         self.read().len()
+    }
+
+    /// Changes each time an instance is registered, updated or removed (after the change is durable
+    /// and visible to `list`).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn check(&self, id: &str, spec: &InstanceSpec) -> Result<(), RegistryError> {
@@ -342,10 +351,12 @@ impl Registry {
             Ok(())
         });
         // Only a panic in the task ends up here: report it as the write it interrupted.
-        task.await.map_err(|e| {
+        let result = task.await.map_err(|e| {
             let path = self.store.file(&id).unwrap_or_default();
             self.store.io_error("write", path, std::io::Error::other(e))
-        })?
+        })?;
+        self.changes.send_modify(|n| *n += 1);
+        result
     }
 
     // The map is only ever changed by single inserts and removes, so a poisoned lock still holds a

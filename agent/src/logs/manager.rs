@@ -20,7 +20,9 @@ use super::sources::{Mode, SourceSet, spawn_sources};
 use crate::instances::registry::Registry;
 use crate::instances::{Instance, LogSource};
 
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How soon an instance whose log shipping failed to start is tried again. Otherwise the manager
+/// sleeps until the registry changes: an idle agent has no timer of its own here.
+const RETRY_FAILED_START: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct LogManager {
@@ -61,10 +63,14 @@ impl LogManager {
     /// Follows the registry until cancelled, then stops every pipeline: in-flight batches get a short
     /// grace to be acknowledged, and buffers are synced.
     pub async fn run(self) {
+        let mut changes = self.inner.registry.changes();
         loop {
-            self.reconcile().await;
+            changes.mark_unchanged();
+            let failed = self.reconcile().await;
             tokio::select! {
-                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                // The registry lives as long as the manager holds it, so the channel cannot close.
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(RETRY_FAILED_START), if failed => {}
                 () = self.inner.cancel.cancelled() => break,
             }
         }
@@ -75,7 +81,9 @@ impl LogManager {
         tracing::info!("log shipping stopped; read positions committed");
     }
 
-    async fn reconcile(&self) {
+    /// Brings the running shipping in line with the registry; true if an instance failed to start.
+    async fn reconcile(&self) -> bool {
+        let mut failed = false;
         let instances = self.inner.registry.list();
         let mut running = self.inner.running.lock().await;
         let gone: Vec<String> = running.keys().filter(|id| !instances.iter().any(|i| &i.id == *id)).cloned().collect();
@@ -105,9 +113,13 @@ impl LogManager {
                 Ok(logs) => {
                     running.insert(instance.id.clone(), logs);
                 }
-                Err(e) => tracing::error!(instance = %instance.id, "start log shipping: {e:#}"),
+                Err(e) => {
+                    failed = true;
+                    tracing::error!(instance = %instance.id, "start log shipping: {e:#}");
+                }
             }
         }
+        failed
     }
 
     fn start_instance(&self, instance: &Instance) -> Result<InstanceLogs, LogsError> {

@@ -395,6 +395,9 @@ async fn register_instances(api: &Api, count: usize) -> anyhow::Result<()> {
         let id = instance_id(i);
         let mut spec = dbagent_integration::ops::instance_spec(&id, &api.data_root);
         spec.systemd_unit = unit(i);
+        // No scheduled backups: these instances have no database, and a backup attempt (psql,
+        // pg_basebackup) would be measured as if it were the cost of metrics.
+        spec.backup_policy = None;
         std::fs::create_dir_all(&spec.data_dir)?;
         let req = RegisterInstanceRequest { request_id: format!("reg-{id}"), id: id.clone(), spec: Some(spec) };
         instances.register_instance(req).await.with_context(|| format!("RegisterInstance {id}"))?;
