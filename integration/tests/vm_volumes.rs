@@ -5,11 +5,13 @@
 //! the keystore, the volume records and vm-b's managed file survive the reboot.
 //!
 //! Boot 1: a dev-mode agent (a transient notify unit) and `volume-vm-check --phase first`: create
-//! vm-a on the disk and vm-b on a managed file, markers, close/reopen, wrong key refused, rotation,
-//! online growth, keys per instance, no key bytes under the state folder or in the agent log, both
-//! volumes closed. Host: the raw disks do not contain the markers. Boot 2: the agent reopens both
+//! vm-a on the disk and vm-b on a managed file, markers, close/reopen, the agent refuses to open vm-a
+//! when its keystore entry holds another key (and opens it with the real entry back), rotation,
+//! online growth, keys per instance, no key of any kind (current and rotated-away volume keys, the
+//! KEK) under the state folder or in the agent log, both volumes closed. Host: the raw disks do not contain the markers. Boot 2: the agent reopens both
 //! volumes before READY (the mappings are mounted as soon as `systemd-run` returns, and the READY
-//! line counts them), the markers read back, and the leak search runs again.
+//! line counts them), the markers read back, and the leak search runs again (the rotated-away key
+//! included: boot 1 left it in the share).
 //!
 //! Needs qemu and the guest image (built on first use); fails loudly without them, never skips.
 
@@ -145,6 +147,10 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
     }
     println!("  create vm-a (disk) {} ms, vm-b (managed file) {} ms", first.ms("create-vm-a"), first.ms("create-vm-b"));
     println!("  close vm-a {} ms, reopen {} ms", first.ms("close-vm-a"), first.ms("reopen-vm-a"));
+    println!(
+        "  wrong key refused by the agent, then opened with the right one: {} ms",
+        first.ms("wrong-key-refused-by-agent")
+    );
     println!("  rotate {} ms, grow vm-b {} ms", first.ms("rotate-key"), first.ms("grow-vm-b"));
     println!("  agent start to READY with 2 volumes to open: {} ms", second.ms("start-agent"));
     println!(

@@ -1,10 +1,12 @@
 //! Drives a full volume lifecycle against a dev-mode agent (`dbagent --dev`) inside the VM and prints
 //! `PASS <step> <ms>` / `FAIL <step> <ms> <why>` lines; exits 1 if any step failed.
 //!
-//! `volume-vm-check --state-dir S [--device /dev/disk/by-id/virtio-vmdata0] [--phase first|second]`
+//! `volume-vm-check --state-dir S --agent-log L [--device /dev/disk/by-id/virtio-vmdata0] [--phase first|second]`
 //! - first: register vm-a (on --device, or a managed file) and vm-b (managed file); create both; write
-//!   a marker on each; close and reopen vm-a; marker reads back; a wrong key is refused; rotate (old
-//!   key refused, new opens); grow online (vm-b's managed file; vm-a on a block device the platform
+//!   a marker on each; close and reopen vm-a; marker reads back; the agent refuses to open vm-a when
+//!   its keystore hands out another key, and opens it with the real one back; rotate (old key
+//!   refused, new opens; the old key is kept in `/share/rotated-away-keys` for the leak searches);
+//!   grow online (vm-b's managed file; vm-a on a block device the platform
 //!   has not grown is refused; then the host grows the virtio disk under the running guest through
 //!   QMP — asked for by writing `/share/want-disk-grow`, answered in `/share/disk-grown` — and vm-a
 //!   grows onto it: dm-crypt resize and ext4 online growth on a real block device); markers kept; vm-a's
@@ -13,12 +15,14 @@
 //! - second (after a reboot with the same disks and state folder): the agent reopened both volumes
 //!   at start-up; the markers read back.
 //!
-//! Both phases end with a search for key bytes under the state folder and in `--agent-log`.
+//! Both phases end with a search under the state folder and in the agent log for every kind of key
+//! (current volume keys, rotated-away volume keys, the KEK); a kind with no key to search for, or a
+//! file that cannot be read, fails it.
 
 use anyhow::{Context, Result, bail};
-use dbagent::volume::KeyProvider;
 use dbagent::volume::crypt::{CryptBackend, CryptError, LibCryptsetup};
 use dbagent::volume::keystore::{KekSource, LocalKeystore};
+use dbagent::volume::{KeyProvider, VolumeKey};
 use dbagent_integration::guest::{arg, connect, report};
 use dbagent_proto::v1 as pb;
 use std::path::{Path, PathBuf};
@@ -54,18 +58,49 @@ impl Ctx {
 
     /// Waits for an operation to finish; fails unless it succeeded.
     async fn wait(&self, op: pb::Operation) -> Result<String> {
+        let cur = self.finish(op).await?;
+        match pb::OperationState::try_from(cur.state) {
+            Ok(pb::OperationState::Succeeded) => Ok(cur.result_json),
+            _ => bail!("operation {} {}: {:?}", cur.kind, cur.id, cur.error),
+        }
+    }
+
+    /// Waits until an operation is no longer queued or running and gives back its last state.
+    async fn finish(&self, op: pb::Operation) -> Result<pb::Operation> {
         let mut ops = pb::operations_client::OperationsClient::new(self.channel.clone());
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let cur = ops.get_operation(pb::GetOperationRequest { id: op.id.clone() }).await?.into_inner();
             match pb::OperationState::try_from(cur.state) {
-                Ok(pb::OperationState::Succeeded) => return Ok(cur.result_json),
                 Ok(pb::OperationState::Queued | pb::OperationState::Running) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                _ => bail!("operation {} {}: {:?}", cur.kind, cur.id, cur.error),
+                Ok(pb::OperationState::Queued | pb::OperationState::Running) => {
+                    bail!("operation {} {} still unfinished after 300 s", cur.kind, cur.id)
+                }
+                _ => return Ok(cur),
             }
         }
+    }
+
+    async fn volume(&self, id: &str) -> Result<pb::Volume> {
+        Ok(self.volumes().get_volume(pb::GetVolumeRequest { instance_id: id.into() }).await?.into_inner())
+    }
+
+    async fn open(&self, id: &str) -> Result<pb::Operation> {
+        let req = pb::OpenVolumeRequest { request_id: rid("open", id), instance_id: id.into() };
+        Ok(self.volumes().open_volume(req).await?.into_inner())
+    }
+
+    /// Closes the volume through the agent and checks its mapping is gone.
+    async fn close(&self, id: &str) -> Result<()> {
+        let req = pb::CloseVolumeRequest { request_id: rid("close", id), instance_id: id.into() };
+        self.wait(self.volumes().close_volume(req).await?.into_inner()).await?;
+        let mapper = format!("/dev/mapper/dbagent-{id}");
+        if Path::new(&mapper).exists() {
+            bail!("{mapper} still exists after close");
+        }
+        Ok(())
     }
 
     fn data_dir(&self, id: &str) -> PathBuf {
@@ -159,40 +194,20 @@ async fn first(c: &Ctx, device: Option<String>) {
         Ok(())
     })
     .await;
-    c.step("close-vm-a", async {
-        let op = c
-            .volumes()
-            .close_volume(pb::CloseVolumeRequest { request_id: rid("close", "vm-a"), instance_id: "vm-a".into() })
-            .await?
-            .into_inner();
-        c.wait(op).await?;
-        if Path::new("/dev/mapper/dbagent-vm-a").exists() {
-            bail!("/dev/mapper/dbagent-vm-a still exists after close");
-        }
-        Ok(())
-    })
-    .await;
+    c.step("close-vm-a", c.close("vm-a")).await;
     c.step("reopen-vm-a", async {
-        let op = c
-            .volumes()
-            .open_volume(pb::OpenVolumeRequest { request_id: rid("open", "vm-a"), instance_id: "vm-a".into() })
-            .await?
-            .into_inner();
-        c.wait(op).await?;
+        c.wait(c.open("vm-a").await?).await?;
         check_marker(c, "vm-a", MARKER)
     })
     .await;
     let Some(ks) = c.step("keystore", keystore(&c.state)).await else { return };
-    c.step("wrong-key-refused", async {
-        let dev = backing(c, "vm-a").await?;
-        if opens(&dev, &[0x42; 32]).await? {
-            bail!("a random key opened the volume");
-        }
-        Ok(())
-    })
-    .await;
+    c.step("wrong-key-refused-by-agent", wrong_key_refused_by_agent(c, &ks)).await;
     c.step("rotate-key", async {
-        let old = ks.key("vm-a", 1, false, 256).await?;
+        let before = c.volume("vm-a").await?.key_version;
+        let old = ks.key("vm-a", before, false, 256).await?;
+        // Kept outside the state folder for both boots' leak searches: a rotated-away key must
+        // not linger anywhere either.
+        remember_rotated_away("vm-a", before, &old)?;
         let op = c
             .volumes()
             .rotate_volume_key(pb::RotateVolumeKeyRequest {
@@ -202,7 +217,11 @@ async fn first(c: &Ctx, device: Option<String>) {
             .await?
             .into_inner();
         c.wait(op).await?;
-        let new = ks.key("vm-a", 2, false, 256).await?;
+        let after = c.volume("vm-a").await?.key_version;
+        if after != before + 1 {
+            bail!("key version {before} -> {after} after rotation, want {}", before + 1);
+        }
+        let new = ks.key("vm-a", after, false, 256).await?;
         let dev = backing(c, "vm-a").await?;
         if opens(&dev, old.as_bytes()).await? || !opens(&dev, new.as_bytes()).await? {
             bail!("after rotation the old key must fail and the new one open");
@@ -266,21 +285,68 @@ async fn first(c: &Ctx, device: Option<String>) {
     })
     .await;
     for id in ["vm-a", "vm-b"] {
-        c.step(&format!("close-{id}-at-end"), async {
-            let op = c
-                .volumes()
-                .close_volume(pb::CloseVolumeRequest { request_id: rid("close-end", id), instance_id: id.into() })
-                .await?
-                .into_inner();
-            c.wait(op).await?;
-            let mapper = format!("/dev/mapper/dbagent-{id}");
-            if Path::new(&mapper).exists() {
-                bail!("{mapper} still exists after close");
-            }
-            Ok(())
-        })
-        .await;
+        c.step(&format!("close-{id}-at-end"), c.close(id)).await;
     }
+}
+
+/// The agent's own refusal, not libcryptsetup's: vm-a's keystore entry is swapped for a well-formed
+/// entry holding another key (sealed under the same KEK, so the keystore hands it out as vm-a's), and
+/// the agent is asked to open the closed volume. It must fail with its wrong-key error, say so in
+/// GetVolume and leave no mapping; with the real entry back, the same request opens the volume.
+async fn wrong_key_refused_by_agent(c: &Ctx, ks: &Arc<LocalKeystore>) -> Result<()> {
+    let version = c.volume("vm-a").await?.key_version;
+    let right = ks.key("vm-a", version, false, 256).await?;
+    c.close("vm-a").await?;
+    let entry = c.state.join("keystore").join(format!("vm-a.v{version}.key"));
+    let real = std::fs::read(&entry).with_context(|| format!("read {}", entry.display()))?;
+    std::fs::remove_file(&entry).with_context(|| format!("remove {}", entry.display()))?;
+    let refused = async {
+        let wrong = ks.key("vm-a", version, true, 256).await.context("seal a wrong key as vm-a's entry")?;
+        if wrong.as_bytes() == right.as_bytes() {
+            bail!("the wrong key is the right one");
+        }
+        expect_wrong_key_refusal(c, "vm-a").await
+    }
+    .await;
+    // The real entry goes back whatever happened, so the later steps still have vm-a's key.
+    restore_entry(&entry, &real)?;
+    refused?;
+    c.wait(c.open("vm-a").await?).await.context("the right key no longer opens vm-a")?;
+    let v = c.volume("vm-a").await?;
+    if !(v.active && v.mounted && v.last_error.is_empty()) {
+        bail!("vm-a is not open and clean after the right key came back: {v:?}");
+    }
+    check_marker(c, "vm-a", MARKER)
+}
+
+async fn expect_wrong_key_refusal(c: &Ctx, id: &str) -> Result<()> {
+    let want =
+        format!("the key from the local key provider does not open the volume of instance {id}; nothing was changed");
+    let op = c.finish(c.open(id).await?).await?;
+    let error = op.error.clone().unwrap_or_default();
+    if op.state != i32::from(pb::OperationState::Failed) || error.code != "FAILED_PRECONDITION" || error.message != want
+    {
+        bail!("opening {id} with a wrong key: want FAILED_PRECONDITION {want:?}, the agent gave {op:?}");
+    }
+    let v = c.volume(id).await?;
+    if v.active || v.mounted || v.last_error != want {
+        bail!("after the refusal {id} must be closed with last_error {want:?}: {v:?}");
+    }
+    let mapper = format!("/dev/mapper/dbagent-{id}");
+    if Path::new(&mapper).exists() {
+        bail!("{mapper} exists after the agent refused the key");
+    }
+    Ok(())
+}
+
+fn restore_entry(entry: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = entry.with_extension("restore");
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, entry).with_context(|| format!("put the real key entry back at {}", entry.display()))
 }
 
 fn check_marker(c: &Ctx, id: &str, want: &str) -> Result<()> {
@@ -359,42 +425,124 @@ fn nix_sync() {
     let _ = std::process::Command::new("sync").status();
 }
 
-/// Every key version of both instances that the keystore still has, searched raw and in hex.
+/// Where the rotation step keeps the keys it rotated away (`<instance> <version> <hex>` lines): in
+/// the share, outside everything the leak search reads, so that both boots search for them.
+const ROTATED_AWAY: &str = "/share/rotated-away-keys";
+
+fn remember_rotated_away(id: &str, version: u32, key: &VolumeKey) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ROTATED_AWAY)?;
+    writeln!(f, "{id} {version} {}", dbagent::hex::encode(key.as_bytes()))
+        .with_context(|| format!("append to {ROTATED_AWAY}"))
+}
+
+/// One secret to search for, and the one file allowed to hold it in the clear.
+struct Needle {
+    kind: &'static str,
+    what: String,
+    bytes: Vec<u8>,
+    home: Option<PathBuf>,
+}
+
+/// Every kind of key the agent holds: the current volume key of each instance, the keys rotated
+/// away, and the host KEK. A kind with nothing to search for is a failure, not a pass.
+async fn needles(c: &Ctx) -> Result<Vec<Needle>> {
+    let ks = keystore(&c.state).await?;
+    let mut out = Vec::new();
+    for id in ["vm-a", "vm-b"] {
+        let v = c.volume(id).await?.key_version;
+        let key = ks.key(id, v, false, 256).await.with_context(|| format!("current volume key of {id} (v{v})"))?;
+        out.push(Needle {
+            kind: "current volume key",
+            what: format!("{id} v{v}"),
+            bytes: key.as_bytes().to_vec(),
+            home: None,
+        });
+    }
+    let rotated = std::fs::read_to_string(ROTATED_AWAY).with_context(|| format!("read {ROTATED_AWAY}"))?;
+    for line in rotated.lines() {
+        let mut parts = line.split(' ');
+        let (Some(id), Some(v), Some(hex), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            bail!("{ROTATED_AWAY}: malformed line {line:?}");
+        };
+        let bytes = dbagent::hex::decode(hex).with_context(|| format!("{ROTATED_AWAY}: {id} v{v} is not hex"))?;
+        out.push(Needle { kind: "rotated-away volume key", what: format!("{id} v{v}"), bytes, home: None });
+    }
+    let kek_file = c.state.join("kek");
+    let kek = KekSource { credentials_dir: None, file: kek_file.clone(), generate: false }.load()?;
+    out.push(Needle {
+        kind: "key-encryption key",
+        what: kek_file.display().to_string(),
+        bytes: kek.to_vec(),
+        home: Some(kek_file),
+    });
+    for kind in ["current volume key", "rotated-away volume key", "key-encryption key"] {
+        if !out.iter().any(|n| n.kind == kind) {
+            bail!("no {kind} to search for: the search would prove nothing about it");
+        }
+    }
+    Ok(out)
+}
+
+/// Searches every file under the state folder and the agent's log for every key.
 async fn leak_scan(c: &Ctx) {
-    let log = arg("--agent-log").map(PathBuf::from);
     c.step("no-key-bytes-on-disk-or-in-logs", async {
-        let ks = keystore(&c.state).await?;
-        let mut keys = Vec::new();
-        for id in ["vm-a", "vm-b"] {
-            for v in 1..=3 {
-                if let Ok(k) = ks.key(id, v, false, 256).await {
-                    keys.push(k);
-                }
-            }
-        }
+        let log = PathBuf::from(arg("--agent-log").context("--agent-log is required for the leak search")?);
+        let needles = needles(c).await?;
         let mut files = Vec::new();
-        walk(&c.state, &mut files);
-        files.extend(log);
-        for f in files.iter().filter(|f| f.extension().is_none_or(|e| e != "img")) {
-            let bytes = std::fs::read(f).unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes).to_lowercase();
-            for k in &keys {
-                let hex = dbagent::hex::encode(k.as_bytes());
-                if bytes.windows(k.as_bytes().len()).any(|w| w == k.as_bytes()) || text.contains(&hex[..16]) {
-                    bail!("key bytes found in {}", f.display());
-                }
-            }
-        }
+        walk(&c.state, &mut files)?;
+        files.push(log);
+        // Managed volume files are ciphertext the size of the volume, too big to search here under
+        // emulation; the host searches the raw disk that holds them for the plain-text marker.
+        let (images, files): (Vec<_>, Vec<_>) =
+            files.into_iter().partition(|f| f.extension().is_some_and(|e| e == "img"));
+        let bytes = search(&files, &needles)?;
+        let kinds: Vec<String> = needles.iter().map(|n| format!("{} {}", n.kind, n.what)).collect();
+        println!(
+            "INFO leak search: {} keys ({}) in {} files, {bytes} bytes; not searched (managed volume files): {}",
+            needles.len(),
+            kinds.join(", "),
+            files.len(),
+            images.len()
+        );
         Ok(())
     })
     .await;
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() { walk(&p, out) } else { out.push(p) }
+/// Fails if any needle is in any file (except its home), raw or as hex (its first 8 bytes, any
+/// case), or if a file cannot be read: unread is not clean. Returns the bytes searched.
+fn search(files: &[PathBuf], needles: &[Needle]) -> Result<usize> {
+    let (mut bytes_read, mut unreadable) = (0usize, Vec::new());
+    for f in files {
+        let bytes = match std::fs::read(f) {
+            Ok(b) => b,
+            Err(e) => {
+                unreadable.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        bytes_read += bytes.len();
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        for n in needles.iter().filter(|n| n.home.as_deref() != Some(f.as_path())) {
+            let hex = dbagent::hex::encode(&n.bytes);
+            if bytes.windows(n.bytes.len()).any(|w| w == n.bytes) || text.contains(&hex[..16]) {
+                bail!("{} ({}) found in {}", n.kind, n.what, f.display());
+            }
+        }
     }
+    if !unreadable.is_empty() {
+        bail!("{} file(s) could not be searched: {}", unreadable.len(), unreadable.join("; "));
+    }
+    Ok(bytes_read)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let p = e.with_context(|| format!("list {}", dir.display()))?.path();
+        if p.is_dir() { walk(&p, out)? } else { out.push(p) }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -415,4 +563,32 @@ async fn main() -> Result<()> {
     }
     println!("PASS volume-vm-check");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needle(home: Option<PathBuf>) -> Needle {
+        Needle { kind: "current volume key", what: "vm-a v1".into(), bytes: vec![0xa5; 32], home }
+    }
+
+    #[test]
+    fn search_finds_raw_and_hex_keys_and_refuses_unreadable_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (clean, raw, hex) = (dir.path().join("clean"), dir.path().join("raw"), dir.path().join("hex"));
+        std::fs::write(&clean, b"nothing secret").expect("write");
+        std::fs::write(&raw, [b"x".as_slice(), &[0xa5; 32], b"y"].concat()).expect("write");
+        std::fs::write(&hex, format!("key={}", "A5".repeat(8))).expect("write");
+        assert_eq!(search(std::slice::from_ref(&clean), &[needle(None)]).expect("clean file passes"), 14);
+
+        let found = |f: &Path| search(&[clean.clone(), f.to_path_buf()], &[needle(None)]).unwrap_err().to_string();
+        assert_eq!(found(&raw), format!("current volume key (vm-a v1) found in {}", raw.display()));
+        assert_eq!(found(&hex), format!("current volume key (vm-a v1) found in {}", hex.display()));
+        search(std::slice::from_ref(&raw), &[needle(Some(raw.clone()))]).expect("a key may be in its home");
+
+        let missing = dir.path().join("missing");
+        let e = search(&[clean, missing], &[needle(None)]).unwrap_err().to_string();
+        assert!(e.starts_with("1 file(s) could not be searched:"), "{e}");
+    }
 }

@@ -43,27 +43,66 @@ pg_not_bounced() { [ "$(prop $PG MainPID)" = "$PG_PID" ]; }
 step upgrade-did-not-bounce-pg pg_not_bounced
 step row-after-upgrade row
 
-# Watchdog: the test-only fault switch, then SIGUSR2 = a hung agent; systemd must restart it.
+# Watchdog: with the test-only fault switch on, SIGUSR2 stops the watchdog pets and nothing else, as
+# a hung runtime would. Any restart is not enough (without the switch SIGUSR2 kills the agent and
+# Restart=on-failure alone brings it back): the same process must stay up, silent, until systemd's
+# watchdog timeout; systemd must log that timeout and the result 'watchdog' (SIGABRT, not SIGUSR2);
+# the restart must follow it; and the new process must answer the API again.
 enable_fault_switch() {
-    printf '\n[testing]\nfault_switches = true\n' >>/etc/dbagent/agent.toml && systemctl restart dbagent.service
+    printf '\n[testing]\nfault_switches = true\n' >>/etc/dbagent/agent.toml && systemctl restart dbagent.service || return
+    # The agent says at start that the switch is on (it never was before in this journal).
+    for _ in $(seq 1 100); do
+        journalctl -u dbagent.service -o cat --no-pager | grep 'SIGUSR2 stops the watchdog' && return 0
+        sleep 0.2
+    done
+    echo "the agent never said the fault switch is on"; return 1
 }
 step fault-switch-enabled enable_fault_switch
+answers() { dbagentctl --config /share/guest-client.toml --timeout 30 status; }
+step agent-answers-before-hang answers
+# in_order FILE PATTERN...: the first line of FILE with each (fixed-string) pattern comes after the
+# previous pattern's; fails naming the first pattern that is missing or out of order.
+in_order() {
+    local log="$1" prev=0 n; shift
+    for pattern in "$@"; do
+        n="$(grep -n -m1 -F -- "$pattern" "$log" | cut -d: -f1)"
+        if [ -z "$n" ]; then echo "the journal has no line with: $pattern"; return 1; fi
+        if [ "$n" -le "$prev" ]; then echo "out of order (line $n after line $prev): $pattern"; return 1; fi
+        prev="$n"
+    done
+}
 watchdog_restart() {
-    local pid restarts t0
+    local pid restarts cursor t0 alive_until=-1 result result_seen=none new log=/out/watchdog-journal.txt
     pid="$(prop dbagent.service MainPID)"; restarts="$(prop dbagent.service NRestarts)"
+    cursor="$(journalctl -u dbagent.service -n 1 --show-cursor -o cat --no-pager | sed -n 's/^-- cursor: //p')"
+    [ -n "$cursor" ] || { echo "no journal cursor for dbagent.service"; return 1; }
     kill -USR2 "$pid"
     t0=$SECONDS
-    while [ $((SECONDS - t0)) -lt 150 ]; do
-        sleep 1
-        if [ "$(prop dbagent.service NRestarts)" -gt "$restarts" ] && systemctl is-active -q dbagent.service; then
-            echo "restarted after $((SECONDS - t0)) s: pid $pid -> $(prop dbagent.service MainPID)"
-            journalctl -u dbagent.service -o cat --no-pager | grep -iE 'watchdog|SIGUSR2' | tail -n 5
-            return 0
-        fi
+    until [ "$(prop dbagent.service NRestarts)" -gt "$restarts" ] && systemctl is-active -q dbagent.service; do
+        if [ $((SECONDS - t0)) -ge 150 ]; then echo "no restart within 150 s (NRestarts $(prop dbagent.service NRestarts))"; return 1; fi
+        # Hung, not dead: how long the signalled process was still the unit's main process.
+        if kill -0 "$pid" 2>/dev/null && [ "$(prop dbagent.service MainPID)" = "$pid" ]; then alive_until=$((SECONDS - t0)); fi
+        # Result is reset when the restart starts the unit again: keep a failure result seen meanwhile.
+        result="$(prop dbagent.service Result)"
+        [ "$result" = success ] || result_seen="$result"
+        sleep 0.5
     done
-    echo "no restart within 150 s (NRestarts $(prop dbagent.service NRestarts))"; return 1
+    new="$(prop dbagent.service MainPID)"
+    journalctl -u dbagent.service --after-cursor="$cursor" -o short-monotonic --no-pager >"$log"
+    echo "pid $pid -> $new after $((SECONDS - t0)) s; the old process ran for $alive_until s after SIGUSR2; Result seen: $result_seen"
+    grep -E 'fault switch|Watchdog timeout|Main process exited|Failed with result|Scheduled restart' "$log"
+    [ "$new" != "$pid" ] && [ "$new" -gt 0 ] || { echo "the main PID did not change"; return 1; }
+    ! kill -0 "$pid" 2>/dev/null || { echo "the hung process $pid is still running"; return 1; }
+    # The pets come every WatchdogSec/2 = 15 s, so the timeout fires 15-30 s after the last one.
+    [ "$alive_until" -ge 10 ] || { echo "the process died within $alive_until s of SIGUSR2: killed, not hung"; return 1; }
+    case "$result_seen" in none | watchdog) ;; *) echo "the unit failed with result $result_seen, not watchdog"; return 1 ;; esac
+    ! grep -q 'status=12/USR2' "$log" || { echo "SIGUSR2 killed the agent"; return 1; }
+    in_order "$log" "dbagent[$pid]: SIGUSR2 fault switch: no more watchdog pets" 'Watchdog timeout' \
+        "Killing process $pid (dbagent) with signal SIGABRT" 'status=6/ABRT' "Failed with result 'watchdog'" \
+        'Scheduled restart job' "dbagent[$new]: serving on" 'Started dbagent.service'
 }
 step watchdog-restarts-hung-agent watchdog_restart
+step agent-answers-after-watchdog answers
 step row-after-watchdog row
 
 verify_clean() {
