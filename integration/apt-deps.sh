@@ -54,12 +54,12 @@ TEST_COMMANDS=(
 # The side-by-side benchmarks (integration/bench/compare.sh): every peer they run, and the tools that
 # measure (taskset pins client and server to separate cores, /usr/bin/time -v reports peak RSS,
 # unshare + mount give the metrics bench's agent a cgroup v2 view on a hybrid host).
-BENCH_PACKAGES=(prometheus-node-exporter rsyslog pgbackrest zstd postgresql-15 postgresql-client-15 util-linux mount time curl)
+BENCH_PACKAGES=(prometheus-node-exporter rsyslog pgbackrest zstd socat openssl postgresql-15 postgresql-client-15 util-linux mount time curl)
 BENCH_COMMANDS=(
   prometheus-node-exporter=prometheus-node-exporter /usr/sbin/rsyslogd=rsyslog pgbackrest=pgbackrest zstd=zstd
   "$PG_BIN/initdb=postgresql-15" "$PG_BIN/pg_ctl=postgresql-15" "$PG_BIN/pgbench=postgresql-15"
   "$PG_BIN/pg_basebackup=postgresql-client-15" taskset=util-linux unshare=util-linux mount=mount
-  /usr/bin/time=time curl=curl
+  /usr/bin/time=time curl=curl socat=socat openssl=openssl
 )
 
 _apt_log() { printf '%s: %s\n' "$(basename "$0" .sh)" "$*" >&2; }
