@@ -99,7 +99,10 @@ watchdog_restart() {
     ! grep -q 'status=12/USR2' "$log" || { echo "SIGUSR2 killed the agent"; return 1; }
     in_order "$log" "dbagent[$pid]: SIGUSR2 fault switch: no more watchdog pets" 'Watchdog timeout' \
         "Killing process $pid (dbagent) with signal SIGABRT" 'status=6/ABRT' "Failed with result 'watchdog'" \
-        'Scheduled restart job' "dbagent[$new]: serving on" 'Started dbagent.service'
+        'Scheduled restart job' "dbagent[$new]: serving on" || return
+    # systemd logs "Started" when READY=1 arrives, which races the agent's own "serving on" line: both
+    # must follow the restart job, in either order.
+    in_order "$log" 'Scheduled restart job' 'Started dbagent.service'
 }
 step watchdog-restarts-hung-agent watchdog_restart
 step agent-answers-after-watchdog answers
