@@ -14,7 +14,7 @@
 # Each section is a program that prints a Markdown section on stdout (progress on stderr): metrics
 # (integration/src/bin/metrics-bench.rs), api (loadbench.rs), logs (logs-bench.rs), backups
 # (integration/bench/backups.sh), volumes (cargo bench -p dbagent --bench volume_header, and the VM
-# figures of integration/bench/volumes-vm.md). A full run takes about 15 minutes on 2 CPUs, plus backups.
+# figures of integration/bench/volumes-vm.md). A full run takes about 20 minutes on 2 CPUs (17 of them benchmarks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
