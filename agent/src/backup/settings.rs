@@ -197,15 +197,66 @@ impl BackupConfig {
     }
 }
 
+/// The most of `postmaster.pid` read: the real file is a few short lines.
+const POSTMASTER_PID_MAX_BYTES: u64 = 4096;
+
 /// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
+///
+/// The file lies in the data directory, which the database's OS user owns: a tenant who runs code
+/// as that user can put a link (to `/dev/zero`, to a root-only file), a FIFO or a huge file in its
+/// place. So it is opened without following a link and without blocking on a FIFO, read only if it
+/// is a regular file, and at most a few KiB of it.
 fn postmaster_port(data_dir: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(data_dir.join("postmaster.pid"))
+        .ok()?;
+    if !file.metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(POSTMASTER_PID_MAX_BYTES).read_to_string(&mut text).ok()?;
     text.lines().nth(3)?.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postmaster_port_reads_only_a_small_regular_file_never_through_a_link_or_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("postmaster.pid");
+        // The allowed path: the real file's fourth line.
+        std::fs::write(&pid, "4242\n/var/lib/postgresql/15/main\n1764590000\n5433\n/run/postgresql\n").unwrap();
+        assert_eq!(postmaster_port(dir.path()), Some(5433));
+        // A link to a file the agent can read as root (its content would parse as a port) is not followed.
+        let outside = tempfile::tempdir().unwrap();
+        let sentinel = outside.path().join("sentinel");
+        std::fs::write(&sentinel, "1\n2\n3\n6543\n").unwrap();
+        std::fs::remove_file(&pid).unwrap();
+        std::os::unix::fs::symlink(&sentinel, &pid).unwrap();
+        assert_eq!(postmaster_port(dir.path()), None);
+        // Nor a link to an endless device.
+        std::fs::remove_file(&pid).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &pid).unwrap();
+        assert_eq!(postmaster_port(dir.path()), None);
+        // A FIFO with no writer: refused at once instead of blocking the caller.
+        std::fs::remove_file(&pid).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(&pid).status().unwrap().success(), "mkfifo");
+        let started = std::time::Instant::now();
+        assert_eq!(postmaster_port(dir.path()), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "a FIFO blocked the read");
+        // A huge regular file: only the first few KiB are read, so the port line beyond them is not seen.
+        std::fs::remove_file(&pid).unwrap();
+        let mut big = "x".repeat(usize::try_from(POSTMASTER_PID_MAX_BYTES).unwrap());
+        big.push_str("\n2\n3\n5433\n");
+        std::fs::write(&pid, big).unwrap();
+        assert_eq!(postmaster_port(dir.path()), None);
+    }
 
     #[test]
     fn parses_destinations() {
