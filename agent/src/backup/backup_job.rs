@@ -38,7 +38,7 @@ pub async fn run(
     let tool_version = tool.version_line().await;
     let started = SystemTime::now();
     let data_key = chunks::new_data_key()?;
-    let wrapped = res.keys.wrap(backup_id, &data_key)?;
+    let wrapped = res.keys.wrap(backup_id, data_key.as_slice())?;
 
     let estimate = estimate_raw_size(instance, method).await;
 
@@ -167,7 +167,7 @@ async fn open_uploads(
 async fn encode(
     res: &BackupResources,
     source: DumpSource,
-    data_key: [u8; 32],
+    data_key: zeroize::Zeroizing<[u8; 32]>,
     backup_id: &str,
     uploads: Vec<(String, Box<dyn Upload>)>,
     estimate: u64,

@@ -7,6 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::BackupError;
 
@@ -36,10 +37,10 @@ fn key(data_key: &[u8]) -> Result<LessSafeKey, BackupError> {
         .map_err(|_| BackupError::DataKeyLength { found: data_key.len() })
 }
 
-/// A fresh random 256-bit data key.
-pub fn new_data_key() -> Result<[u8; 32], BackupError> {
-    let mut k = [0u8; 32];
-    getrandom::fill(&mut k).map_err(BackupError::Random)?;
+/// A fresh random 256-bit data key, wiped from memory when dropped (as volume keys are).
+pub fn new_data_key() -> Result<Zeroizing<[u8; 32]>, BackupError> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    getrandom::fill(k.as_mut_slice()).map_err(BackupError::Random)?;
     Ok(k)
 }
 

@@ -33,7 +33,7 @@ enum DecodeFailure {
 /// chunk count, size and SHA-256 against the manifest. Names the first bad chunk.
 pub async fn decode(
     mut stored: ByteStream,
-    data_key: Vec<u8>,
+    data_key: zeroize::Zeroizing<Vec<u8>>,
     manifest: &Manifest,
     destination: &str,
     sink: &mut (dyn AsyncWrite + Unpin + Send),

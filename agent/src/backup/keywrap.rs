@@ -6,6 +6,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 use super::BackupError;
 use super::manifest::Manifest;
@@ -29,7 +30,7 @@ pub trait KeyWrapper: Send + Sync {
         Ok(())
     }
     fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError>;
-    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, BackupError>;
+    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError>;
 }
 
 /// The wrapper for a running agent: the host KEK, or [`NoKek`] when it cannot be loaded (the agent
@@ -90,16 +91,17 @@ impl KeyWrapper for KekWrapper {
         Ok(out)
     }
 
-    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Vec<u8>, BackupError> {
+    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
         let refuse = || BackupError::KeyUnwrap { backup: backup_id.to_owned(), host_key: self.id.clone() };
         if wrapped.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(refuse());
         }
         let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refuse())?;
-        let mut buf = sealed.to_vec();
+        // Opened in place, so the buffer holds the plain key: wiped on drop like the copy returned.
+        let mut buf = Zeroizing::new(sealed.to_vec());
         let plain = self.key.open_in_place(nonce, Aad::from(aad(backup_id)), &mut buf).map_err(|_| refuse())?;
-        Ok(plain.to_vec())
+        Ok(Zeroizing::new(plain.to_vec()))
     }
 }
 
@@ -134,7 +136,7 @@ impl KeyWrapper for NoKek {
         Err(self.refusal())
     }
 
-    fn unwrap(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, BackupError> {
+    fn unwrap(&self, _: &str, _: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
         Err(self.refusal())
     }
 }
@@ -142,7 +144,7 @@ impl KeyWrapper for NoKek {
 /// The data key of the backup `manifest` describes, refused with the reason when this host cannot
 /// open it: the retired wrapper, an unknown wrapper, another host's KEK (told apart by key id
 /// before trying, so the refusal names both keys), or a wrapped key that does not open.
-pub fn unwrap_data_key(keys: &dyn KeyWrapper, manifest: &Manifest) -> Result<Vec<u8>, BackupError> {
+pub fn unwrap_data_key(keys: &dyn KeyWrapper, manifest: &Manifest) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let backup = || manifest.backup_id.clone();
     if manifest.key_wrapper == RETIRED_HOST_KEY_WRAPPER {
         return Err(BackupError::RetiredHostKey { backup: backup(), key_id: manifest.key_id.clone() });
@@ -174,7 +176,7 @@ mod tests {
         assert_eq!(a.key_id(), again.key_id());
         assert_eq!(a.scheme(), KEK_WRAPPER);
         let wrapped = a.wrap("b1", &[9u8; 32]).unwrap();
-        assert_eq!(again.unwrap("b1", &wrapped).unwrap(), vec![9u8; 32]);
+        assert_eq!(again.unwrap("b1", &wrapped).unwrap().as_slice(), [9u8; 32]);
         // The backup id is bound: the same wrapped key under another backup's name does not open.
         let e = a.unwrap("b2", &wrapped).unwrap_err();
         assert!(matches!(&e, BackupError::KeyUnwrap { backup, .. } if backup == "b2"), "{e:?}");
@@ -197,7 +199,7 @@ mod tests {
     fn a_manifest_key_opens_on_its_host_and_each_refusal_names_its_reason() {
         let host = KekWrapper::from_kek(&[7u8; 32]).unwrap();
         let m = manifest_wrapped_by(&host, "b1", &[9u8; 32]);
-        assert_eq!(unwrap_data_key(&host, &m).unwrap(), vec![9u8; 32]);
+        assert_eq!(unwrap_data_key(&host, &m).unwrap().as_slice(), [9u8; 32]);
 
         let other = KekWrapper::from_kek(&[8u8; 32]).unwrap();
         let e = unwrap_data_key(&other, &m).unwrap_err();
@@ -245,7 +247,7 @@ mod tests {
         // Production mode reads the existing file.
         let prod = from_config(&config, false);
         let wrapped = dev.wrap("b1", &[3u8; 32]).unwrap();
-        assert_eq!(prod.unwrap("b1", &wrapped).unwrap(), vec![3u8; 32]);
+        assert_eq!(prod.unwrap("b1", &wrapped).unwrap().as_slice(), [3u8; 32]);
     }
 
     #[test]

@@ -75,7 +75,7 @@ enum Msg {
 /// that did not fail is finished (made visible), and failed ones are reported in the outcome.
 pub async fn encode(
     source: DumpSource,
-    data_key: [u8; 32],
+    data_key: zeroize::Zeroizing<[u8; 32]>,
     backup_id: &str,
     settings: &EncodeSettings,
     uploads: Vec<(String, Box<dyn Upload>)>,
@@ -87,7 +87,7 @@ pub async fn encode(
     let (sealed_tx, mut sealed_rx) = mpsc::channel::<Bytes>(SEALED_QUEUE);
 
     let reader = tokio::spawn(read_source(source, raw_tx, counters.clone(), stop.clone()));
-    let sealer = Sealer::new(&data_key, backup_id, settings.chunk_size)?;
+    let sealer = Sealer::new(data_key.as_slice(), backup_id, settings.chunk_size)?;
     let (level, workers) = (settings.zstd_level, settings.zstd_workers);
     let compressor = tokio::task::spawn_blocking(move || compress(raw_rx, sealer, sealed_tx, level, workers));
 

@@ -86,7 +86,7 @@ pub async fn run(
 /// Runs the restore plan: its `before` tool, the backup streamed into its file or tool, its `after` tool.
 async fn fill_target(
     dest: &dyn Destination,
-    key: Vec<u8>,
+    key: zeroize::Zeroizing<Vec<u8>>,
     m: &Manifest,
     source: &str,
     plan: RestorePlan,
