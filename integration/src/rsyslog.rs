@@ -114,11 +114,11 @@ impl Rsyslog {
             .spawn()
             .expect("start rsyslogd");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "rsyslogd did not listen on {} within 10 s", self.port);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            crate::servers::listening_within(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10)),
+            "rsyslogd did not listen on {} within 10 s",
+            self.port
+        );
     }
 
     pub fn pid(&self) -> Option<u32> {

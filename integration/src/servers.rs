@@ -16,6 +16,19 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// Whether something accepts TCP connections on `addr` within `within`, polling every 50 ms: how
+/// fixtures and benchmarks wait for a server they started.
+pub fn listening_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// A loopback port held for a server the test starts, for as long as this value lives.
 ///
 /// The socket is bound with `SO_REUSEADDR` and never listens. Linux then lets another socket that

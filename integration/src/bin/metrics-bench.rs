@@ -264,12 +264,8 @@ struct Api {
 }
 
 fn wait_listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {addr} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !dbagent_integration::servers::listening_within(addr, Duration::from_secs(30)) {
+        bail!("{what} did not listen on {addr} within 30 s");
     }
     Ok(())
 }
