@@ -27,6 +27,7 @@ pub mod pki;
 mod ready;
 pub mod rsyslog;
 pub mod servers;
+pub mod tenant;
 pub mod vm;
 
 pub use agent::{Agent, AgentBuilder, LaunchContext};
