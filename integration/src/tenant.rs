@@ -87,17 +87,17 @@ pub struct Sentinels {
 impl Sentinels {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new().prefix("dbagent-sentinel-").tempdir().expect("sentinel dir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("sentinel");
         let marker = format!("SENTINEL-{}-{}", std::process::id(), nanos());
         let file = dir.path().join("secret.conf");
-        let mut f = fs::File::create(&file).unwrap();
+        let mut f = fs::File::create(&file).expect("sentinel");
         for i in 0..50 {
-            writeln!(f, "{marker} line {i}: this must never leave the host").unwrap();
+            writeln!(f, "{marker} line {i}: this must never leave the host").expect("sentinel");
         }
-        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("sentinel");
         let folder = dir.path().join("keep");
-        fs::create_dir(&folder).unwrap();
-        fs::write(folder.join("keystore.json"), &marker).unwrap();
+        fs::create_dir(&folder).expect("sentinel");
+        fs::write(folder.join("keystore.json"), &marker).expect("sentinel");
         Self { dir, file, folder, marker }
     }
 
@@ -111,7 +111,7 @@ impl Sentinels {
         assert!(meta.file_type().is_file(), "sentinel {} is no longer a regular file", self.file.display());
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "sentinel {} was chowned", self.file.display());
         assert_eq!(meta.mode() & 0o7777, 0o600, "sentinel {} changed mode", self.file.display());
-        let text = fs::read_to_string(&self.file).unwrap();
+        let text = fs::read_to_string(&self.file).expect("read the sentinel");
         assert!(
             text.lines().count() == 50 && text.lines().all(|l| l.starts_with(&self.marker)),
             "sentinel {} was written to",
@@ -124,7 +124,7 @@ impl Sentinels {
             "sentinel {} was written to",
             kept.display()
         );
-        let meta = fs::symlink_metadata(&self.folder).unwrap();
+        let meta = fs::symlink_metadata(&self.folder).expect("the sentinel folder is gone");
         assert!(meta.is_dir() && meta.uid() == 0, "sentinel folder {} was replaced or chowned", self.folder.display());
     }
 
