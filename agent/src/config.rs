@@ -2,11 +2,11 @@
 //! `docs/configuration.md` documents every key; keep the two in step.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+mod digest;
 mod volumes;
 pub use volumes::{KeyProviderKind, KeysConfig, PbkdfKind, RemoteKeysConfig, VolumesConfig};
 
@@ -53,6 +53,19 @@ pub struct ApiConfig {
     pub handshake_timeout_secs: u64,
     /// On SIGTERM, in-flight RPCs and operations get this long before the agent exits anyway.
     pub shutdown_grace_secs: u64,
+    /// TLS handshakes in progress at once, across all clients; more are closed right after accept.
+    /// Counted apart from `max_connections`, so slow handshakes cannot take every connection slot.
+    pub max_pending_handshakes: u32,
+    /// TLS handshakes in progress at once from one source address: one host cannot hold all of
+    /// `max_pending_handshakes` open.
+    pub max_handshakes_per_address: u32,
+    /// HTTP/2 streams (calls) open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// A unary call that has not answered by then is ended with CANCELLED; streams are exempt.
+    /// Long work belongs in operations, which answer at once.
+    pub unary_timeout_secs: u64,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,8 +75,20 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA bundle that client certificates must chain to.
     pub client_ca: PathBuf,
-    /// PEM CRLs of the client CA; re-read with the certificates on SIGHUP.
+    /// CRLs of the client CA, PEM or DER; re-read with the certificates on SIGHUP, when open
+    /// connections whose certificate is now revoked are closed.
     pub crls: Vec<PathBuf>,
+    /// What a CRL past its nextUpdate does: `report` (log an error, count it in the
+    /// `dbagent_node_tls_stale_crls` metric, keep serving) or `refuse` (refuse every client
+    /// certificate the stale CRL covers until a fresh CRL is loaded).
+    pub stale_crl: StaleCrlPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaleCrlPolicy {
+    Report,
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +98,11 @@ pub struct AuthConfig {
     pub orchestrators: Vec<String>,
     /// Client certificate names with read-only access.
     pub monitors: Vec<String>,
+    /// When set, an orchestrator certificate must also chain to this CA (PEM), not merely to
+    /// `tls.client_ca`: a CA that issues monitor certificates cannot mint an orchestrator.
+    pub orchestrator_ca: Option<PathBuf>,
+    /// When set, a monitor certificate must also chain to this CA (PEM).
+    pub monitor_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +223,11 @@ impl Default for ApiConfig {
             max_connections: 4096,
             handshake_timeout_secs: 10,
             shutdown_grace_secs: 10,
+            max_pending_handshakes: 256,
+            max_handshakes_per_address: 16,
+            max_concurrent_streams: 128,
+            unary_timeout_secs: 300,
+            idle_timeout_secs: 900,
         }
     }
 }
@@ -204,13 +239,19 @@ impl Default for TlsConfig {
             key: PathBuf::from("/etc/dbagent/tls/server.key"),
             client_ca: PathBuf::from("/etc/dbagent/tls/client-ca.crt"),
             crls: Vec::new(),
+            stale_crl: StaleCrlPolicy::Report,
         }
     }
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { orchestrators: vec!["orchestrator".into()], monitors: vec!["monitor".into()] }
+        Self {
+            orchestrators: vec!["orchestrator".into()],
+            monitors: vec!["monitor".into()],
+            orchestrator_ca: None,
+            monitor_ca: None,
+        }
     }
 }
 
@@ -273,7 +314,7 @@ impl Config {
             cert: tls.join("server.crt"),
             key: tls.join("server.key"),
             client_ca: tls.join("ca.crt"),
-            crls: Vec::new(),
+            ..TlsConfig::default()
         };
         config.operations.enable_test_kinds = true;
         config.instances.data_roots = vec![state_dir.join("data")];
@@ -302,6 +343,26 @@ impl Config {
         if !(1..=3600).contains(&self.api.shutdown_grace_secs) {
             return invalid("api.shutdown_grace_secs", "must be between 1 and 3600 seconds".into());
         }
+        if !(1..=100_000).contains(&self.api.max_pending_handshakes) {
+            return invalid("api.max_pending_handshakes", "must be between 1 and 100000".into());
+        }
+        if self.api.max_handshakes_per_address == 0
+            || self.api.max_handshakes_per_address > self.api.max_pending_handshakes
+        {
+            return invalid(
+                "api.max_handshakes_per_address",
+                "must be at least 1 and at most api.max_pending_handshakes".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.api.max_concurrent_streams) {
+            return invalid("api.max_concurrent_streams", "must be between 1 and 10000".into());
+        }
+        if !(1..=3600).contains(&self.api.unary_timeout_secs) {
+            return invalid("api.unary_timeout_secs", "must be between 1 and 3600 seconds".into());
+        }
+        if !(10..=7 * 86400).contains(&self.api.idle_timeout_secs) {
+            return invalid("api.idle_timeout_secs", "must be between 10 and 604800 seconds".into());
+        }
         for (key, p) in
             [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key), ("tls.client_ca", &self.tls.client_ca)]
         {
@@ -314,6 +375,13 @@ impl Config {
                 "auth.orchestrators",
                 "needs at least one certificate name, or nothing could change the agent".into(),
             );
+        }
+        for (key, ca) in
+            [("auth.orchestrator_ca", &self.auth.orchestrator_ca), ("auth.monitor_ca", &self.auth.monitor_ca)]
+        {
+            if ca.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return invalid(key, format!("{ca:?} must be an absolute path"));
+            }
         }
         for name in self.auth.orchestrators.iter().chain(&self.auth.monitors) {
             if name.trim().is_empty() || name.len() > 255 {
@@ -447,11 +515,10 @@ impl Config {
         Ok(())
     }
 
-    /// SHA-256 of the effective configuration, reported by GetInfo so the orchestrator sees drift.
+    /// SHA-256 of the effective configuration without its secrets, reported by GetInfo (to the
+    /// monitor role too) so the orchestrator sees drift. See [`digest`] for what is left out.
     pub fn digest(&self) -> String {
-        let text = toml::to_string(self).unwrap_or_default();
-        let hash = Sha256::digest(text.as_bytes());
-        crate::hex::encode(&hash)
+        digest::public_digest(self)
     }
 }
 
@@ -515,6 +582,40 @@ mod tests {
     }
 
     #[test]
+    fn api_limits_and_auth_settings() {
+        let c = parse(
+            "[api]\nmax_pending_handshakes = 64\nmax_handshakes_per_address = 4\nmax_concurrent_streams = 8\n\
+             unary_timeout_secs = 30\nidle_timeout_secs = 60\n\
+             [tls]\nstale_crl = \"refuse\"\n\
+             [auth]\norchestrator_ca = \"/etc/dbagent/tls/orch-ca.crt\"\nmonitor_ca = \"/etc/dbagent/tls/mon-ca.crt\"",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.api.max_pending_handshakes, c.api.max_handshakes_per_address, c.api.max_concurrent_streams),
+            (64, 4, 8)
+        );
+        assert_eq!((c.api.unary_timeout_secs, c.api.idle_timeout_secs), (30, 60));
+        assert_eq!(c.tls.stale_crl, StaleCrlPolicy::Refuse);
+        assert_eq!(c.auth.monitor_ca.as_deref(), Some(Path::new("/etc/dbagent/tls/mon-ca.crt")));
+        let d = Config::default();
+        assert_eq!(d.tls.stale_crl, StaleCrlPolicy::Report, "a stale CRL is reported, not refused, by default");
+        assert_eq!((d.auth.orchestrator_ca, d.auth.monitor_ca), (None, None));
+        for (text, key) in [
+            ("[api]\nmax_pending_handshakes = 0", "api.max_pending_handshakes"),
+            ("[api]\nmax_pending_handshakes = 8\nmax_handshakes_per_address = 9", "api.max_handshakes_per_address"),
+            ("[api]\nmax_concurrent_streams = 0", "api.max_concurrent_streams"),
+            ("[api]\nunary_timeout_secs = 0", "api.unary_timeout_secs"),
+            ("[api]\nidle_timeout_secs = 1", "api.idle_timeout_secs"),
+            ("[auth]\norchestrator_ca = \"relative.crt\"", "auth.orchestrator_ca"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[tls]\nstale_crl = \"ignore\"").unwrap_err().to_string();
+        assert!(e.contains("ignore"), "{e}");
+    }
+
+    #[test]
     fn volume_and_key_settings() {
         let c = parse(
             "[volumes]\nkey_bits = 512\npbkdf = \"pbkdf2\"\npbkdf_iterations = 1000\n[keys]\nkek_file = \"/etc/k\"",
@@ -554,14 +655,5 @@ mod tests {
         assert!(parse("[testing]\nsleep_outlasts_shutdown = true").unwrap().testing.sleep_outlasts_shutdown);
         let e = parse("[testing]\nhang = true").unwrap_err().to_string();
         assert!(e.contains("hang"), "{e}");
-    }
-
-    #[test]
-    fn digest_changes_with_config() {
-        let a = Config::default();
-        let mut b = Config::default();
-        b.operations.max_concurrent = 5;
-        assert_ne!(a.digest(), b.digest());
-        assert_eq!(a.digest().len(), 64);
     }
 }

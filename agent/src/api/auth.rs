@@ -106,10 +106,14 @@ pub fn served_services() -> Vec<&'static str> {
     services
 }
 
-/// The authenticated caller, put into request extensions for handlers that report it.
-#[derive(Debug, Clone)]
+/// The authenticated caller, put into request extensions for handlers that report it and for the
+/// audit trail (operation records).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The certificate name that gave the role.
     pub identity: String,
+    /// The certificate's subject distinguished name.
+    pub subject: String,
     pub role: Role,
 }
 
@@ -118,11 +122,11 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::S
     let Some(peer) = peer else {
         return Err(tonic::Status::unauthenticated("no verified client certificate on this connection"));
     };
-    let Some(role) = peer.role else {
-        return Err(tonic::Status::permission_denied(format!(
-            "client certificate {:?} is not mapped to a role; add it to auth.orchestrators or auth.monitors in the agent config",
-            peer.identity
-        )));
+    let role = match &peer.role {
+        Ok(role) => *role,
+        Err(why) => {
+            return Err(tonic::Status::permission_denied(format!("client certificate {:?} {why}", peer.identity)));
+        }
     };
     let Some(rule) = RULES.iter().find(|rule| rule.path == path) else {
         return Err(tonic::Status::unimplemented(format!("{path} is not an RPC of this agent")));
@@ -150,7 +154,11 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::S
             )));
         }
     }
-    Ok(Caller { identity: peer.identity.clone(), role })
+    Ok(Caller { identity: peer.identity.clone(), subject: peer.subject.clone(), role })
+}
+
+fn rule_access(path: &str) -> Option<Access> {
+    RULES.iter().find(|rule| rule.path == path).map(|rule| rule.access)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -186,6 +194,17 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match authorize(req.uri().path(), req.extensions().get::<PeerInfo>()) {
             Ok(caller) => {
+                // The audit trail of who changed what: every call that may change something is
+                // logged with its caller before it runs.
+                if rule_access(req.uri().path()) != Some(Access::Read) {
+                    tracing::info!(
+                        path = req.uri().path(),
+                        identity = %caller.identity,
+                        subject = %caller.subject,
+                        role = caller.role.as_str(),
+                        "mutating call"
+                    );
+                }
                 req.extensions_mut().insert(caller);
                 // The clone is the ready one's sibling: take the ready service, leave the clone.
                 let clone = self.inner.clone();
@@ -203,10 +222,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::peer::NoRole;
     use prost::Message;
 
     fn peer(role: Option<Role>) -> PeerInfo {
-        PeerInfo { remote: None, identity: "x".into(), role }
+        PeerInfo { remote: None, identity: "x".into(), subject: "CN=x".into(), role: role.ok_or(NoRole::Unmapped) }
     }
 
     /// Every RPC of every service in our proto and in the standard services has exactly one rule,
@@ -284,6 +304,21 @@ mod tests {
         let e = authorize("/dbagent.v1.KeyService/WrapKey", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         assert!(e.message().contains("orchestrator"), "{e:?}");
+    }
+
+    #[test]
+    fn a_certificate_of_two_roles_is_denied_and_told_why() {
+        let both = PeerInfo {
+            role: Err(NoRole::Ambiguous { orchestrator: "orch".into(), monitor: "mon".into() }),
+            ..peer(None)
+        };
+        for path in ["/dbagent.v1.Agent/GetStatus", "/dbagent.v1.Instances/RegisterInstance"] {
+            let e = authorize(path, Some(&both)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{path}");
+            assert!(e.message().contains("two roles"), "{e:?}");
+        }
+        let caller = authorize("/dbagent.v1.Instances/RegisterInstance", Some(&peer(Some(Role::Orchestrator))));
+        assert_eq!(caller.unwrap().subject, "CN=x", "the caller carries the subject for the audit trail");
     }
 
     const REFLECTION_V1: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";

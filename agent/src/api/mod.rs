@@ -15,10 +15,12 @@ pub mod volumes;
 use dbagent_proto::v1 as pb;
 use prost::Message;
 use prost_types::FileDescriptorSet;
+use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 
+use crate::config::ApiConfig;
 use crate::tls::listener::TlsConn;
 
 /// Every service the agent serves, each with exactly what it uses. The daemon builds them.
@@ -42,10 +44,34 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Per-connection limits of the HTTP/2 server (`[api]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    pub max_concurrent_streams: u32,
+    /// Applies to the handler's answer, so unary calls are bounded and a stream, once it answered
+    /// with its headers, is not.
+    pub unary_timeout: Duration,
+}
+
+impl ServeLimits {
+    pub fn from_config(api: &ApiConfig) -> Self {
+        Self {
+            max_concurrent_streams: api.max_concurrent_streams,
+            unary_timeout: Duration::from_secs(api.unary_timeout_secs),
+        }
+    }
+}
+
+/// Pings a connection that has been quiet this long; a peer that does not answer within
+/// `KEEPALIVE_TIMEOUT` is gone (a dead host, a cut network) and its connection is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Serves every service on `incoming` until `shutdown`, then lets in-flight RPCs finish.
 pub async fn serve(
     services: Services,
     incoming: ReceiverStream<Result<TlsConn, std::io::Error>>,
+    limits: ServeLimits,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -60,7 +86,10 @@ pub async fn serve(
     let reflection_v1 = reflection_builder(&files).build_v1()?;
     let reflection_v1alpha = reflection_builder(&files).build_v1alpha()?;
     Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .timeout(limits.unary_timeout)
         .layer(auth::AuthLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -88,7 +88,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         tracing::info!(backup = %id, "removed the leftovers of an interrupted backup");
     }
 
-    let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone())?);
+    let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone(), config.auth.clone())?);
     let listener = TcpListener::bind(config.api.listen)
         .await
         .map_err(|source| DaemonError::Bind { addr: config.api.listen, source })?;

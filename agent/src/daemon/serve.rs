@@ -2,7 +2,6 @@
 //! or for a critical task to stop, and drain.
 
 use futures::{FutureExt, TryFutureExt};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +13,6 @@ use crate::backup;
 use crate::ops::OperationEngine;
 use crate::requests::RequestLedger;
 use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
-use crate::tls::peer::RoleMap;
 
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -29,12 +27,14 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
     let mut tasks = CriticalTasks::default();
     let accept = AcceptSettings {
         max_connections: config.api.max_connections as usize,
+        max_pending_handshakes: config.api.max_pending_handshakes,
+        max_handshakes_per_address: config.api.max_handshakes_per_address,
         handshake_timeout: Duration::from_secs(config.api.handshake_timeout_secs),
     };
-    let roles = Arc::new(RoleMap::new(config.auth.clone()));
-    let (incoming, acceptor_task) = spawn_accept_loop(d.listener, d.acceptor.clone(), roles, accept, root.clone());
+    let (incoming, acceptor_task) = spawn_accept_loop(d.listener, d.acceptor.clone(), accept, root.clone());
     tasks.adopt(Task::ConnectionAcceptor, acceptor_task);
-    tasks.spawn(Task::ApiServer, api::serve(services, incoming, root.clone()).map_err(DaemonError::from));
+    let limits = api::ServeLimits::from_config(&config.api);
+    tasks.spawn(Task::ApiServer, api::serve(services, incoming, limits, root.clone()).map_err(DaemonError::from));
     tasks.spawn(Task::LogShipping, d.logs.clone().run().map(Ok));
     tasks.spawn(Task::SignalHandler, handle_signals(root.clone(), d.acceptor.clone()));
     tasks.spawn(Task::RecordPruner, prune_periodically(d.engine.clone(), d.requests.clone(), root.clone()).map(Ok));

@@ -21,7 +21,9 @@ pub(super) async fn handle_signals(
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
             _ = hup.recv() => match acceptor.reload() {
-                Ok(()) => tracing::info!("SIGHUP: reloaded TLS certificate, key, CA and CRLs"),
+                Ok(closed) => tracing::info!(
+                    "SIGHUP: reloaded TLS certificate, key, CAs and CRLs; closed {closed} of the open connections, whose certificates the new files refuse"
+                ),
                 Err(e) => tracing::error!("SIGHUP: reload TLS failed, keeping the previous configuration: {e:#}"),
             },
             // Shutdown began elsewhere (a critical task stopped).

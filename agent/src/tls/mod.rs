@@ -1,10 +1,13 @@
 //! TLS for the agent's API: the server configuration (mTLS, CRLs, reload on SIGHUP), the accept loop
 //! that turns TCP connections into authenticated peers, and the development PKI.
 
+pub mod crl;
 pub mod devpki;
+pub mod handshake_limit;
 pub mod listener;
 pub mod peer;
 pub mod server;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
