@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 pub use dbagent_proto::access::Access;
 use dbagent_proto::access::METHOD_ACCESS;
 
+use crate::ops::Submitter;
 use crate::tls::peer::{PeerInfo, Role};
 
 /// Whether the agent answers an RPC it knows.
@@ -205,11 +206,16 @@ where
                         "mutating call"
                     );
                 }
+                let submitter = Submitter {
+                    identity: caller.identity.clone(),
+                    subject: caller.subject.clone(),
+                    role: caller.role.as_str().to_owned(),
+                };
                 req.extensions_mut().insert(caller);
                 // The clone is the ready one's sibling: take the ready service, leave the clone.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move { ready.call(req).await })
+                Box::pin(submitter.scope(async move { ready.call(req).await }))
             }
             Err(status) => {
                 tracing::info!(path = req.uri().path(), "refused: {}", status.message());

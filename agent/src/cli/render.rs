@@ -104,6 +104,9 @@ impl ToJson for pb::Operation {
             "finished": time(self.finished.as_ref()),
             "error": self.error.as_ref().map(|e| json!({"code": e.code, "message": e.message})),
             "result": result, "cancel_requested": self.cancel_requested,
+            "submitted_by": self.submitted_by.as_ref().map(|s| json!({
+                "identity": s.identity, "subject": s.subject, "role": s.role,
+            })),
         })
     }
 }

@@ -22,6 +22,11 @@ fn operation() -> pb::Operation {
         error: Some(pb::OperationError { code: "FAILED_PRECONDITION".into(), message: "device busy".into() }),
         result_json: r#"{"mapper":"/dev/mapper/dbagent-pg-42"}"#.into(),
         cancel_requested: false,
+        submitted_by: Some(pb::OperationSubmitter {
+            identity: "orchestrator".into(),
+            subject: "CN=orchestrator".into(),
+            role: "orchestrator".into(),
+        }),
     }
 }
 
@@ -36,6 +41,10 @@ fn operation_json() {
     assert_eq!(v["result"]["mapper"], "/dev/mapper/dbagent-pg-42", "result_json is embedded as JSON");
     let not_json = pb::Operation { result_json: "plain".into(), ..operation() }.to_json();
     assert_eq!(not_json["result"], "plain");
+    assert_eq!(v["submitted_by"]["subject"], "CN=orchestrator");
+    assert_eq!(v["submitted_by"]["role"], "orchestrator");
+    let by_agent = pb::Operation { submitted_by: None, ..operation() }.to_json();
+    assert_eq!(by_agent["submitted_by"], Value::Null, "work the agent started has no submitter");
 }
 
 #[test]

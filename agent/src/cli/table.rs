@@ -129,6 +129,10 @@ impl ToTable for pb::Operation {
             ("created", or_dash(time_text(self.created.as_ref()))),
             ("started", or_dash(time_text(self.started.as_ref()))),
             ("finished", or_dash(time_text(self.finished.as_ref()))),
+            (
+                "submitted by",
+                self.submitted_by.as_ref().map_or_else(|| "-".to_owned(), |s| format!("{} ({})", s.subject, s.role)),
+            ),
         ];
         if let Some(e) = &self.error {
             pairs.push(("error", format!("{}: {}", e.code, e.message)));

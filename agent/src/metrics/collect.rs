@@ -4,6 +4,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use procfs::DiskStat;
 
@@ -99,6 +100,8 @@ impl Collector {
                 r.plain(Metric::CpuCount, stat.cpu_count);
             }
         }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        r.plain(Metric::TlsStaleCrls, crate::tls::crl::stale_in_use(i64::try_from(now).unwrap_or(i64::MAX)));
         if let Some(load) = self.proc.read("loadavg").and_then(proc_files::parse_loadavg) {
             for (m, v) in [Metric::Load1, Metric::Load5, Metric::Load15].into_iter().zip(load) {
                 r.plain(m, v);

@@ -56,6 +56,8 @@ pub enum Metric {
     IoWrittenBytes,
     IoReads,
     IoWrites,
+    /// CRLs of the API's client CA that are past their nextUpdate (`tls.stale_crl`).
+    TlsStaleCrls,
 }
 
 /// Name (without the `dbagent_node_` / `dbagent_instance_` prefix), kind, raw-to-base-unit scale, help.
@@ -171,6 +173,13 @@ impl Metric {
             }
             IoReads => info("io_reads_total", C, 1.0, "1", "Read operations of the cgroup, per device (io.stat)."),
             IoWrites => info("io_writes_total", C, 1.0, "1", "Write operations of the cgroup, per device (io.stat)."),
+            TlsStaleCrls => info(
+                "tls_stale_crls",
+                G,
+                1.0,
+                "1",
+                "CRLs of the API's client CA past their nextUpdate: revocations since are unknown to the agent.",
+            ),
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::OpsError;
 use super::journal::Journal;
-use super::model::{OpError, OpState, OperationRecord, Progress};
+use super::model::{OpError, OpState, OperationRecord, Progress, Submitter};
 use crate::error::ErrorCode;
 use crate::ids;
 use crate::locks::ResourceLocks;
@@ -177,6 +177,7 @@ impl OperationEngine {
             error: None,
             result: None,
             cancel_requested: false,
+            submitted_by: Submitter::current(),
         };
         self.persist(record.clone()).await?;
         let slot = Slot::new(record.clone(), self.inner.root.child_token());
@@ -185,7 +186,9 @@ impl OperationEngine {
             table.by_request.insert(record.request_id.clone(), record.id.clone());
             table.slots.insert(record.id.clone(), slot.clone());
         }
-        tracing::info!(op = %record.id, kind = %record.kind, target = %record.target, "operation queued");
+        let (by, by_role) =
+            record.submitted_by.as_ref().map_or(("agent", ""), |s| (s.subject.as_str(), s.role.as_str()));
+        tracing::info!(op = %record.id, kind = %record.kind, target = %record.target, by, by_role, "operation queued");
         let engine = self.clone();
         self.inner.tasks.spawn(async move { engine.run(slot, new.exclusive, job).await });
         Ok((record, Outcome::Created))

@@ -231,3 +231,35 @@ async fn reads_operation_records_in_the_format_written_before() {
     let (n, j) = sleep_op("r-1", "pg-1", 10);
     assert!(matches!(e.submit(n, j).await, Err(OpsError::RequestIdReused { .. })), "its request_id is known");
 }
+
+#[tokio::test]
+async fn the_record_names_its_submitter_and_keeps_it_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _, _) = open(dir.path());
+    let orchestrator = Submitter {
+        identity: "orchestrator".into(),
+        subject: "CN=orchestrator,O=platform".into(),
+        role: "orchestrator".into(),
+    };
+    let (n, j) = sleep_op("audited", "pg-1", 1);
+    let (submitted, _) = orchestrator.clone().scope(e.submit(n, j)).await.unwrap();
+    assert_eq!(submitted.submitted_by.as_ref(), Some(&orchestrator));
+    // Beside it, work started outside an API call (the scheduler) names no caller.
+    let (n, j) = sleep_op("scheduled", "pg-2", 1);
+    let (by_agent, _) = e.submit(n, j).await.unwrap();
+    assert_eq!(by_agent.submitted_by, None);
+    wait_finished(&e, &submitted.id).await;
+    wait_finished(&e, &by_agent.id).await;
+    drop(e);
+    let (reopened, _, _) = open(dir.path());
+    assert_eq!(reopened.get(&submitted.id).unwrap().submitted_by, Some(orchestrator), "the journal keeps it");
+}
+
+#[test]
+fn a_record_written_before_the_submitter_was_kept_still_reads() {
+    let old = r#"{"id":"op-1","request_id":"r","request_digest":"d","kind":"sleep","target":"pg-1","params":null,
+        "state":"succeeded","progress":{"done":0,"total":0,"unit":"","message":""},
+        "created":"2026-01-01T00:00:00Z"}"#;
+    let record: OperationRecord = serde_json::from_str(old).unwrap();
+    assert_eq!((record.state, record.submitted_by), (OpState::Succeeded, None));
+}

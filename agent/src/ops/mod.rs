@@ -7,7 +7,7 @@ pub mod model;
 pub mod sleep;
 
 pub use engine::{JobContext, JobResult, NewOperation, OperationEngine, OpsSettings, Outcome};
-pub use model::{OpError, OpState, OperationRecord, Progress};
+pub use model::{OpError, OpState, OperationRecord, Progress, Submitter};
 
 use thiserror::Error;
 

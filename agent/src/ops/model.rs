@@ -78,4 +78,37 @@ pub struct OperationRecord {
     pub result: Option<serde_json::Value>,
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Who asked for it: the audit trail. `None` for work the agent started itself (the backup
+    /// scheduler) and for records written before the agent kept it.
+    #[serde(default)]
+    pub submitted_by: Option<Submitter>,
+}
+
+/// The API caller an operation was submitted by, as its client certificate named it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitter {
+    /// The certificate name that gave the role.
+    pub identity: String,
+    /// The certificate's subject distinguished name.
+    pub subject: String,
+    /// "orchestrator" or "monitor".
+    pub role: String,
+}
+
+tokio::task_local! {
+    static SUBMITTER: Submitter;
+}
+
+impl Submitter {
+    /// Runs `work` (an API handler) with `self` as the submitter of any operation it starts. The
+    /// permission layer sets it for every call, so no domain service needs to pass the caller
+    /// along for the record to name them.
+    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
+        SUBMITTER.scope(self, work).await
+    }
+
+    /// The caller of the API handler this runs in, if any.
+    pub fn current() -> Option<Submitter> {
+        SUBMITTER.try_with(Clone::clone).ok()
+    }
 }

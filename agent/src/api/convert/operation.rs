@@ -37,6 +37,11 @@ impl From<&OperationRecord> for pb::Operation {
                 .map(|e| pb::OperationError { code: e.code.as_str().into(), message: e.message.clone() }),
             result_json: r.result.as_ref().map(|v| v.to_string()).unwrap_or_default(),
             cancel_requested: r.cancel_requested,
+            submitted_by: r.submitted_by.as_ref().map(|s| pb::OperationSubmitter {
+                identity: s.identity.clone(),
+                subject: s.subject.clone(),
+                role: s.role.clone(),
+            }),
         }
     }
 }
