@@ -53,3 +53,15 @@ prometheus_listen = "127.0.0.1:0"
         monitors = quoted(monitors),
     )
 }
+
+/// `config` with `lines` added at the top of its `[section]`, which is appended when missing.
+pub fn with_lines(config: &str, section: &str, lines: &str) -> String {
+    let header = format!("[{section}]\n");
+    match config.find(&header) {
+        Some(at) => {
+            let body = at + header.len();
+            format!("{}{lines}\n{}", &config[..body], &config[body..])
+        }
+        None => format!("{config}\n{header}{lines}\n"),
+    }
+}

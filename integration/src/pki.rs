@@ -82,6 +82,16 @@ impl CertAuthority {
         self.issue(params, validity)
     }
 
+    /// A current client certificate with subject CN `common_name` and DNS subject alternative
+    /// names `dns_names`.
+    pub fn client_with_names(&self, common_name: &str, dns_names: &[&str]) -> IssuedCert {
+        let mut params = CertificateParams::new(dns_names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("client subject alt names");
+        params.distinguished_name = name(common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, Validity::Current)
+    }
+
     fn issue(&self, mut params: CertificateParams, validity: Validity) -> IssuedCert {
         let serial = SerialNumber::from(self.next_serial.fetch_add(1, Ordering::Relaxed));
         params.serial_number = Some(serial.clone());
@@ -99,9 +109,19 @@ impl CertAuthority {
 
     /// A PEM "X509 CRL" revoking `revoked`, valid from 2020 to 2099.
     pub fn crl(&self, revoked: &[&IssuedCert]) -> String {
+        self.signed_crl(revoked, 2099).pem().expect("encode the CRL as PEM")
+    }
+
+    /// A DER CRL revoking `revoked`, valid from 2020 to January 1st of `next_update_year` (a year
+    /// in the past gives a stale CRL).
+    pub fn crl_der(&self, revoked: &[&IssuedCert], next_update_year: i32) -> Vec<u8> {
+        self.signed_crl(revoked, next_update_year).der().to_vec()
+    }
+
+    fn signed_crl(&self, revoked: &[&IssuedCert], next_update_year: i32) -> rcgen::CertificateRevocationList {
         let params = CertificateRevocationListParams {
             this_update: date_time_ymd(2020, 1, 1),
-            next_update: date_time_ymd(2099, 1, 1),
+            next_update: date_time_ymd(next_update_year, 1, 1),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: revoked
@@ -115,7 +135,7 @@ impl CertAuthority {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        params.signed_by(&self.issuer).expect("sign the CRL").pem().expect("encode the CRL as PEM")
+        params.signed_by(&self.issuer).expect("sign the CRL")
     }
 }
 

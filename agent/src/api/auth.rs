@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 pub use dbagent_proto::access::Access;
 use dbagent_proto::access::METHOD_ACCESS;
 
+use super::call_guard_body::GuardedBody;
 use crate::ops::Submitter;
 use crate::tls::peer::{PeerInfo, Role};
 
@@ -193,7 +194,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match authorize(req.uri().path(), req.extensions().get::<PeerInfo>()) {
+        // Counted open until its response body ends, for `api.idle_timeout_secs`.
+        let call = req.extensions().get::<PeerInfo>().map(|peer| peer.activity.begin());
+        let answer = match authorize(req.uri().path(), req.extensions().get::<PeerInfo>()) {
             Ok(caller) => {
                 // The audit trail of who changed what: every call that may change something is
                 // logged with its caller before it runs.
@@ -215,12 +218,19 @@ where
                 // The clone is the ready one's sibling: take the ready service, leave the clone.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(submitter.scope(async move { ready.call(req).await }))
+                Box::pin(submitter.scope(async move { ready.call(req).await })) as Self::Future
             }
             Err(status) => {
                 tracing::info!(path = req.uri().path(), "refused: {}", status.message());
                 Box::pin(async move { Ok(status.into_http()) })
             }
+        };
+        match call {
+            Some(call) => Box::pin(async move {
+                let response = answer.await?;
+                Ok(response.map(|body| GuardedBody::wrap(body, call)))
+            }),
+            None => answer,
         }
     }
 }
@@ -230,9 +240,16 @@ mod tests {
     use super::*;
     use crate::tls::peer::NoRole;
     use prost::Message;
+    use std::sync::Arc;
 
     fn peer(role: Option<Role>) -> PeerInfo {
-        PeerInfo { remote: None, identity: "x".into(), subject: "CN=x".into(), role: role.ok_or(NoRole::Unmapped) }
+        PeerInfo {
+            remote: None,
+            identity: "x".into(),
+            subject: "CN=x".into(),
+            role: role.ok_or(NoRole::Unmapped),
+            activity: Arc::default(),
+        }
     }
 
     /// Every RPC of every service in our proto and in the standard services has exactly one rule,

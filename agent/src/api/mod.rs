@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod auth;
 pub mod backups;
+mod call_guard_body;
 pub mod convert;
 pub mod error;
 pub mod instances;

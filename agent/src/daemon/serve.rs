@@ -30,6 +30,7 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
         max_pending_handshakes: config.api.max_pending_handshakes,
         max_handshakes_per_address: config.api.max_handshakes_per_address,
         handshake_timeout: Duration::from_secs(config.api.handshake_timeout_secs),
+        idle_timeout: Duration::from_secs(config.api.idle_timeout_secs),
     };
     let (incoming, acceptor_task) = spawn_accept_loop(d.listener, d.acceptor.clone(), accept, root.clone());
     tasks.adopt(Task::ConnectionAcceptor, acceptor_task);

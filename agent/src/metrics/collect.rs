@@ -101,7 +101,9 @@ impl Collector {
             }
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        r.plain(Metric::TlsStaleCrls, crate::tls::crl::stale_in_use(i64::try_from(now).unwrap_or(i64::MAX)));
+        if let Some(stale) = crate::tls::crl::stale_in_use(i64::try_from(now).unwrap_or(i64::MAX)) {
+            r.plain(Metric::TlsStaleCrls, stale);
+        }
         if let Some(load) = self.proc.read("loadavg").and_then(proc_files::parse_loadavg) {
             for (m, v) in [Metric::Load1, Metric::Load5, Metric::Load15].into_iter().zip(load) {
                 r.plain(m, v);

@@ -52,22 +52,26 @@ fn pem_error(path: &Path, message: String) -> TlsError {
 }
 
 /// The CRLs whose nextUpdate is before `now` (Unix seconds).
-pub fn stale<'a>(crls: &'a [LoadedCrl], now: i64) -> impl Iterator<Item = &'a LoadedCrl> {
+pub fn stale(crls: &[LoadedCrl], now: i64) -> impl Iterator<Item = &LoadedCrl> {
     crls.iter().filter(move |c| c.next_update.is_some_and(|next| next < now))
 }
 
 /// The nextUpdate of every CRL in use, for the metric: it counts the stale ones at each sample,
 /// so a CRL that goes stale while the agent runs shows without a reload.
 /// One process, one TLS configuration: a global is the narrowest way to hand it to the collector.
-static IN_USE: Mutex<Vec<i64>> = Mutex::new(Vec::new());
+/// `None` until a configuration is loaded; then the nextUpdate of each CRL that has one.
+static IN_USE: Mutex<Option<Vec<i64>>> = Mutex::new(None);
 
 pub(super) fn publish(crls: &[LoadedCrl]) {
-    *IN_USE.lock().unwrap_or_else(|p| p.into_inner()) = crls.iter().filter_map(|c| c.next_update).collect();
+    let next = (!crls.is_empty()).then(|| crls.iter().filter_map(|c| c.next_update).collect());
+    *IN_USE.lock().unwrap_or_else(|p| p.into_inner()) = next;
 }
 
-/// How many CRLs in use are past their nextUpdate at `now` (Unix seconds).
-pub fn stale_in_use(now: i64) -> u64 {
-    IN_USE.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|&&next| next < now).count() as u64
+/// How many CRLs in use are past their nextUpdate at `now` (Unix seconds); `None` when the API
+/// uses no CRL (then there is nothing to report).
+pub fn stale_in_use(now: i64) -> Option<u64> {
+    let in_use = IN_USE.lock().unwrap_or_else(|p| p.into_inner());
+    in_use.as_ref().map(|next| next.iter().filter(|&&next| next < now).count() as u64)
 }
 
 #[cfg(test)]

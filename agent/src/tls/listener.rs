@@ -14,21 +14,24 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 
 use super::handshake_limit::{HandshakeLimits, HandshakeRefusal};
+use super::idle::close_when_idle;
 use super::peer::PeerInfo;
 use super::server::{ReloadableAcceptor, SessionGuard};
 use super::sessions::SessionCert;
 
 /// An accepted, authenticated connection. Holds its slot of `api.max_connections` and its
-/// registration until dropped. Once `closed` fires (its certificate was revoked by a reload), every
-/// read and write fails, so the HTTP/2 connection and all its streams end.
+/// registration until dropped. Once `closed` fires (its certificate was revoked by a reload, or it
+/// was idle), every read and write fails, so the HTTP/2 connection and all its streams end.
 pub struct TlsConn {
     stream: TlsStream<TcpStream>,
     info: PeerInfo,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Cancels the close token when the connection ends, which stops its idle watcher.
+    _ended: DropGuard,
     _session: SessionGuard,
     _slot: OwnedSemaphorePermit,
 }
@@ -103,6 +106,7 @@ pub struct AcceptSettings {
     pub max_pending_handshakes: u32,
     pub max_handshakes_per_address: u32,
     pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// Starts accepting on `listener`; the stream ends when `token` is cancelled.
@@ -149,6 +153,7 @@ pub fn spawn_accept_loop(
             let _ = tcp.set_nodelay(true);
             let snapshot = acceptor.current();
             let (tx, acceptor, timeout) = (tx.clone(), acceptor.clone(), settings.handshake_timeout);
+            let idle_timeout = settings.idle_timeout;
             tokio::spawn(async move {
                 let stream = match tokio::time::timeout(timeout, snapshot.acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -173,8 +178,10 @@ pub fn spawn_accept_loop(
                 let Some(session) = acceptor.register(&snapshot, cert, close.clone()) else {
                     return;
                 };
-                let closed = Box::pin(close.cancelled_owned());
-                let _ = tx.send(Ok(TlsConn { stream, info, closed, _session: session, _slot: slot })).await;
+                tokio::spawn(close_when_idle(info.activity.clone(), idle_timeout, close.clone()));
+                let closed = Box::pin(close.clone().cancelled_owned());
+                let conn = TlsConn { stream, info, closed, _ended: close.drop_guard(), _session: session, _slot: slot };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });

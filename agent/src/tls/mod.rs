@@ -4,6 +4,7 @@
 pub mod crl;
 pub mod devpki;
 pub mod handshake_limit;
+pub mod idle;
 pub mod listener;
 pub mod peer;
 pub mod server;

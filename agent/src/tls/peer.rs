@@ -17,6 +17,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::TlsError;
+use super::idle::CallActivity;
 use crate::config::AuthConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub struct PeerInfo {
     /// The certificate's subject distinguished name, for the audit trail.
     pub subject: String,
     pub role: Result<Role, NoRole>,
+    /// The connection's open calls, for closing it when idle.
+    pub activity: Arc<CallActivity>,
 }
 
 /// Maps certificate names (and, when configured, issuing CAs) to roles.
@@ -107,6 +110,7 @@ impl RoleMap {
                 identity: "<no certificate>".into(),
                 subject: String::new(),
                 role: Err(NoRole::Unmapped),
+                activity: Arc::default(),
             };
         };
         let (subject, names) = certificate_names(leaf.as_ref());
@@ -121,7 +125,7 @@ impl RoleMap {
                 Err(NoRole::Unmapped),
             ),
         };
-        PeerInfo { remote, identity, subject, role }
+        PeerInfo { remote, identity, subject, role, activity: Arc::default() }
     }
 
     fn issued_for(&self, role: Role, chain: &[CertificateDer<'_>]) -> Result<Role, NoRole> {
