@@ -39,6 +39,7 @@ impl HandshakeLimits {
     }
 
     pub fn try_begin(self: &Arc<Self>, address: IpAddr) -> Result<HandshakeSlot, HandshakeRefusal> {
+        let address = source_of(address);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.total >= self.max_total {
             return Err(HandshakeRefusal::Total);
@@ -50,6 +51,18 @@ impl HandshakeLimits {
         *of_address += 1;
         pending.total += 1;
         Ok(HandshakeSlot { limits: self.clone(), address })
+    }
+}
+
+/// What counts as one source: an IPv4 address, or an IPv6 /64 (one host is routinely given a whole
+/// /64, so counting single IPv6 addresses would not cap anything).
+fn source_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
     }
 }
 
@@ -83,6 +96,21 @@ mod tests {
         // A finished handshake frees its place for its address.
         drop(first);
         assert!(limits.try_begin(a).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_source() {
+        let limits = HandshakeLimits::new(10, 1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = limits.try_begin(one).unwrap();
+        assert_eq!(limits.try_begin(same_64).err(), Some(HandshakeRefusal::Address));
+        assert!(limits.try_begin(other_64).is_ok());
+        // An IPv4-mapped address is its IPv4 address.
+        let _v4 = limits.try_begin(IpAddr::from([192, 0, 2, 1])).unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(limits.try_begin(mapped).err(), Some(HandshakeRefusal::Address));
     }
 
     #[test]
