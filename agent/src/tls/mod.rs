@@ -7,6 +7,7 @@ pub mod handshake_limit;
 pub mod idle;
 pub mod listener;
 pub mod peer;
+mod pem_files;
 pub mod server;
 pub mod sessions;
 

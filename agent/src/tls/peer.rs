@@ -145,7 +145,7 @@ impl RoleMap {
 /// handshake's verifier checked the CRLs already.
 fn role_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
-    for ca in super::server::read_certs(path)? {
+    for ca in super::pem_files::read_certs(path)? {
         roots.add(ca).map_err(|e| TlsError::Pem {
             path: path.to_path_buf(),
             message: format!("not a usable CA certificate: {e}"),

@@ -3,11 +3,10 @@
 //! the old one. A rebuild that succeeds re-checks every open connection (see `sessions`).
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_rustls::TlsAcceptor;
@@ -16,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::TlsError;
 use super::crl::{self, LoadedCrl};
 use super::peer::RoleMap;
+use super::pem_files::{read, read_certs};
 use super::sessions::{SessionCert, Sessions};
 use crate::config::{AuthConfig, StaleCrlPolicy, TlsConfig};
 
@@ -89,20 +89,6 @@ fn report_stale(crls: &[LoadedCrl], policy: StaleCrlPolicy) {
         );
     }
     crl::publish(crls);
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::io("read", path, e))
-}
-
-pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(&read(path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), message: format!("not PEM certificates: {e}") })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem { path: path.to_path_buf(), message: "holds no certificate".into() });
-    }
-    Ok(certs)
 }
 
 /// The TLS configuration in use and the connections admitted under it. New connections take the
