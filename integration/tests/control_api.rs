@@ -462,3 +462,42 @@ async fn a_connection_without_calls_is_closed_after_the_idle_timeout_but_an_open
         agent.log()
     );
 }
+
+/// The config digest the monitor reads in GetInfo.
+async fn digest_seen_by(agent: &Agent, monitor: &ClientIdentity) -> String {
+    let info = AgentClient::new(agent.channel(monitor).await).get_info(GetInfoRequest {}).await;
+    let info = info.unwrap_or_else(|e| panic!("GetInfo as monitor: {e:?}\n{}", agent.log())).into_inner();
+    assert_eq!(info.caller_role, "monitor");
+    info.config_digest
+}
+
+/// Rewrites the agent's config file with `from` replaced by `to`, and restarts the agent on it.
+fn restart_with(agent: &mut Agent, from: &str, to: &str) {
+    let file = agent.work_dir().join("agent.toml");
+    let text = std::fs::read_to_string(&file).expect("read the config");
+    assert!(text.contains(from), "{from:?} is not in the config");
+    std::fs::write(&file, text.replace(from, to)).expect("write the config");
+    agent.restart();
+}
+
+/// The monitor may call GetInfo; the digest it reads is not computed over secrets: the same agent
+/// restarted with only its S3 secret key changed reports the same digest, while another bucket
+/// changes it.
+#[tokio::test]
+async fn the_config_digest_the_monitor_reads_does_not_depend_on_secrets() {
+    let pki = Rc::new(ServerPki::new());
+    let mut agent = start_agent(&pki, None, |_, config| {
+        format!(
+            "{config}\n[[backup.destinations]]\nkind = \"s3\"\nname = \"az1\"\nbucket = \"backups\"\n\
+             endpoint = \"http://127.0.0.1:9\"\nallow_http = true\naccess_key_id = \"GK-test\"\n\
+             secret_access_key = \"first-secret-key\"\n"
+        )
+    });
+    let monitor = identity(&pki, &current(&pki.ca, "monitor"));
+    let one = digest_seen_by(&agent, &monitor).await;
+    assert_eq!(one.len(), 64, "{one}");
+    restart_with(&mut agent, "first-secret-key", "second-secret-key");
+    assert_eq!(digest_seen_by(&agent, &monitor).await, one, "the digest changed with the secret alone");
+    restart_with(&mut agent, "bucket = \"backups\"", "bucket = \"other-backups\"");
+    assert_ne!(digest_seen_by(&agent, &monitor).await, one, "the digest must still follow the rest of the config");
+}
