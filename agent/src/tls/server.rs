@@ -162,3 +162,7 @@ impl ReloadableAcceptor {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
