@@ -201,8 +201,10 @@ where
                 // The audit trail of who changed what: every call that may change something is
                 // logged with its caller before it runs.
                 if rule_access(req.uri().path()) != Some(Access::Read) {
+                    let remote = req.extensions().get::<PeerInfo>().and_then(|p| p.remote);
                     tracing::info!(
                         path = req.uri().path(),
+                        remote = ?remote,
                         identity = %caller.identity,
                         subject = %caller.subject,
                         role = caller.role.as_str(),
