@@ -139,8 +139,9 @@ pub struct RestorePlan {
 pub enum RestoreSink {
     /// The stream is the tool's stdin.
     Tool(ToolCommand),
-    /// The stream is written to this file.
-    File(PathBuf),
+    /// The stream is written to this new file in the data directory (created there by name,
+    /// beneath the folder's handle, never through an existing name).
+    File(std::ffi::OsString),
 }
 
 impl RestorePlan {
@@ -180,8 +181,8 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
             ),
             ..RestorePlan::into_tool(ToolCommand::new("mbstream").args(["-x", "-C"]).arg(dir))
         }),
-        (Engine::Redis, _, RestoreTarget::DataDir(dir)) => {
-            Ok(RestorePlan { before: None, into: RestoreSink::File(dir.join("dump.rdb")), after: None })
+        (Engine::Redis, _, RestoreTarget::DataDir(_)) => {
+            Ok(RestorePlan { before: None, into: RestoreSink::File("dump.rdb".into()), after: None })
         }
         (Engine::Redis, _, RestoreTarget::Server { .. })
         | (_, BackupMethod::Physical, RestoreTarget::Server { .. }) => Err(BackupError::PhysicalRestoreNeedsDataDir),

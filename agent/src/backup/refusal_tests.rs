@@ -157,8 +157,8 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
     let done = f.wait(&op).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
     let id = backup_id(&done);
-    let into_server =
-        || RestoreTarget::Server { connection: svc.connection_for(&pg), database: None, instance_server: true };
+    let connection = svc.connection_for(&pg).await;
+    let into_server = || RestoreTarget::Server { connection: connection.clone(), database: None, instance_server: true };
     let op = svc.restore(&pg, &id, into_server(), None, "restore-ok").await.unwrap();
     let done = f.wait(&op).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
@@ -173,7 +173,7 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
 }
 
 #[tokio::test]
-async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance() {
+async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance_and_a_planted_pid_file_is_not_followed() {
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let id = take_backup(&f, &svc, "req-1").await;
@@ -196,7 +196,24 @@ async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance(
     let e = svc.restore(&pg, &id, in_place.clone(), None, "in-place-running").await.unwrap_err();
     assert!(matches!(&e, BackupError::InstanceRunning { instance, .. } if instance == "r1"), "{e:?}");
     std::fs::remove_file(pg.spec.data_dir.join("postmaster.pid")).unwrap();
+    // A FIFO planted as postmaster.pid (by a tenant, as the cluster's user) neither hangs the check
+    // nor counts as a running cluster; a link to a file elsewhere is not followed either.
+    let pid = pg.spec.data_dir.join("postmaster.pid");
+    nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let op = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        svc.restore(&pg, &id, in_place.clone(), None, "in-place-fifo"),
+    )
+    .await
+    .expect("a FIFO as postmaster.pid hung the restore check")
+    .unwrap();
+    let done = f.wait(&op).await;
+    assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
+    assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
+    assert!(!pid.exists(), "the old content, the FIFO with it, was replaced by the restore");
+    std::os::unix::fs::symlink(f.dir.path().join("dump.bin"), &pid).unwrap();
     let op = svc.restore(&pg, &id, in_place, None, "in-place-stopped").await.unwrap();
     assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
     assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
+    assert_eq!(std::fs::read(f.dir.path().join("dump.bin")).unwrap(), f.data, "the link's target is untouched");
 }

@@ -12,8 +12,10 @@ use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
 use super::keywrap::unwrap_data_key;
 use super::manifest::{Manifest, data_key};
 use super::resources::BackupResources;
-use super::restore_dir::RestoreDir;
+use super::restore_dir::{RestoreDir, RestoreInto};
 use super::server_check::check_serves;
+use super::settings::read_postmaster_pid;
+use crate::beneath::DirHandle;
 use crate::command::ToolCommand;
 use crate::ids::InvalidField;
 use crate::instances::{Engine, Instance};
@@ -41,10 +43,15 @@ pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), Ba
 }
 
 /// A PostgreSQL cluster leaves `postmaster.pid` while it runs (also when started by hand, outside
-/// its unit); for every engine the instance's systemd unit being active counts.
+/// its unit); for every engine the instance's systemd unit being active counts. The file is read
+/// as [`read_postmaster_pid`] does (a link or a FIFO planted in its place is neither followed nor
+/// waited on), off the async workers.
 async fn instance_running(instance: &Instance) -> bool {
-    if instance.spec.engine == Engine::Postgresql && instance.spec.data_dir.join("postmaster.pid").exists() {
-        return true;
+    if instance.spec.engine == Engine::Postgresql {
+        let data_dir = instance.spec.data_dir.clone();
+        if let Ok(Some(_)) = tokio::task::spawn_blocking(move || read_postmaster_pid(&data_dir)).await {
+            return true;
+        }
     }
     ToolCommand::new("systemctl").args(["is-active", "--quiet", &instance.spec.systemd_unit]).succeeds().await
 }
@@ -70,17 +77,41 @@ pub async fn run(
         RestoreTarget::DataDir(dir) => Some(dir),
         RestoreTarget::Server { .. } => None,
     }) else {
-        return fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await;
+        return fill_target(dest.as_ref(), key, m, source, plan, user, None, ctx).await;
     };
-    let guard = RestoreDir::prepare(dir)?;
-    let result = match chown_to(dir, user) {
-        Ok(()) => fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await,
+    // Checked again here, right before the work: the request's check was minutes ago, maybe.
+    let into = if *dir == instance.spec.data_dir {
+        if instance_running(instance).await {
+            return Err(BackupError::InstanceRunning {
+                instance: instance.id.clone(),
+                unit: instance.spec.systemd_unit.clone(),
+            });
+        }
+        RestoreInto::InPlace
+    } else {
+        RestoreInto::NewFolder
+    };
+    let owner = os_user_ids(user)?;
+    let (roots, path) = (res.data_roots.clone(), dir.clone());
+    let guard = blocking(move || RestoreDir::prepare(&roots, &path, into)).await?;
+    let chowned = match owner {
+        Some((uid, gid)) => guard.handle().chown(uid, gid).map_err(BackupError::from),
+        None => Ok(()),
+    };
+    let result = match chowned {
+        Ok(()) => fill_target(dest.as_ref(), key, m, source, plan, user, Some(guard.handle()), ctx).await,
         Err(e) => Err(e),
     };
     // Removing a half-restored data directory can take a while: off the async workers.
     let succeeded = result.is_ok();
     let _ = tokio::task::spawn_blocking(move || if succeeded { guard.commit() } else { guard.rollback() }).await;
     result
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))?
 }
 
 /// Runs the restore plan: its `before` tool, the backup streamed into its file or tool, its `after` tool.
@@ -91,6 +122,7 @@ async fn fill_target(
     source: &str,
     plan: RestorePlan,
     user: &str,
+    dir: Option<&DirHandle>,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
     ctx.progress(Progress {
@@ -104,13 +136,17 @@ async fn fill_target(
         before.run_as(user)?.output().await?;
     }
     let out = match plan.into {
-        RestoreSink::File(path) => {
-            let mut file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| BackupError::io(format!("create {}", path.display()), e))?;
+        RestoreSink::File(name) => {
+            let dir = dir.ok_or(BackupError::PhysicalRestoreNeedsDataDir)?;
+            let path = dir.path().join(&name);
+            // Created new beneath the held folder, never through a name the tenant planted.
+            let mut file = tokio::fs::File::from_std(dir.create_file(&name, 0o600)?);
             let out = decode::decode(stream, key, m, source, &mut file, &ctx.cancel).await?;
             file.sync_all().await.map_err(|e| BackupError::io(format!("fsync {}", path.display()), e))?;
-            chown_to(&path, user)?;
+            if let Some((uid, gid)) = os_user_ids(user)? {
+                crate::beneath::fchown(&file, uid, gid)
+                    .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))?;
+            }
             out
         }
         RestoreSink::Tool(tool) => {
@@ -137,14 +173,15 @@ async fn fill_target(
     )
 }
 
-fn chown_to(path: &Path, user: &str) -> Result<(), BackupError> {
+/// The uid and gid files restored for `user` get; `None` when the agent is not root (tests) or
+/// the instance names no user.
+fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let u = nix::unistd::User::from_name(user)
         .ok()
         .flatten()
         .ok_or_else(|| BackupError::UnknownOsUser { user: user.to_owned() })?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
-        .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))
+    Ok(Some((u.uid.as_raw(), u.gid.as_raw())))
 }

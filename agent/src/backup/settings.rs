@@ -144,12 +144,14 @@ impl BackupConfig {
     /// The connection a backup of `instance` dumps from: its engine's `[backup.<engine>]`
     /// settings, and for PostgreSQL the port of the cluster running on the instance's data
     /// directory (`postmaster.pid`), so that several clusters on one host each dump their own.
-    pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
+    pub async fn connection_for(&self, instance: &Instance) -> EngineConnection {
         let mut conn = self.connection(instance.spec.engine).clone();
-        if instance.spec.engine == Engine::Postgresql
-            && let Some(port) = postmaster_port(&instance.spec.data_dir)
-        {
-            conn.port = port;
+        if instance.spec.engine == Engine::Postgresql {
+            let data_dir = instance.spec.data_dir.clone();
+            // The file is the tenant's to replace: even read safely it is file I/O, off the async workers.
+            if let Ok(Some(port)) = tokio::task::spawn_blocking(move || postmaster_port(&data_dir)).await {
+                conn.port = port;
+            }
         }
         conn
     }
@@ -200,13 +202,19 @@ impl BackupConfig {
 /// The most of `postmaster.pid` read: the real file is a few short lines.
 const POSTMASTER_PID_MAX_BYTES: u64 = 4096;
 
-/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
+/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`. Blocking.
+fn postmaster_port(data_dir: &Path) -> Option<u16> {
+    read_postmaster_pid(data_dir)?.lines().nth(3)?.trim().parse().ok()
+}
+
+/// The first few KiB of `postmaster.pid` in `data_dir`, if it is a regular file there. Blocking:
+/// call it from `spawn_blocking`.
 ///
 /// The file lies in the data directory, which the database's OS user owns: a tenant who runs code
 /// as that user can put a link (to `/dev/zero`, to a root-only file), a FIFO or a huge file in its
 /// place. So it is opened without following a link and without blocking on a FIFO, read only if it
 /// is a regular file, and at most a few KiB of it.
-fn postmaster_port(data_dir: &Path) -> Option<u16> {
+pub fn read_postmaster_pid(data_dir: &Path) -> Option<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -217,9 +225,9 @@ fn postmaster_port(data_dir: &Path) -> Option<u16> {
     if !file.metadata().ok()?.file_type().is_file() {
         return None;
     }
-    let mut text = String::new();
-    file.take(POSTMASTER_PID_MAX_BYTES).read_to_string(&mut text).ok()?;
-    text.lines().nth(3)?.trim().parse().ok()
+    let mut bytes = Vec::new();
+    file.take(POSTMASTER_PID_MAX_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

@@ -105,7 +105,9 @@ impl Fixture {
     }
 
     pub fn service_with(&self, broken: Option<&str>, keys: Arc<dyn KeyWrapper>) -> Arc<BackupService> {
-        BackupService::new(self.config(broken), self.dir.path(), keys, self.engine.clone()).unwrap()
+        // The fixture's folder is the data root: restores go into folders below it.
+        let roots = vec![self.dir.path().to_path_buf()];
+        BackupService::new(self.config(broken), self.dir.path(), keys, roots, self.engine.clone()).unwrap()
     }
 
     pub fn data_file(&self, az: &str, b: &str) -> PathBuf {
