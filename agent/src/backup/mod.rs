@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod resources;
 pub mod restore_dir;
 pub mod restore_job;
+pub mod restore_server;
 pub mod scheduler;
 pub mod server_check;
 pub mod service;

@@ -52,20 +52,14 @@ impl RestoreDir {
             .iter()
             .find_map(|root| dir.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| (root, r)))
             .ok_or_else(|| BackupError::RestoreDirOutsideRoots { dir: dir.to_owned(), roots: data_roots.to_vec() })?;
-        let name = rel.file_name().ok_or_else(|| BackupError::RestoreDirOutsideRoots {
-            dir: dir.to_owned(),
-            roots: data_roots.to_vec(),
-        })?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| BackupError::RestoreDirOutsideRoots { dir: dir.to_owned(), roots: data_roots.to_vec() })?;
         let root = DirHandle::open_root(root)?;
         let (parent, _) = root.open_or_create_dir(rel.parent().unwrap_or(Path::new("")), 0o700)?;
         let (handle, outcome) = parent.open_or_create_dir(Path::new(name), 0o700)?;
-        let mut this = Self {
-            parent,
-            name: name.to_owned(),
-            dir: handle,
-            created: outcome == DirOutcome::Created,
-            aside: None,
-        };
+        let mut this =
+            Self { parent, name: name.to_owned(), dir: handle, created: outcome == DirOutcome::Created, aside: None };
         if this.dir.entries()?.iter().any(|n| n == ASIDE) {
             return Err(BackupError::RestoreLeftoverFound { aside: dir.join(ASIDE) });
         }

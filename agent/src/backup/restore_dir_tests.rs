@@ -37,7 +37,8 @@ impl Scene {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut n: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut n: Vec<_> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     n.sort();
     n
 }

@@ -1,18 +1,18 @@
 //! The RestoreBackup operation: where a restore may go, and streaming the backup into a data
-//! directory (through `restore_dir`, which gives the folder back unchanged on failure) or into a
-//! running server.
+//! directory (through `restore_dir`, which opens it beneath its data root and gives it back
+//! unchanged on failure) or into a running server (through `restore_server`: checked whole first,
+//! and for PostgreSQL as the database's owner, in one transaction).
 
 use std::path::Path;
 
 use super::BackupError;
 use super::catalog::BackupInfo;
-use super::decode;
-use super::destination::Destination;
+use super::decode::StoredCopy;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
 use super::keywrap::unwrap_data_key;
-use super::manifest::{Manifest, data_key};
 use super::resources::BackupResources;
 use super::restore_dir::{RestoreDir, RestoreInto};
+use super::restore_server;
 use super::server_check::check_serves;
 use super::settings::read_postmaster_pid;
 use crate::beneath::DirHandle;
@@ -68,16 +68,25 @@ pub async fn run(
     let dest = res.destination(source)?;
     // Refuse before touching the target: a wrong key must not leave a half-made data directory.
     let key = unwrap_data_key(res.keys.as_ref(), m)?;
+    let copy = StoredCopy { destination: dest.as_ref(), source, manifest: m, key };
     let plan = engine_commands::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
-    if let RestoreTarget::Server { connection, instance_server: true, .. } = target {
-        check_serves(instance, connection).await?;
-    }
-    let Some(dir) = (match target {
-        RestoreTarget::DataDir(dir) => Some(dir),
-        RestoreTarget::Server { .. } => None,
-    }) else {
-        return fill_target(dest.as_ref(), key, m, source, plan, user, None, ctx).await;
+    let dir = match target {
+        RestoreTarget::DataDir(dir) => dir,
+        RestoreTarget::Server { connection, database, instance_server } => {
+            if *instance_server {
+                check_serves(instance, connection).await?;
+            }
+            // All or nothing: nothing reaches the server before the whole copy has been checked.
+            restore_server::verify_whole(&copy, ctx).await?;
+            let plan = match m.engine {
+                Engine::Postgresql => {
+                    restore_server::as_database_owner(plan, connection, database.as_deref(), user).await?
+                }
+                Engine::Mariadb | Engine::Redis => plan,
+            };
+            return fill_target(&copy, plan, user, None, ctx).await;
+        }
     };
     // Checked again here, right before the work: the request's check was minutes ago, maybe.
     let into = if *dir == instance.spec.data_dir {
@@ -99,7 +108,7 @@ pub async fn run(
         None => Ok(()),
     };
     let result = match chowned {
-        Ok(()) => fill_target(dest.as_ref(), key, m, source, plan, user, Some(guard.handle()), ctx).await,
+        Ok(()) => fill_target(&copy, plan, user, Some(guard.handle()), ctx).await,
         Err(e) => Err(e),
     };
     // Removing a half-restored data directory can take a while: off the async workers.
@@ -111,27 +120,26 @@ pub async fn run(
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
 ) -> Result<T, BackupError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))?
 }
 
 /// Runs the restore plan: its `before` tool, the backup streamed into its file or tool, its `after` tool.
 async fn fill_target(
-    dest: &dyn Destination,
-    key: zeroize::Zeroizing<Vec<u8>>,
-    m: &Manifest,
-    source: &str,
+    copy: &StoredCopy<'_>,
     plan: RestorePlan,
     user: &str,
     dir: Option<&DirHandle>,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
+    let (m, source) = (copy.manifest, copy.source);
     ctx.progress(Progress {
         done: 0,
         total: m.raw_bytes,
         unit: "bytes".into(),
         message: format!("restoring from {source}"),
     });
-    let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
     if let Some(before) = plan.before {
         before.run_as(user)?.output().await?;
     }
@@ -141,7 +149,7 @@ async fn fill_target(
             let path = dir.path().join(&name);
             // Created new beneath the held folder, never through a name the tenant planted.
             let mut file = tokio::fs::File::from_std(dir.create_file(&name, 0o600)?);
-            let out = decode::decode(stream, key, m, source, &mut file, &ctx.cancel).await?;
+            let out = copy.decode_into(&mut file, &ctx.cancel).await?;
             file.sync_all().await.map_err(|e| BackupError::io(format!("fsync {}", path.display()), e))?;
             if let Some((uid, gid)) = os_user_ids(user)? {
                 crate::beneath::fchown(&file, uid, gid)
@@ -151,7 +159,7 @@ async fn fill_target(
         }
         RestoreSink::Tool(tool) => {
             let (mut stdin, exit) = tool.run_as(user)?.spawn_writing()?;
-            let decoded = decode::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
+            let decoded = copy.decode_into(&mut stdin, &ctx.cancel).await;
             drop(stdin);
             match (decoded, exit.wait().await) {
                 // The tool stopped reading: its own failure says why, the broken pipe does not.
