@@ -198,6 +198,14 @@ impl DirHandle {
             .map_err(|e| io_error("rename", &self.path.join(name), e))
     }
 
+    /// Like [`DirHandle::rename`], but replaces what `to_name` is (a file or a link, never
+    /// followed; an empty folder): for putting things back where someone else may have planted
+    /// something in the meantime.
+    pub fn rename_over(&self, name: &OsStr, to: &DirHandle, to_name: &OsStr) -> Result<(), BeneathError> {
+        let (name, to_name) = (self.single(name)?, to.single(to_name)?);
+        rustix::fs::renameat(&self.fd, name, &to.fd, to_name).map_err(|e| io_error("rename", &self.path.join(name), e))
+    }
+
     /// Whether `name` in this folder is, right now, the folder `other` holds open (same device and
     /// inode, not through a link): used before removing a name one created.
     pub fn holds(&self, name: &OsStr, other: &DirHandle) -> bool {

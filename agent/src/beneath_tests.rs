@@ -166,6 +166,11 @@ fn rename_moves_between_handles_links_as_links_and_never_over_a_name() {
     fs::write(s.root.join("a/file"), "y").unwrap();
     assert!(a.rename(OsStr::new("file"), &b, OsStr::new("file")).is_err(), "an existing name is never replaced");
     assert_eq!(fs::read_to_string(s.root.join("b/file")).unwrap(), "x");
+    // rename_over replaces a planted link (never following it).
+    symlink(s.outside.join("secret"), s.root.join("b/over")).unwrap();
+    a.rename_over(OsStr::new("file"), &b, OsStr::new("over")).unwrap();
+    assert_eq!(fs::read_to_string(s.root.join("b/over")).unwrap(), "y");
+    fs::remove_file(s.root.join("b/over")).unwrap();
     let mut names = b.entries().unwrap();
     names.sort();
     assert_eq!(names, ["file", "link"]);

@@ -118,8 +118,9 @@ impl RestoreDir {
             self.dir.remove_tree(&name)?;
         }
         if let Some(aside) = &self.aside {
+            // Replacing: whatever the tenant planted at a name since the folder was emptied goes.
             for name in aside.entries()? {
-                aside.rename(&name, &self.dir, &name)?;
+                aside.rename_over(&name, &self.dir, &name)?;
             }
             self.remove_if_still(&self.dir, OsStr::new(ASIDE), aside)?;
         } else if self.created {
