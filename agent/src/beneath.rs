@@ -131,15 +131,15 @@ impl DirHandle {
         let mut outcome = DirOutcome::Existing;
         for name in names {
             outcome = match rustix::fs::mkdirat(&current.fd, name, Mode::from_bits_truncate(mode)) {
-                Ok(()) => DirOutcome::Created,
+                Ok(()) => {
+                    // The new name must outlive a crash, or files written into it later could vanish with it.
+                    let _ = current.sync();
+                    DirOutcome::Created
+                }
                 Err(Errno::EXIST) => DirOutcome::Existing,
                 Err(e) => return Err(classify("create", &current.path.join(name), &self.path, e)),
             };
             current = current.open_dir(Path::new(name))?;
-        }
-        if outcome == DirOutcome::Created {
-            // The new name must outlive a crash, or files written into it later could vanish with it.
-            let _ = self.sync();
         }
         Ok((current, outcome))
     }

@@ -305,4 +305,29 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 "), "{:?}", out);
     }
+
+    #[test]
+    fn the_planter_plants_its_link_again_whenever_the_name_is_freed() {
+        let user = TenantUser::get();
+        let dir = tempfile::tempdir().unwrap();
+        user.own(dir.path());
+        let sentinels = Sentinels::new();
+        let link = dir.path().join("dump.rdb");
+        let planter = Planter::start(&user, &sentinels.file, &link);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut removed = 0;
+        while removed < 3 {
+            assert!(std::time::Instant::now() < deadline, "the link was not planted again");
+            if fs::symlink_metadata(&link).is_ok() {
+                let meta = fs::symlink_metadata(&link).unwrap();
+                assert!(meta.file_type().is_symlink(), "the planter made a link");
+                assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), user.uid, "as the tenant");
+                fs::remove_file(&link).unwrap();
+                removed += 1;
+            }
+            std::thread::yield_now();
+        }
+        assert!(planter.stop() >= 3);
+        sentinels.assert_untouched();
+    }
 }
