@@ -48,9 +48,7 @@ impl RestoreDir {
     /// if missing, and sets aside what it holds (in place) or refuses it if it holds anything.
     /// Blocking: run it off the async workers.
     pub fn prepare(data_roots: &[PathBuf], dir: &Path, into: RestoreInto) -> Result<Self, BackupError> {
-        let (root, rel) = data_roots
-            .iter()
-            .find_map(|root| dir.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| (root, r)))
+        let (root, rel) = crate::beneath::split_below(data_roots, dir)
             .ok_or_else(|| BackupError::RestoreDirOutsideRoots { dir: dir.to_owned(), roots: data_roots.to_vec() })?;
         let name = rel
             .file_name()

@@ -3,7 +3,7 @@
 //! unchanged on failure) or into a running server (through `restore_server`: checked whole first,
 //! and for PostgreSQL as the database's owner, in one transaction).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::BackupError;
 use super::catalog::BackupInfo;
@@ -22,12 +22,12 @@ use crate::instances::{Engine, Instance};
 use crate::ops::{JobContext, Progress};
 
 /// A data directory to restore into must be new or empty; the instance's own one only while it is stopped.
-pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), BackupError> {
+pub async fn check_restore_dir(instance: &Instance, dir: &Path, data_roots: &[PathBuf]) -> Result<(), BackupError> {
     if !dir.is_absolute() {
         return Err(InvalidField::new("target_data_dir", format!("{} must be absolute", dir.display())).into());
     }
     if dir == instance.spec.data_dir {
-        if instance_running(instance).await {
+        if instance_running(instance, data_roots).await {
             return Err(BackupError::InstanceRunning {
                 instance: instance.id.clone(),
                 unit: instance.spec.systemd_unit.clone(),
@@ -46,10 +46,10 @@ pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), Ba
 /// its unit); for every engine the instance's systemd unit being active counts. The file is read
 /// as [`read_postmaster_pid`] does (a link or a FIFO planted in its place is neither followed nor
 /// waited on), off the async workers.
-async fn instance_running(instance: &Instance) -> bool {
+async fn instance_running(instance: &Instance, data_roots: &[PathBuf]) -> bool {
     if instance.spec.engine == Engine::Postgresql {
-        let data_dir = instance.spec.data_dir.clone();
-        if let Ok(Some(_)) = tokio::task::spawn_blocking(move || read_postmaster_pid(&data_dir)).await {
+        let (roots, data_dir) = (data_roots.to_vec(), instance.spec.data_dir.clone());
+        if let Ok(Some(_)) = tokio::task::spawn_blocking(move || read_postmaster_pid(&roots, &data_dir)).await {
             return true;
         }
     }
@@ -90,7 +90,7 @@ pub async fn run(
     };
     // Checked again here, right before the work: the request's check was minutes ago, maybe.
     let into = if *dir == instance.spec.data_dir {
-        if instance_running(instance).await {
+        if instance_running(instance, &res.data_roots).await {
             return Err(BackupError::InstanceRunning {
                 instance: instance.id.clone(),
                 unit: instance.spec.systemd_unit.clone(),

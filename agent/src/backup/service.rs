@@ -49,7 +49,7 @@ impl BackupService {
 
     /// The connection a backup of `instance` dumps from (see [`BackupConfig::connection_for`]).
     pub async fn connection_for(&self, instance: &Instance) -> EngineConnection {
-        self.resources.settings.connection_for(instance).await
+        self.resources.settings.connection_for(instance, &self.resources.data_roots).await
     }
 
     /// Starts a backup. Manual backups beyond the plan's quota are refused before anything runs.
@@ -131,7 +131,7 @@ impl BackupService {
         let info = self.get(&instance.id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
-            check_restore_dir(instance, dir).await?;
+            check_restore_dir(instance, dir, &self.resources.data_roots).await?;
         }
         let action =
             BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };
