@@ -17,7 +17,7 @@ use dbagent_integration::config::{custom_config, toml_path};
 use dbagent_integration::ops::{instance_spec, state_of, wait_for_state};
 use dbagent_integration::pki::{ServerPki, Validity};
 use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, RedisServer};
-use dbagent_integration::tenant::{Exchange, Planter, Sentinels, TenantUser, plant_link};
+use dbagent_integration::tenant::{Exchange, Planter, Sentinels, TenantUser, plant_fifo, plant_huge_file, plant_link};
 use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
 use dbagent_proto::v1::agent_client::AgentClient;
 use dbagent_proto::v1::backups_client::BackupsClient;
@@ -389,4 +389,51 @@ async fn redis_restore_with_dump_rdb_planted_as_a_link_never_writes_or_chowns_th
         assert_eq!(server.cli(&["DBSIZE"]), "500", "{}", restored_file.display());
         assert_eq!(server.cli(&["GET", "key:499"]), "value-499");
     }
+}
+
+/// `postmaster.pid` is the tenant's file: planted as a FIFO (an open for reading would wait for a
+/// writer forever), as a link to a root-only file, or as a huge sparse file, it neither hangs the
+/// agent, nor is followed, nor is read whole. A FIFO or a link is not a running cluster (the
+/// in-place restore goes ahead and replaces it); a regular file, however large, is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_postmaster_pid_neither_hangs_nor_is_followed_nor_read_whole() {
+    let pg = PgServer::init();
+    pg.psql("postgres", "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 1000) g");
+    let expected = pg.psql("postgres", PG_CHECK);
+    let setup = start_agent(pg.port, 1, vec![pg.root.path().to_path_buf()]).await;
+    setup.register("pg1", Engine::Postgresql, "postgres", &pg.data).await;
+    let backup = setup.backup("pg1").await;
+    pg.stop();
+    let postgres = TenantUser::named("postgres");
+    let sentinels = Sentinels::new();
+    let pid = pg.data.join("postmaster.pid");
+    let within = Duration::from_secs(60);
+
+    for (n, plant) in ["fifo", "link"].iter().enumerate() {
+        match *plant {
+            "fifo" => plant_fifo(&postgres, &pid),
+            _ => plant_link(&postgres, &sentinels.file, &pid),
+        }
+        let request = format!("in-place-{plant}");
+        let restore = setup.restore("pg1", &backup, None, "az1", &request);
+        let (result, ()) = tokio::join!(tokio::time::timeout(within, restore), setup.assert_api_answers(1));
+        let op = result.unwrap_or_else(|_| panic!("a {plant} as postmaster.pid hung the restore"));
+        let op = op.unwrap_or_else(|s| panic!("a {plant} as postmaster.pid counted as a running cluster: {s:?}"));
+        assert_eq!(state_of(&op), OperationState::Succeeded, "{n}: {:?}\n{}", op.error, setup.agent.log());
+        assert!(std::fs::symlink_metadata(&pid).is_err(), "the planted {plant} was set aside and removed");
+        sentinels.assert_untouched();
+    }
+
+    // A huge regular file counts as a running cluster: refused at once, only 4 KiB of it read.
+    plant_huge_file(&postgres, &pid, 64 << 30);
+    let restore = setup.restore("pg1", &backup, None, "az1", "in-place-huge");
+    let refused = tokio::time::timeout(within, restore).await.expect("a huge postmaster.pid hung the restore");
+    let status = refused.expect_err("a regular postmaster.pid means a running cluster");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("is running"), "{}", status.message());
+    setup.assert_api_answers(1).await;
+    std::fs::remove_file(&pid).expect("remove the huge file");
+
+    pg.start();
+    assert_eq!(pg.psql("postgres", PG_CHECK), expected, "the restored cluster has the backup's data");
 }
