@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod beneath;
 pub mod cli;
 pub mod command;
 pub mod config;

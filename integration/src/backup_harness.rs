@@ -13,6 +13,10 @@ use dbagent::locks::ResourceLocks;
 use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
 use dbagent::volume::keystore::KekSource;
 
+/// The data root of the harness's service: `servers::OwnedDir` folders, where the tests' servers
+/// keep their data and restores go, are made below it.
+pub const DATA_ROOT: &str = "/tmp";
+
 pub struct Harness {
     _guard: Option<tempfile::TempDir>,
     pub state: PathBuf,
@@ -58,13 +62,15 @@ impl Harness {
             .collect()
     }
 
+    /// The service with [`DATA_ROOT`] as its only data root: restores go into folders below it.
     pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
         // A KEK in the state folder, generated once, as dev mode does: a reopened harness reads it.
         let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }
             .load()
             .expect("host KEK");
         let keys = Arc::new(KekWrapper::from_kek(&kek).expect("host KEK"));
-        BackupService::new(config, self.state.as_path(), keys, self.engine.clone()).expect("backup service")
+        BackupService::new(config, self.state.as_path(), keys, vec![PathBuf::from(DATA_ROOT)], self.engine.clone())
+            .expect("backup service")
     }
 
     pub async fn wait(&self, op: &OperationRecord) -> OperationRecord {

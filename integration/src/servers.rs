@@ -311,6 +311,13 @@ impl RedisServer {
     /// Starts on `dir` (a restored data folder holding dump.rdb) or a fresh one.
     pub fn start(root: Option<OwnedDir>) -> Self {
         let root = root.unwrap_or_else(|| OwnedDir::new("redis"));
+        let dir = root.path().to_path_buf();
+        Self::start_at(root, &dir)
+    }
+
+    /// Starts with `dir` (inside `root`, owned by redis) as its data folder, so that `root` can be
+    /// a data root with the server's folder strictly below it.
+    pub fn start_at(root: OwnedDir, dir: &Path) -> Self {
         let reserved = ReservedPort::new();
         let port = reserved.port();
         let conf = root.path().join("redis.conf");
@@ -318,7 +325,7 @@ impl RedisServer {
             &conf,
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n",
-                root.path().display()
+                dir.display()
             ),
         )
         .expect("write redis.conf");

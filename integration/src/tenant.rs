@@ -190,6 +190,56 @@ impl Drop for Exchange {
     }
 }
 
+/// `symlink(TARGET, LINK)` whenever LINK is missing, in a loop, as the tenant, until stopped (or
+/// dropped): a link planted again each time the agent moves or removes the name.
+pub struct Planter {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Planter {
+    pub fn start(user: &TenantUser, target: &Path, link: &Path) -> Self {
+        let child = user
+            .command(attack_binary())
+            .arg("plant-link")
+            .arg(target)
+            .arg(link)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tenant-attack");
+        Self { child: Some(child), what: format!("{} -> {}", link.display(), target.display()) }
+    }
+
+    /// Stops the loop and returns how many links it planted. Unlike an exchange, none is a valid
+    /// outcome of one race (the agent's own file took the name first): a test sums the counts of
+    /// its attempts and asserts the total.
+    pub fn stop(mut self) -> u64 {
+        let mut child = self.child.take().expect("running");
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("tenant-attack");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "planting {} failed ({}): {}",
+            self.what,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Planter {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Makes a FIFO at `path` (owned by `user`): an open for reading blocks until a writer comes.
 pub fn plant_fifo(user: &TenantUser, path: &Path) {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
@@ -254,5 +304,30 @@ mod tests {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 "), "{:?}", out);
+    }
+
+    #[test]
+    fn the_planter_plants_its_link_again_whenever_the_name_is_freed() {
+        let user = TenantUser::get();
+        let dir = tempfile::tempdir().unwrap();
+        user.own(dir.path());
+        let sentinels = Sentinels::new();
+        let link = dir.path().join("dump.rdb");
+        let planter = Planter::start(&user, &sentinels.file, &link);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut removed = 0;
+        while removed < 3 {
+            assert!(std::time::Instant::now() < deadline, "the link was not planted again");
+            if fs::symlink_metadata(&link).is_ok() {
+                let meta = fs::symlink_metadata(&link).unwrap();
+                assert!(meta.file_type().is_symlink(), "the planter made a link");
+                assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), user.uid, "as the tenant");
+                fs::remove_file(&link).unwrap();
+                removed += 1;
+            }
+            std::thread::yield_now();
+        }
+        assert!(planter.stop() >= 3);
+        sentinels.assert_untouched();
     }
 }

@@ -2,9 +2,11 @@
 //! restored into fresh servers, data identical.
 
 use dbagent::backup::engine_commands::RestoreTarget;
+use dbagent::backup::manifest::data_key;
 use dbagent::backup::settings::EngineConnection;
 use dbagent::backup::{BackupConfig, BackupKind, BackupMethod};
 use dbagent::instances::Engine;
+use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, backup_id, instance};
 use dbagent_integration::servers::{MariaServer, OwnedDir, RedisServer};
 
@@ -36,19 +38,37 @@ async fn mariadb_logical_round_trip() {
     let expected = seed_shop(&source);
 
     let h = Harness::new();
+    // Small chunks, so that a damaged last chunk comes after much of the dump.
     let config = BackupConfig {
         destinations: h.dir_destinations(),
         mariadb: maria_conn(&source, ""),
+        chunk_size: 64 << 10,
         ..BackupConfig::default()
     };
     let svc = h.service(config);
     let inst = instance("maria1", Engine::Mariadb, "mysql", &source.data);
     let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "m-1").await.unwrap();
     let id = backup_id(&h.succeed(&op).await);
+    let chunks = svc.get("maria1", &id).await.unwrap().manifest.chunk_count;
+    assert!(chunks > 2, "{chunks} chunks");
 
+    // All or nothing: the last chunk damaged on az2 is found before a statement reaches the server.
+    let object = h.state.join("dest/az2").join(data_key("maria1", &id));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
     let fresh = MariaServer::start();
-    let target = RestoreTarget::Server { connection: maria_conn(&fresh, ""), database: None, instance_server: false };
-    h.succeed(&svc.restore(&inst, &id, target, None, "m-restore").await.unwrap()).await;
+    let target =
+        || RestoreTarget::Server { connection: maria_conn(&fresh, ""), database: None, instance_server: false };
+    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), "m-damaged").await.unwrap()).await;
+    assert_eq!(failed.state, OpState::Failed, "{failed:?}");
+    let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains(&format!("chunk {} ", chunks - 1)), "the error names the last chunk: {message}");
+    let shop = "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'shop'";
+    assert_eq!(fresh.sql(shop), "0", "nothing of the damaged copy reached the server");
+
+    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), "m-restore").await.unwrap()).await;
     assert_eq!(fresh.sql(MARIA_CHECK), expected);
 }
 

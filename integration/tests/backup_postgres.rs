@@ -1,5 +1,6 @@
 //! PostgreSQL 15 with pgbench data: physical (pg_basebackup tar) and logical (pg_dump -Fc) backups
 //! through the real pipeline to three destinations, restored into fresh clusters, data identical.
+//! A logical restore runs as the target database's owner and is all or nothing.
 //! Destinations: Garage buckets when DBAGENT_TEST_GARAGE is set up (see backup_s3.rs), `dir` here.
 
 use dbagent::backup::engine_commands::RestoreTarget;
@@ -121,8 +122,9 @@ async fn postgres_physical_and_logical_round_trip() {
         fresh.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'bench'") == "0",
         "nothing was restored into the wrong server"
     );
+    // Into the connection's database, made by the restore since it does not exist yet.
     let target =
-        RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: false };
+        RestoreTarget::Server { connection: fresh.connection("bench"), database: None, instance_server: false };
     let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
@@ -145,4 +147,92 @@ async fn postgres_physical_and_logical_round_trip() {
         let v = svc.verify("pg1", &phys, Some(az.into()), &format!("verify-{az}")).await.unwrap();
         h.succeed(&v).await;
     }
+}
+
+const ITEMS_CHECK: &str = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM items";
+
+/// The dump holds what the tenant put in their database, so pg_restore runs as the target
+/// database's owner role: every restored object belongs to it, not to postgres. And it is all or
+/// nothing: a statement refused late (at the index, after the data) rolls everything back, and a
+/// copy whose last chunk is damaged is refused, naming the chunk, before anything reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_logical_restore_runs_as_the_database_owner_and_all_or_nothing() {
+    let source = PgServer::init();
+    source.psql("postgres", "CREATE ROLE shop_owner");
+    source.psql("postgres", "CREATE DATABASE shop OWNER shop_owner");
+    source.psql(
+        "shop",
+        "SET ROLE shop_owner; \
+         CREATE TABLE items AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 40000) g; \
+         CREATE INDEX items_v_idx ON items (v); \
+         CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM items'",
+    );
+    let expected = source.psql("shop", ITEMS_CHECK);
+    let h = Harness::new();
+    // Small chunks: the damaged one is the last of many.
+    let config = BackupConfig {
+        destinations: h.dir_destinations(),
+        postgresql: source.connection("shop"),
+        chunk_size: 64 << 10,
+        ..BackupConfig::default()
+    };
+    let svc = h.service(config);
+    let inst = instance("pg1", Engine::Postgresql, "postgres", &source.data);
+    let op = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "logical").await.unwrap();
+    let id = backup_id(&h.succeed(&op).await);
+    let chunks = svc.get("pg1", &id).await.unwrap().manifest.chunk_count;
+    assert!(chunks > 3, "{chunks} chunks");
+
+    // The target: a database of the tenant's role, with a table of its own in it.
+    let fresh = PgServer::init();
+    fresh.psql("postgres", "CREATE ROLE tenant_owner");
+    fresh.psql("postgres", "CREATE DATABASE shop OWNER tenant_owner");
+    fresh.psql("shop", "SET ROLE tenant_owner; CREATE TABLE marker (x int); INSERT INTO marker VALUES (1)");
+    let unchanged = |when: &str| {
+        let tables = fresh.psql(
+            "shop",
+            "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
+        );
+        assert_eq!(tables, "items_v_idx,marker", "{when}: the database changed");
+        assert_eq!(fresh.psql("shop", "SELECT count(*) FROM marker"), "1", "{when}");
+        assert_eq!(fresh.psql("shop", "SELECT count(*) FROM pg_proc WHERE proname = 'item_count'"), "0", "{when}");
+    };
+    let target =
+        || RestoreTarget::Server { connection: fresh.connection("shop"), database: None, instance_server: false };
+
+    // A relation in the way of the index, which comes after the table and its 40,000 rows: the
+    // restore fails there, and the table, its rows and the function are rolled back with it.
+    fresh.psql("shop", "SET ROLE tenant_owner; CREATE TABLE items_v_idx (x int)");
+    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az1".into()), "late-failure").await.unwrap()).await;
+    assert_eq!(failed.state, OpState::Failed, "{failed:?}");
+    let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains("pg_restore") && message.contains("items_v_idx"), "{message}");
+    unchanged("after a statement failed part-way");
+
+    // The last chunk damaged on az2: refused, naming it, and nothing reached the server.
+    let object = h.state.join("dest/az2").join(data_key("pg1", &id));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), "damaged").await.unwrap()).await;
+    assert_eq!(failed.state, OpState::Failed, "{failed:?}");
+    assert_eq!(failed.error.as_ref().map(|e| e.code), Some(ErrorCode::FailedPrecondition));
+    let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+    assert!(message.contains(&format!("chunk {} ", chunks - 1)) && message.contains("az2"), "{message}");
+    unchanged("after a damaged copy");
+
+    // The allowed path: the intact copy restores, and everything it made belongs to tenant_owner.
+    fresh.psql("shop", "DROP TABLE items_v_idx");
+    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), "good").await.unwrap()).await;
+    assert_eq!(fresh.psql("shop", ITEMS_CHECK), expected);
+    assert_eq!(fresh.psql("shop", "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"), "tenant_owner");
+    assert_eq!(
+        fresh.psql("shop", "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'item_count'"),
+        "tenant_owner"
+    );
+    assert_eq!(
+        fresh.psql("shop", "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'items_v_idx'"),
+        "tenant_owner"
+    );
 }

@@ -63,8 +63,9 @@ async fn postgres_to_three_garage_buckets() {
     let logical =
         backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l").await.unwrap()).await);
     let fresh = PgServer::init();
+    // Into the connection's database, made by the restore since it does not exist yet.
     let target =
-        RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: false };
+        RestoreTarget::Server { connection: fresh.connection("bench"), database: None, instance_server: false };
     h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), "lr").await.unwrap()).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 }

@@ -77,7 +77,7 @@ impl pb::backups_server::Backups for BackupsApi {
             (BackupMethod::Physical, false) => RestoreTarget::DataDir(PathBuf::from(&req.target_data_dir)),
             (BackupMethod::Physical, true) => RestoreTarget::DataDir(instance.spec.data_dir.clone()),
             (BackupMethod::Logical, true) => RestoreTarget::Server {
-                connection: self.backups.connection_for(&instance),
+                connection: self.backups.connection_for(&instance).await,
                 database,
                 instance_server: true,
             },

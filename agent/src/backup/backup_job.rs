@@ -32,7 +32,7 @@ pub async fn run(
 ) -> Result<serde_json::Value, BackupError> {
     let engine = instance.spec.engine;
     let method = engine_commands::effective_method(engine, method);
-    let conn = res.settings.connection_for(instance);
+    let conn = res.settings.connection_for(instance, &res.data_roots).await;
     check_serves(instance, &conn).await?;
     let tool = engine_commands::dump_tool(engine, method, &conn).run_as(&instance.spec.os_user)?;
     let tool_version = tool.version_line().await;

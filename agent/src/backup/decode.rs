@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::BackupError;
 use super::chunks::{ChunkFault, Opener};
-use super::destination::{ByteStream, Upload};
-use super::manifest::Manifest;
+use super::destination::{ByteStream, Destination, Upload};
+use super::manifest::{Manifest, data_key};
 
 const QUEUE: usize = 4;
 
@@ -96,6 +96,29 @@ pub async fn decode(
         return Err(corrupt(format!("{raw} bytes decoded, the manifest says {}", manifest.raw_bytes)));
     }
     Ok(DecodeOutcome { raw_bytes: raw, stored_bytes, chunk_count })
+}
+
+/// One destination's copy of a backup with the key that opens it: what a restore reads, once to
+/// check it whole and once more into the server, or once into a data directory.
+pub struct StoredCopy<'a> {
+    pub destination: &'a dyn Destination,
+    /// The destination's name, for messages.
+    pub source: &'a str,
+    pub manifest: &'a Manifest,
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl StoredCopy<'_> {
+    /// Reads the copy from the start through [`decode`] into `sink`.
+    pub async fn decode_into(
+        &self,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+        cancel: &CancellationToken,
+    ) -> Result<DecodeOutcome, BackupError> {
+        let m = self.manifest;
+        let stream = self.destination.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
+        decode(stream, self.key.clone(), m, self.source, sink, cancel).await
+    }
 }
 
 struct ChannelWriter(mpsc::Sender<Bytes>);

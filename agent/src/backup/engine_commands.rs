@@ -108,6 +108,27 @@ pub fn dump_tool(engine: Engine, method: BackupMethod, c: &EngineConnection) -> 
     }
 }
 
+/// The database a PostgreSQL logical restore goes into: the request's new database, else the
+/// connection's database (the one `pg_dump` dumps).
+pub fn pg_restore_database<'a>(c: &'a EngineConnection, database: Option<&'a str>) -> &'a str {
+    database.unwrap_or(&c.database)
+}
+
+/// A query whose last line of output is the owner of database `db` (`pg_database.datdba`), or
+/// nothing if there is no such database. `db` is a validated identifier or the configured name;
+/// it is quoted as an SQL literal all the same.
+pub fn pg_database_owner_query(c: &EngineConnection, db: &str) -> ToolCommand {
+    let mut a = pg_conn(c);
+    let literal = format!("'{}'", db.replace('\'', "''"));
+    a.extend([
+        "--dbname=postgres".into(),
+        "-XAtq".into(),
+        "-c".into(),
+        format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = {literal}"),
+    ]);
+    tool(c, "psql", a)
+}
+
 /// Redis has one backup form, the RDB snapshot, which is recorded as physical.
 pub fn effective_method(engine: Engine, method: BackupMethod) -> BackupMethod {
     if engine == Engine::Redis { BackupMethod::Physical } else { method }
@@ -139,8 +160,9 @@ pub struct RestorePlan {
 pub enum RestoreSink {
     /// The stream is the tool's stdin.
     Tool(ToolCommand),
-    /// The stream is written to this file.
-    File(PathBuf),
+    /// The stream is written to this new file in the data directory (created there by name,
+    /// beneath the folder's handle, never through an existing name).
+    File(std::ffi::OsString),
 }
 
 impl RestorePlan {
@@ -155,20 +177,16 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
             Ok(RestorePlan::into_tool(ToolCommand::new("tar").args(["-x", "-f", "-", "-C"]).arg(dir)))
         }
         (Engine::Postgresql, BackupMethod::Logical, RestoreTarget::Server { connection: c, database, .. }) => {
+            let db = pg_restore_database(c, database.as_deref());
             let mut args = pg_conn(c);
-            args.extend(["--no-owner".into(), "--exit-on-error".into()]);
-            let before = match database {
-                Some(db) => {
-                    args.push(format!("--dbname={db}"));
-                    let mut create = pg_conn(c);
-                    create.push(db.clone());
-                    Some(tool(c, "createdb", create))
-                }
-                None => {
-                    args.extend(["--create".into(), "--dbname=postgres".into()]);
-                    None
-                }
-            };
+            // One transaction: a failure part-way leaves the database as it was. The job adds
+            // --role=<the database's owner>, so the dump's statements never run as the superuser.
+            args.extend(["--no-owner".into(), "--single-transaction".into(), "--exit-on-error".into()]);
+            args.push(format!("--dbname={db}"));
+            let mut create = pg_conn(c);
+            create.extend(["--maintenance-db=postgres".into(), db.to_owned()]);
+            // Runs only if the database does not exist yet (the job asks first).
+            let before = Some(tool(c, "createdb", create));
             Ok(RestorePlan { before, ..RestorePlan::into_tool(tool(c, "pg_restore", args)) })
         }
         (Engine::Mariadb, BackupMethod::Logical, RestoreTarget::Server { connection: c, .. }) => {
@@ -180,8 +198,8 @@ pub fn restore_plan(engine: Engine, method: BackupMethod, target: &RestoreTarget
             ),
             ..RestorePlan::into_tool(ToolCommand::new("mbstream").args(["-x", "-C"]).arg(dir))
         }),
-        (Engine::Redis, _, RestoreTarget::DataDir(dir)) => {
-            Ok(RestorePlan { before: None, into: RestoreSink::File(dir.join("dump.rdb")), after: None })
+        (Engine::Redis, _, RestoreTarget::DataDir(_)) => {
+            Ok(RestorePlan { before: None, into: RestoreSink::File("dump.rdb".into()), after: None })
         }
         (Engine::Redis, _, RestoreTarget::Server { .. })
         | (_, BackupMethod::Physical, RestoreTarget::Server { .. }) => Err(BackupError::PhysicalRestoreNeedsDataDir),
@@ -224,6 +242,16 @@ mod tests {
         let RestoreSink::Tool(tool) = &plan.into else { panic!("a physical PostgreSQL backup restores through tar") };
         assert_eq!(tool.shown(), "tar -x -f - -C /srv/new");
         let plan = restore_plan(Engine::Postgresql, BackupMethod::Logical, &server).unwrap();
-        assert!(plan.before.is_none() && matches!(plan.into, RestoreSink::Tool(_)), "{plan:?}");
+        let RestoreSink::Tool(tool) = &plan.into else {
+            panic!("a logical PostgreSQL backup restores through pg_restore")
+        };
+        for part in [" --no-owner ", " --single-transaction ", " --exit-on-error ", " --dbname=postgres"] {
+            assert!(tool.shown().contains(part), "{part:?} missing from {}", tool.shown());
+        }
+        assert!(!tool.shown().contains("--create"), "--create cannot run in one transaction: {}", tool.shown());
+        let created = plan.before.as_ref().map(ToolCommand::shown).unwrap_or_default();
+        assert!(created.starts_with("createdb ") && created.ends_with(" postgres"), "{created}");
+        let q = pg_database_owner_query(&c.postgresql, "it's");
+        assert!(q.shown().contains("datname = 'it''s'"), "{}", q.shown());
     }
 }

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod resources;
 pub mod restore_dir;
 pub mod restore_job;
+pub mod restore_server;
 pub mod scheduler;
 pub mod server_check;
 pub mod service;
@@ -74,6 +75,14 @@ pub enum BackupError {
         aside.display()
     )]
     RestoreLeftoverFound { aside: PathBuf },
+    #[error(
+        "target_data_dir {} lies below none of the data roots {}; restore into a folder below a data root",
+        dir.display(), roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    RestoreDirOutsideRoots { dir: PathBuf, roots: Vec<PathBuf> },
+    /// The restore folder (or something in it) is a link, leaves its data root, or cannot be used.
+    #[error(transparent)]
+    Beneath(#[from] crate::beneath::BeneathError),
     #[error("a physical backup restores into a data directory, not into a running server; give target_data_dir")]
     PhysicalRestoreNeedsDataDir,
     #[error("a logical backup restores into a running server (a new database), not into a data directory")]
@@ -176,6 +185,7 @@ impl crate::error::HasErrorCode for BackupError {
             | BackupError::InstanceRunning { .. }
             | BackupError::RestoreTargetNotEmpty { .. }
             | BackupError::RestoreLeftoverFound { .. }
+            | BackupError::RestoreDirOutsideRoots { .. }
             | BackupError::PhysicalRestoreNeedsDataDir
             | BackupError::LogicalRestoreNeedsServer
             | BackupError::UnknownOsUser { .. }
@@ -195,6 +205,7 @@ impl crate::error::HasErrorCode for BackupError {
             | BackupError::DeleteIncomplete { .. } => ErrorCode::Unavailable,
             BackupError::Cancelled => ErrorCode::Cancelled,
             BackupError::Ops(e) => e.code(),
+            BackupError::Beneath(e) => e.code(),
             BackupError::Tool(e) => e.code(),
             BackupError::Store(e) => e.code(),
             BackupError::Random(_) | BackupError::WrapFailed | BackupError::Io { .. } => ErrorCode::Internal,

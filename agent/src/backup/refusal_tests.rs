@@ -157,12 +157,16 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
     let done = f.wait(&op).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
     let id = backup_id(&done);
+    let connection = svc.connection_for(&pg).await;
     let into_server =
-        || RestoreTarget::Server { connection: svc.connection_for(&pg), database: None, instance_server: true };
+        || RestoreTarget::Server { connection: connection.clone(), database: None, instance_server: true };
     let op = svc.restore(&pg, &id, into_server(), None, "restore-ok").await.unwrap();
     let done = f.wait(&op).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
     assert_eq!(std::fs::read(f.dir.path().join("restored.bin")).unwrap(), f.data);
+
+    let args = std::fs::read_to_string(f.dir.path().join("restore.args")).unwrap();
+    assert!(args.contains("--role=shop_owner") && args.contains("--single-transaction"), "{args}");
 
     f.fault("fail-restore");
     let e = failure(&f.wait(&svc.restore(&pg, &id, into_server(), None, "restore-bad").await.unwrap()).await);
@@ -173,7 +177,8 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
 }
 
 #[tokio::test]
-async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance() {
+async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance_and_a_planted_pid_file_is_not_followed()
+{
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let id = take_backup(&f, &svc, "req-1").await;
@@ -196,7 +201,58 @@ async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance(
     let e = svc.restore(&pg, &id, in_place.clone(), None, "in-place-running").await.unwrap_err();
     assert!(matches!(&e, BackupError::InstanceRunning { instance, .. } if instance == "r1"), "{e:?}");
     std::fs::remove_file(pg.spec.data_dir.join("postmaster.pid")).unwrap();
+    // A FIFO planted as postmaster.pid (by a tenant, as the cluster's user) neither hangs the check
+    // nor counts as a running cluster; a link to a file elsewhere is not followed either.
+    let pid = pg.spec.data_dir.join("postmaster.pid");
+    nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let op = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        svc.restore(&pg, &id, in_place.clone(), None, "in-place-fifo"),
+    )
+    .await
+    .expect("a FIFO as postmaster.pid hung the restore check")
+    .unwrap();
+    let done = f.wait(&op).await;
+    assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
+    assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
+    assert!(!pid.exists(), "the old content, the FIFO with it, was replaced by the restore");
+    std::os::unix::fs::symlink(f.dir.path().join("dump.bin"), &pid).unwrap();
     let op = svc.restore(&pg, &id, in_place, None, "in-place-stopped").await.unwrap();
     assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
     assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
+    assert_eq!(std::fs::read(f.dir.path().join("dump.bin")).unwrap(), f.data, "the link's target is untouched");
+}
+
+/// A logical restore reads the whole copy before the first byte reaches the server: a copy whose
+/// last chunk is damaged fails naming that chunk, and pg_restore never ran. The intact copy on
+/// another destination restores, as the database's owner.
+#[tokio::test]
+async fn a_logical_restore_with_a_damaged_last_chunk_sends_nothing_to_the_server() {
+    let f = Fixture::new();
+    let svc = f.service(None, 1);
+    let pg = postgres_instance();
+    let done = f.wait(&svc.start(&pg, BackupMethod::Logical, BackupKind::Manual, "logical").await.unwrap()).await;
+    assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
+    let id = backup_id(&done);
+    let chunks = svc.get("r1", &id).await.unwrap().manifest.chunk_count;
+    assert!(chunks > 2, "the test needs several chunks, has {chunks}");
+    let path = f.data_file("az2", &id);
+    let mut stored = std::fs::read(&path).unwrap();
+    let last = stored.len() - 20;
+    stored[last] ^= 0x01;
+    std::fs::write(&path, stored).unwrap();
+
+    let connection = svc.connection_for(&pg).await;
+    let into_server =
+        || RestoreTarget::Server { connection: connection.clone(), database: None, instance_server: true };
+    let e = failure(&f.wait(&svc.restore(&pg, &id, into_server(), Some("az2".into()), "bad").await.unwrap()).await);
+    assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e:?}");
+    let named = format!("chunk {} ", chunks - 1);
+    assert!(e.message.contains(&named) && e.message.contains("az2"), "{named:?} missing from {}", e.message);
+    assert!(!f.dir.path().join("restore.args").exists(), "pg_restore was started before the copy was checked");
+    assert!(!f.dir.path().join("restored.bin").exists(), "bytes reached the server");
+
+    let ok = f.wait(&svc.restore(&pg, &id, into_server(), Some("az1".into()), "good").await.unwrap()).await;
+    assert_eq!(ok.state, OpState::Succeeded, "{:?}", ok.error);
+    assert_eq!(std::fs::read(f.dir.path().join("restored.bin")).unwrap(), f.data);
 }

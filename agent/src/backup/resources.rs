@@ -2,7 +2,7 @@
 //! destinations, the key wrapper, the settings and the in-flight records. A job gets this, never
 //! the service, so no job module imports the service.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::BackupError;
@@ -18,18 +18,25 @@ pub struct BackupResources {
     pub destinations: Vec<Arc<dyn Destination>>,
     pub keys: Arc<dyn KeyWrapper>,
     pub inflight: InflightRecords,
+    /// The configured data roots: a restore opens its folder beneath one of them, inside the job.
+    pub data_roots: Vec<PathBuf>,
 }
 
 impl BackupResources {
     /// Opens the configured destinations (defaults below `state_dir`) and the in-flight records.
-    pub fn open(settings: BackupConfig, state_dir: &Path, keys: Arc<dyn KeyWrapper>) -> Result<Self, BackupError> {
+    pub fn open(
+        settings: BackupConfig,
+        state_dir: &Path,
+        keys: Arc<dyn KeyWrapper>,
+        data_roots: Vec<PathBuf>,
+    ) -> Result<Self, BackupError> {
         let destinations = settings
             .effective_destinations(state_dir)
             .iter()
             .map(|d| destination::open(d, settings.part_size, settings.max_retries))
             .collect::<Result<Vec<_>, _>>()?;
         let inflight = InflightRecords::open(state_dir)?;
-        Ok(Self { settings, destinations, keys, inflight })
+        Ok(Self { settings, destinations, keys, inflight, data_roots })
     }
 
     pub fn destination_names(&self) -> Vec<String> {

@@ -1,5 +1,11 @@
 //! The folder a physical restore writes into, and how a failed restore gives it back unchanged.
 //!
+//! The folder lies beneath a data root that the database's OS user owns, and that user may be a
+//! tenant running code in their database. So it is opened once, beneath its data root and without
+//! following any link ([`crate::beneath`]), inside the job right before the work, and everything
+//! after (setting aside, chown, the restored file, commit, rollback) acts on the open handles: a
+//! name swapped for a link half-way changes nothing the agent touches.
+//!
 //! A new or empty folder is emptied again (and removed if the restore created it). A restore in
 //! place first moves what the data directory holds into a set-aside folder inside it (a rename on
 //! the same filesystem, so the data never leaves the encrypted volume); success deletes the
@@ -7,12 +13,11 @@
 //! between leaves the set-aside folder, and the next restore refuses to start until an operator has
 //! looked at it.
 
-use std::fs;
-use std::io;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
-use crate::fsutil;
+use crate::beneath::{BeneathError, DirHandle, DirOutcome};
 
 /// Set-aside folder inside the data directory during a restore in place.
 pub const ASIDE: &str = ".dbagent-restore-aside";
@@ -21,43 +26,77 @@ const LOST_FOUND: &str = "lost+found";
 
 #[derive(Debug)]
 pub struct RestoreDir {
-    dir: PathBuf,
+    /// The folder holding the data directory, and the data directory's name in it.
+    parent: DirHandle,
+    name: OsString,
+    dir: DirHandle,
     created: bool,
-    aside: Option<PathBuf>,
+    aside: Option<DirHandle>,
+}
+
+/// Whether the restore replaces the instance's own data directory or fills a new folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreInto {
+    /// The instance's stopped data directory: what it holds is set aside.
+    InPlace,
+    /// Another folder, which must be missing or empty.
+    NewFolder,
 }
 
 impl RestoreDir {
-    /// Creates `dir` (0700) if missing, and sets aside what it holds.
-    pub fn prepare(dir: &Path) -> Result<Self, BackupError> {
-        let aside = dir.join(ASIDE);
-        if aside.symlink_metadata().is_ok() {
-            return Err(BackupError::RestoreLeftoverFound { aside });
+    /// Opens `dir` beneath the data root that holds it, creating it (0700) and the folders above it
+    /// if missing, and sets aside what it holds (in place) or refuses it if it holds anything.
+    /// Blocking: run it off the async workers.
+    pub fn prepare(data_roots: &[PathBuf], dir: &Path, into: RestoreInto) -> Result<Self, BackupError> {
+        let (root, rel) = crate::beneath::split_below(data_roots, dir)
+            .ok_or_else(|| BackupError::RestoreDirOutsideRoots { dir: dir.to_owned(), roots: data_roots.to_vec() })?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| BackupError::RestoreDirOutsideRoots { dir: dir.to_owned(), roots: data_roots.to_vec() })?;
+        let root = DirHandle::open_root(root)?;
+        let (parent, _) = root.open_or_create_dir(rel.parent().unwrap_or(Path::new("")), 0o700)?;
+        let (handle, outcome) = parent.open_or_create_dir(Path::new(name), 0o700)?;
+        let mut this =
+            Self { parent, name: name.to_owned(), dir: handle, created: outcome == DirOutcome::Created, aside: None };
+        if this.dir.entries()?.iter().any(|n| n == ASIDE) {
+            return Err(BackupError::RestoreLeftoverFound { aside: dir.join(ASIDE) });
         }
-        let created = !dir.exists();
-        fsutil::ensure_private_dir(dir).map_err(|e| BackupError::io(format!("create {}", dir.display()), e))?;
-        let entries = entries(dir).map_err(|e| BackupError::io(format!("list {}", dir.display()), e))?;
-        let mut this = Self { dir: dir.to_owned(), created, aside: None };
+        let entries = entries(&this.dir)?;
         if entries.is_empty() {
             return Ok(this);
         }
-        fs::create_dir(&aside).map_err(|e| BackupError::io(format!("create {}", aside.display()), e))?;
-        this.aside = Some(aside.clone());
-        for name in entries {
-            if let Err(e) = fs::rename(dir.join(&name), aside.join(&name)) {
-                this.rollback();
-                return Err(BackupError::io(format!("set aside {}", dir.join(&name).display()), e));
-            }
+        if into == RestoreInto::NewFolder {
+            return Err(BackupError::RestoreTargetNotEmpty { dir: dir.to_owned() });
         }
-        let _ = fsutil::sync_dir(dir);
+        let (aside, outcome) = this.dir.open_or_create_dir(Path::new(ASIDE), 0o700)?;
+        if outcome != DirOutcome::Created {
+            return Err(BackupError::RestoreLeftoverFound { aside: dir.join(ASIDE) });
+        }
+        this.aside = Some(aside);
+        let moved = entries.iter().try_for_each(|name| this.dir.rename(name, this.aside_handle(), name));
+        if let Err(e) = moved {
+            this.rollback();
+            return Err(e.into());
+        }
+        let _ = this.dir.sync();
         Ok(this)
+    }
+
+    /// The open data directory: chown it, create files in it, through this handle.
+    pub fn handle(&self) -> &DirHandle {
+        &self.dir
+    }
+
+    fn aside_handle(&self) -> &DirHandle {
+        self.aside.as_ref().unwrap_or(&self.dir)
     }
 
     /// The restore succeeded: the set-aside copy is no longer needed.
     pub fn commit(self) {
-        if let Some(aside) = &self.aside
-            && let Err(e) = fs::remove_dir_all(aside)
-        {
-            tracing::warn!("restore succeeded, but removing the old data in {} failed: {e}", aside.display());
+        let Some(aside) = &self.aside else { return };
+        let removed = aside.clear().and_then(|()| self.remove_if_still(&self.dir, OsStr::new(ASIDE), aside));
+        if let Err(e) = removed {
+            tracing::warn!("restore succeeded, but removing the old data in {} failed: {e}", aside.path().display());
         }
     }
 
@@ -66,89 +105,47 @@ impl RestoreDir {
         if let Err(e) = self.try_rollback() {
             tracing::error!(
                 "a failed restore could not put {} back as it was: {e}; the old data is in {}",
-                self.dir.display(),
-                self.dir.join(ASIDE).display()
+                self.dir.path().display(),
+                self.dir.path().join(ASIDE).display()
             );
         }
     }
 
-    fn try_rollback(&self) -> io::Result<()> {
+    fn try_rollback(&self) -> Result<(), BeneathError> {
         for name in entries(&self.dir)? {
-            let path = self.dir.join(&name);
-            if path.is_dir() && !path.is_symlink() { fs::remove_dir_all(&path)? } else { fs::remove_file(&path)? }
+            self.dir.remove_tree(&name)?;
         }
         if let Some(aside) = &self.aside {
-            for name in entries(aside)? {
-                fs::rename(aside.join(&name), self.dir.join(&name))?;
+            // Replacing: whatever the tenant planted at a name since the folder was emptied goes.
+            for name in aside.entries()? {
+                aside.rename_over(&name, &self.dir, &name)?;
             }
-            fs::remove_dir(aside)?;
+            self.remove_if_still(&self.dir, OsStr::new(ASIDE), aside)?;
         } else if self.created {
-            fs::remove_dir(&self.dir)?;
+            self.remove_if_still(&self.parent, &self.name, &self.dir)?;
         }
-        let _ = fsutil::sync_dir(&self.dir);
+        let _ = self.dir.sync();
+        let _ = self.parent.sync();
+        Ok(())
+    }
+
+    /// Removes the empty folder `name` in `parent` only if that name still is the folder `held`:
+    /// if it was swapped (for a link, another folder), the swapped-in thing stays as it is.
+    fn remove_if_still(&self, parent: &DirHandle, name: &OsStr, held: &DirHandle) -> Result<(), BeneathError> {
+        if parent.holds(name, held) {
+            parent.remove_dir(name)?;
+        } else {
+            tracing::warn!("{} was replaced during the restore; left as it is", parent.path().join(name).display());
+        }
         Ok(())
     }
 }
 
-/// Names in `dir` that a restore replaces: everything but lost+found and the set-aside folder.
-fn entries(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if name != LOST_FOUND && name != ASIDE {
-            names.push(name);
-        }
-    }
-    Ok(names)
+/// Names in the folder that a restore replaces: everything but lost+found and the set-aside folder.
+fn entries(dir: &DirHandle) -> Result<Vec<OsString>, BeneathError> {
+    Ok(dir.entries()?.into_iter().filter(|n| n != LOST_FOUND && n != ASIDE).collect())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(path: &Path, text: &str) {
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, text).unwrap();
-    }
-
-    #[test]
-    fn in_place_failure_puts_the_old_data_back_and_success_drops_it() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("data");
-        write(&dir.join("PG_VERSION"), "15");
-        write(&dir.join("base/1/1259"), "old");
-        fs::create_dir(dir.join(LOST_FOUND)).unwrap();
-
-        let r = RestoreDir::prepare(&dir).unwrap();
-        let mut left: Vec<_> = entries(&dir).unwrap();
-        left.sort();
-        assert!(left.is_empty(), "only lost+found and the set-aside folder remain: {left:?}");
-        write(&dir.join("PG_VERSION"), "16");
-        write(&dir.join("half-written"), "x");
-        r.rollback();
-        assert_eq!(fs::read_to_string(dir.join("PG_VERSION")).unwrap(), "15");
-        assert_eq!(fs::read_to_string(dir.join("base/1/1259")).unwrap(), "old");
-        assert!(!dir.join("half-written").exists() && !dir.join(ASIDE).exists());
-        assert!(dir.join(LOST_FOUND).is_dir());
-
-        let r = RestoreDir::prepare(&dir).unwrap();
-        write(&dir.join("PG_VERSION"), "16");
-        r.commit();
-        assert_eq!(fs::read_to_string(dir.join("PG_VERSION")).unwrap(), "16");
-        assert!(!dir.join("base").exists() && !dir.join(ASIDE).exists());
-    }
-
-    #[test]
-    fn a_new_folder_is_removed_again_and_leftovers_refuse_a_restore() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("new");
-        let r = RestoreDir::prepare(&dir).unwrap();
-        write(&dir.join("partial"), "x");
-        r.rollback();
-        assert!(!dir.exists());
-
-        fs::create_dir_all(dir.join(ASIDE)).unwrap();
-        let e = RestoreDir::prepare(&dir).unwrap_err();
-        assert!(matches!(&e, BackupError::RestoreLeftoverFound { aside } if aside.ends_with(ASIDE)), "{e:?}");
-    }
-}
+#[path = "restore_dir_tests.rs"]
+mod tests;

@@ -1,31 +1,33 @@
 //! The RestoreBackup operation: where a restore may go, and streaming the backup into a data
-//! directory (through `restore_dir`, which gives the folder back unchanged on failure) or into a
-//! running server.
+//! directory (through `restore_dir`, which opens it beneath its data root and gives it back
+//! unchanged on failure) or into a running server (through `restore_server`: checked whole first,
+//! and for PostgreSQL as the database's owner, in one transaction).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::BackupError;
 use super::catalog::BackupInfo;
-use super::decode;
-use super::destination::Destination;
+use super::decode::StoredCopy;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
 use super::keywrap::unwrap_data_key;
-use super::manifest::{Manifest, data_key};
 use super::resources::BackupResources;
-use super::restore_dir::RestoreDir;
+use super::restore_dir::{RestoreDir, RestoreInto};
+use super::restore_server;
 use super::server_check::check_serves;
+use super::settings::read_postmaster_pid;
+use crate::beneath::DirHandle;
 use crate::command::ToolCommand;
 use crate::ids::InvalidField;
 use crate::instances::{Engine, Instance};
 use crate::ops::{JobContext, Progress};
 
 /// A data directory to restore into must be new or empty; the instance's own one only while it is stopped.
-pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), BackupError> {
+pub async fn check_restore_dir(instance: &Instance, dir: &Path, data_roots: &[PathBuf]) -> Result<(), BackupError> {
     if !dir.is_absolute() {
         return Err(InvalidField::new("target_data_dir", format!("{} must be absolute", dir.display())).into());
     }
     if dir == instance.spec.data_dir {
-        if instance_running(instance).await {
+        if instance_running(instance, data_roots).await {
             return Err(BackupError::InstanceRunning {
                 instance: instance.id.clone(),
                 unit: instance.spec.systemd_unit.clone(),
@@ -41,10 +43,15 @@ pub async fn check_restore_dir(instance: &Instance, dir: &Path) -> Result<(), Ba
 }
 
 /// A PostgreSQL cluster leaves `postmaster.pid` while it runs (also when started by hand, outside
-/// its unit); for every engine the instance's systemd unit being active counts.
-async fn instance_running(instance: &Instance) -> bool {
-    if instance.spec.engine == Engine::Postgresql && instance.spec.data_dir.join("postmaster.pid").exists() {
-        return true;
+/// its unit); for every engine the instance's systemd unit being active counts. The file is read
+/// as [`read_postmaster_pid`] does (a link or a FIFO planted in its place is neither followed nor
+/// waited on), off the async workers.
+async fn instance_running(instance: &Instance, data_roots: &[PathBuf]) -> bool {
+    if instance.spec.engine == Engine::Postgresql {
+        let (roots, data_dir) = (data_roots.to_vec(), instance.spec.data_dir.clone());
+        if let Ok(Some(_)) = tokio::task::spawn_blocking(move || read_postmaster_pid(&roots, &data_dir)).await {
+            return true;
+        }
     }
     ToolCommand::new("systemctl").args(["is-active", "--quiet", &instance.spec.systemd_unit]).succeeds().await
 }
@@ -61,20 +68,47 @@ pub async fn run(
     let dest = res.destination(source)?;
     // Refuse before touching the target: a wrong key must not leave a half-made data directory.
     let key = unwrap_data_key(res.keys.as_ref(), m)?;
+    let copy = StoredCopy { destination: dest.as_ref(), source, manifest: m, key };
     let plan = engine_commands::restore_plan(m.engine, m.method, target)?;
     let user = &instance.spec.os_user;
-    if let RestoreTarget::Server { connection, instance_server: true, .. } = target {
-        check_serves(instance, connection).await?;
-    }
-    let Some(dir) = (match target {
-        RestoreTarget::DataDir(dir) => Some(dir),
-        RestoreTarget::Server { .. } => None,
-    }) else {
-        return fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await;
+    let dir = match target {
+        RestoreTarget::DataDir(dir) => dir,
+        RestoreTarget::Server { connection, database, instance_server } => {
+            if *instance_server {
+                check_serves(instance, connection).await?;
+            }
+            // All or nothing: nothing reaches the server before the whole copy has been checked.
+            restore_server::verify_whole(&copy, ctx).await?;
+            let plan = match m.engine {
+                Engine::Postgresql => {
+                    restore_server::as_database_owner(plan, connection, database.as_deref(), user).await?
+                }
+                Engine::Mariadb | Engine::Redis => plan,
+            };
+            return fill_target(&copy, plan, user, None, ctx).await;
+        }
     };
-    let guard = RestoreDir::prepare(dir)?;
-    let result = match chown_to(dir, user) {
-        Ok(()) => fill_target(dest.as_ref(), key, m, source, plan, user, ctx).await,
+    // Checked again here, right before the work: the request's check was minutes ago, maybe.
+    let into = if *dir == instance.spec.data_dir {
+        if instance_running(instance, &res.data_roots).await {
+            return Err(BackupError::InstanceRunning {
+                instance: instance.id.clone(),
+                unit: instance.spec.systemd_unit.clone(),
+            });
+        }
+        RestoreInto::InPlace
+    } else {
+        RestoreInto::NewFolder
+    };
+    let owner = os_user_ids(user)?;
+    let (roots, path) = (res.data_roots.clone(), dir.clone());
+    let guard = blocking(move || RestoreDir::prepare(&roots, &path, into)).await?;
+    let chowned = match owner {
+        Some((uid, gid)) => guard.handle().chown(uid, gid).map_err(BackupError::from),
+        None => Ok(()),
+    };
+    let result = match chowned {
+        Ok(()) => fill_target(&copy, plan, user, Some(guard.handle()), ctx).await,
         Err(e) => Err(e),
     };
     // Removing a half-restored data directory can take a while: off the async workers.
@@ -83,39 +117,49 @@ pub async fn run(
     result
 }
 
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))?
+}
+
 /// Runs the restore plan: its `before` tool, the backup streamed into its file or tool, its `after` tool.
 async fn fill_target(
-    dest: &dyn Destination,
-    key: zeroize::Zeroizing<Vec<u8>>,
-    m: &Manifest,
-    source: &str,
+    copy: &StoredCopy<'_>,
     plan: RestorePlan,
     user: &str,
+    dir: Option<&DirHandle>,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
+    let (m, source) = (copy.manifest, copy.source);
     ctx.progress(Progress {
         done: 0,
         total: m.raw_bytes,
         unit: "bytes".into(),
         message: format!("restoring from {source}"),
     });
-    let stream = dest.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
     if let Some(before) = plan.before {
         before.run_as(user)?.output().await?;
     }
     let out = match plan.into {
-        RestoreSink::File(path) => {
-            let mut file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| BackupError::io(format!("create {}", path.display()), e))?;
-            let out = decode::decode(stream, key, m, source, &mut file, &ctx.cancel).await?;
+        RestoreSink::File(name) => {
+            let dir = dir.ok_or(BackupError::PhysicalRestoreNeedsDataDir)?;
+            let path = dir.path().join(&name);
+            // Created new beneath the held folder, never through a name the tenant planted.
+            let mut file = tokio::fs::File::from_std(dir.create_file(&name, 0o600)?);
+            let out = copy.decode_into(&mut file, &ctx.cancel).await?;
             file.sync_all().await.map_err(|e| BackupError::io(format!("fsync {}", path.display()), e))?;
-            chown_to(&path, user)?;
+            if let Some((uid, gid)) = os_user_ids(user)? {
+                crate::beneath::fchown(&file, uid, gid)
+                    .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))?;
+            }
             out
         }
         RestoreSink::Tool(tool) => {
             let (mut stdin, exit) = tool.run_as(user)?.spawn_writing()?;
-            let decoded = decode::decode(stream, key, m, source, &mut stdin, &ctx.cancel).await;
+            let decoded = copy.decode_into(&mut stdin, &ctx.cancel).await;
             drop(stdin);
             match (decoded, exit.wait().await) {
                 // The tool stopped reading: its own failure says why, the broken pipe does not.
@@ -137,14 +181,15 @@ async fn fill_target(
     )
 }
 
-fn chown_to(path: &Path, user: &str) -> Result<(), BackupError> {
+/// The uid and gid files restored for `user` get; `None` when the agent is not root (tests) or
+/// the instance names no user.
+fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let u = nix::unistd::User::from_name(user)
         .ok()
         .flatten()
         .ok_or_else(|| BackupError::UnknownOsUser { user: user.to_owned() })?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
-        .map_err(|e| BackupError::io(format!("chown {}", path.display()), e.into()))
+    Ok(Some((u.uid.as_raw(), u.gid.as_raw())))
 }

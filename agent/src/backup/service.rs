@@ -3,7 +3,7 @@
 //! is a [`BackupAction`] run with the service's [`BackupResources`].
 
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -35,19 +35,21 @@ pub struct BackupService {
 }
 
 impl BackupService {
+    /// `data_roots`: the configured `[instances] data_roots`; a physical restore writes only beneath them.
     pub fn new(
         config: BackupConfig,
         state_dir: &Path,
         keys: Arc<dyn KeyWrapper>,
+        data_roots: Vec<PathBuf>,
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
-        let resources = Arc::new(BackupResources::open(config, state_dir, keys)?);
+        let resources = Arc::new(BackupResources::open(config, state_dir, keys, data_roots)?);
         Ok(Arc::new(Self { resources, engine }))
     }
 
     /// The connection a backup of `instance` dumps from (see [`BackupConfig::connection_for`]).
-    pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
-        self.resources.settings.connection_for(instance)
+    pub async fn connection_for(&self, instance: &Instance) -> EngineConnection {
+        self.resources.settings.connection_for(instance, &self.resources.data_roots).await
     }
 
     /// Starts a backup. Manual backups beyond the plan's quota are refused before anything runs.
@@ -129,7 +131,7 @@ impl BackupService {
         let info = self.get(&instance.id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
-            check_restore_dir(instance, dir).await?;
+            check_restore_dir(instance, dir, &self.resources.data_roots).await?;
         }
         let action =
             BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };

@@ -143,13 +143,16 @@ impl BackupConfig {
 
     /// The connection a backup of `instance` dumps from: its engine's `[backup.<engine>]`
     /// settings, and for PostgreSQL the port of the cluster running on the instance's data
-    /// directory (`postmaster.pid`), so that several clusters on one host each dump their own.
-    pub fn connection_for(&self, instance: &Instance) -> EngineConnection {
+    /// directory (`postmaster.pid`, read beneath the data root in `data_roots` that holds it), so
+    /// that several clusters on one host each dump their own.
+    pub async fn connection_for(&self, instance: &Instance, data_roots: &[PathBuf]) -> EngineConnection {
         let mut conn = self.connection(instance.spec.engine).clone();
-        if instance.spec.engine == Engine::Postgresql
-            && let Some(port) = postmaster_port(&instance.spec.data_dir)
-        {
-            conn.port = port;
+        if instance.spec.engine == Engine::Postgresql {
+            let (roots, data_dir) = (data_roots.to_vec(), instance.spec.data_dir.clone());
+            // The file is the tenant's to replace: even read safely it is file I/O, off the async workers.
+            if let Ok(Some(port)) = tokio::task::spawn_blocking(move || postmaster_port(&roots, &data_dir)).await {
+                conn.port = port;
+            }
         }
         conn
     }
@@ -200,26 +203,27 @@ impl BackupConfig {
 /// The most of `postmaster.pid` read: the real file is a few short lines.
 const POSTMASTER_PID_MAX_BYTES: u64 = 4096;
 
-/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`.
+/// The port line (the fourth) of a running PostgreSQL's `postmaster.pid`. Blocking.
+fn postmaster_port(data_roots: &[PathBuf], data_dir: &Path) -> Option<u16> {
+    read_postmaster_pid(data_roots, data_dir)?.lines().nth(3)?.trim().parse().ok()
+}
+
+/// The first few KiB of `postmaster.pid` in `data_dir`, if it is a regular file there; `None` also
+/// when `data_dir` lies below none of `data_roots`. Blocking: call it from `spawn_blocking`.
 ///
 /// The file lies in the data directory, which the database's OS user owns: a tenant who runs code
 /// as that user can put a link (to `/dev/zero`, to a root-only file), a FIFO or a huge file in its
-/// place. So it is opened without following a link and without blocking on a FIFO, read only if it
-/// is a regular file, and at most a few KiB of it.
-fn postmaster_port(data_dir: &Path) -> Option<u16> {
+/// place, or swap a folder on the way for a link. So the data directory is opened beneath its data
+/// root without following any link, and the file beneath it without following a link and without
+/// blocking on a FIFO, read only if it is a regular file, and at most a few KiB of it.
+pub fn read_postmaster_pid(data_roots: &[PathBuf], data_dir: &Path) -> Option<String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(data_dir.join("postmaster.pid"))
-        .ok()?;
-    if !file.metadata().ok()?.file_type().is_file() {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(POSTMASTER_PID_MAX_BYTES).read_to_string(&mut text).ok()?;
-    text.lines().nth(3)?.trim().parse().ok()
+    let (root, rel) = crate::beneath::split_below(data_roots, data_dir)?;
+    let dir = crate::beneath::DirHandle::open_root(root).ok()?.open_dir(rel).ok()?;
+    let file = dir.open_regular_file(Path::new("postmaster.pid")).ok()?;
+    let mut bytes = Vec::new();
+    file.take(POSTMASTER_PID_MAX_BYTES).read_to_end(&mut bytes).ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -228,34 +232,44 @@ mod tests {
 
     #[test]
     fn postmaster_port_reads_only_a_small_regular_file_never_through_a_link_or_a_fifo() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid = dir.path().join("postmaster.pid");
+        let root = tempfile::tempdir().unwrap();
+        let roots = [root.path().to_path_buf()];
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let pid = data.join("postmaster.pid");
         // The allowed path: the real file's fourth line.
         std::fs::write(&pid, "4242\n/var/lib/postgresql/15/main\n1764590000\n5433\n/run/postgresql\n").unwrap();
-        assert_eq!(postmaster_port(dir.path()), Some(5433));
+        assert_eq!(postmaster_port(&roots, &data), Some(5433));
+        // Outside the data roots nothing is read.
+        assert_eq!(postmaster_port(&[data.join("elsewhere")], &data), None);
         // A link to a file the agent can read as root (its content would parse as a port) is not followed.
         let outside = tempfile::tempdir().unwrap();
         let sentinel = outside.path().join("sentinel");
         std::fs::write(&sentinel, "1\n2\n3\n6543\n").unwrap();
         std::fs::remove_file(&pid).unwrap();
         std::os::unix::fs::symlink(&sentinel, &pid).unwrap();
-        assert_eq!(postmaster_port(dir.path()), None);
+        assert_eq!(postmaster_port(&roots, &data), None);
+        // Nor a folder on the way swapped for a link to a folder holding such a file.
+        std::fs::write(outside.path().join("postmaster.pid"), "1\n2\n3\n6543\n").unwrap();
+        let swapped = root.path().join("swapped");
+        std::os::unix::fs::symlink(outside.path(), &swapped).unwrap();
+        assert_eq!(postmaster_port(&roots, &swapped), None);
         // Nor a link to an endless device.
         std::fs::remove_file(&pid).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &pid).unwrap();
-        assert_eq!(postmaster_port(dir.path()), None);
+        assert_eq!(postmaster_port(&roots, &data), None);
         // A FIFO with no writer: refused at once instead of blocking the caller.
         std::fs::remove_file(&pid).unwrap();
         assert!(std::process::Command::new("mkfifo").arg(&pid).status().unwrap().success(), "mkfifo");
         let started = std::time::Instant::now();
-        assert_eq!(postmaster_port(dir.path()), None);
+        assert_eq!(postmaster_port(&roots, &data), None);
         assert!(started.elapsed() < std::time::Duration::from_secs(5), "a FIFO blocked the read");
         // A huge regular file: only the first few KiB are read, so the port line beyond them is not seen.
         std::fs::remove_file(&pid).unwrap();
         let mut big = "x".repeat(usize::try_from(POSTMASTER_PID_MAX_BYTES).unwrap());
         big.push_str("\n2\n3\n5433\n");
         std::fs::write(&pid, big).unwrap();
-        assert_eq!(postmaster_port(dir.path()), None);
+        assert_eq!(postmaster_port(&roots, &data), None);
     }
 
     #[test]

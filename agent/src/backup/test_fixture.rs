@@ -2,7 +2,8 @@
 //! any database server. The stand-ins live in one `bin` folder used as every engine's `bin_dir`:
 //! - `redis-cli` and `pg_dump` print `dump.bin`; asked for their data directory (`CONFIG GET dir`,
 //!   `psql ... SHOW data_directory`) they print the folder in `served`.
-//! - `pg_restore` copies its stdin to `restored.bin`.
+//! - `pg_restore` copies its stdin to `restored.bin` and its arguments to `restore.args`; `psql`
+//!   asked for a database's owner names `shop_owner`.
 //! - Files switch faults on: `flood-stderr` (1 MiB of stderr before the dump), `fail-dump`,
 //!   `fail-query` and `fail-restore` (exit 3 / 1 with a reason on stderr).
 
@@ -37,8 +38,15 @@ cd "$(dirname "$0")/.."
 exec cat served
 "#;
 
+/// Asked for a database's owner it names `shop_owner`; otherwise the data directory query.
+const PSQL_TOOL: &str = r#"#!/bin/sh
+case "$*" in *datdba*) echo shop_owner; exit 0;; esac
+exec "$(dirname "$0")/query"
+"#;
+
 const RESTORE_TOOL: &str = r#"#!/bin/sh
 cd "$(dirname "$0")/.."
+echo "$@" > restore.args
 cat > restored.bin
 [ -f fail-restore ] && { echo "pg_restore: error: THE-RESTORE-REASON" >&2; exit 1; }
 exit 0
@@ -67,7 +75,7 @@ impl Fixture {
             ("query", QUERY_TOOL),
             ("redis-cli", redis),
             ("pg_dump", "#!/bin/sh\nexec \"$(dirname \"$0\")/dump\"\n"),
-            ("psql", "#!/bin/sh\nexec \"$(dirname \"$0\")/query\"\n"),
+            ("psql", PSQL_TOOL),
             ("pg_restore", RESTORE_TOOL),
         ] {
             std::fs::write(bin.join(name), script).unwrap();
@@ -105,7 +113,9 @@ impl Fixture {
     }
 
     pub fn service_with(&self, broken: Option<&str>, keys: Arc<dyn KeyWrapper>) -> Arc<BackupService> {
-        BackupService::new(self.config(broken), self.dir.path(), keys, self.engine.clone()).unwrap()
+        // The fixture's folder is the data root: restores go into folders below it.
+        let roots = vec![self.dir.path().to_path_buf()];
+        BackupService::new(self.config(broken), self.dir.path(), keys, roots, self.engine.clone()).unwrap()
     }
 
     pub fn data_file(&self, az: &str, b: &str) -> PathBuf {

@@ -46,7 +46,7 @@ pub enum BackupsCommand {
         /// Restore into this folder instead of in place.
         #[arg(long, value_name = "PATH")]
         target_data_dir: Option<String>,
-        /// Logical PostgreSQL backups: restore into this new database instead of recreating the dumped one.
+        /// Logical PostgreSQL backups: restore into this database (created if missing) instead of the dumped one.
         #[arg(long, value_name = "NAME")]
         target_database: Option<String>,
         /// Restore from this destination; any healthy one when omitted.

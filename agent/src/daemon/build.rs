@@ -82,7 +82,13 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     }
     // After the volumes: in dev mode their setup has generated the KEK both use.
     let keys = backup::keywrap::from_config(&config, mode.is_dev());
-    let backups = BackupService::new(config.backup.clone(), &state_dir, keys, engine.clone())?;
+    let backups = BackupService::new(
+        config.backup.clone(),
+        &state_dir,
+        keys,
+        config.instances.data_roots.clone(),
+        engine.clone(),
+    )?;
     // Interrupted backups left uploads and partial objects; none has a manifest. Remove them.
     for id in backups.clean_interrupted().await {
         tracing::info!(backup = %id, "removed the leftovers of an interrupted backup");

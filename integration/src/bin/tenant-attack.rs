@@ -5,6 +5,9 @@
 //!
 //! `tenant-attack exchange A B` loops until its stdin closes, then prints how many exchanges it made,
 //! so a test can show the attack really ran while the agent worked.
+//!
+//! `tenant-attack plant-link TARGET LINK` makes a symbolic link LINK -> TARGET whenever LINK is
+//! missing (the agent removed or moved it), in the same loop, and prints how many it made.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,13 +18,19 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [cmd, a, b] = args.as_slice() else {
-        eprintln!("usage: tenant-attack exchange A B   (loops until stdin closes, prints the count)");
+        eprintln!(
+            "usage: tenant-attack exchange A B | plant-link TARGET LINK   (loops until stdin closes, prints the count)"
+        );
         std::process::exit(2);
     };
-    if cmd != "exchange" {
-        eprintln!("unknown command {cmd}");
-        std::process::exit(2);
-    }
+    let plant = match cmd.as_str() {
+        "exchange" => false,
+        "plant-link" => true,
+        _ => {
+            eprintln!("unknown command {cmd}");
+            std::process::exit(2);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let stop_reader = Arc::clone(&stop);
     std::thread::spawn(move || {
@@ -31,6 +40,21 @@ fn main() {
     });
     let (mut done, mut failed) = (0u64, 0u64);
     let mut last_error = None;
+    while plant && !stop.load(Ordering::Relaxed) {
+        match std::os::unix::fs::symlink(a, b) {
+            Ok(()) => done += 1,
+            Err(e) => {
+                // Mostly EEXIST: the link (or the agent's own file) is there; try again.
+                failed += 1;
+                last_error = Some(nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)));
+                std::thread::yield_now();
+            }
+        }
+    }
+    if plant {
+        println!("{done} {failed} {}", last_error.map(|e| e.to_string()).unwrap_or_default());
+        return;
+    }
     while !stop.load(Ordering::Relaxed) {
         match renameat2(AT_FDCWD, a.as_str(), AT_FDCWD, b.as_str(), RenameFlags::RENAME_EXCHANGE) {
             Ok(()) => done += 1,
