@@ -248,24 +248,34 @@ fn report_progress(ctx: &JobContext, counters: &Counters, estimate: u64) {
 /// Walking more entries than this costs more than the estimate is worth: the size stays unknown.
 const ESTIMATE_MAX_ENTRIES: usize = 1_000_000;
 
-/// Bytes in the regular files below `dir` (symbolic links not followed), which is about what a
-/// physical backup reads; 0 (unknown) if the folder cannot be read or is too large to walk.
+/// Bytes in the regular files below `dir`, which is about what a physical backup reads; 0 (unknown)
+/// if the folder cannot be read or is too large to walk.
+///
+/// The data directory belongs to the engine's user, who could swap a folder for a link while root
+/// walks it: the walk goes through directory handles (`beneath`), opens every folder beneath the one
+/// before it without following any link, and reads sizes with `fstatat(AT_SYMLINK_NOFOLLOW)`, so it
+/// never leaves the data directory, even to count.
 pub(crate) fn estimate_size(dir: &Path) -> u64 {
+    use rustix::fs::{AtFlags, FileType, statat};
+    let Ok(top) = crate::beneath::DirHandle::open_root(dir) else {
+        return 0;
+    };
     let mut total = 0u64;
     let mut seen = 0usize;
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack = vec![top];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
+        let Ok(names) = d.entries() else {
             return 0;
         };
-        for entry in entries.flatten() {
+        for name in names {
             seen += 1;
             if seen > ESTIMATE_MAX_ENTRIES {
                 return 0;
             }
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+            let Ok(st) = statat(&d, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => stack.extend(d.open_dir(Path::new(&name)).ok()),
+                FileType::RegularFile => total += u64::try_from(st.st_size).unwrap_or(0),
                 _ => {}
             }
         }

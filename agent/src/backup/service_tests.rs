@@ -143,4 +143,10 @@ fn physical_size_estimate_counts_regular_files_below_the_data_dir() {
     std::os::unix::fs::symlink(outside.path(), dir.path().join("pg_tblspc_link")).unwrap();
     assert_eq!(super::backup_job::estimate_size(dir.path()), 3 + 8192, "links are not followed");
     assert_eq!(super::backup_job::estimate_size(&dir.path().join("missing")), 0, "unknown, not an error");
+    // The tenant swapped the data directory itself for a link: nothing behind it is walked.
+    let swapped = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), swapped.path().join("data")).unwrap();
+    assert_eq!(super::backup_job::estimate_size(&swapped.path().join("data")), 0, "a linked data dir is not walked");
+    std::os::unix::fs::symlink(dir.path(), swapped.path().join("data2")).unwrap();
+    assert_eq!(super::backup_job::estimate_size(&swapped.path().join("data2")), 0, "not even a link to the real one");
 }
