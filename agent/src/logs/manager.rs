@@ -128,7 +128,7 @@ impl LogManager {
         let sources = instance.spec.log_sources.clone();
         let name: Arc<str> = Arc::from(instance.id.as_str());
         let (tx, mut rx) = mpsc::channel(4);
-        let set = SourceSet { instance: name.clone(), format, sources: &sources, roots: Some(self.read_roots()) };
+        let set = SourceSet { instance: name.clone(), format, sources: &sources, roots: self.read_roots() };
         let mut tail_tasks = spawn_sources(&set, &BTreeMap::new(), Mode::Tail, &self.inner.cfg, &tx, &cancel);
         let hub = self.inner.hub.clone();
         tail_tasks.push(tokio::spawn(async move {
@@ -152,7 +152,7 @@ impl LogManager {
             dir: self.inner.dir.join(id).join(&spec.name),
             cfg: &self.inner.cfg,
             hostname: &self.inner.hostname,
-            roots: Some(self.read_roots()),
+            roots: self.read_roots(),
         };
         DrainPipeline::start(&ctx, spec, &logs.cancel)
     }

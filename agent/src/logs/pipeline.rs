@@ -65,7 +65,7 @@ pub struct PipelineContext<'a> {
     pub cfg: &'a LogsConfig,
     pub hostname: &'a str,
     /// See [`SourceSet::roots`].
-    pub roots: Option<Arc<[PathBuf]>>,
+    pub roots: Arc<[PathBuf]>,
 }
 
 impl DrainPipeline {

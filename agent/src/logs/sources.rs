@@ -12,6 +12,7 @@ use super::checkpoint::Checkpoint;
 use super::file_source::{FileFollower, FollowSettings, StartAt};
 use super::journald::{JournalSettings, JournalSource, run_journal_source};
 use super::lines::LineFormat;
+use super::open_beneath::LogRoots;
 use super::record::{LogRecord, SourceBatch};
 use super::settings::LogsConfig;
 use crate::instances::LogSource;
@@ -56,8 +57,8 @@ pub struct SourceSet<'a> {
     pub instance: Arc<str>,
     pub format: LineFormat,
     pub sources: &'a [LogSource],
-    /// Folders files may be read from (links resolved); None reads wherever the glob points.
-    pub roots: Option<Arc<[PathBuf]>>,
+    /// Folders files may be read from: files are opened beneath them, never through a link.
+    pub roots: Arc<[PathBuf]>,
 }
 
 pub fn spawn_sources(
@@ -76,10 +77,8 @@ pub fn spawn_sources(
         match source {
             LogSource::FileGlob(glob) => {
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
-                let mut follower = FileFollower::new(glob.clone(), set.format, follow_settings(cfg), start);
-                if let Some(roots) = &set.roots {
-                    follower.confine_to(roots.clone());
-                }
+                let roots = LogRoots::new(set.roots.clone());
+                let mut follower = FileFollower::new(glob.clone(), roots, set.format, follow_settings(cfg), start);
                 if let Some(Checkpoint::Files { files }) = position {
                     follower.restore(files);
                 }

@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         name: "test".into(),
         target: DrainTarget::Syslog { address, tls: ca.is_some(), ca_pem: ca.unwrap_or_default() },
     };
+    let glob_folder = std::path::Path::new(&glob).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let sources = [LogSource::FileGlob(glob)];
     let ctx = PipelineContext {
         instance: "inst-1".into(),
@@ -65,7 +66,8 @@ async fn main() -> anyhow::Result<()> {
         dir: state,
         cfg: &cfg,
         hostname: "testhost",
-        roots: None,
+        // The glob's folder: the files it matches are opened beneath it.
+        roots: std::sync::Arc::from(vec![glob_folder]),
     };
     let cancel = CancellationToken::new();
     let pipeline = DrainPipeline::start(&ctx, spec, &cancel)?;
