@@ -17,7 +17,7 @@ use super::error::LogsError;
 use super::lines::LineFormat;
 use super::record::SourceBatch;
 use super::settings::LogsConfig;
-use super::sources::{Mode, SourceSet, spawn_sources};
+use super::sources::{LiveSources, Mode, SourceSet, spawn_sources};
 use crate::instances::LogSource;
 
 /// An in-flight batch gets this long to be acknowledged after shutdown began.
@@ -66,6 +66,7 @@ pub struct PipelineContext<'a> {
     pub hostname: &'a str,
     /// See [`SourceSet::roots`].
     pub roots: Arc<[PathBuf]>,
+    pub live: LiveSources,
 }
 
 impl DrainPipeline {
@@ -85,6 +86,7 @@ impl DrainPipeline {
             format: ctx.format,
             sources: ctx.sources,
             roots: ctx.roots.clone(),
+            live: ctx.live.clone(),
         };
         let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
         drop(tx);

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -53,12 +54,38 @@ pub enum Mode {
     Tail,
 }
 
+/// How many sources run now, across every instance and drain: each source task holds a
+/// [`LiveSource`] while it runs. A start that failed and left its sources running shows here.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSources(Arc<AtomicUsize>);
+
+impl LiveSources {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> LiveSource {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveSource(self.0.clone())
+    }
+}
+
+/// One running source; counted out when its task ends (or is dropped).
+struct LiveSource(Arc<AtomicUsize>);
+
+impl Drop for LiveSource {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct SourceSet<'a> {
     pub instance: Arc<str>,
     pub format: LineFormat,
     pub sources: &'a [LogSource],
     /// Folders files may be read from: files are opened beneath them, never through a link.
     pub roots: Arc<[PathBuf]>,
+    pub live: LiveSources,
 }
 
 pub fn spawn_sources(
@@ -74,6 +101,7 @@ pub fn spawn_sources(
         let key: Arc<str> = Arc::from(source_key(source).as_str());
         let position = positions.get(&*key);
         let (tx, cancel, instance) = (tx.clone(), cancel.clone(), set.instance.clone());
+        let live = set.live.enter();
         match source {
             LogSource::FileGlob(glob) => {
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
@@ -85,7 +113,8 @@ pub fn spawn_sources(
                 let idle = Duration::from_millis(cfg.poll_interval_ms);
                 let budget = read_budget(cfg);
                 tasks.push(tokio::task::spawn_blocking(move || {
-                    follow_files(key, follower, instance, idle, budget, &tx, &cancel)
+                    let _live = live;
+                    follow_files(key, follower, instance, idle, budget, &tx, &cancel);
                 }));
             }
             LogSource::JournaldUnit(unit) => {
@@ -102,7 +131,10 @@ pub fn spawn_sources(
                     settings: journal_settings(cfg),
                     instance,
                 };
-                tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));
+                tasks.push(tokio::spawn(async move {
+                    let _live = live;
+                    run_journal_source(src, tx, cancel).await;
+                }));
             }
         }
     }

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         hostname: "testhost",
         // The glob's folder: the files it matches are opened beneath it.
         roots: std::sync::Arc::from(vec![glob_folder]),
+        live: Default::default(),
     };
     let cancel = CancellationToken::new();
     let pipeline = DrainPipeline::start(&ctx, spec, &cancel)?;
