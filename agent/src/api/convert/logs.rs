@@ -92,6 +92,9 @@ pub fn drain_status_to_proto(s: &DrainStatus) -> pb::DrainStatus {
         last_error: s.last_error.clone(),
         buffered_records: s.buffer.buffered_records,
         delivered_records: s.delivered_records,
+        buffer_error: s.buffer_error.clone(),
+        buffer_write_failures: s.buffer_write_failures,
+        corrupt_frames: s.buffer.corrupt_frames,
     }
 }
 
