@@ -10,6 +10,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::drain::policy::DrainPolicy;
 use super::drain::{DrainSpec, load_drains, store_drains, validate_drains};
 use super::error::LogsError;
 use super::hub::{Hub, Tail, TailRequest};
@@ -210,7 +211,7 @@ impl LogManager {
     /// Replaces the instance's drains. Unchanged drains keep running; a drain whose target changed
     /// keeps its buffer if the wire format is the same; removed drains lose their buffer.
     pub async fn set_drains(&self, id: &str, drains: Vec<DrainSpec>) -> Result<Vec<DrainSpec>, LogsError> {
-        validate_drains(&drains)?;
+        validate_drains(&drains, &DrainPolicy::new(&self.inner.cfg.drain_policy))?;
         let instance = self.instance(id)?;
         if self.inner.cancel.is_cancelled() {
             return Err(LogsError::ShuttingDown);

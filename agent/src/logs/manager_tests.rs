@@ -8,7 +8,7 @@ use super::drain::{DrainSpec, DrainTarget};
 use super::hub::TailRequest;
 use super::manager::LogManager;
 use super::record::Severity;
-use super::settings::LogsConfig;
+use super::settings::{DrainPolicyConfig, LogsConfig};
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::instances::{Registry, fixtures};
 use crate::locks::ResourceLocks;
@@ -35,8 +35,9 @@ async fn fixture() -> Fixture {
     let spec = crate::instances::InstanceSpec { log_sources: Vec::new(), ..fixtures::spec(REGISTERED) };
     registry.register(REGISTERED, spec).await.unwrap();
     let cancel = CancellationToken::new();
-    let manager =
-        LogManager::new(dir.path().join("logs"), LogsConfig::default(), "h".into(), Arc::new(registry), cancel.clone());
+    // The drains of these tests are on 127.0.0.1, as in --dev.
+    let cfg = LogsConfig { drain_policy: DrainPolicyConfig::loopback(), ..LogsConfig::default() };
+    let manager = LogManager::new(dir.path().join("logs"), cfg, "h".into(), Arc::new(registry), cancel.clone());
     Fixture { manager, cancel, _dir: dir }
 }
 
@@ -77,6 +78,21 @@ async fn set_drains_answers_invalid_argument_not_found_or_the_drains() {
     assert_eq!(code(f.manager.set_drains(UNKNOWN, vec![drain("a")]).await).err(), Some(ErrorCode::NotFound));
     assert_eq!(f.manager.set_drains(REGISTERED, vec![drain("a")]).await.unwrap(), vec![drain("a")]);
     assert_eq!(f.manager.list_drains(REGISTERED).unwrap(), vec![drain("a")], "the drain was stored");
+}
+
+#[tokio::test]
+async fn set_drains_refuses_a_destination_outside_the_policy_naming_the_field() {
+    let f = fixture().await;
+    let private = DrainSpec {
+        name: "a".into(),
+        target: DrainTarget::Syslog { address: "10.0.0.5:514".into(), tls: true, ca_pem: String::new() },
+    };
+    let e = f.manager.set_drains(REGISTERED, vec![private]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().contains("drains[0].syslog.address") && e.to_string().contains("private"), "{e}");
+    assert_eq!(f.manager.list_drains(REGISTERED).unwrap(), Vec::new(), "nothing was stored");
+    // Allowed path beside it: loopback is listed in this policy.
+    assert_eq!(f.manager.set_drains(REGISTERED, vec![drain("a")]).await.unwrap(), vec![drain("a")]);
 }
 
 #[tokio::test]
@@ -144,7 +160,7 @@ async fn a_failed_start_stops_the_sources_and_journalctl_it_started_on_every_ret
         .unwrap();
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let cfg = LogsConfig { journalctl: script, ..LogsConfig::default() };
+    let cfg = LogsConfig { journalctl: script, drain_policy: DrainPolicyConfig::loopback(), ..LogsConfig::default() };
     let manager = LogManager::new(dir.path().join("logs"), cfg, "h".into(), Arc::new(registry), cancel);
 
     // The drain's buffer state is corrupt: every start of the instance fails at its drain, after

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::{BufferLimits, BufferStatus, DrainBuffer};
+use super::drain::policy::DrainPolicy;
 use super::drain::transport::Transport;
 use super::drain::wire::WireFormat;
 use super::drain::{DrainSpec, DrainTarget};
@@ -86,7 +87,7 @@ impl DrainPipeline {
         let buffer = Arc::new(Mutex::new(buffer));
         let live = Arc::new(Mutex::new(Live::default()));
         let cancel = parent.child_token();
-        let transport = Transport::new(&spec);
+        let transport = Transport::new(&spec, DrainPolicy::new(&ctx.cfg.drain_policy));
         let wire = match spec.target {
             DrainTarget::Syslog { .. } => WireFormat::Syslog { hostname: ctx.hostname.to_owned() },
             DrainTarget::Https { .. } => WireFormat::JsonLines { hostname: ctx.hostname.to_owned() },

@@ -49,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
             "usage: logship-test --state DIR --glob GLOB --address HOST:PORT [--tls-ca FILE] [--batch BYTES] [--format F]"
         );
     };
-    let mut cfg = LogsConfig { poll_interval_ms: 50, linger_ms: 50, ..LogsConfig::default() };
+    // The test receivers listen on 127.0.0.1, without TLS.
+    let drain_policy = dbagent::logs::settings::DrainPolicyConfig::loopback();
+    let mut cfg = LogsConfig { poll_interval_ms: 50, linger_ms: 50, drain_policy, ..LogsConfig::default() };
     if let Some(b) = batch {
         cfg.batch_max_bytes = b;
     }
