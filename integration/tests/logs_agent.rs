@@ -418,3 +418,29 @@ async fn https_drain_retries_a_batch_answered_503_and_loses_nothing() {
     let status = drain_status(&mut client, "https").await;
     assert!(status.last_error.is_empty(), "the error clears after a delivery: {status:?}");
 }
+
+/// A drain URL may carry a token in its query: the orchestrator, which set it, reads it back whole;
+/// the read-only monitor gets the URL with the query redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_drains_shows_the_orchestrator_the_whole_url_and_the_monitor_no_token() {
+    let agent = Agent::start_dev();
+    register_with_log_folder(&agent).await;
+    let url = "https://127.0.0.1:1/ingest?token=s3cret-token";
+    let drain = Drain {
+        name: "https".into(),
+        target: Some(Target::Https(HttpsDrain { url: url.into(), ca_pem: String::new() })),
+    };
+    // Asserts that the orchestrator's ListDrains returns the drain as set.
+    set_drains(&agent, vec![drain]).await;
+    let mut monitor = LogsClient::new(agent.monitor().await);
+    let listed = monitor
+        .list_drains(ListDrainsRequest { instance_id: INSTANCE.into() })
+        .await
+        .expect("a monitor may list drains")
+        .into_inner();
+    let Some(Target::Https(seen)) = listed.drains.first().and_then(|d| d.target.clone()) else {
+        panic!("the monitor sees the drain: {listed:?}")
+    };
+    assert_eq!(seen.url, "https://127.0.0.1:1/ingest?REDACTED");
+    assert!(!format!("{listed:?}").contains("s3cret-token"), "the token reached the monitor");
+}

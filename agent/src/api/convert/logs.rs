@@ -83,6 +83,15 @@ pub fn drain_to_proto(d: &DrainSpec) -> pb::Drain {
     pb::Drain { name: d.name.clone(), target: Some(target) }
 }
 
+/// As [`drain_to_proto`], for a caller who must not see secrets: URLs without user-info and query.
+pub fn drain_to_proto_redacted(d: &DrainSpec) -> pb::Drain {
+    let mut drain = drain_to_proto(d);
+    if let Some(Target::Https(h)) = &mut drain.target {
+        h.url = crate::logs::drain::endpoint::redact_url(&h.url);
+    }
+    drain
+}
+
 pub fn drain_status_to_proto(s: &DrainStatus) -> pb::DrainStatus {
     pb::DrainStatus {
         drain: s.name.clone(),
