@@ -482,6 +482,13 @@ mod tests {
         assert!(DrainPolicy::new(&dev.logs.drain_policy).check_addr(loopback, true).is_ok());
         let private: std::net::IpAddr = "10.0.0.1".parse().unwrap();
         assert!(DrainPolicy::new(&dev.logs.drain_policy).check_addr(private, false).is_err(), "only loopback");
+        // What the integration tests' config files write: the section alone parses.
+        let tests =
+            parse("[logs.drain_policy]\nallowed_cidrs = [\"127.0.0.0/8\"]\nplaintext_syslog_cidrs = [\"127.0.0.0/8\"]")
+                .unwrap();
+        assert!(DrainPolicy::new(&tests.logs.drain_policy).check_addr(loopback, true).is_ok());
+        let e = parse("[logs.drain_policy]\nallowed_cidrs = [\"127.0.0.0\"]").unwrap_err();
+        assert!(e.to_string().contains("logs.drain_policy.allowed_cidrs"), "{e}");
     }
 
     #[test]
