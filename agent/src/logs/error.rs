@@ -48,7 +48,7 @@ pub enum LogsError {
     NoHttpStatus { address: String },
     /// The drain's destination is refused by `[logs.drain_policy]` as it resolves now.
     #[error("drain destination {address}: {reason}")]
-    DestinationRefused { address: String, reason: super::drain::policy::Refused },
+    DestinationRefused { address: String, reason: String },
 
     /// journalctl could not be started, or exited with a failure; the source retries with backoff.
     #[error("follow journald unit {unit}: {source}")]
