@@ -178,6 +178,13 @@ async fn a_tenant_swapping_links_fifos_and_holes_into_its_log_folder_never_ships
     sentinels.assert_not_in("the syslog drain", &drained);
     sentinels.assert_not_in("TailLogs", &streamed);
     assert!(!drained.contains('\0') && !streamed.contains('\0'), "NUL bytes from the sparse file were shipped");
+    let status = logs
+        .get_drain_status(GetDrainStatusRequest { instance_id: INSTANCE.into(), drain: "rsyslog".into() })
+        .await
+        .expect("GetDrainStatus")
+        .into_inner();
+    // At least the planted link, the FIFO and the link in the exchange were refused and counted.
+    assert!(status.refused_files >= 3, "refusals are counted in the drain's status: {status:?}");
     let log_text = agent.log();
     assert!(log_text.contains("log file not read"), "the refusals are reported in the agent's log:\n{log_text}");
     sentinels.assert_untouched();

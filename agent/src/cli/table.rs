@@ -341,6 +341,7 @@ impl ToTable for pb::DrainStatus {
             ("buffer error", or_dash(Some(self.buffer_error.clone()))),
             ("buffer write failures", self.buffer_write_failures.to_string()),
             ("corrupt frames skipped", self.corrupt_frames.to_string()),
+            ("refused log files", self.refused_files.to_string()),
         ])
     }
 }

@@ -152,6 +152,8 @@ impl LogManager {
             sources: &sources,
             roots: self.read_roots(),
             live: self.inner.live.clone(),
+            // TailLogs has no status to show it in; the follower logs each refused path once.
+            refused: Arc::default(),
         };
         let mut tail_tasks = spawn_sources(&set, &BTreeMap::new(), Mode::Tail, &self.inner.cfg, &tx, &cancel);
         let hub = self.inner.hub.clone();

@@ -3,6 +3,7 @@
 //! another drain or TailLogs.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
@@ -39,6 +40,8 @@ pub struct DrainStatus {
     pub buffer_error: String,
     /// Failed buffer writes since the drain started (each retried).
     pub buffer_write_failures: u64,
+    /// Matched files this drain's sources refused to open (links, FIFOs, replaced files).
+    pub refused_files: u64,
 }
 
 #[derive(Default)]
@@ -53,6 +56,7 @@ pub struct DrainPipeline {
     pub spec: DrainSpec,
     buffer: Arc<Mutex<DrainBuffer>>,
     live: Arc<Mutex<Live>>,
+    refused: Arc<AtomicU64>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -86,6 +90,7 @@ impl DrainPipeline {
         let (buffer, positions) = DrainBuffer::open(&ctx.dir, buffer_limits(ctx.cfg))?;
         let buffer = Arc::new(Mutex::new(buffer));
         let live = Arc::new(Mutex::new(Live::default()));
+        let refused = Arc::new(AtomicU64::new(0));
         let cancel = parent.child_token();
         let transport = Transport::new(&spec, DrainPolicy::new(&ctx.cfg.drain_policy));
         let wire = match spec.target {
@@ -99,6 +104,7 @@ impl DrainPipeline {
             sources: ctx.sources,
             roots: ctx.roots.clone(),
             live: ctx.live.clone(),
+            refused: refused.clone(),
         };
         let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
         drop(tx);
@@ -128,7 +134,7 @@ impl DrainPipeline {
                 lock(&live).last_error = e.to_string();
             }
         }
-        Ok(Self { spec, buffer, live, cancel, tasks })
+        Ok(Self { spec, buffer, live, refused, cancel, tasks })
     }
 
     pub fn status(&self) -> DrainStatus {
@@ -140,6 +146,7 @@ impl DrainPipeline {
             last_error: live.last_error.clone(),
             buffer_error: live.buffer_error.clone(),
             buffer_write_failures: live.buffer_write_failures,
+            refused_files: self.refused.load(Ordering::Relaxed),
         }
     }
 

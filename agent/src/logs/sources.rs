@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -86,6 +86,8 @@ pub struct SourceSet<'a> {
     /// Folders files may be read from: files are opened beneath them, never through a link.
     pub roots: Arc<[PathBuf]>,
     pub live: LiveSources,
+    /// Adds up the matched files the file sources refused to open (links, FIFOs, replaced files).
+    pub refused: Arc<AtomicU64>,
 }
 
 pub fn spawn_sources(
@@ -104,6 +106,7 @@ pub fn spawn_sources(
         let live = set.live.enter();
         match source {
             LogSource::FileGlob(glob) => {
+                let refused = set.refused.clone();
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
                 let roots = LogRoots::new(set.roots.clone());
                 let mut follower = FileFollower::new(glob.clone(), roots, set.format, follow_settings(cfg), start);
@@ -114,7 +117,7 @@ pub fn spawn_sources(
                 let budget = read_budget(cfg);
                 tasks.push(tokio::task::spawn_blocking(move || {
                     let _live = live;
-                    follow_files(key, follower, instance, idle, budget, &tx, &cancel);
+                    follow_files(key, follower, instance, (idle, budget), (&tx, &refused), &cancel);
                 }));
             }
             LogSource::JournaldUnit(unit) => {
@@ -146,14 +149,16 @@ fn follow_files(
     key: Arc<str>,
     mut follower: FileFollower,
     instance: Arc<str>,
-    idle: Duration,
-    budget: usize,
-    tx: &mpsc::Sender<SourceBatch>,
+    (idle, budget): (Duration, usize),
+    (tx, refused): (&mpsc::Sender<SourceBatch>, &AtomicU64),
     cancel: &CancellationToken,
 ) {
     let mut joined = Vec::new();
+    let mut counted = 0;
     while !cancel.is_cancelled() {
         let read = follower.poll(budget, &mut joined);
+        refused.fetch_add(follower.refused_opens() - counted, Ordering::Relaxed);
+        counted = follower.refused_opens();
         if !joined.is_empty() {
             let time = SystemTime::now();
             let records = joined

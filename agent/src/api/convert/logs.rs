@@ -104,6 +104,7 @@ pub fn drain_status_to_proto(s: &DrainStatus) -> pb::DrainStatus {
         buffer_error: s.buffer_error.clone(),
         buffer_write_failures: s.buffer_write_failures,
         corrupt_frames: s.buffer.corrupt_frames,
+        refused_files: s.refused_files,
     }
 }
 
