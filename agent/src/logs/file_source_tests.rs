@@ -304,3 +304,18 @@ fn a_huge_sparse_file_is_skipped_hole_by_hole_and_never_starves_the_real_log() {
     file.write_all_at(b"after the hole\n", (1 << 40) + (1 << 20)).unwrap();
     assert_eq!(drain(&mut f), vec!["after the hole".to_string()]);
 }
+
+#[test]
+fn a_file_with_a_second_hard_link_is_not_read() {
+    let root = tempfile::tempdir().unwrap();
+    // Stands for a file outside the roots, linked in where fs.protected_hardlinks is off.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::write(&elsewhere, "secret-key-material\n").unwrap();
+    std::fs::hard_link(&elsewhere, root.path().join("linked.log")).unwrap();
+    append(&root.path().join("pg.log"), 0..2);
+    let mut f = follower(root.path(), "*.log");
+    let got = drain(&mut f);
+    no_secret(&got);
+    assert_eq!(got, expected(0..2), "the file with one name is read");
+    assert!(f.refused_opens() >= 1);
+}

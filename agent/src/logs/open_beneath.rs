@@ -5,7 +5,9 @@
 //! so every open here resolves relative to a handle on the root with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`: a link in any component fails the open itself. Files are opened
 //! `O_NOFOLLOW | O_NONBLOCK` (a FIFO answers at once instead of hanging the reader) and `fstat`ed on
-//! the opened descriptor: only a regular file is read.
+//! the opened descriptor: only a regular file with one name is read. A second hard link could be a
+//! file outside the roots (where `fs.protected_hardlinks` is off, a tenant may link any file on the
+//! same file system), and log files are never hard-linked by the engines or by logrotate.
 //!
 //! The roots themselves come from the agent's configuration and their ancestors belong to root, so
 //! they are opened by path; each call opens them again, which is one cheap `O_PATH` open and follows
@@ -30,6 +32,8 @@ pub enum OpenRefused {
     Link,
     #[error("it is not a regular file ({0})")]
     NotRegular(&'static str),
+    #[error("it has {0} hard links; another name of it may lie outside the roots")]
+    HardLinked(u64),
     #[error("it is no longer the file that was vetted (device {dev}, inode {ino})")]
     Replaced { dev: u64, ino: u64 },
     #[error("it is gone")]
@@ -137,6 +141,9 @@ fn regular(fd: OwnedFd) -> Result<OpenedLog, OpenRefused> {
     };
     if let Some(kind) = kind {
         return Err(OpenRefused::NotRegular(kind));
+    }
+    if stat.st_nlink > 1 {
+        return Err(OpenRefused::HardLinked(stat.st_nlink));
     }
     let file = File::from(fd);
     let meta = file.metadata().map_err(OpenRefused::Io)?;
