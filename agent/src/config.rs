@@ -319,6 +319,8 @@ impl Config {
         config.operations.enable_test_kinds = true;
         config.instances.data_roots = vec![state_dir.join("data")];
         config.api.shutdown_grace_secs = 5;
+        // Dev and test drains listen on 127.0.0.1, without TLS.
+        config.logs.drain_policy = crate::logs::settings::DrainPolicyConfig::loopback();
         // Dev hosts and test VMs: a generated KEK, and cheap keyslots (not for real data).
         config.keys.kek_file = state_dir.join("kek");
         config.volumes.pbkdf = PbkdfKind::Pbkdf2;
@@ -533,6 +535,27 @@ mod tests {
     #[test]
     fn empty_config_is_the_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    /// The packaged config refuses drains to loopback and plaintext syslog; `--dev` allows both
+    /// on loopback only, for its own 127.0.0.1 receivers.
+    #[test]
+    fn the_packaged_config_refuses_loopback_drains_and_dev_allows_them() {
+        use crate::logs::drain::policy::DrainPolicy;
+        let packaged = parse(include_str!("../../packaging/agent.toml")).unwrap();
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(DrainPolicy::new(&packaged.logs.drain_policy).check_addr(loopback, false).is_err());
+        let dev = Config::dev(Path::new("/tmp/dev"), None);
+        assert!(DrainPolicy::new(&dev.logs.drain_policy).check_addr(loopback, true).is_ok());
+        let private: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(DrainPolicy::new(&dev.logs.drain_policy).check_addr(private, false).is_err(), "only loopback");
+        // What the integration tests' config files write: the section alone parses.
+        let tests =
+            parse("[logs.drain_policy]\nallowed_cidrs = [\"127.0.0.0/8\"]\nplaintext_syslog_cidrs = [\"127.0.0.0/8\"]")
+                .unwrap();
+        assert!(DrainPolicy::new(&tests.logs.drain_policy).check_addr(loopback, true).is_ok());
+        let e = parse("[logs.drain_policy]\nallowed_cidrs = [\"127.0.0.0\"]").unwrap_err();
+        assert!(e.to_string().contains("logs.drain_policy.allowed_cidrs"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,12 @@ enable_test_kinds = true
 # Tests run many agents side by side: any free port for Prometheus.
 [metrics]
 prometheus_listen = "127.0.0.1:0"
+
+# The tests' log receivers listen on 127.0.0.1 without TLS: allowed here explicitly, as the
+# packaged config refuses loopback and plaintext syslog.
+[logs.drain_policy]
+allowed_cidrs = ["127.0.0.0/8"]
+plaintext_syslog_cidrs = ["127.0.0.0/8"]
 "#,
         state_dir = toml_path(&ctx.state_dir),
         listen = ctx.listen,

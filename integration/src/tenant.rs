@@ -240,6 +240,18 @@ impl Drop for Planter {
     }
 }
 
+/// Lets every account traverse (not list) each folder from `/` down to `path`: the test's temp
+/// folders are private, and the tenant must reach the folder it owns as a database user would.
+pub fn open_way_to(path: &Path) {
+    for dir in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+        let mode = fs::metadata(dir).unwrap_or_else(|e| panic!("stat {}: {e}", dir.display())).mode();
+        if mode & 0o001 == 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode((mode & 0o7777) | 0o001))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+        }
+    }
+}
+
 /// Makes a FIFO at `path` (owned by `user`): an open for reading blocks until a writer comes.
 pub fn plant_fifo(user: &TenantUser, path: &Path) {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");

@@ -418,3 +418,60 @@ async fn https_drain_retries_a_batch_answered_503_and_loses_nothing() {
     let status = drain_status(&mut client, "https").await;
     assert!(status.last_error.is_empty(), "the error clears after a delivery: {status:?}");
 }
+
+/// A drain URL may carry a token in its query: the orchestrator, which set it, reads it back whole;
+/// the read-only monitor gets the URL with the query redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_drains_shows_the_orchestrator_the_whole_url_and_the_monitor_no_token() {
+    let agent = Agent::start_dev();
+    register_with_log_folder(&agent).await;
+    let url = "https://127.0.0.1:1/ingest?token=s3cret-token";
+    let drain = Drain {
+        name: "https".into(),
+        target: Some(Target::Https(HttpsDrain { url: url.into(), ca_pem: String::new() })),
+    };
+    // Asserts that the orchestrator's ListDrains returns the drain as set.
+    set_drains(&agent, vec![drain]).await;
+    let mut monitor = LogsClient::new(agent.monitor().await);
+    let listed = monitor
+        .list_drains(ListDrainsRequest { instance_id: INSTANCE.into() })
+        .await
+        .expect("a monitor may list drains")
+        .into_inner();
+    let Some(Target::Https(seen)) = listed.drains.first().and_then(|d| d.target.clone()) else {
+        panic!("the monitor sees the drain: {listed:?}")
+    };
+    assert_eq!(seen.url, "https://127.0.0.1:1/ingest?REDACTED");
+    assert!(!format!("{listed:?}").contains("s3cret-token"), "the token reached the monitor");
+}
+
+/// The dev agent's drain policy allows loopback only: a private address, a link-local metadata URL
+/// and a public plaintext syslog address are refused at SetDrains naming the field; loopback passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_drains_refuses_destinations_outside_the_drain_policy_naming_the_field() {
+    let agent = Agent::start_dev();
+    register_with_log_folder(&agent).await;
+    let mut client = LogsClient::new(agent.orchestrator().await);
+    let syslog =
+        |address: &str, tls: bool| Target::Syslog(SyslogDrain { address: address.into(), tls, ca_pem: String::new() });
+    let https = |url: &str| Target::Https(HttpsDrain { url: url.into(), ca_pem: String::new() });
+    for (i, (target, field, why)) in [
+        (syslog("10.0.0.5:6514", true), "drains[0].syslog.address", "private"),
+        (https("https://169.254.169.254/latest/meta-data"), "drains[0].https.url", "link-local"),
+        (syslog("192.0.2.10:514", false), "drains[0].syslog.address", "plaintext syslog"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let drain = Drain { name: "d".into(), target: Some(target) };
+        let req =
+            SetDrainsRequest { request_id: format!("policy-{i}"), instance_id: INSTANCE.into(), drains: vec![drain] };
+        let e = client.set_drains(req).await.expect_err("a refused destination");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(field) && e.message().contains(why), "{}", e.message());
+    }
+    let listed = client.list_drains(ListDrainsRequest { instance_id: INSTANCE.into() }).await.expect("ListDrains");
+    assert!(listed.into_inner().drains.is_empty(), "nothing refused was stored");
+    let allowed = Drain { name: "local".into(), target: Some(syslog("127.0.0.1:9", false)) };
+    set_drains(&agent, vec![allowed]).await;
+}

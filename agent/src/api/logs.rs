@@ -5,12 +5,15 @@ use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::convert::logs::{
-    drain_from_proto, drain_status_to_proto, drain_to_proto, record_to_proto, tail_request_from_proto,
+    drain_from_proto, drain_status_to_proto, drain_to_proto, drain_to_proto_redacted, record_to_proto,
+    tail_request_from_proto,
 };
 use super::error::ApiResult;
 use crate::logs::LogManager;
 use crate::requests::RequestLedger;
+use crate::tls::peer::Role;
 
 /// The Logs service: tails and drains, with SetDrains replayed by request_id.
 pub struct LogsApi {
@@ -48,9 +51,13 @@ impl pb::logs_server::Logs for LogsApi {
         Ok(Response::new(stream))
     }
 
+    /// The orchestrator set the drains and sees them whole; anyone else (the read-only monitor)
+    /// gets URLs without the user-info and query that may carry a credential.
     async fn list_drains(&self, req: Request<pb::ListDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {
+        let whole = req.extensions().get::<Caller>().is_some_and(|c| c.role == Role::Orchestrator);
         let drains = self.logs.list_drains(&req.into_inner().instance_id)?;
-        Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(drain_to_proto).collect() }))
+        let convert = if whole { drain_to_proto } else { drain_to_proto_redacted };
+        Ok(Response::new(pb::ListDrainsResponse { drains: drains.iter().map(convert).collect() }))
     }
 
     async fn set_drains(&self, req: Request<pb::SetDrainsRequest>) -> ApiResult<pb::ListDrainsResponse> {

@@ -267,6 +267,8 @@ impl ToJson for pb::DrainStatus {
         json!({
             "drain": self.drain, "buffered_bytes": self.buffered_bytes, "dropped_records": self.dropped_records,
             "last_ack": time(self.last_ack.as_ref()), "last_error": self.last_error,
+            "buffer_error": self.buffer_error, "buffer_write_failures": self.buffer_write_failures,
+            "corrupt_frames": self.corrupt_frames, "refused_files": self.refused_files,
         })
     }
 }

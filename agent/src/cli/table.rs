@@ -342,6 +342,10 @@ impl ToTable for pb::DrainStatus {
             ("dropped records", self.dropped_records.to_string()),
             ("last ack", or_dash(time_text(self.last_ack.as_ref()))),
             ("last error", or_dash(Some(self.last_error.clone()))),
+            ("buffer error", or_dash(Some(self.buffer_error.clone()))),
+            ("buffer write failures", self.buffer_write_failures.to_string()),
+            ("corrupt frames skipped", self.corrupt_frames.to_string()),
+            ("refused log files", self.refused_files.to_string()),
         ])
     }
 }

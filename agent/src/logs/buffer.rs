@@ -6,7 +6,11 @@
 //! On open, the resume position of each source is the committed checkpoint overlaid with those of the
 //! frames still buffered, so buffered data is neither lost nor read twice from the source. A torn
 //! frame at the end (crash during a write) fails its CRC and is cut off; its data is read again from
-//! the source, whose checkpoint did not include it.
+//! the source, whose checkpoint did not include it. A bad frame with valid frames after it (a
+//! damaged block) is skipped and counted: its records are lost, the rest of its segment is not.
+//!
+//! An append that fails (ENOSPC) cuts its partial frame off again, so the segment ends where the
+//! last whole frame does and the caller can retry the same batch later.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -67,6 +71,8 @@ pub struct BufferStatus {
     pub buffered_records: u64,
     pub dropped_records: u64,
     pub last_ack: Option<SystemTime>,
+    /// Damaged frames skipped when the buffer was opened (their records are lost).
+    pub corrupt_frames: u64,
 }
 
 pub struct DrainBuffer {
@@ -80,6 +86,7 @@ pub struct DrainBuffer {
     next_frame: u64,
     synced_at: Instant,
     dirty: bool,
+    corrupt_frames: u64,
 }
 
 fn io_err(context: String) -> impl FnOnce(io::Error) -> LogsError {
@@ -111,6 +118,7 @@ impl DrainBuffer {
         let mut segments = VecDeque::new();
         let mut frames = VecDeque::new();
         let mut next_frame = 0;
+        let mut corrupt_frames = 0;
         for seq in seqs {
             let path = segment_path(dir, seq);
             if seq < state.ack_segment {
@@ -119,7 +127,12 @@ impl DrainBuffer {
             }
             let bytes = fs::read(&path).map_err(io_err(format!("read segment {}", path.display())))?;
             let from = if seq == state.ack_segment { state.ack_offset } else { 0 };
-            let valid = scan(&bytes, seq, from, &mut next_frame, &mut frames);
+            let mut skipped = 0;
+            let valid = scan(&bytes, seq, from, &mut next_frame, &mut frames, &mut skipped);
+            if skipped > 0 {
+                tracing::error!(segment = %path.display(), "skipped {skipped} damaged frames; their records are lost, the frames after them are kept");
+                corrupt_frames += skipped;
+            }
             if valid < bytes.len() as u64 {
                 tracing::warn!(segment = %path.display(), "cutting a torn frame at offset {valid} (crash during a write)");
                 let f =
@@ -151,6 +164,7 @@ impl DrainBuffer {
             next_frame,
             synced_at: Instant::now(),
             dirty: false,
+            corrupt_frames,
         };
         Ok((buffer, positions))
     }
@@ -186,7 +200,14 @@ impl DrainBuffer {
         } else {
             (seq, len)
         };
-        self.writer.write_all(&frame).map_err(io_err(format!("append to drain buffer {}", self.dir.display())))?;
+        if let Err(e) = self.writer.write_all(&frame) {
+            // A partial frame left here would sit before every later frame (the writer appends):
+            // cut it, so a retry starts where this frame did. Shrinking needs no free space.
+            if let Err(cut) = self.writer.set_len(start) {
+                tracing::error!(buffer = %self.dir.display(), "cut a partly written frame: {cut}");
+            }
+            return Err(io_err(format!("append to drain buffer {}", self.dir.display()))(e));
+        }
         if let Some(last) = self.segments.back_mut() {
             last.1 = start + frame.len() as u64;
         }
@@ -333,7 +354,14 @@ impl DrainBuffer {
             buffered_records: self.frames.iter().map(|f| u64::from(f.records)).sum(),
             dropped_records: self.state.dropped_records,
             last_ack: self.state.last_ack,
+            corrupt_frames: self.corrupt_frames,
         }
+    }
+
+    /// Frames appended since the buffer was opened: an append that failed after its frame was
+    /// stored (a later fsync, say) shows here and must not be repeated.
+    pub fn appended_frames(&self) -> u64 {
+        self.next_frame
     }
 
     pub fn is_empty(&self) -> bool {
@@ -341,13 +369,25 @@ impl DrainBuffer {
     }
 }
 
-/// Parses frames of one segment from `from`; returns the end of the last valid frame.
-fn scan(bytes: &[u8], seq: u64, from: u64, next: &mut u64, out: &mut VecDeque<Frame>) -> u64 {
+/// Parses frames of one segment from `from`; returns the end of the last valid frame. Bytes that
+/// are not a frame but have a valid frame after them are a damaged frame: skipped, and counted in
+/// `skipped`; with none after them they are the torn end of the segment.
+fn scan(bytes: &[u8], seq: u64, from: u64, next: &mut u64, out: &mut VecDeque<Frame>, skipped: &mut u64) -> u64 {
     let mut at = from as usize;
     if at > bytes.len() {
         return bytes.len() as u64;
     }
-    while let Some(frame) = parse_frame(&bytes[at..]) {
+    loop {
+        let Some(frame) = parse_frame(&bytes[at..]) else {
+            match next_valid_frame(bytes, at) {
+                Some(resume) => {
+                    *skipped += 1;
+                    at = resume;
+                    continue;
+                }
+                None => break,
+            }
+        };
         let (len, key, checkpoint, records, data_offset) = frame;
         out.push_back(Frame {
             id: *next,
@@ -363,6 +403,13 @@ fn scan(bytes: &[u8], seq: u64, from: u64, next: &mut u64, out: &mut VecDeque<Fr
         at += len;
     }
     at as u64
+}
+
+/// The start of the first whole, valid frame after `at`. A frame's CRC covers its payload, so a
+/// stray magic byte inside damaged data is not taken for a frame.
+fn next_valid_frame(bytes: &[u8], at: usize) -> Option<usize> {
+    let from = at + 1;
+    memchr::memchr_iter(MAGIC, bytes.get(from..)?).map(|i| from + i).find(|&p| parse_frame(&bytes[p..]).is_some())
 }
 
 type Parsed<'a> = (usize, &'a str, Checkpoint, u32, usize);

@@ -102,3 +102,32 @@ fn an_unparsable_state_file_is_internal_and_names_its_path() {
     assert!(matches!(&e, LogsError::BufferStateCorrupt { path, .. } if *path == state), "{e}");
     assert_eq!(e.code(), ErrorCode::Internal);
 }
+
+#[test]
+fn a_damaged_frame_mid_segment_is_skipped_and_counted_and_the_frames_after_it_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let key: Arc<str> = "file:/x.log".into();
+    let (mut b, _) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)).unwrap();
+    for i in 1..=3u64 {
+        b.append(&key, &ckpt(i * 10), 2, format!("batch{i}").as_bytes()).unwrap();
+    }
+    drop(b);
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"batch2").unwrap();
+    bytes[at] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let (b, pos) = DrainBuffer::open(dir.path(), limits(1 << 20, 1 << 16)).unwrap();
+    assert_eq!(b.status().corrupt_frames, 1, "the damaged frame is counted");
+    assert_eq!(b.status().buffered_records, 4, "frames 1 and 3 are still buffered");
+    let batch = b.read_batch(1 << 20).unwrap().unwrap();
+    assert_eq!(batch.data, b"batch1batch3");
+    assert_eq!(pos.get("file:/x.log"), Some(&ckpt(30)), "the source resumes after the last kept frame");
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), bytes.len() as u64, "nothing was cut off");
+}

@@ -46,6 +46,9 @@ pub enum LogsError {
     DrainRefused { address: String, status: u16, body: String },
     #[error("HTTPS drain {address} sent no HTTP status line")]
     NoHttpStatus { address: String },
+    /// The drain's destination is refused by `[logs.drain_policy]` as it resolves now.
+    #[error("drain destination {address}: {reason}")]
+    DestinationRefused { address: String, reason: String },
 
     /// journalctl could not be started, or exited with a failure; the source retries with backoff.
     #[error("follow journald unit {unit}: {source}")]
@@ -86,7 +89,7 @@ impl HasErrorCode for LogsError {
             }
             LogsError::Registry(e) => e.code(),
             LogsError::DrainNotFound { .. } => ErrorCode::NotFound,
-            LogsError::SystemCaBundle { .. } => ErrorCode::FailedPrecondition,
+            LogsError::SystemCaBundle { .. } | LogsError::DestinationRefused { .. } => ErrorCode::FailedPrecondition,
             LogsError::ShuttingDown
             | LogsError::Delivery { .. }
             | LogsError::DeliveryTimedOut { .. }

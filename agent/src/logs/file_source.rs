@@ -6,10 +6,15 @@
 //! below our offset; the bytes we had not read yet are recovered from the copy when one is found in
 //! the same folder (its bytes before our offset match what we read last), then reading restarts at 0.
 //! New files matching the glob are read from their start.
+//!
+//! The folders belong to the databases' users, and the agent reads as root: every file is opened
+//! through [`LogRoots`] (beneath a log root, no link followed in any component, regular files only),
+//! and once open it is read through that descriptor only. Holes (a sparse file) are skipped, not
+//! read as NUL bytes.
 
 use memchr::memchr_iter;
+use std::collections::HashSet;
 use std::fs::File;
-use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,11 +22,15 @@ use std::time::{Duration, Instant};
 
 use super::checkpoint::{Checkpoint, FilePos};
 use super::lines::{Joined, Joiner, LineFormat};
+use super::open_beneath::{self, LogRoots, OpenRefused, OpenedLog};
 
 /// A line longer than this without a newline is handed on in pieces.
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 /// How much of the last bytes read is kept to recognise the copy made by copytruncate.
 const TAIL_KEEP: usize = 256;
+/// Paths whose refusal was logged are remembered up to this many, so a tenant who flips a name in a
+/// loop gets one warning per name, not one per scan, and cannot grow the set without bound.
+const WARNED_KEEP: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FollowSettings {
@@ -59,8 +68,10 @@ pub struct FileFollower {
     files: Vec<Tracked>,
     scanned_at: Option<Instant>,
     chunk: Vec<u8>,
-    /// When set, a matched path whose links resolve outside these folders is never opened.
-    roots: Option<Arc<[PathBuf]>>,
+    roots: LogRoots,
+    /// Opens refused (links, FIFOs, files outside the roots, replaced files) since the start.
+    refused: u64,
+    warned: HashSet<PathBuf>,
 }
 
 struct Tracked {
@@ -79,14 +90,13 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn open(path: &Path, meta: &std::fs::Metadata, format: LineFormat, read_pos: u64) -> io::Result<Self> {
-        let file = File::open(path)?;
-        Ok(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            path: path.to_path_buf(),
+    fn new(opened: OpenedLog, path: PathBuf, format: LineFormat, read_pos: u64) -> Self {
+        Self {
+            dev: opened.meta.dev(),
+            ino: opened.meta.ino(),
             name: Arc::from(path.to_string_lossy().as_ref()),
-            file,
+            path,
+            file: opened.file,
             read_pos,
             partial: Vec::new(),
             joiner: Joiner::new(format),
@@ -94,7 +104,7 @@ impl Tracked {
             last_data: Instant::now(),
             tail: Vec::new(),
             skip_first_line: false,
-        })
+        }
     }
 
     fn commit_pos(&self) -> u64 {
@@ -147,7 +157,8 @@ impl Tracked {
 }
 
 impl FileFollower {
-    pub fn new(glob: String, format: LineFormat, settings: FollowSettings, start: StartAt) -> Self {
+    /// Follows the files matching `glob` that open beneath `roots` (see [`LogRoots`]).
+    pub fn new(glob: String, roots: LogRoots, format: LineFormat, settings: FollowSettings, start: StartAt) -> Self {
         Self {
             glob,
             format,
@@ -156,35 +167,47 @@ impl FileFollower {
             files: Vec::new(),
             scanned_at: None,
             chunk: vec![0; 1024 * 1024],
-            roots: None,
+            roots,
+            refused: 0,
+            warned: HashSet::new(),
         }
     }
 
-    /// Opens only files that resolve (symbolic links followed) below `roots`. The log folders
-    /// belong to the databases' users, and the agent reads as root: a link planted there must not
-    /// ship the host's secrets (the KEK, /etc/shadow) to a drain.
-    pub fn confine_to(&mut self, roots: Arc<[PathBuf]>) {
-        self.roots = Some(roots);
+    /// How many opens were refused so far (links, FIFOs, replaced files, paths outside the roots).
+    pub fn refused_opens(&self) -> u64 {
+        self.refused
+    }
+
+    /// Counts a refused open; warns once per path.
+    fn refuse(&mut self, path: &Path, why: &OpenRefused) {
+        if matches!(why, OpenRefused::Gone) {
+            return;
+        }
+        self.refused += 1;
+        if self.warned.len() < WARNED_KEEP && self.warned.insert(path.to_path_buf()) {
+            tracing::warn!(
+                path = %path.display(),
+                refused_total = self.refused,
+                "log file not read: {why} (further refusals of this path are counted, not logged)"
+            );
+        }
     }
 
     /// Resumes from a checkpoint: every file found again (at its path, or renamed in its folder)
     /// continues at its offset; files that match the glob but are not in it start at 0.
     pub fn restore(&mut self, files: &[FilePos]) {
         for pos in files {
-            let Some((path, meta)) = find_inode(pos) else {
+            let Some((path, opened)) = find_inode(&self.roots, pos) else {
                 tracing::info!(path = %pos.path.display(), "log file is gone since the last run; reading its successor from the start");
                 continue;
             };
-            let offset = if meta.len() < pos.offset {
+            let offset = if opened.meta.len() < pos.offset {
                 tracing::warn!(path = %path.display(), "log file was truncated while the agent was stopped; reading it from the start");
                 0
             } else {
                 pos.offset
             };
-            match Tracked::open(&path, &meta, self.format, offset) {
-                Ok(t) => self.files.push(t),
-                Err(e) => tracing::warn!("open log file {}: {e:#}", path.display()),
-            }
+            self.files.push(Tracked::new(opened, path, self.format, offset));
         }
         self.start = StartAt::Beginning;
     }
@@ -220,7 +243,10 @@ impl FileFollower {
                 }
             };
             if len < t.read_pos || (len > t.read_pos && !tail_still_there(t)) {
-                recover_truncated(t, &mut chunk, out);
+                recover_truncated(t, &self.roots, &mut chunk, out);
+            }
+            if len > t.read_pos {
+                skip_hole(t, len, out);
             }
             while read < budget {
                 let want = chunk.len().min(budget - read);
@@ -271,18 +297,15 @@ impl FileFollower {
         };
         let first_scan = self.scanned_at.is_none();
         for path in paths.flatten() {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            if let Some(roots) = &self.roots
-                && !crate::fsutil::resolves_below(&path, roots)
-            {
-                if !self.files.iter().any(|t| t.path == path) {
-                    tracing::warn!(path = %path.display(), "log file leads out of the log and data roots through a symbolic link; not read");
+            // The open is the check: what is read is the descriptor that passed it.
+            let opened = match self.roots.open_file(&path) {
+                Ok(o) => o,
+                Err(why) => {
+                    self.refuse(&path, &why);
+                    continue;
                 }
-                continue;
-            }
+            };
+            let meta = &opened.meta;
             if let Some(t) = self.files.iter_mut().find(|t| t.dev == meta.dev() && t.ino == meta.ino()) {
                 t.matched = true;
                 if t.path != path {
@@ -295,13 +318,9 @@ impl FileFollower {
                 StartAt::Tail(n) if first_scan && meta.len() > n => (meta.len() - n, true),
                 _ => (0, false),
             };
-            match Tracked::open(&path, &meta, self.format, pos) {
-                Ok(mut t) => {
-                    t.skip_first_line = skip;
-                    self.files.push(t);
-                }
-                Err(e) => tracing::warn!("open log file {}: {e:#}", path.display()),
-            }
+            let mut t = Tracked::new(opened, path, self.format, pos);
+            t.skip_first_line = skip;
+            self.files.push(t);
         }
     }
 
@@ -328,12 +347,15 @@ impl FileFollower {
 
 /// The file was truncated below what we read (copytruncate). Reads the rest from the copy if one is
 /// found, then restarts at 0.
-fn recover_truncated(t: &mut Tracked, chunk: &mut [u8], out: &mut Vec<(Arc<str>, Joined)>) {
-    match find_copy(t) {
+fn recover_truncated(t: &mut Tracked, roots: &LogRoots, chunk: &mut [u8], out: &mut Vec<(Arc<str>, Joined)>) {
+    match find_copy(t, roots) {
         Some(copy) => {
             tracing::info!(path = %t.path.display(), "log file was truncated after a copy; reading the rest from the copy");
-            loop {
-                match copy.read_at(chunk, t.read_pos) {
+            // Up to the copy's size when it was vetted: a copy that keeps growing is not followed.
+            let end = copy.meta.len();
+            while t.read_pos < end {
+                let want = chunk.len().min(usize::try_from(end - t.read_pos).unwrap_or(usize::MAX));
+                match copy.file.read_at(&mut chunk[..want], t.read_pos) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => t.consume(&chunk[..n], out),
                 }
@@ -360,38 +382,57 @@ fn tail_still_there(t: &Tracked) -> bool {
     t.file.read_exact_at(&mut probe, t.read_pos - t.tail.len() as u64).is_ok() && probe == t.tail
 }
 
+/// A hole (a sparse file, or the gap a writer leaves after copytruncate) holds no log text: reading
+/// starts again at the next data, or at the end when there is none. A planted terabyte of holes
+/// costs one `lseek`, not a terabyte of NUL bytes shipped to a drain.
+fn skip_hole(t: &mut Tracked, len: u64, out: &mut Vec<(Arc<str>, Joined)>) {
+    let data = match rustix::fs::seek(&t.file, rustix::fs::SeekFrom::Data(t.read_pos)) {
+        Ok(at) => at.min(len),
+        Err(rustix::io::Errno::NXIO) => len,
+        // A file system without SEEK_DATA reports everything as data.
+        Err(_) => return,
+    };
+    if data > t.read_pos {
+        tracing::debug!(path = %t.path.display(), "skipped a hole of {} bytes", data - t.read_pos);
+        t.flush_all(out);
+        t.read_pos = data;
+        t.tail.clear();
+        t.skip_first_line = false;
+    }
+}
+
 /// A file in the same folder, not the truncated one, that holds the bytes we read last at the same
-/// offset: the copy that copytruncate made.
-fn find_copy(t: &Tracked) -> Option<File> {
+/// offset: the copy that copytruncate made. The folder and each candidate are opened beneath the
+/// roots like the followed files: a link planted as a copy is never opened.
+fn find_copy(t: &Tracked, roots: &LogRoots) -> Option<OpenedLog> {
     if t.tail.is_empty() {
         return None;
     }
-    let dir = t.path.parent()?;
+    let dir = roots.open_dir(t.path.parent()?).ok()?;
     let tail_start = t.read_pos - t.tail.len() as u64;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() || meta.ino() == t.ino || meta.len() < t.read_pos {
+    for name in open_beneath::list(&dir) {
+        let Ok(c) = open_beneath::open_entry(&dir, &name) else { continue };
+        if c.meta.ino() == t.ino || c.meta.len() < t.read_pos {
             continue;
         }
-        let Ok(f) = File::open(entry.path()) else { continue };
         let mut probe = vec![0; t.tail.len()];
-        if f.read_exact_at(&mut probe, tail_start).is_ok() && probe == t.tail {
-            return Some(f);
+        if c.file.read_exact_at(&mut probe, tail_start).is_ok() && probe == t.tail {
+            return Some(c);
         }
     }
     None
 }
 
-fn find_inode(pos: &FilePos) -> Option<(PathBuf, std::fs::Metadata)> {
-    let same = |m: &std::fs::Metadata| m.dev() == pos.dev && m.ino() == pos.ino;
-    if let Ok(m) = std::fs::metadata(&pos.path)
-        && same(&m)
-    {
-        return Some((pos.path.clone(), m));
+/// The checkpointed file again: at its path, or renamed within its folder; only the same (device,
+/// inode), opened beneath the roots.
+fn find_inode(roots: &LogRoots, pos: &FilePos) -> Option<(PathBuf, OpenedLog)> {
+    if let Ok(o) = roots.reopen(&pos.path, pos.dev, pos.ino) {
+        return Some((pos.path.clone(), o));
     }
-    let dir = pos.path.parent()?;
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let m = e.metadata().ok()?;
-        (m.is_file() && same(&m)).then(|| (e.path(), m))
+    let parent = pos.path.parent()?;
+    let dir = roots.open_dir(parent).ok()?;
+    open_beneath::list(&dir).into_iter().find_map(|name| {
+        let o = open_beneath::open_entry(&dir, &name).ok()?;
+        (o.meta.dev() == pos.dev && o.meta.ino() == pos.ino).then(|| (parent.join(name), o))
     })
 }

@@ -10,13 +10,14 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::drain::policy::DrainPolicy;
 use super::drain::{DrainSpec, load_drains, store_drains, validate_drains};
 use super::error::LogsError;
 use super::hub::{Hub, Tail, TailRequest};
 use super::lines::LineFormat;
 use super::pipeline::{DrainPipeline, DrainStatus, PipelineContext};
 use super::settings::LogsConfig;
-use super::sources::{Mode, SourceSet, spawn_sources};
+use super::sources::{LiveSources, Mode, SourceSet, spawn_sources};
 use crate::instances::registry::Registry;
 use crate::instances::{Instance, LogSource};
 
@@ -37,6 +38,7 @@ struct Inner {
     hub: Arc<Hub>,
     running: Mutex<BTreeMap<String, InstanceLogs>>,
     cancel: CancellationToken,
+    live: LiveSources,
 }
 
 struct InstanceLogs {
@@ -57,7 +59,9 @@ impl LogManager {
         cancel: CancellationToken,
     ) -> Self {
         let hub = Arc::new(Hub::new(cfg.tail_records, cfg.client_queue));
-        Self { inner: Arc::new(Inner { dir, cfg, hostname, registry, hub, running: Mutex::default(), cancel }) }
+        let running = Mutex::default();
+        let live = LiveSources::default();
+        Self { inner: Arc::new(Inner { dir, cfg, hostname, registry, hub, running, cancel, live }) }
     }
 
     /// Follows the registry until cancelled, then stops every pipeline: in-flight batches get a short
@@ -109,7 +113,7 @@ impl LogManager {
             if let Some(old) = running.remove(&instance.id) {
                 old.stop().await;
             }
-            match self.start_instance(instance) {
+            match self.start_instance(instance).await {
                 Ok(logs) => {
                     running.insert(instance.id.clone(), logs);
                 }
@@ -122,13 +126,35 @@ impl LogManager {
         failed
     }
 
-    fn start_instance(&self, instance: &Instance) -> Result<InstanceLogs, LogsError> {
+    /// Starts the instance's tail reader and drains. A start that fails stops (and waits for)
+    /// what it had started: it is retried, and every retry would otherwise leave source threads and
+    /// journalctl processes behind until the agent runs out of them.
+    async fn start_instance(&self, instance: &Instance) -> Result<InstanceLogs, LogsError> {
+        let mut logs = self.start_tail(instance);
+        match self.start_drains(&instance.id, &mut logs) {
+            Ok(()) => Ok(logs),
+            Err(e) => {
+                logs.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    fn start_tail(&self, instance: &Instance) -> InstanceLogs {
         let cancel = self.inner.cancel.child_token();
         let format = LineFormat::from(instance.spec.engine);
         let sources = instance.spec.log_sources.clone();
         let name: Arc<str> = Arc::from(instance.id.as_str());
         let (tx, mut rx) = mpsc::channel(4);
-        let set = SourceSet { instance: name.clone(), format, sources: &sources, roots: Some(self.read_roots()) };
+        let set = SourceSet {
+            instance: name.clone(),
+            format,
+            sources: &sources,
+            roots: self.read_roots(),
+            live: self.inner.live.clone(),
+            // TailLogs has no status to show it in; the follower logs each refused path once.
+            refused: Arc::default(),
+        };
         let mut tail_tasks = spawn_sources(&set, &BTreeMap::new(), Mode::Tail, &self.inner.cfg, &tx, &cancel);
         let hub = self.inner.hub.clone();
         tail_tasks.push(tokio::spawn(async move {
@@ -136,12 +162,15 @@ impl LogManager {
                 hub.publish(batch.records);
             }
         }));
-        let mut logs = InstanceLogs { format, sources, cancel, tail_tasks, drains: BTreeMap::new() };
-        for spec in load_drains(&self.inner.dir.join(&instance.id))? {
-            let pipeline = self.start_drain(&instance.id, &logs, spec)?;
+        InstanceLogs { format, sources, cancel, tail_tasks, drains: BTreeMap::new() }
+    }
+
+    fn start_drains(&self, id: &str, logs: &mut InstanceLogs) -> Result<(), LogsError> {
+        for spec in load_drains(&self.inner.dir.join(id))? {
+            let pipeline = self.start_drain(id, logs, spec)?;
             logs.drains.insert(pipeline.spec.name.clone(), pipeline);
         }
-        Ok(logs)
+        Ok(())
     }
 
     fn start_drain(&self, id: &str, logs: &InstanceLogs, spec: DrainSpec) -> Result<DrainPipeline, LogsError> {
@@ -152,7 +181,8 @@ impl LogManager {
             dir: self.inner.dir.join(id).join(&spec.name),
             cfg: &self.inner.cfg,
             hostname: &self.inner.hostname,
-            roots: Some(self.read_roots()),
+            roots: self.read_roots(),
+            live: self.inner.live.clone(),
         };
         DrainPipeline::start(&ctx, spec, &logs.cancel)
     }
@@ -183,7 +213,7 @@ impl LogManager {
     /// Replaces the instance's drains. Unchanged drains keep running; a drain whose target changed
     /// keeps its buffer if the wire format is the same; removed drains lose their buffer.
     pub async fn set_drains(&self, id: &str, drains: Vec<DrainSpec>) -> Result<Vec<DrainSpec>, LogsError> {
-        validate_drains(&drains)?;
+        validate_drains(&drains, &DrainPolicy::new(&self.inner.cfg.drain_policy))?;
         let instance = self.instance(id)?;
         if self.inner.cancel.is_cancelled() {
             return Err(LogsError::ShuttingDown);
@@ -192,7 +222,7 @@ impl LogManager {
         let mut running = self.inner.running.lock().await;
         store_drains(&dir, &drains)?;
         if !running.contains_key(id) {
-            let logs = self.start_instance(&instance)?;
+            let logs = self.start_instance(&instance).await?;
             running.insert(id.to_owned(), logs);
             return Ok(drains);
         }
@@ -225,6 +255,11 @@ impl LogManager {
             }
         }
         Ok(drains)
+    }
+
+    /// Sources running now (file followers and journalctl readers), for status and tests.
+    pub fn live_sources(&self) -> usize {
+        self.inner.live.count()
     }
 
     pub async fn drain_status(&self, id: &str, drain: &str) -> Result<DrainStatus, LogsError> {

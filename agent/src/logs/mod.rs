@@ -21,6 +21,7 @@ pub mod hub;
 pub mod journald;
 pub mod lines;
 pub mod manager;
+pub mod open_beneath;
 pub mod pipeline;
 pub mod record;
 pub mod settings;

@@ -3,6 +3,7 @@
 //! another drain or TailLogs.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::buffer::{BufferLimits, BufferStatus, DrainBuffer};
+use super::drain::policy::DrainPolicy;
 use super::drain::transport::Transport;
 use super::drain::wire::WireFormat;
 use super::drain::{DrainSpec, DrainTarget};
@@ -17,11 +19,15 @@ use super::error::LogsError;
 use super::lines::LineFormat;
 use super::record::SourceBatch;
 use super::settings::LogsConfig;
-use super::sources::{Mode, SourceSet, spawn_sources};
+use super::sources::{LiveSources, Mode, SourceSet, spawn_sources};
 use crate::instances::LogSource;
 
 /// An in-flight batch gets this long to be acknowledged after shutdown began.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A batch the buffer could not take (a full disk) is tried again after this long, doubling up to
+/// [`WRITE_RETRY_MAX`]. Meanwhile the sources wait: nothing is lost, nothing is read twice.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrainStatus {
@@ -29,18 +35,28 @@ pub struct DrainStatus {
     pub buffer: BufferStatus,
     pub delivered_records: u64,
     pub last_error: String,
+    /// Why the last batch could not be written to the buffer (a full disk); empty once writing
+    /// works again.
+    pub buffer_error: String,
+    /// Failed buffer writes since the drain started (each retried).
+    pub buffer_write_failures: u64,
+    /// Matched files this drain's sources refused to open (links, FIFOs, replaced files).
+    pub refused_files: u64,
 }
 
 #[derive(Default)]
-struct Live {
+pub(crate) struct Live {
     delivered_records: u64,
     last_error: String,
+    buffer_error: String,
+    buffer_write_failures: u64,
 }
 
 pub struct DrainPipeline {
     pub spec: DrainSpec,
     buffer: Arc<Mutex<DrainBuffer>>,
     live: Arc<Mutex<Live>>,
+    refused: Arc<AtomicU64>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -65,7 +81,8 @@ pub struct PipelineContext<'a> {
     pub cfg: &'a LogsConfig,
     pub hostname: &'a str,
     /// See [`SourceSet::roots`].
-    pub roots: Option<Arc<[PathBuf]>>,
+    pub roots: Arc<[PathBuf]>,
+    pub live: LiveSources,
 }
 
 impl DrainPipeline {
@@ -73,8 +90,9 @@ impl DrainPipeline {
         let (buffer, positions) = DrainBuffer::open(&ctx.dir, buffer_limits(ctx.cfg))?;
         let buffer = Arc::new(Mutex::new(buffer));
         let live = Arc::new(Mutex::new(Live::default()));
+        let refused = Arc::new(AtomicU64::new(0));
         let cancel = parent.child_token();
-        let transport = Transport::new(&spec);
+        let transport = Transport::new(&spec, DrainPolicy::new(&ctx.cfg.drain_policy));
         let wire = match spec.target {
             DrainTarget::Syslog { .. } => WireFormat::Syslog { hostname: ctx.hostname.to_owned() },
             DrainTarget::Https { .. } => WireFormat::JsonLines { hostname: ctx.hostname.to_owned() },
@@ -85,13 +103,22 @@ impl DrainPipeline {
             format: ctx.format,
             sources: ctx.sources,
             roots: ctx.roots.clone(),
+            live: ctx.live.clone(),
+            refused: refused.clone(),
         };
         let mut tasks = spawn_sources(&set, &positions, Mode::Ship, ctx.cfg, &tx, &cancel);
         drop(tx);
         let wake = Arc::new(Notify::new());
-        let writer_buffer = buffer.clone();
-        let writer_wake = wake.clone();
-        tasks.push(tokio::task::spawn_blocking(move || write_batches(rx, &wire, &writer_buffer, &writer_wake)));
+        let writer = BatchWriter {
+            wire,
+            sink: buffer.clone(),
+            wake: wake.clone(),
+            live: live.clone(),
+            retry: (WRITE_RETRY, WRITE_RETRY_MAX),
+            cancel: cancel.clone(),
+            name: format!("{}/{}", ctx.instance, spec.name),
+        };
+        tasks.push(tokio::task::spawn_blocking(move || writer.run(rx)));
         let sender = Sender {
             buffer: buffer.clone(),
             live: live.clone(),
@@ -107,7 +134,7 @@ impl DrainPipeline {
                 lock(&live).last_error = e.to_string();
             }
         }
-        Ok(Self { spec, buffer, live, cancel, tasks })
+        Ok(Self { spec, buffer, live, refused, cancel, tasks })
     }
 
     pub fn status(&self) -> DrainStatus {
@@ -117,6 +144,9 @@ impl DrainPipeline {
             buffer: lock(&self.buffer).status(),
             delivered_records: live.delivered_records,
             last_error: live.last_error.clone(),
+            buffer_error: live.buffer_error.clone(),
+            buffer_write_failures: live.buffer_write_failures,
+            refused_files: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -137,23 +167,103 @@ impl DrainPipeline {
     }
 }
 
-/// Encodes each batch in the drain's wire format and appends it to the buffer with its checkpoint.
-fn write_batches(mut rx: mpsc::Receiver<SourceBatch>, wire: &WireFormat, buffer: &Mutex<DrainBuffer>, wake: &Notify) {
-    let mut data = Vec::new();
-    while let Some(batch) = rx.blocking_recv() {
-        data.clear();
-        for r in &batch.records {
-            wire.encode(r, &mut data);
-        }
+/// Where the writer puts encoded batches: the drain's buffer. A trait so that the retry on a full
+/// disk is tested without filling one.
+pub(crate) trait BatchSink: Send + Sync {
+    fn append(&self, batch: &SourceBatch, data: &[u8]) -> Result<(), LogsError>;
+    /// Frames stored so far: an append that failed after storing its frame is not repeated.
+    fn appended_frames(&self) -> u64;
+}
+
+impl BatchSink for Mutex<DrainBuffer> {
+    fn append(&self, batch: &SourceBatch, data: &[u8]) -> Result<(), LogsError> {
         let count = u32::try_from(batch.records.len()).unwrap_or(u32::MAX);
-        if let Err(e) = lock(buffer).append(&batch.key, &batch.checkpoint, count, &data) {
-            // Without the buffer nothing can be shipped safely; the checkpoint was not stored, so
-            // the source data is read again after a restart.
-            tracing::error!("{e:#}; stopping this drain's reading");
-            return;
-        }
-        wake.notify_one();
+        lock(self).append(&batch.key, &batch.checkpoint, count, data)
     }
+
+    fn appended_frames(&self) -> u64 {
+        lock(self).appended_frames()
+    }
+}
+
+/// Encodes each batch in the drain's wire format and appends it to the buffer with its checkpoint.
+pub(crate) struct BatchWriter<S: BatchSink + ?Sized> {
+    pub wire: WireFormat,
+    pub sink: Arc<S>,
+    pub wake: Arc<Notify>,
+    pub live: Arc<Mutex<Live>>,
+    /// First and longest wait before a failed append is tried again.
+    pub retry: (Duration, Duration),
+    pub cancel: CancellationToken,
+    pub name: String,
+}
+
+impl<S: BatchSink + ?Sized> BatchWriter<S> {
+    pub fn run(&self, mut rx: mpsc::Receiver<SourceBatch>) {
+        let mut data = Vec::new();
+        while let Some(batch) = rx.blocking_recv() {
+            data.clear();
+            for r in &batch.records {
+                self.wire.encode(r, &mut data);
+            }
+            if !self.store(&batch, &data) {
+                return;
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    /// Appends one batch, retrying until it is stored; false if cancelled meanwhile. Its source
+    /// waits on the channel, so no checkpoint moves past what is not stored.
+    fn store(&self, batch: &SourceBatch, data: &[u8]) -> bool {
+        let mut wait = self.retry.0;
+        loop {
+            let before = self.sink.appended_frames();
+            let result = self.sink.append(batch, data);
+            let stored = self.sink.appended_frames() > before;
+            match result {
+                Ok(()) => {}
+                // Stored, then a later step (an fsync) failed: repeating would store it twice.
+                Err(e) if stored => tracing::warn!(drain = %self.name, "after a buffer write: {e:#}"),
+                Err(e) => {
+                    let first = {
+                        let mut live = lock(&self.live);
+                        live.buffer_write_failures += 1;
+                        let first = live.buffer_error.is_empty();
+                        live.buffer_error = format!("{e} (at {})", crate::timefmt::format(SystemTime::now()));
+                        first
+                    };
+                    if first {
+                        tracing::error!(drain = %self.name, "write to the drain buffer: {e:#}; reading is paused and the write retried");
+                    }
+                    if !sleep_unless_cancelled(wait, &self.cancel) {
+                        return false;
+                    }
+                    wait = (wait * 2).min(self.retry.1);
+                    continue;
+                }
+            }
+            let mut live = lock(&self.live);
+            if !live.buffer_error.is_empty() {
+                tracing::info!(drain = %self.name, "drain buffer writable again");
+                live.buffer_error.clear();
+            }
+            return true;
+        }
+    }
+}
+
+/// Sleeps on a blocking thread for `d`, waking early when cancelled; false if cancelled.
+fn sleep_unless_cancelled(d: Duration, cancel: &CancellationToken) -> bool {
+    let until = std::time::Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    false
 }
 
 struct Sender {
@@ -252,3 +362,7 @@ impl Sender {
         *backoff = (*backoff * 2).min(Duration::from_secs(30));
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -12,6 +13,7 @@ use super::checkpoint::Checkpoint;
 use super::file_source::{FileFollower, FollowSettings, StartAt};
 use super::journald::{JournalSettings, JournalSource, run_journal_source};
 use super::lines::LineFormat;
+use super::open_beneath::LogRoots;
 use super::record::{LogRecord, SourceBatch};
 use super::settings::LogsConfig;
 use crate::instances::LogSource;
@@ -52,12 +54,40 @@ pub enum Mode {
     Tail,
 }
 
+/// How many sources run now, across every instance and drain: each source task holds a
+/// [`LiveSource`] while it runs. A start that failed and left its sources running shows here.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSources(Arc<AtomicUsize>);
+
+impl LiveSources {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn enter(&self) -> LiveSource {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveSource(self.0.clone())
+    }
+}
+
+/// One running source; counted out when its task ends (or is dropped).
+struct LiveSource(Arc<AtomicUsize>);
+
+impl Drop for LiveSource {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct SourceSet<'a> {
     pub instance: Arc<str>,
     pub format: LineFormat,
     pub sources: &'a [LogSource],
-    /// Folders files may be read from (links resolved); None reads wherever the glob points.
-    pub roots: Option<Arc<[PathBuf]>>,
+    /// Folders files may be read from: files are opened beneath them, never through a link.
+    pub roots: Arc<[PathBuf]>,
+    pub live: LiveSources,
+    /// Adds up the matched files the file sources refused to open (links, FIFOs, replaced files).
+    pub refused: Arc<AtomicU64>,
 }
 
 pub fn spawn_sources(
@@ -73,20 +103,21 @@ pub fn spawn_sources(
         let key: Arc<str> = Arc::from(source_key(source).as_str());
         let position = positions.get(&*key);
         let (tx, cancel, instance) = (tx.clone(), cancel.clone(), set.instance.clone());
+        let live = set.live.enter();
         match source {
             LogSource::FileGlob(glob) => {
+                let refused = set.refused.clone();
                 let start = if mode == Mode::Tail { StartAt::Tail(64 * 1024) } else { StartAt::Beginning };
-                let mut follower = FileFollower::new(glob.clone(), set.format, follow_settings(cfg), start);
-                if let Some(roots) = &set.roots {
-                    follower.confine_to(roots.clone());
-                }
+                let roots = LogRoots::new(set.roots.clone());
+                let mut follower = FileFollower::new(glob.clone(), roots, set.format, follow_settings(cfg), start);
                 if let Some(Checkpoint::Files { files }) = position {
                     follower.restore(files);
                 }
                 let idle = Duration::from_millis(cfg.poll_interval_ms);
                 let budget = read_budget(cfg);
                 tasks.push(tokio::task::spawn_blocking(move || {
-                    follow_files(key, follower, instance, idle, budget, &tx, &cancel)
+                    let _live = live;
+                    follow_files(key, follower, instance, (idle, budget), (&tx, &refused), &cancel);
                 }));
             }
             LogSource::JournaldUnit(unit) => {
@@ -103,7 +134,10 @@ pub fn spawn_sources(
                     settings: journal_settings(cfg),
                     instance,
                 };
-                tasks.push(tokio::spawn(run_journal_source(src, tx, cancel)));
+                tasks.push(tokio::spawn(async move {
+                    let _live = live;
+                    run_journal_source(src, tx, cancel).await;
+                }));
             }
         }
     }
@@ -115,14 +149,16 @@ fn follow_files(
     key: Arc<str>,
     mut follower: FileFollower,
     instance: Arc<str>,
-    idle: Duration,
-    budget: usize,
-    tx: &mpsc::Sender<SourceBatch>,
+    (idle, budget): (Duration, usize),
+    (tx, refused): (&mpsc::Sender<SourceBatch>, &AtomicU64),
     cancel: &CancellationToken,
 ) {
     let mut joined = Vec::new();
+    let mut counted = 0;
     while !cancel.is_cancelled() {
         let read = follower.poll(budget, &mut joined);
+        refused.fetch_add(follower.refused_opens() - counted, Ordering::Relaxed);
+        counted = follower.refused_opens();
         if !joined.is_empty() {
             let time = SystemTime::now();
             let records = joined

@@ -49,7 +49,9 @@ async fn main() -> anyhow::Result<()> {
             "usage: logship-test --state DIR --glob GLOB --address HOST:PORT [--tls-ca FILE] [--batch BYTES] [--format F]"
         );
     };
-    let mut cfg = LogsConfig { poll_interval_ms: 50, linger_ms: 50, ..LogsConfig::default() };
+    // The test receivers listen on 127.0.0.1, without TLS.
+    let drain_policy = dbagent::logs::settings::DrainPolicyConfig::loopback();
+    let mut cfg = LogsConfig { poll_interval_ms: 50, linger_ms: 50, drain_policy, ..LogsConfig::default() };
     if let Some(b) = batch {
         cfg.batch_max_bytes = b;
     }
@@ -57,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         name: "test".into(),
         target: DrainTarget::Syslog { address, tls: ca.is_some(), ca_pem: ca.unwrap_or_default() },
     };
+    let glob_folder = std::path::Path::new(&glob).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
     let sources = [LogSource::FileGlob(glob)];
     let ctx = PipelineContext {
         instance: "inst-1".into(),
@@ -65,7 +68,9 @@ async fn main() -> anyhow::Result<()> {
         dir: state,
         cfg: &cfg,
         hostname: "testhost",
-        roots: None,
+        // The glob's folder: the files it matches are opened beneath it.
+        roots: std::sync::Arc::from(vec![glob_folder]),
+        live: Default::default(),
     };
     let cancel = CancellationToken::new();
     let pipeline = DrainPipeline::start(&ctx, spec, &cancel)?;

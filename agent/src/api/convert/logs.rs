@@ -83,6 +83,15 @@ pub fn drain_to_proto(d: &DrainSpec) -> pb::Drain {
     pb::Drain { name: d.name.clone(), target: Some(target) }
 }
 
+/// As [`drain_to_proto`], for a caller who must not see secrets: URLs without user-info and query.
+pub fn drain_to_proto_redacted(d: &DrainSpec) -> pb::Drain {
+    let mut drain = drain_to_proto(d);
+    if let Some(Target::Https(h)) = &mut drain.target {
+        h.url = crate::logs::drain::endpoint::redact_url(&h.url);
+    }
+    drain
+}
+
 pub fn drain_status_to_proto(s: &DrainStatus) -> pb::DrainStatus {
     pb::DrainStatus {
         drain: s.name.clone(),
@@ -92,6 +101,10 @@ pub fn drain_status_to_proto(s: &DrainStatus) -> pb::DrainStatus {
         last_error: s.last_error.clone(),
         buffered_records: s.buffer.buffered_records,
         delivered_records: s.delivered_records,
+        buffer_error: s.buffer_error.clone(),
+        buffer_write_failures: s.buffer_write_failures,
+        corrupt_frames: s.buffer.corrupt_frames,
+        refused_files: s.refused_files,
     }
 }
 

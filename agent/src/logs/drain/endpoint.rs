@@ -17,6 +17,10 @@ impl HttpsUrl {
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("https://").ok_or("must start with https://")?;
         let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+        if authority.contains('@') {
+            // The transport sends no user-info; a credential there would only be shown back.
+            return Err("must not carry user:password@ (a token belongs in the path or query)".into());
+        }
         let (host, port) = match split_host_port(authority) {
             Some((h, p)) => (h, p),
             None => (authority.trim_start_matches('[').trim_end_matches(']').to_owned(), 443),
@@ -35,6 +39,19 @@ impl HttpsUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// `url` with what may be a credential replaced: the user-info and the query. For callers who may
+/// read a drain's configuration but not its secrets (the monitor role).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority.to_owned(), |(_, h)| format!("REDACTED@{h}"));
+    let tail = tail.split('#').next().unwrap_or("");
+    let tail = tail.split_once('?').map_or(tail.to_owned(), |(path, _)| format!("{path}?REDACTED"));
+    let scheme = if scheme.is_empty() { String::new() } else { format!("{scheme}://") };
+    format!("{scheme}{host}{tail}")
 }
 
 /// `host:port` or `[v6]:port`.
@@ -76,6 +93,18 @@ mod tests {
         let v6 = HttpsUrl::parse("https://[::1]:8443/in").unwrap();
         assert_eq!((v6.host.as_str(), v6.authority().as_str()), ("::1", "[::1]:8443"));
         assert!(HttpsUrl::parse("http://x/").is_err());
+        assert!(HttpsUrl::parse("https://user:pw@logs.example/").unwrap_err().contains("user:password@"));
+    }
+
+    #[test]
+    fn redaction_hides_user_info_and_query_and_keeps_the_rest() {
+        assert_eq!(
+            redact_url("https://logs.example:8443/v1/ingest?token=s3cret&x=1"),
+            "https://logs.example:8443/v1/ingest?REDACTED"
+        );
+        assert_eq!(redact_url("https://user:pw@logs.example/in"), "https://REDACTED@logs.example/in");
+        assert_eq!(redact_url("https://u:p@h?k=v#frag"), "https://REDACTED@h?REDACTED");
+        assert_eq!(redact_url("https://logs.example/in"), "https://logs.example/in", "nothing secret, unchanged");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the wire formats, and delivery with an acknowledgement.
 
 pub mod endpoint;
+pub mod policy;
 pub mod transport;
 pub mod wire;
 
@@ -39,7 +40,9 @@ impl DrainTarget {
 
 pub const MAX_DRAINS: usize = 8;
 
-pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
+/// Checks the drains' shape and their destinations against `policy` (a host name's addresses are
+/// checked again on every connection).
+pub fn validate_drains(drains: &[DrainSpec], policy: &policy::DrainPolicy) -> Result<(), InvalidField> {
     if drains.len() > MAX_DRAINS {
         return Err(InvalidField::new(
             "drains",
@@ -65,8 +68,11 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
         }
         match &d.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
-                endpoint::split_host_port(address)
+                let (host, _) = endpoint::split_host_port(address)
                     .ok_or_else(|| InvalidField::new(format!("{field}.syslog.address"), "must be HOST:PORT"))?;
+                policy
+                    .check_host(&host, !*tls)
+                    .map_err(|r| InvalidField::new(format!("{field}.syslog.address"), r.to_string()))?;
                 if *tls && !ca_pem.is_empty() {
                     endpoint::roots_from_pem(ca_pem)
                         .map_err(|e| InvalidField::new(format!("{field}.syslog.ca_pem"), e.to_string()))?;
@@ -76,7 +82,11 @@ pub fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
                 }
             }
             DrainTarget::Https { url, ca_pem } => {
-                endpoint::HttpsUrl::parse(url).map_err(|m| InvalidField::new(format!("{field}.https.url"), m))?;
+                let parsed =
+                    endpoint::HttpsUrl::parse(url).map_err(|m| InvalidField::new(format!("{field}.https.url"), m))?;
+                policy
+                    .check_host(&parsed.host, false)
+                    .map_err(|r| InvalidField::new(format!("{field}.https.url"), r.to_string()))?;
                 if !ca_pem.is_empty() {
                     endpoint::roots_from_pem(ca_pem)
                         .map_err(|e| InvalidField::new(format!("{field}.https.ca_pem"), e.to_string()))?;
@@ -119,6 +129,37 @@ mod tests {
             name: name.into(),
             target: DrainTarget::Syslog { address: address.into(), tls: false, ca_pem: String::new() },
         }
+    }
+
+    fn loopback() -> policy::DrainPolicy {
+        policy::DrainPolicy::new(&crate::logs::settings::DrainPolicyConfig::loopback())
+    }
+
+    fn validate_drains(drains: &[DrainSpec]) -> Result<(), InvalidField> {
+        super::validate_drains(drains, &loopback())
+    }
+
+    #[test]
+    fn a_destination_the_policy_refuses_is_invalid_naming_the_field() {
+        let strict = policy::DrainPolicy::default();
+        let e = super::validate_drains(&[syslog("a", "127.0.0.1:514")], &strict).unwrap_err();
+        assert!(e.to_string().contains("drains[0].syslog.address") && e.to_string().contains("loopback"), "{e}");
+        let e = super::validate_drains(&[syslog("a", "192.0.2.1:514")], &strict).unwrap_err();
+        assert!(e.to_string().contains("plaintext syslog"), "plaintext needs a listed network: {e}");
+        let tls = DrainSpec {
+            name: "t".into(),
+            target: DrainTarget::Syslog { address: "192.0.2.1:6514".into(), tls: true, ca_pem: String::new() },
+        };
+        assert!(super::validate_drains(&[tls], &strict).is_ok(), "TLS syslog to a public address is allowed");
+        let metadata = DrainSpec {
+            name: "h".into(),
+            target: DrainTarget::Https { url: "https://169.254.169.254/latest".into(), ca_pem: String::new() },
+        };
+        let e = super::validate_drains(std::slice::from_ref(&metadata), &loopback()).unwrap_err();
+        assert!(e.to_string().contains("drains[0].https.url") && e.to_string().contains("link-local"), "{e}");
+        let e = crate::logs::LogsError::from(e);
+        assert_eq!(crate::error::HasErrorCode::code(&e), crate::error::ErrorCode::InvalidArgument);
+        assert!(validate_drains(&[syslog("a", "127.0.0.1:514")]).is_ok(), "the dev policy allows loopback");
     }
 
     #[test]

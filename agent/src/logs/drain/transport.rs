@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::endpoint::{HttpsUrl, roots_from_pem, split_host_port};
+use super::policy::{DrainPolicy, ResolveError};
 use super::{DrainSpec, DrainTarget};
 use crate::logs::error::{LogsError, PemProblem};
 
@@ -28,10 +29,11 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 pub struct Transport {
     kind: Kind,
+    policy: DrainPolicy,
 }
 
 enum Kind {
-    Syslog { address: String, tls: Option<(TlsConnector, ServerName<'static>)> },
+    Syslog { address: String, host: String, port: u16, tls: Option<(TlsConnector, ServerName<'static>)> },
     Https { url: HttpsUrl, tls: TlsConnector, server_name: ServerName<'static> },
 }
 
@@ -64,19 +66,16 @@ fn server_name(drain: &str, host: &str) -> Result<ServerName<'static>, LogsError
 }
 
 impl Transport {
-    pub fn new(spec: &DrainSpec) -> Result<Self, LogsError> {
+    /// A transport for `spec` that connects only where `policy` allows, checked on every connection.
+    pub fn new(spec: &DrainSpec, policy: DrainPolicy) -> Result<Self, LogsError> {
         let kind = match &spec.target {
             DrainTarget::Syslog { address, tls, ca_pem } => {
-                let tls = if *tls {
-                    let (host, _) = split_host_port(address).ok_or_else(|| LogsError::InvalidDrain {
-                        drain: spec.name.clone(),
-                        reason: format!("address {address:?} is not HOST:PORT"),
-                    })?;
-                    Some((connector(ca_pem)?, server_name(&spec.name, &host)?))
-                } else {
-                    None
-                };
-                Kind::Syslog { address: address.clone(), tls }
+                let (host, port) = split_host_port(address).ok_or_else(|| LogsError::InvalidDrain {
+                    drain: spec.name.clone(),
+                    reason: format!("address {address:?} is not HOST:PORT"),
+                })?;
+                let tls = if *tls { Some((connector(ca_pem)?, server_name(&spec.name, &host)?)) } else { None };
+                Kind::Syslog { address: address.clone(), host, port, tls }
             }
             DrainTarget::Https { url, ca_pem } => {
                 let url = HttpsUrl::parse(url).map_err(|reason| LogsError::InvalidDrain {
@@ -87,14 +86,14 @@ impl Transport {
                 Kind::Https { tls: connector(ca_pem)?, server_name, url }
             }
         };
-        Ok(Self { kind })
+        Ok(Self { kind, policy })
     }
 
     /// Sends `data` and returns once the receiver acknowledged it (see the module docs).
     pub async fn deliver(&self, data: &[u8]) -> Result<(), LogsError> {
         match &self.kind {
-            Kind::Syslog { address, tls } => {
-                let tcp = connect(address).await?;
+            Kind::Syslog { address, host, port, tls } => {
+                let tcp = self.connect(address, host, *port, tls.is_none()).await?;
                 match tls {
                     None => write_and_await_close(tcp, data, address).await,
                     Some((connector, name)) => {
@@ -105,7 +104,7 @@ impl Transport {
             }
             Kind::Https { url, tls, server_name } => {
                 let address = url.authority();
-                let tcp = connect(&address).await?;
+                let tcp = self.connect(&address, &url.host, url.port, false).await?;
                 let mut stream = timed(&address, "TLS handshake", tls.connect(server_name.clone(), tcp)).await?;
                 let head = format!(
                     "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: dbagent/{}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -158,10 +157,23 @@ fn check_http_answer(address: &str, answer: &[u8], read: Result<(), LogsError>) 
     }
 }
 
-async fn connect(address: &str) -> Result<TcpStream, LogsError> {
-    let tcp = timed(address, "connect", TcpStream::connect(address)).await?;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
+impl Transport {
+    /// Resolves `host`, keeps the addresses the policy allows, and connects to one of those: the
+    /// checked address is the one connected to, never a second resolution of the name.
+    async fn connect(&self, address: &str, host: &str, port: u16, plaintext: bool) -> Result<TcpStream, LogsError> {
+        let addrs = match self.policy.resolve(host, port, plaintext).await {
+            Ok(a) => a,
+            Err(ResolveError::Refused(reason)) => {
+                return Err(LogsError::DestinationRefused { address: address.to_owned(), reason: reason.to_string() });
+            }
+            Err(ResolveError::Lookup(source)) => {
+                return Err(LogsError::Delivery { address: address.to_owned(), step: "resolve", source });
+            }
+        };
+        let tcp = timed(address, "connect", TcpStream::connect(&addrs[..])).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
 }
 
 async fn timed<T>(
@@ -223,10 +235,41 @@ mod tests {
         DrainSpec { name: "d".into(), target }
     }
 
+    /// A receiver on 127.0.0.1 that reads each connection to its end and closes it.
+    async fn loopback_receiver() -> (u16, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        (port, task)
+    }
+
+    #[tokio::test]
+    async fn delivery_connects_only_where_the_policy_allows_on_every_resolution() {
+        use crate::logs::settings::DrainPolicyConfig;
+        let (port, receiver) = loopback_receiver().await;
+        let spec =
+            drain(DrainTarget::Syslog { address: format!("localhost:{port}"), tls: false, ca_pem: String::new() });
+        // "localhost" passes the name check; its addresses are loopback, refused on resolution.
+        let strict = Transport::new(&spec, DrainPolicy::default()).unwrap();
+        let e = strict.deliver(b"x").await.unwrap_err();
+        assert!(matches!(&e, LogsError::DestinationRefused { reason, .. } if reason.contains("loopback")), "{e}");
+        assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+        // Allowed path: the same drain under the loopback policy delivers.
+        let allowed = Transport::new(&spec, DrainPolicy::new(&DrainPolicyConfig::loopback())).unwrap();
+        allowed.deliver(b"<14>1 - h a - - - hello\n").await.unwrap();
+        assert_eq!(receiver.await.unwrap(), b"<14>1 - h a - - - hello\n");
+    }
+
     #[test]
     fn a_bad_ca_pem_is_invalid_and_an_unreadable_system_bundle_a_node_problem() {
         let bad_ca = drain(DrainTarget::Https { url: "https://logs.example/in".into(), ca_pem: "garbage".into() });
-        let e = Transport::new(&bad_ca).err().expect("a ca_pem without certificates is refused");
+        let e =
+            Transport::new(&bad_ca, DrainPolicy::default()).err().expect("a ca_pem without certificates is refused");
         assert!(matches!(e, LogsError::InvalidCaPem(PemProblem::NoCertificate)), "{e}");
         assert_eq!(e.code(), ErrorCode::InvalidArgument);
 
@@ -242,7 +285,7 @@ mod tests {
         // The allowed path: a CA PEM with a certificate sets the transport up.
         let cert = rcgen::generate_simple_self_signed(vec!["logs.example".into()]).unwrap().cert.pem();
         let good = drain(DrainTarget::Https { url: "https://logs.example/in".into(), ca_pem: cert.clone() });
-        assert!(Transport::new(&good).is_ok());
+        assert!(Transport::new(&good, DrainPolicy::default()).is_ok());
         std::fs::write(&missing, &cert).unwrap();
         assert_eq!(system_roots(&missing).unwrap().len(), 1);
     }
@@ -250,9 +293,9 @@ mod tests {
     #[test]
     fn a_stored_drain_with_a_bad_address_names_the_drain() {
         let no_port = drain(DrainTarget::Syslog { address: "logs.example".into(), tls: true, ca_pem: String::new() });
-        let e = Transport::new(&no_port).err().expect("an address without a port is refused");
+        let e = Transport::new(&no_port, DrainPolicy::default()).err().expect("an address without a port is refused");
         assert!(matches!(&e, LogsError::InvalidDrain { drain, .. } if drain == "d"), "{e}");
         let plain = drain(DrainTarget::Syslog { address: "127.0.0.1:514".into(), tls: false, ca_pem: String::new() });
-        assert!(Transport::new(&plain).is_ok());
+        assert!(Transport::new(&plain, DrainPolicy::default()).is_ok());
     }
 }
