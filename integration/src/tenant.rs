@@ -107,7 +107,8 @@ impl Sentinels {
 
     /// Panics, naming what changed, unless every sentinel is as it was made.
     pub fn assert_untouched(&self) {
-        let meta = fs::symlink_metadata(&self.file).unwrap_or_else(|e| panic!("sentinel file {} is gone: {e}", self.file.display()));
+        let meta = fs::symlink_metadata(&self.file)
+            .unwrap_or_else(|e| panic!("sentinel file {} is gone: {e}", self.file.display()));
         assert!(meta.file_type().is_file(), "sentinel {} is no longer a regular file", self.file.display());
         assert_eq!((meta.uid(), meta.gid()), (0, 0), "sentinel {} was chowned", self.file.display());
         assert_eq!(meta.mode() & 0o7777, 0o600, "sentinel {} changed mode", self.file.display());

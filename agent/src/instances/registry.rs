@@ -280,6 +280,21 @@ impl Registry {
         self.check_no_escape("target_data_dir", dir)
     }
 
+    /// The configured data roots.
+    pub fn data_roots(&self) -> &[PathBuf] {
+        &self.rules.data_roots
+    }
+
+    /// The data root `dir` lies strictly below (the innermost, if roots nest), by components.
+    pub fn data_root_of(&self, dir: &Path) -> Option<PathBuf> {
+        self.rules
+            .data_roots
+            .iter()
+            .filter(|root| fsutil::strictly_below(dir, std::slice::from_ref(root)))
+            .max_by_key(|root| root.components().count())
+            .cloned()
+    }
+
     /// Folders log files may be read from: the log roots and the data roots.
     pub fn log_read_roots(&self) -> Vec<PathBuf> {
         self.rules.log_read_roots()

@@ -91,6 +91,13 @@ pub enum VolumeError {
         data_dir.display()
     )]
     DataDirOccupied { data_dir: PathBuf, mounted: PathBuf },
+    /// The data_dir is below none of the configured data roots (they changed since registration).
+    #[error(
+        "data_dir {} is below none of the data roots ({}); the agent mounts only beneath them",
+        data_dir.display(),
+        data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    DataDirOutsideRoots { data_dir: PathBuf, data_roots: Vec<PathBuf> },
     /// The data_dir leads out of the data roots: mounting there would put the volume elsewhere.
     #[error(transparent)]
     UnsafeDataDir(RegistryError),
@@ -145,6 +152,7 @@ impl HasErrorCode for VolumeError {
             | VolumeError::DeviceUnavailable { .. }
             | VolumeError::SignaturePresent { .. }
             | VolumeError::DataDirOccupied { .. }
+            | VolumeError::DataDirOutsideRoots { .. }
             | VolumeError::ShrinkRefused { .. }
             | VolumeError::DeviceTooSmall { .. }
             | VolumeError::WrongKey { .. }

@@ -157,8 +157,7 @@ impl VolumesInner {
         }
         self.crypt.activate(&device, &name, key.as_bytes(), self.settings.flags)?;
         self.host.mkfs(&mapper_path(&record.instance_id), record.filesystem, "dbagent")?;
-        self.mount(instance, record.filesystem)?;
-        self.host.chown(&instance.spec.data_dir, &instance.spec.os_user)?;
+        self.mount(instance, record.filesystem, Some(&instance.spec.os_user))?;
         Ok(())
     }
 }

@@ -2,9 +2,10 @@
 //! mount it at the data_dir; unmount, deactivate and detach. At start-up every volume is opened
 //! before the agent reports READY, and a rotation that stopped halfway is finished here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::crypt::CryptError;
+use super::host::MountPoint;
 use super::key::KeyError;
 use super::service::{VolumeOutcome, Volumes, VolumesInner, mapper_path};
 use super::store::{VolumeRecord, VolumeState};
@@ -44,7 +45,8 @@ impl Volumes {
         }
         let i = instance.clone();
         let fs = record.filesystem;
-        let mounted_now = self.blocking(move |inner| inner.mount(&i, fs)).await?;
+        // Opening does not chown: the owner of the volume's root was set when it was created.
+        let mounted_now = self.blocking(move |inner| inner.mount(&i, fs, None)).await?;
         Ok(if active && !mounted_now { VolumeOutcome::AlreadyOpen } else { VolumeOutcome::Opened })
     }
 
@@ -105,8 +107,9 @@ impl Volumes {
 }
 
 impl VolumesInner {
-    /// Mounts the mapper device at data_dir unless it is mounted there. Returns true if it mounted now.
-    pub(super) fn mount(&self, instance: &Instance, fs: Filesystem) -> Result<bool, VolumeError> {
+    /// Mounts the mapper device at data_dir unless it is mounted there, giving the mounted root to
+    /// `owner` if one is named. Returns true if it mounted now.
+    pub(super) fn mount(&self, instance: &Instance, fs: Filesystem, owner: Option<&str>) -> Result<bool, VolumeError> {
         let mapper = mapper_path(&instance.id);
         let dir = &instance.spec.data_dir;
         match self.host.mounted_device(dir)? {
@@ -114,10 +117,20 @@ impl VolumesInner {
             Some(other) => return Err(VolumeError::DataDirOccupied { data_dir: dir.clone(), mounted: other }),
             None => {}
         }
+        // A clear error for a link planted before the open; the host's handle walk is what holds
+        // against one planted during it.
         self.registry.check_no_escape("data_dir", dir).map_err(VolumeError::UnsafeDataDir)?;
-        self.host.ensure_dir(dir)?;
-        self.host.mount(&mapper, dir, fs)?;
+        let root = self.data_root(dir)?;
+        self.host.mount(&mapper, MountPoint { root: &root, dir }, fs, owner)?;
         Ok(true)
+    }
+
+    /// The data root the instance's data_dir lies below (the innermost, if roots nest).
+    fn data_root(&self, dir: &Path) -> Result<PathBuf, VolumeError> {
+        self.registry.data_root_of(dir).ok_or_else(|| VolumeError::DataDirOutsideRoots {
+            data_dir: dir.to_path_buf(),
+            data_roots: self.registry.data_roots().to_vec(),
+        })
     }
 
     /// Unmount, deactivate, detach: whatever of it is in place. Returns true if anything was.
@@ -128,8 +141,9 @@ impl VolumesInner {
         if let Ok(instance) = self.registry.get(id)
             && self.host.mounted_device(&instance.spec.data_dir)?.as_deref() == Some(mapper.as_path())
         {
-            self.host.unmount(&instance.spec.data_dir)?;
-            did = true;
+            let dir = &instance.spec.data_dir;
+            let root = self.data_root(dir)?;
+            did |= self.host.unmount(&mapper, MountPoint { root: &root, dir })?;
         }
         if self.crypt.active(&mapper_name(id))?.is_some() {
             self.crypt.deactivate(&mapper_name(id))?;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::command::CommandError;
 use crate::instances::Filesystem;
 
+mod mount_point;
 mod sim;
 mod system;
 
@@ -33,13 +34,17 @@ pub enum HostError {
     },
     #[error("OS user {0:?} does not exist on this host; create it before the volume")]
     NoUser(String),
+    /// The mount point cannot be reached safely: a link or a non-folder on the way, a way out of
+    /// its data root, or something else mounted there already. Nothing was mounted or changed.
+    #[error("refusing to mount on {}: {reason}; nothing was mounted", dir.display())]
+    UnsafeMountPoint { dir: PathBuf, reason: String },
 }
 
 impl crate::error::HasErrorCode for HostError {
     fn code(&self) -> crate::error::ErrorCode {
         use crate::error::ErrorCode as C;
         match self {
-            HostError::NoUser(_) => C::FailedPrecondition,
+            HostError::NoUser(_) | HostError::UnsafeMountPoint { .. } => C::FailedPrecondition,
             HostError::Io { .. } | HostError::Command(_) | HostError::SignatureProbe { .. } => C::Internal,
         }
     }
@@ -49,6 +54,15 @@ impl HostError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         HostError::Io { context: context.into(), source }
     }
+}
+
+/// Where a volume is mounted: `dir`, strictly below the data root `root`. The root is the agent's
+/// configuration; everything beneath it may belong to an engine's user, who can swap names for
+/// links at any moment, so the real host works beneath the root through directory handles.
+#[derive(Debug, Clone, Copy)]
+pub struct MountPoint<'a> {
+    pub root: &'a Path,
+    pub dir: &'a Path,
 }
 
 /// Filesystem usage of a mounted volume.
@@ -75,11 +89,13 @@ pub trait HostOps: Send + Sync + 'static {
     fn mkfs(&self, device: &Path, fs: Filesystem, label: &str) -> Result<(), HostError>;
     /// Grows the mounted filesystem to its device.
     fn grow_fs(&self, device: &Path, mountpoint: &Path, fs: Filesystem) -> Result<(), HostError>;
-    fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError>;
-    fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// Mounts `device` (nosuid, nodev) on `at.dir`, making missing folders beneath `at.root`; with
+    /// `owner`, the mounted root is given to that user, mode 0700. Refuses a link or a non-folder on
+    /// the way and a folder that is already a mount point ([`HostError::UnsafeMountPoint`]).
+    fn mount(&self, device: &Path, at: MountPoint<'_>, fs: Filesystem, owner: Option<&str>) -> Result<(), HostError>;
+    /// Unmounts `device` from `at.dir`; `Ok(false)` when it is not mounted exactly there.
+    fn unmount(&self, device: &Path, at: MountPoint<'_>) -> Result<bool, HostError>;
     /// The device mounted at `target`, if any.
     fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError>;
-    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError>;
-    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError>;
     fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError>;
 }

@@ -2,15 +2,15 @@
 //! the loop ioctls: the workspace forbids `unsafe`, which every ioctl wrapper needs, and losetup
 //! already retries the LOOP_CTL_GET_FREE / LOOP_SET_FD race between concurrent attachers.
 //! mkfs, filesystem growth and the blkid probe are commands too, run through [`ToolCommand`] on the
-//! caller's blocking thread; mounts go through mount(2) via nix.
+//! caller's blocking thread; mounts go through the new mount API onto a directory handle
+//! (`mount_point.rs`).
 
-use nix::mount::{MntFlags, MsFlags};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{FsUsage, HostError, HostOps};
+use super::{FsUsage, HostError, HostOps, MountPoint, mount_point};
 use crate::command::{CommandError, ToolCommand};
 use crate::instances::Filesystem;
 
@@ -154,37 +154,20 @@ impl HostOps for SystemHost {
         Ok(())
     }
 
-    fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError> {
+    fn mount(&self, device: &Path, at: MountPoint<'_>, fs: Filesystem, owner: Option<&str>) -> Result<(), HostError> {
         let fstype = match fs {
             Filesystem::Ext4 => "ext4",
             Filesystem::Xfs => "xfs",
         };
-        nix::mount::mount(Some(device), target, Some(fstype), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-            .map_err(|e| HostError::io(format!("mount {} on {}", device.display(), target.display()), e.into()))
+        mount_point::mount_beneath(device, fstype, at, owner)
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        nix::mount::umount2(target, MntFlags::empty()).map_err(|e| {
-            HostError::io(format!("unmount {} (is the database still running?)", target.display()), e.into())
-        })
+    fn unmount(&self, device: &Path, at: MountPoint<'_>) -> Result<bool, HostError> {
+        mount_point::unmount_beneath(device, at)
     }
 
     fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
         mountinfo_source(target)
-    }
-
-    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError> {
-        std::fs::create_dir_all(dir).map_err(|e| HostError::io(format!("create {}", dir.display()), e))
-    }
-
-    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
-        let found =
-            nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
-        let user_entry = found.ok_or_else(|| HostError::NoUser(user.to_owned()))?;
-        nix::unistd::chown(path, Some(user_entry.uid), Some(user_entry.gid))
-            .map_err(|e| HostError::io(format!("chown {} to {user}", path.display()), e.into()))?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| HostError::io(format!("chmod 700 {}", path.display()), e))
     }
 
     fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError> {
