@@ -30,9 +30,16 @@ fn unsafe_target(at: MountPoint<'_>, reason: impl Into<String>) -> HostError {
     HostError::UnsafeMountPoint { dir: at.dir.to_path_buf(), reason: reason.into() }
 }
 
+/// The mount point, opened: its parent folder's handle, its own, and its name in the parent.
+struct Opened<'a> {
+    parent: OwnedFd,
+    dir: OwnedFd,
+    name: &'a std::ffi::OsStr,
+}
+
 /// Opens `at.dir` beneath `at.root`, creating what is missing (mode 0755, owned by root) when
 /// `create` is set. A link, a non-folder or a way out of the root on the way is refused.
-fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<(OwnedFd, OwnedFd)>, HostError> {
+fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, HostError> {
     let rel = at.dir.strip_prefix(at.root).map_err(|_| unsafe_target(at, "it is not below its data root"))?;
     let names: Vec<&std::ffi::OsStr> = rel
         .components()
@@ -51,7 +58,7 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<(OwnedFd, OwnedFd
     for (i, name) in names.iter().enumerate() {
         let Some(child) = open_child(&parent, name, create, at)? else { return Ok(None) };
         if i + 1 == names.len() {
-            return Ok(Some((parent, child)));
+            return Ok(Some(Opened { parent, dir: child, name }));
         }
         parent = child;
     }
@@ -120,7 +127,7 @@ pub(super) fn mount_beneath(
     owner: Option<&str>,
 ) -> Result<(), HostError> {
     let owner = owner.map(lookup_user).transpose()?;
-    let Some((parent, dir)) = open_dir(at, true)? else {
+    let Some(Opened { parent, dir, .. }) = open_dir(at, true)? else {
         return Err(unsafe_target(at, "it vanished while it was made"));
     };
     if is_mount_root(&parent, &dir)? {
@@ -154,18 +161,21 @@ pub(super) fn mount_beneath(
 }
 
 /// Unmounts what is mounted on `at.dir`, if that is `device`; `Ok(false)` if `at.dir` is missing or
-/// is not the root of `device`'s mount. The folder is opened as for mounting (no links), checked,
-/// and unmounted through its handle (`/proc/self/fd/N`), so a swapped name cannot aim the unmount
-/// at another mount.
+/// is not the root of `device`'s mount. The folder is opened as for mounting (no links) and
+/// checked; the unmount then names it through its parent's handle (`/proc/self/fd/N/<name>`, the
+/// name not followed if it is a link). A handle on the mounted folder itself would keep the mount
+/// busy; the parent's handle does not, and while the mount stands its name cannot be renamed or
+/// replaced, so a swapped name cannot aim the unmount at another mount.
 pub(super) fn unmount_beneath(device: &Path, at: MountPoint<'_>) -> Result<bool, HostError> {
-    let Some((parent, dir)) = open_dir(at, false)? else { return Ok(false) };
+    let Some(Opened { parent, dir, name }) = open_dir(at, false)? else { return Ok(false) };
     let dev = rustix::fs::stat(device).map_err(|e| HostError::io(format!("stat {}", device.display()), e.into()))?;
     let st = rustix::fs::fstat(&dir).map_err(|e| HostError::io(format!("stat {}", at.dir.display()), e.into()))?;
     if st.st_dev != dev.st_rdev || !is_mount_root(&parent, &dir)? {
         return Ok(false);
     }
-    let handle = format!("/proc/self/fd/{}", rustix::fd::AsRawFd::as_raw_fd(&dir));
-    rustix::mount::unmount(handle.as_str(), UnmountFlags::empty()).map_err(|e| {
+    drop(dir);
+    let handle = Path::new("/proc/self/fd").join(rustix::fd::AsRawFd::as_raw_fd(&parent).to_string()).join(name);
+    rustix::mount::unmount(&handle, UnmountFlags::NOFOLLOW).map_err(|e| {
         HostError::io(format!("unmount {} (is the database still running?)", at.dir.display()), e.into())
     })?;
     Ok(true)

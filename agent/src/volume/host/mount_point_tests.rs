@@ -24,9 +24,10 @@ fn missing_folders_are_made_beneath_the_root() {
     let dir = root.path().join("a/b/c");
     assert!(open_dir(at(root.path(), &dir), false).unwrap().is_none(), "without create nothing is made");
     assert!(!root.path().join("a").exists());
-    let (_, handle) = open_dir(at(root.path(), &dir), true).unwrap().unwrap();
+    let opened = open_dir(at(root.path(), &dir), true).unwrap().unwrap();
     assert!(dir.is_dir());
-    let opened = rustix::fs::fstat(&handle).unwrap();
+    assert_eq!(opened.name, "c");
+    let opened = rustix::fs::fstat(&opened.dir).unwrap();
     let by_path = rustix::fs::stat(&dir).unwrap();
     assert_eq!((opened.st_dev, opened.st_ino), (by_path.st_dev, by_path.st_ino), "the handle is the made folder");
 }
@@ -94,8 +95,8 @@ fn mount_roots_are_told_from_plain_folders() {
     assert!(is_mount_root(&open("/"), &open("/proc")).unwrap(), "/proc is a mount of its own");
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("plain")).unwrap();
-    let (parent, dir) = open_dir(at(root.path(), &root.path().join("plain")), false).unwrap().unwrap();
-    assert!(!is_mount_root(&parent, &dir).unwrap());
+    let opened = open_dir(at(root.path(), &root.path().join("plain")), false).unwrap().unwrap();
+    assert!(!is_mount_root(&opened.parent, &opened.dir).unwrap());
 }
 
 #[test]
