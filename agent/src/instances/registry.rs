@@ -131,9 +131,20 @@ impl JsonRecord for Instance {
     }
 }
 
+/// Resolves an OS user name to its (uid, gid) on this host; `None` if there is no such account.
+pub type AccountLookup = fn(&str) -> Option<(u32, u32)>;
+
+/// The host's passwd database.
+fn system_account(name: &str) -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
 pub struct Registry {
     store: JsonStore<Instance>,
     rules: ValidationRules,
+    /// os_user is checked against the account it names, when it exists (a user created after the
+    /// registration is checked again when the volume is mounted and chowned).
+    accounts: AccountLookup,
     locks: ResourceLocks,
     /// Held across the overlap check and the write of a registration: data_dir and device
     /// uniqueness spans instances, which per-instance locks cannot protect. Only `register` takes it
@@ -163,7 +174,22 @@ impl Registry {
             .map_err(|source| RegistryError::Storage { context: "open the instance registry".into(), source })?;
         let instances = loaded.records.into_iter().map(|i| (i.id.clone(), i)).collect();
         let changes = tokio::sync::watch::Sender::new(0);
-        Ok(Self { store, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)), changes })
+        Ok(Self {
+            store,
+            rules,
+            accounts: system_account,
+            locks,
+            claims: Arc::default(),
+            instances: Arc::new(RwLock::new(instances)),
+            changes,
+        })
+    }
+
+    /// Another passwd database, for tests that need accounts this host does not have.
+    #[cfg(test)]
+    pub(crate) fn with_accounts(mut self, accounts: AccountLookup) -> Self {
+        self.accounts = accounts;
+        self
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
@@ -249,6 +275,9 @@ impl Registry {
     fn check(&self, id: &str, spec: &InstanceSpec) -> Result<(), RegistryError> {
         ids::instance_id("id", id)?;
         validate_spec(spec, &self.rules)?;
+        if let Some((uid, gid)) = (self.accounts)(&spec.os_user) {
+            validate::os_user_account("spec.os_user", &spec.os_user, uid, gid)?;
+        }
         Ok(())
     }
 

@@ -403,3 +403,52 @@ async fn a_data_dir_through_a_link_out_of_the_data_roots_is_refused() {
         "a link planted after registration is caught at mount time"
     );
 }
+
+/// A passwd database with the accounts the os_user tests need, whatever this host has.
+fn accounts(name: &str) -> Option<(u32, u32)> {
+    match name {
+        "postgres" => Some((105, 110)),
+        "redis" => Some((999, 999)),
+        "tenant" => Some((1000, 1000)),
+        "daemon" => Some((1, 1)),
+        "wheelie" => Some((1001, 0)),
+        "nfsnobody" => Some((65534, 65534)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn os_user_that_is_root_or_a_system_account_on_this_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path()).with_accounts(accounts);
+    for (user, why) in [
+        ("daemon", "static system account (uid 1"),
+        ("wheelie", "is root (uid or gid 0)"),
+        ("nfsnobody", "is nobody (65534)"),
+        ("root", "is root or a system account"),
+        ("nobody", "is root or a system account"),
+    ] {
+        let mut s = spec("pg-1");
+        s.os_user = user.to_owned();
+        let e = reg.register("pg-1", s).await.unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user" && f.reason.contains(why)),
+            "{user}: {e}"
+        );
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    }
+    assert_eq!(reg.count(), 0, "nothing registered");
+
+    // Engine users (dynamic system accounts 100-999), regular users and users not created yet pass.
+    for (i, user) in ["postgres", "redis", "tenant", "not-created-yet"].iter().enumerate() {
+        let mut s = spec(&format!("pg-{i}"));
+        s.os_user = (*user).to_owned();
+        reg.register(&format!("pg-{i}"), s).await.unwrap_or_else(|e| panic!("{user}: {e}"));
+    }
+    // An update cannot switch to a refused account either.
+    let mut s = spec("pg-0");
+    s.os_user = "daemon".to_owned();
+    let e = reg.update("pg-0", s, None).await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user"), "{e}");
+    assert_eq!(reg.get("pg-0").unwrap().spec.os_user, "postgres");
+}

@@ -295,15 +295,12 @@ async fn first(c: &Ctx, device: Option<String>) {
     }
 }
 
-/// CreateVolume while the tenant (postgres, who owns the data root here as in production) exchanges
-/// the instance's data_dir with a link to a root-owned sentinel folder in a tight loop. The sentinel
-/// is never mounted over or chowned; the create either mounts on the real folder (under whichever of
-/// the two names it had at that instant; a mounted folder cannot be renamed, so the loop may stop
-/// with the names exchanged) or fails cleanly, refusing the link. Either way the names are then put
-/// back, and the volume ends up mounted at its data_dir.
+/// CreateVolume, then three close + OpenVolume rounds, each while the tenant (postgres, who owns the
+/// data root here as in production) exchanges the instance's data_dir with a link to a root-owned
+/// sentinel folder in a tight loop. See [`mount_race_round`] for what each round asserts.
 async fn create_under_mount_race(c: &Ctx, id: &str) -> Result<()> {
-    use dbagent_integration::tenant::{Exchange, Sentinels, TenantUser, plant_link};
-    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+    use dbagent_integration::tenant::{Sentinels, TenantUser, plant_link};
+    use std::os::unix::fs::{PermissionsExt, chown};
     let tenant = TenantUser::named("postgres");
     let sentinels = Sentinels::new();
     let root = c.state.join("data");
@@ -314,69 +311,112 @@ async fn create_under_mount_race(c: &Ctx, id: &str) -> Result<()> {
     plant_link(&tenant, &sentinels.folder, &swap);
     // The tenant reaches its data root through the state folder, as it would /var/lib/postgresql.
     std::fs::set_permissions(&c.state, std::fs::Permissions::from_mode(0o711))?;
-    let attack = Exchange::start_with(Path::new("/share/tenant-attack"), &tenant, &dir, &swap);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let req = pb::CreateVolumeRequest { request_id: rid("create", id), instance_id: id.into(), force: true };
-    let op = c.finish(c.volumes().create_volume(req).await?.into_inner()).await?;
-    let exchanges = attack.stop();
+    let race = Race { id, tenant: &tenant, sentinels: &sentinels, dir: &dir, swap: &swap };
+    let mut outcomes = vec![mount_race_round(c, &race, RaceOp::Create).await];
+    for _ in 0..3 {
+        c.close(id).await?;
+        outcomes.push(mount_race_round(c, &race, RaceOp::Open).await);
+    }
     std::fs::set_permissions(&c.state, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::remove_file(&swap)?;
+    let outcomes: Vec<String> = outcomes.into_iter().collect::<Result<_>>()?;
+    println!("INFO mount race on {id}: {}", outcomes.join("; "));
+    Ok(())
+}
+
+struct Race<'a> {
+    id: &'a str,
+    tenant: &'a dbagent_integration::tenant::TenantUser,
+    sentinels: &'a dbagent_integration::tenant::Sentinels,
+    dir: &'a Path,
+    swap: &'a Path,
+}
+
+#[derive(Clone, Copy)]
+enum RaceOp {
+    Create,
+    Open,
+}
+
+async fn submit(c: &Ctx, id: &str, op: RaceOp) -> Result<pb::Operation> {
+    match op {
+        RaceOp::Create => {
+            let req = pb::CreateVolumeRequest { request_id: rid("create", id), instance_id: id.into(), force: true };
+            Ok(c.volumes().create_volume(req).await?.into_inner())
+        }
+        RaceOp::Open => c.open(id).await,
+    }
+}
+
+/// One operation under the exchange loop. The sentinel folder is never mounted over or chowned
+/// and keeps its file. The operation either mounted the volume on the real folder (under whichever
+/// of the two names it had at that instant: a mounted folder cannot be renamed, so the loop may
+/// stop with the names exchanged), its root owned by postgres with mode 0700, or failed cleanly
+/// (FAILED_PRECONDITION, refusing the link, nothing mounted). Then the names are put back (as an
+/// operator would), the operation is repeated without the attack, and the volume must be mounted
+/// exactly at its data_dir.
+async fn mount_race_round(c: &Ctx, race: &Race<'_>, op: RaceOp) -> Result<String> {
+    use dbagent_integration::tenant::Exchange;
+    use std::os::unix::fs::MetadataExt;
+    let (id, dir, swap) = (race.id, race.dir, race.swap);
+    let attack = Exchange::start_with(Path::new("/share/tenant-attack"), race.tenant, dir, swap);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = c.finish(submit(c, id, op).await?).await?;
+    let exchanges = attack.stop();
 
     let mapper = PathBuf::from(format!("/dev/mapper/dbagent-{id}"));
-    if mount_points().iter().any(|(p, _)| p == &sentinels.folder) {
-        bail!("the sentinel folder {} was mounted over", sentinels.folder.display());
+    let mounted_at =
+        || -> Vec<PathBuf> { mount_points().into_iter().filter(|(_, src)| src == &mapper).map(|(p, _)| p).collect() };
+    if mount_points().iter().any(|(p, _)| p == &race.sentinels.folder) {
+        bail!("the sentinel folder {} was mounted over", race.sentinels.folder.display());
     }
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sentinels.assert_untouched()))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| race.sentinels.assert_untouched()))
         .map_err(|_| anyhow::anyhow!("the sentinel was changed (see stderr)"))?;
-    let mounted: Vec<PathBuf> = mount_points().into_iter().filter(|(_, src)| src == &mapper).map(|(p, _)| p).collect();
-    let outcome = if pb::OperationState::try_from(op.state) == Ok(pb::OperationState::Succeeded) {
+    let swapped = std::fs::symlink_metadata(dir)?.file_type().is_symlink();
+    let put_back = || {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            dir,
+            nix::fcntl::AT_FDCWD,
+            swap,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+    };
+    let outcome = if pb::OperationState::try_from(done.state) == Ok(pb::OperationState::Succeeded) {
+        let mounted = mounted_at();
         let [place] = mounted.as_slice() else { bail!("{} mounted at {mounted:?}, want one place", mapper.display()) };
-        if place != &dir && place != &swap {
+        if place != dir && place != swap {
             bail!("{} mounted at {} outside the two names", mapper.display(), place.display());
         }
         let meta = std::fs::metadata(place)?;
-        if (meta.uid(), meta.mode() & 0o7777) != (tenant.uid, 0o700) {
+        if (meta.uid(), meta.mode() & 0o7777) != (race.tenant.uid, 0o700) {
             bail!("the volume's root is uid {} mode {:o}, want postgres 0700", meta.uid(), meta.mode() & 0o7777);
         }
-        if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
-            // Mounted under the other name: move it back as an operator would, then reopen.
+        if swapped {
             let out = std::process::Command::new("umount").arg(place).output()?;
             if !out.status.success() {
                 bail!("umount {}: {}", place.display(), String::from_utf8_lossy(&out.stderr));
             }
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &dir,
-                nix::fcntl::AT_FDCWD,
-                &swap,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-            )?;
-            c.wait(c.open(id).await?).await?;
+            put_back()?;
+            c.wait(submit(c, id, RaceOp::Open).await?).await?;
         }
         "mounted on the real folder"
     } else {
-        let why = format!("{:?}", op.error);
-        if !why.contains("refusing to mount on") || !why.contains("symbolic link") || !mounted.is_empty() {
-            bail!("the create failed otherwise than by refusing the link: {why}; mounted at {mounted:?}");
+        let error = done.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
+        let Some(("FAILED_PRECONDITION", message)) = error else { bail!("the operation failed otherwise: {error:?}") };
+        if !message.contains("symbolic link") || !mounted_at().is_empty() {
+            bail!("the operation failed otherwise than by refusing the link: {message}; mounted at {:?}", mounted_at());
         }
-        if std::fs::symlink_metadata(&dir)?.file_type().is_symlink() {
-            nix::fcntl::renameat2(
-                nix::fcntl::AT_FDCWD,
-                &dir,
-                nix::fcntl::AT_FDCWD,
-                &swap,
-                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-            )?;
+        if swapped {
+            put_back()?;
         }
-        let req = pb::CreateVolumeRequest { request_id: rid("create-again", id), instance_id: id.into(), force: true };
-        c.wait(c.volumes().create_volume(req).await?.into_inner()).await?;
-        "refused the link, then created"
+        c.wait(submit(c, id, op).await?).await?;
+        "refused the link"
     };
-    std::fs::remove_file(&swap)?;
-    if mount_points().iter().filter(|(_, src)| src == &mapper).map(|(p, _)| p).collect::<Vec<_>>() != [&dir] {
-        bail!("{} is not mounted at {} after the race", mapper.display(), dir.display());
+    if mounted_at() != [dir] {
+        bail!("{} is mounted at {:?} after the race, not at {}", mapper.display(), mounted_at(), dir.display());
     }
-    println!("INFO mount race: {outcome}; {exchanges} exchanges by the tenant");
-    Ok(())
+    Ok(format!("{outcome} ({exchanges} exchanges)"))
 }
 
 /// Mount points and their sources, from /proc/self/mountinfo (sources of device-mapper mounts are

@@ -34,6 +34,10 @@ pub enum HostError {
     },
     #[error("OS user {0:?} does not exist on this host; create it before the volume")]
     NoUser(String),
+    /// os_user names root or a system account on this host (it may have been created after the
+    /// instance was registered): the volume's root is not handed to it.
+    #[error("refusing to give the volume to {user:?}: {reason}")]
+    RefusedOwner { user: String, reason: String },
     /// The mount point cannot be reached safely: a link or a non-folder on the way, a way out of
     /// its data root, or something else mounted there already. Nothing was mounted or changed.
     #[error("refusing to mount on {}: {reason}; nothing was mounted", dir.display())]
@@ -44,7 +48,9 @@ impl crate::error::HasErrorCode for HostError {
     fn code(&self) -> crate::error::ErrorCode {
         use crate::error::ErrorCode as C;
         match self {
-            HostError::NoUser(_) | HostError::UnsafeMountPoint { .. } => C::FailedPrecondition,
+            HostError::NoUser(_) | HostError::RefusedOwner { .. } | HostError::UnsafeMountPoint { .. } => {
+                C::FailedPrecondition
+            }
             HostError::Io { .. } | HostError::Command(_) | HostError::SignatureProbe { .. } => C::Internal,
         }
     }

@@ -31,6 +31,7 @@ fn unsafe_target(at: MountPoint<'_>, reason: impl Into<String>) -> HostError {
 }
 
 /// The mount point, opened: its parent folder's handle, its own, and its name in the parent.
+#[derive(Debug)]
 struct Opened<'a> {
     parent: OwnedFd,
     dir: OwnedFd,
@@ -109,12 +110,16 @@ fn is_mount_root(parent: &OwnedFd, dir: &OwnedFd) -> Result<bool, HostError> {
     Ok((mine.stx_dev_major, mine.stx_dev_minor) != (theirs.stx_dev_major, theirs.stx_dev_minor))
 }
 
-/// The uid and gid of `user`.
+/// The uid and gid of `user`, refused if it is root or a system account: checked at registration
+/// too, but an account can be created (or changed) after that.
 pub(super) fn lookup_user(user: &str) -> Result<(rustix::fs::Uid, rustix::fs::Gid), HostError> {
     let found =
         nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
     let entry = found.ok_or_else(|| HostError::NoUser(user.to_owned()))?;
-    Ok((rustix::fs::Uid::from_raw(entry.uid.as_raw()), rustix::fs::Gid::from_raw(entry.gid.as_raw())))
+    let (uid, gid) = (entry.uid.as_raw(), entry.gid.as_raw());
+    crate::instances::validate::os_user_account("os_user", user, uid, gid)
+        .map_err(|e| HostError::RefusedOwner { user: user.to_owned(), reason: e.reason })?;
+    Ok((rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid)))
 }
 
 /// Mounts `source` (a filesystem of type `fstype`) on `at.dir`, nosuid and nodev, through handles:

@@ -95,7 +95,8 @@ fn mount_roots_are_told_from_plain_folders() {
     assert!(is_mount_root(&open("/"), &open("/proc")).unwrap(), "/proc is a mount of its own");
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("plain")).unwrap();
-    let opened = open_dir(at(root.path(), &root.path().join("plain")), false).unwrap().unwrap();
+    let plain = root.path().join("plain");
+    let opened = open_dir(at(root.path(), &plain), false).unwrap().unwrap();
     assert!(!is_mount_root(&opened.parent, &opened.dir).unwrap());
 }
 
@@ -107,4 +108,19 @@ fn an_unknown_owner_is_refused_before_anything_is_made() {
         mount_beneath(Path::new("/dev/null"), "ext4", at(root.path(), &dir), Some("dbagent-no-such-user")).unwrap_err();
     assert!(matches!(&e, HostError::NoUser(u) if u == "dbagent-no-such-user"), "{e:?}");
     assert!(!dir.exists());
+}
+
+#[test]
+fn root_and_system_accounts_never_get_the_volume() {
+    // Accounts every Linux host has: root (uid 0) and daemon (uid 1).
+    for user in ["root", "daemon"] {
+        let e = lookup_user(user).unwrap_err();
+        assert!(matches!(&e, HostError::RefusedOwner { user: u, .. } if u == user), "{e:?}");
+        assert_eq!(crate::error::HasErrorCode::code(&e), crate::error::ErrorCode::FailedPrecondition);
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let e = mount_beneath(Path::new("/dev/null"), "ext4", at(root.path(), &dir), Some("root")).unwrap_err();
+    assert!(matches!(&e, HostError::RefusedOwner { .. }), "{e:?}");
+    assert!(!dir.exists(), "refused before anything was made");
 }
