@@ -80,6 +80,13 @@ pub enum VolumeError {
         #[source]
         source: host::HostError,
     },
+    /// The device is partitioned, held (device-mapper, RAID) or mounted: refused even with force.
+    #[error(
+        "device {} is in use ({}); the agent formats only whole, unused disks: pick another device, or free this one (unmount it, remove its holders, wipe its partition table). Nothing was touched",
+        device.display(),
+        users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    DeviceInUse { device: PathBuf, users: Vec<host::DeviceUser> },
     #[error(
         "{} already carries a {signature} signature and may hold data; pass force=true to overwrite it. Nothing was touched",
         device.display()
@@ -151,6 +158,7 @@ impl HasErrorCode for VolumeError {
             | VolumeError::BackingInUse { .. }
             | VolumeError::DeviceUnavailable { .. }
             | VolumeError::SignaturePresent { .. }
+            | VolumeError::DeviceInUse { .. }
             | VolumeError::DataDirOccupied { .. }
             | VolumeError::DataDirOutsideRoots { .. }
             | VolumeError::ShrinkRefused { .. }

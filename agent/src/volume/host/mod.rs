@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::command::CommandError;
 use crate::instances::Filesystem;
 
+mod block_device;
 mod mount_point;
 mod sim;
 mod system;
@@ -71,6 +72,31 @@ pub struct MountPoint<'a> {
     pub dir: &'a Path,
 }
 
+/// Something that already uses a block device: formatting it would destroy what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceUser {
+    /// A partition the kernel knows (`/sys/class/block/<disk>/<partition>`).
+    Partition(String),
+    /// A partition table the kernel has not read (found by blkid: "gpt", "dos", ...).
+    PartitionTable(String),
+    /// A holder (`/sys/class/block/<disk>/holders/`): device-mapper (LVM, dm-crypt), md RAID, ...
+    Holder { kernel: String, dm_name: Option<String> },
+    /// The device or one of its partitions is mounted here.
+    MountedAt(PathBuf),
+}
+
+impl std::fmt::Display for DeviceUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceUser::Partition(p) => write!(f, "partition {p}"),
+            DeviceUser::PartitionTable(t) => write!(f, "a {t} partition table"),
+            DeviceUser::Holder { kernel, dm_name: Some(name) } => write!(f, "held by device-mapper {name} ({kernel})"),
+            DeviceUser::Holder { kernel, dm_name: None } => write!(f, "held by {kernel}"),
+            DeviceUser::MountedAt(p) => write!(f, "mounted at {}", p.display()),
+        }
+    }
+}
+
 /// Filesystem usage of a mounted volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FsUsage {
@@ -90,6 +116,9 @@ pub trait HostOps: Send + Sync + 'static {
     /// Makes the loop device see its file's new size.
     fn refresh_loop(&self, device: &Path) -> Result<(), HostError>;
     fn device_size(&self, device: &Path) -> Result<u64, HostError>;
+    /// What uses the block device `device` now: partitions or a partition table, holders, mounts
+    /// (of it or its partitions). Empty for an unused disk, and for a path that is not a block device.
+    fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError>;
     /// A filesystem or other signature found on `device` ("ext4", "xfs", "crypto_LUKS", ...).
     fn signature(&self, device: &Path) -> Result<Option<String>, HostError>;
     fn mkfs(&self, device: &Path, fs: Filesystem, label: &str) -> Result<(), HostError>;

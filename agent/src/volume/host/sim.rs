@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{FsUsage, HostError, HostOps, MountPoint};
+use super::{DeviceUser, FsUsage, HostError, HostOps, MountPoint};
 use crate::instances::Filesystem;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -19,6 +19,7 @@ struct HostState {
     loops: BTreeMap<PathBuf, PathBuf>,
     next_loop: u32,
     signatures: HashMap<PathBuf, String>,
+    users: HashMap<PathBuf, Vec<DeviceUser>>,
     mounts: HashMap<PathBuf, PathBuf>,
     owners: HashMap<PathBuf, String>,
     grown: Vec<PathBuf>,
@@ -56,6 +57,11 @@ impl SimHost {
 
     pub fn owner(&self, path: &Path) -> Option<String> {
         lock(&self.state).owners.get(path).cloned()
+    }
+
+    /// Test helper: what uses a block device (partitions, holders, mounts).
+    pub fn set_device_users(&self, device: &Path, users: Vec<DeviceUser>) {
+        lock(&self.state).users.insert(device.to_path_buf(), users);
     }
 
     /// Test helper: another device mounted on `dir`, as an operator or another tool would.
@@ -123,6 +129,10 @@ impl HostOps for SimHost {
 
     fn device_size(&self, device: &Path) -> Result<u64, HostError> {
         lock(&self.state).sizes.get(device).copied().ok_or_else(|| missing("open", device))
+    }
+
+    fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError> {
+        Ok(lock(&self.state).users.get(device).cloned().unwrap_or_default())
     }
 
     fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {

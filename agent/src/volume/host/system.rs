@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{FsUsage, HostError, HostOps, MountPoint, mount_point};
+use super::{DeviceUser, FsUsage, HostError, HostOps, MountPoint, block_device, mount_point};
 use crate::command::{CommandError, ToolCommand};
 use crate::instances::Filesystem;
 
@@ -45,7 +45,7 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
     Ok(found)
 }
 
-fn unescape(s: &str) -> String {
+pub(super) fn unescape(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
@@ -111,6 +111,27 @@ impl HostOps for SystemHost {
     fn device_size(&self, device: &Path) -> Result<u64, HostError> {
         let mut f = File::open(device).map_err(|e| HostError::io(format!("open {}", device.display()), e))?;
         f.seek(SeekFrom::End(0)).map_err(|e| HostError::io(format!("size of {}", device.display()), e))
+    }
+
+    fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError> {
+        let Some((name, dev)) = block_device::kernel_device(device)? else { return Ok(Vec::new()) };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
+        let mut users = block_device::users(Path::new("/sys/class/block"), &mountinfo, &name, dev);
+        if !users.iter().any(|u| matches!(u, DeviceUser::Partition(_))) {
+            // A table the kernel has not read (written by another host, or never re-read).
+            match ToolCommand::new("blkid").args(["-p", "-o", "value", "-s", "PTTYPE"]).arg(device).output_blocking() {
+                Ok(out) => {
+                    let table = String::from_utf8_lossy(&out).trim().to_owned();
+                    if !table.is_empty() {
+                        users.push(DeviceUser::PartitionTable(table));
+                    }
+                }
+                Err(CommandError::Failed { status, .. }) if status.code() == Some(2) => {}
+                Err(source) => return Err(HostError::SignatureProbe { device: device.to_path_buf(), source }),
+            }
+        }
+        Ok(users)
     }
 
     fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {
