@@ -13,7 +13,7 @@ use crate::fsutil;
 use crate::ids::{self, InvalidField};
 use crate::instances::model::{Engine, Instance, InstanceSpec};
 use crate::instances::validate::{self, ValidationRules, validate_spec};
-use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
+use crate::json_store::{CorruptRecord, JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::locks::ResourceLocks;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -87,6 +87,13 @@ pub enum RegistryError {
         data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     LeavesDataRoots { field: String, path: PathBuf, data_roots: Vec<PathBuf> },
+    /// The instance's record could not be read at start-up: the instance is quarantined.
+    #[error(
+        "instance {instance} is quarantined: its record {} is unreadable ({reason}); repair or restore the file \
+         and restart the agent. Nothing was changed",
+        file.display()
+    )]
+    Quarantined { instance: String, file: PathBuf, reason: String },
     #[error("{context}: {source}")]
     Storage { context: String, source: JsonStoreError },
 }
@@ -104,7 +111,8 @@ impl crate::error::HasErrorCode for RegistryError {
             | RegistryError::DataDirChange { .. }
             | RegistryError::DeviceChange { .. }
             | RegistryError::RestoreDirOverlaps { .. }
-            | RegistryError::LeavesDataRoots { .. } => C::FailedPrecondition,
+            | RegistryError::LeavesDataRoots { .. }
+            | RegistryError::Quarantined { .. } => C::FailedPrecondition,
             RegistryError::GenerationMismatch { .. } | RegistryError::Busy { .. } => C::Aborted,
             RegistryError::Storage { .. } => C::Internal,
         }
@@ -145,6 +153,9 @@ pub struct Registry {
     /// os_user is checked against the account it names, when it exists (a user created after the
     /// registration is checked again when the volume is mounted and chowned).
     accounts: AccountLookup,
+    /// Instances whose record was unreadable at start-up, by id (the file's name): every call on
+    /// them is refused until the file is repaired and the agent restarted.
+    quarantined: BTreeMap<String, CorruptRecord>,
     locks: ResourceLocks,
     /// Held across the overlap check and the write of a registration: data_dir and device
     /// uniqueness spans instances, which per-instance locks cannot protect. Only `register` takes it
@@ -167,17 +178,20 @@ impl Registry {
     /// Creates `dir` (mode 0700) if needed and loads every instance file in it. Start-up is the only
     /// caller, so the reads are plain blocking I/O.
     pub fn open(dir: PathBuf, rules: ValidationRules, locks: ResourceLocks) -> Result<Self, RegistryError> {
-        // A corrupt instance file refuses the start: the registry is the only record of which
-        // instances exist. Going on without one would orphan its volume and data, and let its id and
-        // data_dir be registered again over them; the operator repairs or restores the file.
-        let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::RefuseToStart)
+        // A corrupt instance file quarantines that instance, not the agent: the file stays in place
+        // (the registry is the only record that the instance exists), its id cannot be registered,
+        // changed or removed, its volume is not opened, and Status and a metric report it, while
+        // every other instance starts. The operator repairs or restores the file and restarts.
+        let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::Keep)
             .map_err(|source| RegistryError::Storage { context: "open the instance registry".into(), source })?;
+        let quarantined = loaded.corrupt.into_iter().map(|c| (c.key(), c)).collect();
         let instances = loaded.records.into_iter().map(|i| (i.id.clone(), i)).collect();
         let changes = tokio::sync::watch::Sender::new(0);
         Ok(Self {
             store,
             rules,
             accounts: system_account,
+            quarantined,
             locks,
             claims: Arc::default(),
             instances: Arc::new(RwLock::new(instances)),
@@ -244,6 +258,7 @@ impl Registry {
     /// database are other modules' business.
     pub async fn remove(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
+        self.check_not_quarantined(id)?;
         let guard = self.try_lock(id)?;
         let current = self.get(id)?;
         self.commit(Change::Delete(id.to_owned()), guard)
@@ -254,7 +269,29 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
+        self.check_not_quarantined(id)?;
         self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// The per-instance locks operations hold; the start-up pass over the volumes takes them too.
+    pub fn locks(&self) -> &ResourceLocks {
+        &self.locks
+    }
+
+    /// The instances whose record was unreadable at start-up, sorted by id.
+    pub fn quarantined(&self) -> Vec<CorruptRecord> {
+        self.quarantined.values().cloned().collect()
+    }
+
+    fn check_not_quarantined(&self, id: &str) -> Result<(), RegistryError> {
+        match self.quarantined.get(id) {
+            None => Ok(()),
+            Some(c) => Err(RegistryError::Quarantined {
+                instance: id.to_owned(),
+                file: c.file.clone(),
+                reason: c.reason.clone(),
+            }),
+        }
     }
 
     /// All instances, sorted by id.
@@ -274,6 +311,7 @@ impl Registry {
 
     fn check(&self, id: &str, spec: &InstanceSpec) -> Result<(), RegistryError> {
         ids::instance_id("id", id)?;
+        self.check_not_quarantined(id)?;
         validate_spec(spec, &self.rules)?;
         if let Some((uid, gid)) = (self.accounts)(&spec.os_user) {
             validate::os_user_account("spec.os_user", &spec.os_user, uid, gid)?;

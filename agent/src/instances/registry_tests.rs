@@ -181,10 +181,11 @@ async fn reopen_restores_everything() {
     assert_eq!(reopened.count(), 2);
 }
 
-/// The registry's policy is `RefuseToStart`: a corrupt instance file fails the open with an error
-/// naming it, and nothing in the folder is moved or lost.
+/// The registry's policy is `Keep`: a corrupt instance file quarantines that one instance. The
+/// others open, the file is left exactly as it was, and every call on the quarantined id (get,
+/// register, update, remove) is refused with FAILED_PRECONDITION naming the file and the reason.
 #[tokio::test]
-async fn a_corrupt_instance_file_refuses_the_start_and_names_the_file() {
+async fn a_corrupt_instance_file_quarantines_that_instance_and_the_others_open() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("instances");
     let reg = open(dir.path());
@@ -201,20 +202,31 @@ async fn a_corrupt_instance_file_refuses_the_start_and_names_the_file() {
         ("PG-2.json", &invalid_id[..], "must match"),
     ] {
         std::fs::write(folder.join(file), content).unwrap();
-        let e = Registry::open(folder.clone(), rules(), ResourceLocks::default()).err().unwrap();
-        assert!(
-            matches!(&e, RegistryError::Storage { source: JsonStoreError::Corrupt { path, .. }, .. }
-                if path.ends_with(file)),
-            "{file}: {e}"
-        );
-        assert!(e.to_string().contains(says) && e.to_string().contains("open the instance registry"), "{e}");
-        assert_eq!(e.code(), ErrorCode::Internal);
-        assert!(folder.join(file).exists(), "the corrupt file stays for the operator");
+        let reg = open(dir.path());
+        assert_eq!(reg.list(), vec![created.clone()], "{file}: the good instance opens");
+        let quarantined = reg.quarantined();
+        assert_eq!(quarantined.len(), 1, "{file}");
+        assert!(quarantined[0].file.ends_with(file) && quarantined[0].reason.contains(says), "{quarantined:?}");
+        if file == "pg-2.json" {
+            for e in [
+                reg.get("pg-2").unwrap_err(),
+                reg.register("pg-2", spec("pg-2")).await.unwrap_err(),
+                reg.update("pg-2", spec("pg-2"), None).await.unwrap_err(),
+                reg.remove("pg-2").await.unwrap_err(),
+            ] {
+                assert!(matches!(&e, RegistryError::Quarantined { instance, .. } if instance == "pg-2"), "{e}");
+                assert!(e.to_string().contains(says) && e.to_string().contains("repair or restore"), "{e}");
+                assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+            }
+        }
+        assert_eq!(std::fs::read_to_string(folder.join(file)).unwrap(), content, "the corrupt file is left as it was");
         assert_eq!(std::fs::read(folder.join("pg-1.json")).unwrap(), good, "the good record is intact");
         std::fs::remove_file(folder.join(file)).unwrap();
     }
-    // Repaired, the registry opens with its instance.
-    assert_eq!(open(dir.path()).list(), vec![created]);
+    // Repaired, the registry opens with its instance and quarantines nothing.
+    let reg = open(dir.path());
+    assert_eq!(reg.list(), vec![created]);
+    assert!(reg.quarantined().is_empty());
 }
 
 /// What an agent before the shared JSON store wrote: an upgraded agent must read it as it is.

@@ -36,6 +36,7 @@ pub(crate) mod test_fixture;
 pub use key::{KeyError, KeyProvider, VolumeKey};
 pub use service::{VolumeOutcome, VolumeSettings, Volumes};
 pub use status::VolumeStatus;
+pub use unlocking::StartupOpen;
 
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::ids::InvalidField;
@@ -54,6 +55,14 @@ pub enum VolumeError {
     InstanceNotFound(String),
     #[error("instance {0} has no volume; create it with CreateVolume")]
     NoVolume(String),
+    /// The volume record (or the instance record) could not be read at start-up: nothing may be
+    /// done to the volume until an operator repairs the file, or it could be formatted over or
+    /// its keys forgotten.
+    #[error(
+        "the volume of instance {instance} is quarantined: its record {} is unreadable ({reason}); repair or restore the file and restart the agent. Nothing was changed",
+        file.display()
+    )]
+    Quarantined { instance: String, file: PathBuf, reason: String },
     #[error("the volume of instance {0} is not open; growing is online: open it with OpenVolume first")]
     NotOpen(String),
     /// Simulated and real volume records never share a state folder: a simulated DestroyVolume
@@ -153,6 +162,7 @@ impl HasErrorCode for VolumeError {
             VolumeError::Invalid(_) => ErrorCode::InvalidArgument,
             VolumeError::InstanceNotFound(_) => ErrorCode::NotFound,
             VolumeError::NoVolume(_)
+            | VolumeError::Quarantined { .. }
             | VolumeError::NotOpen(_)
             | VolumeError::StateFolderKind { .. }
             | VolumeError::BackingInUse { .. }

@@ -71,6 +71,8 @@ impl Volumes {
     /// caller confirm the instance id before it gets here.
     pub async fn destroy(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
         ids::instance_id("instance_id", id)?;
+        // Without its record, "no volume" would forget the keys of a volume that still holds data.
+        self.check_not_quarantined(id)?;
         let Some(record) = self.inner.store.get(id) else {
             self.inner.keys.forget(id, None).await?;
             return Ok(VolumeOutcome::AlreadyDestroyed);

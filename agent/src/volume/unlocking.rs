@@ -84,26 +84,46 @@ impl Volumes {
         Ok(if did { VolumeOutcome::Closed } else { VolumeOutcome::AlreadyClosed })
     }
 
-    /// At start-up, before READY: opens the volume of every registered instance that has one. A
-    /// failure is logged and reported by GetVolume; it does not stop the agent. Returns the number
-    /// of volumes opened and failed.
-    pub async fn open_all(&self) -> (usize, usize) {
-        let (mut opened, mut failed) = (0, 0);
+    /// At start-up, before READY: opens the volume of every registered instance that has one, each
+    /// under its instance's lock (the API already serves, so an operation on the same instance
+    /// waits for it, and it for the operation). A failure is logged and reported by GetVolume; a
+    /// quarantined record (the volume's or the instance's) is logged and counted. Neither stops
+    /// the other volumes or the agent.
+    pub async fn open_all(&self) -> StartupOpen {
+        let mut report = StartupOpen::default();
         for record in self.inner.store.list() {
             let id = record.instance_id;
             if record.state != VolumeState::Ready || self.inner.registry.get(&id).is_err() {
                 continue;
             }
+            let _lock = self.inner.registry.locks().lock(&id).await;
             match self.open(&id).await {
-                Ok(_) => opened += 1,
+                Ok(_) => report.opened += 1,
                 Err(e) => {
-                    failed += 1;
+                    report.failed += 1;
                     tracing::error!(instance = %id, "open volume at start-up: {e:#}");
                 }
             }
         }
-        (opened, failed)
+        let mut quarantined: Vec<String> = self.quarantined().iter().map(|c| c.key()).collect();
+        quarantined.extend(self.inner.registry.quarantined().iter().map(|c| c.key()));
+        quarantined.sort();
+        quarantined.dedup();
+        for id in &quarantined {
+            tracing::error!(instance = %id, "volume not opened at start-up: the instance is quarantined (unreadable record)");
+        }
+        report.quarantined = quarantined.len();
+        report
     }
+}
+
+/// What the start-up pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartupOpen {
+    pub opened: usize,
+    pub failed: usize,
+    /// Instances not opened because their instance or volume record is unreadable.
+    pub quarantined: usize,
 }
 
 impl VolumesInner {
@@ -162,3 +182,7 @@ impl VolumesInner {
 #[cfg(test)]
 #[path = "unlocking_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "startup_tests.rs"]
+mod startup_tests;

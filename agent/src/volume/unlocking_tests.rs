@@ -63,7 +63,7 @@ async fn startup_opens_what_it_can() {
     }
     f.register("pg-3", None).await; // no volume: nothing to open
     f.keys.forget("pg-2", None).await.unwrap();
-    assert_eq!(f.volumes.open_all().await, (1, 1));
+    assert_eq!(f.volumes.open_all().await, crate::volume::StartupOpen { opened: 1, failed: 1, quarantined: 0 });
     assert!(f.volumes.get("pg-1").await.unwrap().mounted);
     let s = f.volumes.get("pg-2").await.unwrap();
     assert!(!s.active && s.last_error.unwrap().contains("no key"));
