@@ -105,6 +105,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         &config.metrics,
         metrics_hub.clone(),
         metrics::start::registry_targets(registry.clone()),
+        metrics::start::quarantine_count(registry.clone(), volumes.clone()),
         hostname.clone(),
         root.clone(),
     )

@@ -56,6 +56,8 @@ pub enum Metric {
     IoWrittenBytes,
     IoReads,
     IoWrites,
+    /// Instances set aside at start-up because a record of theirs could not be read.
+    QuarantinedInstances,
 }
 
 /// Name (without the `dbagent_node_` / `dbagent_instance_` prefix), kind, raw-to-base-unit scale, help.
@@ -171,6 +173,13 @@ impl Metric {
             }
             IoReads => info("io_reads_total", C, 1.0, "1", "Read operations of the cgroup, per device (io.stat)."),
             IoWrites => info("io_writes_total", C, 1.0, "1", "Write operations of the cgroup, per device (io.stat)."),
+            QuarantinedInstances => info(
+                "quarantined_instances",
+                G,
+                1.0,
+                "1",
+                "Instances whose instance or volume record could not be read at start-up: left alone until repaired (GetStatus names them).",
+            ),
         }
     }
 }
