@@ -94,6 +94,10 @@ pub enum RegistryError {
         file.display()
     )]
     Quarantined { instance: String, file: PathBuf, reason: String },
+    /// State of an earlier life of the id (a volume, keys, operations) still exists: removing the
+    /// instance would orphan it, registering the id again would hand it to the new instance.
+    #[error("instance {instance} cannot be {verb}: {} remain. Nothing was changed", remains.join("; "))]
+    Remains { instance: String, verb: &'static str, remains: Vec<String> },
     #[error("{context}: {source}")]
     Storage { context: String, source: JsonStoreError },
 }
@@ -112,7 +116,8 @@ impl crate::error::HasErrorCode for RegistryError {
             | RegistryError::DeviceChange { .. }
             | RegistryError::RestoreDirOverlaps { .. }
             | RegistryError::LeavesDataRoots { .. }
-            | RegistryError::Quarantined { .. } => C::FailedPrecondition,
+            | RegistryError::Quarantined { .. }
+            | RegistryError::Remains { .. } => C::FailedPrecondition,
             RegistryError::GenerationMismatch { .. } | RegistryError::Busy { .. } => C::Aborted,
             RegistryError::Storage { .. } => C::Internal,
         }
@@ -139,6 +144,16 @@ impl JsonRecord for Instance {
     }
 }
 
+/// What else on the host belongs to an instance id: its volume and keys, its operations. The
+/// registry asks before it forgets an instance and before it registers an id anew, holding the
+/// instance's lock, so neither orphans that state nor hands it to a new instance of the same id.
+#[tonic::async_trait]
+pub trait InstanceLeftovers: Send + Sync {
+    /// Everything that remains of `id`, each said with what to do about it; empty when nothing
+    /// does. A check that fails is itself a remainder (the state cannot be shown to be gone).
+    async fn remains(&self, id: &str) -> Vec<String>;
+}
+
 /// Resolves an OS user name to its (uid, gid) on this host; `None` if there is no such account.
 pub type AccountLookup = fn(&str) -> Option<(u32, u32)>;
 
@@ -156,6 +171,9 @@ pub struct Registry {
     /// Instances whose record was unreadable at start-up, by id (the file's name): every call on
     /// them is refused until the file is repaired and the agent restarted.
     quarantined: BTreeMap<String, CorruptRecord>,
+    /// Set once at start-up, when the volumes and the operations engine exist (they are built over
+    /// the registry); until then nothing else can hold state of an instance.
+    leftovers: std::sync::OnceLock<Arc<dyn InstanceLeftovers>>,
     locks: ResourceLocks,
     /// Held across the overlap check and the write of a registration: data_dir and device
     /// uniqueness spans instances, which per-instance locks cannot protect. Only `register` takes it
@@ -192,11 +210,25 @@ impl Registry {
             rules,
             accounts: system_account,
             quarantined,
+            leftovers: std::sync::OnceLock::new(),
             locks,
             claims: Arc::default(),
             instances: Arc::new(RwLock::new(instances)),
             changes,
         })
+    }
+
+    /// Where RemoveInstance and a new registration learn what else holds state of an id. Called
+    /// once at start-up; a second call is ignored.
+    pub fn set_leftovers(&self, leftovers: Arc<dyn InstanceLeftovers>) {
+        let _ = self.leftovers.set(leftovers);
+    }
+
+    async fn remains(&self, id: &str) -> Vec<String> {
+        match self.leftovers.get() {
+            Some(l) => l.remains(id).await,
+            None => Vec::new(),
+        }
     }
 
     /// Another passwd database, for tests that need accounts this host does not have.
@@ -225,6 +257,10 @@ impl Registry {
         }
         self.check_overlap(id, &spec)?;
         self.check_no_escape("spec.data_dir", &spec.data_dir)?;
+        let remains = self.remains(id).await;
+        if !remains.is_empty() {
+            return Err(RegistryError::Remains { instance: id.to_owned(), verb: "registered again", remains });
+        }
         let now = now();
         let instance = Instance { id: id.to_owned(), spec, created: now, updated: now, generation: 1 };
         self.put(instance.clone(), "register", (guard, claims)).await?;
@@ -254,13 +290,27 @@ impl Registry {
         Ok(updated)
     }
 
-    /// Forgets `id` and returns what it was. Only the registry entry goes: the volume and the
-    /// database are other modules' business.
+    /// Forgets `id` and returns what it was. Refused while anything else holds state of it (its
+    /// volume record, its keys, an operation on it): the instance must be emptied first, so that
+    /// nothing is orphaned and a later instance of the same id starts from nothing.
     pub async fn remove(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
         self.check_not_quarantined(id)?;
-        let guard = self.try_lock(id)?;
+        let refuse = |remains| RegistryError::Remains { instance: id.to_owned(), verb: "removed", remains };
+        let Some(guard) = self.locks.try_lock(id) else {
+            // The running operation holds the lock: name it (and whatever else remains).
+            let remains = self.remains(id).await;
+            return Err(if remains.is_empty() {
+                RegistryError::Busy { instance: id.to_owned() }
+            } else {
+                refuse(remains)
+            });
+        };
         let current = self.get(id)?;
+        let remains = self.remains(id).await;
+        if !remains.is_empty() {
+            return Err(refuse(remains));
+        }
         self.commit(Change::Delete(id.to_owned()), guard)
             .await
             .map_err(|source| RegistryError::Storage { context: format!("remove instance {id}"), source })?;

@@ -464,3 +464,36 @@ async fn os_user_that_is_root_or_a_system_account_on_this_host_is_refused() {
     assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user"), "{e}");
     assert_eq!(reg.get("pg-0").unwrap().spec.os_user, "postgres");
 }
+
+/// Remainders as a test sets them.
+#[derive(Default)]
+struct Remainders(std::sync::Mutex<Vec<String>>);
+
+#[tonic::async_trait]
+impl InstanceLeftovers for Remainders {
+    async fn remains(&self, _id: &str) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn remove_says_what_remains_even_while_an_operation_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = ResourceLocks::default();
+    let reg = Registry::open(dir.path().join("instances"), rules(), locks.clone()).unwrap();
+    let left = Arc::new(Remainders::default());
+    reg.set_leftovers(left.clone());
+    reg.register("pg-1", spec("pg-1")).await.unwrap();
+
+    let held = locks.try_lock("pg-1").unwrap();
+    let e = reg.remove("pg-1").await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Busy { .. }), "nothing named remains: busy, as before: {e}");
+    *left.0.lock().unwrap() = vec!["operation op-1 (volume.create, running): wait for it to finish".into()];
+    let e = reg.remove("pg-1").await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Remains { verb: "removed", .. }), "{e}");
+    assert!(e.to_string().contains("operation op-1 (volume.create, running)"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    drop(held);
+    left.0.lock().unwrap().clear();
+    reg.remove("pg-1").await.unwrap();
+}

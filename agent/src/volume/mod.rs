@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod key;
 mod key_rotation;
 pub mod keystore;
+mod leftovers;
 mod provisioning;
 pub mod remote;
 mod service;
@@ -34,6 +35,7 @@ mod leak_tests;
 pub(crate) mod test_fixture;
 
 pub use key::{KeyError, KeyProvider, VolumeKey};
+pub use leftovers::VolumeLeftovers;
 pub use service::{VolumeOutcome, VolumeSettings, Volumes};
 pub use status::VolumeStatus;
 pub use unlocking::StartupOpen;

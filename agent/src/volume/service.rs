@@ -141,6 +141,12 @@ impl Volumes {
         }
     }
 
+    /// What remains of an instance id in the volume store, the key provider and `operations`, for
+    /// the registry's RemoveInstance and re-registration checks.
+    pub fn leftovers(&self, operations: crate::ops::OperationEngine) -> super::VolumeLeftovers {
+        super::VolumeLeftovers { store: self.inner.store.clone(), keys: self.inner.keys.clone(), operations }
+    }
+
     /// Every volume record that was unreadable at start-up.
     pub fn quarantined(&self) -> Vec<crate::json_store::CorruptRecord> {
         self.inner.store.all_quarantined()
