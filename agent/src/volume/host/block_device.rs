@@ -7,9 +7,16 @@ use std::path::{Path, PathBuf};
 
 use super::{DeviceUser, HostError};
 
-/// The block device's kernel name and (major, minor), following the by-id link; `None` for a path
-/// that is not a block device (a file given to a test).
-pub(super) fn kernel_device(device: &Path) -> Result<Option<(String, (u64, u64))>, HostError> {
+/// A block device as the kernel names it: `vdb` and its (major, minor).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct KernelDevice {
+    pub name: String,
+    pub dev: (u64, u64),
+}
+
+/// The block device behind `device`, following the by-id link; `None` for a path that is not a
+/// block device (a file given to a test).
+pub(super) fn kernel_device(device: &Path) -> Result<Option<KernelDevice>, HostError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let real = std::fs::canonicalize(device).map_err(|e| HostError::io(format!("resolve {}", device.display()), e))?;
     let meta = std::fs::metadata(&real).map_err(|e| HostError::io(format!("stat {}", real.display()), e))?;
@@ -18,7 +25,7 @@ pub(super) fn kernel_device(device: &Path) -> Result<Option<(String, (u64, u64))
     }
     let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let rdev = meta.rdev();
-    Ok(Some((name, (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)))))
+    Ok(Some(KernelDevice { name, dev: (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)) }))
 }
 
 /// Partitions, holders and mounts of the device `name` (`dev` its major:minor), given the sysfs

@@ -114,10 +114,10 @@ impl HostOps for SystemHost {
     }
 
     fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError> {
-        let Some((name, dev)) = block_device::kernel_device(device)? else { return Ok(Vec::new()) };
+        let Some(kernel) = block_device::kernel_device(device)? else { return Ok(Vec::new()) };
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
-        let mut users = block_device::users(Path::new("/sys/class/block"), &mountinfo, &name, dev);
+        let mut users = block_device::users(Path::new("/sys/class/block"), &mountinfo, &kernel.name, kernel.dev);
         if !users.iter().any(|u| matches!(u, DeviceUser::Partition(_))) {
             // A table the kernel has not read (written by another host, or never re-read).
             match ToolCommand::new("blkid").args(["-p", "-o", "value", "-s", "PTTYPE"]).arg(device).output_blocking() {
