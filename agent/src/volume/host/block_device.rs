@@ -57,10 +57,15 @@ pub(super) fn users(sys_class_block: &Path, mountinfo: &str, name: &str, dev: (u
         let fields: Vec<&str> = line.split(' ').collect();
         let (Some(majmin), Some(point)) = (fields.get(2), fields.get(4)) else { continue };
         if devs.iter().any(|(ma, mi)| *majmin == format!("{ma}:{mi}")) {
-            found.push(DeviceUser::MountedAt(PathBuf::from(super::system::unescape(point))));
+            found.push(DeviceUser::MountedAt(PathBuf::from(unescape(point))));
         }
     }
     found
+}
+
+/// A mountinfo field with its octal escapes (space, tab, newline, backslash) undone.
+pub(super) fn unescape(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 /// A sysfs device folder's `dev` file ("major:minor").

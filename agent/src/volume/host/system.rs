@@ -37,17 +37,14 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
-        if fields.len() > 4 && unescape(fields[4]) == target && fields.len() > dash + 2 {
+        if fields.len() > 4 && block_device::unescape(fields[4]) == target && fields.len() > dash + 2 {
             // The last mount on a path is the visible one.
-            found = Some(PathBuf::from(unescape(fields[dash + 2])));
+            found = Some(PathBuf::from(block_device::unescape(fields[dash + 2])));
         }
     }
     Ok(found)
 }
 
-pub(super) fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-}
 
 impl HostOps for SystemHost {
     fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError> {
