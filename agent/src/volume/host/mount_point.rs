@@ -49,21 +49,19 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, Host
             _ => Err(unsafe_target(at, "it has '.', '..' or a root among its components")),
         })
         .collect::<Result<_, _>>()?;
-    if names.is_empty() {
+    let Some((last, parents)) = names.split_last() else {
         return Err(unsafe_target(at, "it is the data root itself"));
-    }
+    };
     // The root comes from the agent's configuration and its parents belong to root: opening it by
     // path is the one trusted step.
     let mut parent = rustix::fs::open(at.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| HostError::io(format!("open data root {}", at.root.display()), e.into()))?;
-    for (i, name) in names.iter().enumerate() {
+    for name in parents {
         let Some(child) = open_child(&parent, name, create, at)? else { return Ok(None) };
-        if i + 1 == names.len() {
-            return Ok(Some(Opened { parent, dir: child, name }));
-        }
         parent = child;
     }
-    unreachable!("names is not empty")
+    let Some(dir) = open_child(&parent, last, create, at)? else { return Ok(None) };
+    Ok(Some(Opened { parent, dir, name: *last }))
 }
 
 /// One component beneath `parent`: opened, or made and then opened.

@@ -45,7 +45,6 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
     Ok(found)
 }
 
-
 impl HostOps for SystemHost {
     fn ensure_sparse_file(&self, path: &Path, size: u64) -> Result<(), HostError> {
         if let Some(dir) = path.parent() {
