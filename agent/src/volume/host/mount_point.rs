@@ -61,7 +61,7 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, Host
         parent = child;
     }
     let Some(dir) = open_child(&parent, last, create, at)? else { return Ok(None) };
-    Ok(Some(Opened { parent, dir, name: *last }))
+    Ok(Some(Opened { parent, dir, name: last }))
 }
 
 /// One component beneath `parent`: opened, or made and then opened.
