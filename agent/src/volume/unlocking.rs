@@ -105,8 +105,10 @@ impl Volumes {
                 }
             }
         }
+        // Volumes not opened for a quarantined record: the volume's own, or its instance's.
         let mut quarantined: Vec<String> = self.quarantined().iter().map(|c| c.key()).collect();
-        quarantined.extend(self.inner.registry.quarantined().iter().map(|c| c.key()));
+        let has_volume = |id: &String| self.inner.store.get(id).is_some();
+        quarantined.extend(self.inner.registry.quarantined().iter().map(|c| c.key()).filter(has_volume));
         quarantined.sort();
         quarantined.dedup();
         for id in &quarantined {
@@ -122,7 +124,7 @@ impl Volumes {
 pub struct StartupOpen {
     pub opened: usize,
     pub failed: usize,
-    /// Instances not opened because their instance or volume record is unreadable.
+    /// Volumes not opened because their volume record or their instance's record is unreadable.
     pub quarantined: usize,
 }
 
