@@ -268,10 +268,9 @@ impl Default for InstancesConfig {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
-            device_prefixes: ["/dev/disk/by-id/", "/dev/disk/by-path/", "/dev/vd", "/dev/nvme", "/dev/sd", "/dev/xvd"]
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
+            // Stable names only: /dev/sdb or /dev/vdc can name another disk after a reboot or a hotplug,
+            // and then the agent would format it.
+            device_prefixes: vec![PathBuf::from("/dev/disk/by-id/")],
             log_roots: ["/var/log/postgresql", "/var/log/mysql", "/var/log/redis"]
                 .into_iter()
                 .map(PathBuf::from)

@@ -16,9 +16,13 @@
 //! A record that cannot be loaded (not JSON, not the record's shape, stored under another name than
 //! its own key, or refused by the record's own [`JsonRecord::check`]) is handled by the policy its
 //! store chooses at open ([`OnCorrupt`]), stated with the reason where each store is opened:
-//! - `RefuseToStart`: the open fails with an error naming the file. For a store that is the source of
-//!   truth, where going on without the record would lose or resurrect data: the instance registry and
-//!   the volume store.
+//! - `RefuseToStart`: the open fails with an error naming the file. For a store where going on
+//!   without one record would lose or resurrect data and nothing narrower can be stopped instead.
+//! - `Keep`: the file stays where it is, untouched, logged and returned by `open`; the store opens with
+//!   the rest. For stores that are the source of truth of one resource per record: the instance
+//!   registry and the volume store quarantine that one instance (every change to it is refused, so
+//!   nothing is created or destroyed over its data) while every other instance starts, and every
+//!   start reports it again until an operator repairs or restores the file.
 //! - `Quarantine`: the file is renamed to `<key>.json.corrupt-<UTC time>`, logged, returned by `open`,
 //!   and the store opens with the rest. For records whose loss costs a repeated piece of work or some
 //!   history, but whose content an operator may still need: the operations journal and the request
@@ -51,6 +55,8 @@ pub const MAX_KEY_LEN: usize = 128;
 pub enum OnCorrupt {
     /// Fail the open with an error that names the file.
     RefuseToStart,
+    /// Leave the file in place, log and return it, open with the rest; the owner quarantines its key.
+    Keep,
     /// Rename the file to `<key>.json.corrupt-<UTC time>`, log and return it, open with the rest.
     Quarantine,
     /// Delete the file, log and return it, open with the rest.
@@ -76,7 +82,7 @@ pub trait JsonRecord: Serialize + DeserializeOwned {
 pub struct CorruptRecord {
     pub file: PathBuf,
     pub reason: String,
-    /// Where a quarantined file is now; `None` when it was dropped.
+    /// Where the file is now (its own place under `Keep`); `None` when it was dropped.
     pub moved_to: Option<PathBuf>,
 }
 
@@ -117,6 +123,13 @@ impl crate::error::HasErrorCode for JsonStoreError {
 pub struct JsonStore<T> {
     dir: PathBuf,
     record: PhantomData<fn() -> T>,
+}
+
+impl CorruptRecord {
+    /// The key the file was stored under: its name without `.json`.
+    pub fn key(&self) -> String {
+        self.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 impl<T> Clone for JsonStore<T> {
@@ -235,6 +248,16 @@ impl<T: JsonRecord> JsonStore<T> {
                     T::KIND
                 );
                 Ok(CorruptRecord { file, reason, moved_to: Some(aside) })
+            }
+            OnCorrupt::Keep => {
+                tracing::error!(
+                    file = %file.display(),
+                    "{} file is unreadable ({reason}); left in place and its {} quarantined until the file is \
+                     repaired or restored; the agent goes on with the others",
+                    T::KIND,
+                    T::KIND
+                );
+                Ok(CorruptRecord { moved_to: Some(file.clone()), file, reason })
             }
             OnCorrupt::Drop => {
                 fsutil::remove_durable(&file).map_err(|source| self.io_error("drop", file.clone(), source))?;

@@ -168,6 +168,23 @@ fn quarantine_never_replaces_an_earlier_quarantined_file() {
 }
 
 #[test]
+fn keep_leaves_corrupt_files_in_place_reports_their_keys_and_opens_with_the_rest() {
+    let dir = folder_with_corrupt_files();
+    let before: Vec<Vec<u8>> =
+        ["b", "d", "e"].iter().map(|k| std::fs::read(dir.path().join(format!("{k}.json"))).unwrap()).collect();
+    let (_, loaded) = open(dir.path(), OnCorrupt::Keep).unwrap();
+    assert_eq!(loaded.records, vec![note("a"), note("c")]);
+    let keys: Vec<String> = loaded.corrupt.iter().map(CorruptRecord::key).collect();
+    assert_eq!(keys, ["b", "d", "e"]);
+    assert!(loaded.corrupt.iter().all(|c| c.moved_to.as_ref() == Some(&c.file)), "{:?}", loaded.corrupt);
+    let after: Vec<Vec<u8>> =
+        ["b", "d", "e"].iter().map(|k| std::fs::read(dir.path().join(format!("{k}.json"))).unwrap()).collect();
+    assert_eq!(before, after, "the files are left as they were");
+    // The next open reports them again.
+    assert_eq!(open(dir.path(), OnCorrupt::Keep).unwrap().1.corrupt.len(), 3);
+}
+
+#[test]
 fn drop_deletes_corrupt_files_and_opens_with_the_rest() {
     let dir = folder_with_corrupt_files();
     let (_, loaded) = open(dir.path(), OnCorrupt::Drop).unwrap();
@@ -180,7 +197,7 @@ fn drop_deletes_corrupt_files_and_opens_with_the_rest() {
 
 #[test]
 fn a_read_error_is_not_corruption_and_fails_every_policy() {
-    for on_corrupt in [OnCorrupt::Quarantine, OnCorrupt::Drop] {
+    for on_corrupt in [OnCorrupt::Quarantine, OnCorrupt::Keep, OnCorrupt::Drop] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.json"), serde_json::to_vec(&note("a")).unwrap()).unwrap();
         // A folder where a record belongs cannot be read as a file.

@@ -149,8 +149,14 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn start(user: &TenantUser, a: &Path, b: &Path) -> Self {
+        Self::start_with(&attack_binary(), user, a, b)
+    }
+
+    /// As [`Exchange::start`] with `tenant-attack` at `binary`: inside the VM guest it sits in the
+    /// share beside the driver, not in cargo's target folder.
+    pub fn start_with(binary: &Path, user: &TenantUser, a: &Path, b: &Path) -> Self {
         let child = user
-            .command(attack_binary())
+            .command(binary)
             .arg("exchange")
             .arg(a)
             .arg(b)

@@ -150,7 +150,7 @@ async fn a_device_backed_volume_is_refused_beside_a_managed_file() {
     let agent = AgentBuilder::dev().arg("--sim").start();
     let channel = agent.orchestrator().await;
     let mut instances = InstancesClient::new(channel.clone());
-    for (id, device) in [("pg-disk", "/dev/vdb"), ("pg-file", "")] {
+    for (id, device) in [("pg-disk", "/dev/disk/by-id/virtio-pg-disk"), ("pg-file", "")] {
         let mut spec = instance_spec(id, &agent.dev_data_root());
         spec.volume.as_mut().expect("the spec has a volume").device = device.into();
         let req = RegisterInstanceRequest { request_id: format!("reg-{id}"), id: id.into(), spec: Some(spec) };
@@ -162,7 +162,7 @@ async fn a_device_backed_volume_is_refused_beside_a_managed_file() {
     let op = c.finished(started).await;
     failed_with(&op, "FAILED_PRECONDITION");
     let message = &op.error.as_ref().expect("an error").message;
-    assert!(message.contains("/dev/vdb"), "the refusal names the device: {message}");
+    assert!(message.contains("/dev/disk/by-id/virtio-pg-disk"), "the refusal names the device: {message}");
 
     let req = CreateVolumeRequest { request_id: "create-file".into(), instance_id: "pg-file".into(), force: false };
     let started = c.volumes.create_volume(req).await;

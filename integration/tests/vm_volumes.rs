@@ -5,7 +5,9 @@
 //! the keystore, the volume records and vm-b's managed file survive the reboot.
 //!
 //! Boot 1: a dev-mode agent (a transient notify unit) and `volume-vm-check --phase first`: create
-//! vm-a on the disk and vm-b on a managed file, markers, close/reopen, the agent refuses to open vm-a
+//! vm-a on the disk and vm-b on a managed file (vm-b while postgres, who owns the data root,
+//! exchanges its data_dir with a link to a root-owned sentinel folder in a tight loop: the sentinel
+//! is never mounted over or chowned, the volume ends up mounted at its data_dir), markers, close/reopen, the agent refuses to open vm-a
 //! when its keystore entry holds another key (and opens it with the real entry back), rotation,
 //! online growth, keys per instance, no key of any kind (current and rotated-away volume keys, the
 //! KEK) under the state folder or in the agent log, both volumes closed. Host: the raw disks do not contain the markers. Boot 2: the agent reopens both
@@ -114,6 +116,7 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
     let vm = Vm::new("volumes")
         .copy_as(agent_binary(), "dbagent")
         .copy(env!("CARGO_BIN_EXE_volume-vm-check"))
+        .copy(env!("CARGO_BIN_EXE_tenant-attack"))
         .file("argon2id-key", "argon2id-timing-only-key")
         .disk(&disk)
         .disk(&state_disk)
@@ -145,7 +148,11 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
     for (boot, run) in [(1, &first), (2, &second)] {
         println!("  boot {boot}: boot to test start {:?} ms, whole boot {:?} ms", run.boot_to_test_ms, run.wall_ms);
     }
-    println!("  create vm-a (disk) {} ms, vm-b (managed file) {} ms", first.ms("create-vm-a"), first.ms("create-vm-b"));
+    println!(
+        "  create vm-a (disk) {} ms, vm-b (managed file, under the mount race) {} ms",
+        first.ms("create-vm-a"),
+        first.ms("create-vm-b-under-mount-race")
+    );
     println!("  close vm-a {} ms, reopen {} ms", first.ms("close-vm-a"), first.ms("reopen-vm-a"));
     println!(
         "  wrong key refused by the agent, then opened with the right one: {} ms",

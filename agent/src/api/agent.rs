@@ -9,7 +9,9 @@ use super::convert::{duration, timestamp};
 use super::error::ApiResult;
 use crate::host_inventory::HostInventory;
 use crate::instances::registry::Registry;
+use crate::json_store::CorruptRecord;
 use crate::ops::OperationEngine;
+use crate::volume::Volumes;
 
 /// The Agent service: who the agent is, what it offers, how it is doing.
 pub struct AgentApi {
@@ -20,8 +22,10 @@ pub struct AgentApi {
     /// Volumes run on in-memory backends (`dbagent --dev --sim`); GetStatus warns about it.
     pub volumes_simulated: bool,
     pub host: HostInventory,
-    /// Read for the instance count only.
+    /// Read for the instance count and the quarantined instance records only.
     pub registry: Arc<Registry>,
+    /// Read for the quarantined volume records only.
+    pub volumes: Volumes,
     /// Read for the count of open operations only.
     pub operations: OperationEngine,
     /// Cancelled: GetStatus reports "draining".
@@ -78,8 +82,20 @@ impl pb::agent_server::Agent for AgentApi {
             open_operations: u32::try_from(self.operations.open_count()).unwrap_or(u32::MAX),
             state: if self.shutdown.is_cancelled() { "draining" } else { "serving" }.into(),
             volumes_simulated: self.volumes_simulated,
+            quarantined: quarantined("instance", self.registry.quarantined())
+                .chain(quarantined("volume", self.volumes.quarantined()))
+                .collect(),
         }))
     }
+}
+
+fn quarantined(record: &'static str, records: Vec<CorruptRecord>) -> impl Iterator<Item = pb::QuarantinedRecord> {
+    records.into_iter().map(move |c| pb::QuarantinedRecord {
+        instance_id: c.key(),
+        record: record.into(),
+        file: c.file.display().to_string(),
+        reason: c.reason,
+    })
 }
 
 #[cfg(test)]

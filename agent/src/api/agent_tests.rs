@@ -27,10 +27,20 @@ async fn agent_api(dir: &std::path::Path, volumes_simulated: bool) -> AgentApi {
             cpu_count: 4,
             memory_bytes: 8 << 30,
         },
+        volumes: sim_volumes(dir, registry.clone()),
         registry,
         operations,
         shutdown,
     }
+}
+
+fn sim_volumes(dir: &std::path::Path, registry: Arc<Registry>) -> crate::volume::Volumes {
+    use crate::volume::{crypt::SimCrypt, host::SimHost, keystore::LocalKeystore};
+    let host = Arc::new(SimHost::default());
+    let keys = Arc::new(LocalKeystore::open(dir.join("keystore"), &[9u8; 32]).unwrap());
+    let settings = crate::volume::test_fixture::settings(&[]);
+    crate::volume::Volumes::new(dir, settings, Arc::new(SimCrypt::on(host.clone())), host, Arc::new(keys), registry)
+        .unwrap()
 }
 
 #[test]
@@ -69,6 +79,25 @@ async fn status_says_when_volumes_are_simulated() {
         assert_eq!(status.volumes_simulated, simulated);
         assert_eq!((status.state.as_str(), status.instance_count), ("serving", 1));
     }
+}
+
+#[tokio::test]
+async fn status_reports_quarantined_instance_and_volume_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = agent_api(dir.path(), false).await;
+    let status = healthy.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+    assert!(status.quarantined.is_empty(), "{:?}", status.quarantined);
+    drop(healthy);
+
+    std::fs::write(dir.path().join("instances/pg-9.json"), "{ torn").unwrap();
+    std::fs::write(dir.path().join("volumes/pg-8.json"), "{ torn").unwrap();
+    let api = agent_api(dir.path(), false).await;
+    let status = api.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+    let seen: Vec<(&str, &str)> =
+        status.quarantined.iter().map(|q| (q.instance_id.as_str(), q.record.as_str())).collect();
+    assert_eq!(seen, [("pg-9", "instance"), ("pg-8", "volume")]);
+    assert!(status.quarantined.iter().all(|q| q.file.ends_with(".json") && q.reason.contains("not a valid")));
+    assert_eq!(status.instance_count, 1, "the good instance is there");
 }
 
 #[tokio::test]

@@ -82,6 +82,9 @@ impl ToJson for pb::AgentStatus {
             "uptime_seconds": uptime.map(|d| d.as_secs_f64()),
             "instance_count": self.instance_count, "open_operations": self.open_operations,
             "volumes_simulated": self.volumes_simulated,
+            "quarantined": self.quarantined.iter().map(|q| json!({
+                "instance_id": q.instance_id, "record": q.record, "file": q.file, "reason": q.reason,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -113,7 +113,13 @@ impl ToTable for pb::AgentStatus {
             ("uptime", or_dash(duration_text(self.uptime.as_ref()))),
             ("instances", self.instance_count.to_string()),
             ("open operations", self.open_operations.to_string()),
-        ])
+        ]) + &self
+            .quarantined
+            .iter()
+            .map(|q| {
+                format!("QUARANTINED: instance {} ({} record {}: {})\n", q.instance_id, q.record, q.file, q.reason)
+            })
+            .collect::<String>()
     }
 }
 

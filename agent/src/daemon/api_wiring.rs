@@ -18,6 +18,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             // Read once: the inventory does not change while the agent runs.
             host: HostInventory::read(),
             registry: d.registry.clone(),
+            volumes: d.volumes.clone(),
             operations: d.engine.clone(),
             shutdown: d.root.clone(),
         },

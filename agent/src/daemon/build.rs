@@ -72,6 +72,9 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     let volumes = crate::volume::setup::from_config(&config, mode.is_dev(), backend, registry.clone())?;
     crate::ops::sleep::outlast_shutdown(config.testing.sleep_outlasts_shutdown);
     let (engine, interrupted) = OperationEngine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    // RemoveInstance and a new registration of an id ask what remains of it: its volume, keys and
+    // operations.
+    registry.set_leftovers(Arc::new(volumes.leftovers(engine.clone())));
     // Replies are replayed as long as operations are kept: one retention for every request_id.
     let requests = RequestLedger::open(
         state_dir.join("requests"),
@@ -111,6 +114,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         &config.metrics,
         metrics_hub.clone(),
         metrics::start::registry_targets(registry.clone()),
+        metrics::start::quarantine_count(registry.clone(), volumes.clone()),
         hostname.clone(),
         root.clone(),
     )

@@ -56,12 +56,15 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
     // The listener is bound and the server task runs: connections from now on are served.
     // READY only after the instances' volumes are open, so database units ordered after the agent
     // find their data. A volume that fails is logged and reported by GetVolume.
-    let (opened, failed) = d.volumes.open_all().await;
+    let open = d.volumes.open_all().await;
     let simulated = if d.volumes_simulated { " (simulated)" } else { "" };
     let summary = format!(
-        "serving on {}; {} instances; volumes{simulated}: {opened} opened, {failed} failed",
+        "serving on {}; {} instances; volumes{simulated}: {} opened, {} failed, {} quarantined",
         config.api.listen,
-        d.registry.count()
+        d.registry.count(),
+        open.opened,
+        open.failed,
+        open.quarantined
     );
     systemd::ready(&summary);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{summary}");

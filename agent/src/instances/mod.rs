@@ -11,5 +11,5 @@ pub use model::{
     BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan, PlanName, VolumeSpec,
     Weekday,
 };
-pub use registry::{Outcome, Registry, RegistryError};
+pub use registry::{InstanceLeftovers, Outcome, Registry, RegistryError};
 pub use validate::{ValidationRules, validate_spec};

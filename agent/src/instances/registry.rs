@@ -13,7 +13,7 @@ use crate::fsutil;
 use crate::ids::{self, InvalidField};
 use crate::instances::model::{Engine, Instance, InstanceSpec};
 use crate::instances::validate::{self, ValidationRules, validate_spec};
-use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
+use crate::json_store::{CorruptRecord, JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::locks::ResourceLocks;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -87,6 +87,17 @@ pub enum RegistryError {
         data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     LeavesDataRoots { field: String, path: PathBuf, data_roots: Vec<PathBuf> },
+    /// The instance's record could not be read at start-up: the instance is quarantined.
+    #[error(
+        "instance {instance} is quarantined: its record {} is unreadable ({reason}); repair or restore the file \
+         and restart the agent. Nothing was changed",
+        file.display()
+    )]
+    Quarantined { instance: String, file: PathBuf, reason: String },
+    /// State of an earlier life of the id (a volume, keys, operations) still exists: removing the
+    /// instance would orphan it, registering the id again would hand it to the new instance.
+    #[error("instance {instance} cannot be {verb}: {} remain. Nothing was changed", remains.join("; "))]
+    Remains { instance: String, verb: &'static str, remains: Vec<String> },
     #[error("{context}: {source}")]
     Storage { context: String, source: JsonStoreError },
 }
@@ -104,7 +115,9 @@ impl crate::error::HasErrorCode for RegistryError {
             | RegistryError::DataDirChange { .. }
             | RegistryError::DeviceChange { .. }
             | RegistryError::RestoreDirOverlaps { .. }
-            | RegistryError::LeavesDataRoots { .. } => C::FailedPrecondition,
+            | RegistryError::LeavesDataRoots { .. }
+            | RegistryError::Quarantined { .. }
+            | RegistryError::Remains { .. } => C::FailedPrecondition,
             RegistryError::GenerationMismatch { .. } | RegistryError::Busy { .. } => C::Aborted,
             RegistryError::Storage { .. } => C::Internal,
         }
@@ -131,9 +144,36 @@ impl JsonRecord for Instance {
     }
 }
 
+/// What else on the host belongs to an instance id: its volume and keys, its operations. The
+/// registry asks before it forgets an instance and before it registers an id anew, holding the
+/// instance's lock, so neither orphans that state nor hands it to a new instance of the same id.
+#[tonic::async_trait]
+pub trait InstanceLeftovers: Send + Sync {
+    /// Everything that remains of `id`, each said with what to do about it; empty when nothing
+    /// does. A check that fails is itself a remainder (the state cannot be shown to be gone).
+    async fn remains(&self, id: &str) -> Vec<String>;
+}
+
+/// Resolves an OS user name to its (uid, gid) on this host; `None` if there is no such account.
+pub type AccountLookup = fn(&str) -> Option<(u32, u32)>;
+
+/// The host's passwd database.
+fn system_account(name: &str) -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(name).ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
 pub struct Registry {
     store: JsonStore<Instance>,
     rules: ValidationRules,
+    /// os_user is checked against the account it names, when it exists (a user created after the
+    /// registration is checked again when the volume is mounted and chowned).
+    accounts: AccountLookup,
+    /// Instances whose record was unreadable at start-up, by id (the file's name): every call on
+    /// them is refused until the file is repaired and the agent restarted.
+    quarantined: BTreeMap<String, CorruptRecord>,
+    /// Set once at start-up, when the volumes and the operations engine exist (they are built over
+    /// the registry); until then nothing else can hold state of an instance.
+    leftovers: std::sync::OnceLock<Arc<dyn InstanceLeftovers>>,
     locks: ResourceLocks,
     /// Held across the overlap check and the write of a registration: data_dir and device
     /// uniqueness spans instances, which per-instance locks cannot protect. Only `register` takes it
@@ -156,14 +196,46 @@ impl Registry {
     /// Creates `dir` (mode 0700) if needed and loads every instance file in it. Start-up is the only
     /// caller, so the reads are plain blocking I/O.
     pub fn open(dir: PathBuf, rules: ValidationRules, locks: ResourceLocks) -> Result<Self, RegistryError> {
-        // A corrupt instance file refuses the start: the registry is the only record of which
-        // instances exist. Going on without one would orphan its volume and data, and let its id and
-        // data_dir be registered again over them; the operator repairs or restores the file.
-        let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::RefuseToStart)
+        // A corrupt instance file quarantines that instance, not the agent: the file stays in place
+        // (the registry is the only record that the instance exists), its id cannot be registered,
+        // changed or removed, its volume is not opened, and Status and a metric report it, while
+        // every other instance starts. The operator repairs or restores the file and restarts.
+        let (store, loaded) = JsonStore::<Instance>::open(dir, OnCorrupt::Keep)
             .map_err(|source| RegistryError::Storage { context: "open the instance registry".into(), source })?;
+        let quarantined = loaded.corrupt.into_iter().map(|c| (c.key(), c)).collect();
         let instances = loaded.records.into_iter().map(|i| (i.id.clone(), i)).collect();
         let changes = tokio::sync::watch::Sender::new(0);
-        Ok(Self { store, rules, locks, claims: Arc::default(), instances: Arc::new(RwLock::new(instances)), changes })
+        Ok(Self {
+            store,
+            rules,
+            accounts: system_account,
+            quarantined,
+            leftovers: std::sync::OnceLock::new(),
+            locks,
+            claims: Arc::default(),
+            instances: Arc::new(RwLock::new(instances)),
+            changes,
+        })
+    }
+
+    /// Where RemoveInstance and a new registration learn what else holds state of an id. Called
+    /// once at start-up; a second call is ignored.
+    pub fn set_leftovers(&self, leftovers: Arc<dyn InstanceLeftovers>) {
+        let _ = self.leftovers.set(leftovers);
+    }
+
+    async fn remains(&self, id: &str) -> Vec<String> {
+        match self.leftovers.get() {
+            Some(l) => l.remains(id).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Another passwd database, for tests that need accounts this host does not have.
+    #[cfg(test)]
+    pub(crate) fn with_accounts(mut self, accounts: AccountLookup) -> Self {
+        self.accounts = accounts;
+        self
     }
 
     /// Registers `id`. The same id with the same spec again returns the stored instance with
@@ -185,6 +257,10 @@ impl Registry {
         }
         self.check_overlap(id, &spec)?;
         self.check_no_escape("spec.data_dir", &spec.data_dir)?;
+        let remains = self.remains(id).await;
+        if !remains.is_empty() {
+            return Err(RegistryError::Remains { instance: id.to_owned(), verb: "registered again", remains });
+        }
         let now = now();
         let instance = Instance { id: id.to_owned(), spec, created: now, updated: now, generation: 1 };
         self.put(instance.clone(), "register", (guard, claims)).await?;
@@ -214,12 +290,27 @@ impl Registry {
         Ok(updated)
     }
 
-    /// Forgets `id` and returns what it was. Only the registry entry goes: the volume and the
-    /// database are other modules' business.
+    /// Forgets `id` and returns what it was. Refused while anything else holds state of it (its
+    /// volume record, its keys, an operation on it): the instance must be emptied first, so that
+    /// nothing is orphaned and a later instance of the same id starts from nothing.
     pub async fn remove(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
-        let guard = self.try_lock(id)?;
+        self.check_not_quarantined(id)?;
+        let refuse = |remains| RegistryError::Remains { instance: id.to_owned(), verb: "removed", remains };
+        let Some(guard) = self.locks.try_lock(id) else {
+            // The running operation holds the lock: name it (and whatever else remains).
+            let remains = self.remains(id).await;
+            return Err(if remains.is_empty() {
+                RegistryError::Busy { instance: id.to_owned() }
+            } else {
+                refuse(remains)
+            });
+        };
         let current = self.get(id)?;
+        let remains = self.remains(id).await;
+        if !remains.is_empty() {
+            return Err(refuse(remains));
+        }
         self.commit(Change::Delete(id.to_owned()), guard)
             .await
             .map_err(|source| RegistryError::Storage { context: format!("remove instance {id}"), source })?;
@@ -228,7 +319,29 @@ impl Registry {
 
     pub fn get(&self, id: &str) -> Result<Instance, RegistryError> {
         ids::instance_id("id", id)?;
+        self.check_not_quarantined(id)?;
         self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.to_owned()))
+    }
+
+    /// The per-instance locks operations hold; the start-up pass over the volumes takes them too.
+    pub fn locks(&self) -> &ResourceLocks {
+        &self.locks
+    }
+
+    /// The instances whose record was unreadable at start-up, sorted by id.
+    pub fn quarantined(&self) -> Vec<CorruptRecord> {
+        self.quarantined.values().cloned().collect()
+    }
+
+    fn check_not_quarantined(&self, id: &str) -> Result<(), RegistryError> {
+        match self.quarantined.get(id) {
+            None => Ok(()),
+            Some(c) => Err(RegistryError::Quarantined {
+                instance: id.to_owned(),
+                file: c.file.clone(),
+                reason: c.reason.clone(),
+            }),
+        }
     }
 
     /// All instances, sorted by id.
@@ -248,7 +361,11 @@ impl Registry {
 
     fn check(&self, id: &str, spec: &InstanceSpec) -> Result<(), RegistryError> {
         ids::instance_id("id", id)?;
+        self.check_not_quarantined(id)?;
         validate_spec(spec, &self.rules)?;
+        if let Some((uid, gid)) = (self.accounts)(&spec.os_user) {
+            validate::os_user_account("spec.os_user", &spec.os_user, uid, gid)?;
+        }
         Ok(())
     }
 
@@ -278,6 +395,21 @@ impl Registry {
             }
         }
         self.check_no_escape("target_data_dir", dir)
+    }
+
+    /// The configured data roots.
+    pub fn data_roots(&self) -> &[PathBuf] {
+        &self.rules.data_roots
+    }
+
+    /// The data root `dir` lies strictly below (the innermost, if roots nest), by components.
+    pub fn data_root_of(&self, dir: &Path) -> Option<PathBuf> {
+        self.rules
+            .data_roots
+            .iter()
+            .filter(|root| fsutil::strictly_below(dir, std::slice::from_ref(root)))
+            .max_by_key(|root| root.components().count())
+            .cloned()
     }
 
     /// Folders log files may be read from: the log roots and the data roots.

@@ -181,10 +181,11 @@ async fn reopen_restores_everything() {
     assert_eq!(reopened.count(), 2);
 }
 
-/// The registry's policy is `RefuseToStart`: a corrupt instance file fails the open with an error
-/// naming it, and nothing in the folder is moved or lost.
+/// The registry's policy is `Keep`: a corrupt instance file quarantines that one instance. The
+/// others open, the file is left exactly as it was, and every call on the quarantined id (get,
+/// register, update, remove) is refused with FAILED_PRECONDITION naming the file and the reason.
 #[tokio::test]
-async fn a_corrupt_instance_file_refuses_the_start_and_names_the_file() {
+async fn a_corrupt_instance_file_quarantines_that_instance_and_the_others_open() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("instances");
     let reg = open(dir.path());
@@ -201,20 +202,31 @@ async fn a_corrupt_instance_file_refuses_the_start_and_names_the_file() {
         ("PG-2.json", &invalid_id[..], "must match"),
     ] {
         std::fs::write(folder.join(file), content).unwrap();
-        let e = Registry::open(folder.clone(), rules(), ResourceLocks::default()).err().unwrap();
-        assert!(
-            matches!(&e, RegistryError::Storage { source: JsonStoreError::Corrupt { path, .. }, .. }
-                if path.ends_with(file)),
-            "{file}: {e}"
-        );
-        assert!(e.to_string().contains(says) && e.to_string().contains("open the instance registry"), "{e}");
-        assert_eq!(e.code(), ErrorCode::Internal);
-        assert!(folder.join(file).exists(), "the corrupt file stays for the operator");
+        let reg = open(dir.path());
+        assert_eq!(reg.list(), vec![created.clone()], "{file}: the good instance opens");
+        let quarantined = reg.quarantined();
+        assert_eq!(quarantined.len(), 1, "{file}");
+        assert!(quarantined[0].file.ends_with(file) && quarantined[0].reason.contains(says), "{quarantined:?}");
+        if file == "pg-2.json" {
+            for e in [
+                reg.get("pg-2").unwrap_err(),
+                reg.register("pg-2", spec("pg-2")).await.unwrap_err(),
+                reg.update("pg-2", spec("pg-2"), None).await.unwrap_err(),
+                reg.remove("pg-2").await.unwrap_err(),
+            ] {
+                assert!(matches!(&e, RegistryError::Quarantined { instance, .. } if instance == "pg-2"), "{e}");
+                assert!(e.to_string().contains(says) && e.to_string().contains("repair or restore"), "{e}");
+                assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+            }
+        }
+        assert_eq!(std::fs::read_to_string(folder.join(file)).unwrap(), content, "the corrupt file is left as it was");
         assert_eq!(std::fs::read(folder.join("pg-1.json")).unwrap(), good, "the good record is intact");
         std::fs::remove_file(folder.join(file)).unwrap();
     }
-    // Repaired, the registry opens with its instance.
-    assert_eq!(open(dir.path()).list(), vec![created]);
+    // Repaired, the registry opens with its instance and quarantines nothing.
+    let reg = open(dir.path());
+    assert_eq!(reg.list(), vec![created]);
+    assert!(reg.quarantined().is_empty());
 }
 
 /// What an agent before the shared JSON store wrote: an upgraded agent must read it as it is.
@@ -402,4 +414,86 @@ async fn a_data_dir_through_a_link_out_of_the_data_roots_is_refused() {
         reg.check_no_escape("data_dir", &s.data_dir).is_err(),
         "a link planted after registration is caught at mount time"
     );
+}
+
+/// A passwd database with the accounts the os_user tests need, whatever this host has.
+fn accounts(name: &str) -> Option<(u32, u32)> {
+    match name {
+        "postgres" => Some((105, 110)),
+        "redis" => Some((999, 999)),
+        "tenant" => Some((1000, 1000)),
+        "daemon" => Some((1, 1)),
+        "wheelie" => Some((1001, 0)),
+        "nfsnobody" => Some((65534, 65534)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn os_user_that_is_root_or_a_system_account_on_this_host_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path()).with_accounts(accounts);
+    for (user, why) in [
+        ("daemon", "static system account (uid 1"),
+        ("wheelie", "is root (uid or gid 0)"),
+        ("nfsnobody", "is nobody (65534)"),
+        ("root", "is root or a system account"),
+        ("nobody", "is root or a system account"),
+    ] {
+        let mut s = spec("pg-1");
+        s.os_user = user.to_owned();
+        let e = reg.register("pg-1", s).await.unwrap_err();
+        assert!(
+            matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user" && f.reason.contains(why)),
+            "{user}: {e}"
+        );
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    }
+    assert_eq!(reg.count(), 0, "nothing registered");
+
+    // Engine users (dynamic system accounts 100-999), regular users and users not created yet pass.
+    for (i, user) in ["postgres", "redis", "tenant", "not-created-yet"].iter().enumerate() {
+        let mut s = spec(&format!("pg-{i}"));
+        s.os_user = (*user).to_owned();
+        reg.register(&format!("pg-{i}"), s).await.unwrap_or_else(|e| panic!("{user}: {e}"));
+    }
+    // An update cannot switch to a refused account either.
+    let mut s = spec("pg-0");
+    s.os_user = "daemon".to_owned();
+    let e = reg.update("pg-0", s, None).await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "spec.os_user"), "{e}");
+    assert_eq!(reg.get("pg-0").unwrap().spec.os_user, "postgres");
+}
+
+/// Remainders as a test sets them.
+#[derive(Default)]
+struct Remainders(std::sync::Mutex<Vec<String>>);
+
+#[tonic::async_trait]
+impl InstanceLeftovers for Remainders {
+    async fn remains(&self, _id: &str) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn remove_says_what_remains_even_while_an_operation_holds_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = ResourceLocks::default();
+    let reg = Registry::open(dir.path().join("instances"), rules(), locks.clone()).unwrap();
+    let left = Arc::new(Remainders::default());
+    reg.set_leftovers(left.clone());
+    reg.register("pg-1", spec("pg-1")).await.unwrap();
+
+    let held = locks.try_lock("pg-1").unwrap();
+    let e = reg.remove("pg-1").await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Busy { .. }), "nothing named remains: busy, as before: {e}");
+    *left.0.lock().unwrap() = vec!["operation op-1 (volume.create, running): wait for it to finish".into()];
+    let e = reg.remove("pg-1").await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Remains { verb: "removed", .. }), "{e}");
+    assert!(e.to_string().contains("operation op-1 (volume.create, running)"), "{e}");
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    drop(held);
+    left.0.lock().unwrap().clear();
+    reg.remove("pg-1").await.unwrap();
 }

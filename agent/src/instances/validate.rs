@@ -155,8 +155,53 @@ pub(crate) fn data_dir(field: &str, dir: &Path, roots: &[PathBuf]) -> Result<(),
     ))
 }
 
+/// Below this uid are the static system accounts (root, daemon, bin, sys, ...); the engines' users
+/// are dynamic system accounts (100-999) or regular ones.
+pub const MIN_OS_USER_UID: u32 = 100;
+/// `nobody` / `nogroup`: shared by every service that wants no rights, so owning files as it would
+/// hand them to all of them.
+pub const NOBODY_ID: u32 = 65534;
+
+/// The agent mounts the volume and chowns its root to `os_user`, and runs engine tools as that
+/// user: root or a system account there would give the tenant's database that account's rights.
+/// Refused by name when the account does not exist yet, by uid and gid when it does
+/// ([`os_user_account`]).
+const REFUSED_USER_NAMES: &[&str] = &["root", "nobody"];
+
+/// Checks the account `name` resolves to on this host: not root (uid or gid 0), not a static system
+/// account (uid below [`MIN_OS_USER_UID`]), not nobody ([`NOBODY_ID`]).
+pub fn os_user_account(field: &str, name: &str, uid: u32, gid: u32) -> Result<(), InvalidField> {
+    let why = if uid == 0 || gid == 0 {
+        Some("is root (uid or gid 0)".to_owned())
+    } else if uid == NOBODY_ID || gid == NOBODY_ID {
+        Some("is nobody (65534)".to_owned())
+    } else if uid < MIN_OS_USER_UID {
+        Some(format!("is a static system account (uid {uid}, below {MIN_OS_USER_UID})"))
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(InvalidField::new(
+            field,
+            format!(
+                "{:?} {why}; the database must run as its engine's own user (postgres, mysql, redis, ...)",
+                truncate_for_message(name)
+            ),
+        )),
+    }
+}
+
 fn os_user(field: &str, user: &str) -> Result<(), InvalidField> {
     plain_text(field, user)?;
+    if REFUSED_USER_NAMES.contains(&user) {
+        return Err(InvalidField::new(
+            field,
+            format!(
+                "{user:?} is root or a system account; the database must run as its engine's own user (postgres, mysql, redis, ...)"
+            ),
+        ));
+    }
     let mut bytes = user.bytes();
     let ok = user.len() <= 32
         && bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')

@@ -94,6 +94,29 @@ fn os_user() {
 }
 
 #[test]
+fn os_user_root_and_nobody_are_refused_by_name() {
+    for bad in ["root", "nobody"] {
+        let mut s = spec("pg-1");
+        s.os_user = bad.to_owned();
+        let e = validate_spec(&s, &rules()).unwrap_err();
+        assert_eq!(e.field, "spec.os_user");
+        assert!(e.reason.contains("root or a system account"), "{}", e.reason);
+    }
+    accepted(|s| s.os_user = "rooted".to_owned());
+}
+
+#[test]
+fn os_user_account_refuses_root_and_static_system_accounts_and_allows_engine_users() {
+    for (uid, gid) in [(0, 0), (0, 1000), (1000, 0), (1, 1), (99, 99), (65534, 65534), (1000, 65534)] {
+        let e = os_user_account("spec.os_user", "x", uid, gid).unwrap_err();
+        assert_eq!(e.field, "spec.os_user", "{uid}:{gid}");
+    }
+    for (uid, gid) in [(100, 100), (105, 110), (999, 999), (1000, 1000), (65533, 65533)] {
+        os_user_account("spec.os_user", "x", uid, gid).unwrap_or_else(|e| panic!("{uid}:{gid}: {e}"));
+    }
+}
+
+#[test]
 fn volume_device() {
     for ok in ["/dev/vdb", "/dev/disk/by-id/virtio-pg1"] {
         accepted(|s| s.volume.device = Some(ok.into()));

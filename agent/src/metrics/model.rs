@@ -58,6 +58,8 @@ pub enum Metric {
     IoWrites,
     /// CRLs of the API's client CA that are past their nextUpdate (`tls.stale_crl`).
     TlsStaleCrls,
+    /// Instances set aside at start-up because a record of theirs could not be read.
+    QuarantinedInstances,
 }
 
 /// Name (without the `dbagent_node_` / `dbagent_instance_` prefix), kind, raw-to-base-unit scale, help.
@@ -179,6 +181,13 @@ impl Metric {
                 1.0,
                 "1",
                 "CRLs of the API's client CA past their nextUpdate: revocations since are unknown to the agent.",
+            ),
+            QuarantinedInstances => info(
+                "quarantined_instances",
+                G,
+                1.0,
+                "1",
+                "Instances whose instance or volume record could not be read at start-up: left alone until repaired (GetStatus names them).",
             ),
         }
     }

@@ -7,14 +7,24 @@ use tokio_util::sync::CancellationToken;
 
 use super::MetricsHub;
 use super::collect::{Collector, InstanceTarget};
-use super::model::Owner;
+use super::model::{Metric, Owner};
 
 /// Where the sampler learns which instances exist; the registry in the daemon, a list in tests.
 pub type Targets = Arc<dyn Fn() -> Vec<InstanceTarget> + Send + Sync>;
 
+/// How many instances are quarantined (an unreadable record); the registry and the volume store
+/// in the daemon. Sampled as a node gauge, so an alert sees it without calling GetStatus.
+pub type QuarantineCount = Arc<dyn Fn() -> usize + Send + Sync>;
+
 /// Samples every `hub.interval` until `shutdown`. The first round runs at once, so the API has a
 /// latest sample right after start.
-pub async fn run(hub: Arc<MetricsHub>, collector: Collector, targets: Targets, shutdown: CancellationToken) {
+pub async fn run(
+    hub: Arc<MetricsHub>,
+    collector: Collector,
+    targets: Targets,
+    quarantined: QuarantineCount,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(hub.interval);
     // A round that took long (a slow statvfs) is not followed by a burst of catch-up rounds.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -30,7 +40,7 @@ pub async fn run(hub: Arc<MetricsHub>, collector: Collector, targets: Targets, s
             let round = c.collect(&list);
             (c, round, list)
         });
-        let (c, round, list) = tokio::select! {
+        let (c, mut round, list) = tokio::select! {
             () = shutdown.cancelled() => return,
             r = job => match r {
                 Ok(r) => r,
@@ -43,10 +53,40 @@ pub async fn run(hub: Arc<MetricsHub>, collector: Collector, targets: Targets, s
         collector = Some(c);
         let now = SystemTime::now();
         hub.history.retain_instances(&|id| list.iter().any(|t| t.id == id));
+        round.node.plain(Metric::QuarantinedInstances, u64::try_from(quarantined()).unwrap_or(u64::MAX));
         hub.history.push(Owner::Node, now, round.node);
         for (id, reading) in round.instances {
             hub.history.push(Owner::Instance(id), now, reading);
         }
         hub.round_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::collect::CollectorPaths;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn each_round_samples_the_quarantined_instances_as_a_node_gauge() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = CollectorPaths {
+            proc_root: tmp.path().into(),
+            cgroup_root: tmp.path().into(),
+            mapper_dir: tmp.path().into(),
+        };
+        let hub = MetricsHub::new(Duration::from_secs(3600), Duration::from_secs(3600));
+        let mut rounds = hub.subscribe();
+        let shutdown = CancellationToken::new();
+        let task =
+            tokio::spawn(run(hub.clone(), Collector::new(paths), Arc::new(Vec::new), Arc::new(|| 2), shutdown.clone()));
+        rounds.changed().await.unwrap();
+        shutdown.cancel();
+        task.await.unwrap();
+        let node = hub.history.latest(&Owner::Node).expect("a node sample");
+        let quarantined: Vec<u64> =
+            node.points.iter().filter(|p| p.key.metric == Metric::QuarantinedInstances).map(|p| p.raw).collect();
+        assert_eq!(quarantined, [2]);
     }
 }

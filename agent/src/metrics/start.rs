@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::collect::{Collector, CollectorPaths, InstanceTarget};
 use super::otlp::OtlpSettings;
-use super::sampler::Targets;
+use super::sampler::{QuarantineCount, Targets};
 use super::{MetricsError, MetricsHub, http, otlp, sampler};
 use crate::config::MetricsConfig;
 use crate::instances::Registry;
@@ -31,17 +31,30 @@ pub fn registry_targets(registry: Arc<Registry>) -> Targets {
     })
 }
 
+/// How many instances the registry or the volume store quarantined at start-up.
+pub fn quarantine_count(registry: Arc<Registry>, volumes: crate::volume::Volumes) -> QuarantineCount {
+    Arc::new(move || {
+        let mut ids: Vec<String> = registry.quarantined().iter().map(|c| c.key()).collect();
+        ids.extend(volumes.quarantined().iter().map(|c| c.key()));
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    })
+}
+
 /// Binds the Prometheus listener (a taken port fails start-up: a silently missing endpoint is worse)
 /// and spawns the tasks; they all end on `shutdown`.
 pub async fn start(
     config: &MetricsConfig,
     hub: Arc<MetricsHub>,
     targets: Targets,
+    quarantined: QuarantineCount,
     hostname: String,
     shutdown: CancellationToken,
 ) -> Result<MetricsTasks, MetricsError> {
     let paths = CollectorPaths { cgroup_root: config.cgroup_root.clone(), ..CollectorPaths::default() };
-    let mut handles = vec![tokio::spawn(sampler::run(hub.clone(), Collector::new(paths), targets, shutdown.clone()))];
+    let mut handles =
+        vec![tokio::spawn(sampler::run(hub.clone(), Collector::new(paths), targets, quarantined, shutdown.clone()))];
     let mut prometheus = None;
     if config.prometheus_enabled {
         let addr = config.prometheus_listen;

@@ -119,6 +119,12 @@ pub trait KeyProvider: Send + Sync {
 
     /// Forgets every version of `instance`'s key except `keep` (all of them with `None`).
     async fn forget(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError>;
+
+    /// The key versions this host holds for `instance`, sorted. A provider that keeps no keys on
+    /// the host (the remote KeyService owns them) has none to list.
+    async fn versions(&self, _instance: &str) -> Result<Vec<u32>, KeyError> {
+        Ok(Vec::new())
+    }
 }
 
 #[cfg(test)]

@@ -150,6 +150,21 @@ impl LocalKeystore {
         Ok(key)
     }
 
+    fn versions_blocking(&self, instance: &str) -> Result<Vec<u32>, KeyError> {
+        let list = std::fs::read_dir(&self.dir)
+            .map_err(|source| KeyError::Io { context: format!("list keystore {}", self.dir.display()), source })?;
+        let mut versions: Vec<u32> = list
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let (id, version) = name.strip_suffix(".key")?.rsplit_once(".v")?;
+                (id == instance).then(|| version.parse().ok()).flatten()
+            })
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
     fn forget_blocking(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError> {
         let list = std::fs::read_dir(&self.dir)
             .map_err(|source| KeyError::Io { context: format!("list keystore {}", self.dir.display()), source })?;
@@ -179,6 +194,11 @@ impl KeyProvider for Arc<LocalKeystore> {
     async fn forget(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError> {
         let (me, instance) = (self.clone(), instance.to_owned());
         tokio::task::spawn_blocking(move || me.forget_blocking(&instance, keep)).await?
+    }
+
+    async fn versions(&self, instance: &str) -> Result<Vec<u32>, KeyError> {
+        let (me, instance) = (self.clone(), instance.to_owned());
+        tokio::task::spawn_blocking(move || me.versions_blocking(&instance)).await?
     }
 }
 

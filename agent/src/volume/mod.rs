@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod key;
 mod key_rotation;
 pub mod keystore;
+mod leftovers;
 mod provisioning;
 pub mod remote;
 mod service;
@@ -34,8 +35,10 @@ mod leak_tests;
 pub(crate) mod test_fixture;
 
 pub use key::{KeyError, KeyProvider, VolumeKey};
+pub use leftovers::VolumeLeftovers;
 pub use service::{VolumeOutcome, VolumeSettings, Volumes};
 pub use status::VolumeStatus;
+pub use unlocking::StartupOpen;
 
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::ids::InvalidField;
@@ -54,6 +57,14 @@ pub enum VolumeError {
     InstanceNotFound(String),
     #[error("instance {0} has no volume; create it with CreateVolume")]
     NoVolume(String),
+    /// The volume record (or the instance record) could not be read at start-up: nothing may be
+    /// done to the volume until an operator repairs the file, or it could be formatted over or
+    /// its keys forgotten.
+    #[error(
+        "the volume of instance {instance} is quarantined: its record {} is unreadable ({reason}); repair or restore the file and restart the agent. Nothing was changed",
+        file.display()
+    )]
+    Quarantined { instance: String, file: PathBuf, reason: String },
     #[error("the volume of instance {0} is not open; growing is online: open it with OpenVolume first")]
     NotOpen(String),
     /// Simulated and real volume records never share a state folder: a simulated DestroyVolume
@@ -80,6 +91,13 @@ pub enum VolumeError {
         #[source]
         source: host::HostError,
     },
+    /// The device is partitioned, held (device-mapper, RAID) or mounted: refused even with force.
+    #[error(
+        "device {} is in use ({}); the agent formats only whole, unused disks: pick another device, or free this one (unmount it, remove its holders, wipe its partition table). Nothing was touched",
+        device.display(),
+        users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    DeviceInUse { device: PathBuf, users: Vec<host::DeviceUser> },
     #[error(
         "{} already carries a {signature} signature and may hold data; pass force=true to overwrite it. Nothing was touched",
         device.display()
@@ -91,6 +109,13 @@ pub enum VolumeError {
         data_dir.display()
     )]
     DataDirOccupied { data_dir: PathBuf, mounted: PathBuf },
+    /// The data_dir is below none of the configured data roots (they changed since registration).
+    #[error(
+        "data_dir {} is below none of the data roots ({}); the agent mounts only beneath them",
+        data_dir.display(),
+        data_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    DataDirOutsideRoots { data_dir: PathBuf, data_roots: Vec<PathBuf> },
     /// The data_dir leads out of the data roots: mounting there would put the volume elsewhere.
     #[error(transparent)]
     UnsafeDataDir(RegistryError),
@@ -139,12 +164,15 @@ impl HasErrorCode for VolumeError {
             VolumeError::Invalid(_) => ErrorCode::InvalidArgument,
             VolumeError::InstanceNotFound(_) => ErrorCode::NotFound,
             VolumeError::NoVolume(_)
+            | VolumeError::Quarantined { .. }
             | VolumeError::NotOpen(_)
             | VolumeError::StateFolderKind { .. }
             | VolumeError::BackingInUse { .. }
             | VolumeError::DeviceUnavailable { .. }
             | VolumeError::SignaturePresent { .. }
+            | VolumeError::DeviceInUse { .. }
             | VolumeError::DataDirOccupied { .. }
+            | VolumeError::DataDirOutsideRoots { .. }
             | VolumeError::ShrinkRefused { .. }
             | VolumeError::DeviceTooSmall { .. }
             | VolumeError::WrongKey { .. }

@@ -1,11 +1,13 @@
 //! Creating and destroying a volume. Create checks the backing before it touches anything (allowed
-//! device prefix, not another instance's volume, no signature unless forced), formats LUKS2, makes
+//! device prefix, not another instance's volume, not partitioned, held or mounted, no signature
+//! unless forced), formats LUKS2, makes
 //! the filesystem and mounts it; a failure undoes what was done and keeps both errors. Destroy erases
 //! every keyslot, so the data cannot be read again by anyone.
 
 use std::path::Path;
 use std::time::SystemTime;
 
+use super::host::DeviceUser;
 use super::key::VolumeKey;
 use super::service::{VolumeOutcome, Volumes, VolumesInner, mapper_path};
 use super::store::{VolumeRecord, VolumeState};
@@ -69,6 +71,8 @@ impl Volumes {
     /// caller confirm the instance id before it gets here.
     pub async fn destroy(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
         ids::instance_id("instance_id", id)?;
+        // Without its record, "no volume" would forget the keys of a volume that still holds data.
+        self.check_not_quarantined(id)?;
         let Some(record) = self.inner.store.get(id) else {
             self.inner.keys.forget(id, None).await?;
             return Ok(VolumeOutcome::AlreadyDestroyed);
@@ -128,6 +132,20 @@ impl VolumesInner {
             Err(_) if managed_file => return Ok(None),
             Err(source) => return Err(VolumeError::DeviceUnavailable { device: backing.to_path_buf(), source }),
         };
+        if !managed_file {
+            // Our own mapping, left by an interrupted create on this device, is the one allowed
+            // holder: format_and_mount replaces it.
+            let own = mapper_name(id);
+            let users: Vec<_> = self
+                .host
+                .device_users(backing)?
+                .into_iter()
+                .filter(|u| !matches!(u, DeviceUser::Holder { dm_name: Some(n), .. } if *n == own))
+                .collect();
+            if !users.is_empty() {
+                return Err(VolumeError::DeviceInUse { device: backing.to_path_buf(), users });
+            }
+        }
         if !overwrite {
             let signature = if self.crypt.is_luks(backing).unwrap_or(false) {
                 Some("crypto_LUKS".to_owned())
@@ -157,8 +175,7 @@ impl VolumesInner {
         }
         self.crypt.activate(&device, &name, key.as_bytes(), self.settings.flags)?;
         self.host.mkfs(&mapper_path(&record.instance_id), record.filesystem, "dbagent")?;
-        self.mount(instance, record.filesystem)?;
-        self.host.chown(&instance.spec.data_dir, &instance.spec.os_user)?;
+        self.mount(instance, record.filesystem, Some(&instance.spec.os_user))?;
         Ok(())
     }
 }

@@ -117,3 +117,49 @@ async fn interrupted_create_can_be_retried() {
         "no force needed for its own leftovers"
     );
 }
+
+#[tokio::test]
+async fn a_partitioned_held_or_mounted_disk_is_refused_even_with_force() {
+    use crate::volume::host::DeviceUser;
+    let disk = Path::new("/dev/disk/by-id/virtio-pg1");
+    for (users, shown) in [
+        (vec![DeviceUser::Partition("vdb1".into())], "partition vdb1"),
+        (vec![DeviceUser::PartitionTable("gpt".into())], "a gpt partition table"),
+        (
+            vec![DeviceUser::Holder { kernel: "dm-3".into(), dm_name: Some("vg-data".into()) }],
+            "held by device-mapper vg-data (dm-3)",
+        ),
+        (vec![DeviceUser::MountedAt("/mnt/old".into())], "mounted at /mnt/old"),
+    ] {
+        let f = fixture();
+        f.register("pg-1", Some(disk.to_str().unwrap())).await;
+        f.host.add_device(disk, 20 * GIB, None);
+        f.host.set_device_users(disk, users);
+        let e = f.volumes.create("pg-1", true).await.unwrap_err();
+        assert!(matches!(&e, VolumeError::DeviceInUse { .. }), "{e}");
+        assert!(e.to_string().contains(shown), "{e}");
+        assert_eq!(code(&e), ErrorCode::FailedPrecondition);
+        assert!(!f.crypt.is_luks(disk).unwrap(), "nothing was formatted");
+        assert!(f.keys.key("pg-1", 1, false, 256).await.is_err(), "no key was made");
+
+        // Freed, the same disk is taken.
+        f.host.set_device_users(disk, vec![]);
+        assert_eq!(f.volumes.create("pg-1", false).await.unwrap(), VolumeOutcome::Created);
+    }
+}
+
+#[tokio::test]
+async fn its_own_mapping_left_by_an_interrupted_create_does_not_block_the_retry() {
+    use crate::volume::host::DeviceUser;
+    let disk = Path::new("/dev/disk/by-id/virtio-pg1");
+    let f = fixture();
+    f.register("pg-1", Some(disk.to_str().unwrap())).await;
+    f.host.add_device(disk, 20 * GIB, None);
+    let own = DeviceUser::Holder { kernel: "dm-0".into(), dm_name: Some("dbagent-pg-1".into()) };
+    let other = DeviceUser::Holder { kernel: "dm-1".into(), dm_name: Some("dbagent-pg-2".into()) };
+    f.host.set_device_users(disk, vec![own.clone(), other]);
+    let e = f.volumes.create("pg-1", false).await.unwrap_err();
+    assert!(e.to_string().contains("dbagent-pg-2") && !e.to_string().contains("dbagent-pg-1 "), "{e}");
+    f.host.set_device_users(disk, vec![own]);
+    assert_eq!(f.volumes.create("pg-1", false).await.unwrap(), VolumeOutcome::Created);
+}

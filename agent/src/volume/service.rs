@@ -17,7 +17,7 @@ use super::store::{VolumeRecord, VolumeState, VolumeStore};
 use super::{VolumeError, mapper_name};
 use crate::config::Config;
 use crate::ids;
-use crate::instances::{Instance, Registry};
+use crate::instances::{Instance, Registry, RegistryError};
 
 /// What an operation did, reported as `outcome` in its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -120,12 +120,42 @@ impl Volumes {
 
     pub(super) fn instance(&self, id: &str) -> Result<Instance, VolumeError> {
         ids::instance_id("instance_id", id)?;
-        self.inner.registry.get(id).map_err(|_| VolumeError::InstanceNotFound(id.to_owned()))
+        self.check_not_quarantined(id)?;
+        self.inner.registry.get(id).map_err(|e| match e {
+            RegistryError::Quarantined { instance, file, reason } => {
+                VolumeError::Quarantined { instance, file, reason }
+            }
+            _ => VolumeError::InstanceNotFound(id.to_owned()),
+        })
+    }
+
+    /// Refuses an instance whose volume record was unreadable at start-up.
+    pub(super) fn check_not_quarantined(&self, id: &str) -> Result<(), VolumeError> {
+        match self.inner.store.quarantined(id) {
+            None => Ok(()),
+            Some(c) => Err(VolumeError::Quarantined {
+                instance: id.to_owned(),
+                file: c.file.clone(),
+                reason: c.reason.clone(),
+            }),
+        }
+    }
+
+    /// What remains of an instance id in the volume store, the key provider and `operations`, for
+    /// the registry's RemoveInstance and re-registration checks.
+    pub fn leftovers(&self, operations: crate::ops::OperationEngine) -> super::VolumeLeftovers {
+        super::VolumeLeftovers { store: self.inner.store.clone(), keys: self.inner.keys.clone(), operations }
+    }
+
+    /// Every volume record that was unreadable at start-up.
+    pub fn quarantined(&self) -> Vec<crate::json_store::CorruptRecord> {
+        self.inner.store.all_quarantined()
     }
 
     /// The record of the instance's finished volume.
     pub(super) fn record(&self, id: &str) -> Result<VolumeRecord, VolumeError> {
         ids::instance_id("instance_id", id)?;
+        self.check_not_quarantined(id)?;
         match self.inner.store.get(id) {
             Some(r) if r.state == VolumeState::Ready => Ok(r),
             _ => Err(VolumeError::NoVolume(id.to_owned())),

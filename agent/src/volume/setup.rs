@@ -128,6 +128,12 @@ impl KeyProvider for NoKek {
     async fn forget(&self, _: &str, _: Option<u32>) -> Result<(), super::key::KeyError> {
         Err(super::key::KeyError::Kek(self.0.clone()))
     }
+
+    /// Without the KEK the keystore cannot be shown to hold nothing for an instance: RemoveInstance
+    /// and a re-registration then refuse rather than risk orphaning or handing over keys.
+    async fn versions(&self, _: &str) -> Result<Vec<u32>, super::key::KeyError> {
+        Err(super::key::KeyError::Kek(self.0.clone()))
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use crate::instances::Filesystem;
-use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
+use crate::json_store::{CorruptRecord, JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -55,16 +55,31 @@ impl JsonRecord for VolumeRecord {
 pub struct VolumeStore {
     records: JsonStore<VolumeRecord>,
     map: Arc<Mutex<BTreeMap<String, VolumeRecord>>>,
+    /// Records unreadable at start-up, by instance id (the file's name); fixed until a restart.
+    quarantined: Arc<BTreeMap<String, CorruptRecord>>,
 }
 
 impl VolumeStore {
     pub fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        // A corrupt volume record refuses the start: it is the only place that says which backing
-        // holds an instance's encrypted data and which key version opens it. Going on without it
-        // would report the volume missing, and a CreateVolume could then format over its data.
-        let (records, loaded) = JsonStore::<VolumeRecord>::open(dir, OnCorrupt::RefuseToStart)?;
+        // A corrupt volume record quarantines that instance's volume, not the agent: it is the only
+        // place that says which backing holds the instance's encrypted data and which key version
+        // opens it. The file stays in place and `Volumes` refuses every operation on the volume
+        // (a CreateVolume could otherwise format over its data, a DestroyVolume forget its keys);
+        // every other volume opens.
+        let (records, loaded) = JsonStore::<VolumeRecord>::open(dir, OnCorrupt::Keep)?;
         let map = loaded.records.into_iter().map(|r| (r.instance_id.clone(), r)).collect();
-        Ok(Self { records, map: Arc::new(Mutex::new(map)) })
+        let quarantined = loaded.corrupt.into_iter().map(|c| (c.key(), c)).collect();
+        Ok(Self { records, map: Arc::new(Mutex::new(map)), quarantined: Arc::new(quarantined) })
+    }
+
+    /// Why the volume record of `id` is quarantined, if it is.
+    pub fn quarantined(&self, id: &str) -> Option<&CorruptRecord> {
+        self.quarantined.get(id)
+    }
+
+    /// Every quarantined volume record, sorted by instance id.
+    pub fn all_quarantined(&self) -> Vec<CorruptRecord> {
+        self.quarantined.values().cloned().collect()
     }
 
     /// The store's folder; the agent-managed backing files live there too, as `<id>.img`.
@@ -144,28 +159,34 @@ mod tests {
         assert_eq!(written, serde_json::from_str::<serde_json::Value>(PG_1).unwrap(), "same shape written back");
     }
 
-    /// The volume store's policy is `RefuseToStart`: the open fails naming the file, nothing is moved.
+    /// The volume store's policy is `Keep`: the corrupt record's instance is quarantined (by the
+    /// file's name), the file is left as it was, and the other records load.
     #[test]
-    fn a_corrupt_volume_record_refuses_the_start_and_names_the_file() {
+    fn a_corrupt_volume_record_is_quarantined_in_place_and_the_others_load() {
         let dir = tempfile::tempdir().unwrap();
         let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
         store.put(&pg_1()).unwrap();
         let good = std::fs::read(dir.path().join("pg-1.json")).unwrap();
         let pg_2 = PG_1.replace("pg-1", "pg-2");
-        for (file, content, says) in [
-            ("pg-2.json", &pg_2[..pg_2.len() / 2], "not a valid volume record file"),
-            ("pg-3.json", &pg_2[..], "\"pg-2\""),
-            ("PG-2.json", &pg_2.replace("\"pg-2\"", "\"PG-2\"")[..], "must match"),
+        for (file, key, content, says) in [
+            ("pg-2.json", "pg-2", &pg_2[..pg_2.len() / 2], "not a valid volume record file"),
+            ("pg-3.json", "pg-3", &pg_2[..], "\"pg-2\""),
+            ("PG-2.json", "PG-2", &pg_2.replace("\"pg-2\"", "\"PG-2\"")[..], "must match"),
         ] {
             std::fs::write(dir.path().join(file), content).unwrap();
-            let e = VolumeStore::open(dir.path().to_path_buf()).err().unwrap();
-            assert!(matches!(&e, StoreError::Corrupt { path, .. } if path.ends_with(file)), "{file}: {e}");
-            assert!(e.to_string().contains(says), "{e}");
-            assert!(dir.path().join(file).exists(), "the corrupt file stays for the operator");
+            let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+            assert_eq!(store.list(), vec![pg_1()], "{file}: the good record loads");
+            let q = store.quarantined(key).unwrap_or_else(|| panic!("{file} is not quarantined"));
+            assert!(q.file.ends_with(file) && q.reason.contains(says), "{q:?}");
+            assert_eq!(store.all_quarantined().len(), 1);
+            assert!(store.quarantined("pg-1").is_none());
+            assert_eq!(std::fs::read_to_string(dir.path().join(file)).unwrap(), content, "left as it was");
             assert_eq!(std::fs::read(dir.path().join("pg-1.json")).unwrap(), good, "the good record is intact");
             std::fs::remove_file(dir.path().join(file)).unwrap();
         }
-        assert_eq!(VolumeStore::open(dir.path().to_path_buf()).unwrap().list(), vec![pg_1()]);
+        let repaired = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+        assert_eq!(repaired.list(), vec![pg_1()]);
+        assert!(repaired.all_quarantined().is_empty());
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! mount it at the data_dir; unmount, deactivate and detach. At start-up every volume is opened
 //! before the agent reports READY, and a rotation that stopped halfway is finished here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::crypt::CryptError;
+use super::host::MountPoint;
 use super::key::KeyError;
 use super::service::{VolumeOutcome, Volumes, VolumesInner, mapper_path};
 use super::store::{VolumeRecord, VolumeState};
@@ -44,7 +45,8 @@ impl Volumes {
         }
         let i = instance.clone();
         let fs = record.filesystem;
-        let mounted_now = self.blocking(move |inner| inner.mount(&i, fs)).await?;
+        // Opening does not chown: the owner of the volume's root was set when it was created.
+        let mounted_now = self.blocking(move |inner| inner.mount(&i, fs, None)).await?;
         Ok(if active && !mounted_now { VolumeOutcome::AlreadyOpen } else { VolumeOutcome::Opened })
     }
 
@@ -82,31 +84,54 @@ impl Volumes {
         Ok(if did { VolumeOutcome::Closed } else { VolumeOutcome::AlreadyClosed })
     }
 
-    /// At start-up, before READY: opens the volume of every registered instance that has one. A
-    /// failure is logged and reported by GetVolume; it does not stop the agent. Returns the number
-    /// of volumes opened and failed.
-    pub async fn open_all(&self) -> (usize, usize) {
-        let (mut opened, mut failed) = (0, 0);
+    /// At start-up, before READY: opens the volume of every registered instance that has one, each
+    /// under its instance's lock (the API already serves, so an operation on the same instance
+    /// waits for it, and it for the operation). A failure is logged and reported by GetVolume; a
+    /// quarantined record (the volume's or the instance's) is logged and counted. Neither stops
+    /// the other volumes or the agent.
+    pub async fn open_all(&self) -> StartupOpen {
+        let mut report = StartupOpen::default();
         for record in self.inner.store.list() {
             let id = record.instance_id;
             if record.state != VolumeState::Ready || self.inner.registry.get(&id).is_err() {
                 continue;
             }
+            let _lock = self.inner.registry.locks().lock(&id).await;
             match self.open(&id).await {
-                Ok(_) => opened += 1,
+                Ok(_) => report.opened += 1,
                 Err(e) => {
-                    failed += 1;
+                    report.failed += 1;
                     tracing::error!(instance = %id, "open volume at start-up: {e:#}");
                 }
             }
         }
-        (opened, failed)
+        // Volumes not opened for a quarantined record: the volume's own, or its instance's.
+        let mut quarantined: Vec<String> = self.quarantined().iter().map(|c| c.key()).collect();
+        let has_volume = |id: &String| self.inner.store.get(id).is_some();
+        quarantined.extend(self.inner.registry.quarantined().iter().map(|c| c.key()).filter(has_volume));
+        quarantined.sort();
+        quarantined.dedup();
+        for id in &quarantined {
+            tracing::error!(instance = %id, "volume not opened at start-up: the instance is quarantined (unreadable record)");
+        }
+        report.quarantined = quarantined.len();
+        report
     }
 }
 
+/// What the start-up pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartupOpen {
+    pub opened: usize,
+    pub failed: usize,
+    /// Volumes not opened because their volume record or their instance's record is unreadable.
+    pub quarantined: usize,
+}
+
 impl VolumesInner {
-    /// Mounts the mapper device at data_dir unless it is mounted there. Returns true if it mounted now.
-    pub(super) fn mount(&self, instance: &Instance, fs: Filesystem) -> Result<bool, VolumeError> {
+    /// Mounts the mapper device at data_dir unless it is mounted there, giving the mounted root to
+    /// `owner` if one is named. Returns true if it mounted now.
+    pub(super) fn mount(&self, instance: &Instance, fs: Filesystem, owner: Option<&str>) -> Result<bool, VolumeError> {
         let mapper = mapper_path(&instance.id);
         let dir = &instance.spec.data_dir;
         match self.host.mounted_device(dir)? {
@@ -114,10 +139,20 @@ impl VolumesInner {
             Some(other) => return Err(VolumeError::DataDirOccupied { data_dir: dir.clone(), mounted: other }),
             None => {}
         }
+        // A clear error for a link planted before the open; the host's handle walk is what holds
+        // against one planted during it.
         self.registry.check_no_escape("data_dir", dir).map_err(VolumeError::UnsafeDataDir)?;
-        self.host.ensure_dir(dir)?;
-        self.host.mount(&mapper, dir, fs)?;
+        let root = self.data_root(dir)?;
+        self.host.mount(&mapper, MountPoint { root: &root, dir }, fs, owner)?;
         Ok(true)
+    }
+
+    /// The data root the instance's data_dir lies below (the innermost, if roots nest).
+    fn data_root(&self, dir: &Path) -> Result<PathBuf, VolumeError> {
+        self.registry.data_root_of(dir).ok_or_else(|| VolumeError::DataDirOutsideRoots {
+            data_dir: dir.to_path_buf(),
+            data_roots: self.registry.data_roots().to_vec(),
+        })
     }
 
     /// Unmount, deactivate, detach: whatever of it is in place. Returns true if anything was.
@@ -128,8 +163,9 @@ impl VolumesInner {
         if let Ok(instance) = self.registry.get(id)
             && self.host.mounted_device(&instance.spec.data_dir)?.as_deref() == Some(mapper.as_path())
         {
-            self.host.unmount(&instance.spec.data_dir)?;
-            did = true;
+            let dir = &instance.spec.data_dir;
+            let root = self.data_root(dir)?;
+            did |= self.host.unmount(&mapper, MountPoint { root: &root, dir })?;
         }
         if self.crypt.active(&mapper_name(id))?.is_some() {
             self.crypt.deactivate(&mapper_name(id))?;
@@ -148,3 +184,7 @@ impl VolumesInner {
 #[cfg(test)]
 #[path = "unlocking_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "startup_tests.rs"]
+mod startup_tests;

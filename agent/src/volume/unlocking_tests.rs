@@ -63,7 +63,7 @@ async fn startup_opens_what_it_can() {
     }
     f.register("pg-3", None).await; // no volume: nothing to open
     f.keys.forget("pg-2", None).await.unwrap();
-    assert_eq!(f.volumes.open_all().await, (1, 1));
+    assert_eq!(f.volumes.open_all().await, crate::volume::StartupOpen { opened: 1, failed: 1, quarantined: 0 });
     assert!(f.volumes.get("pg-1").await.unwrap().mounted);
     let s = f.volumes.get("pg-2").await.unwrap();
     assert!(!s.active && s.last_error.unwrap().contains("no key"));
@@ -76,12 +76,12 @@ async fn another_mount_on_the_data_dir_is_refused() {
     f.volumes.create("pg-1", false).await.unwrap();
     f.volumes.close("pg-1").await.unwrap();
     let dir = Path::new("/srv/db/pg-1");
-    f.host.mount(Path::new("/dev/sdx1"), dir, crate::instances::Filesystem::Ext4).unwrap();
+    f.host.mount_other(Path::new("/dev/sdx1"), dir);
     let e = f.volumes.open("pg-1").await.unwrap_err();
     assert!(matches!(&e, VolumeError::DataDirOccupied { mounted, .. } if mounted == Path::new("/dev/sdx1")), "{e}");
     assert_eq!(code(&e), ErrorCode::FailedPrecondition);
 
-    f.host.unmount(dir).unwrap();
+    f.host.unmount_other(dir);
     assert_eq!(f.volumes.open("pg-1").await.unwrap(), VolumeOutcome::Opened);
     assert!(f.volumes.get("pg-1").await.unwrap().last_error.is_none(), "a later success clears the error");
 }

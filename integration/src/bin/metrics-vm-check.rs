@@ -31,7 +31,7 @@ async fn register(channel: &Channel, state: &Path, unit: &str, log_unit: Option<
         engine_version: "15".into(),
         systemd_unit: unit.into(),
         data_dir: data_dir.display().to_string(),
-        os_user: "root".into(),
+        os_user: "postgres".into(),
         volume: Some(pb::VolumeSpec { device: String::new(), size_bytes: 64 << 20, filesystem: "ext4".into() }),
         log_sources: log_unit
             .map(|u| pb::LogSource { source: Some(pb::log_source::Source::JournaldUnit(u.to_owned())) })

@@ -3,7 +3,8 @@
 //!
 //! `volume-vm-check --state-dir S --agent-log L [--device /dev/disk/by-id/virtio-vmdata0] [--phase first|second]`
 //! - first: register vm-a (on --device, or a managed file) and vm-b (managed file); create both; write
-//!   a marker on each; close and reopen vm-a; marker reads back; the agent refuses to open vm-a when
+//!   a marker on each (vm-b is created while postgres, owning the data root, exchanges its data_dir
+//!   with a link to a sentinel folder: the sentinel is never mounted over or chowned); close and reopen vm-a; marker reads back; the agent refuses to open vm-a when
 //!   its keystore hands out another key, and opens it with the real one back; rotate (old key
 //!   refused, new opens; the old key is kept in `/share/rotated-away-keys` for the leak searches);
 //!   grow online (vm-b's managed file; vm-a on a block device the platform
@@ -119,7 +120,8 @@ fn spec(data_dir: &Path, device: Option<&str>) -> pb::InstanceSpec {
         engine_version: "15".into(),
         systemd_unit: "postgresql@15-main.service".into(),
         data_dir: data_dir.display().to_string(),
-        os_user: "root".into(),
+        // An engine's user, as in production: root and system accounts are refused as os_user.
+        os_user: "postgres".into(),
         volume: Some(pb::VolumeSpec {
             device: device.unwrap_or_default().into(),
             size_bytes: 64 << 20,
@@ -173,6 +175,10 @@ async fn first(c: &Ctx, device: Option<String>) {
             Ok(())
         })
         .await;
+        if id == "vm-b" {
+            c.step("create-vm-b-under-mount-race", create_under_mount_race(c, id)).await;
+            continue;
+        }
         c.step(&format!("create-{id}"), async {
             let op = c
                 .volumes()
@@ -287,6 +293,143 @@ async fn first(c: &Ctx, device: Option<String>) {
     for id in ["vm-a", "vm-b"] {
         c.step(&format!("close-{id}-at-end"), c.close(id)).await;
     }
+}
+
+/// CreateVolume, then three close + OpenVolume rounds, each while the tenant (postgres, who owns the
+/// data root here as in production) exchanges the instance's data_dir with a link to a root-owned
+/// sentinel folder in a tight loop. See [`mount_race_round`] for what each round asserts.
+async fn create_under_mount_race(c: &Ctx, id: &str) -> Result<()> {
+    use dbagent_integration::tenant::{Sentinels, TenantUser, plant_link};
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let tenant = TenantUser::named("postgres");
+    let sentinels = Sentinels::new();
+    let root = c.state.join("data");
+    let (dir, swap) = (c.data_dir(id), root.join(format!("{id}-swap")));
+    std::fs::create_dir_all(&dir)?;
+    chown(&root, Some(tenant.uid), Some(tenant.gid))?;
+    chown(&dir, Some(tenant.uid), Some(tenant.gid))?;
+    plant_link(&tenant, &sentinels.folder, &swap);
+    // The tenant reaches its data root through the state folder, as it would /var/lib/postgresql.
+    std::fs::set_permissions(&c.state, std::fs::Permissions::from_mode(0o711))?;
+    let race = Race { id, tenant: &tenant, sentinels: &sentinels, dir: &dir, swap: &swap };
+    let mut outcomes = vec![mount_race_round(c, &race, RaceOp::Create).await];
+    for _ in 0..3 {
+        c.close(id).await?;
+        outcomes.push(mount_race_round(c, &race, RaceOp::Open).await);
+    }
+    std::fs::set_permissions(&c.state, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::remove_file(&swap)?;
+    let outcomes: Vec<String> = outcomes.into_iter().collect::<Result<_>>()?;
+    println!("INFO mount race on {id}: {}", outcomes.join("; "));
+    Ok(())
+}
+
+struct Race<'a> {
+    id: &'a str,
+    tenant: &'a dbagent_integration::tenant::TenantUser,
+    sentinels: &'a dbagent_integration::tenant::Sentinels,
+    dir: &'a Path,
+    swap: &'a Path,
+}
+
+#[derive(Clone, Copy)]
+enum RaceOp {
+    Create,
+    Open,
+}
+
+async fn submit(c: &Ctx, id: &str, op: RaceOp) -> Result<pb::Operation> {
+    match op {
+        RaceOp::Create => {
+            let req = pb::CreateVolumeRequest { request_id: rid("create", id), instance_id: id.into(), force: true };
+            Ok(c.volumes().create_volume(req).await?.into_inner())
+        }
+        RaceOp::Open => c.open(id).await,
+    }
+}
+
+/// One operation under the exchange loop. The sentinel folder is never mounted over or chowned
+/// and keeps its file. The operation either mounted the volume on the real folder (under whichever
+/// of the two names it had at that instant: a mounted folder cannot be renamed, so the loop may
+/// stop with the names exchanged), its root owned by postgres with mode 0700, or failed cleanly
+/// (FAILED_PRECONDITION, refusing the link, nothing mounted). Then the names are put back (as an
+/// operator would), the operation is repeated without the attack, and the volume must be mounted
+/// exactly at its data_dir.
+async fn mount_race_round(c: &Ctx, race: &Race<'_>, op: RaceOp) -> Result<String> {
+    use dbagent_integration::tenant::Exchange;
+    use std::os::unix::fs::MetadataExt;
+    let (id, dir, swap) = (race.id, race.dir, race.swap);
+    let attack = Exchange::start_with(Path::new("/share/tenant-attack"), race.tenant, dir, swap);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = c.finish(submit(c, id, op).await?).await?;
+    let exchanges = attack.stop();
+
+    let mapper = PathBuf::from(format!("/dev/mapper/dbagent-{id}"));
+    let mounted_at =
+        || -> Vec<PathBuf> { mount_points().into_iter().filter(|(_, src)| src == &mapper).map(|(p, _)| p).collect() };
+    if mount_points().iter().any(|(p, _)| p == &race.sentinels.folder) {
+        bail!("the sentinel folder {} was mounted over", race.sentinels.folder.display());
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| race.sentinels.assert_untouched()))
+        .map_err(|_| anyhow::anyhow!("the sentinel was changed (see stderr)"))?;
+    let swapped = std::fs::symlink_metadata(dir)?.file_type().is_symlink();
+    let put_back = || {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            dir,
+            nix::fcntl::AT_FDCWD,
+            swap,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+    };
+    let outcome = if pb::OperationState::try_from(done.state) == Ok(pb::OperationState::Succeeded) {
+        let mounted = mounted_at();
+        let [place] = mounted.as_slice() else { bail!("{} mounted at {mounted:?}, want one place", mapper.display()) };
+        if place != dir && place != swap {
+            bail!("{} mounted at {} outside the two names", mapper.display(), place.display());
+        }
+        let meta = std::fs::metadata(place)?;
+        if (meta.uid(), meta.mode() & 0o7777) != (race.tenant.uid, 0o700) {
+            bail!("the volume's root is uid {} mode {:o}, want postgres 0700", meta.uid(), meta.mode() & 0o7777);
+        }
+        if swapped {
+            let out = std::process::Command::new("umount").arg(place).output()?;
+            if !out.status.success() {
+                bail!("umount {}: {}", place.display(), String::from_utf8_lossy(&out.stderr));
+            }
+            put_back()?;
+            c.wait(submit(c, id, RaceOp::Open).await?).await?;
+        }
+        "mounted on the real folder"
+    } else {
+        let error = done.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
+        let Some(("FAILED_PRECONDITION", message)) = error else { bail!("the operation failed otherwise: {error:?}") };
+        if !message.contains("symbolic link") || !mounted_at().is_empty() {
+            bail!("the operation failed otherwise than by refusing the link: {message}; mounted at {:?}", mounted_at());
+        }
+        if swapped {
+            put_back()?;
+        }
+        c.wait(submit(c, id, op).await?).await?;
+        "refused the link"
+    };
+    if mounted_at() != [dir] {
+        bail!("{} is mounted at {:?} after the race, not at {}", mapper.display(), mounted_at(), dir.display());
+    }
+    Ok(format!("{outcome} ({exchanges} exchanges)"))
+}
+
+/// Mount points and their sources, from /proc/self/mountinfo (sources of device-mapper mounts are
+/// given as /dev/mapper/<name>).
+fn mount_points() -> Vec<(PathBuf, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-")?;
+            Some((PathBuf::from(f.get(4)?.replace("\\040", " ")), PathBuf::from(f.get(dash + 2)?)))
+        })
+        .collect()
 }
 
 /// The agent's own refusal, not libcryptsetup's: vm-a's keystore entry is swapped for a well-formed

@@ -1,11 +1,11 @@
 //! The host in memory: files, loop devices, signatures, mounts and owners as plain state, so the
 //! volume service is tested without root or loop devices.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{FsUsage, HostError, HostOps};
+use super::{DeviceUser, FsUsage, HostError, HostOps, MountPoint};
 use crate::instances::Filesystem;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -19,8 +19,8 @@ struct HostState {
     loops: BTreeMap<PathBuf, PathBuf>,
     next_loop: u32,
     signatures: HashMap<PathBuf, String>,
+    users: HashMap<PathBuf, Vec<DeviceUser>>,
     mounts: HashMap<PathBuf, PathBuf>,
-    dirs: HashSet<PathBuf>,
     owners: HashMap<PathBuf, String>,
     grown: Vec<PathBuf>,
 }
@@ -57,6 +57,22 @@ impl SimHost {
 
     pub fn owner(&self, path: &Path) -> Option<String> {
         lock(&self.state).owners.get(path).cloned()
+    }
+
+    /// Test helper: what uses a block device (partitions, holders, mounts).
+    pub fn set_device_users(&self, device: &Path, users: Vec<DeviceUser>) {
+        lock(&self.state).users.insert(device.to_path_buf(), users);
+    }
+
+    /// Test helper: another device mounted on `dir`, as an operator or another tool would.
+    pub fn mount_other(&self, device: &Path, dir: &Path) {
+        let mut s = lock(&self.state);
+        s.mounts.insert(dir.to_path_buf(), device.to_path_buf());
+    }
+
+    /// Test helper: unmounts whatever is on `dir`.
+    pub fn unmount_other(&self, dir: &Path) {
+        lock(&self.state).mounts.remove(dir);
     }
 
     pub fn grown(&self) -> Vec<PathBuf> {
@@ -115,6 +131,10 @@ impl HostOps for SimHost {
         lock(&self.state).sizes.get(device).copied().ok_or_else(|| missing("open", device))
     }
 
+    fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError> {
+        Ok(lock(&self.state).users.get(device).cloned().unwrap_or_default())
+    }
+
     fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {
         Ok(lock(&self.state).signatures.get(device).cloned())
     }
@@ -133,34 +153,43 @@ impl HostOps for SimHost {
         Ok(())
     }
 
-    fn mount(&self, device: &Path, target: &Path, _fs: Filesystem) -> Result<(), HostError> {
-        let mut s = lock(&self.state);
-        if !s.dirs.contains(target) {
-            return Err(missing("mount on", target));
+    fn mount(&self, device: &Path, at: MountPoint<'_>, _fs: Filesystem, owner: Option<&str>) -> Result<(), HostError> {
+        if !at.dir.strip_prefix(at.root).is_ok_and(|rest| !rest.as_os_str().is_empty()) {
+            return Err(HostError::UnsafeMountPoint {
+                dir: at.dir.to_path_buf(),
+                reason: "it is not below its data root".to_owned(),
+            });
         }
-        s.mounts.insert(target.to_path_buf(), device.to_path_buf());
+        if let Some(user) = owner
+            && !["postgres", "mysql", "redis"].contains(&user)
+        {
+            return Err(HostError::NoUser(user.to_owned()));
+        }
+        let mut s = lock(&self.state);
+        if s.mounts.contains_key(at.dir) {
+            return Err(HostError::UnsafeMountPoint {
+                dir: at.dir.to_path_buf(),
+                reason: "something else is already mounted there".to_owned(),
+            });
+        }
+        s.mounts.insert(at.dir.to_path_buf(), device.to_path_buf());
+        if let Some(user) = owner {
+            s.owners.insert(at.dir.to_path_buf(), user.to_owned());
+        }
         Ok(())
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        lock(&self.state).mounts.remove(target).map(drop).ok_or_else(|| missing("unmount", target))
+    fn unmount(&self, device: &Path, at: MountPoint<'_>) -> Result<bool, HostError> {
+        let mut s = lock(&self.state);
+        if s.mounts.get(at.dir).map(PathBuf::as_path) != Some(device) {
+            return Ok(false);
+        }
+        s.mounts.remove(at.dir);
+        Ok(true)
     }
 
     fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
         Ok(lock(&self.state).mounts.get(target).cloned())
-    }
-
-    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError> {
-        lock(&self.state).dirs.insert(dir.to_path_buf());
-        Ok(())
-    }
-
-    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
-        if !["postgres", "mysql", "redis"].contains(&user) {
-            return Err(HostError::NoUser(user.to_owned()));
-        }
-        lock(&self.state).owners.insert(path.to_path_buf(), user.to_owned());
-        Ok(())
     }
 
     fn fs_usage(&self, _mountpoint: &Path) -> Result<FsUsage, HostError> {

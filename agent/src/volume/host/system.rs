@@ -2,15 +2,15 @@
 //! the loop ioctls: the workspace forbids `unsafe`, which every ioctl wrapper needs, and losetup
 //! already retries the LOOP_CTL_GET_FREE / LOOP_SET_FD race between concurrent attachers.
 //! mkfs, filesystem growth and the blkid probe are commands too, run through [`ToolCommand`] on the
-//! caller's blocking thread; mounts go through mount(2) via nix.
+//! caller's blocking thread; mounts go through the new mount API onto a directory handle
+//! (`mount_point.rs`).
 
-use nix::mount::{MntFlags, MsFlags};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{FsUsage, HostError, HostOps};
+use super::{DeviceUser, FsUsage, HostError, HostOps, MountPoint, block_device, mount_point};
 use crate::command::{CommandError, ToolCommand};
 use crate::instances::Filesystem;
 
@@ -37,16 +37,12 @@ fn mountinfo_source(target: &Path) -> Result<Option<PathBuf>, HostError> {
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
-        if fields.len() > 4 && unescape(fields[4]) == target && fields.len() > dash + 2 {
+        if fields.len() > 4 && block_device::unescape(fields[4]) == target && fields.len() > dash + 2 {
             // The last mount on a path is the visible one.
-            found = Some(PathBuf::from(unescape(fields[dash + 2])));
+            found = Some(PathBuf::from(block_device::unescape(fields[dash + 2])));
         }
     }
     Ok(found)
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 impl HostOps for SystemHost {
@@ -113,6 +109,27 @@ impl HostOps for SystemHost {
         f.seek(SeekFrom::End(0)).map_err(|e| HostError::io(format!("size of {}", device.display()), e))
     }
 
+    fn device_users(&self, device: &Path) -> Result<Vec<DeviceUser>, HostError> {
+        let Some(kernel) = block_device::kernel_device(device)? else { return Ok(Vec::new()) };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| HostError::io("read /proc/self/mountinfo", e))?;
+        let mut users = block_device::users(Path::new("/sys/class/block"), &mountinfo, &kernel.name, kernel.dev);
+        if !users.iter().any(|u| matches!(u, DeviceUser::Partition(_))) {
+            // A table the kernel has not read (written by another host, or never re-read).
+            match ToolCommand::new("blkid").args(["-p", "-o", "value", "-s", "PTTYPE"]).arg(device).output_blocking() {
+                Ok(out) => {
+                    let table = String::from_utf8_lossy(&out).trim().to_owned();
+                    if !table.is_empty() {
+                        users.push(DeviceUser::PartitionTable(table));
+                    }
+                }
+                Err(CommandError::Failed { status, .. }) if status.code() == Some(2) => {}
+                Err(source) => return Err(HostError::SignatureProbe { device: device.to_path_buf(), source }),
+            }
+        }
+        Ok(users)
+    }
+
     fn signature(&self, device: &Path) -> Result<Option<String>, HostError> {
         let mut head = Vec::with_capacity(65_608);
         File::open(device)
@@ -154,37 +171,20 @@ impl HostOps for SystemHost {
         Ok(())
     }
 
-    fn mount(&self, device: &Path, target: &Path, fs: Filesystem) -> Result<(), HostError> {
+    fn mount(&self, device: &Path, at: MountPoint<'_>, fs: Filesystem, owner: Option<&str>) -> Result<(), HostError> {
         let fstype = match fs {
             Filesystem::Ext4 => "ext4",
             Filesystem::Xfs => "xfs",
         };
-        nix::mount::mount(Some(device), target, Some(fstype), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, None::<&str>)
-            .map_err(|e| HostError::io(format!("mount {} on {}", device.display(), target.display()), e.into()))
+        mount_point::mount_beneath(device, fstype, at, owner)
     }
 
-    fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        nix::mount::umount2(target, MntFlags::empty()).map_err(|e| {
-            HostError::io(format!("unmount {} (is the database still running?)", target.display()), e.into())
-        })
+    fn unmount(&self, device: &Path, at: MountPoint<'_>) -> Result<bool, HostError> {
+        mount_point::unmount_beneath(device, at)
     }
 
     fn mounted_device(&self, target: &Path) -> Result<Option<PathBuf>, HostError> {
         mountinfo_source(target)
-    }
-
-    fn ensure_dir(&self, dir: &Path) -> Result<(), HostError> {
-        std::fs::create_dir_all(dir).map_err(|e| HostError::io(format!("create {}", dir.display()), e))
-    }
-
-    fn chown(&self, path: &Path, user: &str) -> Result<(), HostError> {
-        let found =
-            nix::unistd::User::from_name(user).map_err(|e| HostError::io(format!("look up user {user}"), e.into()))?;
-        let user_entry = found.ok_or_else(|| HostError::NoUser(user.to_owned()))?;
-        nix::unistd::chown(path, Some(user_entry.uid), Some(user_entry.gid))
-            .map_err(|e| HostError::io(format!("chown {} to {user}", path.display()), e.into()))?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| HostError::io(format!("chmod 700 {}", path.display()), e))
     }
 
     fn fs_usage(&self, mountpoint: &Path) -> Result<FsUsage, HostError> {
