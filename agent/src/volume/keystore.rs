@@ -151,18 +151,7 @@ impl LocalKeystore {
     }
 
     fn versions_blocking(&self, instance: &str) -> Result<Vec<u32>, KeyError> {
-        let list = std::fs::read_dir(&self.dir)
-            .map_err(|source| KeyError::Io { context: format!("list keystore {}", self.dir.display()), source })?;
-        let mut versions: Vec<u32> = list
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let (id, version) = name.strip_suffix(".key")?.rsplit_once(".v")?;
-                (id == instance).then(|| version.parse().ok()).flatten()
-            })
-            .collect();
-        versions.sort_unstable();
-        Ok(versions)
+        stored_versions(&self.dir, instance)
     }
 
     fn forget_blocking(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError> {
@@ -178,6 +167,27 @@ impl LocalKeystore {
         }
         Ok(())
     }
+}
+
+/// The key versions stored for `instance` in the keystore folder `dir`, sorted. Only the file names
+/// are read, so this needs no KEK: a host whose KEK is missing can still tell whether an instance
+/// has keys. A missing folder holds none.
+pub fn stored_versions(dir: &Path, instance: &str) -> Result<Vec<u32>, KeyError> {
+    let list = match std::fs::read_dir(dir) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(KeyError::Io { context: format!("list keystore {}", dir.display()), source }),
+    };
+    let mut versions: Vec<u32> = list
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (id, version) = name.strip_suffix(".key")?.rsplit_once(".v")?;
+            (id == instance).then(|| version.parse().ok()).flatten()
+        })
+        .collect();
+    versions.sort_unstable();
+    Ok(versions)
 }
 
 #[tonic::async_trait]

@@ -63,7 +63,7 @@ fn key_provider(config: &Config, dev: bool) -> Result<Arc<dyn KeyProvider>, Volu
             // orchestrator's view of the problem); volume calls answer FAILED_PRECONDITION.
             Err(e) => {
                 tracing::error!("{e}; volumes cannot be created or opened until it is provided");
-                Arc::new(NoKek(e.to_string()))
+                Arc::new(NoKek { reason: e.to_string(), keystore: config.state_dir.join("keystore") })
             }
         },
         KeyProviderKind::Remote => {
@@ -113,7 +113,10 @@ fn write_marker(marker: &Path) -> Result<(), VolumeError> {
 }
 
 /// The local provider when the host KEK could not be loaded: every key request fails with the reason.
-struct NoKek(String);
+struct NoKek {
+    reason: String,
+    keystore: std::path::PathBuf,
+}
 
 #[tonic::async_trait]
 impl KeyProvider for NoKek {
@@ -122,23 +125,44 @@ impl KeyProvider for NoKek {
     }
 
     async fn key(&self, _: &str, _: u32, _: bool, _: u32) -> Result<super::key::VolumeKey, super::key::KeyError> {
-        Err(super::key::KeyError::Kek(self.0.clone()))
+        Err(super::key::KeyError::Kek(self.reason.clone()))
     }
 
     async fn forget(&self, _: &str, _: Option<u32>) -> Result<(), super::key::KeyError> {
-        Err(super::key::KeyError::Kek(self.0.clone()))
+        Err(super::key::KeyError::Kek(self.reason.clone()))
     }
 
-    /// Without the KEK the keystore cannot be shown to hold nothing for an instance: RemoveInstance
-    /// and a re-registration then refuse rather than risk orphaning or handing over keys.
-    async fn versions(&self, _: &str) -> Result<Vec<u32>, super::key::KeyError> {
-        Err(super::key::KeyError::Kek(self.0.clone()))
+    /// The keystore's file names need no KEK: without it, RemoveInstance and a re-registration still
+    /// see exactly which keys an instance has (and refuse while there are any), and an instance
+    /// with none is registered or removed as usual.
+    async fn versions(&self, instance: &str) -> Result<Vec<u32>, super::key::KeyError> {
+        let (dir, instance) = (self.keystore.clone(), instance.to_owned());
+        tokio::task::spawn_blocking(move || super::keystore::stored_versions(&dir, &instance)).await?
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without its KEK the host still sees which keys each instance has: an instance with keys is
+    /// kept from being removed or registered again, one without is not held up by the missing KEK.
+    #[tokio::test]
+    async fn without_the_kek_key_versions_are_read_from_the_keystore_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let keystore = dir.path().join("keystore");
+        let no_kek = NoKek { reason: "kek missing".into(), keystore: keystore.clone() };
+        assert_eq!(no_kek.versions("pg1").await.unwrap(), Vec::<u32>::new(), "no keystore folder: no keys");
+        std::fs::create_dir(&keystore).unwrap();
+        for name in ["pg1.v1.key", "pg1.v3.key", "pg10.v2.key", "notes.txt"] {
+            std::fs::write(keystore.join(name), b"sealed").unwrap();
+        }
+        assert_eq!(no_kek.versions("pg1").await.unwrap(), vec![1, 3]);
+        assert_eq!(no_kek.versions("pg10").await.unwrap(), vec![2]);
+        assert_eq!(no_kek.versions("pg2").await.unwrap(), Vec::<u32>::new());
+        let e = no_kek.key("pg1", 1, false, 256).await.unwrap_err();
+        assert!(e.to_string().contains("kek missing"), "{e}");
+    }
 
     fn add_record(state_dir: &Path, id: &str) {
         let dir = state_dir.join("volumes");
