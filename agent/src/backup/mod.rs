@@ -243,4 +243,6 @@ mod refusal_tests;
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]
+mod tamper_tests;
+#[cfg(test)]
 mod test_fixture;

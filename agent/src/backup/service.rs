@@ -211,6 +211,16 @@ impl BackupService {
         self.resources.inflight.clean_all(&self.resources.destinations).await
     }
 
+    /// Runs `action` as given, for tests that need what the service never builds (a reused id).
+    #[cfg(test)]
+    pub(crate) async fn submit_for_tests(
+        &self,
+        request_id: &str,
+        action: BackupAction,
+    ) -> Result<OperationRecord, BackupError> {
+        self.submit(request_id, action).await
+    }
+
     async fn submit(&self, request_id: &str, action: BackupAction) -> Result<OperationRecord, BackupError> {
         let new = action.new_operation(request_id);
         Ok(self.engine.submit(new, action.job(self.resources.clone())).await?.0)
