@@ -309,11 +309,12 @@ fn manifest_file(agent: &Agent, az: &str, backup_id: &str) -> std::path::PathBuf
 fn rewrite_manifest(agent: &Agent, azs: &[&str], backup_id: &str, fields: &[(&str, serde_json::Value)]) {
     for az in azs {
         let path = manifest_file(agent, az, backup_id);
-        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read manifest")).unwrap();
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read manifest")).expect("manifest is JSON");
         for (field, value) in fields {
             m[*field] = value.clone();
         }
-        std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).expect("write manifest");
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("encode manifest")).expect("write manifest");
     }
 }
 

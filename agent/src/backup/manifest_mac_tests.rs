@@ -62,7 +62,8 @@ fn the_untouched_manifest_is_accepted_and_survives_a_json_round_trip() {
 fn every_covered_field_changed_in_storage_fails_the_mac() {
     let m = signed(&host());
     check(&m).unwrap();
-    let tamperings: Vec<(&str, fn(&mut Manifest))> = vec![
+    type Tampering = (&'static str, fn(&mut Manifest));
+    let tamperings: Vec<Tampering> = vec![
         ("engine", |m| m.engine = Engine::Postgresql),
         ("method", |m| m.method = BackupMethod::Logical),
         ("kind", |m| m.kind = BackupKind::Manual),

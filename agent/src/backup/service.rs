@@ -172,7 +172,7 @@ impl BackupService {
     pub async fn apply_retention(&self, instance_id: &str, now: SystemTime) -> Result<Vec<String>, BackupError> {
         let mut removed = Vec::new();
         for info in self.list(instance_id).await {
-            if !info.manifest.expires.is_some_and(|e| e <= now) {
+            if info.manifest.expires.is_none_or(|e| e > now) {
                 continue;
             }
             let backup_id = info.manifest.backup_id.clone();
