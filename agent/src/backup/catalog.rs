@@ -137,12 +137,15 @@ async fn gather(
     Ok(BackupInfo { manifest, state, destinations: statuses })
 }
 
+/// A manifest is a few KiB; one larger than this is refused unread (it could exhaust memory).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
 pub async fn read_manifest(
     dest: &dyn Destination,
     instance: &str,
     backup: &str,
 ) -> Result<Option<Manifest>, BackupError> {
-    let Some(bytes) = dest.get(&manifest_key(instance, backup)).await? else { return Ok(None) };
+    let Some(bytes) = dest.get(&manifest_key(instance, backup), MAX_MANIFEST_BYTES).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| BackupError::dest(dest.name(), format!("manifest of {instance}/{backup} is not valid: {e}")))

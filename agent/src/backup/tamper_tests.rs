@@ -220,3 +220,25 @@ async fn a_run_whose_id_is_taken_fails_before_writing_and_leaves_the_completed_b
     take_backup(&f, &svc, BackupKind::Manual, "req-2").await;
     assert_eq!(svc.list("r1").await.len(), 2);
 }
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_unread_and_only_that_copy_is_marked_bad() {
+    let f = Fixture::new();
+    let svc = f.service(None, 1);
+    let id = take_backup(&f, &svc, BackupKind::Manual, "req-1").await;
+    let path = manifest_path(&f, "az1", "r1", &id);
+    let good = std::fs::read(&path).unwrap();
+    let mut huge = good.clone();
+    huge.resize((catalog::MAX_MANIFEST_BYTES + 1) as usize, b' ');
+    std::fs::write(&path, &huge).unwrap();
+    let info = svc.get("r1", &id).await.unwrap();
+    let DestinationState::Failed(reason) = &info.destinations[0].state else { panic!("{info:?}") };
+    assert!(reason.contains("az1") && reason.contains("more than the 1048576 bytes"), "{reason}");
+    let e = svc.verify("r1", &id, Some("az1".into()), "v-1").await.unwrap_err();
+    assert!(matches!(e, BackupError::CopyUnusable { .. }), "{e:?}");
+    assert_eq!(verify(&f, &svc, &id, "az2", "v-2").await.state, OpState::Succeeded);
+    // Exactly at the limit it is read (and, padded with spaces, still the same JSON).
+    huge.truncate(catalog::MAX_MANIFEST_BYTES as usize);
+    std::fs::write(&path, &huge).unwrap();
+    assert_eq!(verify(&f, &svc, &id, "az1", "v-3").await.state, OpState::Succeeded);
+}

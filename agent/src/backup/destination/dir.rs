@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ByteStream, Destination, Upload};
 use crate::backup::BackupError;
@@ -66,12 +66,19 @@ impl Destination for DirDestination {
         up.finish().await.map(|_| ())
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackupError> {
-        match tokio::fs::read(self.path(key)).await {
-            Ok(b) => Ok(Some(b.into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err(format!("read {key}"), e)),
+    async fn get(&self, key: &str, max: u64) -> Result<Option<Bytes>, BackupError> {
+        let file = match tokio::fs::File::open(self.path(key)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(format!("read {key}"), e)),
+        };
+        // Read at most one byte past the limit, whatever the size said a moment ago.
+        let mut bytes = Vec::new();
+        file.take(max + 1).read_to_end(&mut bytes).await.map_err(|e| self.err(format!("read {key}"), e))?;
+        if bytes.len() as u64 > max {
+            return Err(BackupError::dest(&self.name, format!("{key} is more than the {max} bytes allowed")));
         }
+        Ok(Some(bytes.into()))
     }
 
     async fn stream(&self, key: &str) -> Result<ByteStream, BackupError> {
