@@ -75,7 +75,16 @@ impl BackupService {
             }
         }
         let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
-        self.submit(request_id, action).await
+        match self.submit(request_id, action).await {
+            // The same request submitted concurrently got its (fresh) id recorded first: ask again
+            // with the recorded id, which matches it if it is the same request.
+            Err(BackupError::Ops(ops::OpsError::RequestIdReused { .. })) => {
+                let backup_id = self.backup_id_for(instance, request_id)?;
+                let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
+                self.submit(request_id, action).await
+            }
+            other => other,
+        }
     }
 
     pub async fn list(&self, instance_id: &str) -> Vec<BackupInfo> {

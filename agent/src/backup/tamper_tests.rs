@@ -242,3 +242,23 @@ async fn an_oversized_manifest_is_refused_unread_and_only_that_copy_is_marked_ba
     std::fs::write(&path, &huge).unwrap();
     assert_eq!(verify(&f, &svc, &id, "az1", "v-3").await.state, OpState::Succeeded);
 }
+
+#[tokio::test]
+async fn the_same_request_sent_twice_at_once_is_one_operation_and_one_backup() {
+    let f = Fixture::new();
+    let svc = f.service(None, 1);
+    let inst = instance(PlanName::Starter);
+    // Both pick a fresh id before either is recorded; the second is answered with the first.
+    let (a, b) = tokio::join!(
+        svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1"),
+        svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1")
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.params["backup_id"], b.params["backup_id"]);
+    assert_eq!(f.wait(&a).await.state, OpState::Succeeded);
+    assert_eq!(svc.list("r1").await.len(), 1);
+    // Another request with another method is still refused as a reused request id.
+    let e = svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "req-1").await.unwrap_err();
+    assert!(matches!(e, BackupError::Ops(crate::ops::OpsError::RequestIdReused { .. })), "{e:?}");
+}
