@@ -214,6 +214,16 @@ impl DirHandle {
             .is_ok_and(|mine| mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino)
     }
 
+    /// Removes the file `name` in this folder (a link is removed as the link it is, never
+    /// followed); a folder there is an error, not removed. A missing `name` is not an error.
+    pub fn remove_file(&self, name: &OsStr) -> Result<(), BeneathError> {
+        let name = self.single(name)?;
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(io_error("remove", &self.path.join(name), e)),
+        }
+    }
+
     /// Removes the empty folder `name` in this folder (a link or a file there is left alone).
     pub fn remove_dir(&self, name: &OsStr) -> Result<(), BeneathError> {
         let name = self.single(name)?;

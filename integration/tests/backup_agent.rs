@@ -1,7 +1,8 @@
 //! Backups through the real agent binary over gRPC and mutual TLS: a private PostgreSQL 15 with a
 //! little data, an agent whose `[backup]` config points at it with three `dir` destinations, and the
 //! whole manual-backup life: start, watch, list, verify, restore into a new database, idempotent
-//! retry, role check and the Starter plan's quota.
+//! retry, role check and the Starter plan's quota; and the destinations as untrusted storage:
+//! manifests rewritten there are refused, a retried request never reuses a backup id.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -18,7 +19,8 @@ use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
 use dbagent_proto::v1::{
     BackupMethod, BackupState, ListBackupsRequest, ListBackupsResponse, Operation, OperationState,
-    RegisterInstanceRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest, WatchOperationRequest,
+    RegisterInstanceRequest, RepairBackupRequest, RestoreBackupRequest, StartBackupRequest, VerifyBackupRequest,
+    WatchOperationRequest,
 };
 use tonic::transport::Channel;
 
@@ -187,7 +189,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
     let manifest_path = agent.work_dir().join("dest/az2").join(INSTANCE).join(&backup_id).join("manifest.json");
     let manifest =
         std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
-    assert!(manifest.contains("kek-aes-256-gcm-v1"), "{manifest}");
+    assert!(manifest.contains("kek-aes-256-gcm-v2") && manifest.contains("\"mac\""), "{manifest}");
     assert!(!agent.state_dir().join("backups/host.key").exists(), "no separate backup host key is made");
 
     // VerifyBackup on one destination.
@@ -296,4 +298,170 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
 /// ListBackups of the test's instance.
 async fn list_backups(backups: &mut BackupsClient<Channel>) -> ListBackupsResponse {
     backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner()
+}
+
+/// The manifest of `backup_id` on destination `az`.
+fn manifest_file(agent: &Agent, az: &str, backup_id: &str) -> std::path::PathBuf {
+    agent.work_dir().join("dest").join(az).join(INSTANCE).join(backup_id).join("manifest.json")
+}
+
+/// Rewrites fields of the stored manifest on `azs`, as anyone who can write to a destination can.
+fn rewrite_manifest(agent: &Agent, azs: &[&str], backup_id: &str, fields: &[(&str, serde_json::Value)]) {
+    for az in azs {
+        let path = manifest_file(agent, az, backup_id);
+        let mut m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read manifest")).expect("manifest is JSON");
+        for (field, value) in fields {
+            m[*field] = value.clone();
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("encode manifest")).expect("write manifest");
+    }
+}
+
+fn verify_request(request_id: &str, backup_id: &str, destination: &str) -> VerifyBackupRequest {
+    VerifyBackupRequest {
+        request_id: request_id.into(),
+        instance_id: INSTANCE.into(),
+        backup_id: backup_id.into(),
+        destination: destination.into(),
+    }
+}
+
+/// Every path below `dir` whose name contains `needle`.
+fn paths_named(dir: &Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().contains(needle) {
+                out.push(entry.path());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// The destinations are not trusted. Manifests rewritten in `dir` destinations to name another
+/// instance, declare a huge chunk size or carry other object names are refused by restore and
+/// verify with a clear FAILED_PRECONDITION, repair replaces such a copy from a good one and
+/// writes nothing outside the destinations; and a backup request retried after its operation
+/// record is gone gets a fresh id and leaves the completed backup as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_rewritten_in_storage_are_refused_and_backup_ids_are_never_reused() {
+    let pg = PgServer::init();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)");
+    let pki = Rc::new(ServerPki::new());
+    let for_config = pki.clone();
+    let (pg_port, pg_root) = (pg.port, pg.root.path().to_path_buf());
+    let mut agent =
+        AgentBuilder::config(move |ctx: &LaunchContext| agent_config(ctx, &for_config, pg_port, Some(&pg_root), true))
+            .start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let channel = agent.channel(&orchestrator).await;
+    let mut backups = BackupsClient::new(channel.clone());
+    register(&channel, &agent, Some(&pg.data)).await;
+    let op = backups.start_backup(start_request("backup-1")).await.expect("StartBackup").into_inner();
+    let backup_id = backup_id_of(&watch_to_success(&channel, &op, &agent).await);
+    let all = ["az1", "az2", "az3"];
+    let originals: Vec<Vec<u8>> =
+        all.iter().map(|az| std::fs::read(manifest_file(&agent, az, &backup_id)).unwrap()).collect();
+    let put_back = || {
+        for (az, bytes) in all.iter().zip(&originals) {
+            std::fs::write(manifest_file(&agent, az, &backup_id), bytes).unwrap();
+        }
+    };
+    let restore_request = |request_id: &str| RestoreBackupRequest {
+        request_id: request_id.into(),
+        instance_id: INSTANCE.into(),
+        backup_id: backup_id.clone(),
+        target_database: "shop_tampered".into(),
+        ..Default::default()
+    };
+    let database_exists = || pg.psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'shop_tampered'");
+
+    // Another instance's name: restore and verify refuse, and no database is made.
+    rewrite_manifest(&agent, &all, &backup_id, &[("instance_id", "pg-other".into())]);
+    let refused = backups.restore_backup(restore_request("restore-foreign")).await.expect_err("restore must refuse");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("names another instance"), "{}", refused.message());
+    let refused = backups.verify_backup(verify_request("verify-foreign", &backup_id, "")).await.expect_err("verify");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("names another instance"), "{}", refused.message());
+    assert_eq!(database_exists(), "0");
+    put_back();
+
+    // A chunk size that would exhaust memory: refused before anything is read or allocated.
+    rewrite_manifest(&agent, &all, &backup_id, &[("chunk_size", serde_json::json!(1u64 << 40))]);
+    let refused = backups.verify_backup(verify_request("verify-huge", &backup_id, "az2")).await.expect_err("verify");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("manifest not authenticated") && refused.message().contains("chunk_size"),
+        "{}",
+        refused.message()
+    );
+    let refused = backups.restore_backup(restore_request("restore-huge")).await.expect_err("restore must refuse");
+    assert!(refused.message().contains("manifest not authenticated"), "{}", refused.message());
+    assert_eq!(database_exists(), "0");
+    put_back();
+
+    // Other object names in the manifest on az1, az3's copy gone: verify refuses az1 by name,
+    // repair copies from a good destination into az1 and az3 under the requested ids only.
+    let escape = "../../../../escaped";
+    rewrite_manifest(&agent, &["az1"], &backup_id, &[("instance_id", escape.into()), ("backup_id", escape.into())]);
+    std::fs::remove_dir_all(agent.work_dir().join("dest/az3").join(INSTANCE).join(&backup_id)).unwrap();
+    let refused = backups.verify_backup(verify_request("verify-names", &backup_id, "az1")).await.expect_err("verify");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("az1") && refused.message().contains("names another instance"),
+        "{}",
+        refused.message()
+    );
+    let repair = backups
+        .repair_backup(RepairBackupRequest {
+            request_id: "repair-1".into(),
+            instance_id: INSTANCE.into(),
+            backup_id: backup_id.clone(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RepairBackup: {s:?}\n{}", agent.log()))
+        .into_inner();
+    let repaired = watch_to_success(&channel, &repair, &agent).await;
+    assert!(repaired.result_json.contains("az1") && repaired.result_json.contains("az3"), "{}", repaired.result_json);
+    let top = agent.work_dir().parent().expect("the work dir has a parent");
+    assert_eq!(paths_named(agent.work_dir(), "escaped"), Vec::<std::path::PathBuf>::new());
+    assert!(!top.join("escaped").exists());
+    for az in ["az1", "az3"] {
+        let v = backups.verify_backup(verify_request(&format!("verify-{az}"), &backup_id, az)).await.expect("verify");
+        watch_to_success(&channel, &v.into_inner(), &agent).await;
+    }
+    // The untouched manifest still restores.
+    let restore = backups.restore_backup(restore_request("restore-good")).await.expect("restore").into_inner();
+    watch_to_success(&channel, &restore, &agent).await;
+    assert_eq!(pg.psql("shop_tampered", "SELECT count(*) FROM t"), "100");
+
+    // The operation record of backup-1 is gone (pruned); the same request again is a new backup
+    // with a fresh id, and the completed one is untouched.
+    let first_data = agent.work_dir().join("dest/az1").join(INSTANCE).join(&backup_id).join("data");
+    let before = std::fs::read(&first_data).unwrap();
+    agent.sigterm(Duration::from_secs(15));
+    std::fs::remove_file(agent.state_dir().join("operations").join(format!("{}.json", op.id))).expect("remove record");
+    agent.restart();
+    let channel = agent.channel(&orchestrator).await;
+    let mut backups = BackupsClient::new(channel.clone());
+    let retry = backups.start_backup(start_request("backup-1")).await.expect("StartBackup again").into_inner();
+    assert_ne!(retry.id, op.id, "the record was pruned: a new operation");
+    let retried = backup_id_of(&watch_to_success(&channel, &retry, &agent).await);
+    assert_ne!(retried, backup_id, "a backup id is never reused");
+    assert!(retried > backup_id, "ids sort by time: {retried} after {backup_id}");
+    assert_eq!(std::fs::read(&first_data).unwrap(), before);
+    // (The restarted scheduler may add a scheduled backup of its own beside these two.)
+    let listed: Vec<String> = list_backups(&mut backups).await.backups.into_iter().map(|b| b.id).collect();
+    assert!(listed.contains(&backup_id) && listed.contains(&retried), "{listed:?}");
+    let v =
+        backups.verify_backup(verify_request("verify-first", &backup_id, "az1")).await.expect("verify").into_inner();
+    watch_to_success(&channel, &v, &agent).await;
 }

@@ -107,11 +107,15 @@ async fn run(res: &BackupResources, action: BackupAction, ctx: &JobContext) -> R
             deletion::delete_everywhere(&res.destinations, &instance_id, &backup_id).await?;
             Ok(json!({ "backup_id": backup_id, "deleted": true }))
         }
-        BackupAction::Verify { info, source, .. } => verify_repair::verify(res, &info, &source, ctx).await,
+        BackupAction::Verify { instance_id, info, source } => {
+            verify_repair::verify(res, &instance_id, &info.manifest.backup_id, &source, ctx).await
+        }
         BackupAction::Restore { instance, info, source, target } => {
             restore_job::run(res, &instance, &info, &source, &target, ctx).await
         }
-        BackupAction::Repair { info, source, .. } => verify_repair::repair(res, &info, &source, ctx).await,
+        BackupAction::Repair { instance_id, info, source } => {
+            verify_repair::repair(res, &instance_id, &info, &source, ctx).await
+        }
     }
 }
 

@@ -3,16 +3,18 @@
 //! arrived. The pipeline stages check the cancellation token at every await; progress is bytes.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::BackupError;
 use super::catalog::write_manifest;
 use super::chunks;
-use super::destination::Upload;
+use super::destination::{Destination, Upload};
 use super::engine_commands;
 use super::inflight::{InflightBackup, InflightUpload};
 use super::manifest::{self, BackupKind, BackupMethod, Manifest};
+use super::manifest_mac;
 use super::pipeline::{self, Counters, DumpSource, EncodeOutcome};
 use super::resources::BackupResources;
 use super::server_check::check_serves;
@@ -38,12 +40,16 @@ pub async fn run(
     let tool_version = tool.version_line().await;
     let started = SystemTime::now();
     let data_key = chunks::new_data_key()?;
-    let wrapped = res.keys.wrap(backup_id, data_key.as_slice())?;
+    let wrapped = res.keys.wrap(&instance.id, backup_id, data_key.as_slice())?;
+    // The pipeline takes the data key; the manifest's MAC key derives from it at the end.
+    let mac_source = data_key.clone();
 
     let estimate = estimate_raw_size(instance, method).await;
 
     let object_key = manifest::data_key(&instance.id, backup_id);
-    let (record, uploads, mut failed) = open_uploads(res, &instance.id, backup_id, &object_key).await?;
+    let (usable, mut failed) = unused_on(res, &instance.id, backup_id).await?;
+    let (record, uploads, more_failed) = open_uploads(res, &usable, &instance.id, backup_id, &object_key).await?;
+    failed.extend(more_failed);
     if uploads.is_empty() {
         res.inflight.remove(backup_id);
         return Err(BackupError::AllDestinationsFailed { reasons: failed.into_iter().map(|(_, e)| e).collect() });
@@ -79,7 +85,7 @@ pub async fn run(
         (BackupKind::Scheduled, None) => Some(started + Duration::from_secs(7 * 86_400)),
         (BackupKind::Manual, _) => None,
     };
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: manifest::FORMAT_VERSION,
         backup_id: backup_id.to_owned(),
         instance_id: instance.id.clone(),
@@ -106,7 +112,10 @@ pub async fn run(
         key_id: res.keys.key_id(),
         destinations: res.destination_names(),
         failed_destinations: failed.iter().map(|(n, _)| n.clone()).collect(),
+        mac: String::new(),
     };
+    manifest_mac::sign(&mut manifest, mac_source.as_slice());
+    drop(mac_source);
     let complete = write_manifests(res, &outcome, &manifest, &object_key, &mut failed).await;
     res.inflight.remove(backup_id);
     if complete.is_empty() {
@@ -125,10 +134,49 @@ pub async fn run(
     }))
 }
 
+/// The destinations that hold nothing under `backup_id` yet. Ids are never reused (`backup_id`),
+/// so something there means an id came back: refused before anything is opened, since this run's
+/// failure clean-up deletes what lies under its id, and that must never be a completed backup. A
+/// destination that cannot be asked is failed from the outset: nothing is written where this
+/// could not be checked.
+async fn unused_on<'a>(
+    res: &'a BackupResources,
+    instance_id: &str,
+    backup_id: &str,
+) -> Result<(Vec<&'a Arc<dyn Destination>>, Vec<Failure>), BackupError> {
+    let mut usable = Vec::new();
+    let mut failed = Vec::new();
+    for dest in &res.destinations {
+        let mut held = false;
+        let mut error = None;
+        for key in [manifest::manifest_key(instance_id, backup_id), manifest::data_key(instance_id, backup_id)] {
+            match dest.size(&key).await {
+                Ok(found) => held |= found.is_some(),
+                Err(e) => error = Some(e),
+            }
+        }
+        if held {
+            return Err(BackupError::BackupIdInUse {
+                backup: backup_id.to_owned(),
+                destination: dest.name().to_owned(),
+            });
+        }
+        match error {
+            Some(e) => {
+                tracing::warn!(backup = backup_id, "{e:#}");
+                failed.push((dest.name().to_owned(), e.to_string()));
+            }
+            None => usable.push(dest),
+        }
+    }
+    Ok((usable, failed))
+}
+
 /// Opens every destination's upload, recording each in the in-flight record before data flows;
 /// one that cannot even start is failed from the outset.
 async fn open_uploads(
     res: &BackupResources,
+    destinations: &[&Arc<dyn Destination>],
     instance_id: &str,
     backup_id: &str,
     key: &str,
@@ -136,7 +184,7 @@ async fn open_uploads(
     let mut record = InflightBackup::new(instance_id, backup_id);
     let mut uploads: Vec<(String, Box<dyn Upload>)> = Vec::new();
     let mut failed = Vec::new();
-    for dest in &res.destinations {
+    for dest in destinations {
         match dest.create(key).await {
             Ok(up) => {
                 record.uploads.push(InflightUpload {
@@ -205,7 +253,7 @@ async fn write_manifests(
             continue;
         }
         let Ok(dest) = res.destination(name) else { continue };
-        match write_manifest(dest.as_ref(), manifest).await {
+        match write_manifest(dest.as_ref(), &manifest.instance_id, &manifest.backup_id, manifest).await {
             Ok(()) => complete.push(name.clone()),
             Err(e) => {
                 tracing::warn!(backup = %manifest.backup_id, destination = %name, "write manifest: {e:#}");

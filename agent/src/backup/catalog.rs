@@ -2,13 +2,16 @@
 //! the source of truth; the agent keeps no separate catalog that could drift from them.
 
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
+use super::backup_id::check_backup_id;
 use super::destination::Destination;
+use super::keywrap::KeyWrapper;
 use super::manifest::{Manifest, manifest_key};
+use super::manifest_mac::{AuthenticManifest, authenticate, check_shape};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,89 +54,127 @@ impl BackupInfo {
     }
 }
 
-/// Every backup of `instance` found on any destination, oldest first.
+/// Every backup of `instance` found on any destination, oldest first. Only folders named like a
+/// backup id are looked at, and only manifests that pass [`check_shape`] for that instance and id
+/// count; a backup none of whose manifests does is left out (`find` names why). Listing needs no
+/// key: the MAC is checked by each operation before it acts (`manifest_mac::authenticate`).
 pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<BackupInfo> {
-    let mut found: BTreeMap<String, (Option<Manifest>, BTreeMap<String, DestinationStatus>)> = BTreeMap::new();
+    let mut ids: BTreeSet<String> = BTreeSet::new();
     let mut unreachable: Vec<(String, String)> = Vec::new();
     for dest in destinations {
-        let ids = match dest.list_children(instance).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                unreachable.push((dest.name().to_owned(), e.to_string()));
-                continue;
-            }
-        };
-        for id in ids {
-            let status = match read_manifest(dest.as_ref(), instance, &id).await {
-                Ok(Some(m)) => {
-                    let entry = found.entry(id.clone()).or_default();
-                    let bytes = m.stored_bytes;
-                    entry.0.get_or_insert(m);
-                    DestinationStatus { name: dest.name().to_owned(), state: DestinationState::Complete, bytes }
-                }
-                // Data without a manifest is an unfinished or half-deleted backup: it does not exist.
-                Ok(None) => continue,
-                Err(e) => DestinationStatus {
-                    name: dest.name().to_owned(),
-                    state: DestinationState::Failed(e.to_string()),
-                    bytes: 0,
-                },
-            };
-            found.entry(id).or_default().1.insert(status.name.clone(), status);
+        match dest.list_children(instance).await {
+            Ok(found) => ids.extend(found.into_iter().filter(|id| check_backup_id(id).is_ok())),
+            Err(e) => unreachable.push((dest.name().to_owned(), e.to_string())),
         }
     }
-    let configured = destinations;
-    let mut out: Vec<BackupInfo> = found
-        .into_values()
-        .filter_map(|(manifest, statuses)| {
-            let manifest = manifest?;
-            let mut destinations = Vec::new();
-            for dest in destinations_of(&manifest, configured) {
-                let status = statuses.get(&dest).cloned().unwrap_or_else(|| {
-                    match unreachable.iter().find(|(n, _)| *n == dest) {
-                        Some((_, e)) => DestinationStatus {
-                            name: dest.clone(),
-                            state: DestinationState::Failed(e.clone()),
-                            bytes: 0,
-                        },
-                        None => DestinationStatus { name: dest.clone(), state: DestinationState::Missing, bytes: 0 },
-                    }
-                });
-                destinations.push(status);
-            }
-            let state = if destinations.iter().all(|d| d.state == DestinationState::Complete) {
-                BackupState::Complete
-            } else {
-                BackupState::Degraded
-            };
-            Some(BackupInfo { manifest, state, destinations })
-        })
-        .collect();
+    let mut out = Vec::new();
+    for id in ids {
+        if let Ok(info) = gather(destinations, instance, &id, &unreachable).await {
+            out.push(info);
+        }
+    }
     out.sort_by(|a, b| {
         a.manifest.started.cmp(&b.manifest.started).then_with(|| a.manifest.backup_id.cmp(&b.manifest.backup_id))
     });
     out
 }
 
-/// The destinations a backup should be on: the configured ones now.
-fn destinations_of(_manifest: &Manifest, configured: &[Arc<dyn Destination>]) -> Vec<String> {
-    configured.iter().map(|d| d.name().to_owned()).collect()
+/// Backup `backup` of `instance`: NotFound when no destination holds a manifest for it, the first
+/// refusal (names another instance, not authenticated) when none of its manifests is acceptable.
+pub async fn find(
+    destinations: &[Arc<dyn Destination>],
+    instance: &str,
+    backup: &str,
+) -> Result<BackupInfo, BackupError> {
+    gather(destinations, instance, backup, &[]).await
 }
+
+/// Reads the manifest of `instance`/`backup` (names from these ids only) on every destination.
+async fn gather(
+    destinations: &[Arc<dyn Destination>],
+    instance: &str,
+    backup: &str,
+    unreachable: &[(String, String)],
+) -> Result<BackupInfo, BackupError> {
+    let mut manifest = None;
+    let mut refusal = None;
+    let mut statuses = Vec::new();
+    for dest in destinations {
+        let name = dest.name().to_owned();
+        let failed = |e: String| DestinationStatus { name: name.clone(), state: DestinationState::Failed(e), bytes: 0 };
+        if let Some((_, e)) = unreachable.iter().find(|(n, _)| *n == name) {
+            statuses.push(failed(e.clone()));
+            continue;
+        }
+        let status = match read_manifest(dest.as_ref(), instance, backup).await {
+            Ok(Some(m)) => match check_shape(&m, instance, backup, &name) {
+                Ok(()) => {
+                    let bytes = m.stored_bytes;
+                    manifest.get_or_insert(m);
+                    DestinationStatus { name: name.clone(), state: DestinationState::Complete, bytes }
+                }
+                Err(e) => {
+                    let status = failed(e.to_string());
+                    refusal.get_or_insert(e);
+                    status
+                }
+            },
+            // Data without a manifest is an unfinished or half-deleted backup: it does not exist.
+            Ok(None) => DestinationStatus { name: name.clone(), state: DestinationState::Missing, bytes: 0 },
+            Err(e) => failed(e.to_string()),
+        };
+        statuses.push(status);
+    }
+    let Some(manifest) = manifest else {
+        return Err(refusal
+            .unwrap_or_else(|| BackupError::NotFound { instance: instance.to_owned(), backup: backup.to_owned() }));
+    };
+    let state = if statuses.iter().all(|d| d.state == DestinationState::Complete) {
+        BackupState::Complete
+    } else {
+        BackupState::Degraded
+    };
+    Ok(BackupInfo { manifest, state, destinations: statuses })
+}
+
+/// A manifest is a few KiB; one larger than this is refused unread (it could exhaust memory).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 pub async fn read_manifest(
     dest: &dyn Destination,
     instance: &str,
     backup: &str,
 ) -> Result<Option<Manifest>, BackupError> {
-    let Some(bytes) = dest.get(&manifest_key(instance, backup)).await? else { return Ok(None) };
+    let Some(bytes) = dest.get(&manifest_key(instance, backup), MAX_MANIFEST_BYTES).await? else { return Ok(None) };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| BackupError::dest(dest.name(), format!("manifest of {instance}/{backup} is not valid: {e}")))
 }
 
-/// Writes the manifest of a backup: the last step on a destination, after which the backup exists there.
-pub async fn write_manifest(dest: &dyn Destination, manifest: &Manifest) -> Result<(), BackupError> {
+/// Writes the manifest of backup `backup` of `instance`: the last step on a destination, after
+/// which the backup exists there. The object name comes from the ids, not from the manifest.
+pub async fn write_manifest(
+    dest: &dyn Destination,
+    instance: &str,
+    backup: &str,
+    manifest: &Manifest,
+) -> Result<(), BackupError> {
     let bytes = serde_json::to_vec_pretty(manifest)
         .map_err(|e| BackupError::io("encode manifest", std::io::Error::other(e)))?;
-    dest.put(&manifest_key(&manifest.instance_id, &manifest.backup_id), bytes::Bytes::from(bytes)).await
+    dest.put(&manifest_key(instance, backup), bytes::Bytes::from(bytes)).await
+}
+
+/// The manifest of `instance`/`backup` on `dest`, read now and authenticated
+/// ([`authenticate`]): what an operation acts on, never the copy listed earlier.
+pub async fn read_authentic(
+    keys: &dyn KeyWrapper,
+    dest: &dyn Destination,
+    instance: &str,
+    backup: &str,
+) -> Result<AuthenticManifest, BackupError> {
+    let m = read_manifest(dest, instance, backup).await?.ok_or_else(|| BackupError::NotOnDestination {
+        backup: backup.to_owned(),
+        destination: dest.name().to_owned(),
+    })?;
+    authenticate(keys, m, instance, backup, dest.name())
 }

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::BackupError;
 use super::chunks::{ChunkFault, Opener};
 use super::destination::{ByteStream, Destination, Upload};
-use super::manifest::{Manifest, data_key};
+use super::manifest::Manifest;
+use super::manifest_mac::AuthenticManifest;
 
 const QUEUE: usize = 4;
 
@@ -30,21 +31,22 @@ enum DecodeFailure {
 }
 
 /// Streams a stored backup through authentication and decompression into `sink`, checking the
-/// chunk count, size and SHA-256 against the manifest. Names the first bad chunk.
+/// chunk count, size and SHA-256 against the (authenticated, so bounded) manifest. Names the
+/// first bad chunk.
 pub async fn decode(
     mut stored: ByteStream,
-    data_key: zeroize::Zeroizing<Vec<u8>>,
-    manifest: &Manifest,
+    backup: &AuthenticManifest,
     destination: &str,
     sink: &mut (dyn AsyncWrite + Unpin + Send),
     cancel: &CancellationToken,
 ) -> Result<DecodeOutcome, BackupError> {
+    let manifest = &backup.manifest;
     let corrupt = |message: String| BackupError::Corrupt {
-        backup: manifest.backup_id.clone(),
+        backup: backup.backup_id.clone(),
         destination: destination.to_owned(),
         message,
     };
-    let opener = Opener::new(&data_key, &manifest.backup_id, manifest.chunk_size)?;
+    let opener = Opener::new(&backup.key, &backup.backup_id, manifest.chunk_size)?;
     let (enc_tx, enc_rx) = mpsc::channel::<Bytes>(QUEUE);
     let (plain_tx, mut plain_rx) = mpsc::channel::<Bytes>(QUEUE);
     let decoder = tokio::task::spawn_blocking(move || open_and_decompress(enc_rx, opener, plain_tx));
@@ -104,8 +106,8 @@ pub struct StoredCopy<'a> {
     pub destination: &'a dyn Destination,
     /// The destination's name, for messages.
     pub source: &'a str,
-    pub manifest: &'a Manifest,
-    pub key: zeroize::Zeroizing<Vec<u8>>,
+    /// The manifest read from `destination` and authenticated, with its data key.
+    pub backup: AuthenticManifest,
 }
 
 impl StoredCopy<'_> {
@@ -115,9 +117,8 @@ impl StoredCopy<'_> {
         sink: &mut (dyn AsyncWrite + Unpin + Send),
         cancel: &CancellationToken,
     ) -> Result<DecodeOutcome, BackupError> {
-        let m = self.manifest;
-        let stream = self.destination.stream(&data_key(&m.instance_id, &m.backup_id)).await?;
-        decode(stream, self.key.clone(), m, self.source, sink, cancel).await
+        let stream = self.destination.stream(&self.backup.data_object()).await?;
+        decode(stream, &self.backup, self.source, sink, cancel).await
     }
 }
 

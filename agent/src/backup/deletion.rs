@@ -4,16 +4,20 @@
 use std::sync::Arc;
 
 use super::BackupError;
+use super::backup_id::check_backup_id;
 use super::destination::Destination;
 use super::manifest::{data_key, manifest_key};
 
 /// Removes `backup` of `instance` from every destination. Destinations that fail are named in the
-/// error; the others are cleaned all the same, and a retry finishes the job.
+/// error; the others are cleaned all the same, and a retry finishes the job. The object names come
+/// from the two ids alone, checked here again since this is the last step before anything goes.
 pub async fn delete_everywhere(
     destinations: &[Arc<dyn Destination>],
     instance: &str,
     backup: &str,
 ) -> Result<(), BackupError> {
+    crate::ids::instance_id("instance_id", instance)?;
+    check_backup_id(backup)?;
     let mut reasons = Vec::new();
     for key in [manifest_key(instance, backup), data_key(instance, backup)] {
         for dest in destinations {
@@ -39,22 +43,22 @@ mod tests {
             .map(|az| Arc::new(DirDestination::new(az, &root.path().join(az))) as Arc<dyn Destination>)
             .collect();
         for d in &dests {
-            d.put(&manifest_key("i1", "b1"), Bytes::from_static(b"{}")).await.unwrap();
-            d.put(&data_key("i1", "b1"), Bytes::from_static(b"data")).await.unwrap();
+            d.put(&manifest_key("i1", "b0000000000000000000b"), Bytes::from_static(b"{}")).await.unwrap();
+            d.put(&data_key("i1", "b0000000000000000000b"), Bytes::from_static(b"data")).await.unwrap();
         }
         // az2's data object became a folder with something in it: it cannot be deleted as a file.
-        let stuck = root.path().join("az2").join(data_key("i1", "b1"));
+        let stuck = root.path().join("az2").join(data_key("i1", "b0000000000000000000b"));
         std::fs::remove_file(&stuck).unwrap();
         std::fs::create_dir_all(stuck.join("x")).unwrap();
 
-        let e = delete_everywhere(&dests, "i1", "b1").await.unwrap_err();
+        let e = delete_everywhere(&dests, "i1", "b0000000000000000000b").await.unwrap_err();
         let BackupError::DeleteIncomplete { backup, reasons } = &e else { panic!("{e:?}") };
-        assert_eq!(backup, "b1");
+        assert_eq!(backup, "b0000000000000000000b");
         assert!(reasons.len() == 1 && reasons[0].contains("az2"), "{reasons:?}");
-        assert!(!root.path().join("az1/i1/b1").exists(), "az1 is cleaned all the same");
-        assert!(!root.path().join("az2").join(manifest_key("i1", "b1")).exists(), "manifest first");
+        assert!(!root.path().join("az1/i1/b0000000000000000000b").exists(), "az1 is cleaned all the same");
+        assert!(!root.path().join("az2").join(manifest_key("i1", "b0000000000000000000b")).exists(), "manifest first");
 
         std::fs::remove_dir_all(&stuck).unwrap();
-        delete_everywhere(&dests, "i1", "b1").await.unwrap();
+        delete_everywhere(&dests, "i1", "b0000000000000000000b").await.unwrap();
     }
 }

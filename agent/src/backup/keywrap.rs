@@ -13,14 +13,15 @@ use super::manifest::Manifest;
 use crate::config::Config;
 use crate::volume::keystore::KekSource;
 
-/// The `key_wrapper` a manifest names for [`KekWrapper`].
-pub const KEK_WRAPPER: &str = "kek-aes-256-gcm-v1";
+/// The `key_wrapper` a manifest names for [`KekWrapper`]. v2 binds the instance id as well as the
+/// backup id (v1 bound the backup id only; its manifests are format 1, refused as unauthenticated).
+pub const KEK_WRAPPER: &str = "kek-aes-256-gcm-v2";
 /// The retired wrapper (a separate `<state_dir>/backups/host.key`); its backups are not readable.
 pub const RETIRED_HOST_KEY_WRAPPER: &str = "host-aes-256-gcm";
 
 /// Wraps and unwraps data keys. `key_id` names the wrapping key so a refusal can say which key a
-/// backup needs. The backup id is bound into the wrapping, so a wrapped key copied into another
-/// backup's manifest does not open.
+/// backup needs. The instance and backup ids are bound into the wrapping (associated data), so a
+/// wrapped key copied into another backup's or another instance's manifest does not open.
 pub trait KeyWrapper: Send + Sync {
     /// The manifest's `key_wrapper` value.
     fn scheme(&self) -> &'static str;
@@ -29,8 +30,8 @@ pub trait KeyWrapper: Send + Sync {
     fn check(&self) -> Result<(), BackupError> {
         Ok(())
     }
-    fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError>;
-    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError>;
+    fn wrap(&self, instance_id: &str, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError>;
+    fn unwrap(&self, instance_id: &str, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError>;
 }
 
 /// The wrapper for a running agent: the host KEK, or [`NoKek`] when it cannot be loaded (the agent
@@ -45,8 +46,11 @@ pub fn from_config(config: &Config, dev: bool) -> Arc<dyn KeyWrapper> {
     }
 }
 
-fn aad(backup_id: &str) -> Vec<u8> {
-    let mut aad = b"dbagent-backup-data-key-v2\0".to_vec();
+/// Instance ids never hold a NUL, so the separator keeps ("a", "b1") and ("a\0b", "1") apart.
+fn aad(instance_id: &str, backup_id: &str) -> Vec<u8> {
+    let mut aad = b"dbagent-backup-data-key-v3\0".to_vec();
+    aad.extend_from_slice(instance_id.as_bytes());
+    aad.push(0);
     aad.extend_from_slice(backup_id.as_bytes());
     aad
 }
@@ -79,19 +83,23 @@ impl KeyWrapper for KekWrapper {
         self.id.clone()
     }
 
-    fn wrap(&self, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
+    fn wrap(&self, instance_id: &str, backup_id: &str, data_key: &[u8]) -> Result<Vec<u8>, BackupError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(BackupError::Random)?;
         let mut sealed = data_key.to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad(backup_id)), &mut sealed)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(instance_id, backup_id)),
+                &mut sealed,
+            )
             .map_err(|_| BackupError::WrapFailed)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    fn unwrap(&self, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    fn unwrap(&self, instance_id: &str, backup_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
         let refuse = || BackupError::KeyUnwrap { backup: backup_id.to_owned(), host_key: self.id.clone() };
         if wrapped.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(refuse());
@@ -100,7 +108,8 @@ impl KeyWrapper for KekWrapper {
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| refuse())?;
         // Opened in place, so the buffer holds the plain key: wiped on drop like the copy returned.
         let mut buf = Zeroizing::new(sealed.to_vec());
-        let plain = self.key.open_in_place(nonce, Aad::from(aad(backup_id)), &mut buf).map_err(|_| refuse())?;
+        let plain =
+            self.key.open_in_place(nonce, Aad::from(aad(instance_id, backup_id)), &mut buf).map_err(|_| refuse())?;
         Ok(Zeroizing::new(plain.to_vec()))
     }
 }
@@ -132,11 +141,11 @@ impl KeyWrapper for NoKek {
         Err(self.refusal())
     }
 
-    fn wrap(&self, _: &str, _: &[u8]) -> Result<Vec<u8>, BackupError> {
+    fn wrap(&self, _: &str, _: &str, _: &[u8]) -> Result<Vec<u8>, BackupError> {
         Err(self.refusal())
     }
 
-    fn unwrap(&self, _: &str, _: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    fn unwrap(&self, _: &str, _: &str, _: &[u8]) -> Result<Zeroizing<Vec<u8>>, BackupError> {
         Err(self.refusal())
     }
 }
@@ -162,7 +171,7 @@ pub fn unwrap_data_key(keys: &dyn KeyWrapper, manifest: &Manifest) -> Result<Zer
     }
     let wrapped =
         crate::hex::decode(&manifest.wrapped_key).ok_or_else(|| BackupError::WrappedKeyInvalid { backup: backup() })?;
-    keys.unwrap(&manifest.backup_id, &wrapped)
+    keys.unwrap(&manifest.instance_id, &manifest.backup_id, &wrapped)
 }
 
 #[cfg(test)]
@@ -175,21 +184,23 @@ mod tests {
         let again = KekWrapper::from_kek(&[7u8; 32]).unwrap();
         assert_eq!(a.key_id(), again.key_id());
         assert_eq!(a.scheme(), KEK_WRAPPER);
-        let wrapped = a.wrap("b1", &[9u8; 32]).unwrap();
-        assert_eq!(again.unwrap("b1", &wrapped).unwrap().as_slice(), [9u8; 32]);
+        let wrapped = a.wrap("i1", "b1", &[9u8; 32]).unwrap();
+        assert_eq!(again.unwrap("i1", "b1", &wrapped).unwrap().as_slice(), [9u8; 32]);
         // The backup id is bound: the same wrapped key under another backup's name does not open.
-        let e = a.unwrap("b2", &wrapped).unwrap_err();
+        let e = a.unwrap("i1", "b2", &wrapped).unwrap_err();
         assert!(matches!(&e, BackupError::KeyUnwrap { backup, .. } if backup == "b2"), "{e:?}");
+        // So is the instance id: the same backup id under another instance does not open either.
+        assert!(matches!(a.unwrap("i2", "b1", &wrapped), Err(BackupError::KeyUnwrap { .. })));
         let b = KekWrapper::from_kek(&[1u8; 32]).unwrap();
         assert_ne!(a.key_id(), b.key_id());
-        let e = b.unwrap("b1", &wrapped).unwrap_err();
+        let e = b.unwrap("i1", "b1", &wrapped).unwrap_err();
         assert!(matches!(&e, BackupError::KeyUnwrap { host_key, .. } if *host_key == b.key_id()), "{e:?}");
-        assert!(matches!(a.unwrap("b1", &wrapped[..20]), Err(BackupError::KeyUnwrap { .. })));
+        assert!(matches!(a.unwrap("i1", "b1", &wrapped[..20]), Err(BackupError::KeyUnwrap { .. })));
     }
 
     fn manifest_wrapped_by(keys: &dyn KeyWrapper, backup_id: &str, data_key: &[u8]) -> Manifest {
         let mut m = Manifest::for_tests("i1", backup_id);
-        m.wrapped_key = crate::hex::encode(&keys.wrap(backup_id, data_key).unwrap());
+        m.wrapped_key = crate::hex::encode(&keys.wrap("i1", backup_id, data_key).unwrap());
         m.key_wrapper = keys.scheme().into();
         m.key_id = keys.key_id();
         m
@@ -246,17 +257,19 @@ mod tests {
         assert_eq!(dev.key_id(), KekWrapper::from_kek(&kek).unwrap().key_id());
         // Production mode reads the existing file.
         let prod = from_config(&config, false);
-        let wrapped = dev.wrap("b1", &[3u8; 32]).unwrap();
-        assert_eq!(prod.unwrap("b1", &wrapped).unwrap().as_slice(), [3u8; 32]);
+        let wrapped = dev.wrap("i1", "b1", &[3u8; 32]).unwrap();
+        assert_eq!(prod.unwrap("i1", "b1", &wrapped).unwrap().as_slice(), [3u8; 32]);
     }
 
     #[test]
     fn a_missing_kek_is_a_failed_precondition_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let w = from_config(&config_with_kek(dir.path()), false);
-        for e in
-            [w.check().unwrap_err(), w.wrap("b1", &[0u8; 32]).unwrap_err(), w.unwrap("b1", &[0u8; 60]).unwrap_err()]
-        {
+        for e in [
+            w.check().unwrap_err(),
+            w.wrap("i1", "b1", &[0u8; 32]).unwrap_err(),
+            w.unwrap("i1", "b1", &[0u8; 60]).unwrap_err(),
+        ] {
             assert!(matches!(e, BackupError::KekUnavailable { .. }), "{e:?}");
             let msg = e.to_string();
             assert!(

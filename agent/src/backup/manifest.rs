@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use crate::instances::Engine;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: manifests carry a MAC (`manifest_mac`); format 1 manifests are refused as unauthenticated.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 pub const DATA: &str = "data";
 
@@ -17,11 +18,31 @@ pub enum BackupKind {
     Manual,
 }
 
+impl BackupKind {
+    /// The name serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Scheduled => "scheduled",
+            BackupKind::Manual => "manual",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackupMethod {
     Physical,
     Logical,
+}
+
+impl BackupMethod {
+    /// The name serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMethod::Physical => "physical",
+            BackupMethod::Logical => "logical",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +85,10 @@ pub struct Manifest {
     /// Destinations that failed while it was written (repair copies it there).
     #[serde(default)]
     pub failed_destinations: Vec<String>,
+    /// HMAC-SHA256 (hex) of the other fields but the two destination lists (`manifest_mac`);
+    /// empty in manifests written before format 2.
+    #[serde(default)]
+    pub mac: String,
 }
 
 pub fn data_key(instance: &str, backup: &str) -> String {
@@ -93,18 +118,19 @@ impl Manifest {
             finished: SystemTime::UNIX_EPOCH,
             expires: None,
             raw_bytes: 0,
-            stored_bytes: 0,
+            stored_bytes: 16,
             sha256: String::new(),
             compression: "zstd".into(),
             zstd_level: 1,
             cipher: "AES-256-GCM".into(),
             chunk_size: 65536,
-            chunk_count: 0,
+            chunk_count: 1,
             wrapped_key: String::new(),
             key_wrapper: String::new(),
             key_id: String::new(),
             destinations: Vec::new(),
             failed_destinations: Vec::new(),
+            mac: String::new(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! never the service.
 
 pub mod action;
+pub mod backup_id;
 pub mod backup_job;
 pub mod catalog;
 pub mod chunks;
@@ -20,6 +21,7 @@ pub mod engine_commands;
 pub mod inflight;
 pub mod keywrap;
 pub mod manifest;
+pub mod manifest_mac;
 pub mod pipeline;
 pub mod resources;
 pub mod restore_dir;
@@ -60,8 +62,27 @@ pub enum BackupError {
         "backup {backup} is not complete on destination {destination}; name a destination GetBackup lists as complete, or repair the backup first"
     )]
     NotOnDestination { backup: String, destination: String },
-    #[error("no reachable destination holds a complete copy of backup {backup}; bring a destination back first")]
-    NoCompleteCopy { backup: String },
+    #[error(
+        "no reachable destination holds a complete copy of backup {backup}; bring a destination back first{}",
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+    )]
+    NoCompleteCopy { backup: String, reasons: Vec<String> },
+    #[error("the copy of backup {backup} on destination {destination} cannot be used: {reason}")]
+    CopyUnusable { backup: String, destination: String, reason: String },
+
+    // Manifests, read from storage that is not trusted.
+    #[error(
+        "manifest not authenticated: backup {backup} on destination {destination} is refused, {reason}; repair it from another destination or delete it"
+    )]
+    ManifestNotAuthenticated { backup: String, destination: String, reason: String },
+    #[error(
+        "the manifest at backup {backup} of instance {instance} on destination {destination} names another instance or backup ({names}); it is refused"
+    )]
+    ManifestForeign { backup: String, instance: String, destination: String, names: String },
+    #[error(
+        "backup id {backup} is already used on destination {destination}; a backup id is never reused, retry the request"
+    )]
+    BackupIdInUse { backup: String, destination: String },
 
     // Where a restore may go.
     #[error(
@@ -180,8 +201,12 @@ impl crate::error::HasErrorCode for BackupError {
             BackupError::Invalid(_) => ErrorCode::InvalidArgument,
             BackupError::NotFound { .. } => ErrorCode::NotFound,
             BackupError::QuotaExhausted { .. } => ErrorCode::ResourceExhausted,
+            BackupError::BackupIdInUse { .. } => ErrorCode::Aborted,
             BackupError::NotOnDestination { .. }
             | BackupError::NoCompleteCopy { .. }
+            | BackupError::CopyUnusable { .. }
+            | BackupError::ManifestNotAuthenticated { .. }
+            | BackupError::ManifestForeign { .. }
             | BackupError::InstanceRunning { .. }
             | BackupError::RestoreTargetNotEmpty { .. }
             | BackupError::RestoreLeftoverFound { .. }
@@ -217,5 +242,7 @@ impl crate::error::HasErrorCode for BackupError {
 mod refusal_tests;
 #[cfg(test)]
 mod service_tests;
+#[cfg(test)]
+mod tamper_tests;
 #[cfg(test)]
 mod test_fixture;

@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
-use super::catalog::BackupInfo;
+use super::catalog::{BackupInfo, read_authentic};
 use super::decode::StoredCopy;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
-use super::keywrap::unwrap_data_key;
 use super::resources::BackupResources;
 use super::restore_dir::{RestoreDir, RestoreInto};
 use super::restore_server;
@@ -64,12 +63,14 @@ pub async fn run(
     target: &RestoreTarget,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
-    let m = &info.manifest;
     let dest = res.destination(source)?;
-    // Refuse before touching the target: a wrong key must not leave a half-made data directory.
-    let key = unwrap_data_key(res.keys.as_ref(), m)?;
-    let copy = StoredCopy { destination: dest.as_ref(), source, manifest: m, key };
-    let plan = engine_commands::restore_plan(m.engine, m.method, target)?;
+    // Refuse before touching the target: a manifest that does not authenticate (rewritten, naming
+    // another instance) or a wrong key must not leave a half-made data directory. `info` only
+    // lists manifests that name this instance and backup id; the one acted on is read again.
+    let backup = read_authentic(res.keys.as_ref(), dest.as_ref(), &instance.id, &info.manifest.backup_id).await?;
+    let (engine, method) = (backup.manifest.engine, backup.manifest.method);
+    let copy = StoredCopy { destination: dest.as_ref(), source, backup };
+    let plan = engine_commands::restore_plan(engine, method, target)?;
     let user = &instance.spec.os_user;
     let dir = match target {
         RestoreTarget::DataDir(dir) => dir,
@@ -79,7 +80,7 @@ pub async fn run(
             }
             // All or nothing: nothing reaches the server before the whole copy has been checked.
             restore_server::verify_whole(&copy, ctx).await?;
-            let plan = match m.engine {
+            let plan = match engine {
                 Engine::Postgresql => {
                     restore_server::as_database_owner(plan, connection, database.as_deref(), user).await?
                 }
@@ -133,7 +134,7 @@ async fn fill_target(
     dir: Option<&DirHandle>,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
-    let (m, source) = (copy.manifest, copy.source);
+    let (m, source) = (&copy.backup.manifest, copy.source);
     ctx.progress(Progress {
         done: 0,
         total: m.raw_bytes,
@@ -177,7 +178,7 @@ async fn fill_target(
         after.run_as(user)?.output().await?;
     }
     Ok(
-        serde_json::json!({ "backup_id": m.backup_id, "source": source, "raw_bytes": out.raw_bytes, "chunks": out.chunk_count }),
+        serde_json::json!({ "backup_id": copy.backup.backup_id, "source": source, "raw_bytes": out.raw_bytes, "chunks": out.chunk_count }),
     )
 }
 

@@ -20,7 +20,7 @@ use crate::ops::{JobContext, Progress};
 pub async fn verify_whole(copy: &StoredCopy<'_>, ctx: &JobContext) -> Result<(), BackupError> {
     ctx.progress(Progress {
         done: 0,
-        total: copy.manifest.raw_bytes,
+        total: copy.backup.manifest.raw_bytes,
         unit: "bytes".into(),
         message: format!("checking the whole backup on {} before restoring", copy.source),
     });

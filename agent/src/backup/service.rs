@@ -2,14 +2,14 @@
 //! here (ids, quota, key, source copy, restore target); long work runs as an operation whose body
 //! is a [`BackupAction`] run with the service's [`BackupResources`].
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
 use super::action::BackupAction;
-use super::catalog::BackupInfo;
+use super::backup_id::{check_backup_id, new_backup_id};
+use super::catalog::{self, BackupInfo, DestinationState, read_authentic};
 use super::deletion;
 use super::engine_commands::RestoreTarget;
 use super::keywrap::KeyWrapper;
@@ -62,7 +62,7 @@ impl BackupService {
     ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
         self.resources.keys.check()?;
-        let backup_id = backup_id_for(&instance.id, request_id);
+        let backup_id = self.backup_id_for(instance, request_id)?;
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
             let manual = existing
@@ -75,21 +75,39 @@ impl BackupService {
             }
         }
         let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
-        self.submit(request_id, action).await
+        match self.submit(request_id, action).await {
+            // The same request submitted concurrently got its (fresh) id recorded first: ask again
+            // with the recorded id, which matches it if it is the same request.
+            Err(BackupError::Ops(ops::OpsError::RequestIdReused { .. })) => {
+                let backup_id = self.backup_id_for(instance, request_id)?;
+                let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
+                self.submit(request_id, action).await
+            }
+            other => other,
+        }
     }
 
     pub async fn list(&self, instance_id: &str) -> Vec<BackupInfo> {
         self.resources.list(instance_id).await
     }
 
+    /// A retried request (its operation record still kept) names the backup it started; any other
+    /// request gets a fresh id, never one used before (`backup_id`).
+    fn backup_id_for(&self, instance: &Instance, request_id: &str) -> Result<String, BackupError> {
+        let recorded =
+            self.engine.by_request(request_id).filter(|op| op.kind == "backup.start" && op.target == instance.id);
+        match recorded.as_ref().and_then(|op| op.params["backup_id"].as_str()) {
+            Some(id) => Ok(id.to_owned()),
+            None => new_backup_id(SystemTime::now()),
+        }
+    }
+
+    /// Backup `backup_id` of `instance_id`, from its manifests named by these two ids; refused
+    /// when none of them names this instance and backup with a sane shape.
     pub async fn get(&self, instance_id: &str, backup_id: &str) -> Result<BackupInfo, BackupError> {
         ids::instance_id("instance_id", instance_id)?;
         check_backup_id(backup_id)?;
-        self.list(instance_id)
-            .await
-            .into_iter()
-            .find(|b| b.manifest.backup_id == backup_id)
-            .ok_or_else(|| BackupError::NotFound { instance: instance_id.to_owned(), backup: backup_id.to_owned() })
+        catalog::find(&self.resources.destinations, instance_id, backup_id).await
     }
 
     pub async fn delete(
@@ -98,7 +116,12 @@ impl BackupService {
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.get(instance_id, backup_id).await?;
+        // The orchestrator is trusted: what lies under these two ids goes, even when its manifests
+        // are refused (names another instance, not authenticated), so such leftovers can be removed.
+        match self.get(instance_id, backup_id).await {
+            Ok(_) | Err(BackupError::ManifestForeign { .. } | BackupError::ManifestNotAuthenticated { .. }) => {}
+            Err(e) => return Err(e),
+        }
         let action = BackupAction::Delete { instance_id: instance_id.to_owned(), backup_id: backup_id.to_owned() };
         self.submit(request_id, action).await
     }
@@ -145,6 +168,7 @@ impl BackupService {
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
+        self.resources.keys.check()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, None)?;
         let action = BackupAction::Repair { instance_id: instance_id.to_owned(), info: Box::new(info), source };
@@ -152,24 +176,58 @@ impl BackupService {
     }
 
     /// Deletes every backup of `instance_id` whose expiry is at or before `now`, manifest first on
-    /// every destination. Returns the ids removed.
+    /// every destination. Returns the ids removed. The expiry is taken only from a manifest that
+    /// authenticates: a rewritten one must not make retention delete the good copies everywhere.
     pub async fn apply_retention(&self, instance_id: &str, now: SystemTime) -> Result<Vec<String>, BackupError> {
         let mut removed = Vec::new();
         for info in self.list(instance_id).await {
-            if info.manifest.expires.is_some_and(|e| e <= now) {
-                deletion::delete_everywhere(&self.resources.destinations, instance_id, &info.manifest.backup_id)
-                    .await?;
-                tracing::info!(instance = instance_id, backup = %info.manifest.backup_id, "retention: deleted expired backup");
-                removed.push(info.manifest.backup_id);
+            if info.manifest.expires.is_none_or(|e| e > now) {
+                continue;
             }
+            let backup_id = info.manifest.backup_id.clone();
+            match self.authentic_expiry(instance_id, &info).await {
+                Ok(Some(e)) if e <= now => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(instance = instance_id, backup = %backup_id, "retention: not deleted: {e:#}");
+                    continue;
+                }
+            }
+            deletion::delete_everywhere(&self.resources.destinations, instance_id, &backup_id).await?;
+            tracing::info!(instance = instance_id, backup = %backup_id, "retention: deleted expired backup");
+            removed.push(backup_id);
         }
         Ok(removed)
+    }
+
+    /// The expiry of the first complete copy whose manifest authenticates; the last refusal if none does.
+    async fn authentic_expiry(&self, instance_id: &str, info: &BackupInfo) -> Result<Option<SystemTime>, BackupError> {
+        let backup_id = &info.manifest.backup_id;
+        let mut last = BackupError::NoCompleteCopy { backup: backup_id.clone(), reasons: Vec::new() };
+        for name in info.healthy_destinations() {
+            let dest = self.resources.destination(name)?;
+            match read_authentic(self.resources.keys.as_ref(), dest.as_ref(), instance_id, backup_id).await {
+                Ok(a) => return Ok(a.manifest.expires),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// At start-up: backups cut short by a stop or crash leave uploads and partial objects behind;
     /// abort and delete them (they never got a manifest). Returns the backup ids cleaned.
     pub async fn clean_interrupted(&self) -> Vec<String> {
         self.resources.inflight.clean_all(&self.resources.destinations).await
+    }
+
+    /// Runs `action` as given, for tests that need what the service never builds (a reused id).
+    #[cfg(test)]
+    pub(crate) async fn submit_for_tests(
+        &self,
+        request_id: &str,
+        action: BackupAction,
+    ) -> Result<OperationRecord, BackupError> {
+        self.submit(request_id, action).await
     }
 
     async fn submit(&self, request_id: &str, action: BackupAction) -> Result<OperationRecord, BackupError> {
@@ -179,34 +237,26 @@ impl BackupService {
 }
 
 /// The destination to read `info` from: `wanted` if given (it must hold a complete copy), else the
-/// first that does.
+/// first that does. A copy that cannot be used says why (its manifest refused, unreachable).
 fn pick_source(info: &BackupInfo, wanted: Option<&str>) -> Result<String, BackupError> {
     let mut healthy = info.healthy_destinations();
     let backup = || info.manifest.backup_id.clone();
+    let failed = info.destinations.iter().filter_map(|d| match &d.state {
+        DestinationState::Failed(reason) => Some((d.name.as_str(), reason.as_str())),
+        _ => None,
+    });
     match wanted.filter(|w| !w.is_empty()) {
-        Some(w) => healthy
-            .find(|h| *h == w)
-            .map(str::to_owned)
-            .ok_or_else(|| BackupError::NotOnDestination { backup: backup(), destination: w.to_owned() }),
-        None => healthy.next().map(str::to_owned).ok_or_else(|| BackupError::NoCompleteCopy { backup: backup() }),
-    }
-}
-
-/// Backup ids derive from the instance and the request id, so a retried request names the same
-/// backup (and the same operation). `b` + 20 hex digits.
-pub fn backup_id_for(instance_id: &str, request_id: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(instance_id.as_bytes());
-    h.update([0]);
-    h.update(request_id.as_bytes());
-    format!("b{}", &crate::hex::encode(&h.finalize())[..20])
-}
-
-pub fn check_backup_id(id: &str) -> Result<(), ids::InvalidField> {
-    let ok = id.len() == 21 && id.starts_with('b') && id[1..].bytes().all(|b| b.is_ascii_hexdigit());
-    if ok {
-        Ok(())
-    } else {
-        Err(ids::InvalidField::new("backup_id", format!("{id:?} is not a backup id (b and 20 hex digits)")))
+        Some(w) => healthy.find(|h| *h == w).map(str::to_owned).ok_or_else(|| {
+            match failed.clone().find(|(name, _)| *name == w) {
+                Some((_, reason)) => {
+                    BackupError::CopyUnusable { backup: backup(), destination: w.to_owned(), reason: reason.to_owned() }
+                }
+                None => BackupError::NotOnDestination { backup: backup(), destination: w.to_owned() },
+            }
+        }),
+        None => healthy.next().map(str::to_owned).ok_or_else(|| BackupError::NoCompleteCopy {
+            backup: backup(),
+            reasons: failed.map(|(name, reason)| format!("{name}: {reason}")).collect(),
+        }),
     }
 }

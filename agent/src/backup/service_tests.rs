@@ -124,15 +124,6 @@ async fn interrupted_backup_leaves_nothing() {
 }
 
 #[test]
-fn backup_ids_are_stable() {
-    let a = service::backup_id_for("r1", "x");
-    assert_eq!(a, service::backup_id_for("r1", "x"));
-    assert_ne!(a, service::backup_id_for("r2", "x"));
-    service::check_backup_id(&a).unwrap();
-    assert!(service::check_backup_id("../etc").is_err());
-}
-
-#[test]
 fn physical_size_estimate_counts_regular_files_below_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("base/1")).unwrap();

@@ -144,6 +144,14 @@ impl OperationEngine {
         self.inner.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The operation `request_id` started, while its record is kept. A caller that picks a fresh
+    /// value for a new operation (a backup id) reuses the recorded one on a retry, so the retry
+    /// matches the record.
+    pub fn by_request(&self, request_id: &str) -> Option<OperationRecord> {
+        let table = self.table();
+        table.by_request.get(request_id).and_then(|id| table.slots.get(id)).map(|s| s.tx.borrow().clone())
+    }
+
     /// Starts an operation, or returns the one that `request_id` started before.
     pub async fn submit(&self, new: NewOperation, job: JobFn) -> Result<(OperationRecord, Outcome), OpsError> {
         ids::request_id(&new.request_id)?;

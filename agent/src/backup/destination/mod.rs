@@ -21,8 +21,9 @@ pub trait Destination: Send + Sync {
     async fn create(&self, key: &str) -> Result<Box<dyn Upload>, BackupError>;
     /// Writes a small object in one request (the manifest).
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BackupError>;
-    /// `None` if the object does not exist.
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackupError>;
+    /// Reads a small object whole; `None` if it does not exist. One larger than `max` bytes is
+    /// refused without being read (stored objects are not trusted to be small).
+    async fn get(&self, key: &str, max: u64) -> Result<Option<Bytes>, BackupError>;
     async fn stream(&self, key: &str) -> Result<ByteStream, BackupError>;
     /// Size of an object, `None` if missing.
     async fn size(&self, key: &str) -> Result<Option<u64>, BackupError>;

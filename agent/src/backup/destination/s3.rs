@@ -111,8 +111,12 @@ impl Destination for S3Destination {
         Ok(())
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackupError> {
+    async fn get(&self, key: &str, max: u64) -> Result<Option<Bytes>, BackupError> {
         match self.store.get(&self.path(key)).await {
+            Ok(r) if r.meta.size > max => Err(BackupError::dest(
+                &self.name,
+                format!("{key} is {} bytes, more than the {max} allowed", r.meta.size),
+            )),
             Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err(format!("read {key}"), e))?)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(format!("read {key}"), e)),

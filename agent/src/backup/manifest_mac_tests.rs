@@ -1,0 +1,154 @@
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::backup::keywrap::KekWrapper;
+use crate::backup::manifest::{BackupKind, BackupMethod};
+use crate::instances::Engine;
+
+const ID: &str = "b0000000000000000000a";
+const OTHER_ID: &str = "b0000000000000000000b";
+
+fn host() -> KekWrapper {
+    KekWrapper::from_kek(&[7u8; 32]).unwrap()
+}
+
+/// A signed manifest of four 64 KiB chunks (the last one short), as a backup job writes it.
+fn signed(keys: &KekWrapper) -> Manifest {
+    let data_key = [5u8; 32];
+    let mut m = Manifest::for_tests("i1", ID);
+    m.started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
+    m.finished = m.started + Duration::from_secs(60);
+    m.expires = Some(m.started + Duration::from_secs(7 * 86_400));
+    m.kind = BackupKind::Scheduled;
+    m.chunk_size = 65536;
+    m.chunk_count = 4;
+    m.stored_bytes = 3 * (65536 + 16) + 1000;
+    m.raw_bytes = 1 << 20;
+    m.sha256 = "ab".repeat(32);
+    m.wrapped_key = crate::hex::encode(&keys.wrap("i1", ID, &data_key).unwrap());
+    m.key_wrapper = keys.scheme().into();
+    m.key_id = keys.key_id();
+    sign(&mut m, &data_key);
+    m
+}
+
+fn check(m: &Manifest) -> Result<AuthenticManifest, BackupError> {
+    authenticate(&host(), m.clone(), "i1", ID, "az1")
+}
+
+/// Asserts a refusal as "manifest not authenticated", naming the backup, the destination and `why`.
+fn assert_not_authenticated(what: &str, e: BackupError, why: &str) {
+    let msg = e.to_string();
+    assert!(matches!(e, BackupError::ManifestNotAuthenticated { .. }), "{what}: {e:?}");
+    assert!(msg.contains("manifest not authenticated") && msg.contains(ID) && msg.contains("az1"), "{what}: {msg}");
+    assert!(msg.contains(why), "{what}: {msg}");
+    assert_eq!(crate::error::HasErrorCode::code(&e), crate::error::ErrorCode::FailedPrecondition);
+}
+
+#[test]
+fn the_untouched_manifest_is_accepted_and_survives_a_json_round_trip() {
+    let m = signed(&host());
+    let a = check(&m).unwrap();
+    assert_eq!(a.key.as_slice(), [5u8; 32]);
+    assert_eq!(a.data_object(), "i1/b0000000000000000000a/data");
+    let stored: Manifest = serde_json::from_slice(&serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    check(&stored).unwrap();
+    // The destination lists are outside the MAC: repair rewrites them without the key.
+    let repaired = Manifest { failed_destinations: vec!["az3".into()], destinations: vec!["x".into()], ..m };
+    check(&repaired).unwrap();
+}
+
+#[test]
+fn every_covered_field_changed_in_storage_fails_the_mac() {
+    let m = signed(&host());
+    check(&m).unwrap();
+    type Tampering = (&'static str, fn(&mut Manifest));
+    let tamperings: Vec<Tampering> = vec![
+        ("engine", |m| m.engine = Engine::Postgresql),
+        ("method", |m| m.method = BackupMethod::Logical),
+        ("kind", |m| m.kind = BackupKind::Manual),
+        ("expires", |m| m.expires = Some(SystemTime::UNIX_EPOCH)),
+        ("started", |m| m.started += Duration::from_secs(1)),
+        ("raw size", |m| m.raw_bytes += 1),
+        ("stored size", |m| m.stored_bytes += 1),
+        ("sha256", |m| m.sha256 = "cd".repeat(32)),
+        ("zstd level", |m| m.zstd_level = 19),
+        ("tool", |m| m.tool = "pg_dump".into()),
+        ("mac", |m| m.mac = "00".repeat(32)),
+        ("mac not hex", |m| m.mac = "zz".into()),
+    ];
+    for (what, tamper) in tamperings {
+        let mut t = m.clone();
+        tamper(&mut t);
+        let why = if what == "mac not hex" { "not hex" } else { "MAC does not match" };
+        assert_not_authenticated(what, check(&t).unwrap_err(), why);
+    }
+}
+
+#[test]
+fn a_manifest_naming_another_instance_or_backup_is_refused_as_foreign() {
+    let m = signed(&host());
+    for (what, t) in [
+        ("instance", Manifest { instance_id: "i2".into(), ..m.clone() }),
+        ("backup", Manifest { backup_id: OTHER_ID.into(), ..m.clone() }),
+    ] {
+        let e = check(&t).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, BackupError::ManifestForeign { .. }), "{what}: {e:?}");
+        assert!(msg.contains("names another instance") && msg.contains("az1") && msg.contains(ID), "{msg}");
+    }
+    // Asked for under the instance it names, the same manifest is accepted.
+    authenticate(&host(), m, "i1", ID, "az1").unwrap();
+}
+
+#[test]
+fn a_whole_manifest_copied_under_another_instance_does_not_open_even_when_its_ids_are_rewritten() {
+    // Instance i2's backup with the same id, whose manifest the attacker rewrites to name i1:
+    // the wrapped key is bound to i2, so it does not open under i1.
+    let keys = host();
+    let mut m = signed(&keys);
+    let data_key = [6u8; 32];
+    m.wrapped_key = crate::hex::encode(&keys.wrap("i2", ID, &data_key).unwrap());
+    sign(&mut m, &data_key);
+    let e = check(&m).unwrap_err();
+    assert!(matches!(e, BackupError::KeyUnwrap { .. }), "{e:?}");
+}
+
+#[test]
+fn sizes_and_counts_are_bounded_before_any_key_is_touched() {
+    let m = signed(&host());
+    // A host with another KEK would refuse at the key (WrongKek); these are refused before it.
+    let other = KekWrapper::from_kek(&[8u8; 32]).unwrap();
+    let huge = MAX_CHUNK_SIZE + 1;
+    let cases: Vec<(&str, Manifest, &str)> = vec![
+        ("huge chunk", Manifest { chunk_size: huge, ..m.clone() }, "chunk_size"),
+        ("usize::MAX chunk", Manifest { chunk_size: usize::MAX - 8, ..m.clone() }, "chunk_size"),
+        ("zero chunk", Manifest { chunk_size: 0, ..m.clone() }, "chunk_size"),
+        ("smaller chunk", Manifest { chunk_size: 4096, ..m.clone() }, "cannot be 4 chunks"),
+        ("zero chunks", Manifest { chunk_count: 0, ..m.clone() }, "chunk_count"),
+        ("more chunks", Manifest { chunk_count: 5, ..m.clone() }, "cannot be 5 chunks"),
+        ("fewer chunks", Manifest { chunk_count: 3, ..m.clone() }, "cannot be 3 chunks"),
+        ("too many chunks", Manifest { chunk_count: u64::MAX, ..m.clone() }, "chunk_count"),
+        ("stored size", Manifest { stored_bytes: 10, ..m.clone() }, "cannot be 4 chunks"),
+        ("mac removed", Manifest { mac: String::new(), ..m.clone() }, "no MAC"),
+        ("version 1", Manifest { format: 1, ..m.clone() }, "format 1"),
+    ];
+    for (what, t, why) in cases {
+        assert_not_authenticated(what, authenticate(&other, t.clone(), "i1", ID, "az1").unwrap_err(), why);
+        assert_not_authenticated(what, check(&t).unwrap_err(), why);
+    }
+    let e = authenticate(&other, m, "i1", ID, "az1").unwrap_err();
+    assert!(matches!(e, BackupError::WrongKek { .. }), "the untouched one gets as far as the key: {e:?}");
+}
+
+#[test]
+fn a_version_1_manifest_as_earlier_agents_wrote_it_is_refused() {
+    let mut m = signed(&host());
+    m.format = 1;
+    m.mac = String::new();
+    m.key_wrapper = "kek-aes-256-gcm-v1".into();
+    let text = serde_json::to_string(&m).unwrap().replace(",\"mac\":\"\"", "");
+    assert!(!text.contains("\"mac\""));
+    let old: Manifest = serde_json::from_str(&text).unwrap();
+    assert_not_authenticated("version 1", check(&old).unwrap_err(), "format 1");
+}
