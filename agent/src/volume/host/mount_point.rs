@@ -101,16 +101,16 @@ fn open_child(
 
 /// Whether `dir` is the root of a mount: STATX_ATTR_MOUNT_ROOT, or on kernels that do not report it,
 /// a device other than its parent's.
-fn is_mount_root(parent: impl AsFd, dir: impl AsFd) -> Result<bool, HostError> {
+fn is_mount_root(parent: &impl AsFd, dir: &impl AsFd) -> Result<bool, HostError> {
     let stat = |fd: &dyn AsFd| {
         rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
             .map_err(|e| HostError::io("stat the mount point", e.into()))
     };
-    let mine = stat(&dir)?;
+    let mine = stat(dir)?;
     if mine.stx_attributes_mask.contains(rustix::fs::StatxAttributes::MOUNT_ROOT) {
         return Ok(mine.stx_attributes.contains(rustix::fs::StatxAttributes::MOUNT_ROOT));
     }
-    let theirs = stat(&parent)?;
+    let theirs = stat(parent)?;
     Ok((mine.stx_dev_major, mine.stx_dev_minor) != (theirs.stx_dev_major, theirs.stx_dev_minor))
 }
 
