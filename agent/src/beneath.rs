@@ -101,6 +101,12 @@ impl BeneathError {
             | BeneathError::NotAName { .. } => None,
         }
     }
+
+    /// The error as an `io::Error` for a caller that words its own context: the system error where
+    /// there is one, else this error's message.
+    pub fn to_io(&self) -> std::io::Error {
+        self.errno().map_or_else(|| std::io::Error::other(self.to_string()), Into::into)
+    }
 }
 
 impl crate::error::HasErrorCode for BeneathError {

@@ -326,3 +326,14 @@ fn stat_entry_reports_a_link_as_a_link() {
     assert!(h.stat_entry(OsStr::new("missing")).unwrap_err().is_not_found());
     assert!(matches!(h.stat_entry(OsStr::new("../outside")), Err(BeneathError::NotAName { .. })));
 }
+
+#[test]
+fn to_io_keeps_the_system_error_of_a_refusal_or_a_failure() {
+    let s = Scene::new();
+    let h = s.handle();
+    symlink(&s.outside, s.root.join("link")).unwrap();
+    assert_eq!(h.open_dir(Path::new("link")).unwrap_err().to_io().raw_os_error(), Some(Errno::LOOP.raw_os_error()));
+    assert_eq!(h.open_dir(Path::new("missing")).unwrap_err().to_io().kind(), std::io::ErrorKind::NotFound);
+    let e = h.create_file(OsStr::new("a/b"), 0o600).unwrap_err();
+    assert!(e.to_io().to_string().contains("single file name"), "{}", e.to_io());
+}

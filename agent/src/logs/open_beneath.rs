@@ -5,10 +5,10 @@
 //! so every open here resolves relative to a handle on the root through [`crate::beneath`]
 //! (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`): a link in any component fails the open
 //! itself. Files are opened `O_NOFOLLOW | O_NONBLOCK` (a FIFO answers at once instead of hanging
-//! the reader) and `fstat`ed on the opened descriptor; what is log-specific lives here: only a
-//! regular file with one name is read. A second hard link could be a
-//! file outside the roots (where `fs.protected_hardlinks` is off, a tenant may link any file on the
-//! same file system), and log files are never hard-linked by the engines or by logrotate.
+//! the reader) and `fstat`ed on the opened descriptor. What is the log reader's own lives here:
+//! only a regular file with one name is read. A second hard link could be a file outside the roots
+//! (where `fs.protected_hardlinks` is off, a tenant may link any file on the same file system), and
+//! log files are never hard-linked by the engines or by logrotate.
 //!
 //! The roots themselves come from the agent's configuration and their ancestors belong to root, so
 //! they are opened by path ([`DirHandle::open_configured_root`]); each call opens them again, which
@@ -135,7 +135,6 @@ fn refusal(e: BeneathError) -> OpenRefused {
         Some(Errno::NOENT | Errno::NOTDIR) => OpenRefused::Gone,
         // A socket cannot be opened like a file.
         Some(Errno::NXIO) => OpenRefused::NotRegular("a socket"),
-        Some(other) => OpenRefused::Io(other.into()),
-        None => OpenRefused::Io(std::io::Error::other(e.to_string())),
+        _ => OpenRefused::Io(e.to_io()),
     }
 }

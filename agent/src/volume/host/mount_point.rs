@@ -51,10 +51,8 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, Host
     };
     // The root comes from the agent's configuration and its parents belong to root: opening it by
     // path is the one trusted step.
-    let mut parent = DirHandle::open_configured_root(at.root).map_err(|e| {
-        let source = e.errno().map_or_else(|| std::io::Error::other(e.to_string()), Into::into);
-        HostError::io(format!("open data root {}", at.root.display()), source)
-    })?;
+    let mut parent = DirHandle::open_configured_root(at.root)
+        .map_err(|e| HostError::io(format!("open data root {}", at.root.display()), e.to_io()))?;
     for name in parents {
         let Some(child) = open_child(&parent, name, create, at)? else { return Ok(None) };
         parent = child;
@@ -72,8 +70,7 @@ fn open_child(
 ) -> Result<Option<DirHandle>, HostError> {
     let shown = Path::new(name).display();
     let io = |verb: &str, e: crate::beneath::BeneathError| {
-        let source = e.errno().map_or_else(|| std::io::Error::other(e.to_string()), Into::into);
-        HostError::io(format!("{verb} {shown} in {}", at.dir.display()), source)
+        HostError::io(format!("{verb} {shown} in {}", at.dir.display()), e.to_io())
     };
     for _ in 0..CREATE_ATTEMPTS {
         let e = match parent.open_dir(Path::new(name)) {
