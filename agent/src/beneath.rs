@@ -6,7 +6,9 @@
 //! handles instead:
 //!
 //! - [`DirHandle::open_root`] opens a trusted root once, resolved from `/` without following any
-//!   link (a root reached through a link is refused, not resolved).
+//!   link (a root reached through a link is refused, not resolved). A root the agent's
+//!   configuration names, whose ancestors belong to root, may instead be opened by its path
+//!   ([`DirHandle::open_configured_root`]).
 //! - Everything below is resolved *beneath* a handle with `openat2(RESOLVE_BENEATH |
 //!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`: a `..` that climbs out, an absolute path or a
 //!   link anywhere on the way fails (`ELOOP`/`EXDEV`), and the caller gets
@@ -16,6 +18,10 @@
 //!   the folder that was opened, wherever its name now points.
 //! - Files are created `O_CREAT | O_EXCL | O_NOFOLLOW` (a planted name, link or not, fails the
 //!   create) and opened `O_NOFOLLOW | O_NONBLOCK`, then `fstat`ed (a FIFO neither blocks nor is read).
+//!
+//! This is the one place that resolves beneath a handle: the restore folder, the backup estimate,
+//! the log files (`logs/open_beneath.rs`) and the mount points (`volume/host/mount_point.rs`) all
+//! open through it and keep only their own checks.
 //!
 //! cap-std does much of this, but it follows links that stay inside its root; a data root holds
 //! several instances, and a link from one tenant's folder into another's stays inside it. rustix's
@@ -27,7 +33,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use thiserror::Error;
 
@@ -42,7 +48,7 @@ pub enum BeneathError {
         "{}: refused, it is a symbolic link, leaves {}, or is not what was expected ({reason}); the agent does not follow links beneath a folder another user can write",
         path.display(), root.display()
     )]
-    Refused { path: PathBuf, root: PathBuf, reason: String },
+    Refused { path: PathBuf, root: PathBuf, reason: Refusal },
     #[error("{} is nested more than {MAX_TREE_DEPTH} folders deep; remove it by hand", path.display())]
     TooDeep { path: PathBuf },
     #[error("{} must be a single file name beneath {}, not {name:?}", root.display(), root.display())]
@@ -51,10 +57,55 @@ pub enum BeneathError {
     Io { op: &'static str, path: PathBuf, source: std::io::Error },
 }
 
+/// Why a name was refused. Callers with their own words for each case (the log reader, the mount
+/// point) match on it instead of on a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A symbolic link on the way or at the end (`ELOOP`).
+    Link,
+    /// `..` or an absolute path that leaves the folder (`EXDEV`).
+    LeavesRoot,
+    /// A file, FIFO or link where a folder was expected (`ENOTDIR`).
+    NotAFolder,
+    /// Opened, but not a regular file.
+    NotRegular,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Link => "a symbolic link",
+            Refusal::LeavesRoot => "leaves the folder it is resolved beneath",
+            Refusal::NotAFolder => "not a folder",
+            Refusal::NotRegular => "not a regular file",
+        })
+    }
+}
+
 impl BeneathError {
     /// Whether the error is "the name does not exist" (as opposed to refused or failed).
     pub fn is_not_found(&self) -> bool {
         matches!(self, BeneathError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// The system error behind a refusal or a failed call, for callers that tell them apart
+    /// (`ENOENT`, `EAGAIN`, ...); `None` for what no system call answered.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            BeneathError::Refused { reason: Refusal::Link, .. } => Some(Errno::LOOP),
+            BeneathError::Refused { reason: Refusal::LeavesRoot, .. } => Some(Errno::XDEV),
+            BeneathError::Refused { reason: Refusal::NotAFolder, .. } => Some(Errno::NOTDIR),
+            BeneathError::Io { source, .. } => Errno::from_io_error(source),
+            BeneathError::Refused { reason: Refusal::NotRegular, .. }
+            | BeneathError::TooDeep { .. }
+            | BeneathError::NotAName { .. } => None,
+        }
+    }
+
+    /// The error as an `io::Error` for a caller that words its own context: the system error where
+    /// there is one, else this error's message.
+    pub fn to_io(&self) -> std::io::Error {
+        self.errno().map_or_else(|| std::io::Error::other(self.to_string()), Into::into)
     }
 }
 
@@ -101,15 +152,32 @@ impl DirHandle {
         }
     }
 
+    /// Opens `path`, a root the agent's configuration names, by its path: a link on the way is
+    /// followed, as for any path an administrator writes, because its ancestors belong to root and
+    /// no tenant can swap them. Everything beneath it is resolved as beneath any handle. The handle
+    /// is `O_PATH`: it anchors resolution, `mkdirat` and `fstat`, reads nothing, and is cheap to
+    /// open again for each use (following an administrator who recreates the root); listing,
+    /// `fchown` and `fsync` need a folder opened beneath it (`open_dir(".")`).
+    pub fn open_configured_root(path: &Path) -> Result<Self, BeneathError> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match rustix::fs::open(path, flags, Mode::empty()) {
+            Ok(fd) => Ok(Self { fd, path: path.to_owned() }),
+            Err(e) => Err(classify("open", path, Path::new("/"), e)),
+        }
+    }
+
     /// The folder's path as it was opened (for messages only).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Opens the folder `rel` (one or more components, relative) beneath this one.
+    /// Opens the folder `rel` (one or more components, relative) beneath this one. `O_DIRECTORY`
+    /// refuses a FIFO or a device before it can block or act; no `O_NOFOLLOW`, which would report
+    /// a last component that is a link as "not a folder": `RESOLVE_NO_SYMLINKS` refuses it as the
+    /// link it is.
     pub fn open_dir(&self, rel: &Path) -> Result<DirHandle, BeneathError> {
         let path = self.path.join(rel);
-        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
         match rustix::fs::openat2(&self.fd, relative(rel), flags, Mode::empty(), NO_LINKS) {
             Ok(fd) => Ok(DirHandle { fd, path }),
             Err(e) => Err(classify("open", &path, &self.path, e)),
@@ -130,18 +198,26 @@ impl DirHandle {
         let mut current = self.open_dir(Path::new("."))?;
         let mut outcome = DirOutcome::Existing;
         for name in names {
-            outcome = match rustix::fs::mkdirat(&current.fd, name, Mode::from_bits_truncate(mode)) {
-                Ok(()) => {
-                    // The new name must outlive a crash, or files written into it later could vanish with it.
-                    let _ = current.sync();
-                    DirOutcome::Created
-                }
-                Err(Errno::EXIST) => DirOutcome::Existing,
-                Err(e) => return Err(classify("create", &current.path.join(name), &self.path, e)),
-            };
+            outcome = current.create_dir(name, mode)?;
+            if outcome == DirOutcome::Created {
+                // The new name must outlive a crash, or files written into it later could vanish with it.
+                let _ = current.sync();
+            }
             current = current.open_dir(Path::new(name))?;
         }
         Ok((current, outcome))
+    }
+
+    /// Makes the folder `name` in this folder (`mkdirat`, mode `mode` less the umask), or reports
+    /// that the name exists, whatever it is: a link there is neither followed nor replaced, and
+    /// [`DirHandle::open_dir`] then refuses it. Not made durable: see [`DirHandle::sync`].
+    pub fn create_dir(&self, name: &OsStr, mode: u32) -> Result<DirOutcome, BeneathError> {
+        let name = self.single(name)?;
+        match rustix::fs::mkdirat(&self.fd, name, Mode::from_bits_truncate(mode)) {
+            Ok(()) => Ok(DirOutcome::Created),
+            Err(Errno::EXIST) => Ok(DirOutcome::Existing),
+            Err(e) => Err(classify("create", &self.path.join(name), &self.path, e)),
+        }
     }
 
     /// Creates the file `name` in this folder: `O_CREAT | O_EXCL | O_NOFOLLOW`, so a name that is
@@ -159,15 +235,33 @@ impl DirHandle {
     /// Opens the regular file `rel` beneath this folder for reading: no link followed, a FIFO or a
     /// device refused without blocking (`O_NONBLOCK`, then `fstat`). Bound the read yourself.
     pub fn open_regular_file(&self, rel: &Path) -> Result<File, BeneathError> {
+        let (file, stat) = self.open_for_reading(rel)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            let path = self.path.join(rel);
+            return Err(BeneathError::Refused { path, root: self.path.clone(), reason: Refusal::NotRegular });
+        }
+        Ok(file)
+    }
+
+    /// Opens `rel` beneath this folder for reading, whatever it is, and `fstat`s the descriptor:
+    /// no link followed, `O_NONBLOCK` so a FIFO answers at once instead of hanging the reader,
+    /// `O_NOCTTY` so a terminal never becomes the agent's. For a caller with checks of its own on
+    /// the stat (the log reader's hard links); the others use [`DirHandle::open_regular_file`].
+    pub fn open_for_reading(&self, rel: &Path) -> Result<(File, Stat), BeneathError> {
         let path = self.path.join(rel);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = rustix::fs::openat2(&self.fd, relative(rel), flags, Mode::empty(), NO_LINKS)
             .map_err(|e| classify("open", &path, &self.path, e))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("stat", &path, e))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-            return Err(BeneathError::Refused { path, root: self.path.clone(), reason: "not a regular file".into() });
-        }
-        Ok(File::from(fd))
+        Ok((File::from(fd), stat))
+    }
+
+    /// The status of `name` in this folder, not following it (`fstatat(AT_SYMLINK_NOFOLLOW)`): a
+    /// link reports as a link, never as what it points at.
+    pub fn stat_entry(&self, name: &OsStr) -> Result<Stat, BeneathError> {
+        let name = self.single(name)?;
+        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_error("stat", &self.path.join(name), e))
     }
 
     /// Changes this folder's owner through its descriptor (`fchown`): the folder that was opened,
@@ -209,9 +303,8 @@ impl DirHandle {
     /// Whether `name` in this folder is, right now, the folder `other` holds open (same device and
     /// inode, not through a link): used before removing a name one created.
     pub fn holds(&self, name: &OsStr, other: &DirHandle) -> bool {
-        let (Ok(name), Ok(theirs)) = (self.single(name), rustix::fs::fstat(&other.fd)) else { return false };
-        rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|mine| mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino)
+        let Ok(theirs) = rustix::fs::fstat(&other.fd) else { return false };
+        self.stat_entry(name).is_ok_and(|mine| mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino)
     }
 
     /// Removes the file `name` in this folder (a link is removed as the link it is, never
@@ -315,12 +408,12 @@ fn relative(rel: &Path) -> &Path {
 /// ENOTDIR (a file or a link where a folder was expected) are refusals; the rest is plain I/O.
 fn classify(op: &'static str, path: &Path, root: &Path, e: Errno) -> BeneathError {
     let reason = match e {
-        Errno::LOOP => "a symbolic link",
-        Errno::XDEV => "leaves the folder it is resolved beneath",
-        Errno::NOTDIR => "not a folder",
+        Errno::LOOP => Refusal::Link,
+        Errno::XDEV => Refusal::LeavesRoot,
+        Errno::NOTDIR => Refusal::NotAFolder,
         _ => return io_error(op, path, e),
     };
-    BeneathError::Refused { path: path.to_owned(), root: root.to_owned(), reason: reason.into() }
+    BeneathError::Refused { path: path.to_owned(), root: root.to_owned(), reason }
 }
 
 fn io_error(op: &'static str, path: &Path, e: Errno) -> BeneathError {

@@ -234,3 +234,106 @@ fn remove_tree_refuses_a_tree_nested_beyond_the_limit() {
     h.remove_tree(OsStr::new("shallow")).unwrap();
     assert!(!s.root.join("shallow").exists());
 }
+
+#[test]
+fn open_configured_root_follows_a_link_to_the_root_but_none_beneath_it() {
+    let s = Scene::new();
+    fs::create_dir(s.root.join("sub")).unwrap();
+    symlink(&s.outside, s.root.join("out")).unwrap();
+    // An administrator may name the root through a link: it is the configuration's own path.
+    let via_link = s.root.parent().unwrap().join("root-link");
+    symlink(&s.root, &via_link).unwrap();
+    let h = DirHandle::open_configured_root(&via_link).unwrap();
+    assert_eq!(h.path(), via_link);
+    assert_eq!(h.open_dir(Path::new("sub")).unwrap().path(), via_link.join("sub"));
+    refused(h.open_dir(Path::new("out")).unwrap_err());
+    refused(h.open_for_reading(Path::new("out/secret")).unwrap_err());
+    // O_PATH: it anchors resolution and creation, and lists nothing itself.
+    assert_eq!(h.create_dir(OsStr::new("made"), 0o700).unwrap(), DirOutcome::Created);
+    assert!(s.root.join("made").is_dir());
+    assert!(h.entries().is_err());
+    assert_eq!(h.open_dir(Path::new(".")).unwrap().entries().unwrap().len(), 3);
+    // A file where the root should be is refused; a missing root is not found.
+    let e = DirHandle::open_configured_root(&s.outside.join("secret")).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::NOTDIR), "{e:?}");
+    assert!(DirHandle::open_configured_root(&s.root.join("missing")).unwrap_err().is_not_found());
+}
+
+#[test]
+fn refusals_say_why_a_last_link_is_a_link_and_a_file_is_not_a_folder() {
+    let s = Scene::new();
+    let h = s.handle();
+    fs::write(s.root.join("file"), "x").unwrap();
+    symlink(&s.outside, s.root.join("link")).unwrap();
+    let reason = |e: BeneathError| match e {
+        BeneathError::Refused { reason, .. } => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(reason(h.open_dir(Path::new("link")).unwrap_err()), Refusal::Link);
+    assert_eq!(reason(h.open_dir(Path::new("file")).unwrap_err()), Refusal::NotAFolder);
+    assert_eq!(reason(h.open_dir(Path::new("file/below")).unwrap_err()), Refusal::NotAFolder);
+    assert_eq!(reason(h.open_dir(Path::new("..")).unwrap_err()), Refusal::LeavesRoot);
+    let e = h.open_dir(Path::new("link")).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::LOOP));
+    assert!(e.to_string().contains("(a symbolic link)"), "{e}");
+    assert_eq!(h.open_dir(Path::new("missing")).unwrap_err().errno(), Some(Errno::NOENT));
+}
+
+#[test]
+fn create_dir_makes_one_name_and_never_goes_through_a_link_there() {
+    let s = Scene::new();
+    let h = s.handle();
+    assert_eq!(h.create_dir(OsStr::new("new"), 0o700).unwrap(), DirOutcome::Created);
+    assert_eq!(fs::metadata(s.root.join("new")).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(h.create_dir(OsStr::new("new"), 0o700).unwrap(), DirOutcome::Existing);
+    // A planted link takes the name: reported as there, and opening it is refused.
+    symlink(&s.outside, s.root.join("planted")).unwrap();
+    assert_eq!(h.create_dir(OsStr::new("planted"), 0o700).unwrap(), DirOutcome::Existing);
+    refused(h.open_dir(Path::new("planted")).unwrap_err());
+    assert!(matches!(h.create_dir(OsStr::new("a/b"), 0o700), Err(BeneathError::NotAName { .. })));
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn open_for_reading_opens_a_fifo_without_blocking_and_lets_the_caller_judge_it() {
+    let s = Scene::new();
+    let h = s.handle();
+    nix::unistd::mkfifo(&s.root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let started = std::time::Instant::now();
+    let (_, stat) = h.open_for_reading(Path::new("fifo")).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the FIFO blocked the open");
+    assert_eq!(FileType::from_raw_mode(stat.st_mode), FileType::Fifo);
+    fs::write(s.root.join("f"), "x").unwrap();
+    fs::hard_link(s.root.join("f"), s.root.join("g")).unwrap();
+    let (mut file, stat) = h.open_for_reading(Path::new("f")).unwrap();
+    assert_eq!(stat.st_nlink, 2);
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "x");
+    symlink(s.outside.join("secret"), s.root.join("link")).unwrap();
+    refused(h.open_for_reading(Path::new("link")).unwrap_err());
+    refused(h.open_for_reading(Path::new("../outside/secret")).unwrap_err());
+}
+
+#[test]
+fn stat_entry_reports_a_link_as_a_link() {
+    let s = Scene::new();
+    let h = s.handle();
+    symlink(&s.outside, s.root.join("link")).unwrap();
+    fs::write(s.root.join("file"), "four").unwrap();
+    assert_eq!(FileType::from_raw_mode(h.stat_entry(OsStr::new("link")).unwrap().st_mode), FileType::Symlink);
+    assert_eq!(h.stat_entry(OsStr::new("file")).unwrap().st_size, 4);
+    assert!(h.stat_entry(OsStr::new("missing")).unwrap_err().is_not_found());
+    assert!(matches!(h.stat_entry(OsStr::new("../outside")), Err(BeneathError::NotAName { .. })));
+}
+
+#[test]
+fn to_io_keeps_the_system_error_of_a_refusal_or_a_failure() {
+    let s = Scene::new();
+    let h = s.handle();
+    symlink(&s.outside, s.root.join("link")).unwrap();
+    assert_eq!(h.open_dir(Path::new("link")).unwrap_err().to_io().raw_os_error(), Some(Errno::LOOP.raw_os_error()));
+    assert_eq!(h.open_dir(Path::new("missing")).unwrap_err().to_io().kind(), std::io::ErrorKind::NotFound);
+    let e = h.create_file(OsStr::new("a/b"), 0o600).unwrap_err();
+    assert!(e.to_io().to_string().contains("single file name"), "{}", e.to_io());
+}

@@ -14,6 +14,7 @@
 //! build under `$CARGO_TARGET_DIR` (or `<workspace>/target`) is used.
 
 pub mod agent;
+pub mod backup_config;
 pub mod backup_harness;
 pub mod bench_stats;
 pub mod client;

@@ -143,8 +143,7 @@ impl Default for Sentinels {
 
 /// `renameat2(A, B, RENAME_EXCHANGE)` in a loop, as the tenant, until stopped (or dropped).
 pub struct Exchange {
-    child: Option<Child>,
-    what: String,
+    attack: AttackLoop,
 }
 
 impl Exchange {
@@ -155,89 +154,91 @@ impl Exchange {
     /// As [`Exchange::start`] with `tenant-attack` at `binary`: inside the VM guest it sits in the
     /// share beside the driver, not in cargo's target folder.
     pub fn start_with(binary: &Path, user: &TenantUser, a: &Path, b: &Path) -> Self {
-        let child = user
-            .command(binary)
-            .arg("exchange")
-            .arg(a)
-            .arg(b)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tenant-attack");
-        Self { child: Some(child), what: format!("{} <-> {}", a.display(), b.display()) }
+        let what = format!("{} <-> {}", a.display(), b.display());
+        Self { attack: AttackLoop::start(binary, user, "exchange", a, b, what) }
     }
 
     /// Stops the loop and returns how many exchanges it made; panics if it made none (the attack
     /// never ran, so a test passing beside it would prove nothing).
     pub fn stop(mut self) -> u64 {
-        let mut child = self.child.take().expect("running");
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("tenant-attack");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let done: u64 = text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let end = self.attack.stop();
         assert!(
-            out.status.success() && done > 0,
-            "the exchange {} never ran ({}): {text} {}",
-            self.what,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            end.status.success() && end.count > 0,
+            "the exchange {} never ran ({}): {} {}",
+            self.attack.what,
+            end.status,
+            end.stdout,
+            end.stderr
         );
-        done
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        end.count
     }
 }
 
 /// `symlink(TARGET, LINK)` whenever LINK is missing, in a loop, as the tenant, until stopped (or
 /// dropped): a link planted again each time the agent moves or removes the name.
 pub struct Planter {
-    child: Option<Child>,
-    what: String,
+    attack: AttackLoop,
 }
 
 impl Planter {
     pub fn start(user: &TenantUser, target: &Path, link: &Path) -> Self {
-        let child = user
-            .command(attack_binary())
-            .arg("plant-link")
-            .arg(target)
-            .arg(link)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tenant-attack");
-        Self { child: Some(child), what: format!("{} -> {}", link.display(), target.display()) }
+        let what = format!("{} -> {}", link.display(), target.display());
+        Self { attack: AttackLoop::start(&attack_binary(), user, "plant-link", target, link, what) }
     }
 
     /// Stops the loop and returns how many links it planted. Unlike an exchange, none is a valid
     /// outcome of one race (the agent's own file took the name first): a test sums the counts of
     /// its attempts and asserts the total.
     pub fn stop(mut self) -> u64 {
-        let mut child = self.child.take().expect("running");
-        drop(child.stdin.take());
-        let out = child.wait_with_output().expect("tenant-attack");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "planting {} failed ({}): {}",
-            self.what,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+        let end = self.attack.stop();
+        assert!(end.status.success(), "planting {} failed ({}): {}", self.attack.what, end.status, end.stderr);
+        end.count
     }
 }
 
-impl Drop for Planter {
+/// One `tenant-attack` loop running as the tenant: it runs until its stdin closes, then prints how
+/// many times it acted and exits. Killed on drop, so a failing test leaves no attacker behind.
+struct AttackLoop {
+    child: Option<Child>,
+    /// What it attacks, for messages.
+    what: String,
+}
+
+/// How a stopped loop ended.
+struct AttackEnd {
+    status: std::process::ExitStatus,
+    /// The count it printed (0 if it printed none).
+    count: u64,
+    stdout: String,
+    stderr: String,
+}
+
+impl AttackLoop {
+    fn start(binary: &Path, user: &TenantUser, verb: &str, first: &Path, second: &Path, what: String) -> Self {
+        let child = user
+            .command(binary)
+            .arg(verb)
+            .arg(first)
+            .arg(second)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tenant-attack");
+        Self { child: Some(child), what }
+    }
+
+    fn stop(&mut self) -> AttackEnd {
+        let mut child = self.child.take().expect("running");
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("tenant-attack");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let count = stdout.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        AttackEnd { status: out.status, count, stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    }
+}
+
+impl Drop for AttackLoop {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

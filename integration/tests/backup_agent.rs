@@ -4,15 +4,15 @@
 //! retry, role check and the Starter plan's quota; and the destinations as untrusted storage:
 //! manifests rewritten there are refused, a retried request never reuses a backup id.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use dbagent_integration::agent::LaunchContext;
-use dbagent_integration::config::{custom_config, toml_path};
+use dbagent_integration::backup_config::BackupAgentConfig;
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{ServerPki, Validity};
-use dbagent_integration::servers::{PG_BIN, PgServer};
+use dbagent_integration::servers::PgServer;
 use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
 use dbagent_proto::v1::backups_client::BackupsClient;
 use dbagent_proto::v1::instances_client::InstancesClient;
@@ -27,67 +27,24 @@ use tonic::transport::Channel;
 const INSTANCE: &str = "pg-backup";
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The agent's TOML: the shared test config plus a KEK file (written unless `with_kek` is false),
-/// data roots (the agent's and the one holding the PostgreSQL cluster), three `dir` destinations
-/// and the connection of the dump tools to `pg_port`.
+/// The agent's TOML: a KEK file (written unless `with_kek` is false), data roots (the agent's and
+/// the one holding the PostgreSQL cluster), three `dir` destinations and the connection of the dump
+/// tools to `pg_port`.
 fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, pg_root: Option<&Path>, with_kek: bool) -> String {
-    let files = pki.write(&ctx.work_dir.join("pki"));
-    let kek = ctx.work_dir.join("kek");
-    if with_kek {
-        std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
-        std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .expect("chmod the test KEK");
+    let data_roots: Vec<PathBuf> =
+        [Some(data_root(&ctx.work_dir)), pg_root.map(Path::to_path_buf)].into_iter().flatten().collect();
+    BackupAgentConfig {
+        write_kek: with_kek,
+        data_roots: &data_roots,
+        destinations: &["az1", "az2", "az3"],
+        pg_port,
+        pg_database: "shop",
+        redis_port: None,
     }
-    let dest = |az: &str| toml_path(&ctx.work_dir.join("dest").join(az));
-    format!(
-        r#"{base}
-[keys]
-kek_file = {kek}
-
-[instances]
-data_roots = [{data_roots}]
-
-[backup]
-scheduler_interval_secs = 3600
-
-[[backup.destinations]]
-kind = "dir"
-name = "az1"
-path = {az1}
-
-[[backup.destinations]]
-kind = "dir"
-name = "az2"
-path = {az2}
-
-[[backup.destinations]]
-kind = "dir"
-name = "az3"
-path = {az3}
-
-[backup.postgresql]
-host = "127.0.0.1"
-port = {pg_port}
-user = "postgres"
-database = "shop"
-bin_dir = {bin_dir}
-"#,
-        base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
-        kek = toml_path(&kek),
-        data_roots = [Some(data_root(ctx.work_dir.as_path()).as_path()), pg_root]
-            .into_iter()
-            .flatten()
-            .map(toml_path)
-            .collect::<Vec<_>>()
-            .join(", "),
-        az1 = dest("az1"),
-        az2 = dest("az2"),
-        az3 = dest("az3"),
-        bin_dir = toml_path(Path::new(PG_BIN)),
-    )
+    .toml(ctx, pki)
 }
 
-fn data_root(work_dir: &Path) -> std::path::PathBuf {
+fn data_root(work_dir: &Path) -> PathBuf {
     work_dir.join("data")
 }
 

@@ -13,10 +13,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use dbagent_integration::agent::LaunchContext;
-use dbagent_integration::config::{custom_config, toml_path};
+use dbagent_integration::backup_config::BackupAgentConfig;
 use dbagent_integration::ops::{instance_spec, state_of, wait_for_state};
 use dbagent_integration::pki::{ServerPki, Validity};
-use dbagent_integration::servers::{OwnedDir, PG_BIN, PgServer, RedisServer};
+use dbagent_integration::servers::{OwnedDir, PgServer, RedisServer};
 use dbagent_integration::tenant::{Exchange, Planter, Sentinels, TenantUser, plant_fifo, plant_huge_file, plant_link};
 use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
 use dbagent_proto::v1::agent_client::AgentClient;
@@ -32,53 +32,18 @@ use tonic::transport::Channel;
 const OP_TIMEOUT: Duration = Duration::from_secs(180);
 const PG_CHECK: &str = "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t";
 
-/// An agent whose data roots are `roots`, with three `dir` destinations and the dump tools aimed
+/// An agent whose data roots are `roots`, with two `dir` destinations and the dump tools aimed
 /// at the test's PostgreSQL and Redis servers.
 fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, redis_port: u16, roots: &[PathBuf]) -> String {
-    let files = pki.write(&ctx.work_dir.join("pki"));
-    let kek = ctx.work_dir.join("kek");
-    std::fs::write(&kek, [0x5au8; 32]).expect("write the test KEK");
-    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod the test KEK");
-    let dest = |az: &str| toml_path(&ctx.work_dir.join("dest").join(az));
-    format!(
-        r#"{base}
-[keys]
-kek_file = {kek}
-
-[instances]
-data_roots = [{roots}]
-
-[backup]
-scheduler_interval_secs = 3600
-
-[[backup.destinations]]
-kind = "dir"
-name = "az1"
-path = {az1}
-
-[[backup.destinations]]
-kind = "dir"
-name = "az2"
-path = {az2}
-
-[backup.postgresql]
-host = "127.0.0.1"
-port = {pg_port}
-user = "postgres"
-database = "postgres"
-bin_dir = {bin_dir}
-
-[backup.redis]
-host = "127.0.0.1"
-port = {redis_port}
-"#,
-        base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
-        kek = toml_path(&kek),
-        roots = roots.iter().map(|r| toml_path(r)).collect::<Vec<_>>().join(", "),
-        az1 = dest("az1"),
-        az2 = dest("az2"),
-        bin_dir = toml_path(Path::new(PG_BIN)),
-    )
+    BackupAgentConfig {
+        write_kek: true,
+        data_roots: roots,
+        destinations: &["az1", "az2"],
+        pg_port,
+        pg_database: "postgres",
+        redis_port: Some(redis_port),
+    }
+    .toml(ctx, pki)
 }
 
 struct Setup {

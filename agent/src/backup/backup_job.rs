@@ -304,7 +304,7 @@ const ESTIMATE_MAX_ENTRIES: usize = 1_000_000;
 /// before it without following any link, and reads sizes with `fstatat(AT_SYMLINK_NOFOLLOW)`, so it
 /// never leaves the data directory, even to count.
 pub(crate) fn estimate_size(dir: &Path) -> u64 {
-    use rustix::fs::{AtFlags, FileType, statat};
+    use rustix::fs::FileType;
     let Ok(top) = crate::beneath::DirHandle::open_root(dir) else {
         return 0;
     };
@@ -320,7 +320,7 @@ pub(crate) fn estimate_size(dir: &Path) -> u64 {
             if seen > ESTIMATE_MAX_ENTRIES {
                 return 0;
             }
-            let Ok(st) = statat(&d, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            let Ok(st) = d.stat_entry(&name) else { continue };
             match FileType::from_raw_mode(st.st_mode) {
                 FileType::Directory => stack.extend(d.open_dir(Path::new(&name)).ok()),
                 FileType::RegularFile => total += u64::try_from(st.st_size).unwrap_or(0),

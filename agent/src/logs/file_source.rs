@@ -410,7 +410,7 @@ fn find_copy(t: &Tracked, roots: &LogRoots) -> Option<OpenedLog> {
     }
     let dir = roots.open_dir(t.path.parent()?).ok()?;
     let tail_start = t.read_pos - t.tail.len() as u64;
-    for name in open_beneath::list(&dir) {
+    for name in dir.entries().unwrap_or_default() {
         let Ok(c) = open_beneath::open_entry(&dir, &name) else { continue };
         if c.meta.ino() == t.ino || c.meta.len() < t.read_pos {
             continue;
@@ -431,7 +431,7 @@ fn find_inode(roots: &LogRoots, pos: &FilePos) -> Option<(PathBuf, OpenedLog)> {
     }
     let parent = pos.path.parent()?;
     let dir = roots.open_dir(parent).ok()?;
-    open_beneath::list(&dir).into_iter().find_map(|name| {
+    dir.entries().unwrap_or_default().into_iter().find_map(|name| {
         let o = open_beneath::open_entry(&dir, &name).ok()?;
         (o.meta.dev() == pos.dev && o.meta.ino() == pos.ino).then(|| (parent.join(name), o))
     })

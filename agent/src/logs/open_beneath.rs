@@ -2,26 +2,27 @@
 //!
 //! The log folders belong to the databases' users, who may swap a matched `*.log` for a link to the
 //! agent's keys at any moment. Checking a path and then opening it by name leaves that moment open,
-//! so every open here resolves relative to a handle on the root with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`: a link in any component fails the open itself. Files are opened
-//! `O_NOFOLLOW | O_NONBLOCK` (a FIFO answers at once instead of hanging the reader) and `fstat`ed on
-//! the opened descriptor: only a regular file with one name is read. A second hard link could be a
-//! file outside the roots (where `fs.protected_hardlinks` is off, a tenant may link any file on the
-//! same file system), and log files are never hard-linked by the engines or by logrotate.
+//! so every open here resolves relative to a handle on the root through [`crate::beneath`]
+//! (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`): a link in any component fails the open
+//! itself. Files are opened `O_NOFOLLOW | O_NONBLOCK` (a FIFO answers at once instead of hanging
+//! the reader) and `fstat`ed on the opened descriptor. What is the log reader's own lives here:
+//! only a regular file with one name is read. A second hard link could be a file outside the roots
+//! (where `fs.protected_hardlinks` is off, a tenant may link any file on the same file system), and
+//! log files are never hard-linked by the engines or by logrotate.
 //!
 //! The roots themselves come from the agent's configuration and their ancestors belong to root, so
-//! they are opened by path; each call opens them again, which is one cheap `O_PATH` open and follows
-//! an administrator who recreates a root folder.
+//! they are opened by path ([`DirHandle::open_configured_root`]); each call opens them again, which
+//! is one cheap `O_PATH` open and follows an administrator who recreates a root folder.
 
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::beneath::{BeneathError, DirHandle};
 
 /// Why a matched log file was not opened.
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +55,6 @@ pub struct LogRoots {
     roots: Arc<[PathBuf]>,
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
-
-fn file_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY
-}
-
 impl LogRoots {
     pub fn new(roots: Arc<[PathBuf]>) -> Self {
         Self { roots }
@@ -72,9 +67,9 @@ impl LogRoots {
         if rel.as_os_str().is_empty() {
             return Err(OpenRefused::OutsideRoots);
         }
-        let root = open_root(root)?;
-        let fd = rustix::fs::openat2(&root, rel, file_flags(), Mode::empty(), RESOLVE).map_err(refusal)?;
-        regular(fd)
+        let root = DirHandle::open_configured_root(root).map_err(refusal)?;
+        let (file, stat) = root.open_for_reading(rel).map_err(refusal)?;
+        regular(file, &stat)
     }
 
     /// Opens `path` only if it is still the file (device, inode) that was vetted before.
@@ -88,12 +83,10 @@ impl LogRoots {
     }
 
     /// Opens the folder `path` (the root itself or a folder below it) for listing, links refused.
-    pub fn open_dir(&self, path: &Path) -> Result<OwnedFd, OpenRefused> {
+    pub fn open_dir(&self, path: &Path) -> Result<DirHandle, OpenRefused> {
         let (root, rel) = self.split(path).ok_or(OpenRefused::OutsideRoots)?;
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        let root = open_root(root)?;
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        rustix::fs::openat2(&root, rel, flags, Mode::empty(), RESOLVE).map_err(refusal)
+        let root = DirHandle::open_configured_root(root).map_err(refusal)?;
+        root.open_dir(rel).map_err(refusal)
     }
 
     /// The deepest root `path` lies below (compared component by component), and the rest.
@@ -107,30 +100,15 @@ impl LogRoots {
 
 /// Opens the entry `name` of the folder `dir` (one name, no slash) as a regular file, not
 /// following a link.
-pub fn open_entry(dir: &OwnedFd, name: &OsStr) -> Result<OpenedLog, OpenRefused> {
+pub fn open_entry(dir: &DirHandle, name: &OsStr) -> Result<OpenedLog, OpenRefused> {
     if name.as_encoded_bytes().contains(&b'/') {
         return Err(OpenRefused::OutsideRoots);
     }
-    let fd = rustix::fs::openat2(dir, name, file_flags(), Mode::empty(), RESOLVE).map_err(refusal)?;
-    regular(fd)
+    let (file, stat) = dir.open_for_reading(Path::new(name)).map_err(refusal)?;
+    regular(file, &stat)
 }
 
-/// The names in the folder `dir`, without `.` and `..`.
-pub fn list(dir: &OwnedFd) -> Vec<std::ffi::OsString> {
-    let Ok(entries) = rustix::fs::Dir::read_from(dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-        .filter(|n| n != "." && n != "..")
-        .collect()
-}
-
-fn open_root(root: &Path) -> Result<OwnedFd, OpenRefused> {
-    rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(refusal)
-}
-
-fn regular(fd: OwnedFd) -> Result<OpenedLog, OpenRefused> {
-    let stat = rustix::fs::fstat(fd.as_fd()).map_err(|e| OpenRefused::Io(e.into()))?;
+fn regular(file: File, stat: &Stat) -> Result<OpenedLog, OpenRefused> {
     let kind = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile => None,
         FileType::Directory => Some("a folder"),
@@ -145,19 +123,18 @@ fn regular(fd: OwnedFd) -> Result<OpenedLog, OpenRefused> {
     if stat.st_nlink > 1 {
         return Err(OpenRefused::HardLinked(stat.st_nlink));
     }
-    let file = File::from(fd);
     let meta = file.metadata().map_err(OpenRefused::Io)?;
     Ok(OpenedLog { file, meta })
 }
 
-fn refusal(e: Errno) -> OpenRefused {
-    match e {
+fn refusal(e: BeneathError) -> OpenRefused {
+    match e.errno() {
         // ELOOP: a link where RESOLVE_NO_SYMLINKS or O_NOFOLLOW met one; EXDEV: `..` or an absolute
         // link tried to leave the root.
-        Errno::LOOP | Errno::XDEV => OpenRefused::Link,
-        Errno::NOENT | Errno::NOTDIR => OpenRefused::Gone,
+        Some(Errno::LOOP | Errno::XDEV) => OpenRefused::Link,
+        Some(Errno::NOENT | Errno::NOTDIR) => OpenRefused::Gone,
         // A socket cannot be opened like a file.
-        Errno::NXIO => OpenRefused::NotRegular("a socket"),
-        other => OpenRefused::Io(other.into()),
+        Some(Errno::NXIO) => OpenRefused::NotRegular("a socket"),
+        _ => OpenRefused::Io(e.to_io()),
     }
 }

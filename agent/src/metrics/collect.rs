@@ -215,7 +215,7 @@ impl Collector {
                 push_pressure(&mut r, resource, &text);
             }
         }
-        if let Some(fs) = fs_usage(&target.data_dir) {
+        if let Some(fs) = data_dir_usage(&target.data_dir) {
             push_fs(&mut r, fs, SeriesKey::plain);
         }
         if let Some(d) = self.volume_device(&target.id).and_then(|name| disks.iter().find(|d| d.name == name)) {
@@ -239,7 +239,20 @@ struct FsUsage {
 }
 
 fn fs_usage(path: &Path) -> Option<FsUsage> {
-    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    usage_of(&nix::sys::statvfs::statvfs(path).ok()?)
+}
+
+/// The usage of the filesystem that holds `data_dir`, asked of the folder itself. The engine's user
+/// owns it and, when no volume is mounted there, could swap it for a link to another filesystem,
+/// whose usage would then be reported as the instance's. So the folder is opened with no link
+/// anywhere from `/` ([`crate::beneath::DirHandle::open_root`]) and the handle is `fstatvfs`ed: a
+/// data dir reached through a link gives no sample.
+fn data_dir_usage(data_dir: &Path) -> Option<FsUsage> {
+    let dir = crate::beneath::DirHandle::open_root(data_dir).ok()?;
+    usage_of(&nix::sys::statvfs::fstatvfs(&dir).ok()?)
+}
+
+fn usage_of(s: &nix::sys::statvfs::Statvfs) -> Option<FsUsage> {
     let frsize = s.fragment_size();
     let blocks = s.blocks();
     if blocks == 0 {

@@ -95,6 +95,33 @@ fn fixture_tree_node_and_instances() {
 }
 
 #[test]
+fn a_data_dir_swapped_for_a_link_gives_no_filesystem_sample() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::new(fixture_paths(tmp.path()));
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    // The tenant's swap: the data dir's name is now a link to a folder elsewhere (in a real attack
+    // on another filesystem; any target with blocks shows whether the link was followed).
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let swapped = tmp.path().join("swapped");
+    std::os::unix::fs::symlink(&elsewhere, &swapped).unwrap();
+    assert!(fs_usage(&swapped).is_some(), "by path, the link's target is measured");
+    let target = |data_dir: &Path| InstanceTarget {
+        id: "pg-1".into(),
+        systemd_unit: "postgresql@15-main.service".into(),
+        data_dir: data_dir.into(),
+    };
+    let linked = c.collect_instance(&target(&swapped), &[]);
+    assert!(find(&linked, Metric::CpuUsage, None).is_some(), "the rest of the instance is still read");
+    for m in [Metric::FilesystemSize, Metric::FilesystemAvail, Metric::FilesystemUsed] {
+        assert_eq!(find(&linked, m, None), None, "{m:?} of the link's target was reported");
+    }
+    let beside = c.collect_instance(&target(&real), &[]);
+    assert!(find(&beside, Metric::FilesystemSize, None).unwrap() > 0, "the real folder is reported");
+}
+
+#[test]
 fn missing_proc_files_give_an_empty_reading() {
     let tmp = tempfile::tempdir().unwrap();
     let paths =

@@ -1,26 +1,23 @@
 //! The mount point as a directory handle. The data roots belong to the engines' users, who can swap
 //! any name beneath them for a link at any moment. So the mount point is opened once, beneath its
-//! data root, without following links (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), creating
-//! missing folders relative to their parent's handle; the mount-point check, the mount (new mount
-//! API: fsopen/fsconfig/fsmount, then move_mount onto the handle), the owner of the mounted root
-//! (set through the new mount's own handle before it is attached) and the unmount all use handles,
-//! never the path again.
+//! data root, without following links (through [`crate::beneath`]: openat2 `RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS`), creating missing folders relative to their parent's handle; the
+//! mount-point check, the mount (new mount API: fsopen/fsconfig/fsmount, then move_mount onto the
+//! handle), the owner of the mounted root (set through the new mount's own handle before it is
+//! attached) and the unmount all use handles, never the path again. What is kept here is what only
+//! a mount needs: the words for each refusal, the retries against a tenant racing the walk, the
+//! mount-root check and the mount calls.
 
-use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::fd::{AsFd, AsRawFd};
+use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
 use rustix::io::Errno;
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags};
 use std::path::{Component, Path};
 
 use super::{HostError, MountPoint};
+use crate::beneath::DirHandle;
 
-/// How the mount point's folders are resolved: beneath the handle they are opened from, and never
-/// through a link (a link anywhere is refused, not followed).
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
-
-/// Opening a folder: O_DIRECTORY refuses FIFOs and devices before they can block or act. No
-/// O_NOFOLLOW: it would report a final link as "not a directory"; RESOLVE_NO_SYMLINKS refuses it as
-/// a link (ELOOP).
+/// Opening the new mount's root: O_DIRECTORY refuses anything else before it can block or act.
 const DIR: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
 
 /// A tenant who removes a folder as fast as it is made would keep the walk going for ever.
@@ -33,8 +30,8 @@ fn unsafe_target(at: MountPoint<'_>, reason: impl Into<String>) -> HostError {
 /// The mount point, opened: its parent folder's handle, its own, and its name in the parent.
 #[derive(Debug)]
 struct Opened<'a> {
-    parent: OwnedFd,
-    dir: OwnedFd,
+    parent: DirHandle,
+    dir: DirHandle,
     name: &'a std::ffi::OsStr,
 }
 
@@ -54,8 +51,8 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, Host
     };
     // The root comes from the agent's configuration and its parents belong to root: opening it by
     // path is the one trusted step.
-    let mut parent = rustix::fs::open(at.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| HostError::io(format!("open data root {}", at.root.display()), e.into()))?;
+    let mut parent = DirHandle::open_configured_root(at.root)
+        .map_err(|e| HostError::io(format!("open data root {}", at.root.display()), e.to_io()))?;
     for name in parents {
         let Some(child) = open_child(&parent, name, create, at)? else { return Ok(None) };
         parent = child;
@@ -66,28 +63,34 @@ fn open_dir(at: MountPoint<'_>, create: bool) -> Result<Option<Opened<'_>>, Host
 
 /// One component beneath `parent`: opened, or made and then opened.
 fn open_child(
-    parent: &OwnedFd,
+    parent: &DirHandle,
     name: &std::ffi::OsStr,
     create: bool,
     at: MountPoint<'_>,
-) -> Result<Option<OwnedFd>, HostError> {
+) -> Result<Option<DirHandle>, HostError> {
     let shown = Path::new(name).display();
+    let io = |verb: &str, e: crate::beneath::BeneathError| {
+        HostError::io(format!("{verb} {shown} in {}", at.dir.display()), e.to_io())
+    };
     for _ in 0..CREATE_ATTEMPTS {
-        match rustix::fs::openat2(parent, name, DIR, Mode::empty(), BENEATH) {
-            Ok(fd) => return Ok(Some(fd)),
-            Err(Errno::NOENT) if create => match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(Errno::EXIST) => continue,
-                Err(e) => return Err(HostError::io(format!("create {shown} in {}", at.dir.display()), e.into())),
-            },
-            Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::LOOP) => return Err(unsafe_target(at, format!("{shown} on its way is a symbolic link"))),
-            Err(Errno::NOTDIR) => return Err(unsafe_target(at, format!("{shown} on its way is not a folder"))),
-            Err(Errno::XDEV) => {
+        let e = match parent.open_dir(Path::new(name)) {
+            Ok(dir) => return Ok(Some(dir)),
+            Err(e) => e,
+        };
+        match e.errno() {
+            // Made, or made by someone else meanwhile: either way it is opened on the next round.
+            Some(Errno::NOENT) if create => {
+                parent.create_dir(name, 0o755).map_err(|e| io("create", e))?;
+            }
+            Some(Errno::NOENT) => return Ok(None),
+            Some(Errno::LOOP) => return Err(unsafe_target(at, format!("{shown} on its way is a symbolic link"))),
+            Some(Errno::NOTDIR) => return Err(unsafe_target(at, format!("{shown} on its way is not a folder"))),
+            Some(Errno::XDEV) => {
                 return Err(unsafe_target(at, format!("{shown} on its way leads out of its data root")));
             }
             // openat2 retries renames itself a few times; a steady stream of them ends here.
-            Err(Errno::AGAIN) => continue,
-            Err(e) => return Err(HostError::io(format!("open {shown} in {}", at.dir.display()), e.into())),
+            Some(Errno::AGAIN) => {}
+            _ => return Err(io("open", e)),
         }
     }
     Err(unsafe_target(at, format!("{shown} kept changing while it was opened")))
@@ -95,8 +98,8 @@ fn open_child(
 
 /// Whether `dir` is the root of a mount: STATX_ATTR_MOUNT_ROOT, or on kernels that do not report it,
 /// a device other than its parent's.
-fn is_mount_root(parent: &OwnedFd, dir: &OwnedFd) -> Result<bool, HostError> {
-    let stat = |fd: &OwnedFd| {
+fn is_mount_root(parent: &impl AsFd, dir: &impl AsFd) -> Result<bool, HostError> {
+    let stat = |fd: &dyn AsFd| {
         rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
             .map_err(|e| HostError::io("stat the mount point", e.into()))
     };
@@ -177,7 +180,7 @@ pub(super) fn unmount_beneath(device: &Path, at: MountPoint<'_>) -> Result<bool,
         return Ok(false);
     }
     drop(dir);
-    let handle = Path::new("/proc/self/fd").join(rustix::fd::AsRawFd::as_raw_fd(&parent).to_string()).join(name);
+    let handle = Path::new("/proc/self/fd").join(parent.as_fd().as_raw_fd().to_string()).join(name);
     rustix::mount::unmount(&handle, UnmountFlags::NOFOLLOW).map_err(|e| {
         HostError::io(format!("unmount {} (is the database still running?)", at.dir.display()), e.into())
     })?;
