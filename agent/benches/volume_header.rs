@@ -1,8 +1,9 @@
 //! LUKS2 header work with the real libcryptsetup on plain files: the time to format (create) and to
-//! unlock (open) a volume, with the test/dev PBKDF and with the production argon2id settings.
+//! unlock (open) a volume, with the shipped PBKDF2 keyslots and with argon2id at the settings the
+//! agent shipped before (what a human-passphrase slot would cost).
 //! `cargo bench -p dbagent --bench volume_header`; figures in docs/benchmarks.md (Volumes).
-//! Production argon2id costs seconds and 1 GiB of memory per keyslot, which is why this is a
-//! benchmark and not a test.
+//! argon2id costs seconds and 1 GiB of memory per keyslot, which is why this is a benchmark and not
+//! a test.
 
 use dbagent::config::PbkdfKind;
 use dbagent::volume::crypt::{CryptBackend, FormatParams, LibCryptsetup, PbkdfParams};
@@ -16,8 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let production =
         PbkdfParams { kind: PbkdfKind::Argon2id, time_ms: 2000, iterations: 0, memory_kib: 1024 * 1024, parallel: 4 };
     for (name, pbkdf) in [
-        ("pbkdf2, 1000 iterations (tests, --dev)", cheap),
-        ("argon2id, 2000 ms, 1 GiB, 4 threads (production)", production),
+        ("pbkdf2, 1000 iterations (shipped default)", cheap),
+        ("argon2id, 2000 ms, 1 GiB, 4 threads (the former default)", production),
     ] {
         for key_bits in [256, 512] {
             let image = dir.path().join(format!("{key_bits}-{}.img", pbkdf.iterations));

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 mod digest;
 mod volumes;
-pub use volumes::{KeyProviderKind, KeysConfig, PbkdfKind, RemoteKeysConfig, VolumesConfig};
+pub use volumes::{KeyProviderKind, KeysConfig, MIN_PBKDF2_ITERATIONS, PbkdfKind, RemoteKeysConfig, VolumesConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dbagent/agent.toml";
 
@@ -320,10 +320,8 @@ impl Config {
         config.api.shutdown_grace_secs = 5;
         // Dev and test drains listen on 127.0.0.1, without TLS.
         config.logs.drain_policy = crate::logs::settings::DrainPolicyConfig::loopback();
-        // Dev hosts and test VMs: a generated KEK, and cheap keyslots (not for real data).
+        // Dev hosts and test VMs: a generated KEK (keyslots are the shipped PBKDF2 minimum already).
         config.keys.kek_file = state_dir.join("kek");
-        config.volumes.pbkdf = PbkdfKind::Pbkdf2;
-        config.volumes.pbkdf_iterations = 1000;
         // Any free port: several dev agents (and the integration tests' agents) run side by side.
         config.metrics.prometheus_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config
@@ -433,7 +431,7 @@ impl Config {
         }
         if self.volumes.pbkdf == PbkdfKind::Pbkdf2
             && self.volumes.pbkdf_iterations != 0
-            && self.volumes.pbkdf_iterations < 1000
+            && self.volumes.pbkdf_iterations < MIN_PBKDF2_ITERATIONS
         {
             return invalid(
                 "volumes.pbkdf_iterations",

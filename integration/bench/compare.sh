@@ -174,9 +174,10 @@ section_volumes() {
       for (i = 1; i <= n; i++) { split(order[i], kb, SUBSEP); printf "| %s | %s bits | %s | %s |\n", kb[1], kb[2], stat(fmt[order[i]]), stat(unl[order[i]]) }
     }' "$raw"
   echo
-  echo "* Unlock with argon2id takes the configured ~2 s by design: that is what makes guessing keys expensive."
-  echo "  Create also pays libcryptsetup's PBKDF benchmark. Several volumes at start-up open one after the other,"
-  echo "  so READY comes about 2 s per volume after the start."
+  echo "* The shipped keyslots are PBKDF2 at 1000 iterations: their secret is a random 256/512-bit key, so a slow"
+  echo "  KDF would add only delay (docs/volumes.md, Keyslot KDF). argon2id, the former default, takes its ~2 s per"
+  echo "  open by design and also pays libcryptsetup's benchmark at create; volumes at start-up open one after the"
+  echo "  other, so with it READY came about 2 s per volume after the start."
   echo
   cat integration/bench/volumes-vm.md
   echo

@@ -90,3 +90,38 @@ fn header_work_on_a_missing_file_fails_cleanly() {
     assert!(matches!(e, CryptError::Failed { .. }), "{e}");
     assert!(!e.to_string().contains("5a5a"), "{e}");
 }
+
+/// The keyslot a volume gets with the shipped configuration: PBKDF2-SHA256 at exactly the minimum
+/// iteration count (no benchmark chose it), so opening 50 volumes at boot costs milliseconds, not
+/// 50 times 2 s and 1 GiB of argon2id. Read back from the LUKS2 header by `cryptsetup luksDump`.
+#[test]
+fn shipped_keyslots_are_pbkdf2_at_the_minimum_iterations_and_open_in_milliseconds() {
+    let settings = crate::volume::VolumeSettings::from_config(&crate::config::Config::default());
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "shipped.img");
+    let c = LibCryptsetup;
+    c.format(&img, &settings.format, KEY_A).unwrap();
+
+    let dump = std::process::Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(&img)
+        .output()
+        .expect("cryptsetup luksDump (package cryptsetup-bin)");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let slots = json["keyslots"].as_object().unwrap();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    let kdf = &slots.values().next().unwrap()["kdf"];
+    assert_eq!(kdf["type"], "pbkdf2", "{kdf}");
+    assert_eq!(kdf["hash"], "sha256", "{kdf}");
+    assert_eq!(kdf["iterations"], crate::config::MIN_PBKDF2_ITERATIONS, "{kdf}");
+
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        c.verify(&img, KEY_A).unwrap();
+    }
+    let fifty = started.elapsed();
+    // Each open reads the header and derives the key once; argon2id at the old defaults took ~2 s each.
+    assert!(fifty < std::time::Duration::from_secs(5), "50 keyslot opens took {fifty:?}");
+    assert!(c.verify(&img, KEY_B).is_err(), "a wrong key still fails");
+}
