@@ -154,7 +154,7 @@ fn exposure(run: &vm::VmRun, file: &str) -> f64 {
         .unwrap_or_else(|| panic!("no exposure number in {line:?} ({})", path.display()))
 }
 
-/// Agent configuration for the guest: listens for the forwarded port, cheap keyslots (test only).
+/// Agent configuration for the guest: listens for the forwarded port; keyslots at the shipped defaults.
 const AGENT_TOML: &str = r#"# Written by integration/tests/vm_deb.rs
 [api]
 listen = "0.0.0.0:7443"
@@ -166,10 +166,6 @@ monitors = ["monitor"]
 [instances]
 data_roots = ["/var/lib/postgresql"]
 device_prefixes = ["/dev/disk/by-id/"]
-
-[volumes]
-pbkdf = "pbkdf2"
-pbkdf_iterations = 1000
 "#;
 
 /// Runs integration/build-deb.sh and copies the .deb it built into `dest` (cargo-deb deletes older
