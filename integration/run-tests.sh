@@ -127,5 +127,6 @@ log "building"
 cargo build --workspace --all-targets --locked
 step_done "build"
 log "running all tests"
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+# --no-fail-fast: a red run names every failing test binary, not only the first.
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
 step_done "tests"

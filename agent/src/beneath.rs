@@ -146,7 +146,7 @@ impl DirHandle {
         }
         let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(rustix::fs::CWD, path, flags, Mode::empty(), resolve) {
+        match open_beneath(rustix::fs::CWD, path, flags, Mode::empty(), resolve) {
             Ok(fd) => Ok(Self { fd, path: path.to_owned() }),
             Err(e) => Err(classify("open", path, Path::new("/"), e)),
         }
@@ -178,7 +178,7 @@ impl DirHandle {
     pub fn open_dir(&self, rel: &Path) -> Result<DirHandle, BeneathError> {
         let path = self.path.join(rel);
         let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-        match rustix::fs::openat2(&self.fd, relative(rel), flags, Mode::empty(), NO_LINKS) {
+        match open_beneath(self.fd.as_fd(), relative(rel), flags, Mode::empty(), NO_LINKS) {
             Ok(fd) => Ok(DirHandle { fd, path }),
             Err(e) => Err(classify("open", &path, &self.path, e)),
         }
@@ -226,7 +226,7 @@ impl DirHandle {
         let name = self.single(name)?;
         let path = self.path.join(name);
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC;
-        match rustix::fs::openat2(&self.fd, name, flags, Mode::from_bits_truncate(mode), NO_LINKS) {
+        match open_beneath(self.fd.as_fd(), Path::new(name), flags, Mode::from_bits_truncate(mode), NO_LINKS) {
             Ok(fd) => Ok(File::from(fd)),
             Err(e) => Err(classify("create", &path, &self.path, e)),
         }
@@ -250,7 +250,7 @@ impl DirHandle {
     pub fn open_for_reading(&self, rel: &Path) -> Result<(File, Stat), BeneathError> {
         let path = self.path.join(rel);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat2(&self.fd, relative(rel), flags, Mode::empty(), NO_LINKS)
+        let fd = open_beneath(self.fd.as_fd(), relative(rel), flags, Mode::empty(), NO_LINKS)
             .map_err(|e| classify("open", &path, &self.path, e))?;
         let stat = rustix::fs::fstat(&fd).map_err(|e| io_error("stat", &path, e))?;
         Ok((File::from(fd), stat))
@@ -400,6 +400,73 @@ pub fn fchown(fd: impl AsFd, uid: u32, gid: u32) -> Result<(), Errno> {
 }
 
 /// An empty relative path means the folder itself.
+/// `openat2(dir, path, flags, mode, resolve)`, or, where the kernel or a seccomp filter answers
+/// ENOSYS, the same resolution done one component at a time: systemd's `RestrictSUIDSGID=`, which
+/// the shipped unit sets, makes `openat2` fail with ENOSYS on purpose (seccomp cannot read the mode
+/// inside `struct open_how`, so callers are meant to fall back to `openat`). The walk keeps the
+/// same promises for the flags this module uses (`NO_SYMLINKS`, `NO_MAGICLINKS`, `BENEATH`): no
+/// `..` and no absolute path beneath a handle (EXDEV), every component checked with
+/// `fstatat(AT_SYMLINK_NOFOLLOW)` and opened with `O_NOFOLLOW` (ELOOP for a link, also one swapped
+/// in between the two), each folder opened relative to the one before it.
+fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlags,
+    mode: Mode,
+    resolve: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match rustix::fs::openat2(dir, path, flags, mode, resolve) {
+            Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            other => return other,
+        }
+    }
+    walk_beneath(dir, path, flags, mode, resolve.contains(ResolveFlags::BENEATH))
+}
+
+/// The component-by-component resolution behind [`open_beneath`] (also run directly by the tests).
+fn walk_beneath(dir: BorrowedFd<'_>, path: &Path, flags: OFlags, mode: Mode, beneath: bool) -> Result<OwnedFd, Errno> {
+    let mut names = Vec::new();
+    let mut from_root = false;
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::CurDir => {}
+            Component::RootDir if !beneath => from_root = true,
+            Component::RootDir | Component::ParentDir | Component::Prefix(_) => return Err(Errno::XDEV),
+        }
+    }
+    let folder = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut current: Option<OwnedFd> =
+        if from_root { Some(rustix::fs::open("/", folder, Mode::empty())?) } else { None };
+    let Some((last, parents)) = names.split_last() else {
+        let at = current.as_ref().map_or(dir, |fd| fd.as_fd());
+        return rustix::fs::openat(at, ".", flags, mode);
+    };
+    for name in parents {
+        let at = current.as_ref().map_or(dir, |fd| fd.as_fd());
+        refuse_link(at, name)?;
+        current = Some(rustix::fs::openat(at, *name, folder, Mode::empty())?);
+    }
+    let at = current.as_ref().map_or(dir, |fd| fd.as_fd());
+    if !flags.contains(OFlags::CREATE) || !flags.contains(OFlags::EXCL) {
+        refuse_link(at, last)?;
+    }
+    rustix::fs::openat(at, *last, flags | OFlags::NOFOLLOW, mode)
+}
+
+/// ELOOP if `name` in `at` is a symbolic link (magic links of /proc included); a missing name is
+/// left to the open that follows, which reports it.
+fn refuse_link(at: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+    match rustix::fs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => Err(Errno::LOOP),
+        Ok(_) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn relative(rel: &Path) -> &Path {
     if rel.as_os_str().is_empty() { Path::new(".") } else { rel }
 }

@@ -337,3 +337,43 @@ fn to_io_keeps_the_system_error_of_a_refusal_or_a_failure() {
     let e = h.create_file(OsStr::new("a/b"), 0o600).unwrap_err();
     assert!(e.to_io().to_string().contains("single file name"), "{}", e.to_io());
 }
+
+/// Under systemd's `RestrictSUIDSGID=` openat2 answers ENOSYS and the walk resolves instead: the
+/// same refusals (a link on the way or at the end, `..`, an absolute path beneath a handle) and the
+/// same allowed opens, from a handle and from `/`.
+#[test]
+fn the_fallback_walk_refuses_what_openat2_refuses_and_opens_the_rest() {
+    let s = Scene::new();
+    fs::create_dir_all(s.root.join("a/b")).unwrap();
+    fs::write(s.root.join("a/b/f"), "inside").unwrap();
+    symlink(&s.outside, s.root.join("a/out")).unwrap();
+    symlink(s.outside.join("secret"), s.root.join("a/b/link")).unwrap();
+    let h = s.handle();
+    let dir = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let file = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let walk = |p: &str, flags| walk_beneath(h.as_fd(), Path::new(p), flags, Mode::empty(), true);
+
+    let mut text = String::new();
+    File::from(walk("a/b/f", file).unwrap()).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "inside");
+    assert!(walk("a/b", dir).is_ok() && walk(".", dir).is_ok() && walk("", dir).is_ok());
+    assert_eq!(walk("a/out/secret", file).unwrap_err(), Errno::LOOP, "a link on the way");
+    assert_eq!(walk("a/out", dir).unwrap_err(), Errno::LOOP, "a link as the folder");
+    assert_eq!(walk("a/b/link", file).unwrap_err(), Errno::LOOP, "a link as the file");
+    assert_eq!(walk("a/../../outside/secret", file).unwrap_err(), Errno::XDEV);
+    assert_eq!(walk("/etc/passwd", file).unwrap_err(), Errno::XDEV);
+    assert_eq!(walk("a/missing", file).unwrap_err(), Errno::NOENT);
+
+    // Create: O_EXCL on a planted link fails, a new name is made beneath the handle.
+    let create = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC;
+    let made = |p: &str| walk_beneath(h.as_fd(), Path::new(p), create, Mode::from_bits_truncate(0o600), true);
+    assert_eq!(made("a/b/link").unwrap_err(), Errno::EXIST);
+    File::from(made("a/b/new").unwrap()).write_all(b"x").unwrap();
+    assert_eq!(fs::read_to_string(s.root.join("a/b/new")).unwrap(), "x");
+
+    // From `/` (open_root's case): a link anywhere on the way is refused, a plain path opens.
+    let cwd = rustix::fs::CWD;
+    assert!(walk_beneath(cwd, &s.root.join("a/b"), dir, Mode::empty(), false).is_ok());
+    assert_eq!(walk_beneath(cwd, &s.root.join("a/out"), dir, Mode::empty(), false).unwrap_err(), Errno::LOOP);
+    s.assert_outside_untouched();
+}

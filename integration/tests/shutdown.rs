@@ -54,6 +54,11 @@ prometheus_listen = "127.0.0.1:0"
 
 [testing]
 sleep_outlasts_shutdown = true
+
+# The never-acknowledging receiver listens on 127.0.0.1 without TLS.
+[logs.drain_policy]
+allowed_cidrs = ["127.0.0.0/8"]
+plaintext_syslog_cidrs = ["127.0.0.0/8"]
 "#,
         state_dir = toml_path(&ctx.state_dir),
         listen = ctx.listen,
