@@ -15,6 +15,9 @@
 //!   marker.
 //! - second (after a reboot with the same disks and state folder): the agent reopened both volumes
 //!   at start-up; the markers read back.
+//! - fill (after second): registers 48 more instances on small managed files and creates their
+//!   volumes all at once (the agent runs them `operations.max_concurrent` at a time), so that the
+//!   agent has 50 volumes to open at its next start; each must end up open and mounted.
 //!
 //! Both phases end with a search under the state folder and in the agent log for every kind of key
 //! (current volume keys, rotated-away volume keys, the KEK); a kind with no key to search for, or a
@@ -564,6 +567,68 @@ async fn second(c: &Ctx) {
     }
 }
 
+/// The instances [`fill`] adds beside vm-a and vm-b: 50 volumes in all.
+fn fill_ids() -> impl Iterator<Item = String> {
+    (3..=50).map(|n| format!("vm-n{n:02}"))
+}
+
+/// The smallest managed file that still holds a file system: LUKS2's default header takes the
+/// first 16 MiB, so a volume of the agent's minimum size (16 MiB) would leave no data area.
+const FILL_VOLUME_BYTES: u64 = 20 << 20;
+
+async fn fill(c: &Ctx) {
+    let registered = c
+        .step("register-48-instances", async {
+            let mut inst = pb::instances_client::InstancesClient::new(c.channel.clone());
+            for id in fill_ids() {
+                let mut spec = spec(&c.data_dir(&id), None);
+                if let Some(volume) = spec.volume.as_mut() {
+                    volume.size_bytes = FILL_VOLUME_BYTES;
+                }
+                let req = pb::RegisterInstanceRequest { request_id: rid("reg", &id), id: id.clone(), spec: Some(spec) };
+                inst.register_instance(req).await.with_context(|| format!("register {id}"))?;
+            }
+            Ok(())
+        })
+        .await;
+    if registered.is_none() {
+        return;
+    }
+    // Every create is submitted before the first is waited for: the agent's operation engine is
+    // what limits how many run at once, as it would for an orchestrator placing 48 instances.
+    c.step("create-48-volumes", async {
+        let mut ops = Vec::new();
+        for id in fill_ids() {
+            let req = pb::CreateVolumeRequest { request_id: rid("create", &id), instance_id: id.clone(), force: true };
+            ops.push((id.clone(), c.volumes().create_volume(req).await.with_context(|| format!("create {id}"))?));
+        }
+        let mut failed = Vec::new();
+        for (id, op) in ops {
+            if let Err(e) = c.wait(op.into_inner()).await {
+                failed.push(format!("{id}: {e:#}"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{} of 48 creates failed: {}", failed.len(), failed.join("; "));
+        }
+        Ok(())
+    })
+    .await;
+    c.step("48-volumes-open-and-mounted", async {
+        let mounts = mount_points();
+        for id in fill_ids() {
+            let v = c.volume(&id).await?;
+            let mapper = PathBuf::from(format!("/dev/mapper/dbagent-{id}"));
+            let mounted_here = mounts.contains(&(c.data_dir(&id), mapper.clone()));
+            if !(v.active && v.mounted && mounted_here) {
+                bail!("{id} is not open and mounted from {} at {}: {v:?}", mapper.display(), c.data_dir(&id).display());
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
 fn nix_sync() {
     let _ = std::process::Command::new("sync").status();
 }
@@ -697,6 +762,7 @@ async fn main() -> Result<()> {
     match arg("--phase").as_deref().unwrap_or("first") {
         "first" => first(&c, arg("--device")).await,
         "second" => second(&c).await,
+        "fill" => fill(&c).await,
         other => bail!("unknown phase {other}"),
     }
     leak_scan(&c).await;
