@@ -225,7 +225,7 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
         second.ms("argon2id-open")
     );
     println!(
-        "  48 more volumes (20 MiB managed files) created, all submitted at once: {} ms",
+        "  48 more volumes (32 MiB managed files) created, all submitted at once: {} ms",
         second.ms("create-48-volumes")
     );
     let mut none: Vec<u64> = (1..=3).map(|n| second.ms(&format!("start-agent-no-volumes-{n}"))).collect();

@@ -4,7 +4,7 @@
 
 use crate::fsutil;
 use crate::ids::{InvalidField, truncate_for_message};
-use crate::instances::model::{BackupPolicy, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec};
+use crate::instances::model::{BackupPolicy, Filesystem, InstanceSpec, LogSource, MaintenanceWindow, Plan, VolumeSpec};
 use std::path::{Path, PathBuf};
 
 const MIB: u64 = 1 << 20;
@@ -14,7 +14,12 @@ const TIB: u64 = 1 << 40;
 /// PATH_MAX on Linux: longer paths cannot be opened in one call anyway.
 pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_LOG_SOURCES: usize = 32;
-pub const MIN_VOLUME_BYTES: u64 = 16 * MIB;
+/// LUKS2's header takes the first 16 MiB of a volume; a volume must hold a file system besides it.
+pub const LUKS2_HEADER_BYTES: u64 = 16 * MIB;
+/// The smallest ext4 volume: the header and 16 MiB of file system.
+pub const MIN_VOLUME_BYTES: u64 = LUKS2_HEADER_BYTES + 16 * MIB;
+/// mkfs.xfs (xfsprogs 5.19 and later) refuses file systems under 300 MB.
+pub const MIN_XFS_VOLUME_BYTES: u64 = LUKS2_HEADER_BYTES + 300 * MIB;
 pub const MAX_VOLUME_BYTES: u64 = 64 * TIB;
 pub const MIN_MEMORY_BYTES: u64 = 64 * MIB;
 pub const MAX_MEMORY_BYTES: u64 = 4 * TIB;
@@ -238,13 +243,15 @@ fn volume(volume: &VolumeSpec, prefixes: &[PathBuf]) -> Result<(), InvalidField>
             ));
         }
     }
-    if !(MIN_VOLUME_BYTES..=MAX_VOLUME_BYTES).contains(&volume.size_bytes) {
+    // Checked here rather than failing later in libcryptsetup or mkfs, part way through a create.
+    let (min, shown) = match volume.filesystem {
+        Filesystem::Ext4 => (MIN_VOLUME_BYTES, "32 MiB for ext4: the 16 MiB LUKS2 header and 16 MiB of file system"),
+        Filesystem::Xfs => (MIN_XFS_VOLUME_BYTES, "316 MiB for xfs: the 16 MiB LUKS2 header and mkfs.xfs's 300 MiB"),
+    };
+    if !(min..=MAX_VOLUME_BYTES).contains(&volume.size_bytes) {
         return Err(InvalidField::new(
             "spec.volume.size_bytes",
-            format!(
-                "is {}; it must be from {MIN_VOLUME_BYTES} (16 MiB) to {MAX_VOLUME_BYTES} (64 TiB)",
-                volume.size_bytes
-            ),
+            format!("is {}; it must be from {min} ({shown}) to {MAX_VOLUME_BYTES} (64 TiB)", volume.size_bytes),
         ));
     }
     Ok(())

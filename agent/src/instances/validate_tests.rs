@@ -138,14 +138,26 @@ fn volume_device() {
 #[test]
 fn volume_size() {
     accepted(|s| {
-        s.volume.size_bytes = 16 << 20;
+        s.volume.size_bytes = 32 << 20;
         s.plan.disk_bytes = 0;
     });
+    accepted(|s| {
+        s.volume.size_bytes = 316 << 20;
+        s.volume.filesystem = crate::instances::Filesystem::Xfs;
+        s.plan.disk_bytes = 0;
+    });
+    // A volume no larger than its LUKS2 header has no room for a file system; xfs needs 300 MiB.
+    let e = refused(|s| {
+        s.volume.size_bytes = (316 << 20) - 1;
+        s.volume.filesystem = crate::instances::Filesystem::Xfs;
+        s.plan.disk_bytes = 0;
+    });
+    assert_eq!(e, "spec.volume.size_bytes");
     accepted(|s| {
         s.volume.size_bytes = 64 << 40;
         s.plan.disk_bytes = 0;
     });
-    for bad in [0, (16 << 20) - 1, (64 << 40) + 1] {
+    for bad in [0, 16 << 20, (32 << 20) - 1, (64 << 40) + 1] {
         assert_eq!(refused(|s| s.volume.size_bytes = bad), "spec.volume.size_bytes", "{bad}");
     }
 }

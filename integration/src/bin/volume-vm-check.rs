@@ -572,9 +572,8 @@ fn fill_ids() -> impl Iterator<Item = String> {
     (3..=50).map(|n| format!("vm-n{n:02}"))
 }
 
-/// The smallest managed file that still holds a file system: LUKS2's default header takes the
-/// first 16 MiB, so a volume of the agent's minimum size (16 MiB) would leave no data area.
-const FILL_VOLUME_BYTES: u64 = 20 << 20;
+/// The agent's minimum ext4 volume: LUKS2's header takes the first 16 MiB, and 16 MiB of file system.
+const FILL_VOLUME_BYTES: u64 = dbagent::instances::validate::MIN_VOLUME_BYTES;
 
 async fn fill(c: &Ctx) {
     let registered = c
