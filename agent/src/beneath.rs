@@ -383,14 +383,17 @@ impl AsFd for DirHandle {
     }
 }
 
-/// The root of `roots` that `path` lies strictly below, and the rest of `path` beneath it
-/// (compared component by component, no file-system access): where to open a root and what to
-/// resolve beneath it.
+/// The root of `roots` that `path` lies strictly below (the innermost, if roots nest), and the rest
+/// of `path` beneath it (compared component by component, no file-system access): where to open a
+/// root and what to resolve beneath it.
 pub fn split_below<'a>(roots: &'a [PathBuf], path: &'a Path) -> Option<(&'a Path, &'a Path)> {
-    roots.iter().find_map(|root| {
-        let rest = path.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty())?;
-        Some((root.as_path(), rest))
-    })
+    roots
+        .iter()
+        .filter_map(|root| {
+            let rest = path.strip_prefix(root).ok().filter(|r| !r.as_os_str().is_empty())?;
+            Some((root.as_path(), rest))
+        })
+        .max_by_key(|(root, _)| root.components().count())
 }
 
 /// Changes the owner of an open file or folder through its descriptor.

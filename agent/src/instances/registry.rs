@@ -404,12 +404,7 @@ impl Registry {
 
     /// The data root `dir` lies strictly below (the innermost, if roots nest), by components.
     pub fn data_root_of(&self, dir: &Path) -> Option<PathBuf> {
-        self.rules
-            .data_roots
-            .iter()
-            .filter(|root| fsutil::strictly_below(dir, std::slice::from_ref(root)))
-            .max_by_key(|root| root.components().count())
-            .cloned()
+        crate::beneath::split_below(&self.rules.data_roots, dir).map(|(root, _)| root.to_owned())
     }
 
     /// Folders log files may be read from: the log roots and the data roots.
