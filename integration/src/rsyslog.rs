@@ -121,6 +121,13 @@ impl Rsyslog {
         );
     }
 
+    /// The agent's drain to this receiver: plaintext syslog over TCP to 127.0.0.1, named "rsyslog".
+    pub fn plain_drain(&self) -> dbagent_proto::v1::Drain {
+        use dbagent_proto::v1::{SyslogDrain, drain::Target};
+        let syslog = SyslogDrain { address: format!("127.0.0.1:{}", self.port), tls: false, ca_pem: String::new() };
+        dbagent_proto::v1::Drain { name: "rsyslog".into(), target: Some(Target::Syslog(syslog)) }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -274,14 +274,7 @@ async fn syslog_drain_delivers_every_line_across_a_sigkill_of_the_agent() {
     let log = folder.join("postgresql-15-main.log");
     const N: usize = 30_000;
     append(&log, &(0..1000).map(seq_line).collect::<String>());
-    let drain = Drain {
-        name: "rsyslog".into(),
-        target: Some(Target::Syslog(SyslogDrain {
-            address: format!("127.0.0.1:{}", rsyslog.port),
-            tls: false,
-            ca_pem: String::new(),
-        })),
-    };
+    let drain = rsyslog.plain_drain();
     set_drains(&agent, vec![drain]).await;
 
     let writer_log = log.clone();

@@ -11,13 +11,11 @@ use dbagent_integration::rsyslog::Rsyslog;
 use dbagent_integration::tenant::{
     Exchange, Sentinels, TenantUser, open_way_to, plant_fifo, plant_huge_file, plant_link,
 };
-use dbagent_proto::v1::drain::Target;
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::log_source::Source;
 use dbagent_proto::v1::logs_client::LogsClient;
 use dbagent_proto::v1::{
-    Drain, GetDrainStatusRequest, ListInstancesRequest, LogSource, RegisterInstanceRequest, SetDrainsRequest,
-    SyslogDrain, TailLogsRequest,
+    GetDrainStatusRequest, ListInstancesRequest, LogSource, RegisterInstanceRequest, SetDrainsRequest, TailLogsRequest,
 };
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -85,14 +83,7 @@ async fn a_tenant_swapping_links_fifos_and_holes_into_its_log_folder_never_ships
         .await
         .unwrap_or_else(|e| panic!("RegisterInstance: {e:?}\n{}", agent.log()));
     let mut logs = LogsClient::new(agent.orchestrator().await);
-    let drain = Drain {
-        name: "rsyslog".into(),
-        target: Some(Target::Syslog(SyslogDrain {
-            address: format!("127.0.0.1:{}", rsyslog.port),
-            tls: false,
-            ca_pem: String::new(),
-        })),
-    };
+    let drain = rsyslog.plain_drain();
     logs.set_drains(SetDrainsRequest {
         request_id: "drains-1".into(),
         instance_id: INSTANCE.into(),
