@@ -36,6 +36,7 @@ TEST_PACKAGES=(
   openssl
   rsyslog rsyslog-gnutls systemd-journal-remote                         # log drains, journal files
   postgresql mariadb-server mariadb-backup redis-server zstd curl       # backup engines, S3 checks
+  age                                                                   # recovery keys opened by the age tool too
 )
 TEST_COMMANDS=(
   cryptsetup=cryptsetup-bin mkfs.ext4=e2fsprogs mkfs.xfs=xfsprogs
@@ -48,7 +49,7 @@ TEST_COMMANDS=(
   mariadbd=mariadb-server-core mariadb-install-db=mariadb-server-core mariadb=mariadb-client-core
   mariadb-admin=mariadb-client mariadb-dump=mariadb-client mariabackup=mariadb-backup mbstream=mariadb-backup
   redis-server=redis-server redis-cli=redis-tools
-  zstd=zstd curl=curl runuser=util-linux
+  zstd=zstd curl=curl runuser=util-linux age=age age-keygen=age
 )
 
 # The side-by-side benchmarks (integration/bench/compare.sh): every peer they run, and the tools that

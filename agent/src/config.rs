@@ -450,6 +450,9 @@ impl Config {
         if self.keys.provider == KeyProviderKind::Local && !self.keys.kek_file.is_absolute() {
             return invalid("keys.kek_file", format!("{:?} must be an absolute path", self.keys.kek_file));
         }
+        if let Err(e) = crate::recovery_key::RecoveryRecipients::parse(&self.keys.recovery_recipients) {
+            return invalid("keys.recovery_recipients", e.to_string());
+        }
         if self.keys.provider == KeyProviderKind::Remote {
             let r = &self.keys.remote;
             if !r.endpoint.starts_with("https://") {

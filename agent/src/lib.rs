@@ -21,6 +21,7 @@ pub mod locks;
 pub mod logs;
 pub mod metrics;
 pub mod ops;
+pub mod recovery_key;
 pub mod requests;
 pub mod timefmt;
 pub mod tls;

@@ -54,6 +54,11 @@ pub struct KeysConfig {
     /// stricter. A systemd credential `dbagent-kek` ($CREDENTIALS_DIRECTORY) takes precedence.
     pub kek_file: PathBuf,
     pub remote: RemoteKeysConfig,
+    /// Operator-held recovery keys, as age X25519 recipients (`age1...`, from `age-keygen` or
+    /// `dbagentctl recovery-key generate`). Backup data keys and volume keys are also sealed to
+    /// each of them, so a new host can restore and open them with the private half, which the
+    /// host never holds (docs/backups.md, "Keys").
+    pub recovery_recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +99,7 @@ impl Default for KeysConfig {
             provider: KeyProviderKind::Local,
             kek_file: PathBuf::from("/etc/dbagent/kek"),
             remote: RemoteKeysConfig::default(),
+            recovery_recipients: Vec::new(),
         }
     }
 }
