@@ -324,6 +324,8 @@ impl Config {
         config.keys.kek_file = state_dir.join("kek");
         // Any free port: several dev agents (and the integration tests' agents) run side by side.
         config.metrics.prometheus_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The dev backup destinations are three folders under the state dir: said in so many words.
+        config.backup.accept_on_host_destinations = true;
         config
     }
 

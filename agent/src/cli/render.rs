@@ -141,7 +141,13 @@ impl ToJson for pb::MaintenanceWindow {
 
 impl ToJson for pb::BackupPolicy {
     fn to_json(&self) -> Value {
-        json!({ "daily_at_utc": minute_text(self.daily_at_minute_utc), "keep_daily": self.keep_daily, "enabled": self.enabled })
+        json!({
+            "daily_at_utc": minute_text(self.daily_at_minute_utc),
+            "keep_daily": self.keep_daily,
+            "keep_weekly": self.keep_weekly,
+            "keep_monthly": self.keep_monthly,
+            "enabled": self.enabled,
+        })
     }
 }
 

@@ -194,7 +194,14 @@ impl ToTable for pb::Instance {
         });
         let backups = spec.backup_policy.map(|b| {
             let state = if b.enabled { "" } else { " (disabled)" };
-            format!("daily at {} UTC, keep {}{state}", minute_text(b.daily_at_minute_utc), b.keep_daily)
+            let count = |n: Option<u32>| n.map_or_else(|| "plan".to_owned(), |n| n.to_string());
+            format!(
+                "daily at {} UTC, keep {} days / {} weeks / {} months{state}",
+                minute_text(b.daily_at_minute_utc),
+                b.keep_daily,
+                count(b.keep_weekly),
+                count(b.keep_monthly)
+            )
         });
         let device = if volume.device.is_empty() { "agent-managed file".to_owned() } else { volume.device };
         fields(&[
@@ -398,6 +405,8 @@ impl ToTable for pb::BackupPolicy {
         fields(&[
             ("daily at", format!("{} UTC", minute_text(self.daily_at_minute_utc))),
             ("keep daily", self.keep_daily.to_string()),
+            ("keep weekly", self.keep_weekly.map_or_else(|| "plan default".to_owned(), |w| w.to_string())),
+            ("keep monthly", self.keep_monthly.map_or_else(|| "plan default".to_owned(), |m| m.to_string())),
             ("enabled", self.enabled.to_string()),
         ])
     }
