@@ -136,4 +136,36 @@ mod tests {
             node.points.iter().filter(|p| p.key.metric == Metric::QuarantinedInstances).map(|p| p.raw).collect();
         assert_eq!(quarantined, [2]);
     }
+
+    #[test]
+    fn backup_readings_become_node_and_instance_series_and_the_age_counts_from_the_last_good_backup() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let b = BackupReadings {
+            instances: vec![("pg-1".into(), now - Duration::from_secs(90), 2)],
+            destinations: vec![("az1".into(), true, 0), ("az2".into(), false, 3)],
+        };
+        let mut round = crate::metrics::collect::Round { node: Reading::default(), instances: Vec::new() };
+        add_backup_readings(&b, now, &mut round);
+        let node: Vec<(Metric, String, u64)> =
+            round.node.values.iter().map(|(k, v)| (k.metric, k.labels[0].1.clone(), *v)).collect();
+        assert_eq!(
+            node,
+            [
+                (Metric::BackupDestinationReachable, "az1".into(), 1),
+                (Metric::BackupDestinationFailedChecks, "az1".into(), 0),
+                (Metric::BackupDestinationReachable, "az2".into(), 0),
+                (Metric::BackupDestinationFailedChecks, "az2".into(), 3),
+            ]
+        );
+        let (id, reading) = &round.instances[0];
+        let values: Vec<(Metric, u64)> = reading.values.iter().map(|(k, v)| (k.metric, *v)).collect();
+        assert_eq!(id, "pg-1");
+        assert_eq!(values, [(Metric::BackupLastGoodAge, 90), (Metric::BackupsDegraded, 2)]);
+        // A newer good backup: the age starts again.
+        let newer = BackupReadings { instances: vec![("pg-1".into(), now - Duration::from_secs(5), 0)], ..b };
+        let mut round = crate::metrics::collect::Round { node: Reading::default(), instances: Vec::new() };
+        add_backup_readings(&newer, now, &mut round);
+        assert_eq!(round.instances[0].1.values[0].1, 5);
+        assert_eq!(Metric::BackupDestinationFailedChecks.info().name, "backup_destination_failed_checks_total");
+    }
 }
