@@ -61,7 +61,11 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: &Path) {
         p.enabled = false;
     }
     InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .register_instance(RegisterInstanceRequest {
+            request_id: "reg-1".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
         .await
         .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
 }
@@ -75,17 +79,15 @@ fn start(request_id: &str, keep_days: u32) -> StartBackupRequest {
     }
 }
 
-/// Polls GetOperation until `op` finishes; asserts it SUCCEEDED and returns its backup id.
-async fn finish(channel: &Channel, op: &Operation, agent: &Agent) -> String {
+/// Polls GetOperation until `op` finishes; asserts it SUCCEEDED.
+async fn finish(channel: &Channel, op: &Operation, agent: &Agent) -> Operation {
     let mut ops = OperationsClient::new(channel.clone());
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let now = ops.get_operation(GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation").into_inner();
+        let now = ops.get_operation(GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation");
+        let now = now.into_inner();
         match OperationState::try_from(now.state) {
-            Ok(OperationState::Succeeded) => {
-                let result: serde_json::Value = serde_json::from_str(&now.result_json).expect("result JSON");
-                return result["backup_id"].as_str().expect("backup_id").to_owned();
-            }
+            Ok(OperationState::Succeeded) => return now,
             Ok(OperationState::Failed | OperationState::Cancelled) => {
                 panic!("{} failed: {:?}\n{}", now.kind, now.error, agent.log())
             }
@@ -94,6 +96,18 @@ async fn finish(channel: &Channel, op: &Operation, agent: &Agent) -> String {
         assert!(Instant::now() < deadline, "operation {} did not finish\n{}", op.id, agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Takes a manual backup kept `keep_days` (0: the default) and returns its id.
+async fn backup(channel: &Channel, agent: &Agent, request_id: &str, keep_days: u32) -> String {
+    let op = BackupsClient::new(channel.clone())
+        .start_backup(start(request_id, keep_days))
+        .await
+        .unwrap_or_else(|s| panic!("StartBackup {request_id}: {s:?}\n{}", agent.log()))
+        .into_inner();
+    let done = finish(channel, &op, agent).await;
+    let result: serde_json::Value = serde_json::from_str(&done.result_json).expect("result JSON");
+    result["backup_id"].as_str().expect("backup_id").to_owned()
 }
 
 /// The agent's Prometheus address, from its start-up log.
@@ -162,7 +176,8 @@ async fn production_agent_refuses_on_host_zones_unless_accepted_and_its_metrics_
         register(&channel, &strict, &pg.data).await;
         let e = BackupsClient::new(channel.clone()).start_backup(start("refused", 0)).await.expect_err("refused");
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-        for part in ["0 of 3 destinations are off this host's disks", "az1 on this host", "accept_on_host_destinations"] {
+        for part in ["0 of 3 destinations are off this host's disks", "az1 on this host", "accept_on_host_destinations"]
+        {
             assert!(e.message().contains(part), "{part:?} missing in {}", e.message());
         }
         let dest: PathBuf = strict.work_dir().join("dest");
@@ -178,8 +193,7 @@ async fn production_agent_refuses_on_host_zones_unless_accepted_and_its_metrics_
     let channel = agent.channel(&orchestrator).await;
     register(&channel, &agent, &pg.data).await;
     let mut backups = BackupsClient::new(channel.clone());
-    let op = backups.start_backup(start("b-1", 2)).await.unwrap_or_else(|s| panic!("{s:?}\n{}", agent.log()));
-    let first = finish(&channel, &op.into_inner(), &agent).await;
+    let first = backup(&channel, &agent, "b-1", 2).await;
     let got = backups
         .get_backup(GetBackupRequest { instance_id: INSTANCE.into(), backup_id: first.clone() })
         .await
@@ -219,8 +233,7 @@ async fn production_agent_refuses_on_host_zones_unless_accepted_and_its_metrics_
     assert!(value(&text, &failed_checks("az2")).unwrap() >= 1.0, "the count of failed checks stays: {text}");
 
     // A new backup: the age starts again.
-    let op = backups.start_backup(start("b-2", 0)).await.expect("second StartBackup").into_inner();
-    let second = finish(&channel, &op, &agent).await;
+    let second = backup(&channel, &agent, "b-2", 0).await;
     scrape_until(&agent, "the age reset by the new backup", |t| value(t, AGE).is_some_and(|a| a < age_before)).await;
     let r = redundancy(&agent.channel(&monitor).await).await;
     assert_eq!(r.newest_backup_id, second, "{r:?}");
@@ -236,22 +249,8 @@ async fn production_agent_refuses_on_host_zones_unless_accepted_and_its_metrics_
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("last good copy"), "{}", e.message());
     let op = backups.delete_backup(delete(&first, "d-2", false)).await.expect("delete the older").into_inner();
-    wait_done(&channel, &op, &agent).await;
+    finish(&channel, &op, &agent).await;
     let op = backups.delete_backup(delete(&second, "d-3", true)).await.expect("delete, meant").into_inner();
-    wait_done(&channel, &op, &agent).await;
+    finish(&channel, &op, &agent).await;
     assert!(!agent.work_dir().join("dest/az1").join(INSTANCE).join(&second).exists());
-}
-
-async fn wait_done(channel: &Channel, op: &Operation, agent: &Agent) {
-    let mut ops = OperationsClient::new(channel.clone());
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = ops.get_operation(GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation").into_inner();
-        match OperationState::try_from(now.state) {
-            Ok(OperationState::Succeeded) => return,
-            Ok(OperationState::Failed | OperationState::Cancelled) => panic!("{:?}\n{}", now.error, agent.log()),
-            _ => assert!(Instant::now() < deadline, "{} did not finish", op.id),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }

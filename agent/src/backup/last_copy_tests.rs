@@ -32,7 +32,7 @@ async fn the_newest_good_backup_survives_its_expiry_and_the_older_expired_one_go
     // Two days on both have expired: only the older goes.
     let later = SystemTime::now() + Duration::from_secs(2 * 86_400);
     let outcome = svc.apply_retention(&instance(PlanName::Starter), later).await.unwrap();
-    assert_eq!(outcome.removed, [older.clone()]);
+    assert_eq!(outcome.removed, std::slice::from_ref(&older));
     assert_eq!(outcome.kept, [(newest.clone(), KeepRule::LastGoodCopy)]);
     assert!(f.data_file("az1", &newest).exists() && !f.data_file("az1", &older).exists());
     // Out of bounds keep days are refused before anything runs.
@@ -54,7 +54,7 @@ async fn a_slot_whose_newest_backup_is_degraded_keeps_its_newest_complete_one() 
     assert_eq!(svc.get("r1", &degraded).await.unwrap().state, BackupState::Degraded);
     let now = SystemTime::now();
     let outcome = svc.apply_retention(&instance(PlanName::Starter), now).await.unwrap();
-    assert_eq!(outcome.removed, [first.clone()], "the older complete one of the day still goes");
+    assert_eq!(outcome.removed, [first], "the older complete one of the day still goes");
     let rule = |id: &str| outcome.kept.iter().find(|(k, _)| k == id).map(|(_, r)| *r);
     assert!(matches!(rule(&degraded), Some(KeepRule::Newest(Slot::Day(_)))), "{:?}", outcome.kept);
     assert!(matches!(rule(&good), Some(KeepRule::GoodCopyOf(Slot::Day(_)))), "{:?}", outcome.kept);
