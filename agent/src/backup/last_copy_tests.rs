@@ -100,7 +100,10 @@ async fn backups_to_destinations_on_this_host_are_refused_unless_the_config_acce
     }
     assert!(!f.dir.path().join("dest/az1/r1").exists(), "nothing was written");
     // The same destinations, accepted in the config: the backup is taken.
-    take(&f, &f.service(None, 1), BackupKind::Manual, "accepted", None).await;
+    let taken = take(&f, &f.service(None, 1), BackupKind::Manual, "accepted", None).await;
+    // Its request retried where the rule now refuses: the recorded operation, not a refusal.
+    let again = strict.start(&inst, BackupMethod::Physical, BackupKind::Manual, "accepted").await.unwrap();
+    assert_eq!(backup_id(&again), taken);
 }
 
 #[tokio::test]

@@ -125,7 +125,11 @@ impl BackupService {
             }
         };
         self.resources.keys.check()?;
-        if let Some(shortfall) = zones::shortfall(&self.placements().await, self.accepts_on_host_destinations()) {
+        // A retried request answers with its operation whatever changed since; a new one needs the
+        // destinations off the host.
+        if self.engine.by_request(request_id).is_none()
+            && let Some(shortfall) = zones::shortfall(&self.placements().await, self.accepts_on_host_destinations())
+        {
             return Err(BackupError::NotOffHost { instance: instance.id.clone(), shortfall });
         }
         let backup_id = self.backup_id_for(instance, request_id)?;
