@@ -536,6 +536,17 @@ mod tests {
         assert_eq!(parse("").unwrap(), Config::default());
     }
 
+    /// Backups to destinations on the host are refused unless said in so many words: the
+    /// packaged config does not, `--dev` does (its destinations are folders under its state dir).
+    #[test]
+    fn the_packaged_config_refuses_backups_that_die_with_the_host_and_dev_accepts_them() {
+        let packaged = parse(include_str!("../../packaging/agent.toml")).unwrap();
+        assert!(!packaged.backup.accept_on_host_destinations);
+        assert!(Config::dev(Path::new("/tmp/dev"), None).backup.accept_on_host_destinations);
+        let accepted = parse("[backup]\naccept_on_host_destinations = true").unwrap();
+        assert!(accepted.backup.accept_on_host_destinations);
+    }
+
     /// The packaged config refuses drains to loopback and plaintext syslog; `--dev` allows both
     /// on loopback only, for its own 127.0.0.1 receivers.
     #[test]
