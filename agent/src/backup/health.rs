@@ -22,10 +22,13 @@ pub struct InstanceHealth {
 }
 
 impl InstanceHealth {
-    /// From the merged listing (oldest first).
-    pub fn from_listing(backups: &[BackupInfo], checked: SystemTime) -> Self {
-        let last_good = backups.iter().rev().find(|b| b.state == BackupState::Complete).map(|b| b.manifest.finished);
-        let newest = backups.last();
+    /// From the merged listing (oldest first). Only backups whose manifest authenticated
+    /// (`authentic`) can be the last good or the newest one: a manifest planted in storage must not
+    /// silence the age alert.
+    pub fn from_listing(backups: &[BackupInfo], authentic: &dyn Fn(&str) -> bool, checked: SystemTime) -> Self {
+        let mut real = backups.iter().filter(|b| authentic(&b.manifest.backup_id));
+        let last_good = real.clone().rev().find(|b| b.state == BackupState::Complete).map(|b| b.manifest.finished);
+        let newest = real.next_back();
         Self {
             last_good,
             degraded: backups.iter().filter(|b| b.state == BackupState::Degraded).count() as u64,

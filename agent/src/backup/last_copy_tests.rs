@@ -142,3 +142,27 @@ async fn a_retention_pass_records_the_last_good_backup_the_degraded_ones_and_unr
     assert!(health.destinations()["az2"].reachable);
     assert_eq!(health.destinations()["az2"].failed_checks, 1, "the count of failed checks stays");
 }
+
+#[tokio::test]
+async fn a_manifest_rewritten_in_storage_does_not_count_as_the_last_good_backup() {
+    let f = Fixture::new();
+    let svc = f.service(None, 1);
+    let inst = instance(PlanName::Starter);
+    let real = take(&f, &svc, BackupKind::Manual, "m1", None).await;
+    svc.apply_retention(&inst, SystemTime::now()).await.unwrap();
+    assert!(svc.health().instance("r1").unwrap().last_good.is_some(), "the authentic backup counts");
+    // Its finish time moved a day on in every copy, as anyone who can write there can: the MAC no
+    // longer matches, so it neither counts as good (the age alert stays) nor gets deleted.
+    let later = crate::timefmt::format(SystemTime::now() + Duration::from_secs(86_400));
+    for az in ["az1", "az2", "az3"] {
+        let path = f.dir.path().join("dest").join(az).join("r1").join(&real).join("manifest.json");
+        let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        m["finished"] = later.clone().into();
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+    let outcome = svc.apply_retention(&inst, SystemTime::now()).await.unwrap();
+    assert!(outcome.removed.is_empty() && outcome.kept.is_empty(), "{outcome:?}");
+    let h = svc.health().instance("r1").unwrap();
+    assert_eq!((h.last_good, h.newest_id), (None, None));
+    assert!(f.data_file("az1", &real).exists());
+}

@@ -271,8 +271,7 @@ impl BackupService {
         for (name, result) in checks {
             self.health.record_check(&name, result);
         }
-        self.health.record_instance(&instance.id, InstanceHealth::from_listing(&listed, now));
-        let mut candidates = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         for info in &listed {
             match self.authentic_manifest(&instance.id, info).await {
                 Ok(m) => candidates.push(Candidate {
@@ -287,6 +286,8 @@ impl BackupService {
                 }
             }
         }
+        let authentic = |id: &str| candidates.iter().any(|c| c.id == id);
+        self.health.record_instance(&instance.id, InstanceHealth::from_listing(&listed, &authentic, now));
         let gfs = Gfs::of(instance.spec.backup_policy.as_ref(), instance.spec.plan.name);
         let decision = retention::decide(&candidates, now, gfs);
         let mut outcome = RetentionOutcome { removed: Vec::new(), kept: decision.keep };
