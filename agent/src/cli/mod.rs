@@ -13,6 +13,7 @@ mod logs;
 mod metrics;
 mod metrics_table;
 mod operations;
+mod recovery_key_file;
 pub mod parse;
 pub mod render;
 pub mod table;

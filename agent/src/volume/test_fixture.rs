@@ -32,6 +32,7 @@ pub(crate) fn settings(prefixes: &[&str]) -> VolumeSettings {
         },
         flags: ActivationFlags { no_read_workqueue: true, no_write_workqueue: true },
         device_prefixes: prefixes.iter().map(PathBuf::from).collect(),
+        recovery_recipients: Default::default(),
     }
 }
 
