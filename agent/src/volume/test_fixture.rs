@@ -37,6 +37,10 @@ pub(crate) fn settings(prefixes: &[&str]) -> VolumeSettings {
 }
 
 pub(crate) fn fixture_with(prefixes: &[&str]) -> Fixture {
+    fixture_from(settings(prefixes))
+}
+
+pub(crate) fn fixture_from(settings: VolumeSettings) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let registry =
         Arc::new(Registry::open(dir.path().join("instances"), fixtures::rules(), ResourceLocks::default()).unwrap());
@@ -45,7 +49,7 @@ pub(crate) fn fixture_with(prefixes: &[&str]) -> Fixture {
     let keys = Arc::new(LocalKeystore::open(dir.path().join("keystore"), &[9u8; 32]).unwrap());
     let volumes = Volumes::new(
         dir.path(),
-        settings(prefixes),
+        settings,
         crypt.clone(),
         host.clone(),
         Arc::new(keys.clone()),
