@@ -109,7 +109,7 @@ async fn every_volume_call_works_on_simulated_volumes() {
     // Growing is online only: refused while closed, and nothing changes.
     failed_with(&c.grow("grow-closed", 20 * GIB).await, "FAILED_PRECONDITION");
 
-    let req = OpenVolumeRequest { request_id: "open".into(), instance_id: INSTANCE.into() };
+    let req = OpenVolumeRequest { request_id: "open".into(), instance_id: INSTANCE.into(), ..Default::default() };
     let started = c.volumes.open_volume(req).await;
     c.succeeded(started, "opened").await;
     assert!(c.volume().await.mounted);
