@@ -33,7 +33,10 @@ pub fn read(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
         )));
     }
     if meta.len() > MAX_KEY_FILE {
-        return Err(CliError::Usage(format!("--recovery-key {shown} is {} bytes: not an age identity file", meta.len())));
+        return Err(CliError::Usage(format!(
+            "--recovery-key {shown} is {} bytes: not an age identity file",
+            meta.len()
+        )));
     }
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_KEY_FILE)

@@ -120,7 +120,8 @@ impl OperationEngine {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
                 record.finished = Some(now);
-                let mut message = format!("the agent stopped while this operation was {was}; its work was not finished");
+                let mut message =
+                    format!("the agent stopped while this operation was {was}; its work was not finished");
                 if let Some(secret) = record.params.get(SECRET_GIVEN_PARAM).and_then(|v| v.as_str()) {
                     message.push_str(&format!(
                         "; the {secret} given with it was never stored: submit again with it (a new request_id)"

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::key::VolumeKey;
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::hex;
-use crate::recovery_key::{self, MAX_RECIPIENTS, MAX_SEALED_BYTES, RecoveryIdentity, RecoveryKeyError, RecoveryRecipients};
+use crate::recovery_key::{
+    self, MAX_RECIPIENTS, MAX_SEALED_BYTES, RecoveryIdentity, RecoveryKeyError, RecoveryRecipients,
+};
 
 /// The LUKS2 token type (`cryptsetup luksDump` shows it).
 pub const TOKEN_TYPE: &str = "dbagent-escrow";

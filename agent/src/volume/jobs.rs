@@ -7,17 +7,21 @@ use serde_json::json;
 use super::{VolumeOutcome, Volumes};
 use crate::error::ErrorCode;
 use crate::ops::engine::{JobFn, SECRET_GIVEN_PARAM};
-use crate::recovery_key::RecoveryIdentity;
 use crate::ops::{NewOperation, OpError};
+use crate::recovery_key::RecoveryIdentity;
 
 #[derive(Debug)]
 pub enum VolumeAction {
-    Create { force: bool },
+    Create {
+        force: bool,
+    },
     Open,
     /// Open with the key escrowed in the header, unsealed with the operator's identity.
     OpenWithRecoveryKey(RecoveryIdentity),
     Close,
-    Grow { new_size_bytes: u64 },
+    Grow {
+        new_size_bytes: u64,
+    },
     RotateKey,
     BackupHeader,
     Destroy,

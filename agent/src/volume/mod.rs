@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 pub mod crypt;
 pub mod escrow_token;
-mod recovery_open;
 mod growth;
 mod header_backups;
 pub mod host;
@@ -24,6 +23,7 @@ mod key_rotation;
 pub mod keystore;
 mod leftovers;
 mod provisioning;
+mod recovery_open;
 pub mod remote;
 mod service;
 pub mod setup;

@@ -36,9 +36,9 @@ impl VolumesInner {
     }
 
     fn escrow_is_current(&self, device: &Path, instance: &str, key_version: u32) -> Result<bool, VolumeError> {
-        Ok(self.escrow_token(device, instance)?.is_some_and(|t| {
-            t.is_current(instance, key_version, &self.settings.recovery_recipients)
-        }))
+        Ok(self
+            .escrow_token(device, instance)?
+            .is_some_and(|t| t.is_current(instance, key_version, &self.settings.recovery_recipients)))
     }
 
     /// The escrow token in the header, if there is a well-formed one (for status; a malformed

@@ -10,12 +10,12 @@ use super::*;
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::ops::{OpState, OperationEngine, OpsSettings};
 use crate::recovery_key::RecoveryRecipients;
-use crate::volume::{KeyError, KeyProvider, VolumeEscrow, VolumeSettings};
 use crate::volume::crypt::CryptBackend;
 use crate::volume::host::HostOps;
 use crate::volume::jobs::{self, VolumeAction};
 use crate::volume::keystore::LocalKeystore;
 use crate::volume::test_fixture::{Fixture, fixture, fixture_from, settings};
+use crate::volume::{KeyError, KeyProvider, VolumeEscrow, VolumeSettings};
 
 fn operator() -> (RecoveryIdentity, RecoveryRecipients) {
     let identity = RecoveryIdentity::generate();
@@ -225,8 +225,7 @@ async fn the_recovery_key_is_never_stored_and_an_interrupted_open_says_submit_ag
 
     let ops_dir = f.dir.path().join("operations");
     let ops_settings = || OpsSettings { max_concurrent: 2, retention: Duration::from_secs(3600), max_finished: 100 };
-    let (engine, _) =
-        OperationEngine::open(&ops_dir, ops_settings(), Default::default(), Default::default()).unwrap();
+    let (engine, _) = OperationEngine::open(&ops_dir, ops_settings(), Default::default(), Default::default()).unwrap();
     let action = VolumeAction::OpenWithRecoveryKey(RecoveryIdentity::parse(&secret).unwrap());
     let new = jobs::new_operation("rk-1".into(), "pg-1", &action);
     let (record, _) = engine.submit(new, jobs::job(volumes.clone(), "pg-1".into(), action)).await.unwrap();
@@ -243,7 +242,8 @@ async fn the_recovery_key_is_never_stored_and_an_interrupted_open_says_submit_ag
     assert!(volumes.get("pg-1").await.unwrap().mounted);
 
     // A job that never ends stands for an open cut off by a restart.
-    let new = jobs::new_operation("rk-2".into(), "pg-1", &VolumeAction::OpenWithRecoveryKey(RecoveryIdentity::generate()));
+    let new =
+        jobs::new_operation("rk-2".into(), "pg-1", &VolumeAction::OpenWithRecoveryKey(RecoveryIdentity::generate()));
     let hang: crate::ops::engine::JobFn = Box::new(|_| Box::pin(std::future::pending()));
     let (hung, _) = engine.submit(new, hang).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

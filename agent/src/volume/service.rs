@@ -16,9 +16,9 @@ use super::key::{KeyProvider, VolumeKey};
 use super::store::{VolumeRecord, VolumeState, VolumeStore};
 use super::{VolumeError, mapper_name};
 use crate::config::{Config, KeyProviderKind};
-use crate::recovery_key::RecoveryRecipients;
 use crate::ids;
 use crate::instances::{Instance, Registry, RegistryError};
+use crate::recovery_key::RecoveryRecipients;
 
 /// What an operation did, reported as `outcome` in its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

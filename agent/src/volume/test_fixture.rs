@@ -47,15 +47,9 @@ pub(crate) fn fixture_from(settings: VolumeSettings) -> Fixture {
     let host = Arc::new(SimHost::default());
     let crypt = Arc::new(SimCrypt::on(host.clone()));
     let keys = Arc::new(LocalKeystore::open(dir.path().join("keystore"), &[9u8; 32]).unwrap());
-    let volumes = Volumes::new(
-        dir.path(),
-        settings,
-        crypt.clone(),
-        host.clone(),
-        Arc::new(keys.clone()),
-        registry.clone(),
-    )
-    .unwrap();
+    let volumes =
+        Volumes::new(dir.path(), settings, crypt.clone(), host.clone(), Arc::new(keys.clone()), registry.clone())
+            .unwrap();
     Fixture { dir, registry, crypt, host, keys, volumes }
 }
 
