@@ -202,7 +202,7 @@ fn vm_volumes_on_real_dm_crypt_across_two_boots() {
         .file("argon2id-key", "argon2id-timing-only-key")
         // The operator's recovery key (issue 13): boot 2's agent escrows volume keys to its public half.
         .file("recovery.key", recovery.to_file_text().as_bytes())
-        .file("recovery.pub", &recovery.recipient())
+        .file("recovery.pub", recovery.recipient())
         .disk(&disk)
         .disk(&state_disk)
         .qmp_socket(&qmp)

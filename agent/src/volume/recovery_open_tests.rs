@@ -162,7 +162,7 @@ async fn a_token_copied_from_another_volume_or_missing_is_refused_and_nothing_is
     assert!(matches!(e, VolumeError::Escrow(EscrowError::OtherInstance { .. })), "{e}");
     assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     assert!(keys.versions("pg-2").await.unwrap().is_empty());
-    assert!(!f.crypt.active("dbagent-pg-2").unwrap().is_some());
+    assert!(f.crypt.active("dbagent-pg-2").unwrap().is_none(), "no mapping for pg-2");
     // pg-1's own token still opens pg-1.
     assert_eq!(volumes.open_with_recovery_key("pg-1", identity).await.unwrap(), VolumeOutcome::Opened);
 

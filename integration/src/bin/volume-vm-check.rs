@@ -625,7 +625,7 @@ async fn recovery(c: &Ctx) {
         let secret = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).context("no secret line")?;
         let mut files = Vec::new();
         walk(&c.state, &mut files)?;
-        files.retain(|f| !f.extension().is_some_and(|e| e == "img"));
+        files.retain(|f| f.extension().is_none_or(|e| e != "img"));
         files.push(PathBuf::from(arg("--agent-log").context("--agent-log is required")?));
         for f in &files {
             let bytes = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
