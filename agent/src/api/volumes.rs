@@ -10,6 +10,9 @@ use crate::recovery_key::RecoveryIdentity;
 use crate::volume::Volumes;
 use crate::volume::jobs::{self, VolumeAction};
 
+/// An age identity file is one secret line and a few comments.
+const MAX_RECOVERY_KEY_BYTES: usize = 64 * 1024;
+
 /// The Volumes service: changes run as operations; reads go to the volumes directly.
 pub struct VolumesApi {
     pub volumes: Volumes,
@@ -45,6 +48,12 @@ impl pb::volumes_server::Volumes for VolumesApi {
         let r = req.into_inner();
         let action = if r.recovery_key.is_empty() {
             VolumeAction::Open
+        } else if r.recovery_key.len() > MAX_RECOVERY_KEY_BYTES {
+            return Err(InvalidField::new(
+                "recovery_key",
+                format!("{} bytes; an age identity file is far smaller", r.recovery_key.len()),
+            )
+            .into());
         } else {
             // The request's bytes are dropped with it; the parsed identity lives in the job only.
             let identity = RecoveryIdentity::parse(&r.recovery_key)
