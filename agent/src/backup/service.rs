@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
-use super::action::BackupAction;
+use super::action::{BackupAction, RequestRecoveryKey};
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, DestinationState, read_authentic};
 use super::deletion;
 use super::engine_commands::RestoreTarget;
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::manifest::{BackupKind, BackupMethod};
 use super::resources::BackupResources;
 use super::restore_job::check_restore_dir;
@@ -39,7 +39,7 @@ impl BackupService {
     pub fn new(
         config: BackupConfig,
         state_dir: &Path,
-        keys: Arc<dyn KeyWrapper>,
+        keys: BackupKeys,
         data_roots: Vec<PathBuf>,
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
@@ -61,7 +61,7 @@ impl BackupService {
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_wrap()?;
         let backup_id = self.backup_id_for(instance, request_id)?;
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
@@ -126,38 +126,48 @@ impl BackupService {
         self.submit(request_id, action).await
     }
 
+    /// `recovery`: the recovery identity the request carried, tried after the host KEK and the
+    /// KeyService; kept for this operation only.
     pub async fn verify(
         &self,
         instance_id: &str,
         backup_id: &str,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
-        let action = BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source };
+        let action =
+            BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source, recovery };
         self.submit(request_id, action).await
     }
 
     /// Restores into `target`. A physical restore into the instance's own data directory needs the
-    /// instance stopped.
+    /// instance stopped. `recovery` as for [`Self::verify`].
     pub async fn restore(
         &self,
         instance: &Instance,
         backup_id: &str,
         target: RestoreTarget,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(&instance.id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
             check_restore_dir(instance, dir, &self.resources.data_roots).await?;
         }
-        let action =
-            BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };
+        let action = BackupAction::Restore {
+            instance: Box::new(instance.clone()),
+            info: Box::new(info),
+            source,
+            target,
+            recovery,
+        };
         self.submit(request_id, action).await
     }
 
@@ -168,7 +178,7 @@ impl BackupService {
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, None)?;
         let action = BackupAction::Repair { instance_id: instance_id.to_owned(), info: Box::new(info), source };

@@ -95,6 +95,12 @@ pub struct OperationEngine {
     inner: Arc<Inner>,
 }
 
+/// The names (underscores as spaces) of the parameters stored as [`super::IN_MEMORY_ONLY`].
+fn in_memory_params(params: &serde_json::Value) -> Vec<String> {
+    let Some(map) = params.as_object() else { return Vec::new() };
+    map.iter().filter(|(_, v)| v.as_str() == Some(super::IN_MEMORY_ONLY)).map(|(k, _)| k.replace('_', " ")).collect()
+}
+
 impl OperationEngine {
     /// Loads the journal (an unreadable record is quarantined, see `Journal::open`); operations
     /// that were queued or running when the agent stopped become `interrupted` (returned so their
@@ -114,10 +120,12 @@ impl OperationEngine {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
                 record.finished = Some(now);
-                record.error = Some(OpError {
-                    code: ErrorCode::Aborted,
-                    message: format!("the agent stopped while this operation was {was}; its work was not finished"),
-                });
+                let mut message =
+                    format!("the agent stopped while this operation was {was}; its work was not finished");
+                for name in in_memory_params(&record.params) {
+                    message.push_str(&format!("; the {name} is not kept across restarts; submit again"));
+                }
+                record.error = Some(OpError { code: ErrorCode::Aborted, message });
                 journal.save(&record)?;
                 interrupted.push(record.clone());
             }
