@@ -398,3 +398,41 @@ async fn through_the_keyservice_a_new_host_restores_only_the_instances_it_is_all
     assert!(!database_exists(&pg_b, "shop_r2"), "nothing of pg-b is restored");
     assert_eq!(keys.calls().denied, 1, "{:?}", keys.calls());
 }
+
+/// The config of [`agent`] without its recovery recipient: only the host KEK.
+fn host_only(toml: &str) -> String {
+    toml.lines().filter(|l| !l.starts_with("recovery_recipients")).collect::<Vec<_>>().join("\n")
+}
+
+/// A production agent with only its host KEK refuses backups, naming the config keys; the same
+/// agent with `backup.allow_host_only_keys = true` takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_agent_without_an_off_host_key_refuses_backups_unless_told_so_in_so_many_words() {
+    let (pg, _) = shop(10);
+    let pki = Rc::new(ServerPki::new());
+    let refusing = agent(&pki, vec![pg.root.path().to_path_buf()], pg.port, 0x55, |t| host_only(&t));
+    let channel = orchestrator(&pki, &refusing).await;
+    register(&channel, &refusing, "pg-a", &pg).await;
+    let refused = BackupsClient::new(channel)
+        .start_backup(pb::StartBackupRequest {
+            request_id: "b-1".into(),
+            instance_id: "pg-a".into(),
+            method: pb::BackupMethod::Logical as i32,
+        })
+        .await
+        .expect_err("a host-only backup must be refused in production");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    for key in ["keys.recovery_recipients", "keys.provider", "backup.allow_host_only_keys = true"] {
+        assert!(refused.message().contains(key), "{key:?} in {}", refused.message());
+    }
+    drop(refusing);
+
+    let allowed = agent(&pki, vec![pg.root.path().to_path_buf()], pg.port, 0x55, |t| {
+        dbagent_integration::config::with_lines(&host_only(&t), "backup", "allow_host_only_keys = true")
+    });
+    let channel = orchestrator(&pki, &allowed).await;
+    register(&channel, &allowed, "pg-a", &pg).await;
+    let id = back_up(&channel, &allowed, "pg-a").await;
+    let w = wraps(&manifest(&allowed.work_dir().join("dest"), "pg-a", &id));
+    assert_eq!(w.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["kek-aes-256-gcm-v2"], "{w:?}");
+}

@@ -35,6 +35,29 @@ async fn without_a_kek_backups_are_refused_as_failed_precondition() {
     take_backup(&f, &f.service(None, 1), "req-1").await;
 }
 
+/// StartBackup (and the scheduler, which calls it) in production: refused without an off-host key,
+/// taken with a recovery recipient.
+#[tokio::test]
+async fn in_production_a_backup_without_an_off_host_key_is_refused_and_taken_with_a_recovery_recipient() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let inst = instance(PlanName::Starter);
+    let mut config = crate::config::Config::default();
+    config.keys.kek_file = f.dir.path().join("kek");
+    std::fs::write(&config.keys.kek_file, [4u8; 32]).unwrap();
+    std::fs::set_permissions(&config.keys.kek_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let svc = f.service_with(None, BackupKeys::from_config(&config, false).unwrap());
+    let e = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap_err();
+    assert!(matches!(e, BackupError::HostOnlyKeys), "{e:?}");
+    assert_eq!(crate::error::HasErrorCode::code(&e), ErrorCode::FailedPrecondition);
+    let identity = crate::recovery_key::RecoveryIdentity::generate();
+    config.keys.recovery_recipients = vec![identity.recipient()];
+    let svc = f.service_with(None, BackupKeys::from_config(&config, false).unwrap());
+    let id = take_backup(&f, &svc, "req-1").await;
+    let wraps = svc.get("r1", &id).await.unwrap().manifest.key_wraps;
+    assert_eq!(wraps[1].key_id, identity.recipient(), "{wraps:?}");
+}
+
 #[tokio::test]
 async fn a_restore_under_another_hosts_kek_is_refused_naming_both_keys() {
     let f = Fixture::new();

@@ -95,10 +95,15 @@ pub struct OperationEngine {
     inner: Arc<Inner>,
 }
 
-/// The names (underscores as spaces) of the parameters stored as [`super::IN_MEMORY_ONLY`].
-fn in_memory_params(params: &serde_json::Value) -> Vec<String> {
-    let Some(map) = params.as_object() else { return Vec::new() };
-    map.iter().filter(|(_, v)| v.as_str() == Some(super::IN_MEMORY_ONLY)).map(|(k, _)| k.replace('_', " ")).collect()
+/// `message`, plus for each parameter stored as [`super::IN_MEMORY_ONLY`] (a secret the request
+/// carried) a note that it is gone with the process: the operation cannot simply be retried.
+fn not_kept_note(message: &str, params: &serde_json::Value) -> String {
+    let mut out = message.to_owned();
+    for (name, _) in params.as_object().into_iter().flatten().filter(|(_, v)| v.as_str() == Some(super::IN_MEMORY_ONLY))
+    {
+        out.push_str(&format!("; the {} is not kept across restarts; submit again", name.replace('_', " ")));
+    }
+    out
 }
 
 impl OperationEngine {
@@ -120,11 +125,8 @@ impl OperationEngine {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
                 record.finished = Some(now);
-                let mut message =
-                    format!("the agent stopped while this operation was {was}; its work was not finished");
-                for name in in_memory_params(&record.params) {
-                    message.push_str(&format!("; the {name} is not kept across restarts; submit again"));
-                }
+                let message = format!("the agent stopped while this operation was {was}; its work was not finished");
+                let message = not_kept_note(&message, &record.params);
                 record.error = Some(OpError { code: ErrorCode::Aborted, message });
                 journal.save(&record)?;
                 interrupted.push(record.clone());
@@ -251,10 +253,8 @@ impl OperationEngine {
                 }
                 Err(e) if e.code == ErrorCode::Cancelled && shutting_down => {
                     r.state = OpState::Interrupted;
-                    r.error = Some(OpError {
-                        code: ErrorCode::Aborted,
-                        message: "the agent shut down while this operation ran; its work was not finished".into(),
-                    });
+                    let message = "the agent shut down while this operation ran; its work was not finished";
+                    r.error = Some(OpError { code: ErrorCode::Aborted, message: not_kept_note(message, &r.params) });
                 }
                 Err(e) => {
                     r.state = OpState::Failed;
