@@ -22,13 +22,18 @@ use pb::{Operation, OperationState};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 async fn keyservice_client(keys: &KeyServiceHandle, files: &RemoteKeyFiles) -> KeyServiceClient<Channel> {
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read a TLS file");
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&files.ca)))
         .identity(Identity::from_pem(read(&files.cert), read(&files.key)))
         .domain_name("localhost");
-    let channel =
-        Endpoint::from_shared(keys.endpoint.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let channel = Endpoint::from_shared(keys.endpoint.clone())
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect to the KeyService");
     KeyServiceClient::new(channel)
 }
 
@@ -176,8 +181,8 @@ async fn back_up(channel: &Channel, agent: &Agent, instance: &str) -> String {
         .unwrap_or_else(|s| panic!("StartBackup {instance}: {s:?}\n{}", agent.log()))
         .into_inner();
     let done = succeeded(channel, &op, agent).await;
-    let result: serde_json::Value = serde_json::from_str(&done.result_json).unwrap();
-    result["backup_id"].as_str().unwrap().to_owned()
+    let result: serde_json::Value = serde_json::from_str(&done.result_json).expect("result_json is JSON");
+    result["backup_id"].as_str().expect("a backup_id in the result").to_owned()
 }
 
 fn restore(request_id: &str, instance: &str, backup_id: &str, database: &str, key: &[u8]) -> pb::RestoreBackupRequest {
@@ -194,7 +199,8 @@ fn restore(request_id: &str, instance: &str, backup_id: &str, database: &str, ke
 /// The stored manifest of `backup_id` on az1 of `dest`, as JSON.
 fn manifest(dest: &Path, instance: &str, backup_id: &str) -> serde_json::Value {
     let path = dest.join("az1").join(instance).join(backup_id).join("manifest.json");
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
+        .expect("the manifest is JSON")
 }
 
 /// The wrappers and key ids of a manifest's `key_wraps`.
@@ -203,7 +209,7 @@ fn wraps(m: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("format 3 lists key_wraps: {m}"))
         .iter()
-        .map(|w| (w["wrapper"].as_str().unwrap().to_owned(), w["key_id"].as_str().unwrap().to_owned()))
+        .map(|w| (w["wrapper"].as_str().expect("wrapper").to_owned(), w["key_id"].as_str().expect("key_id").to_owned()))
         .collect()
 }
 
@@ -213,13 +219,13 @@ fn keep_destinations(agent: &Agent, into: &Path) {
 }
 
 fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap().flatten() {
+    std::fs::create_dir_all(to).expect("create the copy folder");
+    for entry in std::fs::read_dir(from).expect("list the destination").flatten() {
         let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
+        if entry.file_type().expect("file type").is_dir() {
             copy_tree(&entry.path(), &target);
         } else {
-            std::fs::copy(entry.path(), &target).unwrap();
+            std::fs::copy(entry.path(), &target).expect("copy a stored object");
         }
     }
 }
@@ -230,7 +236,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let kind = entry.file_type().unwrap();
+            let kind = entry.file_type().expect("file type");
             if kind.is_dir() {
                 stack.push(entry.path());
             } else if kind.is_file()
