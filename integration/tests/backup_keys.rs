@@ -351,12 +351,13 @@ fn recovery_key_file_of(agent: &Agent) -> PathBuf {
     recovery_key_file(&ctx)
 }
 
-/// Agent 1 (host-1, allowed pg-a and pg-b) wraps both backups' keys through the KeyService.
+/// Agent 1 (host-1) wraps both backups' keys through the KeyService; its backup of pg-b fails
+/// while the KeyService refuses it, and succeeds once allowed.
 /// Agent 2 (host-2, new state and KEK, allowed only pg-a) restores pg-a's through the KeyService
 /// and is refused pg-b's with PERMISSION_DENIED from the KeyService, nothing restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_keyservice_a_new_host_restores_only_the_instances_it_is_allowed() {
-    let keys = Rc::new(KeyServiceHandle::start(&[("host-1", "pg-a"), ("host-1", "pg-b"), ("host-2", "pg-a")]).await);
+    let keys = Rc::new(KeyServiceHandle::start(&[("host-1", "pg-a"), ("host-2", "pg-a")]).await);
     let ((pg_a, sum_a), (pg_b, _)) = (shop(2000), shop(500));
     let roots = vec![pg_a.root.path().to_path_buf(), pg_b.root.path().to_path_buf()];
     let pki = Rc::new(ServerPki::new());
@@ -369,6 +370,29 @@ async fn through_the_keyservice_a_new_host_restores_only_the_instances_it_is_all
     register(&channel, &agent1, "pg-a", &pg_a).await;
     register(&channel, &agent1, "pg-b", &pg_b).await;
     let backup_a = back_up(&channel, &agent1, "pg-a").await;
+    // A KeyService refusal fails the backup with its reason: the off-host wrap is never left out.
+    let op = BackupsClient::new(channel.clone())
+        .start_backup(pb::StartBackupRequest {
+            request_id: "backup-pg-b-denied".into(),
+            instance_id: "pg-b".into(),
+            method: pb::BackupMethod::Logical as i32,
+        })
+        .await
+        .expect("StartBackup")
+        .into_inner();
+    let (code, message) = failed(&channel, &op).await;
+    assert_eq!(code, "PERMISSION_DENIED", "{message}");
+    assert!(
+        message.contains("WrapKey") && message.contains("host-1 may not use the keys of instance pg-b"),
+        "{message}"
+    );
+    let listed = BackupsClient::new(channel.clone())
+        .list_backups(pb::ListBackupsRequest { instance_id: "pg-b".into() })
+        .await
+        .expect("ListBackups")
+        .into_inner();
+    assert!(listed.backups.is_empty(), "a failed backup leaves none: {listed:?}");
+    keys.allow("host-1", "pg-b");
     let backup_b = back_up(&channel, &agent1, "pg-b").await;
     assert_eq!(keys.calls().wrap_ok, 2, "{:?}", keys.calls());
     keep_destinations(&agent1, &dest);
@@ -402,7 +426,7 @@ async fn through_the_keyservice_a_new_host_restores_only_the_instances_it_is_all
         "{message}"
     );
     assert!(!database_exists(&pg_b, "shop_r2"), "nothing of pg-b is restored");
-    assert_eq!(keys.calls().denied, 1, "{:?}", keys.calls());
+    assert_eq!(keys.calls().denied, 2, "the refused WrapKey and UnwrapKey: {:?}", keys.calls());
 }
 
 /// The config of [`agent`] without its recovery recipient: only the host KEK.
