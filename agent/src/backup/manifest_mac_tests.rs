@@ -267,3 +267,18 @@ fn a_new_host_opens_the_backup_with_the_recovery_key_only() {
     let a = auth(&new_host.with_identity(Some(identity)), m).unwrap();
     assert_eq!(a.key.as_slice(), [5u8; 32]);
 }
+
+/// The format 2 MAC as the previous build computed it, pinned from an independent implementation
+/// of its documented encoding (HKDF-SHA256 and HMAC-SHA256 over the v2 canonical bytes, computed
+/// with Python's hmac/hashlib): a change to the v2 encoding would make every earlier backup
+/// unrestorable, so it fails here first.
+#[test]
+fn the_format_2_encoding_is_byte_for_byte_the_previous_builds() {
+    let mut m = Manifest::for_tests("i1", ID);
+    m.format = 2;
+    m.wrapped_key = "aabb".into();
+    m.key_wrapper = KEK_WRAPPER.into();
+    m.key_id = "0011223344556677".into();
+    sign(&mut m, &[5u8; 32]);
+    assert_eq!(m.mac, "c55fbf2268030067f7bee508c1d5f512066d5f64b3e6d108d24d5eb75ef20e86");
+}
