@@ -72,3 +72,7 @@ impl KeyServiceWrapper {
 fn refusal(call: &'static str, s: &tonic::Status) -> BackupError {
     BackupError::KeyService { call, code: s.code(), message: s.message().to_owned() }
 }
+
+#[cfg(test)]
+#[path = "keyservice_tests.rs"]
+mod tests;
