@@ -17,6 +17,11 @@ use super::{backup_job, deletion, restore_job, verify_repair};
 use crate::instances::Instance;
 use crate::ops::engine::JobFn;
 use crate::ops::{JobContext, NewOperation, OpError};
+use crate::recovery_key::RecoveryIdentity;
+
+/// The recovery identity a verify or restore request carried: held in memory for that one
+/// operation, never in its stored parameters (they say only that one was given).
+pub type RequestRecoveryKey = Option<Arc<RecoveryIdentity>>;
 
 /// One backup operation with what its body needs. `source` is the destination read from.
 #[derive(Debug, Clone)]
@@ -37,12 +42,14 @@ pub enum BackupAction {
         instance_id: String,
         info: Box<BackupInfo>,
         source: String,
+        recovery: RequestRecoveryKey,
     },
     Restore {
         instance: Box<Instance>,
         info: Box<BackupInfo>,
         source: String,
         target: RestoreTarget,
+        recovery: RequestRecoveryKey,
     },
     Repair {
         instance_id: String,
@@ -87,9 +94,19 @@ impl BackupAction {
         matches!(self, BackupAction::Start { .. } | BackupAction::Restore { .. })
     }
 
-    /// The journal's parameters. Never secrets. The restore target is stored in its `Debug` form,
-    /// as it always was.
+    /// The journal's parameters. Never secrets: a recovery key is recorded only as given
+    /// ([`crate::ops::IN_MEMORY_ONLY`]), and only then, so the parameters of requests without one
+    /// stay as earlier agents stored them. The restore target is stored in its `Debug` form, as it
+    /// always was.
     pub fn params(&self) -> serde_json::Value {
+        let mut params = self.stored_params();
+        if let BackupAction::Verify { recovery: Some(_), .. } | BackupAction::Restore { recovery: Some(_), .. } = self {
+            params["recovery_key"] = json!(crate::ops::IN_MEMORY_ONLY);
+        }
+        params
+    }
+
+    fn stored_params(&self) -> serde_json::Value {
         let backup_id = self.backup_id();
         match self {
             // `keep_days` only when given, so a retry of a request recorded by an earlier agent matches.
@@ -134,11 +151,13 @@ async fn run(res: &BackupResources, action: BackupAction, ctx: &JobContext) -> R
             deletion::delete_everywhere(&res.destinations, &instance_id, &backup_id).await?;
             Ok(json!({ "backup_id": backup_id, "deleted": true }))
         }
-        BackupAction::Verify { instance_id, info, source } => {
-            verify_repair::verify(res, &instance_id, &info.manifest.backup_id, &source, ctx).await
+        BackupAction::Verify { instance_id, info, source, recovery } => {
+            let keys = res.keys.with_identity(recovery);
+            verify_repair::verify(res, &keys, &instance_id, &info.manifest.backup_id, &source, ctx).await
         }
-        BackupAction::Restore { instance, info, source, target } => {
-            restore_job::run(res, &instance, &info, &source, &target, ctx).await
+        BackupAction::Restore { instance, info, source, target, recovery } => {
+            let keys = res.keys.with_identity(recovery);
+            restore_job::run(res, &keys, &instance, &info, &source, &target, ctx).await
         }
         BackupAction::Repair { instance_id, info, source } => {
             verify_repair::repair(res, &instance_id, &info, &source, ctx).await
@@ -197,7 +216,7 @@ mod tests {
                 r#"{"backup_id":"b0123456789abcdef0123"}"#,
             ),
             (
-                BackupAction::Verify { instance_id: "pg1".into(), info: info(), source: "az2".into() },
+                BackupAction::Verify { instance_id: "pg1".into(), info: info(), source: "az2".into(), recovery: None },
                 "backup.verify",
                 false,
                 r#"{"backup_id":"b0123456789abcdef0123","destination":"az2"}"#,
@@ -208,6 +227,7 @@ mod tests {
                     info: info(),
                     source: "az1".into(),
                     target: RestoreTarget::DataDir("/srv/db/new".into()),
+                    recovery: None,
                 },
                 "backup.restore",
                 true,
@@ -219,6 +239,7 @@ mod tests {
                     info: info(),
                     source: "az1".into(),
                     target: RestoreTarget::Server { connection, database: Some("shop".into()), instance_server: true },
+                    recovery: None,
                 },
                 "backup.restore",
                 true,

@@ -9,14 +9,14 @@ use super::BackupError;
 use super::catalog::{self, BackupInfo};
 use super::destination::{self, Destination};
 use super::inflight::InflightRecords;
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::pipeline::EncodeSettings;
 use super::settings::BackupConfig;
 
 pub struct BackupResources {
     pub settings: BackupConfig,
     pub destinations: Vec<Arc<dyn Destination>>,
-    pub keys: Arc<dyn KeyWrapper>,
+    pub keys: Arc<BackupKeys>,
     pub inflight: InflightRecords,
     /// The configured data roots: a restore opens its folder beneath one of them, inside the job.
     pub data_roots: Vec<PathBuf>,
@@ -27,7 +27,7 @@ impl BackupResources {
     pub fn open(
         settings: BackupConfig,
         state_dir: &Path,
-        keys: Arc<dyn KeyWrapper>,
+        keys: BackupKeys,
         data_roots: Vec<PathBuf>,
     ) -> Result<Self, BackupError> {
         let destinations = settings
@@ -36,7 +36,7 @@ impl BackupResources {
             .map(|d| destination::open(d, settings.part_size, settings.max_retries))
             .collect::<Result<Vec<_>, _>>()?;
         let inflight = InflightRecords::open(state_dir)?;
-        Ok(Self { settings, destinations, keys, inflight, data_roots })
+        Ok(Self { settings, destinations, keys: Arc::new(keys), inflight, data_roots })
     }
 
     pub fn destination_names(&self) -> Vec<String> {

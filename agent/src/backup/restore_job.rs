@@ -9,6 +9,7 @@ use super::BackupError;
 use super::catalog::{BackupInfo, read_authentic};
 use super::decode::StoredCopy;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
+use super::keys::BackupKeys;
 use super::resources::BackupResources;
 use super::restore_dir::{RestoreDir, RestoreInto};
 use super::restore_server;
@@ -57,6 +58,7 @@ async fn instance_running(instance: &Instance, data_roots: &[PathBuf]) -> bool {
 
 pub async fn run(
     res: &BackupResources,
+    keys: &BackupKeys,
     instance: &Instance,
     info: &BackupInfo,
     source: &str,
@@ -67,7 +69,7 @@ pub async fn run(
     // Refuse before touching the target: a manifest that does not authenticate (rewritten, naming
     // another instance) or a wrong key must not leave a half-made data directory. `info` only
     // lists manifests that name this instance and backup id; the one acted on is read again.
-    let backup = read_authentic(res.keys.as_ref(), dest.as_ref(), &instance.id, &info.manifest.backup_id).await?;
+    let backup = read_authentic(keys, dest.as_ref(), &instance.id, &info.manifest.backup_id).await?;
     let (engine, method) = (backup.manifest.engine, backup.manifest.method);
     let copy = StoredCopy { destination: dest.as_ref(), source, backup };
     let plan = engine_commands::restore_plan(engine, method, target)?;

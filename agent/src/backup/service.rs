@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
-use super::action::BackupAction;
+use super::action::{BackupAction, RequestRecoveryKey};
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, BackupState, DestinationState, read_authentic};
 use super::deletion;
 use super::engine_commands::RestoreTarget;
 use super::health::{BackupHealth, InstanceHealth};
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::manifest::{BackupKind, BackupMethod, Manifest};
 use super::manifest_mac::authenticate;
 use super::resources::BackupResources;
@@ -57,7 +57,7 @@ impl BackupService {
     pub fn new(
         config: BackupConfig,
         state_dir: &Path,
-        keys: Arc<dyn KeyWrapper>,
+        keys: BackupKeys,
         data_roots: Vec<PathBuf>,
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
@@ -124,7 +124,7 @@ impl BackupService {
                 .into());
             }
         };
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_wrap()?;
         // A retried request answers with its operation whatever changed since; a new one needs the
         // destinations off the host.
         if self.engine.by_request(request_id).is_none()
@@ -212,38 +212,48 @@ impl BackupService {
         self.submit(request_id, action).await
     }
 
+    /// `recovery`: the recovery identity the request carried, tried after the host KEK and the
+    /// KeyService; kept for this operation only.
     pub async fn verify(
         &self,
         instance_id: &str,
         backup_id: &str,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
-        let action = BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source };
+        let action =
+            BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source, recovery };
         self.submit(request_id, action).await
     }
 
     /// Restores into `target`. A physical restore into the instance's own data directory needs the
-    /// instance stopped.
+    /// instance stopped. `recovery` as for [`Self::verify`].
     pub async fn restore(
         &self,
         instance: &Instance,
         backup_id: &str,
         target: RestoreTarget,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(&instance.id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
             check_restore_dir(instance, dir, &self.resources.data_roots).await?;
         }
-        let action =
-            BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };
+        let action = BackupAction::Restore {
+            instance: Box::new(instance.clone()),
+            info: Box::new(info),
+            source,
+            target,
+            recovery,
+        };
         self.submit(request_id, action).await
     }
 
@@ -254,7 +264,7 @@ impl BackupService {
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, None)?;
         let action = BackupAction::Repair { instance_id: instance_id.to_owned(), info: Box::new(info), source };
@@ -306,7 +316,7 @@ impl BackupService {
         let keys = self.resources.keys.as_ref();
         let mut last = BackupError::NoCompleteCopy { backup: backup_id.clone(), reasons: Vec::new() };
         if let Some(first) = info.healthy_destinations().next() {
-            match authenticate(keys, info.manifest.clone(), instance_id, backup_id, first) {
+            match authenticate(keys, info.manifest.clone(), instance_id, backup_id, first).await {
                 Ok(a) => return Ok(a.manifest),
                 Err(e) => last = e,
             }

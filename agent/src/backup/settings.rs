@@ -33,6 +33,10 @@ pub struct BackupConfig {
     pub postgresql: EngineConnection,
     pub mariadb: EngineConnection,
     pub redis: EngineConnection,
+    /// Production agents refuse backups whose data key only this host's KEK wraps (they die with
+    /// the host) unless this is true; configure keys.recovery_recipients or the remote KeyService
+    /// instead. `--dev` never asks.
+    pub allow_host_only_keys: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +124,8 @@ impl Default for BackupConfig {
                 ..EngineConnection::default()
             },
             redis: EngineConnection { host: "127.0.0.1".into(), port: 6379, ..EngineConnection::default() },
+            // No: a backup must survive the loss of its host (keys.recovery_recipients or the KeyService).
+            allow_host_only_keys: false,
         }
     }
 }

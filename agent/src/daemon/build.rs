@@ -84,7 +84,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
     }
     // After the volumes: in dev mode their setup has generated the KEK both use.
-    let keys = backup::keywrap::from_config(&config, mode.is_dev());
+    let keys = backup::BackupKeys::from_config(&config, mode.is_dev())?;
     let backups = BackupService::new(
         config.backup.clone(),
         &state_dir,
