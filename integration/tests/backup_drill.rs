@@ -160,7 +160,7 @@ async fn postgres_physical_and_logical_drills_count_the_source_table() {
 async fn mariadb_logical_and_physical_drills_count_the_largest_user_table() {
     let source = MariaServer::start_debian_auth();
     source.sql("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(64)) ENGINE=InnoDB");
-    source.sql("INSERT INTO shop.items (v) SELECT MD5(seq) FROM seq_1_to_15000");
+    source.sql("INSERT INTO shop.items (v) SELECT MD5(seq) FROM shop.seq_1_to_15000");
     source.sql("CREATE TABLE shop.few (id INT PRIMARY KEY) ENGINE=InnoDB; INSERT INTO shop.few VALUES (1), (2)");
     let expected: u64 = source.sql("SELECT COUNT(*) FROM shop.items").parse().unwrap();
 
@@ -251,7 +251,7 @@ async fn a_scheduled_drill_runs_by_itself() {
     let svc = h.service(BackupConfig { redis: conn, drill_interval_secs_for_tests: 2, ..config(&h, &drills) });
     let rules = ValidationRules { data_roots: vec!["/tmp".into()], device_prefixes: vec!["/dev/vd".into()], log_roots: Vec::new() };
     let registry = Arc::new(Registry::open(h.state.join("instances"), rules, Default::default()).unwrap());
-    let spec = instance("redis1", Engine::Redis, "redis", source.root.path()).spec;
+    let spec = with_version(instance("redis1", Engine::Redis, "redis", source.root.path()), "7.0").spec;
     let (inst, _) = registry.register("redis1", spec).await.unwrap();
 
     let root = tokio_util::sync::CancellationToken::new();
