@@ -173,8 +173,17 @@ impl BackupService {
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
-        if let Some(op) = self.engine.by_request(request_id).filter(|op| op.kind == "backup.drill" && op.target == instance.id)
-        {
+        if !backup_id.is_empty() {
+            check_backup_id(backup_id)?;
+        }
+        // The same request again: its operation. Another backup under the same request id goes
+        // on to `submit`, which refuses the reused id.
+        let same = |op: &OperationRecord| {
+            op.kind == "backup.drill"
+                && op.target == instance.id
+                && (backup_id.is_empty() || op.params["backup_id"].as_str() == Some(backup_id))
+        };
+        if let Some(op) = self.engine.by_request(request_id).filter(same) {
             return Ok(op);
         }
         self.resources.keys.check()?;
