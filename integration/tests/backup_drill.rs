@@ -37,7 +37,9 @@ impl DrillDir {
     /// What is left in the drill folder (nothing, after a drill).
     fn leftovers(&self) -> Vec<String> {
         match std::fs::read_dir(&self.path) {
-            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(entries) => {
+                entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+            }
             Err(_) => Vec::new(),
         }
     }
@@ -106,7 +108,7 @@ async fn drill_ok(
     request: &str,
 ) -> OperationRecord {
     let watch = TcpWatch::start(&drills.path);
-    let op = svc.drill(inst, backup, request).await.unwrap();
+    let op = svc.drill(inst, backup, request).await.expect("DrillBackup");
     assert_eq!(op.kind, "backup.drill");
     let done = h.succeed(&op).await;
     watch.assert_private();
@@ -133,8 +135,11 @@ async fn postgres_physical_and_logical_drills_count_the_source_table() {
     let svc = h.service(BackupConfig { postgresql: source.connection("shop"), ..config(&h, &drills) });
     let inst = with_version(instance("pg1", Engine::Postgresql, "postgres", &source.data), "15");
 
-    let phys = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "p-1").await.unwrap()).await);
-    let logical = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l-1").await.unwrap()).await);
+    let phys = backup_id(
+        &h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "p-1").await.unwrap()).await,
+    );
+    let logical =
+        backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "l-1").await.unwrap()).await);
 
     // Physical, named: the cluster itself runs on the restored data folder.
     let done = drill_ok(&h, &svc, &drills, &inst, &phys, "drill-phys").await;
@@ -172,25 +177,33 @@ async fn mariadb_logical_and_physical_drills_count_the_largest_user_table() {
     // InnoDB's statistics must know the table's size before the physical copy is taken.
     source.sql("ANALYZE TABLE shop.items, shop.few");
 
-    let logical = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "ml").await.unwrap()).await);
+    let logical =
+        backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Logical, BackupKind::Manual, "ml").await.unwrap()).await);
     let done = drill_ok(&h, &svc, &drills, &inst, &logical, "drill-logical").await;
     assert_eq!(result_rows(&done), ("`shop`.`items`".to_owned(), expected), "{:?}", done.result);
 
-    let physical = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "mp").await.unwrap()).await);
+    let physical =
+        backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "mp").await.unwrap()).await);
     let done = drill_ok(&h, &svc, &drills, &inst, &physical, "drill-physical").await;
     assert_eq!(result_rows(&done), ("`shop`.`items`".to_owned(), expected), "{:?}", done.result);
 }
 
-async fn redis_source_with_backup(h: &Harness, drills: &DrillDir) -> (RedisServer, Arc<BackupService>, Instance, String, u64) {
+async fn redis_source_with_backup(
+    h: &Harness,
+    drills: &DrillDir,
+) -> (RedisServer, Arc<BackupService>, Instance, String, u64) {
     let source = RedisServer::start(None);
     for i in 0..1500 {
         source.cli(&["SET", &format!("key:{i}"), &format!("value-{i}")]);
     }
-    let expected: u64 = source.cli(&["DBSIZE"]).parse().unwrap();
+    let expected: u64 = source.cli(&["DBSIZE"]).parse().expect("DBSIZE is a number");
     let conn = EngineConnection { host: "127.0.0.1".into(), port: source.port, ..EngineConnection::default() };
     let svc = h.service(BackupConfig { redis: conn, chunk_size: 64 << 10, ..config(h, drills) });
     let inst = instance("redis1", Engine::Redis, "redis", source.root.path());
-    let id = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "r-1").await.unwrap()).await);
+    let id = backup_id(
+        &h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "r-1").await.expect("StartBackup"))
+            .await,
+    );
     (source, svc, inst, id, expected)
 }
 
@@ -249,20 +262,30 @@ async fn a_scheduled_drill_runs_by_itself() {
     source.cli(&["SET", "only", "one"]);
     let conn = EngineConnection { host: "127.0.0.1".into(), port: source.port, ..EngineConnection::default() };
     let svc = h.service(BackupConfig { redis: conn, drill_interval_secs_for_tests: 2, ..config(&h, &drills) });
-    let rules = ValidationRules { data_roots: vec!["/tmp".into()], device_prefixes: vec!["/dev/vd".into()], log_roots: Vec::new() };
+    let rules = ValidationRules {
+        data_roots: vec!["/tmp".into()],
+        device_prefixes: vec!["/dev/vd".into()],
+        log_roots: Vec::new(),
+    };
     let registry = Arc::new(Registry::open(h.state.join("instances"), rules, Default::default()).unwrap());
     let spec = with_version(instance("redis1", Engine::Redis, "redis", source.root.path()), "7.0").spec;
     let (inst, _) = registry.register("redis1", spec).await.unwrap();
 
     let root = tokio_util::sync::CancellationToken::new();
-    let scheduler =
-        tokio::spawn(dbagent::backup::scheduler::run(svc.clone(), registry.clone(), Duration::from_millis(200), root.clone()));
+    let scheduler = tokio::spawn(dbagent::backup::scheduler::run(
+        svc.clone(),
+        registry.clone(),
+        Duration::from_millis(200),
+        root.clone(),
+    ));
     // No complete backup yet: no drill.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(svc.last_drill("redis1").is_none());
     assert!(h.engine.list(None, false, 100).iter().all(|op| op.kind != "backup.drill"), "a drill without a backup");
 
-    let id = backup_id(&h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "r-1").await.unwrap()).await);
+    let id = backup_id(
+        &h.succeed(&svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "r-1").await.unwrap()).await,
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut finished = Vec::new();
     while finished.len() < 2 {

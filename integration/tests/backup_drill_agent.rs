@@ -38,7 +38,8 @@ async fn wait_finished(channel: &Channel, op: &Operation, agent: &Agent) -> Oper
     let mut ops = OperationsClient::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let now = ops.get_operation(GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation").into_inner();
+        let now =
+            ops.get_operation(GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation").into_inner();
         let state = OperationState::try_from(now.state).unwrap_or(OperationState::Unspecified);
         if matches!(state, OperationState::Succeeded | OperationState::Failed | OperationState::Cancelled) {
             return now;
@@ -69,26 +70,29 @@ fn scrape(agent: &Agent) -> String {
         .unwrap_or_else(|| panic!("no Prometheus address in the agent's log\n{log}"))
         .to_owned();
     let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the Prometheus endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send the scrape");
     let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
+    stream.read_to_string(&mut body).expect("read the scrape");
     body
 }
 
 /// `dbagentctl --config <client.toml> --output json backups drill ...` as the orchestrator.
 fn ctl_drill(agent: &Agent, pki: &ServerPki, args: &[&str]) -> (bool, String, String) {
     let dir = agent.work_dir().join("ctl");
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("create the client folder");
     let issued = pki.ca.client("orchestrator", Validity::Current);
-    std::fs::write(dir.join("ca.crt"), pki.ca.cert_pem()).unwrap();
-    std::fs::write(dir.join("client.crt"), &issued.cert_pem).unwrap();
-    std::fs::write(dir.join("client.key"), &issued.key_pem).unwrap();
+    std::fs::write(dir.join("ca.crt"), pki.ca.cert_pem()).expect("write ca.crt");
+    std::fs::write(dir.join("client.crt"), &issued.cert_pem).expect("write client.crt");
+    std::fs::write(dir.join("client.key"), &issued.key_pem).expect("write client.key");
     let config = dir.join("client.toml");
     std::fs::write(
         &config,
-        format!("endpoint = \"https://{}\"\nca = \"ca.crt\"\ncert = \"client.crt\"\nkey = \"client.key\"\n", agent.addr()),
+        format!(
+            "endpoint = \"https://{}\"\nca = \"ca.crt\"\ncert = \"client.crt\"\nkey = \"client.key\"\n",
+            agent.addr()
+        ),
     )
-    .unwrap();
+    .expect("write client.toml");
     let ctl = dbagent_integration::agent::agent_binary().with_file_name("dbagentctl");
     let out = Command::new(&ctl)
         .arg("--config")
@@ -97,7 +101,11 @@ fn ctl_drill(agent: &Agent, pki: &ServerPki, args: &[&str]) -> (bool, String, St
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", ctl.display()));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +142,11 @@ async fn drill_backup_through_the_agent_and_dbagentctl() {
     let mut spec = instance_spec(INSTANCE, &agent.work_dir().join("data"));
     spec.data_dir = pg.data.to_string_lossy().into_owned();
     InstancesClient::new(channel.clone())
-        .register_instance(RegisterInstanceRequest { request_id: "reg-1".into(), id: INSTANCE.into(), spec: Some(spec) })
+        .register_instance(RegisterInstanceRequest {
+            request_id: "reg-1".into(),
+            id: INSTANCE.into(),
+            spec: Some(spec),
+        })
         .await
         .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
 
@@ -190,7 +202,8 @@ async fn drill_backup_through_the_agent_and_dbagentctl() {
     assert!(last.last_success.is_some() && last.finished.is_some(), "{last:?}");
 
     // Through dbagentctl, with the operation's progress conventions (--output json: the finished operation).
-    let (ok, stdout, stderr) = ctl_drill(&agent, &pki, &[INSTANCE, "--backup", &last.backup_id, "--request-id", "d-ctl", "--watch"]);
+    let (ok, stdout, stderr) =
+        ctl_drill(&agent, &pki, &[INSTANCE, "--backup", &last.backup_id, "--request-id", "d-ctl", "--watch"]);
     assert!(ok, "dbagentctl backups drill: {stderr}\n{}", agent.log());
     let printed: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(printed["kind"], "backup.drill", "{printed}");
@@ -202,6 +215,12 @@ async fn drill_backup_through_the_agent_and_dbagentctl() {
     let metrics = scrape(&agent);
     let series = format!("dbagent_backup_drill_last_success_timestamp_seconds{{instance=\"{INSTANCE}\"}} ");
     assert!(metrics.contains(&series), "{metrics}");
-    assert!(metrics.contains(&format!("dbagent_backup_drill_failures_total{{instance=\"{INSTANCE}\"}} 0\n")), "{metrics}");
-    assert!(metrics.contains(&format!("dbagent_backup_drill_duration_seconds{{instance=\"{INSTANCE}\"}} ")), "{metrics}");
+    assert!(
+        metrics.contains(&format!("dbagent_backup_drill_failures_total{{instance=\"{INSTANCE}\"}} 0\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("dbagent_backup_drill_duration_seconds{{instance=\"{INSTANCE}\"}} ")),
+        "{metrics}"
+    );
 }

@@ -21,13 +21,38 @@ use crate::ops::{JobContext, NewOperation, OpError};
 /// One backup operation with what its body needs. `source` is the destination read from.
 #[derive(Debug, Clone)]
 pub enum BackupAction {
-    Start { instance: Box<Instance>, method: BackupMethod, kind: BackupKind, backup_id: String },
-    Delete { instance_id: String, backup_id: String },
-    Verify { instance_id: String, info: Box<BackupInfo>, source: String },
-    Restore { instance: Box<Instance>, info: Box<BackupInfo>, source: String, target: RestoreTarget },
-    Repair { instance_id: String, info: Box<BackupInfo>, source: String },
+    Start {
+        instance: Box<Instance>,
+        method: BackupMethod,
+        kind: BackupKind,
+        backup_id: String,
+    },
+    Delete {
+        instance_id: String,
+        backup_id: String,
+    },
+    Verify {
+        instance_id: String,
+        info: Box<BackupInfo>,
+        source: String,
+    },
+    Restore {
+        instance: Box<Instance>,
+        info: Box<BackupInfo>,
+        source: String,
+        target: RestoreTarget,
+    },
+    Repair {
+        instance_id: String,
+        info: Box<BackupInfo>,
+        source: String,
+    },
     /// A restore drill of `info` read from `source` into a scratch folder (`drill.rs`).
-    Drill { instance: Box<Instance>, info: Box<BackupInfo>, source: String },
+    Drill {
+        instance: Box<Instance>,
+        info: Box<BackupInfo>,
+        source: String,
+    },
 }
 
 impl BackupAction {

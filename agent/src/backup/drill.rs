@@ -105,10 +105,16 @@ pub async fn run(
     let result = drill(res, instance, info, source, &scratch, ctx).await;
     let drill_dir = res.settings.drill_dir.clone();
     let removed = tokio::task::spawn_blocking(move || remove_scratch(&drill_dir, &op_id)).await;
-    if let Ok(Err(e)) | Err(e) = removed.map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e))) {
+    if let Ok(Err(e)) | Err(e) = removed.map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))
+    {
         tracing::error!(instance = %instance.id, "restore drill: remove the scratch folder {}: {e:#}", scratch.root.display());
     }
     let backup_id = info.manifest.backup_id.clone();
+    // A cancelled drill (CancelOperation, shutdown) proved nothing either way: not recorded, not
+    // counted as a failure; the scheduler's request id for this slot keeps it from running again.
+    if let Err(BackupError::Cancelled) = result {
+        return Err(BackupError::Cancelled);
+    }
     let found = result.as_ref().ok();
     let outcome = DrillOutcome {
         operation_id: ctx.operation_id(),
@@ -122,7 +128,9 @@ pub async fn run(
         finished: SystemTime::now(),
     };
     match &result {
-        Ok(f) => tracing::info!(instance = %instance.id, backup = %backup_id, table = %f.table, rows = f.rows, "restore drill succeeded"),
+        Ok(f) => {
+            tracing::info!(instance = %instance.id, backup = %backup_id, table = %f.table, rows = f.rows, "restore drill succeeded")
+        }
         Err(e) => tracing::warn!(instance = %instance.id, backup = %backup_id, "restore drill failed: {e:#}"),
     }
     let duration_ms = outcome.duration_ms;
@@ -173,7 +181,8 @@ async fn drill(
         let mut server = start(engine, &bins, scratch, &user, &conn, ctx).await?;
         report("load the dump");
         let target = RestoreTarget::Server { connection: conn.clone(), database: None, instance_server: false };
-        let loaded = server.while_up("load the dump", run_beneath(res, &[], instance, info, source, &target, ctx)).await;
+        let loaded =
+            server.while_up("load the dump", run_beneath(res, &[], instance, info, source, &target, ctx)).await;
         if let Err(e) = step("load the dump", loaded) {
             let _ = server.stop().await;
             return Err(e);
@@ -449,7 +458,10 @@ async fn wait_ready(engine: Engine, probe: &ToolCommand, ctx: &JobContext) -> Re
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(failed("start the server", format!("the server did not answer within {START_DEADLINE:?} (timed out)")));
+            return Err(failed(
+                "start the server",
+                format!("the server did not answer within {START_DEADLINE:?} (timed out)"),
+            ));
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -468,7 +480,8 @@ async fn ask(tool: ToolCommand, user: &str, ctx: &JobContext) -> Result<String, 
 }
 
 fn count(out: &str, table: &str) -> Result<u64, BackupError> {
-    de::parse_count(out).ok_or_else(|| failed("query a table", format!("the count of {table} is not a number: {out:?}")))
+    de::parse_count(out)
+        .ok_or_else(|| failed("query a table", format!("the count of {table} is not a number: {out:?}")))
 }
 
 async fn query(engine: Engine, c: &EngineConnection, user: &str, ctx: &JobContext) -> Result<Found, BackupError> {

@@ -179,12 +179,14 @@ pub fn init_command(engine: Engine, bins: &EngineBinaries, scratch: &Scratch, su
     let init = bins.init.as_ref()?;
     let data = scratch.data();
     match engine {
-        Engine::Postgresql => Some(
-            ToolCommand::new(init)
-                .arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "-U", superuser, "--no-sync", "--no-instructions"]),
-        ),
+        Engine::Postgresql => Some(ToolCommand::new(init).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            superuser,
+            "--no-sync",
+            "--no-instructions",
+        ])),
         Engine::Mariadb => Some(ToolCommand::new(init).args([
             "--no-defaults".to_owned(),
             format!("--datadir={}", data.display()),
@@ -371,9 +373,16 @@ mod tests {
         assert_eq!(probe.program(), Path::new("/usr/lib/postgresql/15/bin/psql"));
         assert!(probe.shown().contains("--host=/var/lib/dbagent-drills/op-1/run --port=5432 "), "{}", probe.shown());
         let m = connection(Engine::Mariadb, &binaries(Engine::Mariadb, "").unwrap(), &s, "");
-        assert!(mariadb(&m, "SELECT 1").shown().starts_with("mariadb --socket=/var/lib/dbagent-drills/op-1/run/mysqld.sock "));
+        assert!(
+            mariadb(&m, "SELECT 1")
+                .shown()
+                .starts_with("mariadb --socket=/var/lib/dbagent-drills/op-1/run/mysqld.sock ")
+        );
         let r = connection(Engine::Redis, &binaries(Engine::Redis, "").unwrap(), &s, "");
-        assert_eq!(ready_probe(Engine::Redis, &r).shown(), "redis-cli -s /var/lib/dbagent-drills/op-1/run/redis.sock PING");
+        assert_eq!(
+            ready_probe(Engine::Redis, &r).shown(),
+            "redis-cli -s /var/lib/dbagent-drills/op-1/run/redis.sock PING"
+        );
         let init = init_command(Engine::Postgresql, &bins, &s, "postgres").unwrap().shown();
         assert!(init.contains("-D /var/lib/dbagent-drills/op-1/data -A trust -U postgres"), "{init}");
     }
@@ -382,7 +391,10 @@ mod tests {
     fn table_queries_skip_system_schemas_and_parse_what_the_servers_print() {
         assert!(PG_LARGEST_TABLE.contains("NOT IN ('pg_catalog', 'information_schema')"));
         assert!(maria_largest_table().contains("NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"));
-        assert_eq!(parse_pg_largest("100000\t13434880\tpublic.pgbench_accounts\n"), Some((100000, 13434880, "public.pgbench_accounts".into())));
+        assert_eq!(
+            parse_pg_largest("100000\t13434880\tpublic.pgbench_accounts\n"),
+            Some((100000, 13434880, "public.pgbench_accounts".into()))
+        );
         assert_eq!(
             parse_pg_largest("0\t8192\t\"odd\"\"s\".\"a\ttab\"\n"),
             Some((0, 8192, "\"odd\"\"s\".\"a\ttab\"".into())),

@@ -67,6 +67,9 @@ impl DrillRecord {
     }
 }
 
+/// The value of one metric family for one instance's record; `None`: no series for it.
+type SeriesValue = dyn Fn(&DrillRecord) -> Option<f64>;
+
 #[derive(Clone)]
 pub struct DrillStore {
     store: JsonStore<DrillRecord>,
@@ -116,8 +119,10 @@ impl DrillStore {
         if records.is_empty() {
             return out;
         }
-        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64();
-        let families: [(&str, &str, &str, &dyn Fn(&DrillRecord) -> Option<f64>); 3] = [
+        fn secs(t: SystemTime) -> f64 {
+            t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
+        }
+        let families: [(&str, &str, &str, &SeriesValue); 3] = [
             (
                 "dbagent_backup_drill_last_success_timestamp_seconds",
                 "gauge",
@@ -130,12 +135,9 @@ impl DrillStore {
                 "How long the instance's last restore drill took, successful or not.",
                 &|r| Some(r.last.duration_ms as f64 / 1000.0),
             ),
-            (
-                "dbagent_backup_drill_failures_total",
-                "counter",
-                "Restore drills of the instance that failed.",
-                &|r| Some(r.failures_total as f64),
-            ),
+            ("dbagent_backup_drill_failures_total", "counter", "Restore drills of the instance that failed.", &|r| {
+                Some(r.failures_total as f64)
+            }),
         ];
         for (name, kind, help, value) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -198,7 +200,10 @@ mod tests {
         store.record("pg1", outcome(true, 1000)).unwrap();
         store.record("redis-2", outcome(false, 2000)).unwrap();
         let text = store.prometheus_text();
-        assert!(text.contains("dbagent_backup_drill_last_success_timestamp_seconds{instance=\"pg1\"} 1000\n"), "{text}");
+        assert!(
+            text.contains("dbagent_backup_drill_last_success_timestamp_seconds{instance=\"pg1\"} 1000\n"),
+            "{text}"
+        );
         assert!(!text.contains("last_success_timestamp_seconds{instance=\"redis-2\"}"), "{text}");
         assert!(text.contains("dbagent_backup_drill_duration_seconds{instance=\"redis-2\"} 1.5\n"), "{text}");
         assert!(text.contains("dbagent_backup_drill_failures_total{instance=\"redis-2\"} 1\n"), "{text}");

@@ -402,7 +402,8 @@ fn drill_text(d: &pb::BackupDrill) -> String {
     let when = or_dash(time_text(d.finished.as_ref()));
     let took = format!("{:.1} s", d.duration_ms as f64 / 1000.0);
     if d.ok {
-        let what = if d.table.is_empty() { "no table to count".to_owned() } else { format!("{} rows in {}", d.rows, d.table) };
+        let what =
+            if d.table.is_empty() { "no table to count".to_owned() } else { format!("{} rows in {}", d.rows, d.table) };
         format!("ok at {when}, backup {}, {what}, took {took}", d.backup_id)
     } else {
         let success = or_dash(time_text(d.last_success.as_ref()));
