@@ -113,6 +113,8 @@ async fn drill_ok(
     let done = h.succeed(&op).await;
     watch.assert_private();
     assert_eq!(drills.leftovers(), Vec::<String>::new(), "the drill left its scratch folder");
+    let took = svc.last_drill(&inst.id).map(|r| r.last.duration_ms).unwrap_or_default();
+    eprintln!("drill {request} of {} ({backup:?}): {took} ms", inst.id);
     done
 }
 
@@ -309,4 +311,38 @@ async fn a_scheduled_drill_runs_by_itself() {
     let record = svc.last_drill("redis1").unwrap();
     assert!(record.last.ok && record.last.rows == 1, "{record:?}");
     assert_eq!(drills.leftovers(), Vec::<String>::new());
+}
+
+/// What a crash in the middle of a drill leaves (a scratch folder, a server working in it) is
+/// removed at the next start: the server killed, the folder gone; a process working elsewhere
+/// (beside the drill folder) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_cut_short_by_a_crash_is_cleaned_at_the_next_start() {
+    let h = Harness::new();
+    let drills = DrillDir::new();
+    let data = drills.path.join("op-crashed").join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    let mut server = std::process::Command::new("sleep").arg("600").current_dir(&data).spawn().unwrap();
+    let beside = drills.path.parent().unwrap();
+    let mut bystander = std::process::Command::new("sleep").arg("600").current_dir(beside).spawn().unwrap();
+
+    let svc = h.service(config(&h, &drills));
+    let removed = svc.clean_drills().await;
+    assert_eq!(removed, ["op-crashed"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the left-over server still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "killed, not exited: {status:?}");
+    assert_eq!(drills.leftovers(), Vec::<String>::new());
+    assert!(bystander.try_wait().unwrap().is_none(), "a process outside the drill folder was killed");
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    // Nothing left: the next start has nothing to do.
+    assert!(svc.clean_drills().await.is_empty());
 }
