@@ -395,6 +395,10 @@ impl Server {
         if self.exited {
             return Ok(());
         }
+        // Already exited and reaped: its pid may belong to another process by now, never signal it.
+        if let Some(exit) = futures::FutureExt::now_or_never(&mut self.exit) {
+            return exit;
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
         let _ = nix::sys::signal::kill(pid, self.stop_signal);
         match tokio::time::timeout(STOP_GRACE, &mut self.exit).await {

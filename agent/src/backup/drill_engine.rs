@@ -187,9 +187,12 @@ pub fn init_command(engine: Engine, bins: &EngineBinaries, scratch: &Scratch, su
             "--no-sync",
             "--no-instructions",
         ])),
+        // --tmpdir goes on to the bootstrapping mariadbd: its temporary tables stay in the
+        // private run/ folder, never in a /tmp another bootstrap on the host shares.
         Engine::Mariadb => Some(ToolCommand::new(init).args([
             "--no-defaults".to_owned(),
             format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", scratch.run().display()),
             "--skip-test-db".into(),
             "--skip-name-resolve".into(),
         ])),
