@@ -61,13 +61,13 @@ impl TcpWatch {
             move || {
                 let (mut servers_seen, mut listening) = (std::collections::HashSet::new(), Vec::new());
                 while !stop.load(Ordering::Relaxed) {
-                    for pid in dbagent::backup::drill::processes_in(&dir) {
+                    for pid in dbagent::backup::drill_scratch::processes_in(&dir) {
                         let in_dir = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c.starts_with(&dir));
                         if !in_dir {
                             continue;
                         }
                         servers_seen.insert(pid);
-                        if dbagent::backup::drill::listens_on_tcp(pid).unwrap_or(false) {
+                        if dbagent::backup::drill_scratch::listens_on_tcp(pid).unwrap_or(false) {
                             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                             listening.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
                         }

@@ -19,6 +19,7 @@ pub mod deletion;
 pub mod destination;
 pub mod drill;
 pub mod drill_engine;
+pub mod drill_scratch;
 pub mod drill_store;
 pub mod engine_commands;
 pub mod inflight;

@@ -11,7 +11,8 @@ use super::action::BackupAction;
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, DestinationState, read_authentic};
 use super::deletion;
-use super::drill::{self, DrillError};
+use super::drill::DrillError;
+use super::drill_scratch;
 use super::drill_store::DrillRecord;
 use super::engine_commands::RestoreTarget;
 use super::keywrap::KeyWrapper;
@@ -226,7 +227,7 @@ impl BackupService {
     /// folders. Returns the folders removed.
     pub async fn clean_drills(&self) -> Vec<String> {
         let dir = self.resources.settings.drill_dir.clone();
-        tokio::task::spawn_blocking(move || drill::clean_leftovers(&dir)).await.unwrap_or_default()
+        tokio::task::spawn_blocking(move || drill_scratch::clean_leftovers(&dir)).await.unwrap_or_default()
     }
 
     /// Copies a degraded backup from a healthy destination to the others, verifying checksums.
