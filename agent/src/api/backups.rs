@@ -38,7 +38,8 @@ impl pb::backups_server::Backups for BackupsApi {
         let req = req.into_inner();
         ids::instance_id("instance_id", &req.instance_id)?;
         let backups = self.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
-        Ok(Response::new(pb::ListBackupsResponse { backups }))
+        let last_drill = self.backups.last_drill(&req.instance_id).as_ref().map(Into::into);
+        Ok(Response::new(pb::ListBackupsResponse { backups, last_drill }))
     }
 
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> ApiResult<pb::Backup> {
@@ -103,6 +104,13 @@ impl pb::backups_server::Backups for BackupsApi {
     async fn repair_backup(&self, req: Request<pb::RepairBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
         let op = self.backups.repair(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn drill_backup(&self, req: Request<pb::DrillBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let instance = self.registry.get(&req.instance_id)?;
+        let op = self.backups.drill(&instance, &req.backup_id, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 

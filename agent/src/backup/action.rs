@@ -13,7 +13,7 @@ use super::catalog::BackupInfo;
 use super::engine_commands::RestoreTarget;
 use super::manifest::{BackupKind, BackupMethod};
 use super::resources::BackupResources;
-use super::{backup_job, deletion, restore_job, verify_repair};
+use super::{backup_job, deletion, drill, restore_job, verify_repair};
 use crate::instances::Instance;
 use crate::ops::engine::JobFn;
 use crate::ops::{JobContext, NewOperation, OpError};
@@ -56,6 +56,12 @@ pub enum BackupAction {
         info: Box<BackupInfo>,
         source: String,
     },
+    /// A restore drill of `info` read from `source` into a scratch folder (`drill.rs`).
+    Drill {
+        instance: Box<Instance>,
+        info: Box<BackupInfo>,
+        source: String,
+    },
 }
 
 impl BackupAction {
@@ -66,13 +72,16 @@ impl BackupAction {
             BackupAction::Verify { .. } => "backup.verify",
             BackupAction::Restore { .. } => "backup.restore",
             BackupAction::Repair { .. } => "backup.repair",
+            BackupAction::Drill { .. } => "backup.drill",
         }
     }
 
     /// The instance the operation is about (the operation's target).
     pub fn instance_id(&self) -> &str {
         match self {
-            BackupAction::Start { instance, .. } | BackupAction::Restore { instance, .. } => &instance.id,
+            BackupAction::Start { instance, .. }
+            | BackupAction::Restore { instance, .. }
+            | BackupAction::Drill { instance, .. } => &instance.id,
             BackupAction::Delete { instance_id, .. }
             | BackupAction::Verify { instance_id, .. }
             | BackupAction::Repair { instance_id, .. } => instance_id,
@@ -84,12 +93,13 @@ impl BackupAction {
             BackupAction::Start { backup_id, .. } | BackupAction::Delete { backup_id, .. } => backup_id,
             BackupAction::Verify { info, .. }
             | BackupAction::Restore { info, .. }
-            | BackupAction::Repair { info, .. } => &info.manifest.backup_id,
+            | BackupAction::Repair { info, .. }
+            | BackupAction::Drill { info, .. } => &info.manifest.backup_id,
         }
     }
 
     /// Taking a backup and restoring hold the instance's lock; reading or removing stored copies
-    /// does not.
+    /// does not, nor does a drill (it restores into its own scratch folder).
     fn exclusive(&self) -> bool {
         matches!(self, BackupAction::Start { .. } | BackupAction::Restore { .. })
     }
@@ -117,7 +127,9 @@ impl BackupAction {
                 json!({ "backup_id": backup_id, "method": method, "kind": kind, "keep_days": days })
             }
             BackupAction::Delete { .. } | BackupAction::Repair { .. } => json!({ "backup_id": backup_id }),
-            BackupAction::Verify { source, .. } => json!({ "backup_id": backup_id, "destination": source }),
+            BackupAction::Verify { source, .. } | BackupAction::Drill { source, .. } => {
+                json!({ "backup_id": backup_id, "destination": source })
+            }
             BackupAction::Restore { source, target, .. } => {
                 json!({ "backup_id": backup_id, "destination": source, "target": format!("{target:?}") })
             }
@@ -162,6 +174,7 @@ async fn run(res: &BackupResources, action: BackupAction, ctx: &JobContext) -> R
         BackupAction::Repair { instance_id, info, source } => {
             verify_repair::repair(res, &instance_id, &info, &source, ctx).await
         }
+        BackupAction::Drill { instance, info, source } => drill::run(res, &instance, &info, &source, ctx).await,
     }
 }
 
@@ -250,6 +263,12 @@ mod tests {
                 "backup.repair",
                 false,
                 r#"{"backup_id":"b0123456789abcdef0123"}"#,
+            ),
+            (
+                BackupAction::Drill { instance: instance(), info: info(), source: "az3".into() },
+                "backup.drill",
+                false,
+                r#"{"backup_id":"b0123456789abcdef0123","destination":"az3"}"#,
             ),
         ];
         for (action, kind, exclusive, params) in cases {

@@ -17,6 +17,10 @@ pub mod chunks;
 pub mod decode;
 pub mod deletion;
 pub mod destination;
+pub mod drill;
+pub mod drill_engine;
+pub mod drill_scratch;
+pub mod drill_store;
 pub mod engine_commands;
 pub mod health;
 pub mod inflight;
@@ -212,6 +216,8 @@ pub enum BackupError {
     Cancelled,
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error(transparent)]
+    Drill(#[from] drill::DrillError),
 }
 
 impl BackupError {
@@ -286,6 +292,7 @@ impl crate::error::HasErrorCode for BackupError {
             | BackupError::DeleteIncomplete { .. } => ErrorCode::Unavailable,
             BackupError::Cancelled => ErrorCode::Cancelled,
             BackupError::Ops(e) => e.code(),
+            BackupError::Drill(e) => e.code(),
             BackupError::Beneath(e) => e.code(),
             BackupError::Tool(e) => e.code(),
             BackupError::Store(e) => e.code(),

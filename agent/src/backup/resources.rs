@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::BackupError;
 use super::catalog::{self, BackupInfo};
 use super::destination::{self, Destination};
+use super::drill_store::DrillStore;
 use super::inflight::InflightRecords;
 use super::keys::BackupKeys;
 use super::pipeline::EncodeSettings;
@@ -20,6 +21,8 @@ pub struct BackupResources {
     pub inflight: InflightRecords,
     /// The configured data roots: a restore opens its folder beneath one of them, inside the job.
     pub data_roots: Vec<PathBuf>,
+    /// The restore drills' results.
+    pub drills: DrillStore,
 }
 
 impl BackupResources {
@@ -36,7 +39,8 @@ impl BackupResources {
             .map(|d| destination::open(d, settings.part_size, settings.max_retries))
             .collect::<Result<Vec<_>, _>>()?;
         let inflight = InflightRecords::open(state_dir)?;
-        Ok(Self { settings, destinations, keys: Arc::new(keys), inflight, data_roots })
+        let drills = DrillStore::open(state_dir)?;
+        Ok(Self { settings, destinations, keys: Arc::new(keys), inflight, data_roots, drills })
     }
 
     pub fn destination_names(&self) -> Vec<String> {

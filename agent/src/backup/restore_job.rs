@@ -65,6 +65,22 @@ pub async fn run(
     target: &RestoreTarget,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
+    run_beneath(res, keys, &res.data_roots, instance, info, source, target, ctx).await
+}
+
+/// [`run`] with the folders a data directory may be restored beneath given: the configured data
+/// roots for a restore, a drill's scratch folder for a drill.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_beneath(
+    res: &BackupResources,
+    keys: &BackupKeys,
+    roots: &[PathBuf],
+    instance: &Instance,
+    info: &BackupInfo,
+    source: &str,
+    target: &RestoreTarget,
+    ctx: &JobContext,
+) -> Result<serde_json::Value, BackupError> {
     let dest = res.destination(source)?;
     // Refuse before touching the target: a manifest that does not authenticate (rewritten, naming
     // another instance) or a wrong key must not leave a half-made data directory. `info` only
@@ -104,7 +120,7 @@ pub async fn run(
         RestoreInto::NewFolder
     };
     let owner = os_user_ids(user)?;
-    let (roots, path) = (res.data_roots.clone(), dir.clone());
+    let (roots, path) = (roots.to_vec(), dir.clone());
     let guard = blocking(move || RestoreDir::prepare(&roots, &path, into)).await?;
     let chowned = match owner {
         Some((uid, gid)) => guard.handle().chown(uid, gid).map_err(BackupError::from),
@@ -186,7 +202,7 @@ async fn fill_target(
 
 /// The uid and gid files restored for `user` get; `None` when the agent is not root (tests) or
 /// the instance names no user.
-fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
+pub(crate) fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
         return Ok(None);
     }

@@ -11,6 +11,9 @@ use super::action::{BackupAction, RequestRecoveryKey};
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, BackupState, DestinationState, read_authentic};
 use super::deletion;
+use super::drill::DrillError;
+use super::drill_scratch;
+use super::drill_store::DrillRecord;
 use super::engine_commands::RestoreTarget;
 use super::health::{BackupHealth, InstanceHealth};
 use super::keys::BackupKeys;
@@ -255,6 +258,72 @@ impl BackupService {
             recovery,
         };
         self.submit(request_id, action).await
+    }
+
+    /// Starts a restore drill of backup `backup_id` of `instance`; empty: its newest complete
+    /// backup. A retried request (its operation record kept) returns that operation, even when a
+    /// newer backup appeared since.
+    pub async fn drill(
+        &self,
+        instance: &Instance,
+        backup_id: &str,
+        request_id: &str,
+    ) -> Result<OperationRecord, BackupError> {
+        ids::request_id(request_id)?;
+        if !backup_id.is_empty() {
+            check_backup_id(backup_id)?;
+        }
+        // The same request again: its operation. Another backup under the same request id goes
+        // on to `submit`, which refuses the reused id.
+        let same = |op: &OperationRecord| {
+            op.kind == "backup.drill"
+                && op.target == instance.id
+                && (backup_id.is_empty() || op.params["backup_id"].as_str() == Some(backup_id))
+        };
+        if let Some(op) = self.engine.by_request(request_id).filter(same) {
+            return Ok(op);
+        }
+        self.resources.keys.check_can_unwrap()?;
+        let info = if backup_id.is_empty() {
+            self.list(&instance.id)
+                .await
+                .into_iter()
+                .filter(|b| b.state == catalog::BackupState::Complete)
+                .max_by(|a, b| a.manifest.backup_id.cmp(&b.manifest.backup_id))
+                .ok_or_else(|| DrillError::NoCompleteBackup { instance: instance.id.clone() })?
+        } else {
+            self.get(&instance.id, backup_id).await?
+        };
+        let source = pick_source(&info, None)?;
+        let action = BackupAction::Drill { instance: Box::new(instance.clone()), info: Box::new(info), source };
+        self.submit(request_id, action).await
+    }
+
+    /// Whether a restore drill runs on this host now (the scheduler starts one at a time).
+    pub fn drill_running(&self) -> bool {
+        self.engine.list(None, true, usize::MAX).iter().any(|op| op.kind == "backup.drill")
+    }
+
+    /// The instance's last drill, if it had one.
+    pub fn last_drill(&self, instance_id: &str) -> Option<DrillRecord> {
+        self.resources.drills.get(instance_id)
+    }
+
+    /// The drill metrics in the Prometheus text format.
+    pub fn drill_metrics_text(&self) -> String {
+        self.resources.drills.prometheus_text()
+    }
+
+    /// How long after an instance's last drill the scheduler starts the next; `None` = never.
+    pub fn drill_interval(&self) -> Option<std::time::Duration> {
+        self.resources.settings.drill_interval()
+    }
+
+    /// At start-up: stops the servers of drills cut short by a crash and removes their scratch
+    /// folders. Returns the folders removed.
+    pub async fn clean_drills(&self) -> Vec<String> {
+        let dir = self.resources.settings.drill_dir.clone();
+        tokio::task::spawn_blocking(move || drill_scratch::clean_leftovers(&dir)).await.unwrap_or_default()
     }
 
     /// Copies a degraded backup from a healthy destination to the others, verifying checksums.

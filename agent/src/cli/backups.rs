@@ -75,6 +75,15 @@ pub enum BackupsCommand {
         #[command(flatten)]
         op: OperationArgs,
     },
+    /// Run a restore drill: restore a backup into a scratch folder, start the engine on it, count a table (orchestrator identity).
+    Drill {
+        instance_id: String,
+        /// The backup to drill; the newest complete one when omitted.
+        #[arg(long = "backup", value_name = "ID")]
+        backup_id: Option<String>,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
     /// Delete a backup at every destination (orchestrator identity).
     Delete {
         instance_id: String,
@@ -170,6 +179,14 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
         BackupsCommand::Repair { instance_id, backup_id, op } => {
             let request = pb::RepairBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
             (client.repair_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Drill { instance_id, backup_id, op } => {
+            let request = pb::DrillBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                backup_id: backup_id.unwrap_or_default(),
+            };
+            (client.drill_backup(ctx.unary(request)).await?, op.watch)
         }
         BackupsCommand::Delete { instance_id, backup_id, last_good_copy, op } => {
             let request = pb::DeleteBackupRequest {

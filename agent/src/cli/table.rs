@@ -424,7 +424,28 @@ impl ToTable for pb::ListBackupsResponse {
                 ]
             })
             .collect();
-        columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows)
+        let table = columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows);
+        match &self.last_drill {
+            None => format!("{table}\nlast drill: none\n"),
+            Some(d) => format!("{table}\nlast drill: {}\n", drill_text(d)),
+        }
+    }
+}
+
+/// One line on a restore drill: when, which backup, and what it found or why it failed.
+fn drill_text(d: &pb::BackupDrill) -> String {
+    let when = or_dash(time_text(d.finished.as_ref()));
+    let took = format!("{:.1} s", d.duration_ms as f64 / 1000.0);
+    if d.ok {
+        let what =
+            if d.table.is_empty() { "no table to count".to_owned() } else { format!("{} rows in {}", d.rows, d.table) };
+        format!("ok at {when}, backup {}, {what}, took {took}", d.backup_id)
+    } else {
+        let success = or_dash(time_text(d.last_success.as_ref()));
+        format!(
+            "FAILED at {when}, backup {}, after {took}: {} (last success {success}, {} failures)",
+            d.backup_id, d.reason, d.failures_total
+        )
     }
 }
 

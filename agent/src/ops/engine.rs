@@ -56,6 +56,11 @@ impl JobContext {
     pub fn progress(&self, progress: Progress) {
         self.slot.tx.send_modify(|r| r.progress = progress);
     }
+
+    /// The id of the operation this job runs, for what the job names after it (a scratch folder).
+    pub fn operation_id(&self) -> String {
+        self.slot.tx.borrow().id.clone()
+    }
 }
 
 struct Slot {

@@ -3,6 +3,7 @@
 use dbagent_proto::v1 as pb;
 
 use super::timestamp;
+use crate::backup::drill_store::DrillRecord;
 use crate::backup::{BackupInfo, BackupKind, BackupMethod, BackupState, DestinationState};
 use crate::ids::InvalidField;
 
@@ -50,6 +51,25 @@ impl From<&BackupInfo> for pb::Backup {
             created: Some(timestamp(m.started)),
             expires: m.expires.map(timestamp),
             engine_version: m.engine_version.clone(),
+        }
+    }
+}
+
+impl From<&DrillRecord> for pb::BackupDrill {
+    fn from(r: &DrillRecord) -> Self {
+        let last = &r.last;
+        pb::BackupDrill {
+            operation_id: last.operation_id.clone(),
+            backup_id: last.backup_id.clone(),
+            ok: last.ok,
+            reason: last.reason.clone(),
+            database: last.database.clone(),
+            table: last.table.clone(),
+            rows: last.rows,
+            duration_ms: last.duration_ms,
+            finished: Some(timestamp(last.finished)),
+            last_success: r.last_success.map(timestamp),
+            failures_total: r.failures_total,
         }
     }
 }
