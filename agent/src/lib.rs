@@ -19,6 +19,7 @@ pub mod instances;
 pub mod json_store;
 pub mod keyservice_client;
 pub mod locks;
+pub mod maintenance;
 pub mod logs;
 pub mod metrics;
 pub mod ops;

@@ -227,13 +227,14 @@ async fn known_ca_unknown_cn_is_permission_denied() {
 #[tokio::test]
 async fn unimplemented_service_names_the_capability() {
     let agent = Agent::start_dev();
-    // Upgrades are not built in this version (no issue for them yet).
+    // Availability reports are not built in this version; issue 14 builds them.
     let err = UpgradesClient::new(agent.orchestrator().await)
         .get_availability(GetAvailabilityRequest { instance_id: "pg-1".into(), month: String::new() })
         .await
         .expect_err("GetAvailability is not implemented yet");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     assert!(err.message().contains("availability"), "the message should name the capability: {:?}", err.message());
+    assert!(err.message().contains("issue 14"), "the message should name the issue that builds it: {:?}", err.message());
 }
 
 #[tokio::test]

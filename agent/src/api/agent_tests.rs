@@ -52,7 +52,7 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
     };
     for rule in auth::RULES.iter() {
         let capability = match rule.serving {
-            auth::Serving::Later { capability } => capability.to_owned(),
+            auth::Serving::Later { capability, .. } => capability.to_owned(),
             auth::Serving::Served | auth::Serving::ByOrchestrator => service_capability(rule.service()),
         };
         assert_eq!(advertised.contains(&capability), served(&capability), "{capability:?} of {}", rule.path);

@@ -22,9 +22,11 @@ use crate::tls::peer::{PeerInfo, Role};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Serving {
     Served,
-    /// Declared in the proto, not built yet: answered UNIMPLEMENTED naming the capability.
+    /// Declared in the proto, not built yet: answered UNIMPLEMENTED naming the capability and the
+    /// issue that builds it.
     Later {
         capability: &'static str,
+        issue: u32,
     },
     /// A service the agent calls and the orchestrator serves: answered UNIMPLEMENTED.
     ByOrchestrator,
@@ -61,13 +63,13 @@ const STANDARD_READS: &[&str] = &[
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
-/// RPCs of the proto this build does not implement yet, with the capability each belongs to.
-const NOT_BUILT_YET: &[(&str, &str)] = &[
-    ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades"),
-    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes"),
-    ("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows"),
-    ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
-    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates"),
+/// RPCs of the proto this build does not implement yet, with the capability each belongs to and
+/// the issue that builds it.
+const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
+    ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14),
+    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14),
+    ("/dbagent.v1.Upgrades/GetAvailability", "availability", 14),
+    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 14),
 ];
 
 /// Services of the proto that the agent calls and never serves.
@@ -91,8 +93,8 @@ fn serving(path: &str, service: &str) -> Serving {
     if SERVED_BY_ORCHESTRATOR.contains(&service) {
         return Serving::ByOrchestrator;
     }
-    match NOT_BUILT_YET.iter().find(|(pending, _)| *pending == path) {
-        Some(&(_, capability)) => Serving::Later { capability },
+    match NOT_BUILT_YET.iter().find(|(pending, _, _)| *pending == path) {
+        Some(&(_, capability, issue)) => Serving::Later { capability, issue },
         None => Serving::Served,
     }
 }
@@ -143,9 +145,9 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Caller, tonic::S
     }
     match rule.serving {
         Serving::Served => {}
-        Serving::Later { capability } => {
+        Serving::Later { capability, issue } => {
             return Err(tonic::Status::unimplemented(format!(
-                "the {capability} capability is not implemented in dbagent {} yet",
+                "the {capability} capability is not implemented in dbagent {} yet (issue {issue} builds it)",
                 env!("CARGO_PKG_VERSION")
             )));
         }
@@ -285,7 +287,7 @@ mod tests {
     /// A misspelt path in the lists written here would silently leave an RPC served.
     #[test]
     fn every_path_written_here_is_an_rpc_of_the_proto() {
-        for (path, _) in NOT_BUILT_YET {
+        for (path, _, _) in NOT_BUILT_YET {
             assert!(dbagent_proto::access::method_access(path).is_some(), "{path}");
         }
         for service in SERVED_BY_ORCHESTRATOR {

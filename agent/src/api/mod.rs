@@ -11,6 +11,7 @@ pub mod instances;
 pub mod logs;
 pub mod metrics;
 pub mod operations;
+pub mod upgrades;
 pub mod volumes;
 
 use dbagent_proto::v1 as pb;
@@ -33,6 +34,7 @@ pub struct Services {
     pub metrics: metrics::MetricsApi,
     pub logs: logs::LogsApi,
     pub backups: backups::BackupsApi,
+    pub upgrades: upgrades::UpgradesApi,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,7 @@ pub async fn serve(
     health.set_serving::<pb::metrics_server::MetricsServer<metrics::MetricsApi>>().await;
     health.set_serving::<pb::logs_server::LogsServer<logs::LogsApi>>().await;
     health.set_serving::<pb::backups_server::BackupsServer<backups::BackupsApi>>().await;
+    health.set_serving::<pb::upgrades_server::UpgradesServer<upgrades::UpgradesApi>>().await;
     let files = reflection_files()?;
     let reflection_v1 = reflection_builder(&files).build_v1()?;
     let reflection_v1alpha = reflection_builder(&files).build_v1alpha()?;
@@ -101,6 +104,7 @@ pub async fn serve(
         .add_service(pb::metrics_server::MetricsServer::new(services.metrics))
         .add_service(pb::logs_server::LogsServer::new(services.logs))
         .add_service(pb::backups_server::BackupsServer::new(services.backups))
+        .add_service(pb::upgrades_server::UpgradesServer::new(services.upgrades))
         .add_service(pb::operations_server::OperationsServer::new(services.operations))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -56,7 +56,7 @@ pub fn time_of_day(text: &str) -> Result<u32, String> {
     Ok(h * 60 + m)
 }
 
-/// `mon@02:00+60m`: weekday, start (UTC) and length. The agent enforces 30..=720 minutes; the client
+/// `mon@02:00+60m`: weekday, start (UTC) and length. The agent enforces 15 minutes to 24 hours; the client
 /// checks it too so the mistake is reported before anything is sent.
 pub fn maintenance_window(text: &str) -> Result<MaintenanceWindow, String> {
     let bad = |why: &str| format!("{text:?}: {why}; expected DAY@HH:MM+DURATION in UTC, e.g. mon@02:00+60m");
@@ -69,8 +69,8 @@ pub fn maintenance_window(text: &str) -> Result<MaintenanceWindow, String> {
         return Err(bad("the duration must be whole minutes"));
     }
     let duration_minutes = u32::try_from(length.as_secs() / 60).map_err(|_| bad("duration too long"))?;
-    if !(30..=720).contains(&duration_minutes) {
-        return Err(bad("the duration must be between 30m and 12h"));
+    if !(15..=1440).contains(&duration_minutes) {
+        return Err(bad("the duration must be between 15m and 24h"));
     }
     Ok(MaintenanceWindow { weekday: weekday as i32, start_minute_utc, duration_minutes })
 }

@@ -45,5 +45,6 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             requests: d.requests.clone(),
         },
+        upgrades: api::upgrades::UpgradesApi { registry: d.registry.clone(), requests: d.requests.clone() },
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::fsutil;
 use crate::ids::{self, InvalidField};
-use crate::instances::model::{Engine, Instance, InstanceSpec};
+use crate::instances::model::{Engine, Instance, InstanceSpec, MaintenanceWindow};
 use crate::instances::validate::{self, ValidationRules, validate_spec};
 use crate::json_store::{CorruptRecord, JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::locks::ResourceLocks;
@@ -288,6 +288,18 @@ impl Registry {
         let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
         self.put(updated.clone(), "update", guard).await?;
         Ok(updated)
+    }
+
+    /// Sets the weekly maintenance window of `id`, keeping the rest of its spec: a new generation of
+    /// the instance record, so the window is as durable as the instance and GetInstance shows it.
+    pub async fn set_maintenance_window(&self, id: &str, window: MaintenanceWindow) -> Result<Instance, RegistryError> {
+        validate::maintenance_window("window", &window)?;
+        let current = self.get(id)?;
+        if current.spec.maintenance_window.as_ref() == Some(&window) {
+            return Ok(current);
+        }
+        let spec = InstanceSpec { maintenance_window: Some(window), ..current.spec };
+        self.update(id, spec, Some(current.generation)).await
     }
 
     /// Forgets `id` and returns what it was. Refused while anything else holds state of it (its

@@ -56,7 +56,7 @@ pub fn validate_spec(spec: &InstanceSpec, rules: &ValidationRules) -> Result<(),
     log_sources(&spec.log_sources, &rules.log_read_roots())?;
     plan(&spec.plan, spec.volume.size_bytes)?;
     if let Some(w) = &spec.maintenance_window {
-        maintenance_window(w)?;
+        maintenance_window("spec.maintenance_window", w)?;
     }
     if let Some(b) = &spec.backup_policy {
         backup_policy(b)?;
@@ -327,9 +327,11 @@ fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn maintenance_window(w: &MaintenanceWindow) -> Result<(), InvalidField> {
-    minute_of_day("spec.maintenance_window.start_minute_utc", w.start_minute_utc)?;
-    in_range("spec.maintenance_window.duration_minutes", w.duration_minutes, 30..=720, "from 30 to 720 minutes")
+/// A weekly window's start and length; `field` names it in the request (`spec.maintenance_window`
+/// in an instance spec, `window` in SetMaintenanceWindow).
+pub fn maintenance_window(field: &str, w: &MaintenanceWindow) -> Result<(), InvalidField> {
+    minute_of_day(&format!("{field}.start_minute_utc"), w.start_minute_utc)?;
+    in_range(&format!("{field}.duration_minutes"), w.duration_minutes, 15..=1440, "from 15 minutes to 24 hours (1440)")
 }
 
 fn backup_policy(b: &BackupPolicy) -> Result<(), InvalidField> {

@@ -212,18 +212,18 @@ fn plan() {
 fn maintenance_window() {
     accepted(|s| {
         s.maintenance_window =
-            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 1439, duration_minutes: 720 })
+            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 1439, duration_minutes: 1440 })
     });
     accepted(|s| {
         s.maintenance_window =
-            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 0, duration_minutes: 30 })
+            Some(MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 0, duration_minutes: 15 })
     });
     let window = |start, duration| {
         Some(MaintenanceWindow { weekday: Weekday::Friday, start_minute_utc: start, duration_minutes: duration })
     };
     assert_eq!(refused(|s| s.maintenance_window = window(1440, 60)), "spec.maintenance_window.start_minute_utc");
-    assert_eq!(refused(|s| s.maintenance_window = window(0, 29)), "spec.maintenance_window.duration_minutes");
-    assert_eq!(refused(|s| s.maintenance_window = window(0, 721)), "spec.maintenance_window.duration_minutes");
+    assert_eq!(refused(|s| s.maintenance_window = window(0, 14)), "spec.maintenance_window.duration_minutes");
+    assert_eq!(refused(|s| s.maintenance_window = window(0, 1441)), "spec.maintenance_window.duration_minutes");
 }
 
 #[test]

@@ -46,13 +46,7 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
         },
         maintenance_window: spec
             .maintenance_window
-            .map(|w| {
-                Ok::<_, InvalidField>(MaintenanceWindow {
-                    weekday: weekday_from_proto("spec.maintenance_window.weekday", w.weekday)?,
-                    start_minute_utc: w.start_minute_utc,
-                    duration_minutes: w.duration_minutes,
-                })
-            })
+            .map(|w| maintenance_window_from_proto("spec.maintenance_window", w))
             .transpose()?,
         // keep_daily 0 = the plan's default, stored as the number (earlier builds need one there);
         // unset weekly and monthly counts stay unset and follow the plan (`backup::retention`).
@@ -64,6 +58,23 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
             keep_monthly: b.keep_monthly,
         }),
     })
+}
+
+/// `field` names the message in the request, for the error about an unknown weekday.
+pub fn maintenance_window_from_proto(field: &str, w: pb::MaintenanceWindow) -> Result<MaintenanceWindow, InvalidField> {
+    Ok(MaintenanceWindow {
+        weekday: weekday_from_proto(&format!("{field}.weekday"), w.weekday)?,
+        start_minute_utc: w.start_minute_utc,
+        duration_minutes: w.duration_minutes,
+    })
+}
+
+pub fn maintenance_window_to_proto(w: &MaintenanceWindow) -> pb::MaintenanceWindow {
+    pb::MaintenanceWindow {
+        weekday: weekday_to_proto(w.weekday) as i32,
+        start_minute_utc: w.start_minute_utc,
+        duration_minutes: w.duration_minutes,
+    }
 }
 
 pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
@@ -98,11 +109,7 @@ pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
             io_write_bps: spec.plan.io_write_bps,
             disk_bytes: spec.plan.disk_bytes,
         }),
-        maintenance_window: spec.maintenance_window.as_ref().map(|w| pb::MaintenanceWindow {
-            weekday: weekday_to_proto(w.weekday) as i32,
-            start_minute_utc: w.start_minute_utc,
-            duration_minutes: w.duration_minutes,
-        }),
+        maintenance_window: spec.maintenance_window.as_ref().map(maintenance_window_to_proto),
         backup_policy: spec.backup_policy.as_ref().map(policy_to_proto),
     }
 }
