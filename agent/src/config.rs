@@ -178,6 +178,9 @@ pub struct TestingConfig {
     /// The test-only `sleep` operation ignores cancellation, so it outlasts the shutdown grace as a
     /// step that cannot be interrupted would (tests of `api.shutdown_grace_secs`). Off by default.
     pub sleep_outlasts_shutdown: bool,
+    /// Seconds added to the host's clock when the agent reads maintenance windows, so a test can
+    /// put "now" just before a window (`maintenance::OffsetClock`). 0 (the host's clock) by default.
+    pub clock_offset_secs: i64,
 }
 
 impl Default for MetricsConfig {
@@ -691,6 +694,8 @@ mod tests {
         assert!(parse("[testing]\nfault_switches = true").unwrap().testing.fault_switches);
         assert!(!parse("").unwrap().testing.sleep_outlasts_shutdown);
         assert!(parse("[testing]\nsleep_outlasts_shutdown = true").unwrap().testing.sleep_outlasts_shutdown);
+        assert_eq!(parse("").unwrap().testing.clock_offset_secs, 0);
+        assert_eq!(parse("[testing]\nclock_offset_secs = -3600").unwrap().testing.clock_offset_secs, -3600);
         let e = parse("[testing]\nhang = true").unwrap_err().to_string();
         assert!(e.contains("hang"), "{e}");
     }

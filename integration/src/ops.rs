@@ -14,6 +14,8 @@ pub fn sleep_request(request_id: &str, target: &str, duration: Duration) -> Star
         request_id: request_id.to_owned(),
         target: target.to_owned(),
         duration: Some(prost_types::Duration::try_from(duration).expect("a test duration fits")),
+        disruptive: false,
+        force: false,
     }
 }
 

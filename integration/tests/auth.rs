@@ -234,7 +234,11 @@ async fn unimplemented_service_names_the_capability() {
         .expect_err("GetAvailability is not implemented yet");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     assert!(err.message().contains("availability"), "the message should name the capability: {:?}", err.message());
-    assert!(err.message().contains("issue 14"), "the message should name the issue that builds it: {:?}", err.message());
+    assert!(
+        err.message().contains("issue 14"),
+        "the message should name the issue that builds it: {:?}",
+        err.message()
+    );
 }
 
 #[tokio::test]

@@ -8,11 +8,15 @@ use tonic::{Request, Response, Status};
 use super::convert::duration_from_proto;
 use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
+use crate::instances::Registry;
 use crate::ops::{NewOperation, OperationEngine, OpsError, sleep};
+use std::sync::Arc;
 
 /// The Operations service: reads and cancels operations, and starts the test kind.
 pub struct OperationsApi {
     pub operations: OperationEngine,
+    /// A disruptive test sleep reads its target instance's maintenance window.
+    pub registry: Arc<Registry>,
     /// `operations.enable_test_kinds`: StartSleep is refused without it.
     pub test_kinds: bool,
     /// Ends the watch streams, so none holds the agent's exit.
@@ -84,14 +88,24 @@ impl pb::operations_server::Operations for OperationsApi {
         ids::instance_id("target", &req.target)?;
         let duration = duration_from_proto("duration", req.duration)?;
         sleep::validate(duration)?;
-        let new = NewOperation {
-            request_id: req.request_id,
-            kind: sleep::KIND,
-            target: req.target,
-            params: sleep::params(duration),
-            exclusive: true,
+        if req.force && !req.disruptive {
+            return Err(InvalidField::new("force", "applies to disruptive work only; set disruptive too").into());
+        }
+        let (params, gate) = if req.disruptive {
+            let window = self.registry.get(&req.target)?.spec.maintenance_window;
+            (
+                sleep::disruptive_params(duration, req.force),
+                Some(sleep::disruptive(window.as_ref(), duration, req.force)),
+            )
+        } else {
+            (sleep::params(duration), None)
         };
-        let (record, _) = self.operations.submit(new, sleep::job(duration)).await?;
+        let new =
+            NewOperation { request_id: req.request_id, kind: sleep::KIND, target: req.target, params, exclusive: true };
+        let (record, _) = match gate {
+            Some(gate) => self.operations.submit_disruptive(new, gate, sleep::job(duration)).await?,
+            None => self.operations.submit(new, sleep::job(duration)).await?,
+        };
         Ok(Response::new((&record).into()))
     }
 }

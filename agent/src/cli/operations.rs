@@ -20,7 +20,7 @@ pub enum OperationsCommand {
         /// Only operations on this target (usually an instance id).
         #[arg(long)]
         target: Option<String>,
-        /// Only queued or running operations.
+        /// Only queued, waiting or running operations.
         #[arg(long)]
         open: bool,
         /// At most this many (the agent's default is 100, its maximum 1000).
@@ -40,6 +40,13 @@ pub enum OperationsCommand {
         /// How long to sleep, e.g. 5s.
         #[arg(long, value_parser = parse::duration)]
         duration: Duration,
+        /// Treat it as disruptive work on the target instance: it waits for the instance's
+        /// maintenance window (the duration is its expected length).
+        #[arg(long)]
+        disruptive: bool,
+        /// With --disruptive: do not wait for the window.
+        #[arg(long, requires = "disruptive")]
+        force: bool,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -63,10 +70,16 @@ pub async fn run(ctx: &Ctx, command: OperationsCommand) -> Result<(), CliError> 
         OperationsCommand::Cancel { id } => {
             ctx.print(client.cancel_operation(ctx.unary(pb::CancelOperationRequest { id })).await?.get_ref())
         }
-        OperationsCommand::Sleep { target, duration, op } => {
+        OperationsCommand::Sleep { target, duration, disruptive, force, op } => {
             let duration =
                 prost_types::Duration::try_from(duration).map_err(|e| CliError::Usage(format!("--duration: {e}")))?;
-            let request = pb::StartSleepRequest { request_id: op.request.resolve()?, target, duration: Some(duration) };
+            let request = pb::StartSleepRequest {
+                request_id: op.request.resolve()?,
+                target,
+                duration: Some(duration),
+                disruptive,
+                force,
+            };
             let started = client.start_sleep(ctx.unary(request)).await?.into_inner();
             finish(ctx, started, op.watch).await
         }

@@ -142,7 +142,9 @@ mod tests {
         assert_eq!((w.weekday, w.start_minute_utc, w.duration_minutes), (Weekday::Monday as i32, 120, 60));
         let w = maintenance_window("Sunday@23:30+2h").unwrap();
         assert_eq!((w.weekday, w.start_minute_utc, w.duration_minutes), (Weekday::Sunday as i32, 1410, 120));
-        assert!(maintenance_window("mon@02:00+10m").unwrap_err().contains("between 30m and 12h"));
+        assert!(maintenance_window("mon@02:00+10m").unwrap_err().contains("between 15m and 24h"));
+        assert!(maintenance_window("mon@02:00+25h").unwrap_err().contains("between 15m and 24h"));
+        assert_eq!(maintenance_window("mon@02:00+24h").unwrap().duration_minutes, 1440);
         assert!(maintenance_window("mo@02:00+60m").unwrap_err().contains("weekday"));
         assert!(maintenance_window("mon 02:00").unwrap_err().contains("'@'"));
         assert!(maintenance_window("mon@02:00+90s").is_err());

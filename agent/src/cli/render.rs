@@ -118,6 +118,8 @@ impl ToJson for pb::Operation {
             "submitted_by": self.submitted_by.as_ref().map(|s| json!({
                 "identity": s.identity, "subject": s.subject, "role": s.role,
             })),
+            "window_start": time(self.window_start.as_ref()), "window_end": time(self.window_end.as_ref()),
+            "overrunning": self.overrunning,
         })
     }
 }

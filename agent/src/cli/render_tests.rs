@@ -27,6 +27,9 @@ fn operation() -> pb::Operation {
             subject: "CN=orchestrator".into(),
             role: "orchestrator".into(),
         }),
+        window_start: None,
+        window_end: ts(1_700_003_600),
+        overrunning: true,
     }
 }
 
@@ -36,6 +39,11 @@ fn operation_json() {
     assert_eq!(v["state"], "failed");
     assert_eq!(v["created"], "2023-11-14T22:13:20.250Z");
     assert_eq!(v["finished"], Value::Null);
+    assert_eq!(v["window_start"], Value::Null);
+    assert_eq!(
+        (v["window_end"].as_str().map(|s| s.starts_with("2023-11-14T23:13:20")), &v["overrunning"]),
+        (Some(true), &Value::Bool(true))
+    );
     assert_eq!(v["progress"]["total"], 1024);
     assert_eq!(v["error"]["code"], "FAILED_PRECONDITION");
     assert_eq!(v["result"]["mapper"], "/dev/mapper/dbagent-pg-42", "result_json is embedded as JSON");

@@ -168,6 +168,12 @@ impl ToTable for pb::Operation {
                 self.submitted_by.as_ref().map_or_else(|| "-".to_owned(), |s| format!("{} ({})", s.subject, s.role)),
             ),
         ];
+        if let Some(start) = time_text(self.window_start.as_ref()) {
+            pairs.push(("waits for window", start));
+        }
+        if let Some(end) = time_text(self.window_end.as_ref()) {
+            pairs.push(("window ends", end + if self.overrunning { " (overrunning)" } else { "" }));
+        }
         if let Some(e) = &self.error {
             pairs.push(("error", format!("{}: {}", e.code, e.message)));
         }

@@ -26,6 +26,7 @@ pub(super) fn services(d: &Daemon) -> Services {
         instances: api::instances::InstancesApi { registry: d.registry.clone(), requests: d.requests.clone() },
         operations: api::operations::OperationsApi {
             operations: d.engine.clone(),
+            registry: d.registry.clone(),
             test_kinds: d.config.operations.enable_test_kinds,
             shutdown: d.root.clone(),
         },

@@ -1,6 +1,7 @@
 //! Opens the state and constructs every subsystem, in dependency order, before anything serves.
 //! A failure here stops the start: nothing has been announced to systemd or clients yet.
 
+use crate::maintenance::OffsetClock;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -72,6 +73,13 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     let volumes = crate::volume::setup::from_config(&config, mode.is_dev(), backend, registry.clone())?;
     crate::ops::sleep::outlast_shutdown(config.testing.sleep_outlasts_shutdown);
     let (engine, interrupted) = OperationEngine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
+    if config.testing.clock_offset_secs != 0 {
+        tracing::warn!(
+            offset_secs = config.testing.clock_offset_secs,
+            "testing.clock_offset_secs is set: maintenance windows are read against a moved clock (test hosts only)"
+        );
+        engine.set_window_clock(Arc::new(OffsetClock { offset_secs: config.testing.clock_offset_secs }));
+    }
     // RemoveInstance and a new registration of an id ask what remains of it: its volume, keys and
     // operations.
     registry.set_leftovers(Arc::new(volumes.leftovers(engine.clone())));
@@ -117,6 +125,8 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
+    // Operations waiting for a window wait again (tasks of the engine, drained with it).
+    super::window_rearm::rearm_waiting(&engine, &registry, config.operations.enable_test_kinds).await;
     // Last: it spawns its tasks, and nothing after it can fail.
     let metrics_tasks = metrics::start::start(
         &config.metrics,

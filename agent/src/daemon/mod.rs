@@ -24,6 +24,7 @@ mod signals;
 pub mod systemd;
 mod tasks;
 pub mod tracing_setup;
+mod window_rearm;
 
 pub use tasks::Task;
 

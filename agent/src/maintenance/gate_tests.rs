@@ -31,7 +31,10 @@ fn outside_the_window_work_waits_for_the_next_start_and_runs_when_it_comes() {
 fn forced_work_runs_at_once_outside_the_window_and_unforced_work_beside_it_waits() {
     let w = tuesday_two_am();
     let now = at("2026-12-03T12:00:00Z");
-    assert_eq!(decide(Some(&w), TEN_MINUTES, true, &now), GateDecision::Run { window_end: None, overrun_expected: false });
+    assert_eq!(
+        decide(Some(&w), TEN_MINUTES, true, &now),
+        GateDecision::Run { window_end: None, overrun_expected: false }
+    );
     assert_eq!(decide(Some(&w), TEN_MINUTES, false, &now), GateDecision::Wait { until: t("2026-12-08T02:00:00Z") });
 }
 

@@ -6,6 +6,6 @@ pub mod clock;
 pub mod gate;
 pub mod window;
 
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, OffsetClock, SystemClock};
 pub use gate::{GateDecision, decide};
 pub use window::WeeklyWindow;

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,10 @@ use super::model::{OpError, OpState, OperationRecord, Progress, Submitter};
 use crate::error::ErrorCode;
 use crate::ids;
 use crate::locks::ResourceLocks;
+use crate::maintenance::{Clock, WeeklyWindow};
+
+#[path = "window_wait.rs"]
+mod window_wait;
 
 pub type JobResult = Result<Option<serde_json::Value>, OpError>;
 pub type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
@@ -38,6 +42,19 @@ pub struct NewOperation {
     pub params: serde_json::Value,
     /// Takes the target's lock: one exclusive operation per target at a time, others queue.
     pub exclusive: bool,
+}
+
+/// Work that disrupts its instance (a restart, an upgrade): it runs inside the instance's
+/// maintenance window (`maintenance::gate`), waiting in `waiting_for_window` until then.
+#[derive(Debug, Clone, Copy)]
+pub struct Disruptive {
+    /// The target instance's window as submitted; `None`: the instance has none, nothing to wait for.
+    pub window: Option<WeeklyWindow>,
+    /// How long the work is expected to take: work that does not fit in what is left of the
+    /// current window waits for the next one.
+    pub expected: Duration,
+    /// Run at once, whatever the window says.
+    pub force: bool,
 }
 
 pub struct OpsSettings {
@@ -94,6 +111,8 @@ struct Inner {
     root: CancellationToken,
     tasks: TaskTracker,
     settings: OpsSettings,
+    /// The clock maintenance windows are read against; the host's unless set at start-up.
+    window_clock: OnceLock<Arc<dyn Clock>>,
 }
 
 #[derive(Clone)]
@@ -127,6 +146,12 @@ impl OperationEngine {
         let mut interrupted = Vec::new();
         let now = SystemTime::now();
         for mut record in loaded.records {
+            // A waiting operation did no work yet: it keeps waiting, re-armed by `resume_waiting`.
+            if record.state == OpState::WaitingForWindow {
+                table.by_request.insert(record.request_id.clone(), record.id.clone());
+                table.slots.insert(record.id.clone(), Slot::new(record, root.child_token()));
+                continue;
+            }
             if !record.state.is_finished() {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
@@ -150,6 +175,7 @@ impl OperationEngine {
             root,
             tasks: TaskTracker::new(),
             settings,
+            window_clock: OnceLock::new(),
         };
         let engine = Self { inner: Arc::new(inner) };
         engine.prune(now)?;
@@ -170,6 +196,25 @@ impl OperationEngine {
 
     /// Starts an operation, or returns the one that `request_id` started before.
     pub async fn submit(&self, new: NewOperation, job: JobFn) -> Result<(OperationRecord, Outcome), OpsError> {
+        self.submit_gated(new, None, job).await
+    }
+
+    /// [`Self::submit`] for disruptive work: it starts inside the target's maintenance window.
+    pub async fn submit_disruptive(
+        &self,
+        new: NewOperation,
+        gate: Disruptive,
+        job: JobFn,
+    ) -> Result<(OperationRecord, Outcome), OpsError> {
+        self.submit_gated(new, Some(gate), job).await
+    }
+
+    async fn submit_gated(
+        &self,
+        new: NewOperation,
+        gate: Option<Disruptive>,
+        job: JobFn,
+    ) -> Result<(OperationRecord, Outcome), OpsError> {
         ids::request_id(&new.request_id)?;
         let digest = request_digest(new.kind, &new.target, &new.params);
         let _serial = self.inner.submit.lock().await;
@@ -202,6 +247,9 @@ impl OperationEngine {
             result: None,
             cancel_requested: false,
             submitted_by: Submitter::current(),
+            window_start: None,
+            window_end: None,
+            overrunning: false,
         };
         self.persist(record.clone()).await?;
         let slot = Slot::new(record.clone(), self.inner.root.child_token());
@@ -214,11 +262,21 @@ impl OperationEngine {
             record.submitted_by.as_ref().map_or(("agent", ""), |s| (s.subject.as_str(), s.role.as_str()));
         tracing::info!(op = %record.id, kind = %record.kind, target = %record.target, by, by_role, "operation queued");
         let engine = self.clone();
-        self.inner.tasks.spawn(async move { engine.run(slot, new.exclusive, job).await });
+        self.inner.tasks.spawn(async move { engine.run(slot, new.exclusive, gate, job).await });
         Ok((record, Outcome::Created))
     }
 
-    async fn run(&self, slot: Arc<Slot>, exclusive: bool, job: JobFn) {
+    async fn run(&self, slot: Arc<Slot>, exclusive: bool, gate: Option<Disruptive>, job: JobFn) {
+        // Waiting takes no lock: a week's wait must not block the instance's other work.
+        let window_end = match gate {
+            None => None,
+            Some(gate) => match self.wait_for_window(&slot, &gate).await {
+                window_wait::Waited::Run { window_end } => window_end,
+                window_wait::Waited::Cancelled => return self.finish(&slot, Err(cancelled())).await,
+                // Left waiting in the journal; the next start re-arms it.
+                window_wait::Waited::ShuttingDown => return,
+            },
+        };
         let target = slot.tx.borrow().target.clone();
         let _lock = if exclusive {
             tokio::select! {
@@ -236,10 +294,12 @@ impl OperationEngine {
         self.transition(&slot, |r| {
             r.state = OpState::Running;
             r.started = Some(started);
+            r.window_start = None;
+            r.window_end = window_end;
         })
         .await;
         let ctx = JobContext { cancel: slot.cancel.clone(), slot: slot.clone() };
-        let result = job(ctx).await;
+        let result = self.run_until_done(&slot, window_end, job(ctx)).await;
         self.finish(&slot, result).await;
     }
 

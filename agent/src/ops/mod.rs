@@ -6,7 +6,7 @@ pub mod journal;
 pub mod model;
 pub mod sleep;
 
-pub use engine::{JobContext, JobResult, NewOperation, OperationEngine, OpsSettings, Outcome};
+pub use engine::{Disruptive, JobContext, JobResult, NewOperation, OperationEngine, OpsSettings, Outcome};
 pub use model::{OpError, OpState, OperationRecord, Progress, Submitter};
 
 use thiserror::Error;

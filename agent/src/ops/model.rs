@@ -7,6 +7,9 @@ use std::time::SystemTime;
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     Queued,
+    /// A disruptive operation waiting for its instance's maintenance window
+    /// (`OperationRecord::window_start`).
+    WaitingForWindow,
     Running,
     Succeeded,
     Failed,
@@ -17,12 +20,13 @@ pub enum OpState {
 
 impl OpState {
     pub fn is_finished(self) -> bool {
-        !matches!(self, OpState::Queued | OpState::Running)
+        !matches!(self, OpState::Queued | OpState::WaitingForWindow | OpState::Running)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             OpState::Queued => "queued",
+            OpState::WaitingForWindow => "waiting_for_window",
             OpState::Running => "running",
             OpState::Succeeded => "succeeded",
             OpState::Failed => "failed",
@@ -82,6 +86,15 @@ pub struct OperationRecord {
     /// scheduler) and for records written before the agent kept it.
     #[serde(default)]
     pub submitted_by: Option<Submitter>,
+    /// Disruptive operations only (`ops::Disruptive`): while waiting, the window it will start in;
+    /// once running, the end of the window it runs in, and whether it has run past it. Skipped
+    /// when unset, so other records stay what earlier builds wrote.
+    #[serde(with = "crate::timefmt::option", default, skip_serializing_if = "Option::is_none")]
+    pub window_start: Option<SystemTime>,
+    #[serde(with = "crate::timefmt::option", default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overrunning: bool,
 }
 
 /// The API caller an operation was submitted by, as its client certificate named it.

@@ -4,10 +4,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::engine::{JobContext, JobFn, JobResult};
+use super::engine::{Disruptive, JobContext, JobFn, JobResult};
 use super::model::{OpError, Progress};
 use crate::error::ErrorCode;
 use crate::ids::InvalidField;
+use crate::instances::MaintenanceWindow;
+use crate::maintenance::WeeklyWindow;
 
 pub const KIND: &str = "sleep";
 pub const MAX: Duration = Duration::from_secs(3600);
@@ -22,6 +24,26 @@ pub fn validate(duration: Duration) -> Result<(), InvalidField> {
 
 pub fn params(duration: Duration) -> serde_json::Value {
     serde_json::json!({ "duration_ms": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) })
+}
+
+/// A sleep standing in for disruptive work (the tests' upgrade): its parameters say so, and
+/// whether it was forced, so a restart can re-arm it from the journal (`from_params`).
+pub fn disruptive_params(duration: Duration, force: bool) -> serde_json::Value {
+    let mut params = params(duration);
+    params["disruptive"] = serde_json::json!({ "force": force });
+    params
+}
+
+/// The gate of a disruptive sleep on an instance with `window`: its duration is its expected length.
+pub fn disruptive(window: Option<&MaintenanceWindow>, duration: Duration, force: bool) -> Disruptive {
+    Disruptive { window: window.map(WeeklyWindow::from), expected: duration, force }
+}
+
+/// The duration, and for a disruptive sleep whether it was forced, from stored parameters.
+pub fn from_params(params: &serde_json::Value) -> Option<(Duration, Option<bool>)> {
+    let duration = Duration::from_millis(params.get("duration_ms")?.as_u64()?);
+    let force = params.get("disruptive").map(|d| d.get("force").and_then(serde_json::Value::as_bool).unwrap_or(false));
+    Some((duration, force))
 }
 
 /// Set at start from `testing.sleep_outlasts_shutdown`. A process-wide switch because the handler

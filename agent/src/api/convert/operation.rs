@@ -6,6 +6,7 @@ use crate::ops::{OpState, OperationRecord};
 fn state(s: OpState) -> pb::OperationState {
     match s {
         OpState::Queued => pb::OperationState::Queued,
+        OpState::WaitingForWindow => pb::OperationState::WaitingForWindow,
         OpState::Running => pb::OperationState::Running,
         OpState::Succeeded => pb::OperationState::Succeeded,
         OpState::Failed => pb::OperationState::Failed,
@@ -42,6 +43,9 @@ impl From<&OperationRecord> for pb::Operation {
                 subject: s.subject.clone(),
                 role: s.role.clone(),
             }),
+            window_start: r.window_start.map(timestamp),
+            window_end: r.window_end.map(timestamp),
+            overrunning: r.overrunning,
         }
     }
 }

@@ -1,0 +1,29 @@
+//! Start-up: the operations the last stop left waiting for a maintenance window wait again, each
+//! with its job rebuilt from its stored parameters and its instance's window as registered now.
+
+use crate::instances::Registry;
+use crate::ops::{OperationEngine, sleep};
+
+/// Only the test `sleep` kind is disruptive today; upgrades and plan changes join it here.
+pub(super) async fn rearm_waiting(engine: &OperationEngine, registry: &Registry, test_kinds: bool) {
+    for record in engine.waiting_for_window() {
+        let rearmed = match (record.kind.as_str(), sleep::from_params(&record.params)) {
+            (sleep::KIND, Some((duration, Some(force)))) if test_kinds => {
+                let window = registry.get(&record.target).ok().and_then(|i| i.spec.maintenance_window);
+                let gate = sleep::disruptive(window.as_ref(), duration, force);
+                engine.resume_waiting(&record.id, true, gate, sleep::job(duration))
+            }
+            _ => {
+                let reason = format!(
+                    "the agent restarted while this {} operation waited for its maintenance window and cannot \
+                     re-arm it (its kind is disabled or unknown); submit it again",
+                    record.kind
+                );
+                engine.abandon_waiting(&record.id, &reason).await
+            }
+        };
+        if let Err(e) = rearmed {
+            tracing::error!(op = %record.id, "re-arm the operation waiting for its maintenance window: {e:#}");
+        }
+    }
+}
