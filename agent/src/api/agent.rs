@@ -42,13 +42,21 @@ const TRANSPORT_CAPABILITIES: &[&str] = &["mtls"];
 /// permission table, so a capability is advertised exactly when an RPC of it is served.
 fn capabilities() -> Vec<String> {
     let mut capabilities: Vec<String> = TRANSPORT_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
-    for service in auth::served_services() {
-        let capability = service_capability(service);
+    for rule in auth::RULES.iter().filter(|rule| rule.is_served()) {
+        let capability = rule_capability(rule);
         if !capabilities.contains(&capability) {
             capabilities.push(capability);
         }
     }
     capabilities
+}
+
+/// A served RPC's capability: its own (`auth::OWN_CAPABILITY`), else its service's.
+fn rule_capability(rule: &auth::AccessRule) -> String {
+    match auth::OWN_CAPABILITY.iter().find(|(path, _)| *path == rule.path) {
+        Some((_, capability)) => (*capability).to_owned(),
+        None => service_capability(rule.service()),
+    }
 }
 
 /// A served service's capability: dbagent's own services by their name in lower case

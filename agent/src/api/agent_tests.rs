@@ -47,13 +47,12 @@ fn sim_volumes(dir: &std::path::Path, registry: Arc<Registry>) -> crate::volume:
 #[test]
 fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
     let advertised = capabilities();
-    let served = |capability: &str| {
-        auth::RULES.iter().any(|rule| rule.is_served() && service_capability(rule.service()) == capability)
-    };
+    let served =
+        |capability: &str| auth::RULES.iter().any(|rule| rule.is_served() && rule_capability(rule) == capability);
     for rule in auth::RULES.iter() {
         let capability = match rule.serving {
             auth::Serving::Later { capability, .. } => capability.to_owned(),
-            auth::Serving::Served | auth::Serving::ByOrchestrator => service_capability(rule.service()),
+            auth::Serving::Served | auth::Serving::ByOrchestrator => rule_capability(rule),
         };
         assert_eq!(advertised.contains(&capability), served(&capability), "{capability:?} of {}", rule.path);
     }
@@ -61,8 +60,18 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
         let transport = TRANSPORT_CAPABILITIES.contains(&capability.as_str());
         assert!(transport || served(capability), "{capability:?} is advertised but nothing of it is served");
     }
-    for expected in ["mtls", "health", "reflection", "instances", "operations", "volumes", "metrics", "logs", "backups"]
-    {
+    for expected in [
+        "mtls",
+        "health",
+        "reflection",
+        "instances",
+        "operations",
+        "volumes",
+        "metrics",
+        "logs",
+        "backups",
+        "maintenance windows",
+    ] {
         assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");
     }
     for absent in ["upgrades", "plan changes", "availability", "keyservice"] {

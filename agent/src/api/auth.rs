@@ -72,6 +72,10 @@ const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
     ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 14),
 ];
 
+/// Served RPCs of a service that is only partly built, with the capability each gives: the
+/// service's name would advertise what is not built yet (Upgrades serves windows, not upgrades).
+pub const OWN_CAPABILITY: &[(&str, &str)] = &[("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows")];
+
 /// Services of the proto that the agent calls and never serves.
 const SERVED_BY_ORCHESTRATOR: &[&str] = &["dbagent.v1.KeyService"];
 
@@ -376,7 +380,7 @@ mod tests {
         ] {
             assert!(served.contains(&service), "{service} is served: {served:?}");
         }
-        assert!(!served.contains(&"dbagent.v1.Upgrades"), "no Upgrades RPC is built yet");
+        assert!(served.contains(&"dbagent.v1.Upgrades"), "SetMaintenanceWindow is served: {served:?}");
         assert!(!served.contains(&"dbagent.v1.KeyService"), "the agent calls KeyService, it does not serve it");
         let mut unique = served.clone();
         unique.sort_unstable();

@@ -497,3 +497,34 @@ async fn remove_says_what_remains_even_while_an_operation_holds_the_lock() {
     left.0.lock().unwrap().clear();
     reg.remove("pg-1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_maintenance_window_set_alone_keeps_the_spec_and_survives_a_reopen() {
+    use crate::instances::{MaintenanceWindow, Weekday};
+    let dir = tempfile::tempdir().unwrap();
+    let reg = open(dir.path());
+    let (created, _) = reg.register("pg-1", spec("pg-1")).await.unwrap();
+    let window = MaintenanceWindow { weekday: Weekday::Sunday, start_minute_utc: 23 * 60, duration_minutes: 180 };
+    let updated = reg.set_maintenance_window("pg-1", window.clone()).await.unwrap();
+    assert_eq!(updated.spec.maintenance_window.as_ref(), Some(&window));
+    assert_eq!(updated.generation, created.generation + 1);
+    let rest = |s: &InstanceSpec| InstanceSpec { maintenance_window: None, ..s.clone() };
+    assert_eq!(rest(&updated.spec), rest(&created.spec), "only the window changed");
+    // The same window again changes nothing, not even the generation.
+    assert_eq!(reg.set_maintenance_window("pg-1", window.clone()).await.unwrap().generation, updated.generation);
+    drop(reg);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.get("pg-1").unwrap().spec.maintenance_window, Some(window));
+    // Refusals name the request's field; the stored window stays.
+    let short = MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 0, duration_minutes: 14 };
+    let e = reopened.set_maintenance_window("pg-1", short).await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "window.duration_minutes"), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let late = MaintenanceWindow { weekday: Weekday::Monday, start_minute_utc: 1440, duration_minutes: 60 };
+    let e = reopened.set_maintenance_window("pg-1", late).await.unwrap_err();
+    assert!(matches!(&e, RegistryError::Invalid(f) if f.field == "window.start_minute_utc"), "{e}");
+    assert_eq!(reopened.get("pg-1").unwrap().generation, updated.generation);
+    let e =
+        reopened.set_maintenance_window("pg-9", updated.spec.maintenance_window.clone().unwrap()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+}
