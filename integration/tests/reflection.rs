@@ -14,6 +14,7 @@ const SERVED: &[&str] = &[
     "dbagent.v1.Logs",
     "dbagent.v1.Metrics",
     "dbagent.v1.Operations",
+    "dbagent.v1.Upgrades",
     "dbagent.v1.Volumes",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
@@ -141,7 +142,9 @@ async fn a_served_symbol_resolves_and_an_unserved_one_does_not() {
         assert!(resolved.iter().any(|r| r == import), "{import} not among the imports {resolved:?}");
     }
 
-    for symbol in ["dbagent.v1.KeyService", "dbagent.v1.Upgrades"] {
+    // Upgrades is served (SetMaintenanceWindow), so it resolves; KeyService the agent only calls.
+    assert!(v1::file_containing_symbol(channel.clone(), "dbagent.v1.Upgrades").await.is_ok(), "v1 Upgrades");
+    for symbol in ["dbagent.v1.KeyService"] {
         assert_eq!(v1::file_containing_symbol(channel.clone(), symbol).await.err(), Some(NOT_FOUND), "v1 {symbol}");
         assert_eq!(
             v1alpha::file_containing_symbol(channel.clone(), symbol).await.err(),
