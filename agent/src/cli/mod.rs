@@ -19,6 +19,7 @@ pub mod render;
 pub mod table;
 mod upgrades;
 mod volumes;
+mod window;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dbagent_proto::v1 as pb;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Engine upgrades, plan changes, maintenance windows, availability and TLS certificates.
     #[command(subcommand)]
     Upgrades(upgrades::UpgradesCommand),
+    /// An instance's weekly maintenance window: set it, or show it with whether it is open now.
+    #[command(subcommand)]
+    Window(window::WindowCommand),
     /// Make the operator-held recovery key that opens backups on a new host (no connection needed).
     #[command(subcommand)]
     RecoveryKey(recovery_key::RecoveryKeyCommand),
@@ -209,6 +213,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs(cmd) => logs::run_logs(&ctx, cmd).await,
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
+        Command::Window(cmd) => window::run(&ctx, cmd).await,
         Command::Completions { .. } | Command::RecoveryKey(_) => Ok(()),
     }
 }
