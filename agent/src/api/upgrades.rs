@@ -30,7 +30,7 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
     ) -> ApiResult<pb::MaintenanceWindow> {
         let req = req.into_inner();
         let window = self.requests.once("SetMaintenanceWindow", &req.request_id, &req, || async {
-            let window = req.window.clone().ok_or_else(|| InvalidField::new("window", "is required"))?;
+            let window = req.window.ok_or_else(|| InvalidField::new("window", "is required"))?;
             let window = maintenance_window_from_proto("window", window)?;
             let instance = self.registry.set_maintenance_window(&req.instance_id, window).await?;
             let stored = instance.spec.maintenance_window.as_ref().map(maintenance_window_to_proto);
