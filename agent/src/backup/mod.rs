@@ -17,6 +17,7 @@ pub mod chunks;
 pub mod decode;
 pub mod deletion;
 pub mod destination;
+pub mod discovery;
 pub mod engine_commands;
 pub mod inflight;
 pub mod keywrap;
