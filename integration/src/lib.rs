@@ -22,6 +22,7 @@ pub mod config;
 pub mod garage;
 pub mod guest;
 pub mod https_sink;
+pub mod keyservice;
 pub mod logship;
 pub mod ops;
 pub mod pki;

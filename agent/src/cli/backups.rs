@@ -121,6 +121,7 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
                 instance_id,
                 backup_id,
                 destination: destination.unwrap_or_default(),
+                recovery_key: Vec::new(),
             };
             (client.verify_backup(ctx.unary(request)).await?, op.watch)
         }
@@ -132,6 +133,7 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
                 target_data_dir: target_data_dir.unwrap_or_default(),
                 destination: destination.unwrap_or_default(),
                 target_database: target_database.unwrap_or_default(),
+                recovery_key: Vec::new(),
             };
             (client.restore_backup(ctx.unary(request)).await?, op.watch)
         }

@@ -103,3 +103,28 @@ async fn startup_opens_each_volume_under_its_instance_lock() {
     assert_eq!(pass.await.unwrap(), StartupOpen { opened: 1, failed: 0, quarantined: 0 });
     assert!(f.volumes.get("pg-1").await.unwrap().mounted);
 }
+
+/// Volumes open side by side: one whose instance is busy (its lock held by an operation) does not
+/// hold back the others. Records are listed in id order, so one after the other pg-1 would block
+/// pg-2 and pg-3 until its lock is released.
+#[tokio::test]
+async fn startup_opens_the_other_volumes_while_one_waits_for_its_lock() {
+    let f = three_closed().await;
+    let held = f.registry.locks().lock("pg-1").await;
+    let volumes = f.volumes.clone();
+    let pass = tokio::spawn(async move { volumes.open_all().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mounted = [f.volumes.get("pg-2").await.unwrap().mounted, f.volumes.get("pg-3").await.unwrap().mounted];
+        if mounted == [true, true] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "pg-2 and pg-3 were not opened while pg-1 waited: {mounted:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!f.volumes.get("pg-1").await.unwrap().mounted, "pg-1 waits for its lock");
+    assert!(!pass.is_finished());
+    drop(held);
+    assert_eq!(pass.await.unwrap(), StartupOpen { opened: 3, failed: 0, quarantined: 0 });
+    assert!(f.volumes.get("pg-1").await.unwrap().mounted);
+}

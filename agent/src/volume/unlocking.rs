@@ -89,15 +89,30 @@ impl Volumes {
     /// waits for it, and it for the operation). A failure is logged and reported by GetVolume; a
     /// quarantined record (the volume's or the instance's) is logged and counted. Neither stops
     /// the other volumes or the agent.
+    ///
+    /// Up to [`STARTUP_PARALLEL_OPENS`] volumes are opened at once: opening one is mostly waiting
+    /// (the kernel setting up dm-crypt, udev, the file system's mount), so one after the other a
+    /// host with 50 volumes reached READY tens of seconds after one with none.
     pub async fn open_all(&self) -> StartupOpen {
+        use futures::StreamExt;
         let mut report = StartupOpen::default();
-        for record in self.inner.store.list() {
-            let id = record.instance_id;
-            if record.state != VolumeState::Ready || self.inner.registry.get(&id).is_err() {
-                continue;
-            }
-            let _lock = self.inner.registry.locks().lock(&id).await;
-            match self.open(&id).await {
+        let due: Vec<String> = self
+            .inner
+            .store
+            .list()
+            .into_iter()
+            .filter(|r| r.state == VolumeState::Ready && self.inner.registry.get(&r.instance_id).is_ok())
+            .map(|r| r.instance_id)
+            .collect();
+        let mut results = futures::stream::iter(due)
+            .map(|id| async move {
+                let _lock = self.inner.registry.locks().lock(&id).await;
+                let result = self.open(&id).await;
+                (id, result)
+            })
+            .buffer_unordered(STARTUP_PARALLEL_OPENS);
+        while let Some((id, result)) = results.next().await {
+            match result {
                 Ok(_) => report.opened += 1,
                 Err(e) => {
                     report.failed += 1;
@@ -118,6 +133,10 @@ impl Volumes {
         report
     }
 }
+
+/// Volumes opened at once at start-up. Bounded so that a host with hundreds of volumes does not
+/// start hundreds of blocking threads and mounts at once.
+pub const STARTUP_PARALLEL_OPENS: usize = 8;
 
 /// What the start-up pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
