@@ -156,6 +156,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
             instance_id: INSTANCE.into(),
             backup_id: backup_id.clone(),
             destination: "az3".into(),
+            ..Default::default()
         })
         .await
         .expect("VerifyBackup")
@@ -191,7 +192,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
         as_monitor.start_backup(start_request("monitor-1")).await.expect_err("a monitor must not start backups");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     as_monitor
-        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into() })
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into(), ..Default::default() })
         .await
         .expect("a monitor may list backups");
 
@@ -254,7 +255,11 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
 
 /// ListBackups of the test's instance.
 async fn list_backups(backups: &mut BackupsClient<Channel>) -> ListBackupsResponse {
-    backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner()
+    backups
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into(), ..Default::default() })
+        .await
+        .expect("ListBackups")
+        .into_inner()
 }
 
 /// The manifest of `backup_id` on destination `az`.
@@ -281,6 +286,7 @@ fn verify_request(request_id: &str, backup_id: &str, destination: &str) -> Verif
         instance_id: INSTANCE.into(),
         backup_id: backup_id.into(),
         destination: destination.into(),
+        ..Default::default()
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use dbagent_integration::agent::LaunchContext;
 use dbagent_integration::config::{custom_config, toml_path};
 use dbagent_integration::garage::{Garage, KEY_ID, REGION, SECRET};
+use dbagent_integration::keyservice::KeyServiceHandle;
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{ServerPki, Validity};
 use dbagent_integration::servers::{MariaServer, OwnedDir, PG_BIN, PgServer, RedisServer, run_as};
@@ -299,32 +300,66 @@ fn state_of(op: &Operation) -> OperationState {
 
 // --- the off-host key sources --------------------------------------------------------------------
 
-/// What the off-host key sources need, made once for both agents (agent 1 wraps to them, agent 2
-/// opens with one of them).
-struct OffHostKeys {}
+/// The two off-host key sources, made once for both hosts: a KeyService test server over mTLS
+/// (both hosts allowed for the test's instances, each by its client certificate) and an operator's
+/// age identity (`age-keygen`) whose recipient agent 1 seals every data key to.
+struct OffHostKeys {
+    service: KeyServiceHandle,
+    identity: Vec<u8>,
+    recipient: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The wrappers agent 1 must have sealed each backup's data key with (names of h-K's format 3).
+const KEYSERVICE_WRAPPER: &str = "keyservice-v1";
+const RECOVERY_WRAPPER: &str = "age-x25519-v1";
 
 impl OffHostKeys {
-    fn start() -> Self {
-        panic!(
-            "the off-host key sources are not in this tree yet: manifests with key_wraps, keys.recovery_recipients, \
-             the remote KeyService provider and recovery_key in restore and verify requests come with branch h-K; \
-             this test restores only through them, never through a copied KEK"
-        )
+    async fn start(instances: &[&str]) -> Self {
+        let allow: Vec<(&str, &str)> =
+            ["host-1", "host-2"].iter().flat_map(|h| instances.iter().map(move |i| (*h, *i))).collect();
+        let service = KeyServiceHandle::start(&allow).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("recovery.age");
+        let out = std::process::Command::new("age-keygen")
+            .arg("-o")
+            .arg(&file)
+            .output()
+            .expect("run age-keygen (apt-get install age)");
+        assert!(out.status.success(), "age-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        let identity = std::fs::read(&file).expect("read the identity");
+        let recipient = String::from_utf8_lossy(&identity)
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+            .expect("age-keygen writes the public key as a comment");
+        Self { service, identity, recipient, _dir: dir }
     }
 
-    /// `[keys]` lines of agent 1: wrap to the KeyService and to the recovery recipient.
+    /// `[keys]` lines of agent 1: the KeyService as key provider, and the recovery recipient.
     fn writer_config(&self) -> String {
-        String::new()
+        format!("recovery_recipients = [\"{}\"]\n{}", self.recipient, self.remote("host-1"))
     }
 
-    /// `[keys]` lines of agent 2 with `source` only.
-    fn reader_config(&self, _source: KeySource) -> String {
-        String::new()
+    /// `[keys]` lines of agent 2 with `source` only: the KeyService, or nothing (its own new KEK;
+    /// the recovery key comes with each request).
+    fn reader_config(&self, source: KeySource) -> String {
+        match source {
+            KeySource::KeyService => self.remote("host-2"),
+            KeySource::RecoveryKey => String::new(),
+        }
     }
 
-    /// What a verify or restore request of agent 2 carries for `source` (the recovery key).
-    fn request_key(&self, _source: KeySource) -> Vec<u8> {
-        Vec::new()
+    /// `provider = "remote"` and the `[keys.remote]` table, for `host`'s client certificate.
+    fn remote(&self, host: &str) -> String {
+        self.service.remote_toml(host).replacen("\n[keys]\n", "\n", 1)
+    }
+
+    /// What a verify or restore request of agent 2 carries: the recovery key's identity file.
+    fn request_key(&self, source: KeySource) -> Vec<u8> {
+        match source {
+            KeySource::KeyService => Vec::new(),
+            KeySource::RecoveryKey => self.identity.clone(),
+        }
     }
 }
 
@@ -343,7 +378,7 @@ struct Lost {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_is_lost_and_a_new_agent_with_only_an_off_host_key_restores_every_engine() {
     let garage = Garage::start(&["lost-a", "lost-b", "lost-c"]);
-    let keys = OffHostKeys::start();
+    let keys = OffHostKeys::start(&[PG, MARIA, REDIS]).await;
     let pki = Rc::new(ServerPki::new());
 
     let lost = {
@@ -401,6 +436,7 @@ async fn restore_on_a_new_host(
     let servers = Servers { maria_port: Some(maria.port), ..Servers::default() };
     let agent2 = Host::new(garage, pki, 0x22, roots, servers, keys.reader_config(source)).start();
     let c2 = Client::connect(&agent2, pki).await;
+    let unwraps_before = keys.service.calls().unwrap_ok;
 
     // What the buckets hold, to an agent that never knew these instances.
     let found = c2.list_found("").await;
@@ -447,35 +483,49 @@ async fn restore_on_a_new_host(
     assert_eq!(maria.sql(MARIA_CHECK), lost.maria_expected);
     let redis = RedisServer::start_at(redis_root, &redis_data);
     assert_eq!(redis_digest(&redis), lost.redis_expected);
+    // The key came from where it should: the KeyService, or the recovery key alone.
+    let unwraps = keys.service.calls().unwrap_ok - unwraps_before;
+    match source {
+        KeySource::KeyService => assert!(unwraps >= 6, "{unwraps} unwraps for 3 verifies and 3 restores"),
+        KeySource::RecoveryKey => assert_eq!(unwraps, 0, "agent 2 has no KeyService"),
+    }
 }
 
 /// What ListBackups from_destinations says of a backup to agent 2 with `source`.
 fn assert_found_authentication(source: KeySource, b: &Backup) {
-    assert!(!b.key_wraps.is_empty(), "the keys that open it are named: {b:?}");
+    let wrappers: Vec<&str> = b.key_wraps.iter().map(|k| k.wrapper.as_str()).collect();
+    assert!(
+        wrappers.contains(&KEYSERVICE_WRAPPER) && wrappers.contains(&RECOVERY_WRAPPER),
+        "agent 1 sealed backup {} with {wrappers:?}, not to the KeyService ({KEYSERVICE_WRAPPER}) and the recovery \
+         key ({RECOVERY_WRAPPER}): this agent has no off-host key sources (branch h-K)",
+        b.id
+    );
     match source {
         KeySource::KeyService => assert!(b.authenticated, "the KeyService opens it: {b:?}"),
         KeySource::RecoveryKey => {
             assert!(!b.authenticated, "the recovery key is given only at restore time: {b:?}");
-            assert!(b.authentication_error.contains("recovery key"), "{}", b.authentication_error);
+            assert!(b.authentication_error.to_lowercase().contains("recovery key"), "{}", b.authentication_error);
         }
     }
 }
 
-fn verify_request(request_id: &str, instance: &str, backup: &str, dest: &str, _key: &[u8]) -> VerifyBackupRequest {
+fn verify_request(request_id: &str, instance: &str, backup: &str, dest: &str, key: &[u8]) -> VerifyBackupRequest {
     VerifyBackupRequest {
         request_id: request_id.into(),
         instance_id: instance.into(),
         backup_id: backup.into(),
         destination: dest.into(),
+        recovery_key: key.to_vec(),
     }
 }
 
-fn restore_request(request_id: &str, instance: &str, backup: &str, dest: &str, _key: &[u8]) -> RestoreBackupRequest {
+fn restore_request(request_id: &str, instance: &str, backup: &str, dest: &str, key: &[u8]) -> RestoreBackupRequest {
     RestoreBackupRequest {
         request_id: request_id.into(),
         instance_id: instance.into(),
         backup_id: backup.into(),
         destination: dest.into(),
+        recovery_key: key.to_vec(),
         ..Default::default()
     }
 }
@@ -526,7 +576,7 @@ const Y: &str = "redis-y";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_agent_refuses_one_instances_backup_as_anothers_and_tampered_copies_but_restores_the_untouched_one() {
     let garage = Garage::start(&["swap-a", "swap-b", "swap-c"]);
-    let keys = OffHostKeys::start();
+    let keys = OffHostKeys::start(&[X, Y]).await;
     let pki = Rc::new(ServerPki::new());
 
     let (backup, expected) = {
