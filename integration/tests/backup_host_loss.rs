@@ -491,8 +491,8 @@ async fn restore_on_a_new_host(
     }
 }
 
-/// What ListBackups from_destinations says of a backup to agent 2 with `source`.
-fn assert_found_authentication(source: KeySource, b: &Backup) {
+/// Agent 1 sealed `b`'s data key to both off-host key sources (as the manifest names them).
+fn assert_sealed_off_host(b: &Backup) {
     let wrappers: Vec<&str> = b.key_wraps.iter().map(|k| k.wrapper.as_str()).collect();
     assert!(
         wrappers.contains(&KEYSERVICE_WRAPPER) && wrappers.contains(&RECOVERY_WRAPPER),
@@ -500,6 +500,11 @@ fn assert_found_authentication(source: KeySource, b: &Backup) {
          key ({RECOVERY_WRAPPER}): this agent has no off-host key sources (branch h-K)",
         b.id
     );
+}
+
+/// What ListBackups from_destinations says of a backup to agent 2 with `source`.
+fn assert_found_authentication(source: KeySource, b: &Backup) {
+    assert_sealed_off_host(b);
     match source {
         KeySource::KeyService => assert!(b.authenticated, "the KeyService opens it: {b:?}"),
         KeySource::RecoveryKey => {
@@ -608,6 +613,10 @@ async fn a_new_agent_refuses_one_instances_backup_as_anothers_and_tampered_copie
     let c2 = Client::connect(&agent2, &pki).await;
     c2.register(&agent2, Y, Engine::Redis, "redis", &y_dir).await;
     c2.register(&agent2, X, Engine::Redis, "redis", &x_dir).await;
+    let listed = c2.list_found(X).await;
+    assert_eq!(listed.backups.len(), 1, "{listed:?}");
+    assert_sealed_off_host(&listed.backups[0]);
+    assert!(listed.backups[0].authenticated, "the KeyService opens it: {listed:?}");
     let y_before = snapshot(&y_dir);
     assert!(!y_before.is_empty(), "Y has data of its own");
 
