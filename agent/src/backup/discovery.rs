@@ -165,35 +165,33 @@ async fn backup(
         Some(_) if gathered.destinations.iter().all(|d| d.state == DestinationState::Complete) => FoundState::Complete,
         Some(_) => FoundState::Degraded,
     };
-    let mut manifest = gathered.manifest;
-    let mut authentication = Err(match &gathered.refusal {
-        Some(e) => e.to_string(),
-        None => "no destination holds a manifest of it".to_owned(),
-    });
+    let mut authentic: Option<Manifest> = None;
+    let mut first_failure: Option<String> = None;
     let mut copies = Vec::new();
     for status in gathered.destinations {
         let checked = match (&status.state, destinations.iter().find(|d| d.name() == status.name)) {
             (DestinationState::Complete, Some(dest)) => {
                 Some(match catalog::read_authentic(keys, dest.as_ref(), instance, backup_id).await {
                     Ok(a) => {
-                        if authentication.is_err() {
-                            authentication = Ok(());
-                            manifest = Some(a.manifest);
-                        }
+                        authentic.get_or_insert(a.manifest);
                         Ok(())
                     }
-                    Err(e) => {
-                        if authentication.is_err() && manifest.is_some() && copies_unchecked(&copies) {
-                            authentication = Err(e.to_string());
-                        }
-                        Err(e.to_string())
-                    }
+                    Err(e) => Err(first_failure.get_or_insert(e.to_string()).clone()),
                 })
             }
             _ => None,
         };
         copies.push(FoundCopy { status, authentication: checked });
     }
+    // The reason shown: why the first copy of a sane shape did not authenticate, else why no
+    // copy had a sane shape.
+    let authentication = match (&authentic, first_failure, gathered.refusal) {
+        (Some(_), _, _) => Ok(()),
+        (None, Some(failure), _) => Err(failure),
+        (None, None, Some(refusal)) => Err(refusal.to_string()),
+        (None, None, None) => Err("no destination holds a manifest of it".to_owned()),
+    };
+    let manifest = authentic.or(gathered.manifest);
     let key_wraps = manifest.as_ref().map(key_wraps).unwrap_or_default();
     FoundBackup {
         instance_id: instance.to_owned(),
@@ -204,11 +202,6 @@ async fn backup(
         authentication,
         key_wraps,
     }
-}
-
-/// No copy before this one was authenticated (the first failure is the reason reported).
-fn copies_unchecked(copies: &[FoundCopy]) -> bool {
-    copies.iter().all(|c| c.authentication.is_none())
 }
 
 /// The keys that can open `m`'s data key, as the manifest names them (not authenticated; names

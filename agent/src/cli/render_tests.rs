@@ -158,3 +158,44 @@ fn status_warns_when_volumes_are_simulated() {
     assert!(real.to_table().starts_with("state:"), "{}", real.to_table());
     assert_eq!(real.to_json()["volumes_simulated"], false);
 }
+
+fn found_backup(authenticated: bool) -> pb::Backup {
+    pb::Backup {
+        id: "b01a0000000000000000a".into(),
+        instance_id: "pg-42".into(),
+        state: pb::BackupState::Complete as i32,
+        authenticated,
+        authentication_error: if authenticated { String::new() } else { "needs the recovery key".into() },
+        key_wraps: vec![pb::KeyWrap { wrapper: "age-x25519-v1".into(), key_id: "age1abc".into() }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn backups_listed_from_the_destinations_show_authentication_and_keys_in_both_forms() {
+    let list = pb::ListBackupsResponse {
+        backups: vec![found_backup(true), found_backup(false)],
+        destination_errors: vec!["az2: connection refused".into()],
+        ..Default::default()
+    };
+    let table = list.to_table();
+    assert!(table.contains("AUTHENTICATED") && table.contains("KEYS"), "{table}");
+    assert!(table.contains("yes") && table.contains("no: needs the recovery key"), "{table}");
+    assert!(table.contains("age-x25519-v1 age1abc"), "{table}");
+    assert!(table.contains("unreachable: az2: connection refused"), "{table}");
+    let v = list.to_json();
+    assert_eq!(v["backups"][1]["authenticated"], false);
+    assert_eq!(v["backups"][1]["authentication_error"], "needs the recovery key");
+    assert_eq!(v["backups"][0]["key_wraps"][0]["wrapper"], "age-x25519-v1");
+    assert_eq!(v["destination_errors"][0], "az2: connection refused");
+
+    // A registered instance's list keeps its columns; instance discovery lists ids.
+    let plain = pb::ListBackupsResponse {
+        backups: vec![pb::Backup { id: "b1".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    assert!(!plain.to_table().contains("AUTHENTICATED"), "{}", plain.to_table());
+    let ids = pb::ListBackupsResponse { instance_ids: vec!["pg-42".into(), "redis-7".into()], ..Default::default() };
+    let table = ids.to_table();
+    assert!(table.starts_with("INSTANCE") && table.contains("pg-42") && table.contains("redis-7"), "{table}");
+}
