@@ -324,6 +324,8 @@ impl Config {
         config.keys.kek_file = state_dir.join("kek");
         // Any free port: several dev agents (and the integration tests' agents) run side by side.
         config.metrics.prometheus_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The dev backup destinations are three folders under the state dir: said in so many words.
+        config.backup.accept_on_host_destinations = true;
         config
     }
 
@@ -535,6 +537,17 @@ mod tests {
     #[test]
     fn empty_config_is_the_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    /// Backups to destinations on the host are refused unless said in so many words: the
+    /// packaged config does not, `--dev` does (its destinations are folders under its state dir).
+    #[test]
+    fn the_packaged_config_refuses_backups_that_die_with_the_host_and_dev_accepts_them() {
+        let packaged = parse(include_str!("../../packaging/agent.toml")).unwrap();
+        assert!(!packaged.backup.accept_on_host_destinations);
+        assert!(Config::dev(Path::new("/tmp/dev"), None).backup.accept_on_host_destinations);
+        let accepted = parse("[backup]\naccept_on_host_destinations = true").unwrap();
+        assert!(accepted.backup.accept_on_host_destinations);
     }
 
     /// The packaged config refuses drains to loopback and plaintext syslog; `--dev` allows both

@@ -22,6 +22,11 @@ pub struct BackupAgentConfig<'a> {
     pub pg_database: &'a str,
     /// `[backup.redis]` is written only with a port.
     pub redis_port: Option<u16>,
+    /// `backup.accept_on_host_destinations`: the tests' destinations are on this host, so true
+    /// unless a test shows the refusal.
+    pub accept_on_host_destinations: bool,
+    /// `backup.scheduler_interval_secs`; 3600 (one pass at start) when `None`.
+    pub scheduler_interval_secs: Option<u64>,
 }
 
 impl BackupAgentConfig<'_> {
@@ -34,8 +39,12 @@ impl BackupAgentConfig<'_> {
             std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .expect("chmod the test KEK");
         }
+        // The destinations are folders on this host: a production agent refuses backups to them
+        // unless the config accepts, in so many words, that backups die with the host.
         let mut toml = format!(
-            "{base}\n[keys]\nkek_file = {kek}\n\n[instances]\ndata_roots = [{roots}]\n\n[backup]\nscheduler_interval_secs = 3600\n",
+            "{base}\n[keys]\nkek_file = {kek}\n\n[instances]\ndata_roots = [{roots}]\n\n[backup]\nscheduler_interval_secs = {interval}\naccept_on_host_destinations = {accept}\n",
+            interval = self.scheduler_interval_secs.unwrap_or(3600),
+            accept = self.accept_on_host_destinations,
             base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),
             kek = toml_path(&kek),
             roots = self.data_roots.iter().map(|r| toml_path(r)).collect::<Vec<_>>().join(", "),

@@ -63,7 +63,10 @@ impl Harness {
     }
 
     /// The service with [`DATA_ROOT`] as its only data root: restores go into folders below it.
-    pub fn service(&self, config: BackupConfig) -> Arc<BackupService> {
+    pub fn service(&self, mut config: BackupConfig) -> Arc<BackupService> {
+        // `dir` folders and a Garage on loopback are on this host: accepted in so many words, as a
+        // production config would have to.
+        config.accept_on_host_destinations = true;
         // A KEK in the state folder, generated once, as dev mode does: a reopened harness reads it.
         let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }
             .load()

@@ -68,6 +68,11 @@ pub fn instance_spec(id: &str, data_root: &Path) -> InstanceSpec {
             start_minute_utc: 120,
             duration_minutes: 60,
         }),
-        backup_policy: Some(BackupPolicy { daily_at_minute_utc: 60, keep_daily: 7, enabled: true }),
+        backup_policy: Some(BackupPolicy {
+            daily_at_minute_utc: 60,
+            keep_daily: 7,
+            enabled: true,
+            ..Default::default()
+        }),
     }
 }

@@ -40,6 +40,8 @@ fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, pg_root: Opt
         pg_port,
         pg_database: "shop",
         redis_port: None,
+        accept_on_host_destinations: true,
+        scheduler_interval_secs: None,
     }
     .toml(ctx, pki)
 }
@@ -90,6 +92,7 @@ fn start_request(request_id: &str) -> StartBackupRequest {
         request_id: request_id.into(),
         instance_id: INSTANCE.into(),
         method: BackupMethod::Logical as i32,
+        ..Default::default()
     }
 }
 

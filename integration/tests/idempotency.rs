@@ -104,7 +104,7 @@ async fn set_backup_policy_replays_and_refuses_a_reused_request_id() {
     let mut client = instances(&agent).await;
     register(&agent, &mut client, "reg-1", "pg-1").await;
     let mut backups = BackupsClient::new(agent.orchestrator().await);
-    let policy = BackupPolicy { daily_at_minute_utc: 300, keep_daily: 3, enabled: true };
+    let policy = BackupPolicy { daily_at_minute_utc: 300, keep_daily: 3, enabled: true, ..Default::default() };
     let set = SetBackupPolicyRequest { request_id: "pol-1".into(), instance_id: "pg-1".into(), policy: Some(policy) };
     let first = backups.set_backup_policy(set.clone()).await.expect("SetBackupPolicy").into_inner();
     assert_eq!(first, policy);

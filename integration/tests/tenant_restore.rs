@@ -42,6 +42,8 @@ fn agent_config(ctx: &LaunchContext, pki: &ServerPki, pg_port: u16, redis_port: 
         pg_port,
         pg_database: "postgres",
         redis_port: Some(redis_port),
+        accept_on_host_destinations: true,
+        scheduler_interval_secs: None,
     }
     .toml(ctx, pki)
 }
@@ -90,6 +92,7 @@ impl Setup {
                 request_id: format!("backup-{id}"),
                 instance_id: id.into(),
                 method: BackupMethod::Physical as i32,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("StartBackup {id}: {s:?}"))

@@ -7,6 +7,7 @@ use tonic::{Request, Response};
 use super::auth::{self, Caller};
 use super::convert::{duration, timestamp};
 use super::error::ApiResult;
+use crate::backup::BackupService;
 use crate::host_inventory::HostInventory;
 use crate::instances::registry::Registry;
 use crate::json_store::CorruptRecord;
@@ -30,6 +31,8 @@ pub struct AgentApi {
     pub operations: OperationEngine,
     /// Cancelled: GetStatus reports "draining".
     pub shutdown: CancellationToken,
+    /// Read for each instance's backup redundancy (what the scheduler last found; never lists).
+    pub backups: Option<Arc<BackupService>>,
 }
 
 /// Capabilities that are no RPC: the agent serves mutual TLS only.
@@ -85,8 +88,44 @@ impl pb::agent_server::Agent for AgentApi {
             quarantined: quarantined("instance", self.registry.quarantined())
                 .chain(quarantined("volume", self.volumes.quarantined()))
                 .collect(),
+            backup_redundancy: self.backup_redundancy().await,
         }))
     }
+}
+
+impl AgentApi {
+    /// Per registered instance: destinations off the host (from the config, a statfs each) and the
+    /// copies of its newest backup the scheduler last found.
+    async fn backup_redundancy(&self) -> Vec<pb::BackupRedundancy> {
+        let Some(backups) = &self.backups else { return Vec::new() };
+        let placements = backups.placements().await;
+        let off_host = |name: &str| placements.iter().any(|p| p.name == name && p.off_host);
+        let health = backups.health();
+        self.registry
+            .list()
+            .into_iter()
+            .map(|i| {
+                let h = health.instance(&i.id);
+                let copies = h.as_ref().map(|h| h.newest_copies.clone()).unwrap_or_default();
+                pb::BackupRedundancy {
+                    instance_id: i.id,
+                    destinations: count(placements.len()),
+                    off_host_destinations: count(placements.iter().filter(|p| p.off_host).count()),
+                    on_host_accepted: backups.accepts_on_host_destinations(),
+                    newest_backup_id: h.as_ref().and_then(|h| h.newest_id.clone()).unwrap_or_default(),
+                    newest_backup_copies: count(copies.len()),
+                    newest_backup_off_host_copies: count(copies.iter().filter(|c| off_host(c)).count()),
+                    last_good_backup: h.as_ref().and_then(|h| h.last_good).map(timestamp),
+                    degraded_backups: h.as_ref().map_or(0, |h| u32::try_from(h.degraded).unwrap_or(u32::MAX)),
+                    checked: h.map(|h| timestamp(h.checked)),
+                }
+            })
+            .collect()
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn quarantined(record: &'static str, records: Vec<CorruptRecord>) -> impl Iterator<Item = pb::QuarantinedRecord> {

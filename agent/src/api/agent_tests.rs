@@ -31,6 +31,7 @@ async fn agent_api(dir: &std::path::Path, volumes_simulated: bool) -> AgentApi {
         registry,
         operations,
         shutdown,
+        backups: None,
     }
 }
 

@@ -27,7 +27,8 @@ impl pb::backups_server::Backups for BackupsApi {
         let req = req.into_inner();
         let instance = self.registry.get(&req.instance_id)?;
         let method = method_from_proto(req.method)?;
-        let op = self.backups.start(&instance, method, BackupKind::Manual, &req.request_id).await?;
+        let keep_days = Some(req.manual_keep_days).filter(|d| *d != 0);
+        let op = self.backups.start_with(&instance, method, BackupKind::Manual, &req.request_id, keep_days).await?;
         Ok(Response::new((&op).into()))
     }
 
@@ -52,7 +53,8 @@ impl pb::backups_server::Backups for BackupsApi {
 
     async fn delete_backup(&self, req: Request<pb::DeleteBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
-        let op = self.backups.delete(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        let op =
+            self.backups.delete(&req.instance_id, &req.backup_id, &req.request_id, req.delete_last_good_copy).await?;
         Ok(Response::new((&op).into()))
     }
 
@@ -122,12 +124,7 @@ impl BackupsApi {
         proto_spec.backup_policy = Some(policy);
         let spec = spec_from_proto(Some(proto_spec))?;
         let updated = self.registry.update(&req.instance_id, spec, None).await?;
-        let p = updated.spec.backup_policy.as_ref();
-        Ok(pb::BackupPolicy {
-            daily_at_minute_utc: p.map_or(0, |p| p.daily_at_minute_utc),
-            keep_daily: p.map_or(0, |p| p.keep_daily),
-            enabled: p.is_some_and(|p| p.enabled),
-        })
+        Ok(updated.spec.backup_policy.as_ref().map(crate::api::convert::instance::policy_to_proto).unwrap_or_default())
     }
 }
 

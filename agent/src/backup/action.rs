@@ -21,11 +21,34 @@ use crate::ops::{JobContext, NewOperation, OpError};
 /// One backup operation with what its body needs. `source` is the destination read from.
 #[derive(Debug, Clone)]
 pub enum BackupAction {
-    Start { instance: Box<Instance>, method: BackupMethod, kind: BackupKind, backup_id: String },
-    Delete { instance_id: String, backup_id: String },
-    Verify { instance_id: String, info: Box<BackupInfo>, source: String },
-    Restore { instance: Box<Instance>, info: Box<BackupInfo>, source: String, target: RestoreTarget },
-    Repair { instance_id: String, info: Box<BackupInfo>, source: String },
+    /// `keep_days`: a manual backup's life when the request gave one (else the default).
+    Start {
+        instance: Box<Instance>,
+        method: BackupMethod,
+        kind: BackupKind,
+        backup_id: String,
+        keep_days: Option<u32>,
+    },
+    Delete {
+        instance_id: String,
+        backup_id: String,
+    },
+    Verify {
+        instance_id: String,
+        info: Box<BackupInfo>,
+        source: String,
+    },
+    Restore {
+        instance: Box<Instance>,
+        info: Box<BackupInfo>,
+        source: String,
+        target: RestoreTarget,
+    },
+    Repair {
+        instance_id: String,
+        info: Box<BackupInfo>,
+        source: String,
+    },
 }
 
 impl BackupAction {
@@ -69,8 +92,12 @@ impl BackupAction {
     pub fn params(&self) -> serde_json::Value {
         let backup_id = self.backup_id();
         match self {
-            BackupAction::Start { method, kind, .. } => {
+            // `keep_days` only when given, so a retry of a request recorded by an earlier agent matches.
+            BackupAction::Start { method, kind, keep_days: None, .. } => {
                 json!({ "backup_id": backup_id, "method": method, "kind": kind })
+            }
+            BackupAction::Start { method, kind, keep_days: Some(days), .. } => {
+                json!({ "backup_id": backup_id, "method": method, "kind": kind, "keep_days": days })
             }
             BackupAction::Delete { .. } | BackupAction::Repair { .. } => json!({ "backup_id": backup_id }),
             BackupAction::Verify { source, .. } => json!({ "backup_id": backup_id, "destination": source }),
@@ -100,8 +127,8 @@ impl BackupAction {
 
 async fn run(res: &BackupResources, action: BackupAction, ctx: &JobContext) -> Result<serde_json::Value, BackupError> {
     match action {
-        BackupAction::Start { instance, method, kind, backup_id } => {
-            backup_job::run(res, &instance, method, kind, &backup_id, ctx).await
+        BackupAction::Start { instance, method, kind, backup_id, keep_days } => {
+            backup_job::run(res, &instance, method, kind, &backup_id, keep_days, ctx).await
         }
         BackupAction::Delete { instance_id, backup_id } => {
             deletion::delete_everywhere(&res.destinations, &instance_id, &backup_id).await?;
@@ -157,6 +184,7 @@ mod tests {
                     method: BackupMethod::Logical,
                     kind: BackupKind::Manual,
                     backup_id: b.into(),
+                    keep_days: None,
                 },
                 "backup.start",
                 true,

@@ -30,6 +30,7 @@ pub async fn run(
     method: BackupMethod,
     kind: BackupKind,
     backup_id: &str,
+    keep_days: Option<u32>,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
     let engine = instance.spec.engine;
@@ -80,10 +81,14 @@ pub async fn run(
             failed.push((name.clone(), e.to_string()));
         }
     }
-    let expires = match (kind, &instance.spec.backup_policy) {
-        (BackupKind::Scheduled, Some(p)) => Some(started + Duration::from_secs(u64::from(p.keep_daily) * 86_400)),
-        (BackupKind::Scheduled, None) => Some(started + Duration::from_secs(7 * 86_400)),
-        (BackupKind::Manual, _) => None,
+    // A manual backup lives by its own rule; scheduled ones by the policy's GFS rule at each
+    // retention pass (`retention.rs`), so their manifest names no expiry.
+    let expires = match kind {
+        BackupKind::Scheduled => None,
+        BackupKind::Manual => {
+            let days = keep_days.unwrap_or(super::retention::DEFAULT_MANUAL_KEEP_DAYS);
+            Some(started + Duration::from_secs(u64::from(days) * 86_400))
+        }
     };
     let mut manifest = Manifest {
         format: manifest::FORMAT_VERSION,

@@ -59,12 +59,28 @@ impl BackupInfo {
 /// count; a backup none of whose manifests does is left out (`find` names why). Listing needs no
 /// key: the MAC is checked by each operation before it acts (`manifest_mac::authenticate`).
 pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<BackupInfo> {
+    list_checked(destinations, instance).await.0
+}
+
+/// [`list`], and each destination's answer to the listing (`Err` with the reason when it could not
+/// be listed): the scheduler's reachability check, at no extra request.
+pub async fn list_checked(
+    destinations: &[Arc<dyn Destination>],
+    instance: &str,
+) -> (Vec<BackupInfo>, Vec<(String, Result<(), String>)>) {
     let mut ids: BTreeSet<String> = BTreeSet::new();
     let mut unreachable: Vec<(String, String)> = Vec::new();
+    let mut checks = Vec::new();
     for dest in destinations {
         match dest.list_children(instance).await {
-            Ok(found) => ids.extend(found.into_iter().filter(|id| check_backup_id(id).is_ok())),
-            Err(e) => unreachable.push((dest.name().to_owned(), e.to_string())),
+            Ok(found) => {
+                ids.extend(found.into_iter().filter(|id| check_backup_id(id).is_ok()));
+                checks.push((dest.name().to_owned(), Ok(())));
+            }
+            Err(e) => {
+                unreachable.push((dest.name().to_owned(), e.to_string()));
+                checks.push((dest.name().to_owned(), Err(e.to_string())));
+            }
         }
     }
     let mut out = Vec::new();
@@ -76,7 +92,7 @@ pub async fn list(destinations: &[Arc<dyn Destination>], instance: &str) -> Vec<
     out.sort_by(|a, b| {
         a.manifest.started.cmp(&b.manifest.started).then_with(|| a.manifest.backup_id.cmp(&b.manifest.backup_id))
     });
-    out
+    (out, checks)
 }
 
 /// Backup `backup` of `instance`: NotFound when no destination holds a manifest for it, the first

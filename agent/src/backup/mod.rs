@@ -19,6 +19,7 @@ pub mod deletion;
 pub mod destination;
 pub mod discovery;
 pub mod engine_commands;
+pub mod health;
 pub mod inflight;
 pub mod keywrap;
 pub mod manifest;
@@ -28,11 +29,13 @@ pub mod resources;
 pub mod restore_dir;
 pub mod restore_job;
 pub mod restore_server;
+pub mod retention;
 pub mod scheduler;
 pub mod server_check;
 pub mod service;
 pub mod settings;
 pub mod verify_repair;
+pub mod zones;
 
 pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
 pub use keywrap::{KekWrapper, KeyWrapper};
@@ -54,9 +57,17 @@ pub enum BackupError {
     #[error("backup {backup} of instance {instance} does not exist on any reachable destination")]
     NotFound { instance: String, backup: String },
     #[error(
-        "the manual backup quota of plan {plan} ({limit} backups) is reached for instance {instance}; delete a manual backup first"
+        "the manual backup quota of plan {plan} ({limit} backups) is reached for instance {instance}; delete a manual backup first (the oldest is {oldest})"
     )]
-    QuotaExhausted { instance: String, plan: &'static str, limit: usize },
+    QuotaExhausted { instance: String, plan: &'static str, limit: usize, oldest: String },
+    #[error(
+        "backups of instance {instance} are refused: {shortfall}; at least two must be off the host for its backups to survive its loss (configure S3 or network-file-system destinations, or set backup.accept_on_host_destinations = true to accept that backups die with this host)"
+    )]
+    NotOffHost { instance: String, shortfall: String },
+    #[error(
+        "backup {backup} is the newest complete backup of instance {instance}, its last good copy; delete it with delete_last_good_copy set (dbagentctl backups delete --last-good-copy) if that is meant"
+    )]
+    LastGoodCopy { instance: String, backup: String },
 
     // Which copy to read.
     #[error(
@@ -225,7 +236,9 @@ impl crate::error::HasErrorCode for BackupError {
             | BackupError::RetiredHostKey { .. }
             | BackupError::UnknownKeyWrapper { .. }
             | BackupError::DataKeyLength { .. }
-            | BackupError::Corrupt { .. } => ErrorCode::FailedPrecondition,
+            | BackupError::Corrupt { .. }
+            | BackupError::NotOffHost { .. }
+            | BackupError::LastGoodCopy { .. } => ErrorCode::FailedPrecondition,
             BackupError::Destination { .. }
             | BackupError::AllDestinationsFailed { .. }
             | BackupError::DeleteIncomplete { .. } => ErrorCode::Unavailable,
@@ -239,6 +252,8 @@ impl crate::error::HasErrorCode for BackupError {
     }
 }
 
+#[cfg(test)]
+mod last_copy_tests;
 #[cfg(test)]
 mod refusal_tests;
 #[cfg(test)]

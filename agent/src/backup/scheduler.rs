@@ -25,7 +25,9 @@ pub fn due_request(instance: &Instance, now: SystemTime) -> Option<String> {
 
 /// One pass: starts due backups and applies retention for every instance.
 pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: SystemTime) {
-    for instance in registry.list() {
+    let instances = registry.list();
+    service.health().retain_instances(&|id| instances.iter().any(|i| i.id == id));
+    for instance in instances {
         if let Some(request_id) = due_request(&instance, now) {
             let method = BackupMethod::Physical;
             match service.start(&instance, method, BackupKind::Scheduled, &request_id).await {
@@ -36,9 +38,9 @@ pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: System
                 Err(e) => tracing::warn!(instance = %instance.id, "scheduled backup: {e:#}"),
             }
         }
-        match service.apply_retention(&instance.id, now).await {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(instance = %instance.id, "retention removed {} backups", removed.len())
+        match service.apply_retention(&instance, now).await {
+            Ok(outcome) if !outcome.removed.is_empty() => {
+                tracing::info!(instance = %instance.id, "retention removed {} backups", outcome.removed.len())
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(instance = %instance.id, "retention: {e:#}"),

@@ -9,18 +9,32 @@ use std::time::SystemTime;
 use super::BackupError;
 use super::action::BackupAction;
 use super::backup_id::{check_backup_id, new_backup_id};
-use super::catalog::{self, BackupInfo, DestinationState, read_authentic};
+use super::catalog::{self, BackupInfo, BackupState, DestinationState, read_authentic};
 use super::deletion;
 use super::discovery;
 use super::engine_commands::RestoreTarget;
+use super::health::{BackupHealth, InstanceHealth};
 use super::keywrap::KeyWrapper;
-use super::manifest::{BackupKind, BackupMethod};
+use super::manifest::{BackupKind, BackupMethod, Manifest};
+use super::manifest_mac::authenticate;
 use super::resources::BackupResources;
 use super::restore_job::check_restore_dir;
+use super::retention::{self, Candidate, Gfs, KeepRule};
 use super::settings::{BackupConfig, EngineConnection};
+use super::zones::{self, Placement};
 use crate::ids;
 use crate::instances::{Instance, PlanName};
 use crate::ops::{self, OperationRecord};
+
+pub use super::retention::{DEFAULT_MANUAL_KEEP_DAYS, MAX_MANUAL_KEEP_DAYS};
+
+/// What one retention pass did for an instance.
+#[derive(Debug, Default)]
+pub struct RetentionOutcome {
+    pub removed: Vec<String>,
+    /// Kept ids with the rule that keeps each.
+    pub kept: Vec<(String, KeepRule)>,
+}
 
 /// Manual backups kept at most, per plan.
 pub fn manual_quota(plan: PlanName) -> (&'static str, usize) {
@@ -33,6 +47,10 @@ pub fn manual_quota(plan: PlanName) -> (&'static str, usize) {
 pub struct BackupService {
     resources: Arc<BackupResources>,
     engine: ops::OperationEngine,
+    /// What the scheduler's last pass found (metrics and GetStatus read it).
+    health: Arc<BackupHealth>,
+    /// Where the default destinations live.
+    state_dir: PathBuf,
 }
 
 impl BackupService {
@@ -45,7 +63,24 @@ impl BackupService {
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
         let resources = Arc::new(BackupResources::open(config, state_dir, keys, data_roots)?);
-        Ok(Arc::new(Self { resources, engine }))
+        let health = Arc::new(BackupHealth::default());
+        Ok(Arc::new(Self { resources, engine, health, state_dir: state_dir.to_path_buf() }))
+    }
+
+    pub fn health(&self) -> Arc<BackupHealth> {
+        self.health.clone()
+    }
+
+    /// Whether backups may be taken although fewer than two destinations are off the host.
+    pub fn accepts_on_host_destinations(&self) -> bool {
+        self.resources.settings.accept_on_host_destinations
+    }
+
+    /// Where each configured destination keeps its data (statfs, and S3 host names resolved:
+    /// done on a blocking thread).
+    pub async fn placements(&self) -> Vec<Placement> {
+        let (config, state_dir) = (self.resources.settings.clone(), self.state_dir.clone());
+        tokio::task::spawn_blocking(move || zones::placements(&config, &state_dir)).await.unwrap_or_default()
     }
 
     /// The connection a backup of `instance` dumps from (see [`BackupConfig::connection_for`]).
@@ -53,7 +88,7 @@ impl BackupService {
         self.resources.settings.connection_for(instance, &self.resources.data_roots).await
     }
 
-    /// Starts a backup. Manual backups beyond the plan's quota are refused before anything runs.
+    /// Starts a backup; a manual one is kept [`DEFAULT_MANUAL_KEEP_DAYS`].
     pub async fn start(
         &self,
         instance: &Instance,
@@ -61,27 +96,65 @@ impl BackupService {
         kind: BackupKind,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
+        self.start_with(instance, method, kind, request_id, None).await
+    }
+
+    /// Starts a backup. Refused before anything runs: with too few destinations off the host
+    /// (unless accepted in the config), and a manual one beyond the plan's quota. A manual backup
+    /// expires `keep_days` (default [`DEFAULT_MANUAL_KEEP_DAYS`]) after it starts.
+    pub async fn start_with(
+        &self,
+        instance: &Instance,
+        method: BackupMethod,
+        kind: BackupKind,
+        request_id: &str,
+        keep_days: Option<u32>,
+    ) -> Result<OperationRecord, BackupError> {
         ids::request_id(request_id)?;
+        let keep_days = match (kind, keep_days) {
+            (BackupKind::Scheduled, _) => None,
+            (BackupKind::Manual, None | Some(0)) => None,
+            (BackupKind::Manual, Some(d)) if d <= MAX_MANUAL_KEEP_DAYS => Some(d),
+            (BackupKind::Manual, Some(d)) => {
+                return Err(ids::InvalidField::new(
+                    "manual_keep_days",
+                    format!(
+                        "is {d}; it must be from 1 to {MAX_MANUAL_KEEP_DAYS} days, or 0 for {DEFAULT_MANUAL_KEEP_DAYS}"
+                    ),
+                )
+                .into());
+            }
+        };
         self.resources.keys.check()?;
+        // A retried request answers with its operation whatever changed since; a new one needs the
+        // destinations off the host.
+        if self.engine.by_request(request_id).is_none()
+            && let Some(shortfall) = zones::shortfall(&self.placements().await, self.accepts_on_host_destinations())
+        {
+            return Err(BackupError::NotOffHost { instance: instance.id.clone(), shortfall });
+        }
         let backup_id = self.backup_id_for(instance, request_id)?;
         if kind == BackupKind::Manual {
             let existing = self.list(&instance.id).await;
-            let manual = existing
+            let manual: Vec<_> = existing
                 .iter()
                 .filter(|b| b.manifest.kind == BackupKind::Manual && b.manifest.backup_id != backup_id)
-                .count();
+                .collect();
             let (plan, limit) = manual_quota(instance.spec.plan.name);
-            if manual >= limit {
-                return Err(BackupError::QuotaExhausted { instance: instance.id.clone(), plan, limit });
+            if manual.len() >= limit {
+                // The listing is oldest first.
+                let oldest = manual.first().map(|b| b.manifest.backup_id.clone()).unwrap_or_default();
+                return Err(BackupError::QuotaExhausted { instance: instance.id.clone(), plan, limit, oldest });
             }
         }
-        let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
+        let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id, keep_days };
         match self.submit(request_id, action).await {
             // The same request submitted concurrently got its (fresh) id recorded first: ask again
             // with the recorded id, which matches it if it is the same request.
             Err(BackupError::Ops(ops::OpsError::RequestIdReused { .. })) => {
                 let backup_id = self.backup_id_for(instance, request_id)?;
-                let action = BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id };
+                let action =
+                    BackupAction::Start { instance: Box::new(instance.clone()), method, kind, backup_id, keep_days };
                 self.submit(request_id, action).await
             }
             other => other,
@@ -122,15 +195,28 @@ impl BackupService {
         catalog::find(&self.resources.destinations, instance_id, backup_id).await
     }
 
+    /// Deletes a backup everywhere. The instance's newest complete backup (its last good copy) goes
+    /// only with `last_good_copy` set: the orchestrator is trusted, but says so in so many words.
     pub async fn delete(
         &self,
         instance_id: &str,
         backup_id: &str,
         request_id: &str,
+        last_good_copy: bool,
     ) -> Result<OperationRecord, BackupError> {
         // The orchestrator is trusted: what lies under these two ids goes, even when its manifests
         // are refused (names another instance, not authenticated), so such leftovers can be removed.
         match self.get(instance_id, backup_id).await {
+            Ok(info) if !last_good_copy && info.state == BackupState::Complete => {
+                let newest_good =
+                    self.list(instance_id).await.into_iter().rev().find(|b| b.state == BackupState::Complete);
+                if newest_good.is_some_and(|b| b.manifest.backup_id == backup_id) {
+                    return Err(BackupError::LastGoodCopy {
+                        instance: instance_id.to_owned(),
+                        backup: backup_id.to_owned(),
+                    });
+                }
+            }
             Ok(_) | Err(BackupError::ManifestForeign { .. } | BackupError::ManifestNotAuthenticated { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -187,39 +273,60 @@ impl BackupService {
         self.submit(request_id, action).await
     }
 
-    /// Deletes every backup of `instance_id` whose expiry is at or before `now`, manifest first on
-    /// every destination. Returns the ids removed. The expiry is taken only from a manifest that
-    /// authenticates: a rewritten one must not make retention delete the good copies everywhere.
-    pub async fn apply_retention(&self, instance_id: &str, now: SystemTime) -> Result<Vec<String>, BackupError> {
-        let mut removed = Vec::new();
-        for info in self.list(instance_id).await {
-            if info.manifest.expires.is_none_or(|e| e > now) {
-                continue;
-            }
-            let backup_id = info.manifest.backup_id.clone();
-            match self.authentic_expiry(instance_id, &info).await {
-                Ok(Some(e)) if e <= now => {}
-                Ok(_) => continue,
+    /// One retention pass over `instance`'s backups at `now` (`retention::decide`: GFS for the
+    /// scheduled ones, the manual ones until their expiry, never the last good copy), deleting the
+    /// rest everywhere, manifest first. Only backups whose manifest authenticates take part: a
+    /// rewritten manifest neither makes retention delete good copies nor takes a slot from one.
+    /// The listing also records the instance's health and each destination's reachability.
+    pub async fn apply_retention(&self, instance: &Instance, now: SystemTime) -> Result<RetentionOutcome, BackupError> {
+        let (listed, checks) = catalog::list_checked(&self.resources.destinations, &instance.id).await;
+        for (name, result) in checks {
+            self.health.record_check(&name, result);
+        }
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for info in &listed {
+            match self.authentic_manifest(&instance.id, info).await {
+                Ok(m) => candidates.push(Candidate {
+                    id: m.backup_id.clone(),
+                    started: m.started,
+                    kind: m.kind,
+                    good: info.state == BackupState::Complete,
+                    expires: m.expires,
+                }),
                 Err(e) => {
-                    tracing::warn!(instance = instance_id, backup = %backup_id, "retention: not deleted: {e:#}");
-                    continue;
+                    tracing::warn!(instance = %instance.id, backup = %info.manifest.backup_id, "retention: left alone: {e:#}");
                 }
             }
-            deletion::delete_everywhere(&self.resources.destinations, instance_id, &backup_id).await?;
-            tracing::info!(instance = instance_id, backup = %backup_id, "retention: deleted expired backup");
-            removed.push(backup_id);
         }
-        Ok(removed)
+        let authentic = |id: &str| candidates.iter().any(|c| c.id == id);
+        self.health.record_instance(&instance.id, InstanceHealth::from_listing(&listed, &authentic, now));
+        let gfs = Gfs::of(instance.spec.backup_policy.as_ref(), instance.spec.plan.name);
+        let decision = retention::decide(&candidates, now, gfs);
+        let mut outcome = RetentionOutcome { removed: Vec::new(), kept: decision.keep };
+        for backup_id in decision.delete {
+            deletion::delete_everywhere(&self.resources.destinations, &instance.id, &backup_id).await?;
+            tracing::info!(instance = %instance.id, backup = %backup_id, "retention: deleted");
+            outcome.removed.push(backup_id);
+        }
+        Ok(outcome)
     }
 
-    /// The expiry of the first complete copy whose manifest authenticates; the last refusal if none does.
-    async fn authentic_expiry(&self, instance_id: &str, info: &BackupInfo) -> Result<Option<SystemTime>, BackupError> {
+    /// The listed manifest if it authenticates (no request), else the first complete copy's
+    /// manifest, read again, that does; the last refusal if none does.
+    async fn authentic_manifest(&self, instance_id: &str, info: &BackupInfo) -> Result<Manifest, BackupError> {
         let backup_id = &info.manifest.backup_id;
+        let keys = self.resources.keys.as_ref();
         let mut last = BackupError::NoCompleteCopy { backup: backup_id.clone(), reasons: Vec::new() };
-        for name in info.healthy_destinations() {
+        if let Some(first) = info.healthy_destinations().next() {
+            match authenticate(keys, info.manifest.clone(), instance_id, backup_id, first) {
+                Ok(a) => return Ok(a.manifest),
+                Err(e) => last = e,
+            }
+        }
+        for name in info.healthy_destinations().skip(1) {
             let dest = self.resources.destination(name)?;
-            match read_authentic(self.resources.keys.as_ref(), dest.as_ref(), instance_id, backup_id).await {
-                Ok(a) => return Ok(a.manifest.expires),
+            match read_authentic(keys, dest.as_ref(), instance_id, backup_id).await {
+                Ok(a) => return Ok(a.manifest),
                 Err(e) => last = e,
             }
         }

@@ -51,7 +51,7 @@ async fn backup_verify_restore_round_trip() {
     let v = f.wait(&svc.verify("r1", &id, Some("az1".into()), "v-3").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded);
 
-    let d = f.wait(&svc.delete("r1", &id, "d-1").await.unwrap()).await;
+    let d = f.wait(&svc.delete("r1", &id, "d-1", true).await.unwrap()).await;
     assert_eq!(d.state, OpState::Succeeded);
     assert!(svc.list("r1").await.is_empty());
     assert!(!f.data_file("az1", &id).exists());
@@ -81,22 +81,39 @@ async fn quota_and_retention() {
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let inst = instance(PlanName::Starter);
+    let mut manual = Vec::new();
     for i in 0..10 {
         let op = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, &format!("m{i}")).await.unwrap();
-        assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
+        let done = f.wait(&op).await;
+        assert_eq!(done.state, OpState::Succeeded);
+        manual.push(backup_id(&done));
     }
     let e = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "m10").await.unwrap_err();
     assert!(matches!(e, BackupError::QuotaExhausted { limit: 10, .. }), "{e}");
-    assert!(e.to_string().contains("starter"), "{e}");
+    assert_eq!(crate::error::HasErrorCode::code(&e), crate::error::ErrorCode::ResourceExhausted);
+    let msg = e.to_string();
+    assert!(msg.contains("starter") && msg.contains(&format!("the oldest is {}", manual[0])), "{msg}");
     // Scheduled backups do not count against the manual quota.
     let s = f.wait(&svc.start(&inst, BackupMethod::Physical, BackupKind::Scheduled, "s1").await.unwrap()).await;
     assert_eq!(s.state, OpState::Succeeded, "{:?}", s.error);
     let scheduled = backup_id(&s);
-    // keep_daily = 7: nothing expired now, exactly the scheduled one 8 days later.
-    assert!(svc.apply_retention("r1", SystemTime::now()).await.unwrap().is_empty());
-    let later = SystemTime::now() + Duration::from_secs(8 * 86_400);
-    assert_eq!(svc.apply_retention("r1", later).await.unwrap(), vec![scheduled]);
-    assert_eq!(svc.list("r1").await.len(), 10);
+    // Manual backups expire after the default 30 days, recorded in their manifests; the scheduled
+    // one has no expiry of its own (the GFS rule decides) and is the newest of today.
+    let listed = svc.list("r1").await;
+    let m0 = listed.iter().find(|b| b.manifest.backup_id == manual[0]).unwrap();
+    let life = m0.manifest.expires.unwrap().duration_since(m0.manifest.started).unwrap();
+    assert_eq!(life, Duration::from_secs(30 * 86_400));
+    assert!(listed.iter().find(|b| b.manifest.backup_id == scheduled).unwrap().manifest.expires.is_none());
+    assert!(svc.apply_retention(&inst, SystemTime::now()).await.unwrap().removed.is_empty());
+    let later = SystemTime::now() + Duration::from_secs(31 * 86_400);
+    let outcome = svc.apply_retention(&inst, later).await.unwrap();
+    assert_eq!(outcome.removed, manual, "every manual backup expired");
+    assert_eq!(outcome.kept.len(), 1);
+    assert_eq!(outcome.kept[0].0, scheduled);
+    assert_eq!(svc.list("r1").await.len(), 1);
+    // The quota has room again.
+    let op = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "m11").await.unwrap();
+    assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
 }
 
 #[tokio::test]

@@ -25,6 +25,9 @@ pub struct BackupConfig {
     /// Destinations, written at once; names are the availability zones. Empty: three `dir`
     /// destinations under `<state_dir>/backups/{az1,az2,az3}`.
     pub destinations: Vec<DestinationConfig>,
+    /// Take backups although fewer than two destinations are off this host's disks (`zones.rs`):
+    /// backups die with this host. Off by default; the `--dev` defaults set it.
+    pub accept_on_host_destinations: bool,
     /// How the dump tools reach each engine. Config-free conventions by default: the Debian
     /// sockets and ports; tests point these at their own servers.
     pub postgresql: EngineConnection,
@@ -100,6 +103,7 @@ impl Default for BackupConfig {
             max_retries: 3,
             scheduler_interval_secs: 60,
             destinations: Vec::new(),
+            accept_on_host_destinations: false,
             postgresql: EngineConnection {
                 host: "/var/run/postgresql".into(),
                 port: 5432,

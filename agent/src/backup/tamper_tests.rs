@@ -139,14 +139,19 @@ async fn retention_deletes_only_on_the_word_of_an_authentic_manifest() {
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let manual = take_backup(&f, &svc, BackupKind::Manual, "m1").await;
+    let expiring = take_backup(&f, &svc, BackupKind::Manual, "m2").await;
     let scheduled = take_backup(&f, &svc, BackupKind::Scheduled, "s1").await;
-    // The manual backup made to look expired on every destination: retention leaves it.
+    // The first manual backup made to look expired on every destination: retention leaves it.
     tamper(&f, &AZS, &manual, "expires", "2001-01-01T00:00:00.000Z".into());
-    let later = SystemTime::now() + Duration::from_secs(8 * 86_400);
-    assert_eq!(svc.apply_retention("r1", later).await.unwrap(), vec![scheduled.clone()]);
+    let inst = instance(PlanName::Starter);
+    assert!(svc.apply_retention(&inst, SystemTime::now()).await.unwrap().removed.is_empty());
+    // A month on, the genuine manual backup has expired and goes; the newest (scheduled) stays.
+    let later = SystemTime::now() + Duration::from_secs(31 * 86_400);
+    assert_eq!(svc.apply_retention(&inst, later).await.unwrap().removed, vec![expiring.clone()]);
     for az in AZS {
         assert!(f.data_file(az, &manual).exists(), "{az} still holds the manual backup");
-        assert!(!f.data_file(az, &scheduled).exists(), "{az}: the expired one is gone");
+        assert!(!f.data_file(az, &expiring).exists(), "{az}: the expired one is gone");
+        assert!(f.data_file(az, &scheduled).exists(), "{az}: the last good copy stays");
     }
 }
 
@@ -204,6 +209,7 @@ async fn a_run_whose_id_is_taken_fails_before_writing_and_leaves_the_completed_b
         method: BackupMethod::Physical,
         kind: BackupKind::Manual,
         backup_id: first.clone(),
+        keep_days: None,
     };
     let op = f.wait(&svc.submit_for_tests("reused", action).await.unwrap()).await;
     assert_eq!(op.state, OpState::Failed);

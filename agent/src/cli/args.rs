@@ -177,6 +177,12 @@ pub struct InstanceSpecArgs {
     /// How many daily backups to keep (1..365).
     #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
+    /// How many weekly backups to keep (0..260); the plan's default when never given.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// How many monthly backups to keep (0..120); the plan's default when never given.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
 }
 
 impl InstanceSpecArgs {
@@ -227,11 +233,14 @@ impl InstanceSpecArgs {
         if let Some(window) = self.maintenance {
             spec.maintenance_window = Some(window);
         }
-        if self.backup_at.is_some() || self.keep_daily.is_some() {
+        let retention = self.keep_daily.or(self.keep_weekly).or(self.keep_monthly);
+        if self.backup_at.is_some() || retention.is_some() {
             let mut policy = match spec.backup_policy.take() {
                 Some(p) => p,
                 None if self.backup_at.is_none() => {
-                    return Err(CliError::Usage("--keep-daily needs --backup-at".to_owned()));
+                    return Err(CliError::Usage(
+                        "--keep-daily, --keep-weekly and --keep-monthly need --backup-at".to_owned(),
+                    ));
                 }
                 None if self.keep_daily.is_none() => {
                     return Err(CliError::Usage("--backup-at needs --keep-daily".to_owned()));
@@ -240,6 +249,8 @@ impl InstanceSpecArgs {
             };
             set(&mut policy.daily_at_minute_utc, self.backup_at);
             set(&mut policy.keep_daily, self.keep_daily);
+            policy.keep_weekly = self.keep_weekly.or(policy.keep_weekly);
+            policy.keep_monthly = self.keep_monthly.or(policy.keep_monthly);
             policy.enabled = true;
             spec.backup_policy = Some(policy);
         }

@@ -22,6 +22,10 @@ pub enum BackupsCommand {
         /// Physical (file-level) or logical (dump); the agent picks when omitted.
         #[arg(long, value_enum)]
         method: Option<MethodArg>,
+        /// Days the backup is kept (1..3650); 30 when omitted. It counts against the plan's
+        /// manual quota until then.
+        #[arg(long, value_name = "DAYS")]
+        keep_days: Option<u32>,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -75,6 +79,9 @@ pub enum BackupsCommand {
     Delete {
         instance_id: String,
         backup_id: String,
+        /// Also when it is the instance's newest complete backup, its last good copy.
+        #[arg(long)]
+        last_good_copy: bool,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -84,9 +91,15 @@ pub enum BackupsCommand {
         /// Daily backup time in UTC.
         #[arg(long, value_name = "HH:MM", value_parser = parse::time_of_day)]
         at: u32,
-        /// How many daily backups to keep (1..365).
+        /// Keep the newest backup of each of the last N UTC days (1..365); the plan's default when omitted.
         #[arg(long, value_name = "N")]
-        keep_daily: u32,
+        keep_daily: Option<u32>,
+        /// Keep the newest backup of each of the last N ISO weeks (0..260); the plan's default when omitted.
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u32>,
+        /// Keep the newest backup of each of the last N calendar months (0..120); the plan's default when omitted.
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u32>,
         /// Keep the policy but take no scheduled backups.
         #[arg(long)]
         disabled: bool,
@@ -98,13 +111,18 @@ pub enum BackupsCommand {
 pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
     let mut client = BackupsClient::new(ctx.channel.clone());
     let (op, watch) = match command {
-        BackupsCommand::Start { instance_id, method, op } => {
+        BackupsCommand::Start { instance_id, method, keep_days, op } => {
             let method = match method {
                 None => pb::BackupMethod::Unspecified,
                 Some(MethodArg::Physical) => pb::BackupMethod::Physical,
                 Some(MethodArg::Logical) => pb::BackupMethod::Logical,
             } as i32;
-            let request = pb::StartBackupRequest { request_id: op.request.resolve()?, instance_id, method };
+            let request = pb::StartBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                method,
+                manual_keep_days: keep_days.unwrap_or(0),
+            };
             (client.start_backup(ctx.unary(request)).await?, op.watch)
         }
         BackupsCommand::List { instance_id, from_destinations } => {
@@ -141,12 +159,23 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
             let request = pb::RepairBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
             (client.repair_backup(ctx.unary(request)).await?, op.watch)
         }
-        BackupsCommand::Delete { instance_id, backup_id, op } => {
-            let request = pb::DeleteBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
+        BackupsCommand::Delete { instance_id, backup_id, last_good_copy, op } => {
+            let request = pb::DeleteBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                backup_id,
+                delete_last_good_copy: last_good_copy,
+            };
             (client.delete_backup(ctx.unary(request)).await?, op.watch)
         }
-        BackupsCommand::Policy { instance_id, at, keep_daily, disabled, request } => {
-            let policy = pb::BackupPolicy { daily_at_minute_utc: at, keep_daily, enabled: !disabled };
+        BackupsCommand::Policy { instance_id, at, keep_daily, keep_weekly, keep_monthly, disabled, request } => {
+            let policy = pb::BackupPolicy {
+                daily_at_minute_utc: at,
+                keep_daily: keep_daily.unwrap_or(0),
+                enabled: !disabled,
+                keep_weekly,
+                keep_monthly,
+            };
             let request =
                 pb::SetBackupPolicyRequest { request_id: request.resolve()?, instance_id, policy: Some(policy) };
             return ctx.print(client.set_backup_policy(ctx.unary(request)).await?.get_ref());

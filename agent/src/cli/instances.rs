@@ -140,6 +140,35 @@ mod tests {
         assert_eq!(spec.log_sources.len(), 1);
         assert_eq!(spec.maintenance_window.map(|w| w.duration_minutes), Some(90));
         assert_eq!(spec.backup_policy.map(|b| (b.daily_at_minute_utc, b.keep_daily, b.enabled)), Some((180, 7, true)));
+        assert_eq!(spec.backup_policy.map(|b| (b.keep_weekly, b.keep_monthly)), Some((None, None)), "the plan's");
+    }
+
+    #[test]
+    fn weekly_and_monthly_retention_are_set_beside_the_daily_or_alone_on_an_existing_policy() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["dbagentctl", "instances", "update", "pg-1"];
+            args.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(args).unwrap();
+            let super::super::Command::Instances(InstancesCommand::Update { spec, .. }) = cli.command else { panic!() };
+            spec
+        };
+        let existing = pb::InstanceSpec {
+            plan: Some(pb::Plan { name: 1, cpu_millis: 1000, memory_bytes: 1 << 30, ..Default::default() }),
+            backup_policy: Some(pb::BackupPolicy {
+                daily_at_minute_utc: 60,
+                keep_daily: 7,
+                enabled: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let spec = parse(&["--keep-weekly", "8", "--keep-monthly", "0"]).apply(Some(existing.clone())).unwrap();
+        let p = spec.backup_policy.unwrap();
+        assert_eq!((p.daily_at_minute_utc, p.keep_daily, p.keep_weekly, p.keep_monthly), (60, 7, Some(8), Some(0)));
+        // Without a policy yet, a count alone is refused naming the missing time.
+        let without = pb::InstanceSpec { backup_policy: None, ..existing };
+        let e = parse(&["--keep-weekly", "8"]).apply(Some(without)).unwrap_err().to_string();
+        assert!(e.contains("need --backup-at"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,14 @@ impl ToJson for pb::AgentStatus {
             "quarantined": self.quarantined.iter().map(|q| json!({
                 "instance_id": q.instance_id, "record": q.record, "file": q.file, "reason": q.reason,
             })).collect::<Vec<_>>(),
+            "backup_redundancy": self.backup_redundancy.iter().map(|r| json!({
+                "instance_id": r.instance_id, "destinations": r.destinations,
+                "off_host_destinations": r.off_host_destinations, "on_host_accepted": r.on_host_accepted,
+                "newest_backup_id": r.newest_backup_id, "newest_backup_copies": r.newest_backup_copies,
+                "newest_backup_off_host_copies": r.newest_backup_off_host_copies,
+                "last_good_backup": time(r.last_good_backup.as_ref()), "degraded_backups": r.degraded_backups,
+                "checked": time(r.checked.as_ref()),
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -141,7 +149,13 @@ impl ToJson for pb::MaintenanceWindow {
 
 impl ToJson for pb::BackupPolicy {
     fn to_json(&self) -> Value {
-        json!({ "daily_at_utc": minute_text(self.daily_at_minute_utc), "keep_daily": self.keep_daily, "enabled": self.enabled })
+        json!({
+            "daily_at_utc": minute_text(self.daily_at_minute_utc),
+            "keep_daily": self.keep_daily,
+            "keep_weekly": self.keep_weekly,
+            "keep_monthly": self.keep_monthly,
+            "enabled": self.enabled,
+        })
     }
 }
 

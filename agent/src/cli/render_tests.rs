@@ -159,6 +159,38 @@ fn status_warns_when_volumes_are_simulated() {
     assert_eq!(real.to_json()["volumes_simulated"], false);
 }
 
+#[test]
+fn status_shows_each_instances_backup_redundancy_and_says_when_backups_die_with_the_host() {
+    let r = |id: &str, off: u32, accepted: bool| pb::BackupRedundancy {
+        instance_id: id.into(),
+        destinations: 3,
+        off_host_destinations: off,
+        on_host_accepted: accepted,
+        newest_backup_id: "b0000000000000000000a".into(),
+        newest_backup_copies: 3,
+        newest_backup_off_host_copies: off,
+        degraded_backups: 1,
+        ..Default::default()
+    };
+    let status = pb::AgentStatus {
+        state: "serving".into(),
+        backup_redundancy: vec![r("pg-1", 2, false), r("pg-2", 0, true), r("pg-3", 1, false)],
+        ..Default::default()
+    };
+    let table = status.to_table();
+    assert!(
+        table.contains(
+            "backups of pg-1: 2 of 3 destinations off the host; newest b0000000000000000000a on 3 destinations, 2 off the host; last good -; 1 degraded"
+        ),
+        "{table}"
+    );
+    assert!(table.contains("backups of pg-2: 0 of 3 destinations off the host (accepted: backups die with this host)"));
+    assert!(table.contains("backups of pg-3: 1 of 3 destinations off the host (backups refused"), "{table}");
+    let json = status.to_json();
+    assert_eq!(json["backup_redundancy"][0]["off_host_destinations"], 2);
+    assert_eq!(json["backup_redundancy"][1]["on_host_accepted"], true);
+}
+
 fn found_backup(authenticated: bool) -> pb::Backup {
     pb::Backup {
         id: "b01a0000000000000000a".into(),

@@ -120,7 +120,35 @@ impl ToTable for pb::AgentStatus {
                 format!("QUARANTINED: instance {} ({} record {}: {})\n", q.instance_id, q.record, q.file, q.reason)
             })
             .collect::<String>()
+            + &self.backup_redundancy.iter().map(redundancy_line).collect::<String>()
     }
+}
+
+/// One instance's backup redundancy: how many copies would survive the loss of this host.
+fn redundancy_line(r: &pb::BackupRedundancy) -> String {
+    let warning = if r.off_host_destinations >= 2 {
+        ""
+    } else if r.on_host_accepted {
+        " (accepted: backups die with this host)"
+    } else {
+        " (backups refused: fewer than two destinations off the host)"
+    };
+    let newest = if r.newest_backup_id.is_empty() {
+        "no backup yet".to_owned()
+    } else {
+        format!(
+            "newest {} on {} destinations, {} off the host",
+            r.newest_backup_id, r.newest_backup_copies, r.newest_backup_off_host_copies
+        )
+    };
+    format!(
+        "backups of {}: {} of {} destinations off the host{warning}; {newest}; last good {}; {} degraded\n",
+        r.instance_id,
+        r.off_host_destinations,
+        r.destinations,
+        or_dash(time_text(r.last_good_backup.as_ref())),
+        r.degraded_backups
+    )
 }
 
 impl ToTable for pb::Operation {
@@ -194,7 +222,14 @@ impl ToTable for pb::Instance {
         });
         let backups = spec.backup_policy.map(|b| {
             let state = if b.enabled { "" } else { " (disabled)" };
-            format!("daily at {} UTC, keep {}{state}", minute_text(b.daily_at_minute_utc), b.keep_daily)
+            let count = |n: Option<u32>| n.map_or_else(|| "plan".to_owned(), |n| n.to_string());
+            format!(
+                "daily at {} UTC, keep {} days / {} weeks / {} months{state}",
+                minute_text(b.daily_at_minute_utc),
+                b.keep_daily,
+                count(b.keep_weekly),
+                count(b.keep_monthly)
+            )
         });
         let device = if volume.device.is_empty() { "agent-managed file".to_owned() } else { volume.device };
         fields(&[
@@ -436,6 +471,8 @@ impl ToTable for pb::BackupPolicy {
         fields(&[
             ("daily at", format!("{} UTC", minute_text(self.daily_at_minute_utc))),
             ("keep daily", self.keep_daily.to_string()),
+            ("keep weekly", self.keep_weekly.map_or_else(|| "plan default".to_owned(), |w| w.to_string())),
+            ("keep monthly", self.keep_monthly.map_or_else(|| "plan default".to_owned(), |m| m.to_string())),
             ("enabled", self.enabled.to_string()),
         ])
     }

@@ -21,6 +21,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             volumes: d.volumes.clone(),
             operations: d.engine.clone(),
             shutdown: d.root.clone(),
+            backups: Some(d.backups.clone()),
         },
         instances: api::instances::InstancesApi { registry: d.registry.clone(), requests: d.requests.clone() },
         operations: api::operations::OperationsApi {

@@ -115,6 +115,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         metrics_hub.clone(),
         metrics::start::registry_targets(registry.clone()),
         metrics::start::quarantine_count(registry.clone(), volumes.clone()),
+        metrics::start::backup_source(backups.health(), registry.clone()),
         hostname.clone(),
         root.clone(),
     )

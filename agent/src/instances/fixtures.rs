@@ -42,6 +42,12 @@ pub(crate) fn spec(name: &str) -> InstanceSpec {
             start_minute_utc: 120,
             duration_minutes: 60,
         }),
-        backup_policy: Some(BackupPolicy { daily_at_minute_utc: 180, keep_daily: 7, enabled: true }),
+        backup_policy: Some(BackupPolicy {
+            daily_at_minute_utc: 180,
+            keep_daily: 7,
+            enabled: true,
+            keep_weekly: None,
+            keep_monthly: None,
+        }),
     }
 }

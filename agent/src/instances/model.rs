@@ -87,8 +87,17 @@ pub struct MaintenanceWindow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupPolicy {
     pub daily_at_minute_utc: u32,
+    /// Scheduled backups: the newest of each of the last `keep_daily` UTC days is kept.
     pub keep_daily: u32,
     pub enabled: bool,
+    /// The newest of each of the last N ISO weeks; `None` (records written before these fields
+    /// existed, or a request that left it unset) = the plan's default (`backup::retention`).
+    /// Skipped when unset so the record stays what earlier builds wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// The newest of each of the last N calendar months; `None` = the plan's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -334,7 +334,14 @@ fn maintenance_window(w: &MaintenanceWindow) -> Result<(), InvalidField> {
 
 fn backup_policy(b: &BackupPolicy) -> Result<(), InvalidField> {
     minute_of_day("spec.backup_policy.daily_at_minute_utc", b.daily_at_minute_utc)?;
-    in_range("spec.backup_policy.keep_daily", b.keep_daily, 1..=365, "from 1 to 365")
+    in_range("spec.backup_policy.keep_daily", b.keep_daily, 1..=365, "from 1 to 365")?;
+    if let Some(w) = b.keep_weekly {
+        in_range("spec.backup_policy.keep_weekly", w, 0..=260, "from 0 to 260 (five years)")?;
+    }
+    if let Some(m) = b.keep_monthly {
+        in_range("spec.backup_policy.keep_monthly", m, 0..=120, "from 0 to 120 (ten years)")?;
+    }
+    Ok(())
 }
 
 fn list(paths: &[PathBuf]) -> String {

@@ -228,11 +228,26 @@ fn maintenance_window() {
 
 #[test]
 fn backup_policy() {
-    accepted(|s| s.backup_policy = Some(BackupPolicy { daily_at_minute_utc: 1439, keep_daily: 365, enabled: false }));
-    let policy = |at, keep| Some(BackupPolicy { daily_at_minute_utc: at, keep_daily: keep, enabled: true });
+    let gfs = |d, w, m| {
+        Some(BackupPolicy { daily_at_minute_utc: 1439, keep_daily: d, enabled: false, keep_weekly: w, keep_monthly: m })
+    };
+    accepted(|s| s.backup_policy = gfs(365, None, None));
+    accepted(|s| s.backup_policy = gfs(1, Some(0), Some(0)));
+    accepted(|s| s.backup_policy = gfs(7, Some(260), Some(120)));
+    let policy = |at, keep| {
+        Some(BackupPolicy {
+            daily_at_minute_utc: at,
+            keep_daily: keep,
+            enabled: true,
+            keep_weekly: None,
+            keep_monthly: None,
+        })
+    };
     assert_eq!(refused(|s| s.backup_policy = policy(1440, 7)), "spec.backup_policy.daily_at_minute_utc");
     assert_eq!(refused(|s| s.backup_policy = policy(0, 0)), "spec.backup_policy.keep_daily");
     assert_eq!(refused(|s| s.backup_policy = policy(0, 366)), "spec.backup_policy.keep_daily");
+    assert_eq!(refused(|s| s.backup_policy = gfs(7, Some(261), None)), "spec.backup_policy.keep_weekly");
+    assert_eq!(refused(|s| s.backup_policy = gfs(7, None, Some(121))), "spec.backup_policy.keep_monthly");
 }
 
 #[test]

@@ -60,6 +60,14 @@ pub enum Metric {
     TlsStaleCrls,
     /// Instances set aside at start-up because a record of theirs could not be read.
     QuarantinedInstances,
+    /// Seconds since the instance's newest complete backup finished (since registration if none).
+    BackupLastGoodAge,
+    /// The instance's backups missing on some destination.
+    BackupsDegraded,
+    /// A backup destination answered the scheduler's last listing (1) or not (0).
+    BackupDestinationReachable,
+    /// Listings of a backup destination that failed since the agent started.
+    BackupDestinationFailedChecks,
 }
 
 /// Name (without the `dbagent_node_` / `dbagent_instance_` prefix), kind, raw-to-base-unit scale, help.
@@ -188,6 +196,34 @@ impl Metric {
                 1.0,
                 "1",
                 "Instances whose instance or volume record could not be read at start-up: left alone until repaired (GetStatus names them).",
+            ),
+            BackupLastGoodAge => info(
+                "backup_last_good_age_seconds",
+                G,
+                1.0,
+                "s",
+                "Seconds since the instance's newest backup complete on every destination finished; since registration when it has none. As of the backup scheduler's last pass.",
+            ),
+            BackupsDegraded => info(
+                "backups_degraded",
+                G,
+                1.0,
+                "1",
+                "The instance's backups missing or refused on some destination (repair them), at the backup scheduler's last pass.",
+            ),
+            BackupDestinationReachable => info(
+                "backup_destination_reachable",
+                G,
+                1.0,
+                "1",
+                "1 if the backup destination answered the scheduler's last listing, 0 if not.",
+            ),
+            BackupDestinationFailedChecks => info(
+                "backup_destination_failed_checks_total",
+                C,
+                1.0,
+                "1",
+                "Listings of the backup destination that failed since the agent started.",
             ),
         }
     }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::collect::{Collector, CollectorPaths, InstanceTarget};
 use super::otlp::OtlpSettings;
-use super::sampler::{QuarantineCount, Targets};
+use super::sampler::{BackupReadings, BackupSource, QuarantineCount, Targets};
 use super::{MetricsError, MetricsHub, http, otlp, sampler};
 use crate::config::MetricsConfig;
 use crate::instances::Registry;
@@ -42,6 +42,29 @@ pub fn quarantine_count(registry: Arc<Registry>, volumes: crate::volume::Volumes
     })
 }
 
+/// The backup scheduler's findings (`backup::health`), for instances registered in `registry`
+/// (an instance without a good backup is aged from its registration).
+pub fn backup_source(health: Arc<crate::backup::health::BackupHealth>, registry: Arc<Registry>) -> BackupSource {
+    Arc::new(move || {
+        let found = health.instances();
+        BackupReadings {
+            instances: registry
+                .list()
+                .into_iter()
+                .filter_map(|i| {
+                    let h = found.get(&i.id)?;
+                    Some((i.id, h.last_good.unwrap_or(i.created), h.degraded))
+                })
+                .collect(),
+            destinations: health
+                .destinations()
+                .into_iter()
+                .map(|(name, d)| (name, d.reachable, d.failed_checks))
+                .collect(),
+        }
+    })
+}
+
 /// Binds the Prometheus listener (a taken port fails start-up: a silently missing endpoint is worse)
 /// and spawns the tasks; they all end on `shutdown`.
 pub async fn start(
@@ -49,12 +72,19 @@ pub async fn start(
     hub: Arc<MetricsHub>,
     targets: Targets,
     quarantined: QuarantineCount,
+    backups: BackupSource,
     hostname: String,
     shutdown: CancellationToken,
 ) -> Result<MetricsTasks, MetricsError> {
     let paths = CollectorPaths { cgroup_root: config.cgroup_root.clone(), ..CollectorPaths::default() };
-    let mut handles =
-        vec![tokio::spawn(sampler::run(hub.clone(), Collector::new(paths), targets, quarantined, shutdown.clone()))];
+    let mut handles = vec![tokio::spawn(sampler::run(
+        hub.clone(),
+        Collector::new(paths),
+        targets,
+        quarantined,
+        backups,
+        shutdown.clone(),
+    ))];
     let mut prometheus = None;
     if config.prometheus_enabled {
         let addr = config.prometheus_listen;

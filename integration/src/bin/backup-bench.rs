@@ -99,7 +99,8 @@ async fn backup(harness: &Harness, svc: &Arc<BackupService>, inst: &Instance) ->
 
 async fn clean(harness: &Harness, svc: &Arc<BackupService>) -> anyhow::Result<()> {
     for (i, b) in svc.list(INSTANCE).await.into_iter().enumerate() {
-        let op = svc.delete(INSTANCE, &b.manifest.backup_id, &format!("clean-{}-{i}", std::process::id())).await?;
+        let op =
+            svc.delete(INSTANCE, &b.manifest.backup_id, &format!("clean-{}-{i}", std::process::id()), true).await?;
         let done = harness.wait(&op).await;
         ensure!(done.state == OpState::Succeeded, "delete {}: {:?}", b.manifest.backup_id, done.error);
     }

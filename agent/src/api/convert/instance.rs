@@ -4,6 +4,7 @@
 //! semantic rules live in `instances::validate`, which the registry applies to every spec.
 
 use super::timestamp;
+use crate::backup::retention::plan_defaults;
 use crate::ids::InvalidField;
 use crate::instances::model::{
     BackupPolicy, Engine, Filesystem, Instance, InstanceSpec, LogSource, MaintenanceWindow, Plan, PlanName, VolumeSpec,
@@ -17,6 +18,7 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
     let spec = spec.ok_or_else(|| missing("spec"))?;
     let volume = spec.volume.ok_or_else(|| missing("spec.volume"))?;
     let plan = spec.plan.ok_or_else(|| missing("spec.plan"))?;
+    let plan_name = plan_name_from_proto(plan.name)?;
     let log_sources =
         spec.log_sources.into_iter().enumerate().map(|(i, s)| log_source_from_proto(i, s)).collect::<Result<_, _>>()?;
     Ok(InstanceSpec {
@@ -33,7 +35,7 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
         },
         log_sources,
         plan: Plan {
-            name: plan_name_from_proto(plan.name)?,
+            name: plan_name,
             cpu_millis: plan.cpu_millis,
             memory_bytes: plan.memory_bytes,
             io_read_iops: plan.io_read_iops,
@@ -52,10 +54,14 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
                 })
             })
             .transpose()?,
+        // keep_daily 0 = the plan's default, stored as the number (earlier builds need one there);
+        // unset weekly and monthly counts stay unset and follow the plan (`backup::retention`).
         backup_policy: spec.backup_policy.map(|b| BackupPolicy {
             daily_at_minute_utc: b.daily_at_minute_utc,
-            keep_daily: b.keep_daily,
+            keep_daily: if b.keep_daily == 0 { plan_defaults(plan_name).daily } else { b.keep_daily },
             enabled: b.enabled,
+            keep_weekly: b.keep_weekly,
+            keep_monthly: b.keep_monthly,
         }),
     })
 }
@@ -97,11 +103,19 @@ pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
             start_minute_utc: w.start_minute_utc,
             duration_minutes: w.duration_minutes,
         }),
-        backup_policy: spec.backup_policy.as_ref().map(|b| pb::BackupPolicy {
-            daily_at_minute_utc: b.daily_at_minute_utc,
-            keep_daily: b.keep_daily,
-            enabled: b.enabled,
-        }),
+        backup_policy: spec.backup_policy.as_ref().map(policy_to_proto),
+    }
+}
+
+/// The policy as stored: weekly and monthly counts left unset stay unset (they follow the plan, also
+/// after a plan change), so a spec read and sent back keeps meaning the same.
+pub fn policy_to_proto(b: &BackupPolicy) -> pb::BackupPolicy {
+    pb::BackupPolicy {
+        daily_at_minute_utc: b.daily_at_minute_utc,
+        keep_daily: b.keep_daily,
+        enabled: b.enabled,
+        keep_weekly: b.keep_weekly,
+        keep_monthly: b.keep_monthly,
     }
 }
 
