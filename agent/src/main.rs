@@ -37,6 +37,11 @@ struct Args {
     #[arg(long, env = "DBAGENT_LISTEN")]
     listen: Option<SocketAddr>,
 
+    /// Overrides `keys.recovery_recipients` (repeat for several): the operator's age public keys
+    /// (`age1...`) that volume keys are escrowed to. Works with --dev too.
+    #[arg(long = "recovery-recipient", value_name = "AGE1...")]
+    recovery_recipients: Vec<String>,
+
     /// Validate the configuration, print the effective configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -56,6 +61,9 @@ fn load(args: &Args) -> Result<Config, String> {
     }
     if let Some(listen) = args.listen {
         config.api.listen = listen;
+    }
+    if !args.recovery_recipients.is_empty() {
+        config.keys.recovery_recipients.clone_from(&args.recovery_recipients);
     }
     config.validate(std::path::Path::new("command line")).map_err(|e| e.to_string())?;
     Ok(config)

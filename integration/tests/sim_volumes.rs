@@ -109,10 +109,33 @@ async fn every_volume_call_works_on_simulated_volumes() {
     // Growing is online only: refused while closed, and nothing changes.
     failed_with(&c.grow("grow-closed", 20 * GIB).await, "FAILED_PRECONDITION");
 
-    let req = OpenVolumeRequest { request_id: "open".into(), instance_id: INSTANCE.into() };
+    let req = OpenVolumeRequest { request_id: "open".into(), instance_id: INSTANCE.into(), ..Default::default() };
     let started = c.volumes.open_volume(req).await;
     c.succeeded(started, "opened").await;
     assert!(c.volume().await.mounted);
+
+    // A recovery key that is not an age identity is refused before any work, without echoing it;
+    // a real identity finds no escrow (this agent has no recovery recipients) and changes nothing.
+    let req = OpenVolumeRequest {
+        request_id: "open-bad-key".into(),
+        instance_id: INSTANCE.into(),
+        recovery_key: b"not-a-key-5e1f".to_vec(),
+    };
+    let refused = c.volumes.open_volume(req).await.expect_err("a malformed recovery key");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("recovery_key") && !refused.message().contains("5e1f"), "{refused:?}");
+    let identity = dbagent::recovery_key::RecoveryIdentity::generate();
+    let req = OpenVolumeRequest {
+        request_id: "open-recovery".into(),
+        instance_id: INSTANCE.into(),
+        recovery_key: identity.to_file_text().as_bytes().to_vec(),
+    };
+    let started = c.volumes.open_volume(req).await;
+    let op = c.finished(started).await;
+    failed_with(&op, "FAILED_PRECONDITION");
+    assert!(op.error.as_ref().is_some_and(|e| e.message.contains("no escrowed key")), "{op:?}");
+    let v = c.volume().await;
+    assert!(v.mounted && v.escrow_key_version == 0 && v.escrow_recipients.is_empty(), "{v:?}");
 
     // Shrinking is refused; growing beside it works.
     failed_with(&c.grow("shrink", 5 * GIB).await, "FAILED_PRECONDITION");

@@ -6,8 +6,12 @@ use super::error::ApiResult;
 use crate::ids::{self, InvalidField};
 use crate::instances::registry::Registry;
 use crate::ops::OperationEngine;
+use crate::recovery_key::RecoveryIdentity;
 use crate::volume::Volumes;
 use crate::volume::jobs::{self, VolumeAction};
+
+/// An age identity file is one secret line and a few comments.
+const MAX_RECOVERY_KEY_BYTES: usize = 64 * 1024;
 
 /// The Volumes service: changes run as operations; reads go to the volumes directly.
 pub struct VolumesApi {
@@ -42,7 +46,21 @@ impl pb::volumes_server::Volumes for VolumesApi {
 
     async fn open_volume(&self, req: Request<pb::OpenVolumeRequest>) -> ApiResult<pb::Operation> {
         let r = req.into_inner();
-        self.submit(r.request_id, r.instance_id, VolumeAction::Open).await
+        let action = if r.recovery_key.is_empty() {
+            VolumeAction::Open
+        } else if r.recovery_key.len() > MAX_RECOVERY_KEY_BYTES {
+            return Err(InvalidField::new(
+                "recovery_key",
+                format!("{} bytes; an age identity file is far smaller", r.recovery_key.len()),
+            )
+            .into());
+        } else {
+            // The request's bytes are dropped with it; the parsed identity lives in the job only.
+            let identity = RecoveryIdentity::parse(&r.recovery_key)
+                .map_err(|e| InvalidField::new("recovery_key", e.to_string()))?;
+            VolumeAction::OpenWithRecoveryKey(identity)
+        };
+        self.submit(r.request_id, r.instance_id, action).await
     }
 
     async fn close_volume(&self, req: Request<pb::CloseVolumeRequest>) -> ApiResult<pb::Operation> {

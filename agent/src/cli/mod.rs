@@ -14,6 +14,7 @@ mod metrics;
 mod metrics_table;
 mod operations;
 pub mod parse;
+mod recovery_key_file;
 pub mod render;
 pub mod table;
 mod upgrades;

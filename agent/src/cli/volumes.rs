@@ -22,6 +22,11 @@ pub enum VolumesCommand {
     /// Unlock and mount the volume, e.g. after a reboot (orchestrator identity).
     Open {
         instance_id: String,
+        /// The operator's recovery key (an age identity file, mode 0600): for a host that lost
+        /// its keystore or KEK, opens the key escrowed in the volume's LUKS2 header and stores it
+        /// in the keystore again.
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<std::path::PathBuf>,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -84,8 +89,12 @@ pub async fn run(ctx: &Ctx, command: VolumesCommand) -> Result<(), CliError> {
             let request = pb::CreateVolumeRequest { request_id: op.request.resolve()?, instance_id, force };
             (client.create_volume(ctx.unary(request)).await?, op.watch)
         }
-        VolumesCommand::Open { instance_id, op } => {
-            let request = pb::OpenVolumeRequest { request_id: op.request.resolve()?, instance_id };
+        VolumesCommand::Open { instance_id, recovery_key, op } => {
+            let recovery_key = match recovery_key {
+                Some(path) => super::recovery_key_file::read(&path)?.to_vec(),
+                None => Vec::new(),
+            };
+            let request = pb::OpenVolumeRequest { request_id: op.request.resolve()?, instance_id, recovery_key };
             (client.open_volume(ctx.unary(request)).await?, op.watch)
         }
         VolumesCommand::Close { instance_id, op } => {

@@ -33,11 +33,17 @@ pub struct NewOperation {
     pub request_id: String,
     pub kind: &'static str,
     pub target: String,
-    /// Kind-specific parameters; part of the idempotency digest. Never secrets.
+    /// Kind-specific parameters; part of the idempotency digest. Never secrets: a secret given
+    /// with the request (a recovery key) is noted as [`SECRET_GIVEN_PARAM`] only.
     pub params: serde_json::Value,
     /// Takes the target's lock: one exclusive operation per target at a time, others queue.
     pub exclusive: bool,
 }
+
+/// The parameter that says a secret came with the request and was kept in memory only (its
+/// value names the secret, e.g. "recovery_key"). An operation carrying it that a restart
+/// interrupts cannot be resumed from its record: its error says to submit it again.
+pub const SECRET_GIVEN_PARAM: &str = "secret_given";
 
 pub struct OpsSettings {
     pub max_concurrent: usize,
@@ -114,10 +120,14 @@ impl OperationEngine {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
                 record.finished = Some(now);
-                record.error = Some(OpError {
-                    code: ErrorCode::Aborted,
-                    message: format!("the agent stopped while this operation was {was}; its work was not finished"),
-                });
+                let mut message =
+                    format!("the agent stopped while this operation was {was}; its work was not finished");
+                if let Some(secret) = record.params.get(SECRET_GIVEN_PARAM).and_then(|v| v.as_str()) {
+                    message.push_str(&format!(
+                        "; the {secret} given with it was never stored: submit again with it (a new request_id)"
+                    ));
+                }
+                record.error = Some(OpError { code: ErrorCode::Aborted, message });
                 journal.save(&record)?;
                 interrupted.push(record.clone());
             }

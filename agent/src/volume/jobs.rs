@@ -1,19 +1,27 @@
 //! Volume work as operations: kinds `volume.create`, `volume.open`, ..., exclusive per instance.
-//! Parameters and results never carry keys.
+//! Parameters and results never carry keys: an open with the operator's recovery key records only
+//! that one was given ([`SECRET_GIVEN_PARAM`]); the key lives in the job's memory until it ends.
 
 use serde_json::json;
 
 use super::{VolumeOutcome, Volumes};
 use crate::error::ErrorCode;
-use crate::ops::engine::JobFn;
+use crate::ops::engine::{JobFn, SECRET_GIVEN_PARAM};
 use crate::ops::{NewOperation, OpError};
+use crate::recovery_key::RecoveryIdentity;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VolumeAction {
-    Create { force: bool },
+    Create {
+        force: bool,
+    },
     Open,
+    /// Open with the key escrowed in the header, unsealed with the operator's identity.
+    OpenWithRecoveryKey(RecoveryIdentity),
     Close,
-    Grow { new_size_bytes: u64 },
+    Grow {
+        new_size_bytes: u64,
+    },
     RotateKey,
     BackupHeader,
     Destroy,
@@ -23,7 +31,7 @@ impl VolumeAction {
     pub fn kind(&self) -> &'static str {
         match self {
             VolumeAction::Create { .. } => "volume.create",
-            VolumeAction::Open => "volume.open",
+            VolumeAction::Open | VolumeAction::OpenWithRecoveryKey(_) => "volume.open",
             VolumeAction::Close => "volume.close",
             VolumeAction::Grow { .. } => "volume.grow",
             VolumeAction::RotateKey => "volume.rotate_key",
@@ -36,6 +44,7 @@ impl VolumeAction {
         match self {
             VolumeAction::Create { force } => json!({ "force": force }),
             VolumeAction::Grow { new_size_bytes } => json!({ "new_size_bytes": new_size_bytes }),
+            VolumeAction::OpenWithRecoveryKey(_) => json!({ SECRET_GIVEN_PARAM: "recovery_key" }),
             _ => json!({}),
         }
     }
@@ -63,6 +72,10 @@ pub fn job(volumes: Volumes, instance: String, action: VolumeAction) -> JobFn {
             let result = match action {
                 VolumeAction::Create { force } => volumes.create(id, force).await.map(|d| json!({ "outcome": d })),
                 VolumeAction::Open => volumes.open(id).await.map(|d| json!({ "outcome": d })),
+                VolumeAction::OpenWithRecoveryKey(identity) => volumes
+                    .open_with_recovery_key(id, identity)
+                    .await
+                    .map(|d| json!({ "outcome": d, "key_recovered_from_escrow": true })),
                 VolumeAction::Close => volumes.close(id).await.map(|d| json!({ "outcome": d })),
                 VolumeAction::Grow { new_size_bytes } => volumes
                     .grow(id, new_size_bytes)

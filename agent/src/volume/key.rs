@@ -68,6 +68,9 @@ pub enum KeyError {
     Corrupt(PathBuf),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    /// The provider keeps no keys on this host (the remote KeyService owns them).
+    #[error("the {0} key provider keeps no keys on this host: a recovered key cannot be stored")]
+    NotStorable(&'static str),
     #[error("a keystore step on a blocking thread did not finish: {0}")]
     BlockingTask(#[from] tokio::task::JoinError),
     /// The remote provider's settings (`[keys.remote]`) do not make a channel.
@@ -96,6 +99,7 @@ impl HasErrorCode for KeyError {
             | KeyError::KekExposed { .. }
             | KeyError::KekMalformed { .. }
             | KeyError::KekLength(_)
+            | KeyError::NotStorable(_)
             | KeyError::Endpoint { .. } => ErrorCode::FailedPrecondition,
             KeyError::Service { .. } => ErrorCode::Unavailable,
             KeyError::Random(_)
@@ -119,6 +123,13 @@ pub trait KeyProvider: Send + Sync {
 
     /// Forgets every version of `instance`'s key except `keep` (all of them with `None`).
     async fn forget(&self, instance: &str, keep: Option<u32>) -> Result<(), KeyError>;
+
+    /// Stores `key` as `instance`'s key at `version`, replacing whatever is stored there: the key
+    /// was recovered from its escrow and proven to open the volume. Only a provider that keeps
+    /// keys on the host can.
+    async fn store(&self, _instance: &str, _version: u32, _key: &VolumeKey) -> Result<(), KeyError> {
+        Err(KeyError::NotStorable(self.name()))
+    }
 
     /// The key versions this host holds for `instance`, sorted. A provider that keeps no keys on
     /// the host (the remote KeyService owns them) has none to list.

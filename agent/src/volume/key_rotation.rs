@@ -1,6 +1,8 @@
 //! Key rotation: the keyslot of the current key version is replaced by one of the next version. The
 //! header is backed up first; that backup still opens with the old key, so it is deleted once the new
 //! key is proven and the old one refused. The data is not re-encrypted and the volume stays open.
+//! With recovery recipients configured, the escrow in the header is replaced by the new key's
+//! before the old keyslot is destroyed.
 
 use super::VolumeError;
 use super::crypt::CryptError;
@@ -41,10 +43,14 @@ impl Volumes {
                             &inner.settings.format.pbkdf,
                         )?;
                     }
+                    // Before the old keyslot goes: the escrowed key opens a keyslot at every step.
+                    inner.escrow(&device, &r.instance_id, v + 1, &new)?;
                     inner.crypt.destroy_keyslot(&device, old_slot)?;
                 }
                 // Only the new key opens it: an earlier rotation got this far and stopped.
-                Err(CryptError::WrongKey(_)) if new_slot.is_some() => {}
+                Err(CryptError::WrongKey(_)) if new_slot.is_some() => {
+                    inner.escrow(&device, &r.instance_id, v + 1, &new)?;
+                }
                 Err(CryptError::WrongKey(_)) => {
                     return Err(VolumeError::WrongKey { provider, instance: r.instance_id.clone() });
                 }

@@ -210,6 +210,12 @@ impl KeyProvider for Arc<LocalKeystore> {
         let (me, instance) = (self.clone(), instance.to_owned());
         tokio::task::spawn_blocking(move || me.versions_blocking(&instance)).await?
     }
+
+    async fn store(&self, instance: &str, version: u32, key: &VolumeKey) -> Result<(), KeyError> {
+        let (me, instance, key) = (self.clone(), instance.to_owned(), key.clone());
+        tokio::task::spawn_blocking(move || me.wrap_entry(&me.entry(&instance, version), &instance, version, &key))
+            .await?
+    }
 }
 
 #[cfg(test)]

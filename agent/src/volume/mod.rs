@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 pub mod crypt;
+pub mod escrow_token;
 mod growth;
 mod header_backups;
 pub mod host;
@@ -22,6 +23,7 @@ mod key_rotation;
 pub mod keystore;
 mod leftovers;
 mod provisioning;
+mod recovery_open;
 pub mod remote;
 mod service;
 pub mod setup;
@@ -37,7 +39,7 @@ pub(crate) mod test_fixture;
 pub use key::{KeyError, KeyProvider, VolumeKey};
 pub use leftovers::VolumeLeftovers;
 pub use service::{VolumeOutcome, VolumeSettings, Volumes};
-pub use status::VolumeStatus;
+pub use status::{VolumeEscrow, VolumeStatus};
 pub use unlocking::StartupOpen;
 
 use crate::error::{ErrorCode, HasErrorCode};
@@ -146,6 +148,8 @@ pub enum VolumeError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
+    Escrow(#[from] escrow_token::EscrowError),
+    #[error(transparent)]
     Crypt(#[from] crypt::CryptError),
     #[error(transparent)]
     Host(#[from] host::HostError),
@@ -179,6 +183,7 @@ impl HasErrorCode for VolumeError {
             | VolumeError::RotationKeyUnchanged { .. } => ErrorCode::FailedPrecondition,
             VolumeError::UnsafeDataDir(e) => e.code(),
             VolumeError::Key(e) => e.code(),
+            VolumeError::Escrow(e) => e.code(),
             VolumeError::Crypt(e) => e.code(),
             VolumeError::Host(e) => e.code(),
             VolumeError::RolledBack { error, .. } => error.code(),

@@ -168,6 +168,7 @@ impl VolumesInner {
         params.label = mapper_name(&record.instance_id).chars().take(47).collect();
         params.key_bits = record.key_bits;
         self.crypt.format(&device, &params, key.as_bytes())?;
+        self.escrow(&device, &record.instance_id, record.key_version, key)?;
         let name = mapper_name(&record.instance_id);
         if self.crypt.active(&name)?.is_some() {
             // Left by an interrupted create on this backing: its mapping has the old header's key.

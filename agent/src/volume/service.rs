@@ -15,9 +15,10 @@ use super::host::{HostError, HostOps};
 use super::key::{KeyProvider, VolumeKey};
 use super::store::{VolumeRecord, VolumeState, VolumeStore};
 use super::{VolumeError, mapper_name};
-use crate::config::Config;
+use crate::config::{Config, KeyProviderKind};
 use crate::ids;
 use crate::instances::{Instance, Registry, RegistryError};
+use crate::recovery_key::RecoveryRecipients;
 
 /// What an operation did, reported as `outcome` in its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +43,9 @@ pub struct VolumeSettings {
     pub format: FormatParams,
     pub flags: ActivationFlags,
     pub device_prefixes: Vec<PathBuf>,
+    /// Whom volume keys are escrowed to (in each volume's LUKS2 header); empty: no escrow. Only
+    /// with the `local` key provider: the remote KeyService holds the keys off the host already.
+    pub recovery_recipients: RecoveryRecipients,
 }
 
 impl VolumeSettings {
@@ -62,6 +66,13 @@ impl VolumeSettings {
             },
             flags: ActivationFlags { no_read_workqueue: v.no_workqueue, no_write_workqueue: v.no_workqueue },
             device_prefixes: config.instances.device_prefixes.clone(),
+            // Config::validate parsed them already; an empty list means no escrow.
+            recovery_recipients: match config.keys.provider {
+                KeyProviderKind::Local => {
+                    RecoveryRecipients::parse(&config.keys.recovery_recipients).unwrap_or_default()
+                }
+                KeyProviderKind::Remote => RecoveryRecipients::default(),
+            },
         }
     }
 }

@@ -132,6 +132,10 @@ impl KeyProvider for NoKek {
         Err(super::key::KeyError::Kek(self.reason.clone()))
     }
 
+    async fn store(&self, _: &str, _: u32, _: &super::key::VolumeKey) -> Result<(), super::key::KeyError> {
+        Err(super::key::KeyError::Kek(self.reason.clone()))
+    }
+
     /// The keystore's file names need no KEK: without it, RemoveInstance and a re-registration still
     /// see exactly which keys an instance has (and refuse while there are any), and an instance
     /// with none is registered or removed as usual.

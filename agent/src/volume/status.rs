@@ -27,6 +27,15 @@ pub struct VolumeStatus {
     pub key_version: u32,
     /// Why the volume is not open, when opening it (at start-up or later) failed.
     pub last_error: Option<String>,
+    /// The escrow in the LUKS2 header: the key version it holds and the recipients it is sealed
+    /// to. `None`: no (well-formed) escrow token.
+    pub escrow: Option<VolumeEscrow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeEscrow {
+    pub key_version: u32,
+    pub recipients: Vec<String>,
 }
 
 impl Volumes {
@@ -61,6 +70,10 @@ impl VolumesInner {
         };
         let header_device = self.header_device(record)?;
         let header = self.crypt.header_info(&header_device)?;
+        let escrow = self
+            .escrow_token(&header_device, id)?
+            .filter(|t| t.instance_id == *id)
+            .map(|t| VolumeEscrow { key_version: t.key_version, recipients: t.recipients });
         let fs = match (mounted, data_dir) {
             (true, Some(dir)) => Some(self.host.fs_usage(dir)?),
             _ => None,
@@ -81,6 +94,7 @@ impl VolumesInner {
             flags: active.map(ActivationFlags::names).unwrap_or_default(),
             key_version: record.key_version,
             last_error,
+            escrow,
         })
     }
 }

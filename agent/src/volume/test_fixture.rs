@@ -32,25 +32,24 @@ pub(crate) fn settings(prefixes: &[&str]) -> VolumeSettings {
         },
         flags: ActivationFlags { no_read_workqueue: true, no_write_workqueue: true },
         device_prefixes: prefixes.iter().map(PathBuf::from).collect(),
+        recovery_recipients: Default::default(),
     }
 }
 
 pub(crate) fn fixture_with(prefixes: &[&str]) -> Fixture {
+    fixture_from(settings(prefixes))
+}
+
+pub(crate) fn fixture_from(settings: VolumeSettings) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let registry =
         Arc::new(Registry::open(dir.path().join("instances"), fixtures::rules(), ResourceLocks::default()).unwrap());
     let host = Arc::new(SimHost::default());
     let crypt = Arc::new(SimCrypt::on(host.clone()));
     let keys = Arc::new(LocalKeystore::open(dir.path().join("keystore"), &[9u8; 32]).unwrap());
-    let volumes = Volumes::new(
-        dir.path(),
-        settings(prefixes),
-        crypt.clone(),
-        host.clone(),
-        Arc::new(keys.clone()),
-        registry.clone(),
-    )
-    .unwrap();
+    let volumes =
+        Volumes::new(dir.path(), settings, crypt.clone(), host.clone(), Arc::new(keys.clone()), registry.clone())
+            .unwrap();
     Fixture { dir, registry, crypt, host, keys, volumes }
 }
 

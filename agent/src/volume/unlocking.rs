@@ -18,6 +18,9 @@ impl Volumes {
     pub async fn open(&self, id: &str) -> Result<VolumeOutcome, VolumeError> {
         let result = self.activate_and_mount(id).await;
         self.set_last_error(id, result.as_ref().err().map(ToString::to_string));
+        if result.is_ok() {
+            self.keep_escrow_current(id).await;
+        }
         result
     }
 

@@ -19,7 +19,13 @@
 //!   volumes all at once (the agent runs them `operations.max_concurrent` at a time), so that the
 //!   agent has 50 volumes to open at its next start; each must end up open and mounted.
 //!
-//! Both phases end with a search under the state folder and in the agent log for every kind of key
+//! - recovery (after the keystore and the KEK were deleted and the agent started with a new KEK,
+//!   `--recovery-key FILE` the operator's age identity): vm-a is not open and GetVolume says why and
+//!   shows its escrow; OpenVolume with another age identity is refused (PERMISSION_DENIED, nothing
+//!   opened or stored); with the right one vm-a opens, its marker reads back and its key is in the
+//!   new keystore; the identity's secret is in no file under the state folder and not in the log.
+//!
+//! The first three phases end with a search under the state folder and in the agent log for every kind of key
 //! (current volume keys, rotated-away volume keys, the KEK); a kind with no key to search for, or a
 //! file that cannot be read, fails it.
 
@@ -92,7 +98,12 @@ impl Ctx {
     }
 
     async fn open(&self, id: &str) -> Result<pb::Operation> {
-        let req = pb::OpenVolumeRequest { request_id: rid("open", id), instance_id: id.into() };
+        self.open_with(id, Vec::new()).await
+    }
+
+    /// OpenVolume, with the text of an age identity file as `recovery_key` unless it is empty.
+    async fn open_with(&self, id: &str, recovery_key: Vec<u8>) -> Result<pb::Operation> {
+        let req = pb::OpenVolumeRequest { request_id: rid("open", id), instance_id: id.into(), recovery_key };
         Ok(self.volumes().open_volume(req).await?.into_inner())
     }
 
@@ -567,6 +578,67 @@ async fn second(c: &Ctx) {
     }
 }
 
+/// Issue 13: the host lost its keystore and KEK; the operator's recovery key opens vm-a on purpose.
+async fn recovery(c: &Ctx) {
+    let key_file = PathBuf::from(arg("--recovery-key").unwrap_or_default());
+    let entry_of = |v: &pb::Volume| c.state.join("keystore").join(format!("vm-a.v{}.key", v.key_version));
+    c.step("vm-a-not-opened-without-its-key", async {
+        let v = c.volume("vm-a").await?;
+        if v.active || v.mounted || !v.last_error.contains("no key version") {
+            bail!("vm-a must be closed, with the missing key as its last_error: {v:?}");
+        }
+        if v.escrow_key_version != v.key_version || v.escrow_recipients.len() != 1 {
+            bail!("vm-a's header must escrow its current key to the one recipient: {v:?}");
+        }
+        Ok(())
+    })
+    .await;
+    c.step("other-recovery-key-refused", async {
+        let stranger = dbagent::recovery_key::RecoveryIdentity::generate();
+        let op = c.finish(c.open_with("vm-a", stranger.to_file_text().as_bytes().to_vec()).await?).await?;
+        let error = op.error.clone().unwrap_or_default();
+        if op.state != i32::from(pb::OperationState::Failed) || error.code != "PERMISSION_DENIED" {
+            bail!("another age identity must be refused with PERMISSION_DENIED: {op:?}");
+        }
+        let v = c.volume("vm-a").await?;
+        if v.active || v.mounted || Path::new("/dev/mapper/dbagent-vm-a").exists() || entry_of(&v).exists() {
+            bail!("the refused recovery key opened vm-a or stored a key: {v:?}");
+        }
+        Ok(())
+    })
+    .await;
+    c.step("recovery-key-opens-vm-a", async {
+        let text = std::fs::read(&key_file).with_context(|| format!("read {}", key_file.display()))?;
+        c.wait(c.open_with("vm-a", text).await?).await?;
+        let v = c.volume("vm-a").await?;
+        if !(v.active && v.mounted && v.last_error.is_empty()) {
+            bail!("vm-a is not open and clean after the recovery: {v:?}");
+        }
+        if !entry_of(&v).exists() {
+            bail!("the recovered key was not stored in the keystore: {} is missing", entry_of(&v).display());
+        }
+        check_marker(c, "vm-a", MARKER)
+    })
+    .await;
+    c.step("recovery-key-in-no-file-or-log", async {
+        let text = std::fs::read_to_string(&key_file).with_context(|| format!("read {}", key_file.display()))?;
+        let secret = text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).context("no secret line")?;
+        let mut files = Vec::new();
+        walk(&c.state, &mut files)?;
+        files.retain(|f| f.extension().is_none_or(|e| e != "img"));
+        files.push(PathBuf::from(arg("--agent-log").context("--agent-log is required")?));
+        for f in &files {
+            let bytes = std::fs::read(f).with_context(|| format!("read {}", f.display()))?;
+            if String::from_utf8_lossy(&bytes).to_uppercase().contains(secret) {
+                bail!("the recovery key is in {}", f.display());
+            }
+        }
+        println!("INFO recovery key searched for in {} files", files.len());
+        Ok(())
+    })
+    .await;
+}
+
 /// The instances [`fill`] adds beside vm-a and vm-b: 50 volumes in all.
 fn fill_ids() -> impl Iterator<Item = String> {
     (3..=50).map(|n| format!("vm-n{n:02}"))
@@ -762,9 +834,13 @@ async fn main() -> Result<()> {
         "first" => first(&c, arg("--device")).await,
         "second" => second(&c).await,
         "fill" => fill(&c).await,
+        // Its keys were lost on purpose: the search for them has nothing to look for.
+        "recovery" => recovery(&c).await,
         other => bail!("unknown phase {other}"),
     }
-    leak_scan(&c).await;
+    if arg("--phase").as_deref() != Some("recovery") {
+        leak_scan(&c).await;
+    }
     if c.failures.get() > 0 {
         println!("FAIL volume-vm-check {} steps failed", c.failures.get());
         std::process::exit(1);

@@ -25,6 +25,8 @@ impl From<&VolumeStatus> for pb::Volume {
             flags: v.flags.clone(),
             key_version: v.key_version,
             last_error: v.last_error.clone().unwrap_or_default(),
+            escrow_key_version: v.escrow.as_ref().map_or(0, |e| e.key_version),
+            escrow_recipients: v.escrow.as_ref().map(|e| e.recipients.clone()).unwrap_or_default(),
         }
     }
 }

@@ -5,15 +5,17 @@
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptDeactivate, CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
 use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either, LibcryptErr,
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, CryptTokenInfo, Either, LibcryptErr,
+    TokenInput,
 };
 use std::path::Path;
 
 use super::*;
 use crate::config::PbkdfKind;
 
-/// LUKS2 has 32 keyslots.
+/// LUKS2 has 32 keyslots and 32 token slots.
 const MAX_KEYSLOTS: u32 = 32;
+const MAX_TOKENS: u32 = 32;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LibCryptsetup;
@@ -200,6 +202,36 @@ impl CryptBackend for LibCryptsetup {
             .header_backup(Some(EncryptionFormat::Luks2), file)
             .map_err(failed("back up the header of", device))
     }
+
+    fn read_token(&self, device: &Path, token_type: &str) -> Result<Option<String>, CryptError> {
+        let mut cd = load(device)?;
+        let Some(token) = token_of_type(&mut cd, token_type) else { return Ok(None) };
+        let json = cd.token_handle().json_get(token).map_err(failed("read a token of", device))?;
+        Ok(Some(json.to_string()))
+    }
+
+    fn write_token(&self, device: &Path, token_type: &str, json: &str) -> Result<(), CryptError> {
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| CryptError::Failed {
+            op: "prepare a token for",
+            target: device.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let mut cd = load(device)?;
+        let input = match token_of_type(&mut cd, token_type) {
+            Some(token) => TokenInput::ReplaceToken(token, &value),
+            None => TokenInput::AddToken(&value),
+        };
+        cd.token_handle().json_set(input).map_err(failed("write a token to", device))?;
+        Ok(())
+    }
+}
+
+/// The first token slot holding a token of `token_type` (ours are external, user-defined types).
+fn token_of_type(cd: &mut CryptDevice, token_type: &str) -> Option<u32> {
+    (0..MAX_TOKENS).find(|t| {
+        matches!(cd.token_handle().status(*t),
+            Ok(CryptTokenInfo::External(ty) | CryptTokenInfo::ExternalUnknown(ty)) if ty == token_type)
+    })
 }
 
 fn active_keyslots(cd: &mut CryptDevice) -> Vec<u32> {

@@ -125,3 +125,50 @@ fn shipped_keyslots_are_pbkdf2_at_the_minimum_iterations_and_open_in_millisecond
     assert!(fifty < std::time::Duration::from_secs(5), "50 keyslot opens took {fifty:?}");
     assert!(c.verify(&img, KEY_B).is_err(), "a wrong key still fails");
 }
+
+/// The escrow token on a real LUKS2 header: absent, written, replaced in place (one token of the
+/// type, never two), carried by a header backup, and a token LUKS2 would not accept is refused.
+#[test]
+fn tokens_are_written_replaced_and_carried_by_header_backups() {
+    use crate::volume::escrow_token::{EscrowToken, TOKEN_TYPE};
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "t.img");
+    let c = LibCryptsetup;
+    c.format(&img, &params(256, cheap()), KEY_A).unwrap();
+    assert_eq!(c.read_token(&img, TOKEN_TYPE).unwrap(), None);
+
+    let identity = crate::recovery_key::RecoveryIdentity::generate();
+    let recipients = crate::recovery_key::RecoveryRecipients::parse(&[identity.recipient()]).unwrap();
+    let key = |b: &[u8]| crate::volume::VolumeKey::new(zeroize::Zeroizing::new(b.to_vec()));
+    let first = EscrowToken::seal(&recipients, "pg-1", 1, &key(KEY_A)).unwrap();
+    c.write_token(&img, TOKEN_TYPE, &first.to_json()).unwrap();
+    let read = EscrowToken::parse("pg-1", &c.read_token(&img, TOKEN_TYPE).unwrap().unwrap()).unwrap();
+    assert_eq!(read.open(&identity, "pg-1", 1).unwrap().as_bytes(), KEY_A);
+
+    let second = EscrowToken::seal(&recipients, "pg-1", 2, &key(KEY_B)).unwrap();
+    c.write_token(&img, TOKEN_TYPE, &second.to_json()).unwrap();
+    let read = EscrowToken::parse("pg-1", &c.read_token(&img, TOKEN_TYPE).unwrap().unwrap()).unwrap();
+    assert_eq!(read.key_version, 2);
+    assert_eq!(read.open(&identity, "pg-1", 2).unwrap().as_bytes(), KEY_B);
+
+    let dump = std::process::Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(&img)
+        .output()
+        .expect("cryptsetup luksDump (package cryptsetup-bin)");
+    let json: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let tokens = json["tokens"].as_object().unwrap();
+    assert_eq!(tokens.len(), 1, "the escrow was replaced, not added: {tokens:?}");
+    assert_eq!(tokens.values().next().unwrap()["type"], TOKEN_TYPE);
+    assert!(c.verify(&img, KEY_A).is_ok(), "writing a token left the keyslot alone");
+
+    let backup = dir.path().join("header.luks");
+    c.header_backup(&img, &backup).unwrap();
+    let carried = c.read_token(&backup, TOKEN_TYPE).unwrap().expect("the header backup carries the escrow");
+    assert_eq!(EscrowToken::parse("pg-1", &carried).unwrap().key_version, 2);
+
+    let e = c.write_token(&img, TOKEN_TYPE, r#"{"type":"dbagent-escrow"}"#).unwrap_err();
+    assert!(matches!(e, CryptError::Failed { .. }), "a token without keyslots is not LUKS2: {e}");
+    assert!(c.write_token(&img, TOKEN_TYPE, "not json").is_err());
+    assert_eq!(c.read_token(&img, TOKEN_TYPE).unwrap().unwrap(), carried, "a refused write changed nothing");
+}

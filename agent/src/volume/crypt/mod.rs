@@ -112,4 +112,10 @@ pub trait CryptBackend: Send + Sync + 'static {
     fn header_info(&self, device: &Path) -> Result<HeaderInfo, CryptError>;
     /// Writes the header to `file`, which must not exist.
     fn header_backup(&self, device: &Path, file: &Path) -> Result<(), CryptError>;
+    /// The JSON text of the header's token of type `token_type` (the first one, if several), or
+    /// `None`. The text comes from the device: callers treat it as untrusted input.
+    fn read_token(&self, device: &Path, token_type: &str) -> Result<Option<String>, CryptError>;
+    /// Stores `json` (a LUKS2 token object whose `type` is `token_type`) in the header, replacing
+    /// the token of that type if there is one, so the header holds at most one.
+    fn write_token(&self, device: &Path, token_type: &str, json: &str) -> Result<(), CryptError>;
 }

@@ -31,6 +31,8 @@ struct SimHeader {
     key_bits: u32,
     sector_size: u32,
     slots: BTreeMap<u32, [u8; 32]>,
+    /// Tokens by type: the JSON text as stored.
+    tokens: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -73,6 +75,15 @@ impl SimCrypt {
             .ok_or_else(|| CryptError::WrongKey(device.display().to_string()))
     }
 
+    /// Test helper: stores a token as a writer of the header (anyone with the disk) could, without
+    /// the checks of [`CryptBackend::write_token`].
+    pub fn plant_token(&self, device: &Path, token_type: &str, json: &str) {
+        let device = &self.resolve(device);
+        if let Some(h) = lock(&self.state).headers.get_mut(device) {
+            h.tokens.insert(token_type.to_owned(), json.to_owned());
+        }
+    }
+
     /// Test helper: the device currently mapped as `name`.
     pub fn mapped_device(&self, name: &str) -> Option<PathBuf> {
         lock(&self.state).active.get(name).map(|(d, _)| d.clone())
@@ -91,6 +102,7 @@ impl CryptBackend for SimCrypt {
             key_bits: params.key_bits,
             sector_size: if params.sector_size == 0 { 4096 } else { params.sector_size },
             slots: BTreeMap::from([(0, slot_hash(passphrase))]),
+            tokens: BTreeMap::new(),
         };
         lock(&self.state).headers.insert(device.to_path_buf(), header);
         Ok(0)
@@ -177,5 +189,25 @@ impl CryptBackend for SimCrypt {
             target: device.display().to_string(),
             source,
         })
+    }
+
+    fn read_token(&self, device: &Path, token_type: &str) -> Result<Option<String>, CryptError> {
+        let device = &self.resolve(device);
+        Ok(self.header(device)?.tokens.get(token_type).cloned())
+    }
+
+    /// Checks what libcryptsetup checks of a token: a JSON object with its `type` and a
+    /// `keyslots` array.
+    fn write_token(&self, device: &Path, token_type: &str, json: &str) -> Result<(), CryptError> {
+        let device = &self.resolve(device);
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|_| failed("write a token to", device.display(), Errno::EINVAL))?;
+        if value["type"] != token_type || !value["keyslots"].is_array() {
+            return Err(failed("write a token to", device.display(), Errno::EINVAL));
+        }
+        let mut s = lock(&self.state);
+        let h = s.headers.get_mut(device).ok_or_else(|| failed("write a token to", device.display(), Errno::EINVAL))?;
+        h.tokens.insert(token_type.to_owned(), json.to_owned());
+        Ok(())
     }
 }
