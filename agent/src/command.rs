@@ -145,6 +145,17 @@ impl ToolCommand {
         Ok((stdin, ToolExit::watch(self.name(), child)))
     }
 
+    /// Starts a long-running program (a restore drill's throw-away server) with stdin and stdout
+    /// closed; its stderr tail is kept for the error its exit gives. Returns its pid, for the
+    /// signal that stops it; dropping the `ToolExit` kills it.
+    pub fn spawn_service(&self) -> Result<(u32, ToolExit), CommandError> {
+        let mut cmd = self.tokio();
+        cmd.stdout(Stdio::null());
+        let child = cmd.spawn().map_err(|source| self.spawn_error(source))?;
+        let pid = child.id().ok_or_else(|| self.spawn_error(std::io::Error::other("exited at once")))?;
+        Ok((pid, ToolExit::watch(self.name(), child)))
+    }
+
     fn spawn_error(&self, source: std::io::Error) -> CommandError {
         CommandError::Spawn { command: self.name(), source }
     }

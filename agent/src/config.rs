@@ -322,6 +322,8 @@ impl Config {
         config.logs.drain_policy = crate::logs::settings::DrainPolicyConfig::loopback();
         // Dev hosts and test VMs: a generated KEK (keyslots are the shipped PBKDF2 minimum already).
         config.keys.kek_file = state_dir.join("kek");
+        // A dev agent runs as its user, as do the servers its drills start: no folder to pass.
+        config.backup.drill_dir = state_dir.join("drills");
         // Any free port: several dev agents (and the integration tests' agents) run side by side.
         config.metrics.prometheus_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         // The dev backup destinations are three folders under the state dir: said in so many words.

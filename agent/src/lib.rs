@@ -17,6 +17,7 @@ pub mod host_inventory;
 pub mod ids;
 pub mod instances;
 pub mod json_store;
+pub mod keyservice_client;
 pub mod locks;
 pub mod logs;
 pub mod metrics;

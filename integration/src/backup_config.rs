@@ -9,6 +9,7 @@ use crate::agent::LaunchContext;
 use crate::config::{custom_config, toml_path};
 use crate::pki::ServerPki;
 use crate::servers::PG_BIN;
+use dbagent::recovery_key::RecoveryIdentity;
 
 /// What differs between the backup tests' agents.
 pub struct BackupAgentConfig<'a> {
@@ -29,8 +30,36 @@ pub struct BackupAgentConfig<'a> {
     pub scheduler_interval_secs: Option<u64>,
 }
 
+/// Where [`BackupAgentConfig::toml`] writes the recovery key (mode 0600) whose public key the
+/// config lists in `keys.recovery_recipients`: production agents refuse backups without an
+/// off-host key.
+pub fn recovery_key_file(ctx: &LaunchContext) -> PathBuf {
+    ctx.work_dir.join("recovery.key")
+}
+
+/// A new recovery key in `path` (mode 0600, as `dbagentctl recovery-key generate` writes it);
+/// returns its public key. An existing file is kept: an agent restarted on the same work folder
+/// keeps its recipient.
+pub fn write_recovery_key(path: &Path) -> String {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read(path) {
+        return RecoveryIdentity::parse(&text).expect("the recovery key written before").recipient();
+    }
+    let identity = RecoveryIdentity::generate();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create the recovery key");
+    file.write_all(identity.to_file_text().as_bytes()).expect("write the recovery key");
+    identity.recipient()
+}
+
 impl BackupAgentConfig<'_> {
-    /// The agent's config, with `pki`'s files written under the work folder.
+    /// The agent's config, with `pki`'s files written under the work folder and a recovery key
+    /// generated for this agent ([`recovery_key_file`]).
     pub fn toml(&self, ctx: &LaunchContext, pki: &ServerPki) -> String {
         let files = pki.write(&ctx.work_dir.join("pki"));
         let kek = ctx.work_dir.join("kek");
@@ -39,10 +68,11 @@ impl BackupAgentConfig<'_> {
             std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .expect("chmod the test KEK");
         }
+        let recipient = write_recovery_key(&recovery_key_file(ctx));
         // The destinations are folders on this host: a production agent refuses backups to them
         // unless the config accepts, in so many words, that backups die with the host.
         let mut toml = format!(
-            "{base}\n[keys]\nkek_file = {kek}\n\n[instances]\ndata_roots = [{roots}]\n\n[backup]\nscheduler_interval_secs = {interval}\naccept_on_host_destinations = {accept}\n",
+            "{base}\n[keys]\nkek_file = {kek}\nrecovery_recipients = [\"{recipient}\"]\n\n[instances]\ndata_roots = [{roots}]\n\n[backup]\nscheduler_interval_secs = {interval}\naccept_on_host_destinations = {accept}\n",
             interval = self.scheduler_interval_secs.unwrap_or(3600),
             accept = self.accept_on_host_destinations,
             base = custom_config(ctx, &files, &[], &["orchestrator"], &["monitor"]),

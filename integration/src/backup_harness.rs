@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use dbagent::backup::settings::DestinationConfig;
-use dbagent::backup::{BackupConfig, BackupService, KekWrapper};
+use dbagent::backup::{BackupConfig, BackupKeys, BackupService, KekWrapper};
 use dbagent::instances::{Engine, Filesystem, Instance, InstanceSpec, Plan, PlanName, VolumeSpec};
 use dbagent::locks::ResourceLocks;
 use dbagent::ops::{self, OpState, OperationRecord, OpsSettings};
@@ -71,7 +71,9 @@ impl Harness {
         let kek = KekSource { credentials_dir: None, file: self.state.as_path().join("kek"), generate: true }
             .load()
             .expect("host KEK");
-        let keys = Arc::new(KekWrapper::from_kek(&kek).expect("host KEK"));
+        // Host-only keys: the library-level service runs no production check; the agent tests
+        // (backup_keys) cover the off-host keys.
+        let keys = BackupKeys::host_only(Arc::new(KekWrapper::from_kek(&kek).expect("host KEK")));
         BackupService::new(config, self.state.as_path(), keys, vec![PathBuf::from(DATA_ROOT)], self.engine.clone())
             .expect("backup service")
     }

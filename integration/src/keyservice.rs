@@ -14,7 +14,7 @@
 //!
 //! ```ignore
 //! let keys = KeyServiceHandle::start(&[("host-1", "pg-a"), ("host-2", "pg-a")]).await;
-//! let toml = keys.remote_toml("host-1"); // `[keys] provider = "remote"` and `[keys.remote]`
+//! let toml = keys.configure(&agent_toml, "host-1"); // `[keys] provider = "remote"`, `[keys.remote]`
 //! // ... agent 1 backs up pg-a; agent 2 (keys.remote_toml("host-2")) restores it ...
 //! assert_eq!(keys.calls().unwrap_ok, 1);
 //! ```
@@ -121,12 +121,13 @@ impl KeyServiceHandle {
         RemoteKeyFiles { ca: self.ca.clone(), cert, key }
     }
 
-    /// `[keys] provider = "remote"` and a `[keys.remote]` table for an agent acting as `host` (a new
-    /// client certificate). Append it to an agent config without a `[keys]` table of its own.
-    pub fn remote_toml(&self, host: &str) -> String {
+    /// `agent_toml` with `provider = "remote"` in its `[keys]` table (added when missing) and a
+    /// `[keys.remote]` table reaching this server as `host` (a new client certificate).
+    pub fn configure(&self, agent_toml: &str, host: &str) -> String {
         let files = self.client(host);
+        let with_provider = crate::config::with_lines(agent_toml, "keys", "provider = \"remote\"");
         format!(
-            "\n[keys]\nprovider = \"remote\"\n\n[keys.remote]\nendpoint = \"{endpoint}\"\nca = {ca}\ncert = {cert}\nkey = {key}\nserver_name = \"localhost\"\ntimeout_secs = 10\n",
+            "{with_provider}\n[keys.remote]\nendpoint = \"{endpoint}\"\nca = {ca}\ncert = {cert}\nkey = {key}\nserver_name = \"localhost\"\ntimeout_secs = 10\n",
             endpoint = self.endpoint,
             ca = toml_path(&files.ca),
             cert = toml_path(&files.cert),

@@ -145,11 +145,14 @@ async fn logical_backup_through_the_agent_over_grpc() {
     assert_eq!(names, [("az1", "complete"), ("az2", "complete"), ("az3", "complete")], "{b:?}");
     assert!(b.size_bytes > 0 && b.stored_bytes > 0, "{b:?}");
 
-    // The manifest names the host-KEK wrapper, not a separate backup key.
+    // The manifest names the host-KEK wrap and the recovery key's (the config has a recipient).
     let manifest_path = agent.work_dir().join("dest/az2").join(INSTANCE).join(&backup_id).join("manifest.json");
     let manifest =
         std::fs::read_to_string(&manifest_path).unwrap_or_else(|e| panic!("read {}: {e}", manifest_path.display()));
-    assert!(manifest.contains("kek-aes-256-gcm-v2") && manifest.contains("\"mac\""), "{manifest}");
+    assert!(
+        manifest.contains("kek-aes-256-gcm-v2") && manifest.contains("age-x25519-v1") && manifest.contains("\"mac\""),
+        "{manifest}"
+    );
     assert!(!agent.state_dir().join("backups/host.key").exists(), "no separate backup host key is made");
 
     // VerifyBackup on one destination.

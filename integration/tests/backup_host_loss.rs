@@ -355,7 +355,8 @@ impl OffHostKeys {
 
     /// `provider = "remote"` and the `[keys.remote]` table, for `host`'s client certificate.
     fn remote(&self, host: &str) -> String {
-        self.service.remote_toml(host).replacen("\n[keys]\n", "\n", 1)
+        // The lines `configure` adds to an empty config, without the `[keys]` header ours has.
+        self.service.configure("", host).replacen("\n[keys]\n", "\n", 1)
     }
 
     /// What a verify or restore request of agent 2 carries: the recovery key's identity file.

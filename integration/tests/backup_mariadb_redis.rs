@@ -61,14 +61,14 @@ async fn mariadb_logical_round_trip() {
     let fresh = MariaServer::start();
     let target =
         || RestoreTarget::Server { connection: maria_conn(&fresh, ""), database: None, instance_server: false };
-    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), "m-damaged").await.unwrap()).await;
+    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), None, "m-damaged").await.unwrap()).await;
     assert_eq!(failed.state, OpState::Failed, "{failed:?}");
     let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert!(message.contains(&format!("chunk {} ", chunks - 1)), "the error names the last chunk: {message}");
     let shop = "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'shop'";
     assert_eq!(fresh.sql(shop), "0", "nothing of the damaged copy reached the server");
 
-    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), "m-restore").await.unwrap()).await;
+    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), None, "m-restore").await.unwrap()).await;
     assert_eq!(fresh.sql(MARIA_CHECK), expected);
 }
 
@@ -90,7 +90,9 @@ async fn redis_rdb_round_trip() {
 
     let dir = OwnedDir::new("redis");
     h.succeed(
-        &svc.restore(&inst, &id, RestoreTarget::DataDir(dir.path().to_path_buf()), None, "r-restore").await.unwrap(),
+        &svc.restore(&inst, &id, RestoreTarget::DataDir(dir.path().to_path_buf()), None, None, "r-restore")
+            .await
+            .unwrap(),
     )
     .await;
     let restored = RedisServer::start(Some(dir));
@@ -124,7 +126,7 @@ async fn mariadb_physical_round_trip() {
     let root = OwnedDir::new("mysql");
     let restored_dir = root.path().join("data");
     h.succeed(
-        &svc.restore(&inst, &id, RestoreTarget::DataDir(restored_dir.clone()), Some("az3".into()), "mp-restore")
+        &svc.restore(&inst, &id, RestoreTarget::DataDir(restored_dir.clone()), Some("az3".into()), None, "mp-restore")
             .await
             .unwrap(),
     )

@@ -61,7 +61,7 @@ async fn postgres_physical_and_logical_round_trip() {
     let root = OwnedDir::new("postgres");
     let restored_dir = root.path().join("data");
     let r = svc
-        .restore(&inst, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "phys-restore")
+        .restore(&inst, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), None, "phys-restore")
         .await
         .unwrap();
     h.succeed(&r).await;
@@ -81,7 +81,14 @@ async fn postgres_physical_and_logical_round_trip() {
     bytes[middle] ^= 0x40;
     std::fs::write(&object, &bytes).unwrap();
     let r = svc
-        .restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az2".into()), "in-place-bad")
+        .restore(
+            &in_place,
+            &phys,
+            RestoreTarget::DataDir(restored_dir.clone()),
+            Some("az2".into()),
+            None,
+            "in-place-bad",
+        )
         .await
         .unwrap();
     let failed = h.wait(&r).await;
@@ -98,7 +105,7 @@ async fn postgres_physical_and_logical_round_trip() {
     assert_eq!(restored.pgbench_fingerprint("bench"), changed, "a failed restore in place lost or mixed data");
     restored.stop();
     let r = svc
-        .restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az1".into()), "in-place")
+        .restore(&in_place, &phys, RestoreTarget::DataDir(restored_dir.clone()), Some("az1".into()), None, "in-place")
         .await
         .unwrap();
     h.succeed(&r).await;
@@ -113,7 +120,7 @@ async fn postgres_physical_and_logical_round_trip() {
     // Restoring into the instance's own server checks that it is the instance's: `fresh` is not.
     let wrong =
         RestoreTarget::Server { connection: fresh.connection("postgres"), database: None, instance_server: true };
-    let refused = h.wait(&svc.restore(&inst, &logical, wrong, None, "logical-wrong-server").await.unwrap()).await;
+    let refused = h.wait(&svc.restore(&inst, &logical, wrong, None, None, "logical-wrong-server").await.unwrap()).await;
     let message = refused.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert_eq!(refused.state, OpState::Failed, "{refused:?}");
     assert!(message.contains("serves data directory"), "{message}");
@@ -125,7 +132,7 @@ async fn postgres_physical_and_logical_round_trip() {
     // Into the connection's database, made by the restore since it does not exist yet.
     let target =
         RestoreTarget::Server { connection: fresh.connection("bench"), database: None, instance_server: false };
-    let r = svc.restore(&inst, &logical, target, None, "logical-restore").await.unwrap();
+    let r = svc.restore(&inst, &logical, target, None, None, "logical-restore").await.unwrap();
     h.succeed(&r).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 
@@ -141,10 +148,10 @@ async fn postgres_physical_and_logical_round_trip() {
     assert!(svc.list("pg9").await.is_empty());
 
     // Verify reads every chunk on every healthy destination; az2's copy was damaged above.
-    let v = svc.verify("pg1", &phys, Some("az2".into()), "verify-az2").await.unwrap();
+    let v = svc.verify("pg1", &phys, Some("az2".into()), None, "verify-az2").await.unwrap();
     assert_eq!(h.wait(&v).await.state, OpState::Failed, "verify must notice the flipped byte on az2");
     for az in ["az1", "az3"] {
-        let v = svc.verify("pg1", &phys, Some(az.into()), &format!("verify-{az}")).await.unwrap();
+        let v = svc.verify("pg1", &phys, Some(az.into()), None, &format!("verify-{az}")).await.unwrap();
         h.succeed(&v).await;
     }
 }
@@ -203,7 +210,8 @@ async fn postgres_logical_restore_runs_as_the_database_owner_and_all_or_nothing(
     // A relation in the way of the index, which comes after the table and its 40,000 rows: the
     // restore fails there, and the table, its rows and the function are rolled back with it.
     fresh.psql("shop", "SET ROLE tenant_owner; CREATE TABLE items_v_idx (x int)");
-    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az1".into()), "late-failure").await.unwrap()).await;
+    let failed =
+        h.wait(&svc.restore(&inst, &id, target(), Some("az1".into()), None, "late-failure").await.unwrap()).await;
     assert_eq!(failed.state, OpState::Failed, "{failed:?}");
     let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
     assert!(message.contains("pg_restore") && message.contains("items_v_idx"), "{message}");
@@ -215,7 +223,7 @@ async fn postgres_logical_restore_runs_as_the_database_owner_and_all_or_nothing(
     let at = bytes.len() - 20;
     bytes[at] ^= 0x01;
     std::fs::write(&object, &bytes).unwrap();
-    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), "damaged").await.unwrap()).await;
+    let failed = h.wait(&svc.restore(&inst, &id, target(), Some("az2".into()), None, "damaged").await.unwrap()).await;
     assert_eq!(failed.state, OpState::Failed, "{failed:?}");
     assert_eq!(failed.error.as_ref().map(|e| e.code), Some(ErrorCode::FailedPrecondition));
     let message = failed.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
@@ -224,7 +232,7 @@ async fn postgres_logical_restore_runs_as_the_database_owner_and_all_or_nothing(
 
     // The allowed path: the intact copy restores, and everything it made belongs to tenant_owner.
     fresh.psql("shop", "DROP TABLE items_v_idx");
-    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), "good").await.unwrap()).await;
+    h.succeed(&svc.restore(&inst, &id, target(), Some("az1".into()), None, "good").await.unwrap()).await;
     assert_eq!(fresh.psql("shop", ITEMS_CHECK), expected);
     assert_eq!(fresh.psql("shop", "SELECT tableowner FROM pg_tables WHERE tablename = 'items'"), "tenant_owner");
     assert_eq!(

@@ -56,8 +56,10 @@ async fn postgres_to_three_garage_buckets() {
     }
     let root = OwnedDir::new("postgres");
     let dir = root.path().join("data");
-    h.succeed(&svc.restore(&inst, &phys, RestoreTarget::DataDir(dir.clone()), Some("az3".into()), "pr").await.unwrap())
-        .await;
+    h.succeed(
+        &svc.restore(&inst, &phys, RestoreTarget::DataDir(dir.clone()), Some("az3".into()), None, "pr").await.unwrap(),
+    )
+    .await;
     assert_eq!(PgServer::on(root, dir).pgbench_fingerprint("bench"), expected);
 
     let logical =
@@ -66,7 +68,7 @@ async fn postgres_to_three_garage_buckets() {
     // Into the connection's database, made by the restore since it does not exist yet.
     let target =
         RestoreTarget::Server { connection: fresh.connection("bench"), database: None, instance_server: false };
-    h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), "lr").await.unwrap()).await;
+    h.succeed(&svc.restore(&inst, &logical, target, Some("az2".into()), None, "lr").await.unwrap()).await;
     assert_eq!(fresh.pgbench_fingerprint("bench"), expected);
 }
 
@@ -94,7 +96,7 @@ async fn one_destination_down_then_repaired() {
     assert_eq!(info.destinations[1].state, DestinationState::Missing);
     h.succeed(&up.repair("pg1", &id, "rep").await.unwrap()).await;
     assert_eq!(up.get("pg1", &id).await.unwrap().state, BackupState::Complete);
-    h.succeed(&up.verify("pg1", &id, Some("az2".into()), "v").await.unwrap()).await;
+    h.succeed(&up.verify("pg1", &id, Some("az2".into()), None, "v").await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

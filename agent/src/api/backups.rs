@@ -6,10 +6,12 @@ use tonic::{Request, Response, Status};
 use super::convert::backup::method_from_proto;
 use super::convert::instance::spec_from_proto;
 use super::error::ApiResult;
+use crate::backup::action::RequestRecoveryKey;
 use crate::backup::engine_commands::RestoreTarget;
-use crate::backup::{BackupKind, BackupMethod, BackupService};
+use crate::backup::{BackupError, BackupKind, BackupMethod, BackupService};
 use crate::ids::{self, InvalidField};
 use crate::instances::registry::Registry;
+use crate::recovery_key::RecoveryIdentity;
 use crate::requests::RequestLedger;
 
 /// The Backups service: backups of registered instances, with SetBackupPolicy replayed by
@@ -42,7 +44,8 @@ impl pb::backups_server::Backups for BackupsApi {
             return Ok(Response::new((&self.backups.list_from_destinations(&req.instance_id).await?).into()));
         }
         let backups = self.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
-        Ok(Response::new(pb::ListBackupsResponse { backups, ..Default::default() }))
+        let last_drill = self.backups.last_drill(&req.instance_id).as_ref().map(Into::into);
+        Ok(Response::new(pb::ListBackupsResponse { backups, last_drill, ..Default::default() }))
     }
 
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> ApiResult<pb::Backup> {
@@ -59,14 +62,16 @@ impl pb::backups_server::Backups for BackupsApi {
     }
 
     async fn verify_backup(&self, req: Request<pb::VerifyBackupRequest>) -> ApiResult<pb::Operation> {
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        let recovery = recovery_key(std::mem::take(&mut req.recovery_key))?;
         let dest = (!req.destination.is_empty()).then_some(req.destination);
-        let op = self.backups.verify(&req.instance_id, &req.backup_id, dest, &req.request_id).await?;
+        let op = self.backups.verify(&req.instance_id, &req.backup_id, dest, recovery, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> ApiResult<pb::Operation> {
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        let recovery = recovery_key(std::mem::take(&mut req.recovery_key))?;
         let instance = self.registry.get(&req.instance_id)?;
         // The path is checked before anything else is looked up: it is where root will write.
         if !req.target_data_dir.is_empty() {
@@ -98,13 +103,20 @@ impl pb::backups_server::Backups for BackupsApi {
             }
         };
         let dest = (!req.destination.is_empty()).then_some(req.destination);
-        let op = self.backups.restore(&instance, &req.backup_id, target, dest, &req.request_id).await?;
+        let op = self.backups.restore(&instance, &req.backup_id, target, dest, recovery, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
     async fn repair_backup(&self, req: Request<pb::RepairBackupRequest>) -> ApiResult<pb::Operation> {
         let req = req.into_inner();
         let op = self.backups.repair(&req.instance_id, &req.backup_id, &req.request_id).await?;
+        Ok(Response::new((&op).into()))
+    }
+
+    async fn drill_backup(&self, req: Request<pb::DrillBackupRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let instance = self.registry.get(&req.instance_id)?;
+        let op = self.backups.drill(&instance, &req.backup_id, &req.request_id).await?;
         Ok(Response::new((&op).into()))
     }
 
@@ -126,6 +138,22 @@ impl BackupsApi {
         let updated = self.registry.update(&req.instance_id, spec, None).await?;
         Ok(updated.spec.backup_policy.as_ref().map(crate::api::convert::instance::policy_to_proto).unwrap_or_default())
     }
+}
+
+/// The largest recovery key text accepted: an age identity file is one line and a few comments.
+const MAX_RECOVERY_KEY_BYTES: usize = 4096;
+
+/// The optional `recovery_key` of a verify or restore request: the text of an age identity file,
+/// parsed here and wiped; the key is kept only in memory for the one operation it is given for.
+fn recovery_key(text: Vec<u8>) -> Result<RequestRecoveryKey, BackupError> {
+    let text = zeroize::Zeroizing::new(text);
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_RECOVERY_KEY_BYTES {
+        return Err(InvalidField::new("recovery_key", format!("at most {MAX_RECOVERY_KEY_BYTES} bytes")).into());
+    }
+    Ok(Some(Arc::new(RecoveryIdentity::parse(&text)?)))
 }
 
 /// A new database name for a logical restore. Passed to `createdb` and `pg_restore` as an argument,

@@ -13,10 +13,15 @@ use super::catalog::BackupInfo;
 use super::engine_commands::RestoreTarget;
 use super::manifest::{BackupKind, BackupMethod};
 use super::resources::BackupResources;
-use super::{backup_job, deletion, restore_job, verify_repair};
+use super::{backup_job, deletion, drill, restore_job, verify_repair};
 use crate::instances::Instance;
 use crate::ops::engine::JobFn;
 use crate::ops::{JobContext, NewOperation, OpError};
+use crate::recovery_key::RecoveryIdentity;
+
+/// The recovery identity a verify or restore request carried: held in memory for that one
+/// operation, never in its stored parameters (they say only that one was given).
+pub type RequestRecoveryKey = Option<Arc<RecoveryIdentity>>;
 
 /// One backup operation with what its body needs. `source` is the destination read from.
 #[derive(Debug, Clone)]
@@ -37,15 +42,23 @@ pub enum BackupAction {
         instance_id: String,
         info: Box<BackupInfo>,
         source: String,
+        recovery: RequestRecoveryKey,
     },
     Restore {
         instance: Box<Instance>,
         info: Box<BackupInfo>,
         source: String,
         target: RestoreTarget,
+        recovery: RequestRecoveryKey,
     },
     Repair {
         instance_id: String,
+        info: Box<BackupInfo>,
+        source: String,
+    },
+    /// A restore drill of `info` read from `source` into a scratch folder (`drill.rs`).
+    Drill {
+        instance: Box<Instance>,
         info: Box<BackupInfo>,
         source: String,
     },
@@ -59,13 +72,16 @@ impl BackupAction {
             BackupAction::Verify { .. } => "backup.verify",
             BackupAction::Restore { .. } => "backup.restore",
             BackupAction::Repair { .. } => "backup.repair",
+            BackupAction::Drill { .. } => "backup.drill",
         }
     }
 
     /// The instance the operation is about (the operation's target).
     pub fn instance_id(&self) -> &str {
         match self {
-            BackupAction::Start { instance, .. } | BackupAction::Restore { instance, .. } => &instance.id,
+            BackupAction::Start { instance, .. }
+            | BackupAction::Restore { instance, .. }
+            | BackupAction::Drill { instance, .. } => &instance.id,
             BackupAction::Delete { instance_id, .. }
             | BackupAction::Verify { instance_id, .. }
             | BackupAction::Repair { instance_id, .. } => instance_id,
@@ -77,19 +93,30 @@ impl BackupAction {
             BackupAction::Start { backup_id, .. } | BackupAction::Delete { backup_id, .. } => backup_id,
             BackupAction::Verify { info, .. }
             | BackupAction::Restore { info, .. }
-            | BackupAction::Repair { info, .. } => &info.manifest.backup_id,
+            | BackupAction::Repair { info, .. }
+            | BackupAction::Drill { info, .. } => &info.manifest.backup_id,
         }
     }
 
     /// Taking a backup and restoring hold the instance's lock; reading or removing stored copies
-    /// does not.
+    /// does not, nor does a drill (it restores into its own scratch folder).
     fn exclusive(&self) -> bool {
         matches!(self, BackupAction::Start { .. } | BackupAction::Restore { .. })
     }
 
-    /// The journal's parameters. Never secrets. The restore target is stored in its `Debug` form,
-    /// as it always was.
+    /// The journal's parameters. Never secrets: a recovery key is recorded only as given
+    /// ([`crate::ops::IN_MEMORY_ONLY`]), and only then, so the parameters of requests without one
+    /// stay as earlier agents stored them. The restore target is stored in its `Debug` form, as it
+    /// always was.
     pub fn params(&self) -> serde_json::Value {
+        let mut params = self.stored_params();
+        if let BackupAction::Verify { recovery: Some(_), .. } | BackupAction::Restore { recovery: Some(_), .. } = self {
+            params["recovery_key"] = json!(crate::ops::IN_MEMORY_ONLY);
+        }
+        params
+    }
+
+    fn stored_params(&self) -> serde_json::Value {
         let backup_id = self.backup_id();
         match self {
             // `keep_days` only when given, so a retry of a request recorded by an earlier agent matches.
@@ -100,7 +127,9 @@ impl BackupAction {
                 json!({ "backup_id": backup_id, "method": method, "kind": kind, "keep_days": days })
             }
             BackupAction::Delete { .. } | BackupAction::Repair { .. } => json!({ "backup_id": backup_id }),
-            BackupAction::Verify { source, .. } => json!({ "backup_id": backup_id, "destination": source }),
+            BackupAction::Verify { source, .. } | BackupAction::Drill { source, .. } => {
+                json!({ "backup_id": backup_id, "destination": source })
+            }
             BackupAction::Restore { source, target, .. } => {
                 json!({ "backup_id": backup_id, "destination": source, "target": format!("{target:?}") })
             }
@@ -134,15 +163,18 @@ async fn run(res: &BackupResources, action: BackupAction, ctx: &JobContext) -> R
             deletion::delete_everywhere(&res.destinations, &instance_id, &backup_id).await?;
             Ok(json!({ "backup_id": backup_id, "deleted": true }))
         }
-        BackupAction::Verify { instance_id, info, source } => {
-            verify_repair::verify(res, &instance_id, &info.manifest.backup_id, &source, ctx).await
+        BackupAction::Verify { instance_id, info, source, recovery } => {
+            let keys = res.keys.with_identity(recovery);
+            verify_repair::verify(res, &keys, &instance_id, &info.manifest.backup_id, &source, ctx).await
         }
-        BackupAction::Restore { instance, info, source, target } => {
-            restore_job::run(res, &instance, &info, &source, &target, ctx).await
+        BackupAction::Restore { instance, info, source, target, recovery } => {
+            let keys = res.keys.with_identity(recovery);
+            restore_job::run(res, &keys, &instance, &info, &source, &target, ctx).await
         }
         BackupAction::Repair { instance_id, info, source } => {
             verify_repair::repair(res, &instance_id, &info, &source, ctx).await
         }
+        BackupAction::Drill { instance, info, source } => drill::run(res, &instance, &info, &source, ctx).await,
     }
 }
 
@@ -197,7 +229,7 @@ mod tests {
                 r#"{"backup_id":"b0123456789abcdef0123"}"#,
             ),
             (
-                BackupAction::Verify { instance_id: "pg1".into(), info: info(), source: "az2".into() },
+                BackupAction::Verify { instance_id: "pg1".into(), info: info(), source: "az2".into(), recovery: None },
                 "backup.verify",
                 false,
                 r#"{"backup_id":"b0123456789abcdef0123","destination":"az2"}"#,
@@ -208,6 +240,7 @@ mod tests {
                     info: info(),
                     source: "az1".into(),
                     target: RestoreTarget::DataDir("/srv/db/new".into()),
+                    recovery: None,
                 },
                 "backup.restore",
                 true,
@@ -219,6 +252,7 @@ mod tests {
                     info: info(),
                     source: "az1".into(),
                     target: RestoreTarget::Server { connection, database: Some("shop".into()), instance_server: true },
+                    recovery: None,
                 },
                 "backup.restore",
                 true,
@@ -229,6 +263,12 @@ mod tests {
                 "backup.repair",
                 false,
                 r#"{"backup_id":"b0123456789abcdef0123"}"#,
+            ),
+            (
+                BackupAction::Drill { instance: instance(), info: info(), source: "az3".into() },
+                "backup.drill",
+                false,
+                r#"{"backup_id":"b0123456789abcdef0123","destination":"az3"}"#,
             ),
         ];
         for (action, kind, exclusive, params) in cases {

@@ -41,7 +41,8 @@ pub async fn run(
     let tool_version = tool.version_line().await;
     let started = SystemTime::now();
     let data_key = chunks::new_data_key()?;
-    let wrapped = res.keys.wrap(&instance.id, backup_id, data_key.as_slice())?;
+    // Before anything is dumped: a key that cannot wrap (a KeyService refusal) fails the backup.
+    let key_wraps = res.keys.wrap_all(&instance.id, backup_id, data_key.as_slice()).await?;
     // The pipeline takes the data key; the manifest's MAC key derives from it at the end.
     let mac_source = data_key.clone();
 
@@ -112,9 +113,10 @@ pub async fn run(
         cipher: "AES-256-GCM".into(),
         chunk_size: res.settings.chunk_size,
         chunk_count: outcome.chunk_count,
-        wrapped_key: crate::hex::encode(&wrapped),
-        key_wrapper: res.keys.scheme().into(),
-        key_id: res.keys.key_id(),
+        key_wraps,
+        wrapped_key: String::new(),
+        key_wrapper: String::new(),
+        key_id: String::new(),
         destinations: res.destination_names(),
         failed_destinations: failed.iter().map(|(n, _)| n.clone()).collect(),
         mac: String::new(),

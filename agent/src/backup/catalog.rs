@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use super::BackupError;
 use super::backup_id::check_backup_id;
 use super::destination::Destination;
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::manifest::{Manifest, manifest_key};
 use super::manifest_mac::{AuthenticManifest, authenticate, check_shape};
 
@@ -210,7 +210,7 @@ pub async fn write_manifest(
 /// The manifest of `instance`/`backup` on `dest`, read now and authenticated
 /// ([`authenticate`]): what an operation acts on, never the copy listed earlier.
 pub async fn read_authentic(
-    keys: &dyn KeyWrapper,
+    keys: &BackupKeys,
     dest: &dyn Destination,
     instance: &str,
     backup: &str,
@@ -219,5 +219,5 @@ pub async fn read_authentic(
         backup: backup.to_owned(),
         destination: dest.name().to_owned(),
     })?;
-    authenticate(keys, m, instance, backup, dest.name())
+    authenticate(keys, m, instance, backup, dest.name()).await
 }

@@ -15,7 +15,7 @@ use super::BackupError;
 use super::backup_id::check_backup_id;
 use super::catalog::{self, DestinationState, DestinationStatus};
 use super::destination::Destination;
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::manifest::Manifest;
 use crate::ids::{self, truncate_for_message};
 
@@ -122,7 +122,7 @@ pub async fn instances(destinations: &[Arc<dyn Destination>]) -> Result<Instance
 /// `keys` (what this agent can use now). Fails only when no destination can be listed.
 pub async fn backups(
     destinations: &[Arc<dyn Destination>],
-    keys: &dyn KeyWrapper,
+    keys: &BackupKeys,
     instance: &str,
 ) -> Result<BackupsFound, BackupError> {
     ids::instance_id("instance_id", instance)?;
@@ -154,7 +154,7 @@ pub async fn backups(
 
 async fn backup(
     destinations: &[Arc<dyn Destination>],
-    keys: &dyn KeyWrapper,
+    keys: &BackupKeys,
     instance: &str,
     backup_id: &str,
     unreachable: &[(String, String)],
@@ -204,10 +204,17 @@ async fn backup(
     }
 }
 
+/// The most key wraps shown per backup (a manifest holds a few; the storage could write many).
+pub const MAX_KEY_WRAPS_SHOWN: usize = 16;
+
 /// The keys that can open `m`'s data key, as the manifest names them (not authenticated; names
-/// cut to a readable length).
+/// cut to a readable length, at most [`MAX_KEY_WRAPS_SHOWN`]).
 pub fn key_wraps(m: &Manifest) -> Vec<KeyWrapName> {
-    vec![KeyWrapName { wrapper: truncate_for_message(&m.key_wrapper), key_id: truncate_for_message(&m.key_id) }]
+    m.wraps()
+        .iter()
+        .take(MAX_KEY_WRAPS_SHOWN)
+        .map(|w| KeyWrapName { wrapper: truncate_for_message(&w.wrapper), key_id: truncate_for_message(&w.key_id) })
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::backup::keywrap::KEK_WRAPPER;
 use crate::backup::test_fixture::{Fixture, backup_id, instance};
-use crate::backup::{BackupKind, BackupMethod, BackupService, KekWrapper, KeyWrapper};
+use crate::backup::{BackupKeys, BackupKind, BackupMethod, BackupService, KekWrapper, KeyWrapper};
 use crate::instances::PlanName;
 use crate::ops::OpState;
 
@@ -142,4 +142,32 @@ async fn a_destination_that_cannot_be_listed_is_reported_and_the_others_still_an
     let listed = partly.list_from_destinations("r1").await.unwrap();
     assert_eq!(listed.backups.len(), 1);
     assert_eq!(listed.unreachable.len(), 1);
+}
+
+#[tokio::test]
+async fn a_backup_sealed_to_the_recovery_key_is_listed_as_needing_it_on_an_agent_without_its_kek() {
+    use crate::recovery_key::{RecoveryIdentity, RecoveryRecipients};
+    let f = Fixture::new();
+    let operator = RecoveryIdentity::generate();
+    let recipients = RecoveryRecipients::parse(&[operator.recipient()]).unwrap();
+    let kek = |byte: u8| -> std::sync::Arc<dyn KeyWrapper> {
+        std::sync::Arc::new(KekWrapper::from_kek(&[byte; 32]).unwrap())
+    };
+    let old = f.service_with(None, BackupKeys::host_only(kek(1)).with_recipients(recipients));
+    let id = take_backup(&f, &old, "req-1").await;
+
+    // A new host: its own KEK, no KeyService; the recovery key is given only with a restore.
+    let new = f.service_with(None, BackupKeys::host_only(kek(2)));
+    let found = new.list_from_destinations("r1").await.unwrap();
+    let b = &found.backups[0];
+    assert_eq!(b.backup_id, id);
+    let wrappers: Vec<&str> = b.key_wraps.iter().map(|k| k.wrapper.as_str()).collect();
+    assert!(wrappers.contains(&"age-x25519-v1") && wrappers.contains(&KEK_WRAPPER), "{wrappers:?}");
+    let recovery = b.key_wraps.iter().find(|k| k.wrapper == "age-x25519-v1").unwrap();
+    assert_eq!(recovery.key_id, operator.recipient(), "the recipient to bring is named");
+    let reason = b.authentication.clone().unwrap_err();
+    assert!(reason.contains("no recovery key was given") && reason.contains(&operator.recipient()), "{reason}");
+
+    // The old host still authenticates it with its KEK.
+    assert_eq!(old.list_from_destinations("r1").await.unwrap().backups[0].authentication, Ok(()));
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::BackupError;
-use super::manifest::Manifest;
+use super::manifest::KeyWrap;
 use crate::config::Config;
 use crate::volume::keystore::KekSource;
 
@@ -150,28 +150,27 @@ impl KeyWrapper for NoKek {
     }
 }
 
-/// The data key of the backup `manifest` describes, refused with the reason when this host cannot
-/// open it: the retired wrapper, an unknown wrapper, another host's KEK (told apart by key id
-/// before trying, so the refusal names both keys), or a wrapped key that does not open.
-pub fn unwrap_data_key(keys: &dyn KeyWrapper, manifest: &Manifest) -> Result<Zeroizing<Vec<u8>>, BackupError> {
-    let backup = || manifest.backup_id.clone();
-    if manifest.key_wrapper == RETIRED_HOST_KEY_WRAPPER {
-        return Err(BackupError::RetiredHostKey { backup: backup(), key_id: manifest.key_id.clone() });
-    }
-    if manifest.key_wrapper != keys.scheme() {
-        return Err(BackupError::UnknownKeyWrapper { backup: backup(), wrapper: manifest.key_wrapper.clone() });
-    }
+/// Opens a `kek-aes-256-gcm-v2` wrap of backup `backup_id` of `instance_id`, refused with the
+/// reason when this host cannot: another host's KEK (told apart by key id before trying, so the
+/// refusal names both keys), or a wrapped key that does not open (altered or copied).
+pub fn unwrap_kek_wrap(
+    keys: &dyn KeyWrapper,
+    instance_id: &str,
+    backup_id: &str,
+    wrap: &KeyWrap,
+) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    let backup = || backup_id.to_owned();
     keys.check()?;
-    if manifest.key_id != keys.key_id() {
+    if wrap.key_id != keys.key_id() {
         return Err(BackupError::WrongKek {
             backup: backup(),
-            backup_key: manifest.key_id.clone(),
+            backup_key: wrap.key_id.clone(),
             host_key: keys.key_id(),
         });
     }
     let wrapped =
-        crate::hex::decode(&manifest.wrapped_key).ok_or_else(|| BackupError::WrappedKeyInvalid { backup: backup() })?;
-    keys.unwrap(&manifest.instance_id, &manifest.backup_id, &wrapped)
+        crate::hex::decode(&wrap.wrapped).ok_or_else(|| BackupError::WrappedKeyInvalid { backup: backup() })?;
+    keys.unwrap(instance_id, backup_id, &wrapped)
 }
 
 #[cfg(test)]
@@ -198,37 +197,33 @@ mod tests {
         assert!(matches!(a.unwrap("i1", "b1", &wrapped[..20]), Err(BackupError::KeyUnwrap { .. })));
     }
 
-    fn manifest_wrapped_by(keys: &dyn KeyWrapper, backup_id: &str, data_key: &[u8]) -> Manifest {
-        let mut m = Manifest::for_tests("i1", backup_id);
-        m.wrapped_key = crate::hex::encode(&keys.wrap("i1", backup_id, data_key).unwrap());
-        m.key_wrapper = keys.scheme().into();
-        m.key_id = keys.key_id();
-        m
+    fn wrap_by(keys: &dyn KeyWrapper, backup_id: &str, data_key: &[u8]) -> KeyWrap {
+        KeyWrap {
+            wrapper: keys.scheme().into(),
+            key_id: keys.key_id(),
+            wrapped: crate::hex::encode(&keys.wrap("i1", backup_id, data_key).unwrap()),
+        }
     }
 
     #[test]
-    fn a_manifest_key_opens_on_its_host_and_each_refusal_names_its_reason() {
+    fn a_kek_wrap_opens_on_its_host_and_each_refusal_names_its_reason() {
         let host = KekWrapper::from_kek(&[7u8; 32]).unwrap();
-        let m = manifest_wrapped_by(&host, "b1", &[9u8; 32]);
-        assert_eq!(unwrap_data_key(&host, &m).unwrap().as_slice(), [9u8; 32]);
+        let w = wrap_by(&host, "b1", &[9u8; 32]);
+        assert_eq!(unwrap_kek_wrap(&host, "i1", "b1", &w).unwrap().as_slice(), [9u8; 32]);
 
         let other = KekWrapper::from_kek(&[8u8; 32]).unwrap();
-        let e = unwrap_data_key(&other, &m).unwrap_err();
+        let e = unwrap_kek_wrap(&other, "i1", "b1", &w).unwrap_err();
         assert!(
             matches!(&e, BackupError::WrongKek { backup_key, host_key, .. }
                 if *backup_key == host.key_id() && *host_key == other.key_id()),
             "{e:?}"
         );
-        // Same KEK, but the wrapped key belongs to another backup: the binding refuses it.
-        let mut copied = manifest_wrapped_by(&host, "b2", &[9u8; 32]);
-        copied.backup_id = "b1".into();
-        assert!(matches!(unwrap_data_key(&host, &copied), Err(BackupError::KeyUnwrap { .. })));
-        let retired = Manifest { key_wrapper: RETIRED_HOST_KEY_WRAPPER.into(), ..m.clone() };
-        assert!(matches!(unwrap_data_key(&host, &retired), Err(BackupError::RetiredHostKey { .. })));
-        let unknown = Manifest { key_wrapper: "rot13".into(), ..m.clone() };
-        assert!(matches!(unwrap_data_key(&host, &unknown), Err(BackupError::UnknownKeyWrapper { .. })));
-        let garbled = Manifest { wrapped_key: "not hex".into(), ..m };
-        assert!(matches!(unwrap_data_key(&host, &garbled), Err(BackupError::WrappedKeyInvalid { .. })));
+        // Same KEK, but the wrapped key belongs to another backup or instance: the binding refuses it.
+        let copied = wrap_by(&host, "b2", &[9u8; 32]);
+        assert!(matches!(unwrap_kek_wrap(&host, "i1", "b1", &copied), Err(BackupError::KeyUnwrap { .. })));
+        assert!(matches!(unwrap_kek_wrap(&host, "i2", "b1", &w), Err(BackupError::KeyUnwrap { .. })));
+        let garbled = KeyWrap { wrapped: "not hex".into(), ..w };
+        assert!(matches!(unwrap_kek_wrap(&host, "i1", "b1", &garbled), Err(BackupError::WrappedKeyInvalid { .. })));
     }
 
     #[test]

@@ -87,7 +87,7 @@ async fn backups_to_destinations_on_this_host_are_refused_unless_the_config_acce
     let f = Fixture::new();
     let mut config = f.config(None);
     config.accept_on_host_destinations = false;
-    let keys = Arc::new(KekWrapper::from_kek(&[1; 32]).unwrap());
+    let keys = crate::backup::BackupKeys::host_only(Arc::new(KekWrapper::from_kek(&[1; 32]).unwrap()));
     let strict = BackupService::new(config, f.dir.path(), keys, vec![f.dir.path().into()], f.engine.clone()).unwrap();
     let inst = instance(PlanName::Starter);
     for kind in [BackupKind::Manual, BackupKind::Scheduled] {

@@ -6,8 +6,12 @@ use std::time::SystemTime;
 
 use crate::instances::Engine;
 
-/// 2: manifests carry a MAC (`manifest_mac`); format 1 manifests are refused as unauthenticated.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the data key is wrapped several times (`key_wraps`: the host KEK and the off-host keys).
+/// 2 (still read): one KEK wrap in `wrapped_key`/`key_wrapper`/`key_id`. Both carry a MAC
+/// (`manifest_mac`); format 1 manifests are refused as unauthenticated.
+pub const FORMAT_VERSION: u32 = 3;
+/// The format of manifests with a single KEK wrap, written by the previous build; still restorable.
+pub const FORMAT_SINGLE_WRAP: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 pub const DATA: &str = "data";
 
@@ -76,9 +80,16 @@ pub struct Manifest {
     pub cipher: String,
     pub chunk_size: usize,
     pub chunk_count: u64,
-    /// The data key, wrapped by `key_wrapper` under key `key_id` (hex).
+    /// Format 3: the data key, wrapped once per key that can open it (docs/backups.md, "Key
+    /// hierarchy"). Any one of them opens the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_wraps: Vec<KeyWrap>,
+    /// Format 2 only: the data key, wrapped by `key_wrapper` under key `key_id` (hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub wrapped_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_wrapper: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_id: String,
     /// Every destination the backup was written to; all of them hold it unless `degraded`.
     pub destinations: Vec<String>,
@@ -89,6 +100,33 @@ pub struct Manifest {
     /// empty in manifests written before format 2.
     #[serde(default)]
     pub mac: String,
+}
+
+/// One wrapping of a backup's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyWrap {
+    /// The scheme: `kek-aes-256-gcm-v2`, `age-x25519-v1` or `keyservice-v1`.
+    pub wrapper: String,
+    /// Names the key that opens it (a KEK digest, the age recipients, the KeyService's key id):
+    /// what a refusal tells the operator to bring.
+    pub key_id: String,
+    /// The wrapped key, hex.
+    pub wrapped: String,
+}
+
+impl Manifest {
+    /// The wraps of the data key: the list of a format 3 manifest, the one wrap of a format 2 one.
+    pub fn wraps(&self) -> Vec<KeyWrap> {
+        if self.format == FORMAT_SINGLE_WRAP {
+            return vec![KeyWrap {
+                wrapper: self.key_wrapper.clone(),
+                key_id: self.key_id.clone(),
+                wrapped: self.wrapped_key.clone(),
+            }];
+        }
+        self.key_wraps.clone()
+    }
 }
 
 pub fn data_key(instance: &str, backup: &str) -> String {
@@ -125,6 +163,7 @@ impl Manifest {
             cipher: "AES-256-GCM".into(),
             chunk_size: 65536,
             chunk_count: 1,
+            key_wraps: Vec::new(),
             wrapped_key: String::new(),
             key_wrapper: String::new(),
             key_id: String::new(),

@@ -2,8 +2,9 @@
 //! `dir` destination can rewrite a manifest. So a manifest carries an HMAC-SHA256 over a canonical,
 //! versioned encoding of every field that decides what the agent reads, allocates, restores or
 //! deletes, under a key the storage never sees: derived (HKDF-SHA256, its own label) from the
-//! backup's data key. Deriving from the unwrapped data key, not from whatever wraps it, keeps the
-//! MAC valid when the wrapping changes (the host KEK today, an off-host key later).
+//! backup's data key. Deriving from the unwrapped data key, not from whatever wraps it, lets any of
+//! the backup's key wraps (host KEK, KeyService, recovery key) check it. The encoding covers the
+//! whole list of wraps (format 3), so removing, adding or changing one is refused.
 //!
 //! [`authenticate`] is the one gate every operation on a stored backup passes: the manifest must
 //! name the instance and backup asked for, have sane sizes (checked before any key work or
@@ -16,8 +17,8 @@ use zeroize::Zeroizing;
 
 use super::BackupError;
 use super::chunks::TAG_LEN;
-use super::keywrap::{KeyWrapper, unwrap_data_key};
-use super::manifest::{FORMAT_VERSION, Manifest};
+use super::keys::{BackupKeys, MAX_KEY_WRAPS};
+use super::manifest::{FORMAT_SINGLE_WRAP, FORMAT_VERSION, Manifest};
 
 /// The largest chunk a manifest may declare: a reader holds about one chunk in memory, so this
 /// bounds what a rewritten manifest can make it allocate. The config allows at most 16 MiB.
@@ -26,7 +27,11 @@ pub const MAX_CHUNK_SIZE: usize = 64 << 20;
 pub const MAX_CHUNK_COUNT: u64 = 1 << 32;
 
 const MAC_KEY_LABEL: &[u8] = b"dbagent-backup-manifest-mac-v2";
-const CANONICAL_LABEL: &[u8] = b"dbagent-backup-manifest\0";
+/// Format 2's label and encoding (one wrap as three fields) are kept so its manifests still verify.
+const CANONICAL_LABEL_V2: &[u8] = b"dbagent-backup-manifest\0";
+const CANONICAL_LABEL_V3: &[u8] = b"dbagent-backup-manifest-v3\0";
+/// A wrapped key is at most a sealed age file of a few recipients (hex); larger is refused unread.
+const MAX_WRAPPED_HEX: usize = 2 * crate::recovery_key::MAX_SEALED_BYTES;
 
 /// A manifest that passed [`authenticate`], with the data key that opens its data. Object names
 /// come from `instance_id` and `backup_id`, the ids that were asked for, never from manifest text.
@@ -67,7 +72,8 @@ fn canonical(m: &Manifest) -> Vec<u8> {
         out.extend_from_slice(&(field.len() as u64).to_be_bytes());
         out.extend_from_slice(field);
     }
-    let mut out = CANONICAL_LABEL.to_vec();
+    let v3 = m.format != FORMAT_SINGLE_WRAP;
+    let mut out = if v3 { CANONICAL_LABEL_V3 } else { CANONICAL_LABEL_V2 }.to_vec();
     put(&mut out, &m.format.to_be_bytes());
     for text in [&m.instance_id, &m.backup_id] {
         put(&mut out, text.as_bytes());
@@ -85,8 +91,20 @@ fn canonical(m: &Manifest) -> Vec<u8> {
         put(&mut out, &n.to_be_bytes());
     }
     put(&mut out, &m.zstd_level.to_be_bytes());
-    for text in [&m.sha256, &m.compression, &m.cipher, &m.wrapped_key, &m.key_wrapper, &m.key_id] {
+    if !v3 {
+        for text in [&m.sha256, &m.compression, &m.cipher, &m.wrapped_key, &m.key_wrapper, &m.key_id] {
+            put(&mut out, text.as_bytes());
+        }
+        return out;
+    }
+    for text in [&m.sha256, &m.compression, &m.cipher] {
         put(&mut out, text.as_bytes());
+    }
+    put(&mut out, &(m.key_wraps.len() as u64).to_be_bytes());
+    for w in &m.key_wraps {
+        for text in [&w.wrapper, &w.key_id, &w.wrapped] {
+            put(&mut out, text.as_bytes());
+        }
     }
     out
 }
@@ -105,9 +123,9 @@ pub fn check_shape(m: &Manifest, instance_id: &str, backup_id: &str, destination
         destination: destination.to_owned(),
         reason,
     };
-    if m.format != FORMAT_VERSION {
+    if m.format != FORMAT_VERSION && m.format != FORMAT_SINGLE_WRAP {
         return Err(refuse(format!(
-            "format {} (written before manifests were authenticated, or by another agent build); this agent reads format {FORMAT_VERSION}",
+            "format {} (written before manifests were authenticated, or by another agent build); this agent reads formats {FORMAT_SINGLE_WRAP} and {FORMAT_VERSION}",
             m.format
         )));
     }
@@ -125,6 +143,19 @@ pub fn check_shape(m: &Manifest, instance_id: &str, backup_id: &str, destination
     }
     if m.mac.is_empty() {
         return Err(refuse("it carries no MAC".into()));
+    }
+    let legacy_wrap = !(m.wrapped_key.is_empty() && m.key_wrapper.is_empty() && m.key_id.is_empty());
+    if m.format == FORMAT_SINGLE_WRAP && !m.key_wraps.is_empty() {
+        return Err(refuse(format!("format {FORMAT_SINGLE_WRAP} holds one wrapped key, not a list of key_wraps")));
+    }
+    if m.format == FORMAT_VERSION && (legacy_wrap || m.key_wraps.is_empty() || m.key_wraps.len() > MAX_KEY_WRAPS) {
+        return Err(refuse(format!(
+            "format {FORMAT_VERSION} needs 1..={MAX_KEY_WRAPS} key_wraps and no single wrapped_key, found {} wraps",
+            m.key_wraps.len()
+        )));
+    }
+    if m.wraps().iter().any(|w| w.wrapped.len() > MAX_WRAPPED_HEX || w.key_id.len() > 4096) {
+        return Err(refuse("a key wrap is larger than any wrapped key".into()));
     }
     if m.chunk_size == 0 || m.chunk_size > MAX_CHUNK_SIZE {
         return Err(refuse(format!("chunk_size {} is outside 1..={MAX_CHUNK_SIZE}", m.chunk_size)));
@@ -148,15 +179,15 @@ pub fn check_shape(m: &Manifest, instance_id: &str, backup_id: &str, destination
 /// The gate before restore, verify, repair and retention act on a stored backup: `m`, read from
 /// `destination` for `instance_id`/`backup_id`, must pass [`check_shape`], open its data key and
 /// carry a valid MAC. Returns the manifest with its data key.
-pub fn authenticate(
-    keys: &dyn KeyWrapper,
+pub async fn authenticate(
+    keys: &BackupKeys,
     m: Manifest,
     instance_id: &str,
     backup_id: &str,
     destination: &str,
 ) -> Result<AuthenticManifest, BackupError> {
     check_shape(&m, instance_id, backup_id, destination)?;
-    let key = unwrap_data_key(keys, &m)?;
+    let key = keys.unwrap(&m).await?;
     let refuse = |reason: &str| BackupError::ManifestNotAuthenticated {
         backup: backup_id.to_owned(),
         destination: destination.to_owned(),

@@ -18,9 +18,14 @@ pub mod decode;
 pub mod deletion;
 pub mod destination;
 pub mod discovery;
+pub mod drill;
+pub mod drill_engine;
+pub mod drill_scratch;
+pub mod drill_store;
 pub mod engine_commands;
 pub mod health;
 pub mod inflight;
+pub mod keys;
 pub mod keywrap;
 pub mod manifest;
 pub mod manifest_mac;
@@ -38,6 +43,7 @@ pub mod verify_repair;
 pub mod zones;
 
 pub use catalog::{BackupInfo, BackupState, DestinationState, DestinationStatus};
+pub use keys::BackupKeys;
 pub use keywrap::{KekWrapper, KeyWrapper};
 pub use manifest::{BackupKind, BackupMethod, Manifest};
 pub use service::BackupService;
@@ -161,6 +167,33 @@ pub enum BackupError {
     Random(getrandom::Error),
     #[error("sealing the backup data key under the host KEK failed")]
     WrapFailed,
+    #[error(
+        "backups in production need a key held off this host: set keys.recovery_recipients (age public keys, from `dbagentctl recovery-key generate`) or keys.provider = \"remote\" with [keys.remote]; or set backup.allow_host_only_keys = true to accept that these backups die with this host's KEK"
+    )]
+    HostOnlyKeys,
+    /// Sealing to the recovery recipients, or the recipients themselves.
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery_key::RecoveryKeyError),
+    #[error(
+        "no recovery key was given; this wrap opens with the identity of one of the recipients {recipients} (RestoreBackup/VerifyBackup recovery_key, dbagentctl --recovery-key FILE)"
+    )]
+    RecoveryKeyNeeded { recipients: String },
+    #[error("the recovery key given (public key {given}) does not open it (sealed to {recipients}): {source}")]
+    RecoveryKey {
+        given: String,
+        recipients: String,
+        #[source]
+        source: crate::recovery_key::RecoveryKeyError,
+    },
+    #[error("set up the KeyService client: {0}")]
+    KeyServiceSetup(String),
+    /// The status message is the KeyService's own; it never carries key bytes.
+    #[error("KeyService {call}: {code:?}: {message}")]
+    KeyService { call: &'static str, code: tonic::Code, message: String },
+    #[error("this agent has no KeyService configured (keys.provider = \"remote\" with [keys.remote])")]
+    KeyServiceNotConfigured,
+    #[error("no key this agent was given opens the data key of backup {backup}: {}", attempts.join("; "))]
+    NoKeyOpens { backup: String, denied: bool, attempts: Vec<String> },
 
     // Tools and storage.
     #[error(transparent)]
@@ -184,6 +217,8 @@ pub enum BackupError {
     Cancelled,
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error(transparent)]
+    Drill(#[from] drill::DrillError),
 }
 
 impl BackupError {
@@ -236,14 +271,29 @@ impl crate::error::HasErrorCode for BackupError {
             | BackupError::RetiredHostKey { .. }
             | BackupError::UnknownKeyWrapper { .. }
             | BackupError::DataKeyLength { .. }
+            | BackupError::HostOnlyKeys
+            | BackupError::RecoveryKeyNeeded { .. }
+            | BackupError::KeyServiceSetup(_)
+            | BackupError::KeyServiceNotConfigured
             | BackupError::Corrupt { .. }
             | BackupError::NotOffHost { .. }
             | BackupError::LastGoodCopy { .. } => ErrorCode::FailedPrecondition,
+            BackupError::Recovery(e) | BackupError::RecoveryKey { source: e, .. } => e.code(),
+            BackupError::KeyService { code, .. } => match code {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorCode::PermissionDenied,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                    ErrorCode::Unavailable
+                }
+                _ => ErrorCode::FailedPrecondition,
+            },
+            BackupError::NoKeyOpens { denied: true, .. } => ErrorCode::PermissionDenied,
+            BackupError::NoKeyOpens { denied: false, .. } => ErrorCode::FailedPrecondition,
             BackupError::Destination { .. }
             | BackupError::AllDestinationsFailed { .. }
             | BackupError::DeleteIncomplete { .. } => ErrorCode::Unavailable,
             BackupError::Cancelled => ErrorCode::Cancelled,
             BackupError::Ops(e) => e.code(),
+            BackupError::Drill(e) => e.code(),
             BackupError::Beneath(e) => e.code(),
             BackupError::Tool(e) => e.code(),
             BackupError::Store(e) => e.code(),

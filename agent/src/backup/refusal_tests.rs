@@ -27,12 +27,35 @@ async fn without_a_kek_backups_are_refused_as_failed_precondition() {
     let inst = instance(PlanName::Starter);
     let mut config = crate::config::Config::default();
     config.keys.kek_file = f.dir.path().join("no-such-kek");
-    let svc = f.service_with(None, keywrap::from_config(&config, false));
+    let svc = f.service_with(None, BackupKeys::host_only(keywrap::from_config(&config, false)));
     let e = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap_err();
     assert!(matches!(e, BackupError::KekUnavailable { .. }), "{e:?}");
     assert!(e.to_string().contains("key-encryption key") && e.to_string().contains("no-such-kek"), "{e}");
     // With a KEK the same request is taken.
     take_backup(&f, &f.service(None, 1), "req-1").await;
+}
+
+/// StartBackup (and the scheduler, which calls it) in production: refused without an off-host key,
+/// taken with a recovery recipient.
+#[tokio::test]
+async fn in_production_a_backup_without_an_off_host_key_is_refused_and_taken_with_a_recovery_recipient() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let inst = instance(PlanName::Starter);
+    let mut config = crate::config::Config::default();
+    config.keys.kek_file = f.dir.path().join("kek");
+    std::fs::write(&config.keys.kek_file, [4u8; 32]).unwrap();
+    std::fs::set_permissions(&config.keys.kek_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let svc = f.service_with(None, BackupKeys::from_config(&config, false).unwrap());
+    let e = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap_err();
+    assert!(matches!(e, BackupError::HostOnlyKeys), "{e:?}");
+    assert_eq!(crate::error::HasErrorCode::code(&e), ErrorCode::FailedPrecondition);
+    let identity = crate::recovery_key::RecoveryIdentity::generate();
+    config.keys.recovery_recipients = vec![identity.recipient()];
+    let svc = f.service_with(None, BackupKeys::from_config(&config, false).unwrap());
+    let id = take_backup(&f, &svc, "req-1").await;
+    let wraps = svc.get("r1", &id).await.unwrap().manifest.key_wraps;
+    assert_eq!(wraps[1].key_id, identity.recipient(), "{wraps:?}");
 }
 
 #[tokio::test]
@@ -43,14 +66,17 @@ async fn a_restore_under_another_hosts_kek_is_refused_naming_both_keys() {
     let other = f.service(None, 2);
     let target = f.dir.path().join("restored-elsewhere");
     let inst = instance(PlanName::Starter);
-    let op = other.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, "r-2").await.unwrap();
+    let op = other.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, None, "r-2").await.unwrap();
     let e = failure(&f.wait(&op).await);
     assert_eq!(e.code, ErrorCode::FailedPrecondition);
-    let (wrote, host) = (svc.get("r1", &id).await.unwrap().manifest.key_id, KekWrapper::from_kek(&[2; 32]).unwrap());
+    let (wrote, host) = (
+        svc.get("r1", &id).await.unwrap().manifest.key_wraps[0].key_id.clone(),
+        KekWrapper::from_kek(&[2; 32]).unwrap(),
+    );
     assert!(e.message.contains(&wrote) && e.message.contains(&host.key_id()), "{}", e.message);
     assert!(!target.exists(), "nothing may be written before the key opens");
     // The host that wrote it restores it.
-    let op = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, "r-1").await.unwrap();
+    let op = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, None, "r-1").await.unwrap();
     assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
     assert_eq!(std::fs::read(target.join("dump.rdb")).unwrap(), f.data);
 }
@@ -60,8 +86,8 @@ async fn backups_wrapped_under_the_retired_host_key_are_refused_by_name() {
     let f = Fixture::new();
     let svc = f.service(None, 1);
     let id = take_backup(&f, &svc, "req-1").await;
-    assert_eq!(svc.get("r1", &id).await.unwrap().manifest.key_wrapper, keywrap::KEK_WRAPPER);
-    let v = f.wait(&svc.verify("r1", &id, None, "v-1").await.unwrap()).await;
+    assert_eq!(svc.get("r1", &id).await.unwrap().manifest.key_wraps[0].wrapper, keywrap::KEK_WRAPPER);
+    let v = f.wait(&svc.verify("r1", &id, None, None, "v-1").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded, "{:?}", v.error);
     for az in ["az1", "az2", "az3"] {
         let path = f.dir.path().join("dest").join(az).join("r1").join(&id).join("manifest.json");
@@ -69,7 +95,7 @@ async fn backups_wrapped_under_the_retired_host_key_are_refused_by_name() {
             std::fs::read_to_string(&path).unwrap().replace(keywrap::KEK_WRAPPER, keywrap::RETIRED_HOST_KEY_WRAPPER);
         std::fs::write(&path, text).unwrap();
     }
-    let e = failure(&f.wait(&svc.verify("r1", &id, None, "v-2").await.unwrap()).await);
+    let e = failure(&f.wait(&svc.verify("r1", &id, None, None, "v-2").await.unwrap()).await);
     assert!(e.message.contains("retired backup host key"), "{}", e.message);
 }
 
@@ -79,9 +105,9 @@ async fn a_copy_is_read_only_from_a_destination_that_holds_it_complete() {
     let svc = f.service(Some("az3"), 1);
     let id = take_backup(&f, &svc, "req-1").await;
     let healthy = f.service(None, 1);
-    let e = healthy.verify("r1", &id, Some("az3".into()), "v-az3").await.unwrap_err();
+    let e = healthy.verify("r1", &id, Some("az3".into()), None, "v-az3").await.unwrap_err();
     assert!(matches!(&e, BackupError::NotOnDestination { destination, .. } if destination == "az3"), "{e:?}");
-    let v = f.wait(&healthy.verify("r1", &id, Some("az2".into()), "v-az2").await.unwrap()).await;
+    let v = f.wait(&healthy.verify("r1", &id, Some("az2".into()), None, "v-az2").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded, "{:?}", v.error);
 }
 
@@ -160,7 +186,7 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
     let connection = svc.connection_for(&pg).await;
     let into_server =
         || RestoreTarget::Server { connection: connection.clone(), database: None, instance_server: true };
-    let op = svc.restore(&pg, &id, into_server(), None, "restore-ok").await.unwrap();
+    let op = svc.restore(&pg, &id, into_server(), None, None, "restore-ok").await.unwrap();
     let done = f.wait(&op).await;
     assert_eq!(done.state, OpState::Succeeded, "{:?}", done.error);
     assert_eq!(std::fs::read(f.dir.path().join("restored.bin")).unwrap(), f.data);
@@ -169,7 +195,7 @@ async fn a_failed_restore_tool_reports_its_name_exit_status_and_stderr() {
     assert!(args.contains("--role=shop_owner") && args.contains("--single-transaction"), "{args}");
 
     f.fault("fail-restore");
-    let e = failure(&f.wait(&svc.restore(&pg, &id, into_server(), None, "restore-bad").await.unwrap()).await);
+    let e = failure(&f.wait(&svc.restore(&pg, &id, into_server(), None, None, "restore-bad").await.unwrap()).await);
     assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
     for part in ["pg_restore", "exit status: 1", "THE-RESTORE-REASON"] {
         assert!(e.message.contains(part), "{part:?} missing from {}", e.message);
@@ -186,19 +212,19 @@ async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance_
     pg.spec.data_dir = f.dir.path().join("data");
     std::fs::create_dir(&pg.spec.data_dir).unwrap();
 
-    let e = svc.restore(&pg, &id, RestoreTarget::DataDir("relative/dir".into()), None, "rel").await.unwrap_err();
+    let e = svc.restore(&pg, &id, RestoreTarget::DataDir("relative/dir".into()), None, None, "rel").await.unwrap_err();
     assert!(matches!(e, BackupError::Invalid(_)), "{e:?}");
 
     let full = f.dir.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("PG_VERSION"), "15").unwrap();
-    let e = svc.restore(&pg, &id, RestoreTarget::DataDir(full.clone()), None, "full").await.unwrap_err();
+    let e = svc.restore(&pg, &id, RestoreTarget::DataDir(full.clone()), None, None, "full").await.unwrap_err();
     assert!(matches!(&e, BackupError::RestoreTargetNotEmpty { dir } if *dir == full), "{e:?}");
 
     // In place while the cluster runs (its postmaster.pid is there): refused; once stopped: done.
     std::fs::write(pg.spec.data_dir.join("postmaster.pid"), "1\n").unwrap();
     let in_place = RestoreTarget::DataDir(pg.spec.data_dir.clone());
-    let e = svc.restore(&pg, &id, in_place.clone(), None, "in-place-running").await.unwrap_err();
+    let e = svc.restore(&pg, &id, in_place.clone(), None, None, "in-place-running").await.unwrap_err();
     assert!(matches!(&e, BackupError::InstanceRunning { instance, .. } if instance == "r1"), "{e:?}");
     std::fs::remove_file(pg.spec.data_dir.join("postmaster.pid")).unwrap();
     // A FIFO planted as postmaster.pid (by a tenant, as the cluster's user) neither hangs the check
@@ -207,7 +233,7 @@ async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance_
     nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let op = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        svc.restore(&pg, &id, in_place.clone(), None, "in-place-fifo"),
+        svc.restore(&pg, &id, in_place.clone(), None, None, "in-place-fifo"),
     )
     .await
     .expect("a FIFO as postmaster.pid hung the restore check")
@@ -217,7 +243,7 @@ async fn a_data_directory_restore_needs_an_empty_folder_or_the_stopped_instance_
     assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
     assert!(!pid.exists(), "the old content, the FIFO with it, was replaced by the restore");
     std::os::unix::fs::symlink(f.dir.path().join("dump.bin"), &pid).unwrap();
-    let op = svc.restore(&pg, &id, in_place, None, "in-place-stopped").await.unwrap();
+    let op = svc.restore(&pg, &id, in_place, None, None, "in-place-stopped").await.unwrap();
     assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
     assert_eq!(std::fs::read(pg.spec.data_dir.join("dump.rdb")).unwrap(), f.data);
     assert_eq!(std::fs::read(f.dir.path().join("dump.bin")).unwrap(), f.data, "the link's target is untouched");
@@ -245,14 +271,15 @@ async fn a_logical_restore_with_a_damaged_last_chunk_sends_nothing_to_the_server
     let connection = svc.connection_for(&pg).await;
     let into_server =
         || RestoreTarget::Server { connection: connection.clone(), database: None, instance_server: true };
-    let e = failure(&f.wait(&svc.restore(&pg, &id, into_server(), Some("az2".into()), "bad").await.unwrap()).await);
+    let e =
+        failure(&f.wait(&svc.restore(&pg, &id, into_server(), Some("az2".into()), None, "bad").await.unwrap()).await);
     assert_eq!(e.code, ErrorCode::FailedPrecondition, "{e:?}");
     let named = format!("chunk {} ", chunks - 1);
     assert!(e.message.contains(&named) && e.message.contains("az2"), "{named:?} missing from {}", e.message);
     assert!(!f.dir.path().join("restore.args").exists(), "pg_restore was started before the copy was checked");
     assert!(!f.dir.path().join("restored.bin").exists(), "bytes reached the server");
 
-    let ok = f.wait(&svc.restore(&pg, &id, into_server(), Some("az1".into()), "good").await.unwrap()).await;
+    let ok = f.wait(&svc.restore(&pg, &id, into_server(), Some("az1".into()), None, "good").await.unwrap()).await;
     assert_eq!(ok.state, OpState::Succeeded, "{:?}", ok.error);
     assert_eq!(std::fs::read(f.dir.path().join("restored.bin")).unwrap(), f.data);
 }

@@ -8,18 +8,21 @@ use std::sync::Arc;
 use super::BackupError;
 use super::catalog::{self, BackupInfo};
 use super::destination::{self, Destination};
+use super::drill_store::DrillStore;
 use super::inflight::InflightRecords;
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::pipeline::EncodeSettings;
 use super::settings::BackupConfig;
 
 pub struct BackupResources {
     pub settings: BackupConfig,
     pub destinations: Vec<Arc<dyn Destination>>,
-    pub keys: Arc<dyn KeyWrapper>,
+    pub keys: Arc<BackupKeys>,
     pub inflight: InflightRecords,
     /// The configured data roots: a restore opens its folder beneath one of them, inside the job.
     pub data_roots: Vec<PathBuf>,
+    /// The restore drills' results.
+    pub drills: DrillStore,
 }
 
 impl BackupResources {
@@ -27,7 +30,7 @@ impl BackupResources {
     pub fn open(
         settings: BackupConfig,
         state_dir: &Path,
-        keys: Arc<dyn KeyWrapper>,
+        keys: BackupKeys,
         data_roots: Vec<PathBuf>,
     ) -> Result<Self, BackupError> {
         let destinations = settings
@@ -36,7 +39,8 @@ impl BackupResources {
             .map(|d| destination::open(d, settings.part_size, settings.max_retries))
             .collect::<Result<Vec<_>, _>>()?;
         let inflight = InflightRecords::open(state_dir)?;
-        Ok(Self { settings, destinations, keys, inflight, data_roots })
+        let drills = DrillStore::open(state_dir)?;
+        Ok(Self { settings, destinations, keys: Arc::new(keys), inflight, data_roots, drills })
     }
 
     pub fn destination_names(&self) -> Vec<String> {

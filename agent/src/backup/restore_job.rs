@@ -9,6 +9,7 @@ use super::BackupError;
 use super::catalog::{BackupInfo, read_authentic};
 use super::decode::StoredCopy;
 use super::engine_commands::{self, RestorePlan, RestoreSink, RestoreTarget};
+use super::keys::BackupKeys;
 use super::resources::BackupResources;
 use super::restore_dir::{RestoreDir, RestoreInto};
 use super::restore_server;
@@ -57,6 +58,23 @@ async fn instance_running(instance: &Instance, data_roots: &[PathBuf]) -> bool {
 
 pub async fn run(
     res: &BackupResources,
+    keys: &BackupKeys,
+    instance: &Instance,
+    info: &BackupInfo,
+    source: &str,
+    target: &RestoreTarget,
+    ctx: &JobContext,
+) -> Result<serde_json::Value, BackupError> {
+    run_beneath(res, keys, &res.data_roots, instance, info, source, target, ctx).await
+}
+
+/// [`run`] with the folders a data directory may be restored beneath given: the configured data
+/// roots for a restore, a drill's scratch folder for a drill.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_beneath(
+    res: &BackupResources,
+    keys: &BackupKeys,
+    roots: &[PathBuf],
     instance: &Instance,
     info: &BackupInfo,
     source: &str,
@@ -67,7 +85,7 @@ pub async fn run(
     // Refuse before touching the target: a manifest that does not authenticate (rewritten, naming
     // another instance) or a wrong key must not leave a half-made data directory. `info` only
     // lists manifests that name this instance and backup id; the one acted on is read again.
-    let backup = read_authentic(res.keys.as_ref(), dest.as_ref(), &instance.id, &info.manifest.backup_id).await?;
+    let backup = read_authentic(keys, dest.as_ref(), &instance.id, &info.manifest.backup_id).await?;
     let (engine, method) = (backup.manifest.engine, backup.manifest.method);
     let copy = StoredCopy { destination: dest.as_ref(), source, backup };
     let plan = engine_commands::restore_plan(engine, method, target)?;
@@ -102,7 +120,7 @@ pub async fn run(
         RestoreInto::NewFolder
     };
     let owner = os_user_ids(user)?;
-    let (roots, path) = (res.data_roots.clone(), dir.clone());
+    let (roots, path) = (roots.to_vec(), dir.clone());
     let guard = blocking(move || RestoreDir::prepare(&roots, &path, into)).await?;
     let chowned = match owner {
         Some((uid, gid)) => guard.handle().chown(uid, gid).map_err(BackupError::from),
@@ -184,7 +202,7 @@ async fn fill_target(
 
 /// The uid and gid files restored for `user` get; `None` when the agent is not root (tests) or
 /// the instance names no user.
-fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
+pub(crate) fn os_user_ids(user: &str) -> Result<Option<(u32, u32)>, BackupError> {
     if !nix::unistd::geteuid().is_root() || user.is_empty() {
         return Ok(None);
     }

@@ -1,6 +1,11 @@
 //! Daily backups at each instance's policy time, and retention, run by the agent itself: they go on
 //! when the orchestrator is unreachable. The request id of a scheduled backup names the instance
 //! and the UTC day, so a restart on the same day does not take a second one.
+//!
+//! Restore drills: on each pass, if no drill runs on the host, one drill starts, of the instance
+//! whose last drill is the oldest among those due (never drilled, or last drilled more than
+//! `backup.drill_interval_days` ago) that have a complete backup. Its request id names the
+//! instance and the day (the interval's slot when shorter), so a restart does not run it twice.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,10 +28,54 @@ pub fn due_request(instance: &Instance, now: SystemTime) -> Option<String> {
     (minute >= policy.daily_at_minute_utc).then(|| format!("scheduled:{}:{day}", instance.id))
 }
 
-/// One pass: starts due backups and applies retention for every instance.
+/// The request id of the instance's scheduled drill if one is due at `now`: it was never drilled
+/// or its last drill finished at least `interval` before `now`.
+pub fn drill_due_request(
+    instance_id: &str,
+    last: Option<SystemTime>,
+    interval: Duration,
+    now: SystemTime,
+) -> Option<String> {
+    let due = last.is_none_or(|last| now.duration_since(last).is_ok_and(|age| age >= interval));
+    let slot_secs = interval.as_secs().clamp(1, 86_400);
+    let slot = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() / slot_secs;
+    due.then(|| format!("scheduled-drill:{instance_id}:{slot}"))
+}
+
+/// Starts at most one due drill (see the module documentation).
+async fn start_due_drill(service: &BackupService, instances: &[Instance], now: SystemTime) {
+    let Some(interval) = service.drill_interval() else { return };
+    if service.drill_running() {
+        return;
+    }
+    let mut due: Vec<(Option<SystemTime>, &Instance, String)> = instances
+        .iter()
+        .filter_map(|i| {
+            let last = service.last_drill(&i.id).map(|r| r.last_finished());
+            drill_due_request(&i.id, last, interval, now).map(|request| (last, i, request))
+        })
+        .collect();
+    // Never drilled first (None sorts first), then the longest ago.
+    due.sort_by_key(|(last, ..)| *last);
+    for (_, instance, request_id) in due {
+        match service.drill(instance, "", &request_id).await {
+            Ok(op) if !op.state.is_finished() => {
+                tracing::info!(instance = %instance.id, op = %op.id, "scheduled restore drill started");
+                return;
+            }
+            // This slot's drill already ran (its record was not written, or it is being written).
+            Ok(_) => {}
+            Err(super::BackupError::Drill(super::drill::DrillError::NoCompleteBackup { .. })) => {}
+            Err(e) => tracing::warn!(instance = %instance.id, "scheduled restore drill: {e:#}"),
+        }
+    }
+}
+
+/// One pass: starts due backups and applies retention for every instance, then starts a due drill.
 pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: SystemTime) {
     let instances = registry.list();
     service.health().retain_instances(&|id| instances.iter().any(|i| i.id == id));
+    start_due_drill(service, &instances, now).await;
     for instance in instances {
         if let Some(request_id) = due_request(&instance, now) {
             let method = BackupMethod::Physical;
@@ -76,5 +125,21 @@ mod tests {
         let mut off = instance.clone();
         off.spec.backup_policy.as_mut().unwrap().enabled = false;
         assert_eq!(due_request(&off, now + day + Duration::from_secs(200 * 60)), None);
+    }
+
+    #[test]
+    fn a_drill_is_due_when_never_run_or_older_than_the_interval() {
+        let week = Duration::from_secs(7 * 86_400);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 20_000 + 3600);
+        assert_eq!(drill_due_request("a", None, week, now).unwrap(), "scheduled-drill:a:20000");
+        assert_eq!(drill_due_request("a", Some(now - week + Duration::from_secs(1)), week, now), None);
+        assert!(drill_due_request("a", Some(now - week), week, now).is_some());
+        // A last drill in the future (clock stepped back) is not due.
+        assert_eq!(drill_due_request("a", Some(now + week), week, now), None);
+        // A test interval shorter than a day: one request id per interval.
+        let five = Duration::from_secs(5);
+        let first = drill_due_request("a", None, five, now).unwrap();
+        assert_eq!(drill_due_request("a", None, five, now + Duration::from_secs(1)).unwrap(), first);
+        assert_ne!(drill_due_request("a", None, five, now + five).unwrap(), first);
     }
 }

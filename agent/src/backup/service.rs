@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::BackupError;
-use super::action::BackupAction;
+use super::action::{BackupAction, RequestRecoveryKey};
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, BackupState, DestinationState, read_authentic};
 use super::deletion;
 use super::discovery;
+use super::drill::DrillError;
+use super::drill_scratch;
+use super::drill_store::DrillRecord;
 use super::engine_commands::RestoreTarget;
 use super::health::{BackupHealth, InstanceHealth};
-use super::keywrap::KeyWrapper;
+use super::keys::BackupKeys;
 use super::manifest::{BackupKind, BackupMethod, Manifest};
 use super::manifest_mac::authenticate;
 use super::resources::BackupResources;
@@ -58,7 +61,7 @@ impl BackupService {
     pub fn new(
         config: BackupConfig,
         state_dir: &Path,
-        keys: Arc<dyn KeyWrapper>,
+        keys: BackupKeys,
         data_roots: Vec<PathBuf>,
         engine: ops::OperationEngine,
     ) -> Result<Arc<Self>, BackupError> {
@@ -125,7 +128,7 @@ impl BackupService {
                 .into());
             }
         };
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_wrap()?;
         // A retried request answers with its operation whatever changed since; a new one needs the
         // destinations off the host.
         if self.engine.by_request(request_id).is_none()
@@ -224,39 +227,115 @@ impl BackupService {
         self.submit(request_id, action).await
     }
 
+    /// `recovery`: the recovery identity the request carried, tried after the host KEK and the
+    /// KeyService; kept for this operation only.
     pub async fn verify(
         &self,
         instance_id: &str,
         backup_id: &str,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
-        let action = BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source };
+        let action =
+            BackupAction::Verify { instance_id: instance_id.to_owned(), info: Box::new(info), source, recovery };
         self.submit(request_id, action).await
     }
 
     /// Restores into `target`. A physical restore into the instance's own data directory needs the
-    /// instance stopped.
+    /// instance stopped. `recovery` as for [`Self::verify`].
     pub async fn restore(
         &self,
         instance: &Instance,
         backup_id: &str,
         target: RestoreTarget,
         destination: Option<String>,
+        recovery: RequestRecoveryKey,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.with_identity(recovery.clone()).check_can_unwrap()?;
         let info = self.get(&instance.id, backup_id).await?;
         let source = pick_source(&info, destination.as_deref())?;
         if let RestoreTarget::DataDir(dir) = &target {
             check_restore_dir(instance, dir, &self.resources.data_roots).await?;
         }
-        let action =
-            BackupAction::Restore { instance: Box::new(instance.clone()), info: Box::new(info), source, target };
+        let action = BackupAction::Restore {
+            instance: Box::new(instance.clone()),
+            info: Box::new(info),
+            source,
+            target,
+            recovery,
+        };
         self.submit(request_id, action).await
+    }
+
+    /// Starts a restore drill of backup `backup_id` of `instance`; empty: its newest complete
+    /// backup. A retried request (its operation record kept) returns that operation, even when a
+    /// newer backup appeared since.
+    pub async fn drill(
+        &self,
+        instance: &Instance,
+        backup_id: &str,
+        request_id: &str,
+    ) -> Result<OperationRecord, BackupError> {
+        ids::request_id(request_id)?;
+        if !backup_id.is_empty() {
+            check_backup_id(backup_id)?;
+        }
+        // The same request again: its operation. Another backup under the same request id goes
+        // on to `submit`, which refuses the reused id.
+        let same = |op: &OperationRecord| {
+            op.kind == "backup.drill"
+                && op.target == instance.id
+                && (backup_id.is_empty() || op.params["backup_id"].as_str() == Some(backup_id))
+        };
+        if let Some(op) = self.engine.by_request(request_id).filter(same) {
+            return Ok(op);
+        }
+        self.resources.keys.check_can_unwrap()?;
+        let info = if backup_id.is_empty() {
+            self.list(&instance.id)
+                .await
+                .into_iter()
+                .filter(|b| b.state == catalog::BackupState::Complete)
+                .max_by(|a, b| a.manifest.backup_id.cmp(&b.manifest.backup_id))
+                .ok_or_else(|| DrillError::NoCompleteBackup { instance: instance.id.clone() })?
+        } else {
+            self.get(&instance.id, backup_id).await?
+        };
+        let source = pick_source(&info, None)?;
+        let action = BackupAction::Drill { instance: Box::new(instance.clone()), info: Box::new(info), source };
+        self.submit(request_id, action).await
+    }
+
+    /// Whether a restore drill runs on this host now (the scheduler starts one at a time).
+    pub fn drill_running(&self) -> bool {
+        self.engine.list(None, true, usize::MAX).iter().any(|op| op.kind == "backup.drill")
+    }
+
+    /// The instance's last drill, if it had one.
+    pub fn last_drill(&self, instance_id: &str) -> Option<DrillRecord> {
+        self.resources.drills.get(instance_id)
+    }
+
+    /// The drill metrics in the Prometheus text format.
+    pub fn drill_metrics_text(&self) -> String {
+        self.resources.drills.prometheus_text()
+    }
+
+    /// How long after an instance's last drill the scheduler starts the next; `None` = never.
+    pub fn drill_interval(&self) -> Option<std::time::Duration> {
+        self.resources.settings.drill_interval()
+    }
+
+    /// At start-up: stops the servers of drills cut short by a crash and removes their scratch
+    /// folders. Returns the folders removed.
+    pub async fn clean_drills(&self) -> Vec<String> {
+        let dir = self.resources.settings.drill_dir.clone();
+        tokio::task::spawn_blocking(move || drill_scratch::clean_leftovers(&dir)).await.unwrap_or_default()
     }
 
     /// Copies a degraded backup from a healthy destination to the others, verifying checksums.
@@ -266,7 +345,7 @@ impl BackupService {
         backup_id: &str,
         request_id: &str,
     ) -> Result<OperationRecord, BackupError> {
-        self.resources.keys.check()?;
+        self.resources.keys.check_can_unwrap()?;
         let info = self.get(instance_id, backup_id).await?;
         let source = pick_source(&info, None)?;
         let action = BackupAction::Repair { instance_id: instance_id.to_owned(), info: Box::new(info), source };
@@ -318,7 +397,7 @@ impl BackupService {
         let keys = self.resources.keys.as_ref();
         let mut last = BackupError::NoCompleteCopy { backup: backup_id.clone(), reasons: Vec::new() };
         if let Some(first) = info.healthy_destinations().next() {
-            match authenticate(keys, info.manifest.clone(), instance_id, backup_id, first) {
+            match authenticate(keys, info.manifest.clone(), instance_id, backup_id, first).await {
                 Ok(a) => return Ok(a.manifest),
                 Err(e) => last = e,
             }

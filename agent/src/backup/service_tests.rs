@@ -29,11 +29,11 @@ async fn backup_verify_restore_round_trip() {
     let again = svc.start(&inst, BackupMethod::Physical, BackupKind::Manual, "req-1").await.unwrap();
     assert_eq!(again.id, op.id);
 
-    let v = f.wait(&svc.verify("r1", &id, Some("az2".into()), "v-1").await.unwrap()).await;
+    let v = f.wait(&svc.verify("r1", &id, Some("az2".into()), None, "v-1").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded, "{:?}", v.error);
 
     let target = f.dir.path().join("restored");
-    let r = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, "r-1").await.unwrap();
+    let r = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, None, "r-1").await.unwrap();
     let r = f.wait(&r).await;
     assert_eq!(r.state, OpState::Succeeded, "{:?}", r.error);
     assert_eq!(std::fs::read(target.join("dump.rdb")).unwrap(), f.data);
@@ -44,11 +44,11 @@ async fn backup_verify_restore_round_trip() {
     let chunk = (64 << 10) + 16;
     stored[2 * chunk + 100] ^= 0x01;
     std::fs::write(&path, stored).unwrap();
-    let v = f.wait(&svc.verify("r1", &id, Some("az2".into()), "v-2").await.unwrap()).await;
+    let v = f.wait(&svc.verify("r1", &id, Some("az2".into()), None, "v-2").await.unwrap()).await;
     assert_eq!(v.state, OpState::Failed);
     let msg = v.error.unwrap().message;
     assert!(msg.contains("chunk 2 ") && msg.contains("az2"), "{msg}");
-    let v = f.wait(&svc.verify("r1", &id, Some("az1".into()), "v-3").await.unwrap()).await;
+    let v = f.wait(&svc.verify("r1", &id, Some("az1".into()), None, "v-3").await.unwrap()).await;
     assert_eq!(v.state, OpState::Succeeded);
 
     let d = f.wait(&svc.delete("r1", &id, "d-1", true).await.unwrap()).await;

@@ -33,6 +33,19 @@ pub struct BackupConfig {
     pub postgresql: EngineConnection,
     pub mariadb: EngineConnection,
     pub redis: EngineConnection,
+    /// Production agents refuse backups whose data key only this host's KEK wraps (they die with
+    /// the host) unless this is true; configure keys.recovery_recipients or the remote KeyService
+    /// instead. `--dev` never asks.
+    pub allow_host_only_keys: bool,
+    /// Days between scheduled restore drills of an instance (0..=365); 0 = no scheduled drills
+    /// (DrillBackup still runs one on demand).
+    pub drill_interval_days: u32,
+    /// Test-only: seconds between scheduled drills, overriding `drill_interval_days` when not 0,
+    /// so a test sees a scheduled drill without waiting days. Not for production use.
+    pub drill_interval_secs_for_tests: u64,
+    /// Where drills make their scratch folders (absolute; root's, mode 0711). Not under
+    /// `state_dir`, which is private (0700): the engine's user must pass through it.
+    pub drill_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +133,11 @@ impl Default for BackupConfig {
                 ..EngineConnection::default()
             },
             redis: EngineConnection { host: "127.0.0.1".into(), port: 6379, ..EngineConnection::default() },
+            // No: a backup must survive the loss of its host (keys.recovery_recipients or the KeyService).
+            allow_host_only_keys: false,
+            drill_interval_days: 7,
+            drill_interval_secs_for_tests: 0,
+            drill_dir: PathBuf::from("/var/lib/dbagent-drills"),
         }
     }
 }
@@ -134,6 +152,15 @@ impl BackupConfig {
             .into_iter()
             .map(|az| DestinationConfig::Dir { name: az.into(), path: state_dir.join("backups").join(az) })
             .collect()
+    }
+
+    /// How long after an instance's last drill the scheduler starts the next; `None` = never.
+    pub fn drill_interval(&self) -> Option<std::time::Duration> {
+        match (self.drill_interval_secs_for_tests, self.drill_interval_days) {
+            (0, 0) => None,
+            (0, days) => Some(std::time::Duration::from_secs(u64::from(days) * 86_400)),
+            (secs, _) => Some(std::time::Duration::from_secs(secs)),
+        }
     }
 
     /// The `[backup.<engine>]` connection.
@@ -180,6 +207,12 @@ impl BackupConfig {
         }
         if !(1..=3600).contains(&self.scheduler_interval_secs) {
             return Err(("backup.scheduler_interval_secs", "must be between 1 and 3600".into()));
+        }
+        if self.drill_interval_days > 365 {
+            return Err(("backup.drill_interval_days", "must be between 0 (off) and 365".into()));
+        }
+        if !self.drill_dir.is_absolute() || self.drill_dir.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(("backup.drill_dir", format!("{:?} must be an absolute path without '..'", self.drill_dir)));
         }
         let mut names = std::collections::HashSet::new();
         for d in &self.destinations {
@@ -312,5 +345,23 @@ mod tests {
         assert!(toml::from_str::<BackupConfig>("[[destinations]]\nkind = \"ftp\"\nname = \"x\"").is_err());
         let bad = BackupConfig { chunk_size: 1, ..BackupConfig::default() };
         assert_eq!(bad.validate().unwrap_err().0, "backup.chunk_size");
+    }
+
+    #[test]
+    fn drill_settings_default_to_weekly_and_are_validated() {
+        let c = BackupConfig::default();
+        assert_eq!(c.drill_interval(), Some(std::time::Duration::from_secs(7 * 86_400)));
+        let off: BackupConfig = toml::from_str("drill_interval_days = 0").unwrap();
+        assert_eq!(off.drill_interval(), None);
+        assert!(off.validate().is_ok());
+        let fast: BackupConfig = toml::from_str("drill_interval_secs_for_tests = 5").unwrap();
+        assert_eq!(fast.drill_interval(), Some(std::time::Duration::from_secs(5)));
+        let e = toml::from_str::<BackupConfig>("drill_interval_days = 366").unwrap().validate().unwrap_err();
+        assert_eq!(e.0, "backup.drill_interval_days");
+        assert!(toml::from_str::<BackupConfig>("drill_interval_days = -1").is_err());
+        let e = toml::from_str::<BackupConfig>("drill_dir = \"drills\"").unwrap().validate().unwrap_err();
+        assert_eq!(e.0, "backup.drill_dir");
+        let e = toml::from_str::<BackupConfig>("drill_dir = \"/var/../tmp\"").unwrap().validate().unwrap_err();
+        assert_eq!(e.0, "backup.drill_dir");
     }
 }

@@ -38,7 +38,7 @@ fn tamper(f: &Fixture, azs: &[&str], id: &str, field: &str, value: serde_json::V
 }
 
 async fn verify(f: &Fixture, svc: &BackupService, id: &str, az: &str, request: &str) -> OperationRecord {
-    f.wait(&svc.verify("r1", id, Some(az.into()), request).await.unwrap()).await
+    f.wait(&svc.verify("r1", id, Some(az.into()), None, request).await.unwrap()).await
 }
 
 #[tokio::test]
@@ -50,20 +50,20 @@ async fn a_manifest_naming_another_instance_is_refused_by_restore_and_verify_bef
     tamper(&f, &AZS, &id, "instance_id", "r2".into());
     let target = f.dir.path().join("restored");
     let e = svc
-        .restore(&instance(PlanName::Starter), &id, RestoreTarget::DataDir(target.clone()), None, "r-1")
+        .restore(&instance(PlanName::Starter), &id, RestoreTarget::DataDir(target.clone()), None, None, "r-1")
         .await
         .unwrap_err();
     assert!(matches!(e, BackupError::ManifestForeign { .. }), "{e:?}");
     assert!(e.to_string().contains("names another instance") && e.to_string().contains(&id), "{e}");
     assert_eq!(crate::error::HasErrorCode::code(&e), ErrorCode::FailedPrecondition);
-    let e = svc.verify("r1", &id, None, "v-1").await.unwrap_err();
+    let e = svc.verify("r1", &id, None, None, "v-1").await.unwrap_err();
     assert!(matches!(e, BackupError::ManifestForeign { .. }), "{e:?}");
     assert!(!target.exists(), "nothing may be written for a refused manifest");
 
     // The manifest put back as it was: the same restore goes through.
     tamper(&f, &AZS, &id, "instance_id", good.instance_id.into());
     let inst = instance(PlanName::Starter);
-    let op = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, "r-2").await.unwrap();
+    let op = svc.restore(&inst, &id, RestoreTarget::DataDir(target.clone()), None, None, "r-2").await.unwrap();
     assert_eq!(f.wait(&op).await.state, OpState::Succeeded);
     assert_eq!(std::fs::read(target.join("dump.rdb")).unwrap(), f.data);
 }
@@ -82,7 +82,7 @@ async fn another_instances_backup_copied_under_this_instance_is_not_restored() {
             std::fs::copy(from.join(&id).join(file), to.join(&id).join(file)).unwrap();
         }
     }
-    let e = svc.verify("r2", &id, None, "v-copied").await.unwrap_err();
+    let e = svc.verify("r2", &id, None, None, "v-copied").await.unwrap_err();
     assert!(matches!(e, BackupError::ManifestForeign { .. }), "{e:?}");
     for az in AZS {
         let path = manifest_path(&f, az, "r2", &id);
@@ -90,7 +90,7 @@ async fn another_instances_backup_copied_under_this_instance_is_not_restored() {
             std::fs::read_to_string(&path).unwrap().replace("\"instance_id\": \"r1\"", "\"instance_id\": \"r2\"");
         std::fs::write(&path, text).unwrap();
     }
-    let op = f.wait(&svc.verify("r2", &id, None, "v-renamed").await.unwrap()).await;
+    let op = f.wait(&svc.verify("r2", &id, None, None, "v-renamed").await.unwrap()).await;
     assert_eq!(op.state, OpState::Failed);
     let msg = op.error.unwrap().message;
     assert!(msg.contains("cannot be unwrapped") && msg.contains(&id), "{msg}");
@@ -104,7 +104,7 @@ async fn a_huge_chunk_size_is_refused_before_anything_is_allocated() {
     let svc = f.service(None, 1);
     let id = take_backup(&f, &svc, BackupKind::Manual, "req-1").await;
     tamper(&f, &AZS, &id, "chunk_size", serde_json::json!(1u64 << 40));
-    let e = svc.verify("r1", &id, None, "v-1").await.unwrap_err();
+    let e = svc.verify("r1", &id, None, None, "v-1").await.unwrap_err();
     assert!(matches!(e, BackupError::ManifestNotAuthenticated { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains("manifest not authenticated") && msg.contains("chunk_size") && msg.contains("az1"), "{msg}");
@@ -164,7 +164,7 @@ async fn a_manifest_of_format_1_or_without_a_mac_is_refused_by_name() {
     tamper(&f, &["az1"], &id, "mac", "".into());
     tamper(&f, &["az2"], &id, "format", 1.into());
     for (az, why) in [("az1", "no MAC"), ("az2", "format 1")] {
-        let e = svc.verify("r1", &id, Some(az.into()), "v").await.unwrap_err();
+        let e = svc.verify("r1", &id, Some(az.into()), None, "v").await.unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, BackupError::CopyUnusable { .. }), "{e:?}");
         assert!(msg.contains("manifest not authenticated") && msg.contains(az) && msg.contains(why), "{msg}");
@@ -240,7 +240,7 @@ async fn an_oversized_manifest_is_refused_unread_and_only_that_copy_is_marked_ba
     let info = svc.get("r1", &id).await.unwrap();
     let DestinationState::Failed(reason) = &info.destinations[0].state else { panic!("{info:?}") };
     assert!(reason.contains("az1") && reason.contains("more than the 1048576 bytes"), "{reason}");
-    let e = svc.verify("r1", &id, Some("az1".into()), "v-1").await.unwrap_err();
+    let e = svc.verify("r1", &id, Some("az1".into()), None, "v-1").await.unwrap_err();
     assert!(matches!(e, BackupError::CopyUnusable { .. }), "{e:?}");
     assert_eq!(verify(&f, &svc, &id, "az2", "v-2").await.state, OpState::Succeeded);
     // Exactly at the limit it is read (and, padded with spaces, still the same JSON).

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::settings::DestinationConfig;
-use super::{BackupConfig, BackupService, KekWrapper, KeyWrapper};
+use super::{BackupConfig, BackupKeys, BackupService, KekWrapper};
 use crate::instances::{Engine, Instance, PlanName, fixtures};
 use crate::locks::ResourceLocks;
 use crate::ops::{self, OperationRecord, OpsSettings};
@@ -110,10 +110,10 @@ impl Fixture {
     }
 
     pub fn service(&self, broken: Option<&str>, key: u8) -> Arc<BackupService> {
-        self.service_with(broken, Arc::new(KekWrapper::from_kek(&[key; 32]).unwrap()))
+        self.service_with(broken, BackupKeys::host_only(Arc::new(KekWrapper::from_kek(&[key; 32]).unwrap())))
     }
 
-    pub fn service_with(&self, broken: Option<&str>, keys: Arc<dyn KeyWrapper>) -> Arc<BackupService> {
+    pub fn service_with(&self, broken: Option<&str>, keys: BackupKeys) -> Arc<BackupService> {
         // The fixture's folder is the data root: restores go into folders below it.
         let roots = vec![self.dir.path().to_path_buf()];
         BackupService::new(self.config(broken), self.dir.path(), keys, roots, self.engine.clone()).unwrap()

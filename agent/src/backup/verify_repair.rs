@@ -10,19 +10,22 @@ use super::BackupError;
 use super::catalog::{BackupInfo, DestinationState, read_authentic, write_manifest};
 use super::decode::{self, StoredCopy};
 use super::destination::Destination;
+use super::keys::BackupKeys;
 use super::manifest_mac::AuthenticManifest;
 use super::resources::BackupResources;
 use crate::ops::{JobContext, Progress};
 
+/// `keys`: the service's keys with the request's recovery identity, if it carried one.
 pub async fn verify(
     res: &BackupResources,
+    keys: &BackupKeys,
     instance_id: &str,
     backup_id: &str,
     source: &str,
     ctx: &JobContext,
 ) -> Result<serde_json::Value, BackupError> {
     let dest = res.destination(source)?;
-    let backup = read_authentic(res.keys.as_ref(), dest.as_ref(), instance_id, backup_id).await?;
+    let backup = read_authentic(keys, dest.as_ref(), instance_id, backup_id).await?;
     ctx.progress(Progress {
         done: 0,
         total: backup.manifest.stored_bytes,

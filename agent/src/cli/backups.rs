@@ -7,6 +7,7 @@ use super::{Ctx, parse};
 use clap::{Subcommand, ValueEnum};
 use dbagent_proto::v1 as pb;
 use pb::backups_client::BackupsClient;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MethodArg {
@@ -49,6 +50,10 @@ pub enum BackupsCommand {
         /// Only this destination (availability zone).
         #[arg(long)]
         destination: Option<String>,
+        /// The recovery key (age identity file, mode 0600) to open the backup with when this host's
+        /// KEK and the KeyService cannot; sent for this one operation, never stored by the agent.
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<PathBuf>,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -65,6 +70,10 @@ pub enum BackupsCommand {
         /// Restore from this destination; any healthy one when omitted.
         #[arg(long)]
         destination: Option<String>,
+        /// The recovery key (age identity file, mode 0600) to open the backup with on a host that
+        /// did not make it (disaster recovery); sent for this one operation, never stored by the agent.
+        #[arg(long, value_name = "FILE")]
+        recovery_key: Option<PathBuf>,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -72,6 +81,15 @@ pub enum BackupsCommand {
     Repair {
         instance_id: String,
         backup_id: String,
+        #[command(flatten)]
+        op: OperationArgs,
+    },
+    /// Run a restore drill: restore a backup into a scratch folder, start the engine on it, count a table (orchestrator identity).
+    Drill {
+        instance_id: String,
+        /// The backup to drill; the newest complete one when omitted.
+        #[arg(long = "backup", value_name = "ID")]
+        backup_id: Option<String>,
         #[command(flatten)]
         op: OperationArgs,
     },
@@ -108,6 +126,11 @@ pub enum BackupsCommand {
     },
 }
 
+/// The text of `--recovery-key FILE`, or nothing. The request's copy lives until it is sent.
+fn key_text(path: Option<&Path>) -> Result<Vec<u8>, CliError> {
+    Ok(path.map(super::recovery_key::read_key_file).transpose()?.map(|t| t.to_vec()).unwrap_or_default())
+}
+
 pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
     let mut client = BackupsClient::new(ctx.channel.clone());
     let (op, watch) = match command {
@@ -133,17 +156,25 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
             return ctx
                 .print(client.get_backup(ctx.unary(pb::GetBackupRequest { instance_id, backup_id })).await?.get_ref());
         }
-        BackupsCommand::Verify { instance_id, backup_id, destination, op } => {
+        BackupsCommand::Verify { instance_id, backup_id, destination, recovery_key, op } => {
             let request = pb::VerifyBackupRequest {
                 request_id: op.request.resolve()?,
                 instance_id,
                 backup_id,
                 destination: destination.unwrap_or_default(),
-                recovery_key: Vec::new(),
+                recovery_key: key_text(recovery_key.as_deref())?,
             };
             (client.verify_backup(ctx.unary(request)).await?, op.watch)
         }
-        BackupsCommand::Restore { instance_id, backup_id, target_data_dir, target_database, destination, op } => {
+        BackupsCommand::Restore {
+            instance_id,
+            backup_id,
+            target_data_dir,
+            target_database,
+            destination,
+            recovery_key,
+            op,
+        } => {
             let request = pb::RestoreBackupRequest {
                 request_id: op.request.resolve()?,
                 instance_id,
@@ -151,13 +182,21 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
                 target_data_dir: target_data_dir.unwrap_or_default(),
                 destination: destination.unwrap_or_default(),
                 target_database: target_database.unwrap_or_default(),
-                recovery_key: Vec::new(),
+                recovery_key: key_text(recovery_key.as_deref())?,
             };
             (client.restore_backup(ctx.unary(request)).await?, op.watch)
         }
         BackupsCommand::Repair { instance_id, backup_id, op } => {
             let request = pb::RepairBackupRequest { request_id: op.request.resolve()?, instance_id, backup_id };
             (client.repair_backup(ctx.unary(request)).await?, op.watch)
+        }
+        BackupsCommand::Drill { instance_id, backup_id, op } => {
+            let request = pb::DrillBackupRequest {
+                request_id: op.request.resolve()?,
+                instance_id,
+                backup_id: backup_id.unwrap_or_default(),
+            };
+            (client.drill_backup(ctx.unary(request)).await?, op.watch)
         }
         BackupsCommand::Delete { instance_id, backup_id, last_good_copy, op } => {
             let request = pb::DeleteBackupRequest {

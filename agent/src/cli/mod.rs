@@ -14,7 +14,7 @@ mod metrics;
 mod metrics_table;
 mod operations;
 pub mod parse;
-mod recovery_key_file;
+mod recovery_key;
 pub mod render;
 pub mod table;
 mod upgrades;
@@ -105,6 +105,9 @@ pub enum Command {
     /// Engine upgrades, plan changes, maintenance windows, availability and TLS certificates.
     #[command(subcommand)]
     Upgrades(upgrades::UpgradesCommand),
+    /// Make the operator-held recovery key that opens backups on a new host (no connection needed).
+    #[command(subcommand)]
+    RecoveryKey(recovery_key::RecoveryKeyCommand),
     /// Print a shell completion script (no connection needed), e.g.
     /// `dbagentctl completions bash > /etc/bash_completion.d/dbagentctl`.
     Completions {
@@ -164,6 +167,12 @@ pub fn main() -> ExitCode {
             Err(e) => e.report(),
         };
     }
+    if let Command::RecoveryKey(command) = cli.command {
+        return match recovery_key::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => e.report(),
+        };
+    }
     // Flag mistakes are reported before the config is read or the agent is contacted.
     if let Err(e) = preflight(&cli.command) {
         return e.report();
@@ -200,7 +209,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs(cmd) => logs::run_logs(&ctx, cmd).await,
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::RecoveryKey(_) => Ok(()),
     }
 }
 

@@ -319,8 +319,20 @@ impl ToJson for pb::Backup {
 impl ToJson for pb::ListBackupsResponse {
     fn to_json(&self) -> Value {
         json!({
-            "backups": list(&self.backups), "instance_ids": self.instance_ids,
-            "destination_errors": self.destination_errors, "truncated": self.truncated,
+            "backups": list(&self.backups), "last_drill": self.last_drill.as_ref().map(ToJson::to_json),
+            "instance_ids": self.instance_ids, "destination_errors": self.destination_errors,
+            "truncated": self.truncated,
+        })
+    }
+}
+
+impl ToJson for pb::BackupDrill {
+    fn to_json(&self) -> Value {
+        json!({
+            "operation_id": self.operation_id, "backup_id": self.backup_id, "ok": self.ok, "reason": self.reason,
+            "database": self.database, "table": self.table, "rows": self.rows, "duration_ms": self.duration_ms,
+            "finished": time(self.finished.as_ref()), "last_success": time(self.last_success.as_ref()),
+            "failures_total": self.failures_total,
         })
     }
 }

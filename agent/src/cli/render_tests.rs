@@ -191,6 +191,41 @@ fn status_shows_each_instances_backup_redundancy_and_says_when_backups_die_with_
     assert_eq!(json["backup_redundancy"][1]["on_host_accepted"], true);
 }
 
+#[test]
+fn backup_list_shows_the_last_drill() {
+    let drill = pb::BackupDrill {
+        operation_id: "op-1".into(),
+        backup_id: "b0123456789abcdef0123".into(),
+        ok: false,
+        reason: "restore drill failed at step \"restore the backup\": chunk 3 does not authenticate".into(),
+        database: String::new(),
+        table: String::new(),
+        rows: 0,
+        duration_ms: 2500,
+        finished: ts(1_700_000_100),
+        last_success: ts(1_700_000_000),
+        failures_total: 2,
+    };
+    let list = pb::ListBackupsResponse { backups: Vec::new(), last_drill: Some(drill.clone()), ..Default::default() };
+    let v = list.to_json();
+    assert_eq!(v["last_drill"]["ok"], false);
+    assert_eq!(v["last_drill"]["failures_total"], 2);
+    assert_eq!(v["last_drill"]["last_success"], "2023-11-14T22:13:20.250Z");
+    let table = list.to_table();
+    let line = table.lines().find(|l| l.starts_with("last drill: ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("FAILED") && line.contains("chunk 3") && line.contains("2 failures"), "{line}");
+    let ok = pb::ListBackupsResponse {
+        backups: Vec::new(),
+        last_drill: Some(pb::BackupDrill { ok: true, table: "public.items".into(), rows: 42, ..drill }),
+        ..Default::default()
+    };
+    let line = ok.to_table().lines().find(|l| l.starts_with("last drill: ")).unwrap().to_owned();
+    assert!(line.starts_with("last drill: ok at ") && line.contains("42 rows in public.items"), "{line}");
+    let none = pb::ListBackupsResponse { backups: Vec::new(), last_drill: None, ..Default::default() };
+    assert_eq!(none.to_json()["last_drill"], Value::Null);
+    assert!(none.to_table().contains("last drill: none"));
+}
+
 fn found_backup(authenticated: bool) -> pb::Backup {
     pb::Backup {
         id: "b01a0000000000000000a".into(),

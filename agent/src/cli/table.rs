@@ -432,6 +432,12 @@ impl ToTable for pb::ListBackupsResponse {
                 .collect();
             columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows)
         };
+        if self.instance_ids.is_empty() && !self.backups.iter().any(from_destinations) {
+            match &self.last_drill {
+                None => out.push_str("\nlast drill: none\n"),
+                Some(d) => out.push_str(&format!("\nlast drill: {}\n", drill_text(d))),
+            }
+        }
         for e in &self.destination_errors {
             out.push_str(&format!("unreachable: {e}\n"));
         }
@@ -439,6 +445,23 @@ impl ToTable for pb::ListBackupsResponse {
             out.push_str("(truncated: more were found than one answer holds)\n");
         }
         out
+    }
+}
+
+/// One line on a restore drill: when, which backup, and what it found or why it failed.
+fn drill_text(d: &pb::BackupDrill) -> String {
+    let when = or_dash(time_text(d.finished.as_ref()));
+    let took = format!("{:.1} s", d.duration_ms as f64 / 1000.0);
+    if d.ok {
+        let what =
+            if d.table.is_empty() { "no table to count".to_owned() } else { format!("{} rows in {}", d.rows, d.table) };
+        format!("ok at {when}, backup {}, {what}, took {took}", d.backup_id)
+    } else {
+        let success = or_dash(time_text(d.last_success.as_ref()));
+        format!(
+            "FAILED at {when}, backup {}, after {took}: {} (last success {success}, {} failures)",
+            d.backup_id, d.reason, d.failures_total
+        )
     }
 }
 

@@ -91,7 +91,7 @@ pub async fn run(ctx: &Ctx, command: VolumesCommand) -> Result<(), CliError> {
         }
         VolumesCommand::Open { instance_id, recovery_key, op } => {
             let recovery_key = match recovery_key {
-                Some(path) => super::recovery_key_file::read(&path)?.to_vec(),
+                Some(path) => super::recovery_key::read_key_file(&path)?.to_vec(),
                 None => Vec::new(),
             };
             let request = pb::OpenVolumeRequest { request_id: op.request.resolve()?, instance_id, recovery_key };

@@ -84,7 +84,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         tracing::warn!(op = %op.id, kind = %op.kind, target = %op.target, "operation was interrupted by the last stop");
     }
     // After the volumes: in dev mode their setup has generated the KEK both use.
-    let keys = backup::keywrap::from_config(&config, mode.is_dev());
+    let keys = backup::BackupKeys::from_config(&config, mode.is_dev())?;
     let backups = BackupService::new(
         config.backup.clone(),
         &state_dir,
@@ -95,6 +95,10 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     // Interrupted backups left uploads and partial objects; none has a manifest. Remove them.
     for id in backups.clean_interrupted().await {
         tracing::info!(backup = %id, "removed the leftovers of an interrupted backup");
+    }
+    // Drills cut short by a crash left a server running on a scratch folder: stop it, remove it.
+    for folder in backups.clean_drills().await {
+        tracing::info!(folder = %folder, "removed the scratch folder of an interrupted restore drill");
     }
 
     let acceptor = Arc::new(ReloadableAcceptor::new(config.tls.clone(), config.auth.clone())?);
@@ -107,6 +111,10 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         Duration::from_secs(config.metrics.interval_secs),
         Duration::from_secs(config.metrics.history_secs),
     );
+    metrics_hub.add_exposition(Box::new({
+        let backups = backups.clone();
+        move || backups.drill_metrics_text()
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Last: it spawns its tasks, and nothing after it can fail.

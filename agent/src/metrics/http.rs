@@ -73,7 +73,8 @@ async fn handle(mut stream: TcpStream, hub: &MetricsHub) -> std::io::Result<()> 
     let path = target.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            let body = prometheus::render(&hub.history.latest_all());
+            let mut body = prometheus::render(&hub.history.latest_all());
+            body.push_str(&hub.render_expositions());
             respond(&mut stream, "200 OK", CONTENT_TYPE, body.as_bytes(), method == "HEAD").await
         }
         (_, "/metrics") => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"use GET\n", false).await,

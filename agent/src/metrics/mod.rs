@@ -51,11 +51,32 @@ pub struct MetricsHub {
     pub interval: Duration,
     /// Bumped after every sampling round; StreamMetrics waits on it.
     rounds: watch::Sender<u64>,
+    /// Families kept outside the sampled history (the restore drills' results), appended to the
+    /// Prometheus text as their owners render them.
+    expositions: std::sync::Mutex<Vec<Exposition>>,
 }
+
+/// Renders metric families in the Prometheus text format.
+pub type Exposition = Box<dyn Fn() -> String + Send + Sync>;
 
 impl MetricsHub {
     pub fn new(interval: Duration, retention: Duration) -> Arc<Self> {
-        Arc::new(Self { history: History::new(retention), interval, rounds: watch::Sender::new(0) })
+        Arc::new(Self {
+            history: History::new(retention),
+            interval,
+            rounds: watch::Sender::new(0),
+            expositions: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Adds families that the Prometheus endpoint appends to every scrape.
+    pub fn add_exposition(&self, render: Exposition) {
+        self.expositions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(render);
+    }
+
+    /// The added families, rendered now.
+    pub fn render_expositions(&self) -> String {
+        self.expositions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().map(|r| r()).collect()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {

@@ -34,16 +34,11 @@ pub struct NewOperation {
     pub kind: &'static str,
     pub target: String,
     /// Kind-specific parameters; part of the idempotency digest. Never secrets: a secret given
-    /// with the request (a recovery key) is noted as [`SECRET_GIVEN_PARAM`] only.
+    /// with the request (a recovery key) is noted as [`super::IN_MEMORY_ONLY`] only.
     pub params: serde_json::Value,
     /// Takes the target's lock: one exclusive operation per target at a time, others queue.
     pub exclusive: bool,
 }
-
-/// The parameter that says a secret came with the request and was kept in memory only (its
-/// value names the secret, e.g. "recovery_key"). An operation carrying it that a restart
-/// interrupts cannot be resumed from its record: its error says to submit it again.
-pub const SECRET_GIVEN_PARAM: &str = "secret_given";
 
 pub struct OpsSettings {
     pub max_concurrent: usize,
@@ -60,6 +55,11 @@ pub struct JobContext {
 impl JobContext {
     pub fn progress(&self, progress: Progress) {
         self.slot.tx.send_modify(|r| r.progress = progress);
+    }
+
+    /// The id of the operation this job runs, for what the job names after it (a scratch folder).
+    pub fn operation_id(&self) -> String {
+        self.slot.tx.borrow().id.clone()
     }
 }
 
@@ -101,6 +101,17 @@ pub struct OperationEngine {
     inner: Arc<Inner>,
 }
 
+/// `message`, plus for each parameter stored as [`super::IN_MEMORY_ONLY`] (a secret the request
+/// carried) a note that it is gone with the process: the operation cannot simply be retried.
+fn not_kept_note(message: &str, params: &serde_json::Value) -> String {
+    let mut out = message.to_owned();
+    for (name, _) in params.as_object().into_iter().flatten().filter(|(_, v)| v.as_str() == Some(super::IN_MEMORY_ONLY))
+    {
+        out.push_str(&format!("; the {} is not kept across restarts; submit again", name.replace('_', " ")));
+    }
+    out
+}
+
 impl OperationEngine {
     /// Loads the journal (an unreadable record is quarantined, see `Journal::open`); operations
     /// that were queued or running when the agent stopped become `interrupted` (returned so their
@@ -120,13 +131,8 @@ impl OperationEngine {
                 let was = record.state.as_str();
                 record.state = OpState::Interrupted;
                 record.finished = Some(now);
-                let mut message =
-                    format!("the agent stopped while this operation was {was}; its work was not finished");
-                if let Some(secret) = record.params.get(SECRET_GIVEN_PARAM).and_then(|v| v.as_str()) {
-                    message.push_str(&format!(
-                        "; the {secret} given with it was never stored: submit again with it (a new request_id)"
-                    ));
-                }
+                let message = format!("the agent stopped while this operation was {was}; its work was not finished");
+                let message = not_kept_note(&message, &record.params);
                 record.error = Some(OpError { code: ErrorCode::Aborted, message });
                 journal.save(&record)?;
                 interrupted.push(record.clone());
@@ -253,10 +259,8 @@ impl OperationEngine {
                 }
                 Err(e) if e.code == ErrorCode::Cancelled && shutting_down => {
                     r.state = OpState::Interrupted;
-                    r.error = Some(OpError {
-                        code: ErrorCode::Aborted,
-                        message: "the agent shut down while this operation ran; its work was not finished".into(),
-                    });
+                    let message = "the agent shut down while this operation ran; its work was not finished";
+                    r.error = Some(OpError { code: ErrorCode::Aborted, message: not_kept_note(message, &r.params) });
                 }
                 Err(e) => {
                     r.state = OpState::Failed;

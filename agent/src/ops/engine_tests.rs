@@ -65,6 +65,31 @@ async fn running_operations_are_interrupted_after_reopen_and_request_ids_survive
     assert_eq!((again.id, outcome), (id, Outcome::Existing));
 }
 
+/// A secret a request carried (a recovery key) is kept in memory only: after a restart the
+/// interrupted operation says so, and the journal never held the secret.
+#[tokio::test]
+async fn an_operation_with_an_in_memory_only_parameter_asks_to_be_submitted_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (e, _, _) = open(dir.path());
+        let (mut n, j) = sleep_op("r1", "pg-1", 60_000);
+        n.params["recovery_key"] = serde_json::json!(crate::ops::IN_MEMORY_ONLY);
+        let (rec, _) = e.submit(n, j).await.unwrap();
+        e.watch(&rec.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+        rec.id
+    };
+    let (e, _, _) = open(dir.path());
+    let error = e.get(&id).unwrap().error.unwrap();
+    assert!(error.message.contains("the recovery key is not kept across restarts; submit again"), "{}", error.message);
+    // Beside it, an operation without one gets the plain message.
+    let (n, j) = sleep_op("r2", "pg-2", 60_000);
+    let (rec, _) = e.submit(n, j).await.unwrap();
+    e.watch(&rec.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+    drop(e);
+    let (e, _, _) = open(dir.path());
+    assert!(!e.get(&rec.id).unwrap().error.unwrap().message.contains("not kept"));
+}
+
 #[tokio::test]
 async fn cancel_and_shutdown() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,12 @@ pub use model::{OpError, OpState, OperationRecord, Progress, Submitter};
 
 use thiserror::Error;
 
+/// The stored value of a parameter that was given but is kept in memory only (a secret such as a
+/// recovery key): the journal says it was given, never what it was. An operation with such a
+/// parameter cannot be resumed after a restart: it is reported interrupted with a note to submit
+/// it again.
+pub const IN_MEMORY_ONLY: &str = "given, kept in memory for this operation only";
+
 #[derive(Debug, Error)]
 pub enum OpsError {
     #[error(transparent)]

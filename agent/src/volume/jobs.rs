@@ -1,12 +1,12 @@
 //! Volume work as operations: kinds `volume.create`, `volume.open`, ..., exclusive per instance.
 //! Parameters and results never carry keys: an open with the operator's recovery key records only
-//! that one was given ([`SECRET_GIVEN_PARAM`]); the key lives in the job's memory until it ends.
+//! that one was given ([`crate::ops::IN_MEMORY_ONLY`]); the key lives in the job's memory until it ends.
 
 use serde_json::json;
 
 use super::{VolumeOutcome, Volumes};
 use crate::error::ErrorCode;
-use crate::ops::engine::{JobFn, SECRET_GIVEN_PARAM};
+use crate::ops::engine::JobFn;
 use crate::ops::{NewOperation, OpError};
 use crate::recovery_key::RecoveryIdentity;
 
@@ -44,7 +44,7 @@ impl VolumeAction {
         match self {
             VolumeAction::Create { force } => json!({ "force": force }),
             VolumeAction::Grow { new_size_bytes } => json!({ "new_size_bytes": new_size_bytes }),
-            VolumeAction::OpenWithRecoveryKey(_) => json!({ SECRET_GIVEN_PARAM: "recovery_key" }),
+            VolumeAction::OpenWithRecoveryKey(_) => json!({ "recovery_key": crate::ops::IN_MEMORY_ONLY }),
             _ => json!({}),
         }
     }

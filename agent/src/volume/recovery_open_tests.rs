@@ -229,7 +229,7 @@ async fn the_recovery_key_is_never_stored_and_an_interrupted_open_says_submit_ag
     let action = VolumeAction::OpenWithRecoveryKey(RecoveryIdentity::parse(&secret).unwrap());
     let new = jobs::new_operation("rk-1".into(), "pg-1", &action);
     let (record, _) = engine.submit(new, jobs::job(volumes.clone(), "pg-1".into(), action)).await.unwrap();
-    assert_eq!(record.params, serde_json::json!({ "secret_given": "recovery_key" }));
+    assert_eq!(record.params, serde_json::json!({ "recovery_key": crate::ops::IN_MEMORY_ONLY }));
     let mut rx = engine.watch(&record.id).unwrap();
     let done = loop {
         let r = rx.borrow_and_update().clone();
@@ -252,7 +252,7 @@ async fn the_recovery_key_is_never_stored_and_an_interrupted_open_says_submit_ag
         OperationEngine::open(&ops_dir, ops_settings(), Default::default(), Default::default()).unwrap();
     let again = interrupted.iter().find(|r| r.id == hung.id).expect("the open was interrupted");
     let message = &again.error.as_ref().unwrap().message;
-    assert!(message.contains("recovery_key given with it was never stored: submit again"), "{message}");
+    assert!(message.contains("the recovery key is not kept across restarts; submit again"), "{message}");
 
     let mut all = Vec::new();
     files(f.dir.path(), &mut all);

@@ -2,40 +2,26 @@
 //! over mutual TLS. The orchestrator owns the keys' lifecycle; this client only asks for them.
 
 use dbagent_proto::v1 as pb;
-use std::time::Duration;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use zeroize::Zeroizing;
 
 use super::key::{KeyError, KeyProvider, VolumeKey};
 use crate::config::RemoteKeysConfig;
+use crate::keyservice_client::{self, KeyServiceChannelError, KeyServiceClient};
 
 pub struct RemoteKeys {
-    client: pb::key_service_client::KeyServiceClient<Channel>,
+    client: KeyServiceClient,
     host: String,
 }
 
 impl RemoteKeys {
-    /// Reads the TLS files and prepares a lazily connecting channel: the KeyService being down at
-    /// start-up is reported per volume, not as a failed agent start.
+    /// Prepares a lazily connecting channel (`keyservice_client::connect`): the KeyService being
+    /// down at start-up is reported per volume, not as a failed agent start.
     pub fn connect(config: &RemoteKeysConfig, host: String) -> Result<Self, KeyError> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| KeyError::Io { context: format!("read {}", p.display()), source })
-        };
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&config.ca)?))
-            .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?));
-        if !config.server_name.is_empty() {
-            tls = tls.domain_name(config.server_name.clone());
-        }
-        let bad = |source| KeyError::Endpoint { endpoint: config.endpoint.clone(), source };
-        let channel = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(bad)?
-            .tls_config(tls)
-            .map_err(bad)?
-            .timeout(Duration::from_secs(config.timeout_secs))
-            .connect_timeout(Duration::from_secs(config.timeout_secs))
-            .connect_lazy();
-        Ok(Self { client: pb::key_service_client::KeyServiceClient::new(channel), host })
+        let client = keyservice_client::connect(config).map_err(|e| match e {
+            KeyServiceChannelError::Io { context, source } => KeyError::Io { context, source },
+            KeyServiceChannelError::Endpoint { endpoint, source } => KeyError::Endpoint { endpoint, source },
+        })?;
+        Ok(Self { client, host })
     }
 }
 

@@ -3,7 +3,7 @@
 use super::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]

@@ -67,8 +67,7 @@ fn key_provider(config: &Config, dev: bool) -> Result<Arc<dyn KeyProvider>, Volu
             }
         },
         KeyProviderKind::Remote => {
-            let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-            Arc::new(RemoteKeys::connect(&config.keys.remote, host)?)
+            Arc::new(RemoteKeys::connect(&config.keys.remote, crate::keyservice_client::host_name())?)
         }
     })
 }

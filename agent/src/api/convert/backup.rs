@@ -4,6 +4,7 @@ use dbagent_proto::v1 as pb;
 
 use super::timestamp;
 use crate::backup::discovery::{BackupsFound, FoundBackup, FoundState, InstancesFound};
+use crate::backup::drill_store::DrillRecord;
 use crate::backup::{BackupInfo, BackupKind, BackupMethod, BackupState, DestinationState, DestinationStatus, Manifest};
 use crate::ids::InvalidField;
 
@@ -123,5 +124,24 @@ fn from_manifest(m: &Manifest, state: pb::BackupState) -> pb::Backup {
         expires: m.expires.map(timestamp),
         engine_version: m.engine_version.clone(),
         ..Default::default()
+    }
+}
+
+impl From<&DrillRecord> for pb::BackupDrill {
+    fn from(r: &DrillRecord) -> Self {
+        let last = &r.last;
+        pb::BackupDrill {
+            operation_id: last.operation_id.clone(),
+            backup_id: last.backup_id.clone(),
+            ok: last.ok,
+            reason: last.reason.clone(),
+            database: last.database.clone(),
+            table: last.table.clone(),
+            rows: last.rows,
+            duration_ms: last.duration_ms,
+            finished: Some(timestamp(last.finished)),
+            last_success: r.last_success.map(timestamp),
+            failures_total: r.failures_total,
+        }
     }
 }
