@@ -150,6 +150,20 @@ impl Garage {
         body.to_owned()
     }
 
+    /// Downloads object `key` of `bucket` into `file` (a signed GET by hand, as anyone holding the
+    /// bucket's credentials can).
+    pub fn download(&self, bucket: &str, key: &str, file: &std::path::Path) {
+        let out = file.to_string_lossy();
+        self.s3_request(&["-o", &out], &format!("{bucket}/{key}"), "GetObject", (KEY_ID, SECRET));
+    }
+
+    /// Writes `file` as object `key` of `bucket` (a signed PUT by hand): storage rewritten behind
+    /// the agent's back.
+    pub fn upload(&self, bucket: &str, key: &str, file: &std::path::Path) {
+        let from = file.to_string_lossy();
+        self.s3_request(&["--upload-file", &from], &format!("{bucket}/{key}"), "PutObject", (KEY_ID, SECRET));
+    }
+
     /// S3 ListMultipartUploads of `bucket`: the raw XML, checked to be that listing, not truncated.
     pub fn list_multipart_uploads(&self, bucket: &str) -> String {
         let xml = self.s3_get(&format!("{bucket}?uploads="), "ListMultipartUploads");

@@ -198,7 +198,7 @@ async fn logical_backup_through_the_agent_over_grpc() {
         as_monitor.start_backup(start_request("monitor-1")).await.expect_err("a monitor must not start backups");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
     as_monitor
-        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into() })
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into(), ..Default::default() })
         .await
         .expect("a monitor may list backups");
 
@@ -261,7 +261,11 @@ async fn register(channel: &Channel, agent: &Agent, data_dir: Option<&Path>) {
 
 /// ListBackups of the test's instance.
 async fn list_backups(backups: &mut BackupsClient<Channel>) -> ListBackupsResponse {
-    backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.expect("ListBackups").into_inner()
+    backups
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into(), ..Default::default() })
+        .await
+        .expect("ListBackups")
+        .into_inner()
 }
 
 /// The manifest of `backup_id` on destination `az`.

@@ -199,7 +199,11 @@ async fn drill_backup_through_the_agent_and_dbagentctl() {
     assert_eq!((result["table"].as_str(), result["rows"].as_u64()), (Some("public.orders"), Some(4321)), "{result}");
     assert_eq!(std::fs::read_dir(&drill_dir).map(|d| d.count()).unwrap_or(0), 0, "scratch folders left");
 
-    let list = backups.list_backups(ListBackupsRequest { instance_id: INSTANCE.into() }).await.unwrap().into_inner();
+    let list = backups
+        .list_backups(ListBackupsRequest { instance_id: INSTANCE.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let last = list.last_drill.expect("ListBackups shows the last drill");
     assert!(last.ok && last.rows == 4321 && last.table == "public.orders" && last.database == "shop", "{last:?}");
     assert_eq!(last.operation_id, op.id);

@@ -392,7 +392,7 @@ async fn through_the_keyservice_a_new_host_restores_only_the_instances_it_is_all
         "{message}"
     );
     let listed = BackupsClient::new(channel.clone())
-        .list_backups(pb::ListBackupsRequest { instance_id: "pg-b".into() })
+        .list_backups(pb::ListBackupsRequest { instance_id: "pg-b".into(), ..Default::default() })
         .await
         .expect("ListBackups")
         .into_inner();

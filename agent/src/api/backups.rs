@@ -36,10 +36,16 @@ impl pb::backups_server::Backups for BackupsApi {
 
     async fn list_backups(&self, req: Request<pb::ListBackupsRequest>) -> ApiResult<pb::ListBackupsResponse> {
         let req = req.into_inner();
+        if req.from_destinations && req.instance_id.is_empty() {
+            return Ok(Response::new((&self.backups.instances_on_destinations().await?).into()));
+        }
         ids::instance_id("instance_id", &req.instance_id)?;
+        if req.from_destinations {
+            return Ok(Response::new((&self.backups.list_from_destinations(&req.instance_id).await?).into()));
+        }
         let backups = self.backups.list(&req.instance_id).await.iter().map(Into::into).collect();
         let last_drill = self.backups.last_drill(&req.instance_id).as_ref().map(Into::into);
-        Ok(Response::new(pb::ListBackupsResponse { backups, last_drill }))
+        Ok(Response::new(pb::ListBackupsResponse { backups, last_drill, ..Default::default() }))
     }
 
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> ApiResult<pb::Backup> {

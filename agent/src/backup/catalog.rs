@@ -105,13 +105,49 @@ pub async fn find(
     gather(destinations, instance, backup, &[]).await
 }
 
-/// Reads the manifest of `instance`/`backup` (names from these ids only) on every destination.
+/// What the destinations hold for one backup: each copy's status, and the first manifest of a sane
+/// shape (`None` with the first refusal when no copy has one).
+pub struct Gathered {
+    pub manifest: Option<Manifest>,
+    pub refusal: Option<BackupError>,
+    pub destinations: Vec<DestinationStatus>,
+}
+
+impl Gathered {
+    /// The merged view, or why there is none (NotFound when no destination holds a manifest).
+    pub fn into_info(self, instance: &str, backup: &str) -> Result<BackupInfo, BackupError> {
+        let Some(manifest) = self.manifest else {
+            return Err(self.refusal.unwrap_or_else(|| BackupError::NotFound {
+                instance: instance.to_owned(),
+                backup: backup.to_owned(),
+            }));
+        };
+        let state = if self.destinations.iter().all(|d| d.state == DestinationState::Complete) {
+            BackupState::Complete
+        } else {
+            BackupState::Degraded
+        };
+        Ok(BackupInfo { manifest, state, destinations: self.destinations })
+    }
+}
+
 async fn gather(
     destinations: &[Arc<dyn Destination>],
     instance: &str,
     backup: &str,
     unreachable: &[(String, String)],
 ) -> Result<BackupInfo, BackupError> {
+    gather_copies(destinations, instance, backup, unreachable).await.into_info(instance, backup)
+}
+
+/// Reads the manifest of `instance`/`backup` (names from these ids only) on every destination;
+/// `unreachable` names destinations already known to fail, with their error.
+pub async fn gather_copies(
+    destinations: &[Arc<dyn Destination>],
+    instance: &str,
+    backup: &str,
+    unreachable: &[(String, String)],
+) -> Gathered {
     let mut manifest = None;
     let mut refusal = None;
     let mut statuses = Vec::new();
@@ -141,16 +177,7 @@ async fn gather(
         };
         statuses.push(status);
     }
-    let Some(manifest) = manifest else {
-        return Err(refusal
-            .unwrap_or_else(|| BackupError::NotFound { instance: instance.to_owned(), backup: backup.to_owned() }));
-    };
-    let state = if statuses.iter().all(|d| d.state == DestinationState::Complete) {
-        BackupState::Complete
-    } else {
-        BackupState::Degraded
-    };
-    Ok(BackupInfo { manifest, state, destinations: statuses })
+    Gathered { manifest, refusal, destinations: statuses }
 }
 
 /// A manifest is a few KiB; one larger than this is refused unread (it could exhaust memory).

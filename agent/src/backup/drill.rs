@@ -26,7 +26,7 @@ use super::drill_store::DrillOutcome;
 use super::engine_commands::RestoreTarget;
 use super::manifest::BackupMethod;
 use super::resources::BackupResources;
-use super::restore_job::{os_user_ids, run_beneath};
+use super::restore_job::{blocking, os_user_ids, run_beneath};
 use super::settings::EngineConnection;
 use crate::command::{CommandError, ToolCommand, ToolExit};
 use crate::instances::{Engine, Instance};
@@ -218,14 +218,6 @@ fn find_binaries(engine: Engine, method: BackupMethod, version: &str) -> Result<
         return Err(DrillError::BinaryMissing { engine: engine.as_str(), path: missing.clone() }.into());
     }
     Ok(bins)
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
-) -> Result<T, BackupError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| BackupError::io("join a blocking task", std::io::Error::other(e)))?
 }
 
 async fn cancellable<T>(

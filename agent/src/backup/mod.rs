@@ -17,6 +17,7 @@ pub mod chunks;
 pub mod decode;
 pub mod deletion;
 pub mod destination;
+pub mod discovery;
 pub mod drill;
 pub mod drill_engine;
 pub mod drill_scratch;

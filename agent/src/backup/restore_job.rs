@@ -136,7 +136,8 @@ pub async fn run_beneath(
     result
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs blocking file work (directory handles) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
 ) -> Result<T, BackupError> {
     tokio::task::spawn_blocking(work)

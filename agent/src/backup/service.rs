@@ -11,6 +11,7 @@ use super::action::{BackupAction, RequestRecoveryKey};
 use super::backup_id::{check_backup_id, new_backup_id};
 use super::catalog::{self, BackupInfo, BackupState, DestinationState, read_authentic};
 use super::deletion;
+use super::discovery;
 use super::drill::DrillError;
 use super::drill_scratch;
 use super::drill_store::DrillRecord;
@@ -165,6 +166,17 @@ impl BackupService {
 
     pub async fn list(&self, instance_id: &str) -> Vec<BackupInfo> {
         self.resources.list(instance_id).await
+    }
+
+    /// Every backup of `instance_id` on the destinations, known to this agent or not, each copy
+    /// authenticated with the keys this agent can use now (see [`discovery`]).
+    pub async fn list_from_destinations(&self, instance_id: &str) -> Result<discovery::BackupsFound, BackupError> {
+        discovery::backups(&self.resources.destinations, self.resources.keys.as_ref(), instance_id).await
+    }
+
+    /// The instance ids the destinations hold backups of.
+    pub async fn instances_on_destinations(&self) -> Result<discovery::InstancesFound, BackupError> {
+        discovery::instances(&self.resources.destinations).await
     }
 
     /// A retried request (its operation record still kept) names the backup it started; any other

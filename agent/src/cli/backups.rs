@@ -31,7 +31,16 @@ pub enum BackupsCommand {
         op: OperationArgs,
     },
     /// List an instance's backups.
-    List { instance_id: String },
+    List {
+        /// Optional with --from-destinations: without it, list the instance ids found there.
+        #[arg(required_unless_present = "from_destinations")]
+        instance_id: Option<String>,
+        /// Read the destinations' manifests, whether or not this agent knows the instance (a new
+        /// host after the old one was lost), and say for each backup whether this agent can
+        /// authenticate it now and which keys can open it.
+        #[arg(long)]
+        from_destinations: bool,
+    },
     /// Show one backup and the state of each copy.
     Get { instance_id: String, backup_id: String },
     /// Check a backup's checksum at one or all destinations (orchestrator identity).
@@ -139,8 +148,9 @@ pub async fn run(ctx: &Ctx, command: BackupsCommand) -> Result<(), CliError> {
             };
             (client.start_backup(ctx.unary(request)).await?, op.watch)
         }
-        BackupsCommand::List { instance_id } => {
-            return ctx.print(client.list_backups(ctx.unary(pb::ListBackupsRequest { instance_id })).await?.get_ref());
+        BackupsCommand::List { instance_id, from_destinations } => {
+            let request = pb::ListBackupsRequest { instance_id: instance_id.unwrap_or_default(), from_destinations };
+            return ctx.print(client.list_backups(ctx.unary(request)).await?.get_ref());
         }
         BackupsCommand::Get { instance_id, backup_id } => {
             return ctx

@@ -257,5 +257,8 @@ mod tests {
         assert_eq!(cli.output, OutputFormat::Json);
         assert_eq!(cli.timeout, Duration::from_secs(5));
         assert!(Cli::try_parse_from(["dbagentctl", "backups", "list"]).is_err(), "instance id is required");
+        // ... unless the instance ids on the destinations are asked for.
+        assert!(Cli::try_parse_from(["dbagentctl", "backups", "list", "--from-destinations"]).is_ok());
+        assert!(Cli::try_parse_from(["dbagentctl", "backups", "list", "pg-42", "--from-destinations"]).is_ok());
     }
 }

@@ -297,21 +297,34 @@ impl ToJson for pb::Backup {
         let destinations: Vec<Value> = self
             .destinations
             .iter()
-            .map(|d| json!({ "name": d.name, "state": d.state, "bytes": d.bytes, "error": d.error }))
+            .map(|d| {
+                json!({
+                    "name": d.name, "state": d.state, "bytes": d.bytes, "error": d.error,
+                    "authenticated": d.authenticated, "authentication_error": d.authentication_error,
+                })
+            })
             .collect();
+        let key_wraps: Vec<Value> =
+            self.key_wraps.iter().map(|k| json!({ "wrapper": k.wrapper, "key_id": k.key_id })).collect();
         json!({
             "id": self.id, "instance_id": self.instance_id, "kind": backup_kind_name(self.kind),
             "method": backup_method_name(self.method), "state": backup_state_name(self.state),
             "size_bytes": self.size_bytes, "stored_bytes": self.stored_bytes, "sha256": self.sha256,
             "destinations": destinations, "created": time(self.created.as_ref()),
             "expires": time(self.expires.as_ref()), "engine_version": self.engine_version,
+            "authenticated": self.authenticated, "authentication_error": self.authentication_error,
+            "key_wraps": key_wraps,
         })
     }
 }
 
 impl ToJson for pb::ListBackupsResponse {
     fn to_json(&self) -> Value {
-        json!({ "backups": list(&self.backups), "last_drill": self.last_drill.as_ref().map(ToJson::to_json) })
+        json!({
+            "backups": list(&self.backups), "last_drill": self.last_drill.as_ref().map(ToJson::to_json),
+            "instance_ids": self.instance_ids, "destination_errors": self.destination_errors,
+            "truncated": self.truncated,
+        })
     }
 }
 

@@ -214,7 +214,7 @@ fn backup_list_shows_the_last_drill() {
         last_success: ts(1_700_000_000),
         failures_total: 2,
     };
-    let list = pb::ListBackupsResponse { backups: Vec::new(), last_drill: Some(drill.clone()) };
+    let list = pb::ListBackupsResponse { backups: Vec::new(), last_drill: Some(drill.clone()), ..Default::default() };
     let v = list.to_json();
     assert_eq!(v["last_drill"]["ok"], false);
     assert_eq!(v["last_drill"]["failures_total"], 2);
@@ -225,10 +225,52 @@ fn backup_list_shows_the_last_drill() {
     let ok = pb::ListBackupsResponse {
         backups: Vec::new(),
         last_drill: Some(pb::BackupDrill { ok: true, table: "public.items".into(), rows: 42, ..drill }),
+        ..Default::default()
     };
     let line = ok.to_table().lines().find(|l| l.starts_with("last drill: ")).unwrap().to_owned();
     assert!(line.starts_with("last drill: ok at ") && line.contains("42 rows in public.items"), "{line}");
-    let none = pb::ListBackupsResponse { backups: Vec::new(), last_drill: None };
+    let none = pb::ListBackupsResponse { backups: Vec::new(), last_drill: None, ..Default::default() };
     assert_eq!(none.to_json()["last_drill"], Value::Null);
     assert!(none.to_table().contains("last drill: none"));
+}
+
+fn found_backup(authenticated: bool) -> pb::Backup {
+    pb::Backup {
+        id: "b01a0000000000000000a".into(),
+        instance_id: "pg-42".into(),
+        state: pb::BackupState::Complete as i32,
+        authenticated,
+        authentication_error: if authenticated { String::new() } else { "needs the recovery key".into() },
+        key_wraps: vec![pb::KeyWrap { wrapper: "age-x25519-v1".into(), key_id: "age1abc".into() }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn backups_listed_from_the_destinations_show_authentication_and_keys_in_both_forms() {
+    let list = pb::ListBackupsResponse {
+        backups: vec![found_backup(true), found_backup(false)],
+        destination_errors: vec!["az2: connection refused".into()],
+        ..Default::default()
+    };
+    let table = list.to_table();
+    assert!(table.contains("AUTHENTICATED") && table.contains("KEYS"), "{table}");
+    assert!(table.contains("yes") && table.contains("no: needs the recovery key"), "{table}");
+    assert!(table.contains("age-x25519-v1 age1abc"), "{table}");
+    assert!(table.contains("unreachable: az2: connection refused"), "{table}");
+    let v = list.to_json();
+    assert_eq!(v["backups"][1]["authenticated"], false);
+    assert_eq!(v["backups"][1]["authentication_error"], "needs the recovery key");
+    assert_eq!(v["backups"][0]["key_wraps"][0]["wrapper"], "age-x25519-v1");
+    assert_eq!(v["destination_errors"][0], "az2: connection refused");
+
+    // A registered instance's list keeps its columns; instance discovery lists ids.
+    let plain = pb::ListBackupsResponse {
+        backups: vec![pb::Backup { id: "b1".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    assert!(!plain.to_table().contains("AUTHENTICATED"), "{}", plain.to_table());
+    let ids = pb::ListBackupsResponse { instance_ids: vec!["pg-42".into(), "redis-7".into()], ..Default::default() };
+    let table = ids.to_table();
+    assert!(table.starts_with("INSTANCE") && table.contains("pg-42") && table.contains("redis-7"), "{table}");
 }

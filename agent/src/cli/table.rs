@@ -417,24 +417,40 @@ impl ToTable for pb::Backup {
 
 impl ToTable for pb::ListBackupsResponse {
     fn to_table(&self) -> String {
-        let rows: Vec<Vec<String>> = self
-            .backups
-            .iter()
-            .map(|b| {
-                vec![
-                    b.id.clone(),
-                    backup_state_name(b.state),
-                    backup_kind_name(b.kind),
-                    bytes(b.size_bytes),
-                    or_dash(time_text(b.created.as_ref())),
-                ]
-            })
-            .collect();
-        let table = columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows);
-        match &self.last_drill {
-            None => format!("{table}\nlast drill: none\n"),
-            Some(d) => format!("{table}\nlast drill: {}\n", drill_text(d)),
+        let mut out = if !self.instance_ids.is_empty() {
+            let rows: Vec<Vec<String>> = self.instance_ids.iter().map(|i| vec![i.clone()]).collect();
+            columns(&["INSTANCE"], &rows)
+        } else if self.backups.iter().any(from_destinations) {
+            columns(&["ID", "STATE", "KIND", "SIZE", "CREATED", "AUTHENTICATED", "KEYS"], &found_rows(&self.backups))
+        } else {
+            let rows: Vec<Vec<String>> = self
+                .backups
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.id.clone(),
+                        backup_state_name(b.state),
+                        backup_kind_name(b.kind),
+                        bytes(b.size_bytes),
+                        or_dash(time_text(b.created.as_ref())),
+                    ]
+                })
+                .collect();
+            columns(&["ID", "STATE", "KIND", "SIZE", "CREATED"], &rows)
+        };
+        if self.instance_ids.is_empty() && !self.backups.iter().any(from_destinations) {
+            match &self.last_drill {
+                None => out.push_str("\nlast drill: none\n"),
+                Some(d) => out.push_str(&format!("\nlast drill: {}\n", drill_text(d))),
+            }
         }
+        for e in &self.destination_errors {
+            out.push_str(&format!("unreachable: {e}\n"));
+        }
+        if self.truncated {
+            out.push_str("(truncated: more were found than one answer holds)\n");
+        }
+        out
     }
 }
 
@@ -453,6 +469,30 @@ fn drill_text(d: &pb::BackupDrill) -> String {
             d.backup_id, d.reason, d.failures_total
         )
     }
+}
+
+/// A backup listed with `--from-destinations` carries its authentication result.
+fn from_destinations(b: &pb::Backup) -> bool {
+    b.authenticated || !b.authentication_error.is_empty() || !b.key_wraps.is_empty()
+}
+
+fn found_rows(backups: &[pb::Backup]) -> Vec<Vec<String>> {
+    backups
+        .iter()
+        .map(|b| {
+            let auth = if b.authenticated { "yes".to_owned() } else { format!("no: {}", b.authentication_error) };
+            let keys: Vec<String> = b.key_wraps.iter().map(|k| format!("{} {}", k.wrapper, k.key_id)).collect();
+            vec![
+                b.id.clone(),
+                backup_state_name(b.state),
+                backup_kind_name(b.kind),
+                bytes(b.size_bytes),
+                or_dash(time_text(b.created.as_ref())),
+                auth,
+                or_dash(Some(keys.join(", "))),
+            ]
+        })
+        .collect()
 }
 
 impl ToTable for pb::BackupPolicy {

@@ -203,7 +203,8 @@ impl Destination for DirDestination {
     }
 
     async fn list_children(&self, prefix: &str) -> Result<Vec<String>, BackupError> {
-        let prefix = PathBuf::from(prefix);
+        // The empty prefix is the root itself (the instance folders).
+        let prefix = PathBuf::from(if prefix.is_empty() { "." } else { prefix });
         let found = self
             .with_root(false, move |root| {
                 let Some(dir) = absent_ok(root.open_dir(&prefix))? else { return Ok(Vec::new()) };
