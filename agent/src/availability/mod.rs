@@ -3,6 +3,7 @@
 //! metrics (`metrics_text`) and shown by `dbagentctl availability`. The health probes that will
 //! open and close unplanned intervals are not built yet.
 
+pub mod heartbeat;
 pub mod ledger;
 pub mod metrics_text;
 pub mod month;

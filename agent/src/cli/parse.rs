@@ -158,3 +158,8 @@ mod tests {
         assert_ne!(id, new_request_id().unwrap());
     }
 }
+
+/// A calendar month written YYYY-MM, checked here so a typo fails before any connection.
+pub fn month(text: &str) -> Result<String, String> {
+    crate::availability::Month::parse(text).map(|m| m.to_string()).map_err(|e| e.to_string())
+}
