@@ -68,7 +68,7 @@ const STANDARD_READS: &[&str] = &[
 const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
     ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14),
     ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14),
-    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 14),
+    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 15),
 ];
 
 /// Served RPCs of a service that is only partly built, with the capability each gives: the

@@ -69,6 +69,6 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
     }
 
     async fn install_certificate(&self, _req: Request<pb::InstallCertificateRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("database TLS certificates"))
+        Err(Status::unimplemented("database TLS certificates are not built yet (issue 15)"))
     }
 }
