@@ -7,6 +7,9 @@ use super::ledger::Ledger;
 use super::month::{Month, MonthFigures, figures};
 use crate::instances::model::PlanName;
 
+/// A family: name, help, and the value of one instance's figures.
+type Family = (&'static str, &'static str, fn(&MonthFigures) -> f64);
+
 /// The families for `instances` (id and plan), this month as seen by the ledger's clock.
 pub fn render(ledger: &Ledger, instances: &[(String, PlanName)]) -> String {
     if instances.is_empty() {
@@ -16,7 +19,7 @@ pub fn render(ledger: &Ledger, instances: &[(String, PlanName)]) -> String {
     let month = Month::containing(now);
     let rows: Vec<(&str, MonthFigures)> =
         instances.iter().map(|(id, plan)| (id.as_str(), figures(month, *plan, &ledger.intervals(id), now))).collect();
-    let families: [(&str, &str, fn(&MonthFigures) -> f64); 3] = [
+    let families: [Family; 3] = [
         (
             "dbagent_availability_budget_used_ratio",
             "Unplanned downtime this calendar month (UTC) over the plan's allowed downtime for the month; alert at 0.5 and 0.9, above 1 the objective is missed.",
