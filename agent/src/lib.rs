@@ -4,6 +4,7 @@
 //! without root and without a network.
 
 pub mod api;
+pub mod availability;
 pub mod backup;
 pub mod beneath;
 pub mod cli;

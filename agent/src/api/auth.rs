@@ -68,13 +68,15 @@ const STANDARD_READS: &[&str] = &[
 const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
     ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14),
     ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14),
-    ("/dbagent.v1.Upgrades/GetAvailability", "availability", 14),
-    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 14),
+    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 15),
 ];
 
 /// Served RPCs of a service that is only partly built, with the capability each gives: the
 /// service's name would advertise what is not built yet (Upgrades serves windows, not upgrades).
-pub const OWN_CAPABILITY: &[(&str, &str)] = &[("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows")];
+pub const OWN_CAPABILITY: &[(&str, &str)] = &[
+    ("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows"),
+    ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
+];
 
 /// Services of the proto that the agent calls and never serves.
 const SERVED_BY_ORCHESTRATOR: &[&str] = &["dbagent.v1.KeyService"];
@@ -320,9 +322,13 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let e = authorize("/dbagent.v1.Agent/GetStatus", None).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        let e = authorize("/dbagent.v1.Upgrades/GetAvailability", Some(&mon)).unwrap_err();
+        assert!(
+            authorize("/dbagent.v1.Upgrades/GetAvailability", Some(&mon)).is_ok(),
+            "availability is served, read-only"
+        );
+        let e = authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("availability"));
+        assert!(e.message().contains("certificates"));
         let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
         assert!(authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).is_ok());

@@ -1,13 +1,15 @@
-//! The Upgrades service. SetMaintenanceWindow is served; upgrades, plan changes, availability and
-//! certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before any
+//! The Upgrades service. SetMaintenanceWindow and GetAvailability are served; upgrades, plan
+//! changes and certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before any
 //! handler runs, so the methods for them here are never reached.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use super::convert::availability::availability_to_proto;
 use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto};
 use super::error::ApiResult;
+use crate::availability::{Ledger, Month, figures, month::picture};
 use crate::ids::InvalidField;
 use crate::instances::registry::Registry;
 use crate::requests::RequestLedger;
@@ -15,7 +17,11 @@ use crate::requests::RequestLedger;
 pub struct UpgradesApi {
     pub registry: Arc<Registry>,
     pub requests: RequestLedger,
+    pub availability: Ledger,
 }
+
+/// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
+const PICTURE_SLOT_SECS: u64 = 6 * 3600;
 
 /// The answer for the RPCs issue 14 has still to build, should one ever get past the permission layer.
 fn not_built(capability: &str) -> Status {
@@ -47,11 +53,22 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Err(not_built("plan changes"))
     }
 
-    async fn get_availability(&self, _req: Request<pb::GetAvailabilityRequest>) -> ApiResult<pb::Availability> {
-        Err(not_built("availability reports"))
+    async fn get_availability(&self, req: Request<pb::GetAvailabilityRequest>) -> ApiResult<pb::Availability> {
+        let req = req.into_inner();
+        crate::ids::instance_id("instance_id", &req.instance_id)?;
+        let now = self.availability.now();
+        let month = match req.month.as_str() {
+            "" => Month::containing(now),
+            text => Month::parse(text).map_err(|e| InvalidField::new("month", e.to_string()))?,
+        };
+        let instance = self.registry.get(&req.instance_id)?;
+        let intervals = self.availability.intervals(&req.instance_id);
+        let f = figures(month, instance.spec.plan.name, &intervals, now);
+        let picture = picture(month, &intervals, now, PICTURE_SLOT_SECS);
+        Ok(Response::new(availability_to_proto(&req.instance_id, &f, picture)))
     }
 
     async fn install_certificate(&self, _req: Request<pb::InstallCertificateRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("database TLS certificates"))
+        Err(Status::unimplemented("database TLS certificates are not built yet (issue 15)"))
     }
 }

@@ -109,6 +109,15 @@ pub enum Command {
     /// An instance's weekly maintenance window: set it, or show it with whether it is open now.
     #[command(subcommand)]
     Window(window::WindowCommand),
+    /// An instance's availability for a calendar month (UTC): uptime, unplanned and planned downtime,
+    /// unknown time, the plan's objective and budget, and a picture of the month (one character per
+    /// 6 hours: `.` up, `p` planned, `X` unplanned, `?` unknown).
+    Availability {
+        instance_id: String,
+        /// Month as YYYY-MM; the current month when omitted.
+        #[arg(long, value_parser = parse::month)]
+        month: Option<String>,
+    },
     /// Make the operator-held recovery key that opens backups on a new host (no connection needed).
     #[command(subcommand)]
     RecoveryKey(recovery_key::RecoveryKeyCommand),
@@ -214,6 +223,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
         Command::Window(cmd) => window::run(&ctx, cmd).await,
+        Command::Availability { instance_id, month } => {
+            let request = pb::GetAvailabilityRequest { instance_id, month: month.unwrap_or_default() };
+            let mut client = pb::upgrades_client::UpgradesClient::new(ctx.channel.clone());
+            ctx.print(client.get_availability(ctx.unary(request)).await?.get_ref())
+        }
         Command::Completions { .. } | Command::RecoveryKey(_) => Ok(()),
     }
 }

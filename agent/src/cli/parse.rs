@@ -104,6 +104,11 @@ pub fn new_request_id() -> Result<String, String> {
     Ok(crate::hex::encode(&bytes))
 }
 
+/// A calendar month written YYYY-MM, checked here so a typo fails before any connection.
+pub fn month(text: &str) -> Result<String, String> {
+    crate::availability::Month::parse(text).map(|m| m.to_string()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

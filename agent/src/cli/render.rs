@@ -345,6 +345,11 @@ impl ToJson for pb::Availability {
             "instance_id": self.instance_id, "month": self.month, "objective_percent": self.objective_percent,
             "allowed_downtime_seconds": self.allowed_downtime_seconds, "downtime_seconds": self.downtime_seconds,
             "last_probe": time(self.last_probe.as_ref()), "healthy": self.healthy,
+            "uptime_percent": self.uptime_percent, "unplanned_downtime_seconds": self.unplanned_downtime_seconds,
+            "planned_downtime_seconds": self.planned_downtime_seconds, "unknown_seconds": self.unknown_seconds,
+            "month_seconds": self.month_seconds, "measured_seconds": self.measured_seconds,
+            "budget_left_seconds": self.budget_left_seconds, "budget_used_ratio": self.budget_used_ratio,
+            "complete": self.complete, "picture": self.picture,
         })
     }
 }

@@ -274,3 +274,44 @@ fn backups_listed_from_the_destinations_show_authentication_and_keys_in_both_for
     let table = ids.to_table();
     assert!(table.starts_with("INSTANCE") && table.contains("pg-42") && table.contains("redis-7"), "{table}");
 }
+
+#[test]
+fn availability_shows_the_months_figures_budget_and_picture_in_table_and_json() {
+    let a = pb::Availability {
+        instance_id: "pg-1".into(),
+        month: "2026-02".into(),
+        objective_percent: 99.96,
+        allowed_downtime_seconds: 967,
+        downtime_seconds: 600,
+        uptime_percent: 99.975,
+        unplanned_downtime_seconds: 600,
+        planned_downtime_seconds: 3600,
+        unknown_seconds: 30,
+        month_seconds: 28 * 86_400,
+        measured_seconds: 28 * 86_400,
+        budget_left_seconds: 367,
+        budget_used_ratio: 600.0 / 967.0,
+        complete: true,
+        picture: "X.p?".into(),
+        ..Default::default()
+    };
+    let table = a.to_table();
+    for expected in [
+        "2026-02 (28 days, whole month)",
+        "99.9750%",
+        "unplanned downtime: 600s (0.17 h)",
+        "planned downtime:   3600s (1.00 h)",
+        "budget left:        367s (0.10 h) (62% used)",
+        "|X.p?|",
+    ] {
+        assert!(table.contains(expected), "{expected:?} missing from\n{table}");
+    }
+    let json = a.to_json();
+    assert_eq!(json["unplanned_downtime_seconds"], 600);
+    assert_eq!(json["budget_left_seconds"], 367);
+    assert_eq!(json["picture"], "X.p?");
+    assert_eq!(json["complete"], true);
+    // The current month says "so far".
+    let so_far = pb::Availability { complete: false, measured_seconds: 3 * 86_400, ..a };
+    assert!(so_far.to_table().contains("so far: 259200s"), "{}", so_far.to_table());
+}

@@ -519,14 +519,31 @@ impl ToTable for pb::MaintenanceWindow {
 
 impl ToTable for pb::Availability {
     fn to_table(&self) -> String {
-        fields(&[
+        let hours = |secs: u64| format!("{secs}s ({:.2} h)", secs as f64 / 3600.0);
+        let period =
+            if self.complete { "whole month".to_owned() } else { format!("so far: {}", hours(self.measured_seconds)) };
+        let mut out = fields(&[
             ("instance", self.instance_id.clone()),
-            ("month", self.month.clone()),
+            ("month", format!("{} ({} days, {period})", self.month, self.month_seconds / 86_400)),
+            ("uptime", format!("{:.4}%", self.uptime_percent)),
             ("objective", format!("{}%", self.objective_percent)),
-            ("downtime", format!("{}s of {}s allowed", self.downtime_seconds, self.allowed_downtime_seconds)),
+            ("unplanned downtime", hours(self.unplanned_downtime_seconds)),
+            ("planned downtime", hours(self.planned_downtime_seconds)),
+            ("unknown", hours(self.unknown_seconds)),
+            ("allowed downtime", hours(self.allowed_downtime_seconds)),
+            (
+                "budget left",
+                format!("{} ({:.0}% used)", hours(self.budget_left_seconds), self.budget_used_ratio * 100.0),
+            ),
             ("last probe", or_dash(time_text(self.last_probe.as_ref()))),
-            ("healthy", self.healthy.to_string()),
-        ])
+        ]);
+        if !self.picture.is_empty() {
+            out.push_str(&format!(
+                "\n|{}|\n . up  p planned  X unplanned  ? unknown (one character per 6 hours)\n",
+                self.picture
+            ));
+        }
+        out
     }
 }
 

@@ -45,11 +45,11 @@ pub enum UpgradesCommand {
         #[command(flatten)]
         request: RequestIdArg,
     },
-    /// Show the month's availability: objective, downtime, last health probe.
+    /// Show the month's availability (the same as `dbagentctl availability`).
     Availability {
         instance_id: String,
         /// Month as YYYY-MM; the current month when omitted.
-        #[arg(long)]
+        #[arg(long, value_parser = super::parse::month)]
         month: Option<String>,
     },
     /// Install a TLS certificate for the database server (orchestrator identity). The key is sent once

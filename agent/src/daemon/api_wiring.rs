@@ -46,6 +46,10 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             requests: d.requests.clone(),
         },
-        upgrades: api::upgrades::UpgradesApi { registry: d.registry.clone(), requests: d.requests.clone() },
+        upgrades: api::upgrades::UpgradesApi {
+            registry: d.registry.clone(),
+            requests: d.requests.clone(),
+            availability: d.availability.clone(),
+        },
     }
 }

@@ -1,7 +1,7 @@
 //! Opens the state and constructs every subsystem, in dependency order, before anything serves.
 //! A failure here stops the start: nothing has been announced to systemd or clients yet.
 
-use crate::maintenance::OffsetClock;
+use crate::maintenance::{Clock, OffsetClock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -37,6 +37,7 @@ pub(super) struct Daemon {
     /// True with `--dev --sim`: the volumes live in memory and nothing is encrypted.
     pub volumes_simulated: bool,
     pub backups: Arc<BackupService>,
+    pub availability: crate::availability::Ledger,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -73,12 +74,29 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     let volumes = crate::volume::setup::from_config(&config, mode.is_dev(), backend, registry.clone())?;
     crate::ops::sleep::outlast_shutdown(config.testing.sleep_outlasts_shutdown);
     let (engine, interrupted) = OperationEngine::open(&state_dir.join("operations"), settings, locks, root.clone())?;
-    if config.testing.clock_offset_secs != 0 {
+    let clock: Arc<dyn Clock> = if config.testing.clock_offset_secs != 0 {
         tracing::warn!(
             offset_secs = config.testing.clock_offset_secs,
-            "testing.clock_offset_secs is set: maintenance windows are read against a moved clock (test hosts only)"
+            "testing.clock_offset_secs is set: maintenance windows and availability are read against a moved clock \
+             (test hosts only)"
         );
-        engine.set_window_clock(Arc::new(OffsetClock { offset_secs: config.testing.clock_offset_secs }));
+        let clock = Arc::new(OffsetClock { offset_secs: config.testing.clock_offset_secs });
+        engine.set_window_clock(clock.clone());
+        clock
+    } else {
+        Arc::new(SystemClock)
+    };
+    // Before anything can open an interval: it closes what a crash left open, at the last evidence.
+    let (availability, recovery) = crate::availability::Ledger::open(
+        state_dir.join("availability"),
+        clock,
+        crate::availability::heartbeat::HEARTBEAT_EVERY,
+    )?;
+    for instance in &recovery.closed {
+        tracing::warn!(instance = %instance, "a down interval left open by the last stop was closed at the last heartbeat");
+    }
+    if let Some((from, to)) = recovery.unknown_gap {
+        tracing::info!(from, to, seconds = to - from, "the agent was not running: recorded as unknown availability");
     }
     // RemoveInstance and a new registration of an id ask what remains of it: its volume, keys and
     // operations.
@@ -123,6 +141,13 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         let backups = backups.clone();
         move || backups.drill_metrics_text()
     }));
+    metrics_hub.add_exposition(Box::new({
+        let (availability, registry) = (availability.clone(), registry.clone());
+        move || {
+            let instances: Vec<_> = registry.list().into_iter().map(|i| (i.id, i.spec.plan.name)).collect();
+            crate::availability::metrics_text::render(&availability, &instances)
+        }
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
@@ -138,6 +163,8 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         root.clone(),
     )
     .await?;
+    // Stops with the root token; nothing waits for it (a heartbeat cut short is one evidence less).
+    drop(crate::availability::heartbeat::spawn(availability.clone(), root.clone()));
 
     Ok(Daemon {
         config,
@@ -150,6 +177,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes,
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
+        availability,
         logs,
         metrics_hub,
         metrics_tasks,

@@ -40,6 +40,8 @@ pub enum DaemonError {
     Ops(#[from] OpsError),
     #[error("open request ledger: {0}")]
     Requests(#[from] LedgerError),
+    #[error("open availability ledger: {0}")]
+    Availability(#[from] crate::availability::LedgerError),
     #[error("listen on {addr}: {source} (is another agent running? set api.listen or --listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{context}: {source}")]

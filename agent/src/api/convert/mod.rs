@@ -1,5 +1,6 @@
 //! Conversions between the generated `dbagent.v1` types and the domain model, at the API edge only.
 
+pub mod availability;
 pub mod backup;
 pub mod host_inventory;
 pub mod instance;
