@@ -95,6 +95,12 @@ impl Garage {
             assert!(Instant::now() < deadline, "garage did not start");
             std::thread::sleep(Duration::from_millis(300));
         };
+        // `node id` reads the node's key from its metadata folder and can answer before the RPC
+        // server listens; `status` goes through RPC, so the layout commands after it find the server.
+        while g.try_cli(&["status"]).is_none() {
+            assert!(Instant::now() < deadline, "garage did not answer on its RPC port");
+            std::thread::sleep(Duration::from_millis(300));
+        }
         g.cli(&["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         g.cli(&["layout", "apply", "--version", "1"]);
         g.cli(&["key", "import", "--yes", KEY_ID, SECRET, "-n", "agent"]);
