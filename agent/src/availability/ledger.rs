@@ -15,9 +15,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::month::epoch_secs;
 use crate::json_store::{JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::maintenance::Clock;
 
@@ -237,4 +236,9 @@ impl Ledger {
     pub fn now(&self) -> SystemTime {
         self.clock.now()
     }
+}
+
+/// Seconds since the epoch, for the ledger's records (and the month's arithmetic, which reads them).
+pub fn epoch_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }

@@ -12,7 +12,7 @@
 //!   calendar month), and budget left = allowed - unplanned, never below zero.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::ledger::{Interval, IntervalKind};
 use crate::instances::model::PlanName;
@@ -207,9 +207,4 @@ pub fn picture(month: Month, intervals: &[Interval], now: SystemTime, slot_secs:
             }
         })
         .collect()
-}
-
-/// Seconds since the epoch, for the ledger's records.
-pub fn epoch_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
 }
