@@ -26,6 +26,7 @@ pub mod keyservice;
 pub mod logship;
 pub mod ops;
 pub mod pki;
+pub mod prometheus;
 mod ready;
 pub mod rsyslog;
 pub mod servers;

@@ -8,14 +8,14 @@
 //! its clock moved by `testing.clock_offset_secs` into February 2030 (28 days), so the month and
 //! every figure are known exactly.
 
-use std::io::{Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dbagent_integration::agent::{Agent, AgentBuilder, LaunchContext};
+use dbagent_integration::agent::{AgentBuilder, LaunchContext};
 use dbagent_integration::config::toml_path;
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{PkiFiles, ServerPki};
+use dbagent_integration::prometheus::{address as prometheus_addr, scrape, value};
 use dbagent_integration::{ClientIdentity, Validity};
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::upgrades_client::UpgradesClient;
@@ -66,27 +66,6 @@ clock_offset_secs = {offset}
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
-}
-
-/// The agent's Prometheus address, from its start-up log (the last run's).
-fn prometheus_addr(agent: &Agent) -> String {
-    let log = agent.log();
-    let at = log.rfind("Prometheus metrics at http://").unwrap_or_else(|| panic!("no Prometheus address in\n{log}"));
-    let rest = &log[at + "Prometheus metrics at http://".len()..];
-    rest[..rest.find("/metrics").expect("address ends in /metrics")].to_owned()
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .expect("send the scrape");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read the scrape");
-    body
-}
-
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn request(month: &str) -> GetAvailabilityRequest {

@@ -2,7 +2,6 @@
 //! `dbagentctl backups drill`, the role check, request validation, the last drill in ListBackups
 //! and the drill metrics on the Prometheus endpoint.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +12,7 @@ use dbagent_integration::agent::LaunchContext;
 use dbagent_integration::backup_config::BackupAgentConfig;
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{ServerPki, Validity};
+use dbagent_integration::prometheus;
 use dbagent_integration::servers::PgServer;
 use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
 use dbagent_proto::v1::backups_client::BackupsClient;
@@ -62,18 +62,7 @@ fn succeeded(op: &Operation, agent: &Agent) {
 
 /// GET /metrics from the agent's Prometheus endpoint (its address is in the agent's log).
 fn scrape(agent: &Agent) -> String {
-    let log = agent.log();
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("Prometheus metrics at http://").nth(1))
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no Prometheus address in the agent's log\n{log}"))
-        .to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect to the Prometheus endpoint");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send the scrape");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("read the scrape");
-    body
+    prometheus::scrape(&prometheus::address(agent))
 }
 
 /// `dbagentctl --config <client.toml> --output json backups drill ...` as the orchestrator.

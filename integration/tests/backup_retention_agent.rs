@@ -7,7 +7,6 @@
 //!   unreachable shows 0 and counts a failed check; a new backup resets the age; GetStatus shows
 //!   the copies of the newest backup; DeleteBackup of the last good copy needs the explicit flag.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use dbagent_integration::agent::LaunchContext;
 use dbagent_integration::backup_config::BackupAgentConfig;
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{ServerPki, Validity};
+use dbagent_integration::prometheus::{address as prometheus_addr, scrape, value};
 use dbagent_integration::servers::PgServer;
 use dbagent_integration::{Agent, AgentBuilder, ClientIdentity};
 use dbagent_proto::v1::agent_client::AgentClient;
@@ -108,28 +108,6 @@ async fn backup(channel: &Channel, agent: &Agent, request_id: &str, keep_days: u
     let done = finish(channel, &op, agent).await;
     let result: serde_json::Value = serde_json::from_str(&done.result_json).expect("result JSON");
     result["backup_id"].as_str().expect("backup_id").to_owned()
-}
-
-/// The agent's Prometheus address, from its start-up log.
-fn prometheus_addr(agent: &Agent) -> String {
-    let log = agent.log();
-    let at = log.find("Prometheus metrics at http://").unwrap_or_else(|| panic!("no Prometheus address in\n{log}"));
-    let rest = &log[at + "Prometheus metrics at http://".len()..];
-    rest[..rest.find("/metrics").expect("address ends in /metrics")].to_owned()
-}
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .expect("send the scrape");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read the scrape");
-    body
-}
-
-/// The value of the series whose line starts with `series` (name and labels), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Scrapes until `check` holds for a scrape (then returns it) or the time is up.
