@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dbagent_integration::agent::{AgentBuilder, LaunchContext};
-use dbagent_integration::config::toml_path;
+use dbagent_integration::config::{custom_config, toml_path};
 use dbagent_integration::ops::instance_spec;
 use dbagent_integration::pki::{PkiFiles, ServerPki};
 use dbagent_integration::prometheus::{address as prometheus_addr, scrape, value};
@@ -31,35 +31,11 @@ const AGENT_NOW: u64 = FEB_2030 + 14 * DAY;
 /// The Starter plan's allowed downtime in a 28-day month: 2% of 2 419 200 s.
 const STARTER_FEB_ALLOWED: u64 = 48_384;
 
+/// The suite's usual agent config, with a data root and the agent's clock moved by `offset`.
 fn config(ctx: &LaunchContext, pki: &PkiFiles, offset: i64) -> String {
     format!(
-        r#"state_dir = {state_dir}
-
-[api]
-listen = "{listen}"
-
-[tls]
-cert = {cert}
-key = {key}
-client_ca = {ca}
-
-[auth]
-orchestrators = ["orchestrator"]
-
-[instances]
-data_roots = [{data}]
-
-[metrics]
-prometheus_listen = "127.0.0.1:0"
-
-[testing]
-clock_offset_secs = {offset}
-"#,
-        state_dir = toml_path(&ctx.state_dir),
-        listen = ctx.listen,
-        cert = toml_path(&pki.cert),
-        key = toml_path(&pki.key),
-        ca = toml_path(&pki.ca),
+        "{base}\n[instances]\ndata_roots = [{data}]\n\n[testing]\nclock_offset_secs = {offset}\n",
+        base = custom_config(ctx, pki, &[], &["orchestrator"], &[]),
         data = toml_path(&ctx.work_dir.join("data")),
     )
 }

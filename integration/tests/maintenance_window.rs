@@ -5,7 +5,7 @@
 //! window instead of waiting for one.
 
 use dbagent_integration::agent::{AgentBuilder, LaunchContext};
-use dbagent_integration::config::toml_path;
+use dbagent_integration::config::{custom_config, toml_path};
 use dbagent_integration::ops::{instance_spec, sleep_request, state_of, wait_for_state};
 use dbagent_integration::pki::{PkiFiles, ServerPki};
 use dbagent_integration::{ClientIdentity, Validity};
@@ -28,38 +28,11 @@ const WINDOW_START_UNIX: i64 = 1_893_463_200;
 const LEAD: i64 = 40;
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The suite's usual agent config, with a data root and the agent's clock moved by `offset`.
 fn config(ctx: &LaunchContext, pki: &PkiFiles, offset: i64) -> String {
     format!(
-        r#"state_dir = {state_dir}
-
-[api]
-listen = "{listen}"
-
-[tls]
-cert = {cert}
-key = {key}
-client_ca = {ca}
-
-[auth]
-orchestrators = ["orchestrator"]
-
-[operations]
-enable_test_kinds = true
-
-[instances]
-data_roots = [{data}]
-
-[metrics]
-prometheus_listen = "127.0.0.1:0"
-
-[testing]
-clock_offset_secs = {offset}
-"#,
-        state_dir = toml_path(&ctx.state_dir),
-        listen = ctx.listen,
-        cert = toml_path(&pki.cert),
-        key = toml_path(&pki.key),
-        ca = toml_path(&pki.ca),
+        "{base}\n[instances]\ndata_roots = [{data}]\n\n[testing]\nclock_offset_secs = {offset}\n",
+        base = custom_config(ctx, pki, &[], &["orchestrator"], &[]),
         data = toml_path(&ctx.work_dir.join("data")),
     )
 }
