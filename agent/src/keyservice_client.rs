@@ -51,3 +51,39 @@ pub fn connect(config: &RemoteKeysConfig) -> Result<KeyServiceClient, KeyService
 pub fn host_name() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
 }
+
+/// An in-process KeyService on 127.0.0.1 with mutual TLS (the dev PKI), for the unit tests of the
+/// volume key provider and the backup wrapper. Returns the client config that reaches it (as the
+/// `orchestrator` certificate), the folder holding the PKI, and the server task.
+#[cfg(test)]
+pub(crate) async fn serve_for_tests<S: pb::key_service_server::KeyService>(
+    service: S,
+) -> (RemoteKeysConfig, tempfile::TempDir, tokio::task::JoinHandle<Result<(), tonic::transport::Error>>) {
+    use tonic::transport::{Server, ServerTlsConfig};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    crate::tls::devpki::ensure(&tls).unwrap();
+    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
+    let server_tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.crt"), read("server.key")))
+        .client_ca_root(Certificate::from_pem(read("ca.crt")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(
+        Server::builder()
+            .tls_config(server_tls)
+            .unwrap()
+            .add_service(pb::key_service_server::KeyServiceServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let config = RemoteKeysConfig {
+        endpoint: format!("https://127.0.0.1:{port}"),
+        ca: tls.join("ca.crt"),
+        cert: tls.join("orchestrator.crt"),
+        key: tls.join("orchestrator.key"),
+        server_name: "localhost".into(),
+        timeout_secs: 5,
+    };
+    (config, dir, server)
+}

@@ -3,7 +3,7 @@
 use super::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -42,31 +42,8 @@ impl pb::key_service_server::KeyService for FakeKeyService {
 
 #[tokio::test]
 async fn gets_and_creates_keys_over_mtls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    crate::tls::devpki::ensure(&tls).unwrap();
-    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read("server.crt"), read("server.key")))
-        .client_ca_root(Certificate::from_pem(read("ca.crt")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        Server::builder()
-            .tls_config(server_tls)
-            .unwrap()
-            .add_service(pb::key_service_server::KeyServiceServer::new(FakeKeyService::default()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let config = RemoteKeysConfig {
-        endpoint: format!("https://127.0.0.1:{}", addr.port()),
-        ca: tls.join("ca.crt"),
-        cert: tls.join("orchestrator.crt"),
-        key: tls.join("orchestrator.key"),
-        server_name: "localhost".into(),
-        timeout_secs: 5,
-    };
+    let (config, _dir, server) = crate::keyservice_client::serve_for_tests(FakeKeyService::default()).await;
+    let read = |f: &str| std::fs::read(config.ca.with_file_name(f)).unwrap();
     let keys = RemoteKeys::connect(&config, "host-a".into()).unwrap();
     let e = keys.key("pg-1", 1, false, 256).await.unwrap_err();
     assert!(matches!(e, KeyError::Missing { .. }), "{e}");

@@ -9,7 +9,6 @@ use crate::backup::keywrap::KekWrapper;
 use crate::backup::manifest::Manifest;
 use crate::error::{ErrorCode, HasErrorCode};
 use std::sync::{Arc, Mutex};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -49,31 +48,7 @@ impl pb::key_service_server::KeyService for StandIn {
 }
 
 async fn serve(service: StandIn) -> (KeyServiceWrapper, tempfile::TempDir) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    crate::tls::devpki::ensure(&tls).unwrap();
-    let read = |f: &str| std::fs::read(tls.join(f)).unwrap();
-    let server_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read("server.crt"), read("server.key")))
-        .client_ca_root(Certificate::from_pem(read("ca.crt")));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(
-        Server::builder()
-            .tls_config(server_tls)
-            .unwrap()
-            .add_service(pb::key_service_server::KeyServiceServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let config = RemoteKeysConfig {
-        endpoint: format!("https://127.0.0.1:{port}"),
-        ca: tls.join("ca.crt"),
-        cert: tls.join("orchestrator.crt"),
-        key: tls.join("orchestrator.key"),
-        server_name: "localhost".into(),
-        timeout_secs: 5,
-    };
+    let (config, dir, _server) = crate::keyservice_client::serve_for_tests(service).await;
     (KeyServiceWrapper::connect(&config, "host-a".into()).unwrap(), dir)
 }
 
