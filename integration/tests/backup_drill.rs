@@ -277,7 +277,11 @@ async fn a_scheduled_drill_runs_by_itself() {
     let scheduler = tokio::spawn(dbagent::backup::scheduler::run(
         svc.clone(),
         registry.clone(),
-        Duration::from_millis(200),
+        dbagent::backup::scheduler::Schedule {
+            interval: Duration::from_millis(200),
+            clock: Arc::new(dbagent::maintenance::SystemClock),
+            avoid_windows: true,
+        },
         root.clone(),
     ));
     // No complete backup yet: no drill.

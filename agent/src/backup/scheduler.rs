@@ -6,6 +6,13 @@
 //! whose last drill is the oldest among those due (never drilled, or last drilled more than
 //! `backup.drill_interval_days` ago) that have a complete backup. Its request id names the
 //! instance and the day (the interval's slot when shorter), so a restart does not run it twice.
+//!
+//! Maintenance windows: with `backup.avoid_maintenance_windows` (the default), neither a scheduled
+//! backup nor a scheduled drill starts while the instance's window is open: the window belongs to
+//! the disruptive work the orchestrator ordered (an upgrade wants the disk and the CPU, and a backup
+//! running through its switch-over would be of neither version). A backup due during the window
+//! starts at the first pass after it ends; the request id keeps the UTC day it was due, so it is
+//! still one backup a day. Retention still runs (it only deletes expired copies).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,6 +21,22 @@ use tokio_util::sync::CancellationToken;
 use super::manifest::{BackupKind, BackupMethod};
 use super::service::BackupService;
 use crate::instances::{Instance, Registry};
+use crate::maintenance::{Clock, WeeklyWindow};
+
+/// How the scheduler runs: every `interval`, reading time from `clock` (the one maintenance windows
+/// are read against), keeping scheduled work out of open windows when `avoid_windows`.
+#[derive(Clone)]
+pub struct Schedule {
+    pub interval: Duration,
+    pub clock: Arc<dyn Clock>,
+    pub avoid_windows: bool,
+}
+
+/// Whether scheduled work on `instance` must wait at `now`: its maintenance window is open and
+/// the scheduler avoids windows.
+pub fn held_by_window(instance: &Instance, now: SystemTime, avoid_windows: bool) -> bool {
+    avoid_windows && instance.spec.maintenance_window.as_ref().is_some_and(|w| WeeklyWindow::from(w).contains(now))
+}
 
 /// The UTC day number and minute of day of `t`.
 fn day_and_minute(t: SystemTime) -> (u64, u32) {
@@ -43,13 +66,14 @@ pub fn drill_due_request(
 }
 
 /// Starts at most one due drill (see the module documentation).
-async fn start_due_drill(service: &BackupService, instances: &[Instance], now: SystemTime) {
+async fn start_due_drill(service: &BackupService, instances: &[&Instance], now: SystemTime) {
     let Some(interval) = service.drill_interval() else { return };
     if service.drill_running() {
         return;
     }
     let mut due: Vec<(Option<SystemTime>, &Instance, String)> = instances
         .iter()
+        .copied()
         .filter_map(|i| {
             let last = service.last_drill(&i.id).map(|r| r.last_finished());
             drill_due_request(&i.id, last, interval, now).map(|request| (last, i, request))
@@ -72,14 +96,19 @@ async fn start_due_drill(service: &BackupService, instances: &[Instance], now: S
 }
 
 /// One pass: starts due backups and applies retention for every instance, then starts a due drill.
-pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: SystemTime) {
+/// Instances whose maintenance window is open get no new scheduled work (`avoid_windows`).
+pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: SystemTime, avoid_windows: bool) {
     let instances = registry.list();
     service.health().retain_instances(&|id| instances.iter().any(|i| i.id == id));
-    start_due_drill(service, &instances, now).await;
-    for instance in instances {
-        if let Some(request_id) = due_request(&instance, now) {
+    let free: Vec<&Instance> = instances.iter().filter(|i| !held_by_window(i, now, avoid_windows)).collect();
+    start_due_drill(service, &free, now).await;
+    for instance in &instances {
+        let due = due_request(instance, now);
+        if due.is_some() && !free.iter().any(|f| f.id == instance.id) {
+            tracing::debug!(instance = %instance.id, "scheduled backup waits: the maintenance window is open");
+        } else if let Some(request_id) = due {
             let method = BackupMethod::Physical;
-            match service.start(&instance, method, BackupKind::Scheduled, &request_id).await {
+            match service.start(instance, method, BackupKind::Scheduled, &request_id).await {
                 Ok(op) if op.created >= now - Duration::from_secs(1) => {
                     tracing::info!(instance = %instance.id, op = %op.id, "scheduled backup started");
                 }
@@ -87,7 +116,7 @@ pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: System
                 Err(e) => tracing::warn!(instance = %instance.id, "scheduled backup: {e:#}"),
             }
         }
-        match service.apply_retention(&instance, now).await {
+        match service.apply_retention(instance, now).await {
             Ok(outcome) if !outcome.removed.is_empty() => {
                 tracing::info!(instance = %instance.id, "retention removed {} backups", outcome.removed.len())
             }
@@ -98,12 +127,12 @@ pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: System
 }
 
 /// Runs until `root` is cancelled.
-pub async fn run(service: Arc<BackupService>, registry: Arc<Registry>, interval: Duration, root: CancellationToken) {
-    let mut timer = tokio::time::interval(interval);
+pub async fn run(service: Arc<BackupService>, registry: Arc<Registry>, schedule: Schedule, root: CancellationToken) {
+    let mut timer = tokio::time::interval(schedule.interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = timer.tick() => tick(&service, &registry, SystemTime::now()).await,
+            _ = timer.tick() => tick(&service, &registry, schedule.clock.now(), schedule.avoid_windows).await,
             () = root.cancelled() => return,
         }
     }
@@ -125,6 +154,25 @@ mod tests {
         let mut off = instance.clone();
         off.spec.backup_policy.as_mut().unwrap().enabled = false;
         assert_eq!(due_request(&off, now + day + Duration::from_secs(200 * 60)), None);
+    }
+
+    #[test]
+    fn scheduled_work_is_held_only_while_the_window_is_open_and_only_when_avoiding_windows() {
+        // fixtures::spec's window: Sunday 02:00 UTC for 60 minutes. 1970-01-04 was a Sunday.
+        let sunday = SystemTime::UNIX_EPOCH + Duration::from_secs(3 * 86_400);
+        let spec = fixtures::spec("a");
+        let window = spec.maintenance_window.clone().expect("the fixture has a window");
+        assert_eq!((window.start_minute_utc, window.duration_minutes), (120, 60));
+        let instance = Instance { id: "a".into(), spec, created: sunday, updated: sunday, generation: 1 };
+        let at = |minutes: u64| sunday + Duration::from_secs(minutes * 60);
+        assert!(!held_by_window(&instance, at(119), true), "before the window");
+        assert!(held_by_window(&instance, at(120), true), "the window's first minute");
+        assert!(held_by_window(&instance, at(179), true), "its last minute");
+        assert!(!held_by_window(&instance, at(180), true), "after it");
+        assert!(!held_by_window(&instance, at(150), false), "not avoiding windows");
+        let mut none = instance.clone();
+        none.spec.maintenance_window = None;
+        assert!(!held_by_window(&none, at(150), true), "no window, nothing to avoid");
     }
 
     #[test]

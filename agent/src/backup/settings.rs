@@ -22,6 +22,9 @@ pub struct BackupConfig {
     pub max_retries: usize,
     /// How often the scheduler looks for due backups and expired ones.
     pub scheduler_interval_secs: u64,
+    /// Scheduled backups and drills do not start while the instance's maintenance window is open
+    /// (the window is for the orchestrator's disruptive work); one due then starts after it.
+    pub avoid_maintenance_windows: bool,
     /// Destinations, written at once; names are the availability zones. Empty: three `dir`
     /// destinations under `<state_dir>/backups/{az1,az2,az3}`.
     pub destinations: Vec<DestinationConfig>,
@@ -115,6 +118,7 @@ impl Default for BackupConfig {
             rate_limit_bytes_per_sec: 0,
             max_retries: 3,
             scheduler_interval_secs: 60,
+            avoid_maintenance_windows: true,
             destinations: Vec::new(),
             accept_on_host_destinations: false,
             postgresql: EngineConnection {

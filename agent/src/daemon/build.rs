@@ -38,6 +38,9 @@ pub(super) struct Daemon {
     pub volumes_simulated: bool,
     pub backups: Arc<BackupService>,
     pub availability: crate::availability::Ledger,
+    /// The clock maintenance windows, availability and the backup scheduler read (moved by
+    /// `testing.clock_offset_secs` on test hosts).
+    pub clock: Arc<dyn Clock>,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -89,7 +92,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     // Before anything can open an interval: it closes what a crash left open, at the last evidence.
     let (availability, recovery) = crate::availability::Ledger::open(
         state_dir.join("availability"),
-        clock,
+        clock.clone(),
         crate::availability::heartbeat::HEARTBEAT_EVERY,
     )?;
     for instance in &recovery.closed {
@@ -178,6 +181,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
         availability,
+        clock,
         logs,
         metrics_hub,
         metrics_tasks,

@@ -44,7 +44,11 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
         backup::scheduler::run(
             d.backups.clone(),
             d.registry.clone(),
-            Duration::from_secs(config.backup.scheduler_interval_secs),
+            backup::scheduler::Schedule {
+                interval: Duration::from_secs(config.backup.scheduler_interval_secs),
+                clock: d.clock.clone(),
+                avoid_windows: config.backup.avoid_maintenance_windows,
+            },
             root.clone(),
         )
         .map(Ok),
