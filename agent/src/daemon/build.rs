@@ -38,6 +38,7 @@ pub(super) struct Daemon {
     pub volumes_simulated: bool,
     pub backups: Arc<BackupService>,
     pub availability: crate::availability::Ledger,
+    pub database_tls: crate::dbtls::DbTlsService,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -148,6 +149,18 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
             crate::availability::metrics_text::render(&availability, &instances)
         }
     }));
+    let database_tls = crate::dbtls::DbTlsService::new(
+        registry.clone(),
+        engine.clone(),
+        config.database_tls.clone(),
+        config.backup.clone(),
+        config.instances.data_roots.clone(),
+        hostname.clone(),
+    );
+    metrics_hub.add_exposition(Box::new({
+        let database_tls = database_tls.clone();
+        move || database_tls.metrics_text()
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
@@ -178,6 +191,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
         availability,
+        database_tls,
         logs,
         metrics_hub,
         metrics_tasks,
