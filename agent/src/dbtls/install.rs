@@ -123,11 +123,15 @@ pub async fn install(
     let reason = match reload::apply(instance, &conn, &paths).await {
         Ok(()) => match wait_served(instance, addr, &leaf, ctx.served_timeout).await {
             Ok(()) => {
-                blocking({
+                // The new certificate is served: leftovers are untidy, not a failed install.
+                let discarded = blocking({
                     let f = files.clone();
                     move || f.discard_previous()
                 })
-                .await?;
+                .await;
+                if let Err(e) = discarded {
+                    tracing::warn!(instance = %instance.id, "remove the previous certificate files: {e}");
+                }
                 return Ok(InstallOutcome::Installed);
             }
             Err(why) => why,

@@ -1,0 +1,243 @@
+//! Database TLS against real engines (issue 15): InstallCertificate makes PostgreSQL and MariaDB
+//! serve a new certificate without a restart, read back by `openssl s_client` (an independent TLS
+//! client) and with the server's PID unchanged; a bad chain and a mismatched key are refused with a
+//! clear error while the old certificate keeps being served; a certificate the engine cannot serve
+//! is taken back and the old one served again; the key is never in the operation's record.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use dbagent::backup::BackupConfig;
+use dbagent::backup::settings::EngineConnection;
+use dbagent::dbtls::validate::CertificateInput;
+use dbagent::dbtls::{DbTlsConfig, DbTlsError, DbTlsService};
+use dbagent::error::{ErrorCode, HasErrorCode};
+use dbagent::instances::registry::Registry;
+use dbagent::instances::{Engine, ValidationRules};
+use dbagent::ops::OpState;
+use dbagent_integration::backup_harness::{Harness, instance};
+use dbagent_integration::pki::{CertAuthority, IssuedCert};
+use dbagent_integration::servers::{MariaServer, PgServer};
+
+const DATA_ROOT: &str = "/tmp";
+
+struct Tls {
+    h: Harness,
+    svc: DbTlsService,
+}
+
+async fn service(id: &str, engine: Engine, os_user: &str, data: &Path, conn: BackupConfig, timeout: u64) -> Tls {
+    let h = Harness::new();
+    let rules =
+        ValidationRules { data_roots: vec![DATA_ROOT.into()], device_prefixes: vec!["/dev/vd".into()], log_roots: vec![] };
+    let registry = Arc::new(Registry::open(h.state.join("instances"), rules, Default::default()).expect("registry"));
+    let mut spec = instance(id, engine, os_user, data).spec;
+    spec.engine_version = "1".into();
+    registry.register(id, spec).await.expect("register the instance");
+    let config = DbTlsConfig {
+        names: vec!["{instance}.db.test".into(), "{host}".into()],
+        served_timeout_secs: timeout,
+        ..DbTlsConfig::default()
+    };
+    let svc = DbTlsService::new(registry, h.engine.clone(), config, conn, vec![PathBuf::from(DATA_ROOT)], "dbhost-1".into());
+    Tls { h, svc }
+}
+
+fn input(cert: &IssuedCert, key: &IssuedCert, ca: &CertAuthority) -> CertificateInput {
+    CertificateInput { cert_pem: cert.cert_pem.clone(), key_pem: key.key_pem.clone().into(), ca_pem: ca.cert_pem().into() }
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    let mut reader = pem.as_bytes();
+    rustls_pemfile::certs(&mut reader).next().expect("a certificate").expect("PEM").as_ref().to_vec()
+}
+
+/// The certificate the server at 127.0.0.1:`port` serves, as `openssl s_client` reads it.
+fn served(starttls: &str, port: u16) -> Option<Vec<u8>> {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", starttls, "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    Some(der(&text[start..end]))
+}
+
+fn pid(file: &Path) -> String {
+    std::fs::read_to_string(file).expect("read the pid file").lines().next().unwrap_or_default().trim().to_owned()
+}
+
+impl Tls {
+    async fn install(&self, request_id: &str, id: &str, input: CertificateInput, force: bool) -> dbagent::ops::OperationRecord {
+        let op = self.svc.submit_install(request_id.into(), id, input, force).await.expect("submit the install");
+        self.h.wait(&op).await
+    }
+
+    async fn refused(&self, request_id: &str, id: &str, input: CertificateInput) -> DbTlsError {
+        self.svc.submit_install(request_id.into(), id, input, false).await.expect_err("the bundle must be refused")
+    }
+
+    /// No key text anywhere in the operations journal.
+    fn journal_has_no_key(&self) {
+        for entry in std::fs::read_dir(self.h.state.join("operations")).expect("journal") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(!text.contains("PRIVATE KEY"), "{} holds a key", path.display());
+            }
+        }
+    }
+}
+
+fn outcome(op: &dbagent::ops::OperationRecord) -> String {
+    assert_eq!(op.state, OpState::Succeeded, "{:?}", op.error);
+    op.result.as_ref().and_then(|r| r["outcome"].as_str()).unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn postgresql_serves_a_new_certificate_without_a_restart_and_keeps_it_when_a_bad_one_is_refused() {
+    let pg = PgServer::init();
+    let pid_file = pg.data.join("postmaster.pid");
+    let before = pid(&pid_file);
+    let conn = BackupConfig { postgresql: pg.connection("postgres"), ..BackupConfig::default() };
+    let tls = service("pg1", Engine::Postgresql, "postgres", &pg.data, conn, 15).await;
+    let ca = CertAuthority::new("database CA");
+    let names = ["pg1.db.test", "dbhost-1"];
+    assert_eq!(served("postgres", pg.port), None, "no TLS before the first install");
+
+    let first = ca.server_for(&names);
+    let op = tls.install("c-1", "pg1", input(&first, &first, &ca), false).await;
+    assert_eq!(outcome(&op), "installed");
+    assert_eq!(served("postgres", pg.port), Some(der(&first.cert_pem)), "ssl turned on and served");
+    assert_eq!(op.params["key_pem"], dbagent::ops::IN_MEMORY_ONLY, "the record says a key was given, not which");
+    assert!(!serde_json::to_string(&op).unwrap_or_default().contains("PRIVATE KEY"));
+
+    let second = ca.server_for(&names);
+    let op = tls.install("c-2", "pg1", input(&second, &second, &ca), false).await;
+    assert_eq!(outcome(&op), "installed");
+    assert_eq!(served("postgres", pg.port), Some(der(&second.cert_pem)), "the rotated certificate is served");
+    assert_eq!(pid(&pid_file), before, "served without a restart");
+    assert!(!pg.data.join("dbagent-tls.key.old").exists(), "the previous files go once the new ones are served");
+    let key = std::fs::metadata(pg.data.join("dbagent-tls.key")).expect("key file");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+
+    // A chain to another CA, a key of another certificate, a name the instance is not reached by.
+    let stranger = CertAuthority::new("someone else's CA");
+    let foreign = stranger.server_for(&names);
+    let e = tls.refused("c-3", "pg1", input(&foreign, &foreign, &ca)).await;
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("does not verify to ca_pem"), "{e}");
+    let e = tls.refused("c-4", "pg1", input(&first, &second, &ca)).await;
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert!(e.to_string().contains("key_pem does not match the certificate"), "{e}");
+    let other = ca.server_for(&["pg2.db.test", "dbhost-1"]);
+    let e = tls.refused("c-5", "pg1", input(&other, &other, &ca)).await;
+    assert!(e.to_string().contains("\"pg1.db.test\""), "{e}");
+    assert_eq!(served("postgres", pg.port), Some(der(&second.cert_pem)), "the old certificate keeps being served");
+    assert!(tls.h.engine.by_request("c-3").is_none(), "a refused bundle starts no operation");
+
+    let again = tls.install("c-6", "pg1", input(&second, &second, &ca), false).await;
+    assert_eq!(outcome(&again), "already_served");
+    let installed = tls.svc.installed("pg1").expect("read").expect("installed");
+    assert_eq!(installed.summary.fingerprint, again.params["fingerprint_sha256"].as_str().unwrap_or_default());
+    assert!(installed.seconds_left > 365 * 86_400 && !installed.warn, "{installed:?}");
+    assert!(tls.svc.metrics_text().contains("dbagent_instance_tls_cert_expiry_seconds{instance=\"pg1\"} "));
+    assert_eq!(pid(&pid_file), before);
+    tls.journal_has_no_key();
+}
+
+/// An RSA key (openssl), so the certificate can be served under RSA-only TLS 1.2 ciphers.
+fn rsa_key() -> rcgen::KeyPair {
+    let out = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .output()
+        .expect("openssl genpkey");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rcgen::KeyPair::from_pem_and_sign_algo(&String::from_utf8_lossy(&out.stdout), &rcgen::PKCS_RSA_SHA256)
+        .expect("RSA key")
+}
+
+#[tokio::test]
+async fn postgresql_gets_the_old_certificate_back_when_it_cannot_serve_the_new_one() {
+    let pg = PgServer::init();
+    // Only RSA ciphers on TLS 1.2: a valid ECDSA certificate loads, but no handshake can use it.
+    pg.psql("postgres", "ALTER SYSTEM SET ssl_max_protocol_version = 'TLSv1.2'");
+    pg.psql("postgres", "ALTER SYSTEM SET ssl_ciphers = 'ECDHE-RSA-AES128-GCM-SHA256'");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let pid_file = pg.data.join("postmaster.pid");
+    let before = pid(&pid_file);
+    let conn = BackupConfig { postgresql: pg.connection("postgres"), ..BackupConfig::default() };
+    let tls = service("pg1", Engine::Postgresql, "postgres", &pg.data, conn, 3).await;
+    let ca = CertAuthority::new("database CA");
+    let names = ["pg1.db.test", "dbhost-1"];
+    let rsa = ca.server_for_key(&names, rsa_key());
+    assert_eq!(outcome(&tls.install("c-1", "pg1", input(&rsa, &rsa, &ca), false).await), "installed");
+    assert_eq!(served("postgres", pg.port), Some(der(&rsa.cert_pem)));
+
+    let ecdsa = ca.server_for(&names);
+    let op = tls.install("c-2", "pg1", input(&ecdsa, &ecdsa, &ca), false).await;
+    assert_eq!(op.state, OpState::Failed);
+    let error = op.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::FailedPrecondition);
+    assert!(error.message.contains("did not serve the new certificate"), "{}", error.message);
+    assert!(error.message.contains("put back"), "{}", error.message);
+    assert_eq!(served("postgres", pg.port), Some(der(&rsa.cert_pem)), "the old certificate is served again");
+    assert_eq!(std::fs::read_to_string(pg.data.join("dbagent-tls.crt")).unwrap_or_default(), rsa.cert_pem);
+    assert_eq!(pid(&pid_file), before);
+}
+
+#[tokio::test]
+async fn mariadb_serves_a_new_certificate_after_alter_instance_reload_tls() {
+    let maria = MariaServer::start_debian_auth_with(|data| {
+        vec![
+            format!("--ssl-cert={}", data.join("dbagent-tls.crt").display()),
+            format!("--ssl-key={}", data.join("dbagent-tls.key").display()),
+            format!("--ssl-ca={}", data.join("dbagent-tls-ca.crt").display()),
+        ]
+    });
+    let pid_file = maria.root.path().join("mysqld.pid");
+    let before = pid(&pid_file);
+    let conn = EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
+    let conn = BackupConfig { mariadb: conn, ..BackupConfig::default() };
+    let tls = service("maria1", Engine::Mariadb, "mysql", &maria.data, conn, 15).await;
+    let ca = CertAuthority::new("database CA");
+    let names = ["maria1.db.test", "dbhost-1"];
+
+    let first = ca.server_for(&names);
+    assert_eq!(outcome(&tls.install("m-1", "maria1", input(&first, &first, &ca), false).await), "installed");
+    assert_eq!(served("mysql", maria.port), Some(der(&first.cert_pem)));
+    let second = ca.server_for(&names);
+    assert_eq!(outcome(&tls.install("m-2", "maria1", input(&second, &second, &ca), false).await), "installed");
+    assert_eq!(served("mysql", maria.port), Some(der(&second.cert_pem)), "the rotated certificate is served");
+    assert_eq!(pid(&pid_file), before, "served without a restart");
+
+    let stranger = CertAuthority::new("someone else's CA");
+    let foreign = stranger.server_for(&names);
+    let e = tls.refused("m-3", "maria1", input(&foreign, &foreign, &ca)).await;
+    assert!(e.to_string().contains("does not verify to ca_pem"), "{e}");
+    let e = tls.refused("m-4", "maria1", input(&second, &first, &ca)).await;
+    assert!(e.to_string().contains("key_pem does not match the certificate"), "{e}");
+    assert_eq!(served("mysql", maria.port), Some(der(&second.cert_pem)), "the old certificate keeps being served");
+    tls.journal_has_no_key();
+}
+
+#[tokio::test]
+async fn mariadb_started_without_the_agents_paths_is_refused_before_anything_is_written() {
+    let maria = MariaServer::start_debian_auth();
+    let conn = EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
+    let conn = BackupConfig { mariadb: conn, ..BackupConfig::default() };
+    let tls = service("maria1", Engine::Mariadb, "mysql", &maria.data, conn, 15).await;
+    let ca = CertAuthority::new("database CA");
+    let cert = ca.server_for(&["maria1.db.test", "dbhost-1"]);
+    let op = tls.install("m-1", "maria1", input(&cert, &cert, &ca), false).await;
+    assert_eq!(op.state, OpState::Failed);
+    let error = op.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::FailedPrecondition);
+    assert!(error.message.contains("start mariadbd with ssl_cert="), "{}", error.message);
+    assert!(!maria.data.join("dbagent-tls.key").exists(), "nothing written");
+    assert!(!maria.data.join("dbagent-tls.key.new").exists(), "nothing written");
+}
