@@ -191,8 +191,22 @@ async fn postgresql_gets_the_old_certificate_back_when_it_cannot_serve_the_new_o
 }
 
 #[tokio::test]
-async fn mariadb_serves_a_new_certificate_after_alter_instance_reload_tls() {
+async fn mariadb_serves_a_new_certificate_after_flush_ssl() {
+    let ca = CertAuthority::new("database CA");
+    let names = ["maria1.db.test", "dbhost-1"];
+    // MariaDB reads its certificate paths at start only and aborts when the files are missing: the
+    // host is provisioned with a first certificate there, which the agent then rotates.
+    let bootstrap = ca.server_for(&names);
     let maria = MariaServer::start_debian_auth_with(|data| {
+        for (name, text) in [
+            ("dbagent-tls.crt", &bootstrap.cert_pem),
+            ("dbagent-tls.key", &bootstrap.key_pem),
+            ("dbagent-tls-ca.crt", &ca.cert_pem().to_owned()),
+        ] {
+            std::fs::write(data.join(name), text).expect("write a bootstrap file");
+            let status = Command::new("chown").arg("mysql:").arg(data.join(name)).status().expect("chown");
+            assert!(status.success());
+        }
         vec![
             format!("--ssl-cert={}", data.join("dbagent-tls.crt").display()),
             format!("--ssl-key={}", data.join("dbagent-tls.key").display()),
@@ -204,8 +218,7 @@ async fn mariadb_serves_a_new_certificate_after_alter_instance_reload_tls() {
     let conn = EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
     let conn = BackupConfig { mariadb: conn, ..BackupConfig::default() };
     let tls = service("maria1", Engine::Mariadb, "mysql", &maria.data, conn, 15).await;
-    let ca = CertAuthority::new("database CA");
-    let names = ["maria1.db.test", "dbhost-1"];
+    assert_eq!(served("mysql", maria.port), Some(der(&bootstrap.cert_pem)), "the provisioned certificate");
 
     let first = ca.server_for(&names);
     assert_eq!(outcome(&tls.install("m-1", "maria1", input(&first, &first, &ca), false).await), "installed");

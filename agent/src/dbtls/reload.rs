@@ -2,7 +2,7 @@
 //! instance's OS user (`[backup.<engine>]` says how to reach it, as for backups):
 //! - PostgreSQL: `ALTER SYSTEM SET ssl = on` and the three file settings, then `pg_reload_conf()`;
 //!   the settings it had are read first and put back if the new certificate is not served.
-//! - MariaDB: `ALTER INSTANCE RELOAD TLS`. Its `ssl_cert`/`ssl_key`/`ssl_ca` are read at start only,
+//! - MariaDB: `FLUSH SSL` (MariaDB 10.4+; MySQL's `ALTER INSTANCE RELOAD TLS` is a syntax error there). Its `ssl_cert`/`ssl_key`/`ssl_ca` are read at start only,
 //!   so mariadbd must have been started with the agent's paths (checked before anything is written).
 //! - Redis: `CONFIG SET tls-cert-file ... tls-key-file ... tls-ca-cert-file ...`, which Redis
 //!   applies at once; it needs a `tls-port` (checked first).
@@ -151,7 +151,7 @@ pub async fn apply(instance: &Instance, conn: &EngineConnection, paths: &TlsPath
                 [("ssl", "on".to_owned()), ("ssl_cert_file", cert), ("ssl_key_file", key), ("ssl_ca_file", ca)];
             pg_set_and_reload(instance, conn, &settings).await
         }
-        Engine::Mariadb => run(instance, conn, mariadb(conn, "ALTER INSTANCE RELOAD TLS")).await.map(drop),
+        Engine::Mariadb => run(instance, conn, mariadb(conn, "FLUSH SSL")).await.map(drop),
         Engine::Redis => {
             let args = ["CONFIG", "SET", "tls-cert-file", &cert, "tls-key-file", &key, "tls-ca-cert-file", &ca];
             let out = run(instance, conn, redis(conn, &args)).await?;
@@ -171,7 +171,7 @@ pub async fn restore(instance: &Instance, conn: &EngineConnection, before: &Befo
                 .collect();
             pg_set_and_reload(instance, conn, &settings).await
         }
-        Engine::Mariadb => run(instance, conn, mariadb(conn, "ALTER INSTANCE RELOAD TLS")).await.map(drop),
+        Engine::Mariadb => run(instance, conn, mariadb(conn, "FLUSH SSL")).await.map(drop),
         Engine::Redis => {
             let mut args = vec!["CONFIG".to_owned(), "SET".to_owned()];
             for (k, v) in &before.previous {
