@@ -336,13 +336,18 @@ impl RedisServer {
     /// Starts with `dir` (inside `root`, owned by redis) as its data folder, so that `root` can be
     /// a data root with the server's folder strictly below it.
     pub fn start_at(root: OwnedDir, dir: &Path) -> Self {
+        Self::start_at_with(root, dir, "")
+    }
+
+    /// Like [`RedisServer::start_at`], with `extra` lines added to its redis.conf (e.g. `tls-port`).
+    pub fn start_at_with(root: OwnedDir, dir: &Path, extra: &str) -> Self {
         let reserved = ReservedPort::new();
         let port = reserved.port();
         let conf = root.path().join("redis.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n",
+                "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n{extra}",
                 dir.display()
             ),
         )

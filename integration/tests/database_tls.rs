@@ -18,7 +18,7 @@ use dbagent::instances::{Engine, ValidationRules};
 use dbagent::ops::OpState;
 use dbagent_integration::backup_harness::{Harness, instance};
 use dbagent_integration::pki::{CertAuthority, IssuedCert};
-use dbagent_integration::servers::{MariaServer, PgServer};
+use dbagent_integration::servers::{MariaServer, OwnedDir, PgServer, RedisServer, ReservedPort};
 
 const DATA_ROOT: &str = "/tmp";
 
@@ -29,8 +29,11 @@ struct Tls {
 
 async fn service(id: &str, engine: Engine, os_user: &str, data: &Path, conn: BackupConfig, timeout: u64) -> Tls {
     let h = Harness::new();
-    let rules =
-        ValidationRules { data_roots: vec![DATA_ROOT.into()], device_prefixes: vec!["/dev/vd".into()], log_roots: vec![] };
+    let rules = ValidationRules {
+        data_roots: vec![DATA_ROOT.into()],
+        device_prefixes: vec!["/dev/vd".into()],
+        log_roots: vec![],
+    };
     let registry = Arc::new(Registry::open(h.state.join("instances"), rules, Default::default()).expect("registry"));
     let mut spec = instance(id, engine, os_user, data).spec;
     spec.engine_version = "1".into();
@@ -40,12 +43,17 @@ async fn service(id: &str, engine: Engine, os_user: &str, data: &Path, conn: Bac
         served_timeout_secs: timeout,
         ..DbTlsConfig::default()
     };
-    let svc = DbTlsService::new(registry, h.engine.clone(), config, conn, vec![PathBuf::from(DATA_ROOT)], "dbhost-1".into());
+    let svc =
+        DbTlsService::new(registry, h.engine.clone(), config, conn, vec![PathBuf::from(DATA_ROOT)], "dbhost-1".into());
     Tls { h, svc }
 }
 
 fn input(cert: &IssuedCert, key: &IssuedCert, ca: &CertAuthority) -> CertificateInput {
-    CertificateInput { cert_pem: cert.cert_pem.clone(), key_pem: key.key_pem.clone().into(), ca_pem: ca.cert_pem().into() }
+    CertificateInput {
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: key.key_pem.clone().into(),
+        ca_pem: ca.cert_pem().into(),
+    }
 }
 
 fn der(pem: &str) -> Vec<u8> {
@@ -53,10 +61,15 @@ fn der(pem: &str) -> Vec<u8> {
     rustls_pemfile::certs(&mut reader).next().expect("a certificate").expect("PEM").as_ref().to_vec()
 }
 
-/// The certificate the server at 127.0.0.1:`port` serves, as `openssl s_client` reads it.
+/// The certificate the server at 127.0.0.1:`port` serves, as `openssl s_client` reads it
+/// (`starttls` empty: TLS from the first byte, as Redis's tls-port).
 fn served(starttls: &str, port: u16) -> Option<Vec<u8>> {
+    let mut args = vec!["s_client".to_owned(), "-connect".to_owned(), format!("127.0.0.1:{port}")];
+    if !starttls.is_empty() {
+        args.extend(["-starttls".to_owned(), starttls.to_owned()]);
+    }
     let out = Command::new("openssl")
-        .args(["s_client", "-starttls", starttls, "-connect", &format!("127.0.0.1:{port}")])
+        .args(&args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
@@ -72,7 +85,13 @@ fn pid(file: &Path) -> String {
 }
 
 impl Tls {
-    async fn install(&self, request_id: &str, id: &str, input: CertificateInput, force: bool) -> dbagent::ops::OperationRecord {
+    async fn install(
+        &self,
+        request_id: &str,
+        id: &str,
+        input: CertificateInput,
+        force: bool,
+    ) -> dbagent::ops::OperationRecord {
         let op = self.svc.submit_install(request_id.into(), id, input, force).await.expect("submit the install");
         self.h.wait(&op).await
     }
@@ -198,15 +217,7 @@ async fn mariadb_serves_a_new_certificate_after_flush_ssl() {
     // host is provisioned with a first certificate there, which the agent then rotates.
     let bootstrap = ca.server_for(&names);
     let maria = MariaServer::start_debian_auth_with(|data| {
-        for (name, text) in [
-            ("dbagent-tls.crt", &bootstrap.cert_pem),
-            ("dbagent-tls.key", &bootstrap.key_pem),
-            ("dbagent-tls-ca.crt", &ca.cert_pem().to_owned()),
-        ] {
-            std::fs::write(data.join(name), text).expect("write a bootstrap file");
-            let status = Command::new("chown").arg("mysql:").arg(data.join(name)).status().expect("chown");
-            assert!(status.success());
-        }
+        provision(data, "mysql", &bootstrap, &ca);
         vec![
             format!("--ssl-cert={}", data.join("dbagent-tls.crt").display()),
             format!("--ssl-key={}", data.join("dbagent-tls.key").display()),
@@ -215,7 +226,8 @@ async fn mariadb_serves_a_new_certificate_after_flush_ssl() {
     });
     let pid_file = maria.root.path().join("mysqld.pid");
     let before = pid(&pid_file);
-    let conn = EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
+    let conn =
+        EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
     let conn = BackupConfig { mariadb: conn, ..BackupConfig::default() };
     let tls = service("maria1", Engine::Mariadb, "mysql", &maria.data, conn, 15).await;
     assert_eq!(served("mysql", maria.port), Some(der(&bootstrap.cert_pem)), "the provisioned certificate");
@@ -241,7 +253,8 @@ async fn mariadb_serves_a_new_certificate_after_flush_ssl() {
 #[tokio::test]
 async fn mariadb_started_without_the_agents_paths_is_refused_before_anything_is_written() {
     let maria = MariaServer::start_debian_auth();
-    let conn = EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
+    let conn =
+        EngineConnection { host: maria.socket.display().to_string(), port: maria.port, ..EngineConnection::default() };
     let conn = BackupConfig { mariadb: conn, ..BackupConfig::default() };
     let tls = service("maria1", Engine::Mariadb, "mysql", &maria.data, conn, 15).await;
     let ca = CertAuthority::new("database CA");
@@ -253,4 +266,62 @@ async fn mariadb_started_without_the_agents_paths_is_refused_before_anything_is_
     assert!(error.message.contains("start mariadbd with ssl_cert="), "{}", error.message);
     assert!(!maria.data.join("dbagent-tls.key").exists(), "nothing written");
     assert!(!maria.data.join("dbagent-tls.key.new").exists(), "nothing written");
+}
+
+/// Writes the three files as `owner`'s, where a provisioned host has them before the first start.
+fn provision(dir: &Path, owner: &str, cert: &IssuedCert, ca: &CertAuthority) {
+    for (name, text) in [
+        ("dbagent-tls.crt", cert.cert_pem.as_str()),
+        ("dbagent-tls.key", cert.key_pem.as_str()),
+        ("dbagent-tls-ca.crt", ca.cert_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write a provisioned file");
+        let status = Command::new("chown").arg(format!("{owner}:")).arg(dir.join(name)).status().expect("chown");
+        assert!(status.success());
+    }
+}
+
+#[tokio::test]
+async fn redis_serves_a_new_certificate_after_config_set() {
+    let ca = CertAuthority::new("database CA");
+    let names = ["redis1.db.test", "dbhost-1"];
+    let bootstrap = ca.server_for(&names);
+    let root = OwnedDir::new("redis");
+    let dir = root.path().to_path_buf();
+    provision(&dir, "redis", &bootstrap, &ca);
+    let tls_port = ReservedPort::new();
+    let (port, d) = (tls_port.port(), dir.display());
+    let conf = format!(
+        "tls-port {port}\ntls-cert-file {d}/dbagent-tls.crt\ntls-key-file {d}/dbagent-tls.key\n\
+         tls-ca-cert-file {d}/dbagent-tls-ca.crt\ntls-auth-clients no\n"
+    );
+    let redis = RedisServer::start_at_with(root, &dir, &conf);
+    let pid = redis
+        .cli(&["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let conn = EngineConnection { host: "127.0.0.1".into(), port: redis.port, ..EngineConnection::default() };
+    let tls =
+        service("redis1", Engine::Redis, "redis", &dir, BackupConfig { redis: conn, ..BackupConfig::default() }, 15)
+            .await;
+    assert_eq!(served("", tls_port.port()), Some(der(&bootstrap.cert_pem)), "the provisioned certificate");
+
+    let next = ca.server_for(&names);
+    assert_eq!(outcome(&tls.install("r-1", "redis1", input(&next, &next, &ca), false).await), "installed");
+    assert_eq!(served("", tls_port.port()), Some(der(&next.cert_pem)), "the new certificate is served");
+    let e = tls.refused("r-2", "redis1", input(&bootstrap, &next, &ca)).await;
+    assert!(e.to_string().contains("key_pem does not match the certificate"), "{e}");
+    assert_eq!(served("", tls_port.port()), Some(der(&next.cert_pem)));
+    let now = redis
+        .cli(&["INFO", "server"])
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert_eq!(now, pid, "served without a restart");
+    tls.journal_has_no_key();
 }

@@ -2,13 +2,13 @@
 //! like an ssh key (a regular file, no link followed, readable by its owner only), sent once, and
 //! never stored by the agent beyond the operation's memory.
 
+use super::Ctx;
 use super::args::OperationArgs;
 use super::error::CliError;
 use super::operations::finish;
 use super::recovery_key::read_secret_file;
 use super::render::{ToJson, time_text};
 use super::table::{ToTable, fields};
-use super::Ctx;
 use clap::Subcommand;
 use dbagent_proto::v1 as pb;
 use pb::upgrades_client::UpgradesClient;
@@ -46,7 +46,8 @@ pub enum TlsCommand {
 }
 
 fn read_public(what: &str, path: &Path) -> Result<String, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("read {what} {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("read {what} {}: {e}", path.display())))?;
     if text.len() as u64 > MAX_CERT_FILE {
         return Err(CliError::Usage(format!("{what} {} is larger than {MAX_CERT_FILE} bytes", path.display())));
     }
@@ -106,11 +107,8 @@ impl ToTable for pb::CertificateInfo {
         if !self.installed {
             return format!("{}: no certificate installed by the agent\n", self.instance_id);
         }
-        let left = if self.seconds_left < 0 {
-            "EXPIRED".to_owned()
-        } else {
-            format!("{} days", self.seconds_left / 86_400)
-        };
+        let left =
+            if self.seconds_left < 0 { "EXPIRED".to_owned() } else { format!("{} days", self.seconds_left / 86_400) };
         let warning = if self.expires_soon { " (install a new one)" } else { "" };
         fields(&[
             ("instance", self.instance_id.clone()),
