@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use dbagent::backup::BackupConfig;
@@ -16,9 +17,14 @@ use dbagent::error::{ErrorCode, HasErrorCode};
 use dbagent::instances::registry::Registry;
 use dbagent::instances::{Engine, ValidationRules};
 use dbagent::ops::OpState;
+use dbagent_integration::agent::{AgentBuilder, LaunchContext};
 use dbagent_integration::backup_harness::{Harness, instance};
-use dbagent_integration::pki::{CertAuthority, IssuedCert};
-use dbagent_integration::servers::{MariaServer, OwnedDir, PgServer, RedisServer, ReservedPort};
+use dbagent_integration::config::{custom_config, toml_path};
+use dbagent_integration::ops::instance_spec;
+use dbagent_integration::pki::{CertAuthority, IssuedCert, PkiFiles, ServerPki};
+use dbagent_integration::servers::{MariaServer, OwnedDir, PG_BIN, PgServer, RedisServer, ReservedPort};
+use dbagent_integration::{ClientIdentity, Validity};
+use tonic::Code;
 
 const DATA_ROOT: &str = "/tmp";
 
@@ -324,4 +330,95 @@ async fn redis_serves_a_new_certificate_after_config_set() {
         .to_owned();
     assert_eq!(now, pid, "served without a restart");
     tls.journal_has_no_key();
+}
+
+/// The suite's agent config with the cluster's folder as data root, its connection, and the names.
+fn agent_config(ctx: &LaunchContext, pki: &PkiFiles, pg: (&Path, u16)) -> String {
+    format!(
+        "{base}\n[instances]\ndata_roots = [{root}]\n\n[backup.postgresql]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         user = \"postgres\"\ndatabase = \"postgres\"\nbin_dir = {bin}\n\n[database_tls]\n\
+         names = [\"{{instance}}.db.test\"]\n",
+        base = custom_config(ctx, pki, &[], &["orchestrator"], &["monitor"]),
+        root = toml_path(pg.0),
+        port = pg.1,
+        bin = toml_path(Path::new(PG_BIN)),
+    )
+}
+
+#[tokio::test]
+async fn install_certificate_through_the_agent_is_served_shown_and_watched_for_expiry() {
+    use dbagent_proto::v1 as pb;
+    let pg = PgServer::init();
+    let pki = Rc::new(ServerPki::new());
+    let for_config = pki.clone();
+    let (root, port) = (pg.root.path().to_path_buf(), pg.port);
+    let agent = AgentBuilder::config(move |ctx: &LaunchContext| {
+        agent_config(ctx, &for_config.write(&ctx.work_dir.join("pki")), (&root, port))
+    })
+    .start();
+    let orchestrator = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("orchestrator", Validity::Current));
+    let monitor = ClientIdentity::issued(pki.ca.cert_pem(), &pki.ca.client("monitor", Validity::Current));
+    let channel = agent.channel(&orchestrator).await;
+    let mut spec = instance_spec("pg-1", pg.root.path());
+    spec.data_dir = pg.data.to_string_lossy().into_owned();
+    let req = pb::RegisterInstanceRequest { request_id: "reg".into(), id: "pg-1".into(), spec: Some(spec) };
+    pb::instances_client::InstancesClient::new(channel.clone())
+        .register_instance(req)
+        .await
+        .unwrap_or_else(|s| panic!("RegisterInstance: {s:?}\n{}", agent.log()));
+
+    let ca = CertAuthority::new("database CA");
+    let cert = ca.server_for(&["pg-1.db.test"]);
+    let request = |id: &str, cert: &IssuedCert, key: &IssuedCert| pb::InstallCertificateRequest {
+        request_id: id.into(),
+        instance_id: "pg-1".into(),
+        cert_pem: cert.cert_pem.clone(),
+        key_pem: key.key_pem.clone(),
+        ca_pem: ca.cert_pem().into(),
+        force: false,
+    };
+    let mut upgrades = pb::upgrades_client::UpgradesClient::new(channel.clone());
+    let mut monitor_upgrades = pb::upgrades_client::UpgradesClient::new(agent.channel(&monitor).await);
+    let denied = monitor_upgrades.install_certificate(request("c-0", &cert, &cert)).await.expect_err("monitor");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let other = ca.server_for(&["pg-1.db.test"]);
+    let refused = upgrades.install_certificate(request("c-1", &cert, &other)).await.expect_err("mismatched key");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("key_pem does not match the certificate"), "{refused:?}");
+
+    let op = upgrades
+        .install_certificate(request("c-2", &cert, &cert))
+        .await
+        .unwrap_or_else(|s| panic!("InstallCertificate: {s:?}\n{}", agent.log()))
+        .into_inner();
+    assert_eq!(op.kind, "dbtls.install");
+    let mut ops = pb::operations_client::OperationsClient::new(channel.clone());
+    let done = loop {
+        let now = ops.get_operation(pb::GetOperationRequest { id: op.id.clone() }).await.expect("GetOperation");
+        let now = now.into_inner();
+        if now.finished.is_some() {
+            break now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}\n{}", agent.log());
+    assert_eq!(served("postgres", pg.port), Some(der(&cert.cert_pem)));
+
+    let shown = monitor_upgrades
+        .get_certificate(pb::GetCertificateRequest { instance_id: "pg-1".into() })
+        .await
+        .expect("GetCertificate")
+        .into_inner();
+    assert!(shown.installed && shown.names == ["pg-1.db.test"] && !shown.expires_soon, "{shown:?}");
+    let metrics = dbagent_integration::prometheus::scrape(&dbagent_integration::prometheus::address(&agent));
+    let left =
+        dbagent_integration::prometheus::value(&metrics, "dbagent_instance_tls_cert_expiry_seconds{instance=\"pg-1\"}");
+    assert!(left.is_some_and(|s| (s - shown.seconds_left as f64).abs() < 120.0), "{left:?} vs {shown:?}");
+    let status = pb::agent_client::AgentClient::new(channel.clone())
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .expect("GetStatus")
+        .into_inner();
+    assert!(status.expiring_certificates.is_empty(), "valid to 2099: {status:?}");
+    assert!(!agent.log().contains("PRIVATE KEY"), "the key never reaches the agent's log");
 }
