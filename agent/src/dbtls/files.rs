@@ -96,11 +96,20 @@ impl TlsFiles {
     }
 
     /// Moves the live files (regular files only: a link there is the tenant's, replaced below) to
-    /// `.old`, then the `.new` ones to the live names.
+    /// `.old`, then the `.new` ones to the live names. A rename that fails half-way puts back
+    /// what it moved, so the engine never finds a mix of two certificates.
     pub fn swap_in(&self) -> Result<Swapped, DbTlsError> {
-        let had_previous = self.is_regular(CERT);
+        let swapped = Swapped { had_previous: self.is_regular(CERT) };
+        let result = self.renames(swapped);
+        if result.is_err() {
+            let _ = self.put_back(swapped);
+        }
+        result.map(|()| swapped)
+    }
+
+    fn renames(&self, swapped: Swapped) -> Result<(), DbTlsError> {
         for name in NAMES {
-            if had_previous && self.is_regular(name) {
+            if swapped.had_previous && self.is_regular(name) {
                 self.dir.rename_over(OsStr::new(name), &self.dir, OsStr::new(&previous(name)))?;
             }
         }
@@ -108,7 +117,7 @@ impl TlsFiles {
             self.dir.rename_over(OsStr::new(&staged(name)), &self.dir, OsStr::new(name))?;
         }
         self.dir.sync()?;
-        Ok(Swapped { had_previous })
+        Ok(())
     }
 
     /// Undoes [`TlsFiles::swap_in`]: the `.old` files back to the live names, or, if there were

@@ -74,6 +74,23 @@ async fn wait_served(instance: &Instance, addr: SocketAddr, leaf: &[u8], within:
     }
 }
 
+/// Whether the agent's files already hold this certificate and the engine serves it.
+async fn already_served(
+    files: &std::sync::Arc<TlsFiles>,
+    instance: &Instance,
+    addr: SocketAddr,
+    bundle: &ValidBundle,
+) -> Result<bool, DbTlsError> {
+    let f = files.clone();
+    let installed = blocking(move || f.read_cert()).await?;
+    let same_file =
+        installed.and_then(|pem| super::validate::summarize(&pem)).is_some_and(|s| s.fingerprint == bundle.fingerprint);
+    Ok(same_file
+        && served_certificate(instance.spec.engine, addr, Duration::from_secs(5))
+            .await
+            .is_ok_and(|c| c == bundle.leaf_der))
+}
+
 pub async fn install(
     ctx: &InstallContext,
     instance: &Instance,
@@ -90,24 +107,8 @@ pub async fn install(
     let (roots, data_dir) = (ctx.data_roots.clone(), instance.spec.data_dir.clone());
     let files = std::sync::Arc::new(blocking(move || TlsFiles::open(&roots, &data_dir, uid, gid)).await?);
 
-    if !force {
-        let installed = {
-            blocking({
-                let f = files.clone();
-                move || f.read_cert()
-            })
-            .await?
-        };
-        let same_file = installed
-            .and_then(|pem| super::validate::summarize(&pem))
-            .is_some_and(|s| s.fingerprint == bundle.fingerprint);
-        if same_file
-            && served_certificate(instance.spec.engine, addr, Duration::from_secs(5))
-                .await
-                .is_ok_and(|c| c == bundle.leaf_der)
-        {
-            return Ok(InstallOutcome::AlreadyServed);
-        }
+    if !force && already_served(&files, instance, addr, &bundle).await? {
+        return Ok(InstallOutcome::AlreadyServed);
     }
 
     let leaf = bundle.leaf_der.clone();
