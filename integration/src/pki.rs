@@ -74,6 +74,20 @@ impl CertAuthority {
         self.issue(params, Validity::Current)
     }
 
+    /// A server certificate for `names` (DNS names or IP addresses), with a new ECDSA P-256 key.
+    pub fn server_for(&self, names: &[&str]) -> IssuedCert {
+        self.server_for_key(names, KeyPair::generate().expect("generate a leaf key"))
+    }
+
+    /// A server certificate for `names` with the given key (e.g. an RSA key made by openssl).
+    pub fn server_for_key(&self, names: &[&str], key: KeyPair) -> IssuedCert {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .expect("server subject alt names");
+        params.distinguished_name = name(names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue_with_key(params, Validity::Current, key)
+    }
+
     /// A client certificate whose subject CN is `common_name`.
     pub fn client(&self, common_name: &str, validity: Validity) -> IssuedCert {
         let mut params = CertificateParams::default();
@@ -92,7 +106,11 @@ impl CertAuthority {
         self.issue(params, Validity::Current)
     }
 
-    fn issue(&self, mut params: CertificateParams, validity: Validity) -> IssuedCert {
+    fn issue(&self, params: CertificateParams, validity: Validity) -> IssuedCert {
+        self.issue_with_key(params, validity, KeyPair::generate().expect("generate a leaf key"))
+    }
+
+    fn issue_with_key(&self, mut params: CertificateParams, validity: Validity, key: KeyPair) -> IssuedCert {
         let serial = SerialNumber::from(self.next_serial.fetch_add(1, Ordering::Relaxed));
         params.serial_number = Some(serial.clone());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -102,7 +120,6 @@ impl CertAuthority {
             Validity::Current => date_time_ymd(2099, 1, 1),
             Validity::Expired => date_time_ymd(2021, 1, 1),
         };
-        let key = KeyPair::generate().expect("generate a leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign a leaf certificate");
         IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial }
     }

@@ -231,7 +231,20 @@ impl MariaServer {
         Self::install(&[])
     }
 
+    /// Debian's accounts, and mariadbd started with `server_args(data folder)` added to its
+    /// command line (e.g. the `--ssl-*` paths the database TLS test installs into).
+    pub fn start_debian_auth_with(server_args: impl FnOnce(&Path) -> Vec<String>) -> Self {
+        let (root, data) = Self::install_db(&[]);
+        let extra = server_args(&data);
+        Self::on_with(root, data, &extra)
+    }
+
     fn install(auth: &[&str]) -> Self {
+        let (root, data) = Self::install_db(auth);
+        Self::on(root, data)
+    }
+
+    fn install_db(auth: &[&str]) -> (OwnedDir, PathBuf) {
         let root = OwnedDir::new("mysql");
         let data = root.path().join("data");
         let datadir = format!("--datadir={}", data.display());
@@ -244,11 +257,15 @@ impl MariaServer {
             let _one = INSTALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             run_as("", "mariadb-install-db", &args);
         }
-        Self::on(root, data)
+        (root, data)
     }
 
     /// A server on an existing (restored) data folder.
     pub fn on(root: OwnedDir, data: PathBuf) -> Self {
+        Self::on_with(root, data, &[])
+    }
+
+    fn on_with(root: OwnedDir, data: PathBuf, extra: &[String]) -> Self {
         let reserved = ReservedPort::new();
         let port = reserved.port();
         let socket = root.path().join("mysqld.sock");
@@ -265,6 +282,7 @@ impl MariaServer {
                 "--skip-log-bin",
                 &format!("--log-error={}", root.path().join("err.log").display()),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -318,13 +336,18 @@ impl RedisServer {
     /// Starts with `dir` (inside `root`, owned by redis) as its data folder, so that `root` can be
     /// a data root with the server's folder strictly below it.
     pub fn start_at(root: OwnedDir, dir: &Path) -> Self {
+        Self::start_at_with(root, dir, "")
+    }
+
+    /// Like [`RedisServer::start_at`], with `extra` lines added to its redis.conf (e.g. `tls-port`).
+    pub fn start_at_with(root: OwnedDir, dir: &Path, extra: &str) -> Self {
         let reserved = ReservedPort::new();
         let port = reserved.port();
         let conf = root.path().join("redis.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n",
+                "port {port}\nbind 127.0.0.1\ndir {}\ndbfilename dump.rdb\nsave \"\"\nappendonly no\ndaemonize no\n{extra}",
                 dir.display()
             ),
         )

@@ -8,6 +8,7 @@ use super::auth::{self, Caller};
 use super::convert::{duration, timestamp};
 use super::error::ApiResult;
 use crate::backup::BackupService;
+use crate::dbtls::DbTlsService;
 use crate::host_inventory::HostInventory;
 use crate::instances::registry::Registry;
 use crate::json_store::CorruptRecord;
@@ -33,6 +34,8 @@ pub struct AgentApi {
     pub shutdown: CancellationToken,
     /// Read for each instance's backup redundancy (what the scheduler last found; never lists).
     pub backups: Option<Arc<BackupService>>,
+    /// Read for the installed database certificates close to expiry.
+    pub database_tls: Option<DbTlsService>,
 }
 
 /// Capabilities that are no RPC: the agent serves mutual TLS only.
@@ -97,11 +100,28 @@ impl pb::agent_server::Agent for AgentApi {
                 .chain(quarantined("volume", self.volumes.quarantined()))
                 .collect(),
             backup_redundancy: self.backup_redundancy().await,
+            expiring_certificates: self.expiring_certificates().await,
         }))
     }
 }
 
 impl AgentApi {
+    /// Installed database certificates within `database_tls.warn_days` of expiry, or past it.
+    async fn expiring_certificates(&self) -> Vec<pb::CertificateExpiry> {
+        let Some(tls) = self.database_tls.clone() else { return Vec::new() };
+        // Reads each instance's certificate file.
+        let all = tokio::task::spawn_blocking(move || tls.all_installed()).await.unwrap_or_default();
+        all.into_iter()
+            .filter(|i| i.warn)
+            .map(|i| pb::CertificateExpiry {
+                message: crate::dbtls::service::expiry_message(&i),
+                not_after: Some(timestamp(crate::dbtls::service::unix_time(i.summary.not_after))),
+                instance_id: i.instance_id,
+                seconds_left: i.seconds_left,
+            })
+            .collect()
+    }
+
     /// Per registered instance: destinations off the host (from the config, a statfs each) and the
     /// copies of its newest backup the scheduler last found.
     async fn backup_redundancy(&self) -> Vec<pb::BackupRedundancy> {

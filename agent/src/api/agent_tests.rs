@@ -32,6 +32,7 @@ async fn agent_api(dir: &std::path::Path, volumes_simulated: bool) -> AgentApi {
         operations,
         shutdown,
         backups: None,
+        database_tls: None,
     }
 }
 
@@ -72,10 +73,11 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
         "backups",
         "maintenance windows",
         "availability",
+        "database TLS certificates",
     ] {
         assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");
     }
-    for absent in ["upgrades", "plan changes", "database TLS certificates", "keyservice"] {
+    for absent in ["upgrades", "plan changes", "keyservice"] {
         assert!(!advertised.contains(&absent.to_owned()), "{absent:?} is not served: {advertised:?}");
     }
     assert_eq!(advertised.iter().filter(|c| *c == "reflection").count(), 1, "v1 and v1alpha are one capability");
@@ -121,4 +123,55 @@ async fn info_reports_the_host_inventory() {
     assert_eq!(host.kernel_version, "6.1.0-18-amd64");
     assert_eq!((host.cpu_model.as_str(), host.cpu_count, host.memory_bytes), ("Xeon", 4, 8 << 30));
     assert_eq!(info.capabilities, capabilities());
+}
+
+/// A self-signed certificate PEM valid until midnight UTC starting the day `days` from now.
+fn cert_expiring_in(days: i64) -> String {
+    let mut p = rcgen::CertificateParams::new(vec!["pg-1.db.example.com".to_owned()]).unwrap();
+    let shift = Duration::from_secs(days.unsigned_abs() * 86_400);
+    let at = if days >= 0 { SystemTime::now() + shift } else { SystemTime::now() - shift };
+    let day = humantime::format_rfc3339(at).to_string();
+    let (y, m, d) = (day[0..4].parse().unwrap(), day[5..7].parse().unwrap(), day[8..10].parse().unwrap());
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(y, m, d);
+    p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+}
+
+#[tokio::test]
+async fn status_warns_about_a_database_certificate_within_thirty_days_of_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_root = dir.path().join("data");
+    std::fs::create_dir_all(data_root.join("pg-1")).unwrap();
+    let rules = crate::instances::ValidationRules { data_roots: vec![data_root.clone()], ..fixtures::rules() };
+    let registry = Arc::new(Registry::open(dir.path().join("tls-instances"), rules, ResourceLocks::default()).unwrap());
+    let mut spec = fixtures::spec("pg-1");
+    spec.data_dir = data_root.join("pg-1");
+    registry.register("pg-1", spec).await.unwrap();
+    let mut api = agent_api(dir.path(), false).await;
+    api.database_tls = Some(DbTlsService::new(
+        registry,
+        api.operations.clone(),
+        crate::dbtls::DbTlsConfig::default(),
+        crate::backup::BackupConfig::default(),
+        vec![data_root.clone()],
+        "h".into(),
+    ));
+    let cert_file = data_root.join("pg-1").join(crate::dbtls::files::CERT);
+
+    std::fs::write(&cert_file, cert_expiring_in(90)).unwrap();
+    let status = api.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+    assert!(status.expiring_certificates.is_empty(), "90 days left: no warning {:?}", status.expiring_certificates);
+
+    std::fs::write(&cert_file, cert_expiring_in(12)).unwrap();
+    let status = api.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+    let [warning] = status.expiring_certificates.as_slice() else { panic!("{:?}", status.expiring_certificates) };
+    assert_eq!(warning.instance_id, "pg-1");
+    // Midnight of the day 12 days ahead: between 11 and 12 days left.
+    assert!(warning.message.contains("expires in 11 days"), "{}", warning.message);
+    assert!(warning.seconds_left > 11 * 86_400 && warning.seconds_left <= 12 * 86_400);
+
+    std::fs::write(&cert_file, cert_expiring_in(-1)).unwrap();
+    let status = api.get_status(Request::new(pb::GetStatusRequest {})).await.unwrap().into_inner();
+    assert!(status.expiring_certificates[0].message.contains("expired"), "{:?}", status.expiring_certificates);
+    assert!(status.expiring_certificates[0].seconds_left < 0);
 }

@@ -65,17 +65,16 @@ const STANDARD_READS: &[&str] = &[
 
 /// RPCs of the proto this build does not implement yet, with the capability each belongs to and
 /// the issue that builds it.
-const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
-    ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14),
-    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14),
-    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 15),
-];
+const NOT_BUILT_YET: &[(&str, &str, u32)] =
+    &[("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14), ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14)];
 
 /// Served RPCs of a service that is only partly built, with the capability each gives: the
 /// service's name would advertise what is not built yet (Upgrades serves windows, not upgrades).
 pub const OWN_CAPABILITY: &[(&str, &str)] = &[
     ("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows"),
     ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
+    ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates"),
+    ("/dbagent.v1.Upgrades/GetCertificate", "database TLS certificates"),
 ];
 
 /// Services of the proto that the agent calls and never serves.
@@ -326,9 +325,13 @@ mod tests {
             authorize("/dbagent.v1.Upgrades/GetAvailability", Some(&mon)).is_ok(),
             "availability is served, read-only"
         );
-        let e = authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&orch)).unwrap_err();
+        let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&orch)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("certificates"));
+        assert!(e.message().contains("upgrades"));
+        assert!(authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&orch)).is_ok(), "certificates are served");
+        let e = authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "installing a certificate is a write");
+        assert!(authorize("/dbagent.v1.Upgrades/GetCertificate", Some(&mon)).is_ok(), "reading it is not");
         let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
         assert!(authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).is_ok());

@@ -53,6 +53,7 @@ into_status!(
     crate::volume::VolumeError,
     crate::logs::LogsError,
     crate::backup::BackupError,
+    crate::dbtls::DbTlsError,
     crate::metrics::MetricsError,
 );
 

@@ -1,15 +1,18 @@
-//! The Upgrades service. SetMaintenanceWindow and GetAvailability are served; upgrades, plan
-//! changes and certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before any
-//! handler runs, so the methods for them here are never reached.
+//! The Upgrades service. SetMaintenanceWindow, GetAvailability and the database certificates
+//! (InstallCertificate, GetCertificate) are served; upgrades and plan changes answer UNIMPLEMENTED
+//! from the permission layer (`auth::NOT_BUILT_YET`) before any handler runs, so the methods for
+//! them here are never reached.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::availability::availability_to_proto;
+use super::convert::certificate::{certificate_info, certificate_input};
 use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto};
 use super::error::ApiResult;
 use crate::availability::{Ledger, Month, figures, month::picture};
+use crate::dbtls::DbTlsService;
 use crate::ids::InvalidField;
 use crate::instances::registry::Registry;
 use crate::requests::RequestLedger;
@@ -18,6 +21,7 @@ pub struct UpgradesApi {
     pub registry: Arc<Registry>,
     pub requests: RequestLedger,
     pub availability: Ledger,
+    pub database_tls: DbTlsService,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
@@ -68,7 +72,20 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Ok(Response::new(availability_to_proto(&req.instance_id, &f, picture)))
     }
 
-    async fn install_certificate(&self, _req: Request<pb::InstallCertificateRequest>) -> ApiResult<pb::Operation> {
-        Err(Status::unimplemented("database TLS certificates are not built yet (issue 15)"))
+    async fn install_certificate(&self, req: Request<pb::InstallCertificateRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let (request_id, instance_id, force) = (req.request_id.clone(), req.instance_id.clone(), req.force);
+        let record = self.database_tls.submit_install(request_id, &instance_id, certificate_input(req), force).await?;
+        Ok(Response::new((&record).into()))
+    }
+
+    async fn get_certificate(&self, req: Request<pb::GetCertificateRequest>) -> ApiResult<pb::CertificateInfo> {
+        let instance_id = req.into_inner().instance_id;
+        let tls = self.database_tls.clone();
+        let id = instance_id.clone();
+        let installed = tokio::task::spawn_blocking(move || tls.installed(&id))
+            .await
+            .map_err(|e| Status::internal(format!("read the certificate: {e}")))??;
+        Ok(Response::new(certificate_info(&instance_id, installed.as_ref())))
     }
 }

@@ -10,12 +10,12 @@ use crate::command::ToolCommand;
 use crate::instances::Engine;
 
 /// `program` from the connection's `bin_dir`, or from PATH when it is empty.
-fn tool(conn: &EngineConnection, program: &str, args: Vec<String>) -> ToolCommand {
+pub(crate) fn tool(conn: &EngineConnection, program: &str, args: Vec<String>) -> ToolCommand {
     let program = if conn.bin_dir.as_os_str().is_empty() { PathBuf::from(program) } else { conn.bin_dir.join(program) };
     ToolCommand::new(program).args(args)
 }
 
-fn pg_conn(c: &EngineConnection) -> Vec<String> {
+pub(crate) fn pg_conn(c: &EngineConnection) -> Vec<String> {
     vec![
         format!("--host={}", c.host),
         format!("--port={}", c.port),
@@ -24,7 +24,7 @@ fn pg_conn(c: &EngineConnection) -> Vec<String> {
     ]
 }
 
-fn maria_conn(c: &EngineConnection) -> Vec<String> {
+pub(crate) fn maria_conn(c: &EngineConnection) -> Vec<String> {
     let mut a = if c.host.starts_with('/') {
         vec![format!("--socket={}", c.host)]
     } else {
@@ -36,7 +36,7 @@ fn maria_conn(c: &EngineConnection) -> Vec<String> {
     a
 }
 
-fn redis_conn(c: &EngineConnection) -> Vec<String> {
+pub(crate) fn redis_conn(c: &EngineConnection) -> Vec<String> {
     if c.host.starts_with('/') {
         vec!["-s".into(), c.host.clone()]
     } else {

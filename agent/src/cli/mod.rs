@@ -17,6 +17,7 @@ pub mod parse;
 mod recovery_key;
 pub mod render;
 pub mod table;
+mod tls;
 mod upgrades;
 mod volumes;
 mod window;
@@ -106,6 +107,9 @@ pub enum Command {
     /// Engine upgrades, plan changes, maintenance windows, availability and TLS certificates.
     #[command(subcommand)]
     Upgrades(upgrades::UpgradesCommand),
+    /// An instance's database TLS certificate: install one (served without a restart), show it.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// An instance's weekly maintenance window: set it, or show it with whether it is open now.
     #[command(subcommand)]
     Window(window::WindowCommand),
@@ -222,6 +226,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logs(cmd) => logs::run_logs(&ctx, cmd).await,
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
+        Command::Tls(cmd) => tls::run(&ctx, cmd).await,
         Command::Window(cmd) => window::run(&ctx, cmd).await,
         Command::Availability { instance_id, month } => {
             let request = pb::GetAvailabilityRequest { instance_id, month: month.unwrap_or_default() };

@@ -64,32 +64,35 @@ pub fn generate(out: &Path) -> Result<String, CliError> {
 /// is readable by group or others, not a regular file, or too large to be an identity. Its content
 /// is checked by the agent; it is wiped from this process's memory when dropped.
 pub fn read_key_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, CliError> {
+    read_secret_file("--recovery-key", "an age identity file", path, MAX_KEY_FILE_BYTES)
+}
+
+/// A private key file given as `flag`: a regular file (no link followed) readable by its owner
+/// only, at most `max` bytes (`what` names what it should be), wiped from memory when dropped.
+pub fn read_secret_file(flag: &str, what: &str, path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, CliError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| CliError::Usage(format!("--recovery-key {}: {e}", path.display())))?;
-    let meta = file.metadata().map_err(|e| CliError::Usage(format!("--recovery-key {}: {e}", path.display())))?;
+        .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))?;
+    let meta = file.metadata().map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(CliError::Usage(format!("--recovery-key {} is not a regular file", path.display())));
+        return Err(CliError::Usage(format!("{flag} {} is not a regular file", path.display())));
     }
     if meta.mode() & 0o077 != 0 {
         return Err(CliError::Usage(format!(
-            "--recovery-key {}: permissions {:04o} are too open, the key must be readable by its owner only (chmod 600 {})",
+            "{flag} {}: permissions {:04o} are too open, the key must be readable by its owner only (chmod 600 {})",
             path.display(),
             meta.mode() & 0o7777,
             path.display()
         )));
     }
     let mut text = Zeroizing::new(Vec::new());
-    file.take(MAX_KEY_FILE_BYTES + 1)
+    file.take(max + 1)
         .read_to_end(&mut text)
-        .map_err(|e| CliError::Usage(format!("--recovery-key {}: {e}", path.display())))?;
-    if text.len() as u64 > MAX_KEY_FILE_BYTES {
-        return Err(CliError::Usage(format!(
-            "--recovery-key {} is larger than {MAX_KEY_FILE_BYTES} bytes; it is not an age identity file",
-            path.display()
-        )));
+        .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))?;
+    if text.len() as u64 > max {
+        return Err(CliError::Usage(format!("{flag} {} is larger than {max} bytes; it is not {what}", path.display())));
     }
     Ok(text)
 }

@@ -93,6 +93,10 @@ impl ToJson for pb::AgentStatus {
                 "last_good_backup": time(r.last_good_backup.as_ref()), "degraded_backups": r.degraded_backups,
                 "checked": time(r.checked.as_ref()),
             })).collect::<Vec<_>>(),
+            "expiring_certificates": self.expiring_certificates.iter().map(|c| json!({
+                "instance_id": c.instance_id, "not_after": time(c.not_after.as_ref()),
+                "seconds_left": c.seconds_left, "message": c.message,
+            })).collect::<Vec<_>>(),
         })
     }
 }

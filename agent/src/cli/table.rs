@@ -121,6 +121,7 @@ impl ToTable for pb::AgentStatus {
             })
             .collect::<String>()
             + &self.backup_redundancy.iter().map(redundancy_line).collect::<String>()
+            + &self.expiring_certificates.iter().map(|c| format!("WARNING: {}\n", c.message)).collect::<String>()
     }
 }
 

@@ -8,7 +8,7 @@ use super::{Ctx, parse};
 use clap::Subcommand;
 use dbagent_proto::v1 as pb;
 use pb::upgrades_client::UpgradesClient;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum UpgradesCommand {
@@ -52,29 +52,24 @@ pub enum UpgradesCommand {
         #[arg(long, value_parser = super::parse::month)]
         month: Option<String>,
     },
-    /// Install a TLS certificate for the database server (orchestrator identity). The key is sent once
-    /// and never stored in the operation record.
+    /// Install a TLS certificate for the database server (the same as `dbagentctl tls install`).
     InstallCert {
         instance_id: String,
-        /// PEM certificate chain.
+        /// PEM certificate, then its intermediates.
         #[arg(long, value_name = "FILE")]
         cert: PathBuf,
-        /// PEM private key.
+        /// PEM private key, readable by its owner only (chmod 600).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
-        /// PEM CA bundle for client certificates.
+        /// PEM CA certificate(s) the chain must verify to.
         #[arg(long, value_name = "FILE")]
-        ca: Option<PathBuf>,
-        /// Replace a certificate that is still valid, or one for other names.
+        ca: PathBuf,
+        /// Write and reload even if the instance already serves this certificate.
         #[arg(long)]
         force: bool,
         #[command(flatten)]
         op: OperationArgs,
     },
-}
-
-fn read(what: &str, path: &Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("read {what} {}: {e}", path.display())))
 }
 
 fn plan(args: &PlanArgs) -> Result<pb::Plan, CliError> {
@@ -121,14 +116,7 @@ pub async fn run(ctx: &Ctx, command: UpgradesCommand) -> Result<(), CliError> {
             return ctx.print(client.get_availability(ctx.unary(request)).await?.get_ref());
         }
         UpgradesCommand::InstallCert { instance_id, cert, key, ca, force, op } => {
-            let request = pb::InstallCertificateRequest {
-                request_id: op.request.resolve()?,
-                instance_id,
-                cert_pem: read("certificate", &cert)?,
-                key_pem: read("private key", &key)?,
-                ca_pem: ca.as_deref().map(|p| read("CA bundle", p)).transpose()?.unwrap_or_default(),
-                force,
-            };
+            let request = super::tls::install_request(op.request.resolve()?, instance_id, &cert, &key, &ca, force)?;
             (client.install_certificate(ctx.unary(request)).await?, op.watch)
         }
     };

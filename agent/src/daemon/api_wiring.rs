@@ -22,6 +22,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             operations: d.engine.clone(),
             shutdown: d.root.clone(),
             backups: Some(d.backups.clone()),
+            database_tls: Some(d.database_tls.clone()),
         },
         instances: api::instances::InstancesApi { registry: d.registry.clone(), requests: d.requests.clone() },
         operations: api::operations::OperationsApi {
@@ -50,6 +51,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             requests: d.requests.clone(),
             availability: d.availability.clone(),
+            database_tls: d.database_tls.clone(),
         },
     }
 }

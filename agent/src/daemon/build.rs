@@ -41,6 +41,7 @@ pub(super) struct Daemon {
     /// The clock maintenance windows, availability and the backup scheduler read (moved by
     /// `testing.clock_offset_secs` on test hosts).
     pub clock: Arc<dyn Clock>,
+    pub database_tls: crate::dbtls::DbTlsService,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -151,6 +152,18 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
             crate::availability::metrics_text::render(&availability, &instances)
         }
     }));
+    let database_tls = crate::dbtls::DbTlsService::new(
+        registry.clone(),
+        engine.clone(),
+        config.database_tls.clone(),
+        config.backup.clone(),
+        config.instances.data_roots.clone(),
+        hostname.clone(),
+    );
+    metrics_hub.add_exposition(Box::new({
+        let database_tls = database_tls.clone();
+        move || database_tls.metrics_text()
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
@@ -182,6 +195,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         backups,
         availability,
         clock,
+        database_tls,
         logs,
         metrics_hub,
         metrics_tasks,

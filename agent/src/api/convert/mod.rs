@@ -2,6 +2,7 @@
 
 pub mod availability;
 pub mod backup;
+pub mod certificate;
 pub mod host_inventory;
 pub mod instance;
 pub mod logs;
