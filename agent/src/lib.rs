@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod fsutil;
+pub mod health;
 pub mod hex;
 pub mod host_inventory;
 pub mod ids;

@@ -7,8 +7,9 @@
 //! known), and the gap from that evidence to the start is recorded once, agent-wide, as "unknown"
 //! (the agent was down, the databases were not measured: not counted as database downtime).
 //!
-//! Intervals are opened by whoever measures (the health probes of issue 15, not built yet) and,
-//! with `planned = true`, by the operations the orchestrator orders.
+//! Intervals are opened and closed by the health probes (`crate::health`): unplanned when a probe
+//! fails, planned when it fails while a disruptive operation the orchestrator ordered runs on the
+//! instance, unknown while the agent could not measure it.
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -179,23 +180,69 @@ impl Ledger {
 
     /// Opens a down interval for `instance` at `at`, unless one is already open (then `false`).
     pub fn open_down(&self, instance: &str, at: SystemTime, planned: bool, reason: &str) -> Result<bool, LedgerError> {
+        let kind = if planned { IntervalKind::Planned } else { IntervalKind::Unplanned };
+        self.open_interval(instance, at, kind, reason)
+    }
+
+    /// Opens an interval of `kind` for `instance` at `at`, unless one is already open (then
+    /// `false`): at most one interval of an instance is open at a time.
+    pub fn open_interval(
+        &self,
+        instance: &str,
+        at: SystemTime,
+        kind: IntervalKind,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
         let at = epoch_secs(at);
+        self.add(instance, |record| {
+            if record.intervals.iter().any(|iv| iv.end.is_none()) {
+                return None;
+            }
+            Some(Interval { start: at, end: None, kind, reason: reason.chars().take(MAX_REASON).collect() })
+        })
+    }
+
+    /// Records a closed interval of `kind` from `start` to `end`, unless an interval of `instance`
+    /// is open (then `false`: close it first, intervals of one instance do not overlap).
+    pub fn record_closed(
+        &self,
+        instance: &str,
+        start: SystemTime,
+        end: SystemTime,
+        kind: IntervalKind,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let (start, end) = (epoch_secs(start), epoch_secs(end));
+        self.add(instance, |record| {
+            if record.intervals.iter().any(|iv| iv.end.is_none()) {
+                return None;
+            }
+            let reason = reason.chars().take(MAX_REASON).collect();
+            Some(Interval { start, end: Some(end.max(start)), kind, reason })
+        })
+    }
+
+    /// Adds the interval `make` gives for the record (none: `false`), written before memory changes.
+    fn add(&self, instance: &str, make: impl FnOnce(&InstanceRecord) -> Option<Interval>) -> Result<bool, LedgerError> {
         let mut state = self.lock();
         let mut record = state
             .instances
             .get(instance)
             .cloned()
             .unwrap_or_else(|| InstanceRecord { instance_id: instance.to_owned(), intervals: Vec::new() });
-        if record.intervals.iter().any(|iv| iv.end.is_none()) {
-            return Ok(false);
-        }
-        let kind = if planned { IntervalKind::Planned } else { IntervalKind::Unplanned };
-        let reason: String = reason.chars().take(MAX_REASON).collect();
+        let Some(interval) = make(&record) else { return Ok(false) };
+        let at = interval.start;
         record.intervals.retain(|iv| iv.end.unwrap_or(at) + KEEP_SECS >= at);
-        record.intervals.push(Interval { start: at, end: None, kind, reason });
+        record.intervals.push(interval);
         self.instances.put(&record)?;
         state.instances.insert(instance.to_owned(), record);
         Ok(true)
+    }
+
+    /// The kind of `instance`'s open interval, if one is open.
+    pub fn open_kind(&self, instance: &str) -> Option<IntervalKind> {
+        let state = self.lock();
+        state.instances.get(instance)?.intervals.iter().find(|iv| iv.end.is_none()).map(|iv| iv.kind)
     }
 
     /// Closes the open interval of `instance` at `at` (not before its start); `false` if none was open.

@@ -38,6 +38,8 @@ pub(super) struct Daemon {
     pub volumes_simulated: bool,
     pub backups: Arc<BackupService>,
     pub availability: crate::availability::Ledger,
+    /// The last health probe of each instance (the prober task writes it in `serve`).
+    pub health: crate::health::HealthBoard,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -148,6 +150,11 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
             crate::availability::metrics_text::render(&availability, &instances)
         }
     }));
+    let health = crate::health::HealthBoard::default();
+    metrics_hub.add_exposition(Box::new({
+        let health = health.clone();
+        move || health.metrics_text()
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
@@ -178,6 +185,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
         availability,
+        health,
         logs,
         metrics_hub,
         metrics_tasks,
