@@ -51,6 +51,10 @@ pub struct Interval {
 struct InstanceRecord {
     instance_id: String,
     intervals: Vec<Interval>,
+    /// The last probe that saw the open interval's instance still down: at a restart after a
+    /// crash, the interval is closed there if that is later than the last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seen_down: Option<u64>,
 }
 
 impl JsonRecord for InstanceRecord {
@@ -143,9 +147,12 @@ impl Ledger {
         let mut recovery = Recovery::default();
         let evidence = state.agent.last_evidence;
         for record in state.instances.values_mut() {
+            let seen = record.seen_down.take();
             let Some(open) = record.intervals.iter_mut().find(|iv| iv.end.is_none()) else { continue };
             // No evidence at all (a store without a heartbeat): nothing is known after the start.
-            open.end = Some(evidence.unwrap_or(open.start).max(open.start).min(now.max(open.start)));
+            // A probe that saw it still down after the last heartbeat is evidence too.
+            let last = evidence.unwrap_or(open.start).max(seen.unwrap_or(0));
+            open.end = Some(last.max(open.start).min(now.max(open.start)));
             instances.put(record)?;
             recovery.closed.push(record.instance_id.clone());
         }
@@ -229,14 +236,31 @@ impl Ledger {
             .instances
             .get(instance)
             .cloned()
-            .unwrap_or_else(|| InstanceRecord { instance_id: instance.to_owned(), intervals: Vec::new() });
+            .unwrap_or_else(|| InstanceRecord { instance_id: instance.to_owned(), intervals: Vec::new(), seen_down: None });
         let Some(interval) = make(&record) else { return Ok(false) };
+        record.seen_down = None;
         let at = interval.start;
         record.intervals.retain(|iv| iv.end.unwrap_or(at) + KEEP_SECS >= at);
         record.intervals.push(interval);
         self.instances.put(&record)?;
         state.instances.insert(instance.to_owned(), record);
         Ok(true)
+    }
+
+    /// Records that a probe at `at` saw `instance` still down (its interval open): a crash after
+    /// this closes the interval no earlier than `at`. Written once per second at most.
+    pub fn seen_down(&self, instance: &str, at: SystemTime) -> Result<(), LedgerError> {
+        let at = epoch_secs(at);
+        let mut state = self.lock();
+        let Some(record) = state.instances.get(instance) else { return Ok(()) };
+        if !record.intervals.iter().any(|iv| iv.end.is_none()) || record.seen_down.is_some_and(|s| s >= at) {
+            return Ok(());
+        }
+        let mut record = record.clone();
+        record.seen_down = Some(at);
+        self.instances.put(&record)?;
+        state.instances.insert(instance.to_owned(), record);
+        Ok(())
     }
 
     /// The kind of `instance`'s open interval, if one is open.
@@ -252,6 +276,7 @@ impl Ledger {
         let Some(mut record) = state.instances.get(instance).cloned() else { return Ok(false) };
         let Some(open) = record.intervals.iter_mut().find(|iv| iv.end.is_none()) else { return Ok(false) };
         open.end = Some(at.max(open.start));
+        record.seen_down = None;
         self.instances.put(&record)?;
         state.instances.insert(instance.to_owned(), record);
         Ok(true)

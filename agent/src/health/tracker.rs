@@ -80,6 +80,10 @@ impl Tracker {
         };
         let open = self.ledger.open_kind(instance);
         if open == wanted {
+            if wanted.is_some() {
+                // Still down: the evidence a crash recovery closes the interval at.
+                self.ledger.seen_down(instance, at)?;
+            }
             return Ok(change);
         }
         if let Some(kind) = open {
