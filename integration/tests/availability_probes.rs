@@ -254,7 +254,9 @@ async fn mariadb_frozen_and_redis_stopped_go_unhealthy_and_healthy_again_as_thei
     assert!(thawed.unplanned_downtime_seconds >= 1, "{frozen:?} then {thawed:?}");
 
     // Redis stopped for real, then started again on the same port and config.
-    let _ = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "SHUTDOWN", "NOSAVE"]).output();
+    let _ = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string(), "SHUTDOWN", "NOSAVE"])
+        .output();
     wait_healthy(&channel, "redis-p1", false, Duration::from_secs(20)).await;
     let user = nix::unistd::User::from_name("redis").ok().flatten().expect("user redis");
     let mut again = Command::new("redis-server");

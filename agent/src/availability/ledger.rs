@@ -232,11 +232,11 @@ impl Ledger {
     /// Adds the interval `make` gives for the record (none: `false`), written before memory changes.
     fn add(&self, instance: &str, make: impl FnOnce(&InstanceRecord) -> Option<Interval>) -> Result<bool, LedgerError> {
         let mut state = self.lock();
-        let mut record = state
-            .instances
-            .get(instance)
-            .cloned()
-            .unwrap_or_else(|| InstanceRecord { instance_id: instance.to_owned(), intervals: Vec::new(), seen_down: None });
+        let mut record = state.instances.get(instance).cloned().unwrap_or_else(|| InstanceRecord {
+            instance_id: instance.to_owned(),
+            intervals: Vec::new(),
+            seen_down: None,
+        });
         let Some(interval) = make(&record) else { return Ok(false) };
         record.seen_down = None;
         let at = interval.start;

@@ -58,9 +58,11 @@ impl HealthBoard {
                 "How long the last health probe of the instance took (the deadline for one that timed out).",
                 |s| s.latency.as_secs_f64(),
             ),
-            ("dbagent_health_last_probe_timestamp_seconds", "When the last health probe of the instance started.", |s| {
-                s.at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
-            }),
+            (
+                "dbagent_health_last_probe_timestamp_seconds",
+                "When the last health probe of the instance started.",
+                |s| s.at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            ),
         ];
         let mut out = String::new();
         for (name, help, value) in families {

@@ -154,19 +154,15 @@ async fn redis(c: &EngineConnection, s: &HealthSettings) -> Result<String, Probe
     };
     let client = redis::Client::open(info).map_err(connect_err)?;
     let mut conn = client.get_multiplexed_async_connection().await.map_err(connect_err)?;
-    let (pong, _keys, info): (String, i64, String) = redis::pipe()
-        .cmd("PING")
-        .cmd("DBSIZE")
-        .cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| ProbeError::Query {
-            engine: "redis",
-            target: shown(c),
-            query: "PING; DBSIZE; INFO server",
-            message: e.to_string(),
-        })?;
+    let (pong, _keys, info): (String, i64, String) =
+        redis::pipe().cmd("PING").cmd("DBSIZE").cmd("INFO").arg("server").query_async(&mut conn).await.map_err(
+            |e| ProbeError::Query {
+                engine: "redis",
+                target: shown(c),
+                query: "PING; DBSIZE; INFO server",
+                message: e.to_string(),
+            },
+        )?;
     if pong != "PONG" {
         return Err(ProbeError::Query {
             engine: "redis",

@@ -65,18 +65,27 @@ impl ProberTask {
         let result = self.deps.prober.check(&instance, self.deadline).await;
         let planned = (self.deps.disrupting)(&instance.id);
         let (outcome, status) = match &result {
-            Ok(h) => (Outcome::Up, ProbeStatus {
-                at,
-                healthy: true,
-                latency: h.latency,
-                server_version: h.server_version.clone(),
-                error: String::new(),
-            }),
+            Ok(h) => (
+                Outcome::Up,
+                ProbeStatus {
+                    at,
+                    healthy: true,
+                    latency: h.latency,
+                    server_version: h.server_version.clone(),
+                    error: String::new(),
+                },
+            ),
             Err(e) => {
-                let outcome =
-                    if matches!(e, ProbeError::Setup(_)) { Outcome::NotRun(e.to_string()) } else { Outcome::Down(e.to_string()) };
+                let outcome = if matches!(e, ProbeError::Setup(_)) {
+                    Outcome::NotRun(e.to_string())
+                } else {
+                    Outcome::Down(e.to_string())
+                };
                 let latency = self.deps.ledger.now().duration_since(at).unwrap_or_default();
-                (outcome, ProbeStatus { at, healthy: false, latency, server_version: String::new(), error: e.to_string() })
+                (
+                    outcome,
+                    ProbeStatus { at, healthy: false, latency, server_version: String::new(), error: e.to_string() },
+                )
             }
         };
         let was_healthy = self.deps.board.get(&instance.id).map(|s| s.healthy);
@@ -88,7 +97,9 @@ impl ProberTask {
         .await;
         match recorded {
             Ok(Ok(change)) => log_change(&instance.id, &outcome, &change, was_healthy),
-            Ok(Err(e)) => tracing::error!(instance = %instance.id, error = %e, "record the health probe in the availability ledger"),
+            Ok(Err(e)) => {
+                tracing::error!(instance = %instance.id, error = %e, "record the health probe in the availability ledger")
+            }
             Err(e) => tracing::error!(instance = %instance.id, error = %e, "the availability ledger write failed"),
         }
     }

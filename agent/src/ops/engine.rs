@@ -314,7 +314,8 @@ impl OperationEngine {
         .await;
         // Disruptive work counts as planned downtime of its instance until it has ended.
         let _disruption = gate.is_some().then(|| self.inner.disruptions.begin(&target));
-        let ctx = JobContext { cancel: slot.cancel.clone(), slot: slot.clone(), disruptions: self.inner.disruptions.clone() };
+        let ctx =
+            JobContext { cancel: slot.cancel.clone(), slot: slot.clone(), disruptions: self.inner.disruptions.clone() };
         let result = self.run_until_done(&slot, window_end, job(ctx)).await;
         self.finish(&slot, result).await;
     }
