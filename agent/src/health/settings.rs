@@ -101,3 +101,41 @@ impl HealthSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_a_superuser_a_deadline_past_the_interval_or_a_relative_file_are_refused() {
+        assert_eq!(HealthSettings::default().validate(), Ok(()));
+        let refused = |s: HealthSettings| s.validate().unwrap_err().0;
+        assert_eq!(
+            refused(HealthSettings { monitor_user: "postgres".into(), ..Default::default() }),
+            "health.monitor_user"
+        );
+        assert_eq!(
+            refused(HealthSettings { monitor_user: "Bad-Name".into(), ..Default::default() }),
+            "health.monitor_user"
+        );
+        assert_eq!(
+            refused(HealthSettings { interval_secs: 2, deadline_secs: 3, ..Default::default() }),
+            "health.deadline_secs"
+        );
+        assert_eq!(refused(HealthSettings { interval_secs: 0, ..Default::default() }), "health.interval_secs");
+        assert_eq!(refused(HealthSettings { max_concurrent: 0, ..Default::default() }), "health.max_concurrent");
+        assert_eq!(
+            refused(HealthSettings { mariadb_password_file: "pw".into(), ..Default::default() }),
+            "health.mariadb_password_file"
+        );
+        // The tests' settings: probes every 2 s within 1 s, a Redis ACL user with a password file.
+        let fast = HealthSettings {
+            interval_secs: 2,
+            deadline_secs: 1,
+            redis_user: "dbagent_monitor".into(),
+            redis_password_file: "/etc/dbagent/redis-monitor.pw".into(),
+            ..Default::default()
+        };
+        assert_eq!(fast.validate(), Ok(()));
+    }
+}
