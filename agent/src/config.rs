@@ -41,6 +41,8 @@ pub struct Config {
     pub backup: crate::backup::BackupConfig,
     /// Database TLS certificates (InstallCertificate): the names they must carry, the check.
     pub database_tls: crate::dbtls::DbTlsConfig,
+    /// Health probes feeding the downtime ledger (docs/configuration.md, `[health]`).
+    pub health: crate::health::HealthSettings,
     pub testing: TestingConfig,
 }
 
@@ -217,6 +219,7 @@ impl Default for Config {
             logs: crate::logs::LogsConfig::default(),
             backup: crate::backup::BackupConfig::default(),
             database_tls: crate::dbtls::DbTlsConfig::default(),
+            health: crate::health::HealthSettings::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -480,6 +483,9 @@ impl Config {
             return invalid(key, message);
         }
         if let Err((key, message)) = self.database_tls.validate() {
+            return invalid(key, message);
+        }
+        if let Err((key, message)) = self.health.validate() {
             return invalid(key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dbtls;
 pub mod error;
 pub mod fsutil;
+pub mod health;
 pub mod hex;
 pub mod host_inventory;
 pub mod ids;

@@ -1,8 +1,8 @@
 //! Availability through the real agent binary: GetAvailability's figures and the alerting metrics
 //! from the durable ledger, after a SIGKILL in the middle of an outage.
 //!
-//! The health probes that open and close intervals are not built yet, so the test writes the
-//! ledger's own records (`<state>/availability/instances/<id>.json`, `agent/agent.json`, the format
+//! The probes are off here (`health.enabled = false`; `availability_probes.rs` tests them against
+//! real servers): the test writes the ledger's own records (`<state>/availability/instances/<id>.json`, `agent/agent.json`, the format
 //! `agent/src/availability/ledger.rs` writes) while the agent is down, as a crash would leave them:
 //! one closed unplanned interval, one planned, one still open, and a last heartbeat. The agent reads
 //! its clock moved by `testing.clock_offset_secs` into February 2030 (28 days), so the month and
@@ -34,7 +34,7 @@ const STARTER_FEB_ALLOWED: u64 = 48_384;
 /// The suite's usual agent config, with a data root and the agent's clock moved by `offset`.
 fn config(ctx: &LaunchContext, pki: &PkiFiles, offset: i64) -> String {
     format!(
-        "{base}\n[instances]\ndata_roots = [{data}]\n\n[testing]\nclock_offset_secs = {offset}\n",
+        "{base}\n[instances]\ndata_roots = [{data}]\n\n[testing]\nclock_offset_secs = {offset}\n\n[health]\nenabled = false\n",
         base = custom_config(ctx, pki, &[], &["orchestrator"], &[]),
         data = toml_path(&ctx.work_dir.join("data")),
     )

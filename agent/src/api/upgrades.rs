@@ -22,6 +22,8 @@ pub struct UpgradesApi {
     pub requests: RequestLedger,
     pub availability: Ledger,
     pub database_tls: DbTlsService,
+    /// The last health probe of each instance: `last_probe` and `healthy`.
+    pub health: crate::health::HealthBoard,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
@@ -69,7 +71,8 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         let intervals = self.availability.intervals(&req.instance_id);
         let f = figures(month, instance.spec.plan.name, &intervals, now);
         let picture = picture(month, &intervals, now, PICTURE_SLOT_SECS);
-        Ok(Response::new(availability_to_proto(&req.instance_id, &f, picture)))
+        let probe = self.health.get(&req.instance_id);
+        Ok(Response::new(availability_to_proto(&req.instance_id, &f, picture, probe.as_ref())))
     }
 
     async fn install_certificate(&self, req: Request<pb::InstallCertificateRequest>) -> ApiResult<pb::Operation> {

@@ -7,8 +7,9 @@
 //! known), and the gap from that evidence to the start is recorded once, agent-wide, as "unknown"
 //! (the agent was down, the databases were not measured: not counted as database downtime).
 //!
-//! Intervals are opened by whoever measures (the health probes of issue 15, not built yet) and,
-//! with `planned = true`, by the operations the orchestrator orders.
+//! Intervals are opened and closed by the health probes (`crate::health`): unplanned when a probe
+//! fails, planned when it fails while a disruptive operation the orchestrator ordered runs on the
+//! instance, unknown while the agent could not measure it.
 
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -50,6 +51,10 @@ pub struct Interval {
 struct InstanceRecord {
     instance_id: String,
     intervals: Vec<Interval>,
+    /// The last probe that saw the open interval's instance still down: at a restart after a
+    /// crash, the interval is closed there if that is later than the last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seen_down: Option<u64>,
 }
 
 impl JsonRecord for InstanceRecord {
@@ -142,9 +147,12 @@ impl Ledger {
         let mut recovery = Recovery::default();
         let evidence = state.agent.last_evidence;
         for record in state.instances.values_mut() {
+            let seen = record.seen_down.take();
             let Some(open) = record.intervals.iter_mut().find(|iv| iv.end.is_none()) else { continue };
             // No evidence at all (a store without a heartbeat): nothing is known after the start.
-            open.end = Some(evidence.unwrap_or(open.start).max(open.start).min(now.max(open.start)));
+            // A probe that saw it still down after the last heartbeat is evidence too.
+            let last = evidence.unwrap_or(open.start).max(seen.unwrap_or(0));
+            open.end = Some(last.max(open.start).min(now.max(open.start)));
             instances.put(record)?;
             recovery.closed.push(record.instance_id.clone());
         }
@@ -179,23 +187,86 @@ impl Ledger {
 
     /// Opens a down interval for `instance` at `at`, unless one is already open (then `false`).
     pub fn open_down(&self, instance: &str, at: SystemTime, planned: bool, reason: &str) -> Result<bool, LedgerError> {
-        let at = epoch_secs(at);
-        let mut state = self.lock();
-        let mut record = state
-            .instances
-            .get(instance)
-            .cloned()
-            .unwrap_or_else(|| InstanceRecord { instance_id: instance.to_owned(), intervals: Vec::new() });
-        if record.intervals.iter().any(|iv| iv.end.is_none()) {
-            return Ok(false);
-        }
         let kind = if planned { IntervalKind::Planned } else { IntervalKind::Unplanned };
-        let reason: String = reason.chars().take(MAX_REASON).collect();
+        self.open_interval(instance, at, kind, reason)
+    }
+
+    /// Opens an interval of `kind` for `instance` at `at`, unless one is already open (then
+    /// `false`): at most one interval of an instance is open at a time.
+    pub fn open_interval(
+        &self,
+        instance: &str,
+        at: SystemTime,
+        kind: IntervalKind,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let at = epoch_secs(at);
+        self.add(instance, |record| {
+            if record.intervals.iter().any(|iv| iv.end.is_none()) {
+                return None;
+            }
+            Some(Interval { start: at, end: None, kind, reason: reason.chars().take(MAX_REASON).collect() })
+        })
+    }
+
+    /// Records a closed interval of `kind` from `start` to `end`, unless an interval of `instance`
+    /// is open (then `false`: close it first, intervals of one instance do not overlap).
+    pub fn record_closed(
+        &self,
+        instance: &str,
+        start: SystemTime,
+        end: SystemTime,
+        kind: IntervalKind,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let (start, end) = (epoch_secs(start), epoch_secs(end));
+        self.add(instance, |record| {
+            if record.intervals.iter().any(|iv| iv.end.is_none()) {
+                return None;
+            }
+            let reason = reason.chars().take(MAX_REASON).collect();
+            Some(Interval { start, end: Some(end.max(start)), kind, reason })
+        })
+    }
+
+    /// Adds the interval `make` gives for the record (none: `false`), written before memory changes.
+    fn add(&self, instance: &str, make: impl FnOnce(&InstanceRecord) -> Option<Interval>) -> Result<bool, LedgerError> {
+        let mut state = self.lock();
+        let mut record = state.instances.get(instance).cloned().unwrap_or_else(|| InstanceRecord {
+            instance_id: instance.to_owned(),
+            intervals: Vec::new(),
+            seen_down: None,
+        });
+        let Some(interval) = make(&record) else { return Ok(false) };
+        record.seen_down = None;
+        let at = interval.start;
         record.intervals.retain(|iv| iv.end.unwrap_or(at) + KEEP_SECS >= at);
-        record.intervals.push(Interval { start: at, end: None, kind, reason });
+        record.intervals.push(interval);
         self.instances.put(&record)?;
         state.instances.insert(instance.to_owned(), record);
         Ok(true)
+    }
+
+    /// Records that a probe at `at` saw `instance` still down (its interval open): a crash after
+    /// this closes the interval no earlier than `at`. Written once per second at most.
+    pub fn seen_down(&self, instance: &str, at: SystemTime) -> Result<(), LedgerError> {
+        let at = epoch_secs(at);
+        let mut state = self.lock();
+        let Some(record) = state.instances.get(instance) else { return Ok(()) };
+        if !record.intervals.iter().any(|iv| iv.end.is_none()) || record.seen_down.is_some_and(|s| s >= at) {
+            return Ok(());
+        }
+        let mut record = record.clone();
+        record.seen_down = Some(at);
+        self.instances.put(&record)?;
+        state.instances.insert(instance.to_owned(), record);
+        Ok(())
+    }
+
+    /// The kind of `instance`'s open interval, if one is open.
+    pub fn open_kind(&self, instance: &str) -> Option<IntervalKind> {
+        let state = self.lock();
+        state.instances.get(instance)?.intervals.iter().find(|iv| iv.end.is_none()).map(|iv| iv.kind)
     }
 
     /// Closes the open interval of `instance` at `at` (not before its start); `false` if none was open.
@@ -205,6 +276,7 @@ impl Ledger {
         let Some(mut record) = state.instances.get(instance).cloned() else { return Ok(false) };
         let Some(open) = record.intervals.iter_mut().find(|iv| iv.end.is_none()) else { return Ok(false) };
         open.end = Some(at.max(open.start));
+        record.seen_down = None;
         self.instances.put(&record)?;
         state.instances.insert(instance.to_owned(), record);
         Ok(true)

@@ -92,3 +92,28 @@ fn a_corrupt_record_is_quarantined_and_the_others_load() {
     assert!(ledger.intervals("pg-2").is_empty());
     assert!(!dir.path().join("instances/pg-2.json").exists());
 }
+
+#[test]
+fn a_crash_during_an_outage_closes_it_at_the_last_probe_that_saw_it_down_when_that_is_after_the_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = open(dir.path(), 1000);
+    assert!(ledger.open_down("pg-1", time(1002), false, "probe failed").unwrap());
+    // Probes every 2 s saw it down until 1016; the last heartbeat is the one written at 1000.
+    for t in (1004..=1016).step_by(2) {
+        ledger.seen_down("pg-1", time(t)).unwrap();
+    }
+    // An instance that is up is not touched by a stray call.
+    ledger.seen_down("redis-1", time(1016)).unwrap();
+    drop(ledger);
+    let (ledger, recovery) = open(dir.path(), 1100);
+    assert_eq!(recovery.closed, vec!["pg-1".to_owned()]);
+    assert_eq!(recovery.unknown_gap, Some((1000, 1100)));
+    let own: Vec<_> = ledger.intervals("pg-1").into_iter().filter(|iv| iv.kind != IntervalKind::Unknown).collect();
+    assert_eq!(own.iter().map(|iv| (iv.start, iv.end)).collect::<Vec<_>>(), vec![(1002, Some(1016))]);
+    // A new outage starts from a clean slate: its own evidence, not the old one's.
+    assert!(ledger.open_down("pg-1", time(1200), false, "probe failed").unwrap());
+    drop(ledger);
+    let (ledger, _) = open(dir.path(), 1300);
+    let last = ledger.intervals("pg-1").into_iter().filter(|iv| iv.start == 1200).collect::<Vec<_>>();
+    assert_eq!(last[0].end, Some(1200), "closed at its start: the heartbeat at 1100 is before it, no probe saw it");
+}

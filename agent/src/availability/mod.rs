@@ -1,7 +1,8 @@
 //! Availability (issue 15): the durable downtime ledger (`ledger`) and a calendar month's figures
 //! against the plan's objective (`month`), served by `Upgrades/GetAvailability`, exported as
-//! metrics (`metrics_text`) and shown by `dbagentctl availability`. The health probes that will
-//! open and close unplanned intervals are not built yet.
+//! metrics (`metrics_text`) and shown by `dbagentctl availability`. The health probes
+//! (`crate::health`) open and close the intervals: unplanned, planned while a disruptive operation
+//! runs on the instance, unknown when the agent could not measure.
 
 pub mod heartbeat;
 pub mod ledger;

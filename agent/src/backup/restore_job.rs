@@ -119,6 +119,8 @@ pub async fn run_beneath(
     } else {
         RestoreInto::NewFolder
     };
+    // Replacing the instance's own data is ordered downtime: a failed probe meanwhile is planned.
+    let _disruption = matches!(into, RestoreInto::InPlace).then(|| ctx.disrupts_instance());
     let owner = os_user_ids(user)?;
     let (roots, path) = (roots.to_vec(), dir.clone());
     let guard = blocking(move || RestoreDir::prepare(&roots, &path, into)).await?;

@@ -52,6 +52,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             requests: d.requests.clone(),
             availability: d.availability.clone(),
             database_tls: d.database_tls.clone(),
+            health: d.health.clone(),
         },
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct Daemon {
     /// `testing.clock_offset_secs` on test hosts).
     pub clock: Arc<dyn Clock>,
     pub database_tls: crate::dbtls::DbTlsService,
+    /// The last health probe of each instance (the prober task writes it in `serve`).
+    pub health: crate::health::HealthBoard,
     pub logs: LogManager,
     pub metrics_hub: Arc<MetricsHub>,
     /// Already running (they bind their listener at start); the daemon adopts them.
@@ -164,6 +166,11 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         let database_tls = database_tls.clone();
         move || database_tls.metrics_text()
     }));
+    let health = crate::health::HealthBoard::default();
+    metrics_hub.add_exposition(Box::new({
+        let health = health.clone();
+        move || health.metrics_text()
+    }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
@@ -196,6 +203,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         availability,
         clock,
         database_tls,
+        health,
         logs,
         metrics_hub,
         metrics_tasks,

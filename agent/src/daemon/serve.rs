@@ -10,6 +10,7 @@ use super::tasks::{CriticalTasks, Task};
 use super::{DaemonError, api_wiring, dev, shutdown, signals::handle_signals, systemd};
 use crate::api;
 use crate::backup;
+use crate::health;
 use crate::ops::OperationEngine;
 use crate::requests::RequestLedger;
 use crate::tls::listener::{AcceptSettings, spawn_accept_loop};
@@ -53,6 +54,10 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
         )
         .map(Ok),
     );
+    if config.health.enabled {
+        let prober = health_prober(&d.config, &d.registry, &d.engine, &d.availability, &d.health);
+        tasks.spawn(Task::HealthProber, prober.run(config.health.interval(), root.clone()).map(Ok));
+    }
     for handle in d.metrics_tasks.handles {
         tasks.adopt(Task::Metrics, handle);
     }
@@ -87,6 +92,30 @@ pub(super) async fn serve(d: Daemon) -> (Result<(), DaemonError>, Instant) {
 
 /// Waits for the root token, or for a critical task to end first: that is a failure, which is
 /// logged and begins the shutdown. Returns the failure, if any.
+/// The prober task over the daemon's registry, operations and ledger.
+fn health_prober(
+    config: &crate::config::Config,
+    registry: &std::sync::Arc<crate::instances::registry::Registry>,
+    engine: &OperationEngine,
+    ledger: &crate::availability::Ledger,
+    board: &health::HealthBoard,
+) -> health::task::ProberTask {
+    let prober = health::engines::EngineProber::new(
+        config.health.clone(),
+        config.backup.clone(),
+        config.instances.data_roots.clone(),
+    );
+    let (registry, engine) = (registry.clone(), engine.clone());
+    let deps = health::task::ProberDeps {
+        prober: std::sync::Arc::new(prober),
+        instances: std::sync::Arc::new(move || registry.list()),
+        disrupting: std::sync::Arc::new(move |id: &str| engine.is_disrupting(id)),
+        ledger: ledger.clone(),
+        board: board.clone(),
+    };
+    health::task::ProberTask::new(deps, &config.health)
+}
+
 async fn until_shutdown(tasks: &mut CriticalTasks, root: &CancellationToken) -> Option<DaemonError> {
     let (task, end) = tokio::select! {
         biased;

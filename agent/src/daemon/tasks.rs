@@ -19,6 +19,7 @@ pub enum Task {
     RecordPruner,
     SignalHandler,
     Metrics,
+    HealthProber,
 }
 
 impl fmt::Display for Task {
@@ -31,6 +32,7 @@ impl fmt::Display for Task {
             Task::RecordPruner => "record pruner",
             Task::SignalHandler => "signal handler",
             Task::Metrics => "metrics task",
+            Task::HealthProber => "health prober",
         })
     }
 }
@@ -45,6 +47,7 @@ impl Task {
             Task::LogShipping => "log batches not yet acknowledged are sent again at next start",
             Task::BackupScheduler => "a backup it was starting is started again when due after the next start",
             Task::RecordPruner => "the prune runs again at next start",
+            Task::HealthProber => "the down interval open now is closed at the last heartbeat at next start",
             Task::ConnectionAcceptor | Task::SignalHandler | Task::Metrics => "nothing is lost",
         }
     }

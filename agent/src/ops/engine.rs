@@ -22,6 +22,8 @@ use crate::maintenance::{Clock, WeeklyWindow};
 #[path = "window_wait.rs"]
 mod window_wait;
 
+use super::disruptions::{Disruption, Disruptions};
+
 pub type JobResult = Result<Option<serde_json::Value>, OpError>;
 pub type JobFuture = Pin<Box<dyn Future<Output = JobResult> + Send>>;
 pub type JobFn = Box<dyn FnOnce(JobContext) -> JobFuture + Send>;
@@ -67,6 +69,7 @@ pub struct OpsSettings {
 pub struct JobContext {
     pub cancel: CancellationToken,
     slot: Arc<Slot>,
+    disruptions: Disruptions,
 }
 
 impl JobContext {
@@ -77,6 +80,14 @@ impl JobContext {
     /// The id of the operation this job runs, for what the job names after it (a scratch folder).
     pub fn operation_id(&self) -> String {
         self.slot.tx.borrow().id.clone()
+    }
+
+    /// For a job that disrupts its target instance without going through the maintenance window
+    /// (a restore in place): while the guard lives, a failed health probe of the instance counts
+    /// as planned downtime. Work submitted with `submit_disruptive` is counted without this.
+    pub fn disrupts_instance(&self) -> Disruption {
+        let target = self.slot.tx.borrow().target.clone();
+        self.disruptions.begin(&target)
     }
 }
 
@@ -113,6 +124,8 @@ struct Inner {
     settings: OpsSettings,
     /// The clock maintenance windows are read against; the host's unless set at start-up.
     window_clock: OnceLock<Arc<dyn Clock>>,
+    /// The instances disruptive operations are running on now.
+    disruptions: Disruptions,
 }
 
 #[derive(Clone)]
@@ -176,6 +189,7 @@ impl OperationEngine {
             tasks: TaskTracker::new(),
             settings,
             window_clock: OnceLock::new(),
+            disruptions: Disruptions::default(),
         };
         let engine = Self { inner: Arc::new(inner) };
         engine.prune(now)?;
@@ -298,9 +312,18 @@ impl OperationEngine {
             r.window_end = window_end;
         })
         .await;
-        let ctx = JobContext { cancel: slot.cancel.clone(), slot: slot.clone() };
+        // Disruptive work counts as planned downtime of its instance until it has ended.
+        let _disruption = gate.is_some().then(|| self.inner.disruptions.begin(&target));
+        let ctx =
+            JobContext { cancel: slot.cancel.clone(), slot: slot.clone(), disruptions: self.inner.disruptions.clone() };
         let result = self.run_until_done(&slot, window_end, job(ctx)).await;
         self.finish(&slot, result).await;
+    }
+
+    /// Whether an operation that disrupts `instance` is running now (the health probes count a
+    /// failure then as planned downtime).
+    pub fn is_disrupting(&self, instance: &str) -> bool {
+        self.inner.disruptions.is_disrupting(instance)
     }
 
     async fn finish(&self, slot: &Slot, result: JobResult) {

@@ -1,6 +1,7 @@
 //! The operations engine: long work as durable, idempotent, cancellable operations (docs/api.md,
 //! "Operations").
 
+pub mod disruptions;
 pub mod engine;
 pub mod journal;
 pub mod model;

@@ -197,3 +197,61 @@ async fn a_waiting_operation_survives_a_restart_and_starts_at_its_window_and_one
     assert_eq!(abandoned.state, OpState::Interrupted);
     assert!(abandoned.error.unwrap().message.contains("disabled"));
 }
+
+#[tokio::test]
+async fn a_disruptive_operation_marks_its_instance_disrupted_only_while_it_runs_and_other_work_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _root) = open(dir.path(), clock_at("2026-12-01T02:10:00Z"));
+    // Plain work on the instance: not a disruption.
+    let plain = NewOperation {
+        request_id: "plain".into(),
+        kind: sleep::KIND,
+        target: "pg-1".into(),
+        params: sleep::params(Duration::from_secs(30)),
+        exclusive: false,
+    };
+    let (record, _) = engine.submit(plain, sleep::job(Duration::from_secs(30))).await.unwrap();
+    engine.watch(&record.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+    assert!(!engine.is_disrupting("pg-1"));
+    engine.cancel(&record.id).await.unwrap();
+    // Disruptive work, forced: the instance is disrupted while it runs, and no other instance.
+    let gate = Disruptive { window: tuesday_two_am(), expected: Duration::from_secs(30), force: true };
+    let new = new_sleep("upgrade", Duration::from_secs(30), true);
+    let (record, _) = engine.submit_disruptive(new, gate, sleep::job(Duration::from_secs(30))).await.unwrap();
+    engine.watch(&record.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+    assert!(engine.is_disrupting("pg-1"));
+    assert!(!engine.is_disrupting("pg-2"));
+    engine.cancel(&record.id).await.unwrap();
+    engine.watch(&record.id).unwrap().wait_for(|r| r.state.is_finished()).await.unwrap();
+    // Counted until it has ended: the guard is dropped right after the record says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while engine.is_disrupting("pg-1") {
+        assert!(std::time::Instant::now() < deadline, "still disrupting after the operation ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A job that disrupts without a window says so itself.
+    let own = NewOperation {
+        request_id: "restore-in-place".into(),
+        kind: sleep::KIND,
+        target: "pg-3".into(),
+        params: sleep::params(Duration::from_secs(30)),
+        exclusive: true,
+    };
+    let job: JobFn = Box::new(|ctx| {
+        Box::pin(async move {
+            let _disruption = ctx.disrupts_instance();
+            ctx.cancel.cancelled().await;
+            Ok(None)
+        })
+    });
+    let (record, _) = engine.submit(own, job).await.unwrap();
+    engine.watch(&record.id).unwrap().wait_for(|r| r.state == OpState::Running).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !engine.is_disrupting("pg-3") {
+        assert!(std::time::Instant::now() < deadline, "the job's own disruption was not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.cancel(&record.id).await.unwrap();
+    engine.watch(&record.id).unwrap().wait_for(|r| r.state.is_finished()).await.unwrap();
+    assert!(!engine.is_disrupting("pg-3"));
+}

@@ -3,17 +3,23 @@
 use dbagent_proto::v1 as pb;
 
 use crate::availability::MonthFigures;
+use crate::health::ProbeStatus;
 
-pub fn availability_to_proto(instance_id: &str, f: &MonthFigures, picture: String) -> pb::Availability {
+/// `probe`: the instance's last health probe, if one ran since the agent started.
+pub fn availability_to_proto(
+    instance_id: &str,
+    f: &MonthFigures,
+    picture: String,
+    probe: Option<&ProbeStatus>,
+) -> pb::Availability {
     pb::Availability {
         instance_id: instance_id.to_owned(),
         month: f.month.to_string(),
         objective_percent: f.objective_percent,
         allowed_downtime_seconds: f.allowed_downtime_secs,
         downtime_seconds: f.unplanned_secs,
-        // Set by the health probes, not built yet.
-        last_probe: None,
-        healthy: false,
+        last_probe: probe.map(|p| prost_types::Timestamp::from(p.at)),
+        healthy: probe.is_some_and(|p| p.healthy),
         uptime_percent: f.uptime_percent,
         unplanned_downtime_seconds: f.unplanned_secs,
         planned_downtime_seconds: f.planned_secs,
