@@ -39,6 +39,8 @@ pub struct Config {
     pub logs: crate::logs::LogsConfig,
     /// Backups: pipeline, destinations, engine connections (see docs/backups.md).
     pub backup: crate::backup::BackupConfig,
+    /// PostgreSQL major upgrades (see docs/operations.md).
+    pub upgrade: crate::upgrade::UpgradeConfig,
     pub testing: TestingConfig,
 }
 
@@ -214,6 +216,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             logs: crate::logs::LogsConfig::default(),
             backup: crate::backup::BackupConfig::default(),
+            upgrade: crate::upgrade::UpgradeConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -474,6 +477,9 @@ impl Config {
         }
         self.validate_metrics(path)?;
         if let Err((key, message)) = self.backup.validate() {
+            return invalid(key, message);
+        }
+        if let Err((key, message)) = self.upgrade.validate() {
             return invalid(key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {

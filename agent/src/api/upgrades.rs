@@ -1,6 +1,7 @@
-//! The Upgrades service. SetMaintenanceWindow and GetAvailability are served; upgrades, plan
-//! changes and certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before any
-//! handler runs, so the methods for them here are never reached.
+//! The Upgrades service. SetMaintenanceWindow, GetAvailability and StartUpgrade (PostgreSQL major
+//! upgrades, `crate::upgrade`) are served; plan changes and certificates answer UNIMPLEMENTED from the
+//! permission layer (`auth::NOT_BUILT_YET`) before any handler runs, so their methods here are never
+//! reached.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
@@ -13,11 +14,14 @@ use crate::availability::{Ledger, Month, figures, month::picture};
 use crate::ids::InvalidField;
 use crate::instances::registry::Registry;
 use crate::requests::RequestLedger;
+use crate::upgrade::UpgradeService;
+use crate::upgrade::service::UpgradeRequest;
 
 pub struct UpgradesApi {
     pub registry: Arc<Registry>,
     pub requests: RequestLedger,
     pub availability: Ledger,
+    pub upgrades: Arc<UpgradeService>,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
@@ -45,8 +49,16 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Ok(Response::new(window.await?))
     }
 
-    async fn start_upgrade(&self, _req: Request<pb::StartUpgradeRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("upgrades"))
+    async fn start_upgrade(&self, req: Request<pb::StartUpgradeRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let request = UpgradeRequest {
+            request_id: req.request_id,
+            instance_id: req.instance_id,
+            target_version: req.target_version,
+            force: req.force,
+        };
+        let record = self.upgrades.start(request).await?;
+        Ok(Response::new((&record).into()))
     }
 
     async fn change_plan(&self, _req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {

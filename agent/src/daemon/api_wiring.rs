@@ -50,6 +50,13 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             requests: d.requests.clone(),
             availability: d.availability.clone(),
+            upgrades: std::sync::Arc::new(crate::upgrade::UpgradeService {
+                registry: d.registry.clone(),
+                operations: d.engine.clone(),
+                backups: d.backups.clone(),
+                health: std::sync::Arc::new(crate::upgrade::server::PsqlHealthCheck),
+                config: d.config.upgrade.clone(),
+            }),
         },
     }
 }
