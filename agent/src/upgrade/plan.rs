@@ -72,8 +72,9 @@ impl Cluster {
         Self { major, name: self.name.clone() }
     }
 
+    /// The unit's full name, as the instance record keeps it.
     pub fn unit(&self) -> String {
-        format!("postgresql@{}-{}", self.major, self.name)
+        format!("postgresql@{}-{}.service", self.major, self.name)
     }
 
     /// As postgresql-common's tools name it: "15/main".

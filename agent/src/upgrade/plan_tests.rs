@@ -26,7 +26,7 @@ fn current_major_reads_major_and_minor_versions() {
 fn cluster_from_unit_takes_postgresql_common_units_only() {
     let c = Cluster::from_unit("a", "postgresql@15-main.service").unwrap();
     assert_eq!(c, Cluster { major: 15, name: "main".into() });
-    assert_eq!(c.with_major(17).unit(), "postgresql@17-main");
+    assert_eq!(c.with_major(17).unit(), "postgresql@17-main.service");
     assert_eq!(c.with_major(17).shown(), "17/main");
     for unit in ["postgresql.service", "postgresql@x-main", "postgresql@15-", "postgresql@15-../x", "mariadb"] {
         let e = Cluster::from_unit("a", unit).unwrap_err().to_string();

@@ -142,3 +142,7 @@ impl UpgradeService {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

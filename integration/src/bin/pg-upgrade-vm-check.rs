@@ -34,7 +34,7 @@ async fn register(channel: &Channel, state: &Path, id: &str) -> Result<()> {
     let spec = pb::InstanceSpec {
         engine: pb::Engine::Postgresql.into(),
         engine_version: "15".into(),
-        systemd_unit: format!("postgresql@15-{id}"),
+        systemd_unit: format!("postgresql@15-{id}.service"),
         data_dir: data_dir(state, id, 15).display().to_string(),
         os_user: "postgres".into(),
         volume: Some(pb::VolumeSpec { device: String::new(), size_bytes: 64 << 20, filesystem: "ext4".into() }),
@@ -258,7 +258,7 @@ async fn main() -> Result<()> {
         let mut instances = pb::instances_client::InstancesClient::new(channel.clone());
         let inst = instances.get_instance(pb::GetInstanceRequest { id: "roll".into() }).await?.into_inner();
         let spec = inst.spec.context("no spec")?;
-        ensure!(spec.engine_version == "15" && spec.systemd_unit == "postgresql@15-roll", "record changed: {spec:?}");
+        ensure!(spec.engine_version == "15" && spec.systemd_unit == "postgresql@15-roll.service", "record changed: {spec:?}");
         Ok(())
     };
     ok &= report("killed-pg-upgrade-rolls-back-old-serves", t, roll.await).is_some();
@@ -279,7 +279,7 @@ async fn main() -> Result<()> {
         let spec = inst.spec.context("no spec")?;
         let new_dir = data_dir(&state, "up", 17).display().to_string();
         ensure!(
-            spec.engine_version == "17" && spec.systemd_unit == "postgresql@17-up" && spec.data_dir == new_dir,
+            spec.engine_version == "17" && spec.systemd_unit == "postgresql@17-up.service" && spec.data_dir == new_dir,
             "instance record after the upgrade: {spec:?}"
         );
         // Writes are accepted on 17.
