@@ -42,6 +42,7 @@ pub struct Vm {
     guestfwd_port: Option<u16>,
     root_overlay: Option<PathBuf>,
     image: Option<&'static str>,
+    memory_mib: Option<u32>,
 }
 
 /// One check reported by the guest.
@@ -90,7 +91,14 @@ impl Vm {
             guestfwd_port: None,
             root_overlay: None,
             image: None,
+            memory_mib: None,
         }
+    }
+
+    /// Guest memory in MiB (run-vm.sh's default is 1024).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = Some(mib);
+        self
     }
 
     /// Boots the Debian 13 guest with PostgreSQL 15 and 17 side by side
@@ -230,6 +238,9 @@ impl Vm {
         }
         if let Some(image) = self.image {
             cmd.env("VM_IMAGE", image);
+        }
+        if let Some(mib) = self.memory_mib {
+            cmd.env("VM_MEMORY", mib.to_string());
         }
         eprintln!("vm {}: booting, output in {}", self.name, out_dir.display());
         let status = cmd.status().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));

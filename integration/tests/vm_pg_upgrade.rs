@@ -73,6 +73,8 @@ systemctl stop dbagent.service
 fn vm_postgresql_major_upgrade_15_to_17_with_refusals_and_rollback() {
     let vm = Vm::new("pg-upgrade")
         .pg_majors_image()
+        // Three 15 clusters, the agent's restore drills and pg_upgrade's two servers at once.
+        .memory_mib(2048)
         .timeout(Duration::from_secs(1500))
         .copy_as(agent_binary(), "dbagent")
         .copy(env!("CARGO_BIN_EXE_pg-upgrade-vm-check"))

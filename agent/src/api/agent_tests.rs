@@ -72,6 +72,7 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
         "backups",
         "maintenance windows",
         "availability",
+        "postgresql major upgrades",
     ] {
         assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");
     }

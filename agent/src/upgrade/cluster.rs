@@ -194,8 +194,10 @@ impl UpgradeRun<'_> {
         }
         // pg_upgrade prints its reasons on stdout: fold it into stderr, whose tail the error keeps.
         // It writes its scripts into the current folder: the socket folder, the engine user's own.
+        // pg_ctl gives a starting server 60 s by default; a big or busy one (or an emulated test
+        // guest) needs longer, and a timeout there fails the whole upgrade.
         let cmd = ToolCommand::new("/bin/sh")
-            .args(["-c", "cd \"$1\" || exit 1; shift; exec \"$0\" \"$@\" 1>&2"])
+            .args(["-c", "cd \"$1\" || exit 1; shift; export PGCTLTIMEOUT=600; exec \"$0\" \"$@\" 1>&2"])
             .arg(self.layout.bin(self.new.major).join("pg_upgrade"))
             .arg(self.socket_dir)
             .args(args);

@@ -184,8 +184,9 @@ impl UpgradeJob {
             };
         }
         if let Err(reasons) = checked {
+            let logs = self.log_tails(&reasons, &new_data).await;
             let _ = cluster::drop_cluster(&new).await;
-            return Err(UpgradeError::CheckFailed { reasons: pg_upgrade_reasons(&reasons) });
+            return Err(UpgradeError::CheckFailed { reasons: pg_upgrade_reasons(&reasons) + &logs });
         }
         Ok(Prepared { old, new, new_data, mode, settings, extensions, size_bytes })
     }
@@ -233,7 +234,8 @@ impl UpgradeJob {
             () = ctx.cancel.cancelled() => Err("cancelled during pg_upgrade".to_owned()),
         };
         if let Err(e) = upgraded {
-            return Err(self.rollback(&p, "pg_upgrade", e, false).await);
+            let logs = self.log_tails(&e, &p.new_data).await;
+            return Err(self.rollback(&p, "pg_upgrade", e + &logs, false).await);
         }
         let pg_upgrade_ms = started.elapsed().as_millis() as u64;
 
@@ -336,6 +338,26 @@ impl UpgradeJob {
             Ok(()) => json!({ "ok": true, "ms": ms, "statistics_rows": rows }),
             Err(e) => json!({ "ok": false, "ms": ms, "statistics_rows": rows, "error": e }),
         }
+    }
+
+    /// The last lines of the logs pg_upgrade points to ("Consult the last few lines of ..."), read
+    /// as the engine's user (the files are in the new data folder, which that user owns) before the
+    /// new cluster is dropped with them. Empty when there are none.
+    async fn log_tails(&self, output: &str, new_data: &Path) -> String {
+        let mut out = String::new();
+        for path in output.split('"').filter(|p| p.ends_with(".log") && Path::new(p).starts_with(new_data)) {
+            let Ok(cmd) = ToolCommand::new("tail").args(["-n", "8", "--"]).arg(path).run_as(&self.instance.spec.os_user)
+            else {
+                continue;
+            };
+            if let Ok(text) = cmd.output().await {
+                let text = String::from_utf8_lossy(&text);
+                let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                let name = Path::new(path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                out.push_str(&format!(" || {name}: {}", lines.join(" | ")));
+            }
+        }
+        out
     }
 
     /// Back to the old cluster: stop what pg_upgrade or the switch left running, drop the new

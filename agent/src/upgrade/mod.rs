@@ -93,7 +93,7 @@ pub enum UpgradeError {
     Unsupported { instance: String, message: String },
     #[error(
         "instance {instance} has no backup newer than {max_age_hours} h (upgrade.max_backup_age_hours){newest}; take \
-         one (CreateBackup) and start the upgrade again"
+         one (StartBackup) and start the upgrade again"
     )]
     NoRecentBackup { instance: String, max_age_hours: u64, newest: String },
     #[error(
