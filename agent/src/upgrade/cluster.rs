@@ -61,9 +61,9 @@ pub async fn systemctl(verb: &str, unit: &str) -> Result<(), String> {
 /// created through directory handles, owned by root, mode 0755.
 pub fn prepare_parent(data_root: &Path, new_data_dir: &Path) -> Result<(), UpgradeError> {
     let refuse = |message: String| UpgradeError::Step { step: "prepare the new data folder", message };
-    let rel = new_data_dir
-        .strip_prefix(data_root)
-        .map_err(|_| refuse(format!("{} is not below the data root {}", new_data_dir.display(), data_root.display())))?;
+    let rel = new_data_dir.strip_prefix(data_root).map_err(|_| {
+        refuse(format!("{} is not below the data root {}", new_data_dir.display(), data_root.display()))
+    })?;
     let parent_rel = rel.parent().unwrap_or(Path::new(""));
     let mut dir = DirHandle::open_configured_root(data_root).map_err(|e| refuse(e.to_string()))?;
     check_root_only(&dir, data_root).map_err(refuse)?;

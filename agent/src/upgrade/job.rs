@@ -124,11 +124,8 @@ impl UpgradeJob {
         Self::progress(ctx, 1, "checking extensions and disk space");
         let extensions = at.extensions().await.map_err(read("list the installed extensions"))?;
         let ext_dir = self.share_dir.join(self.target.to_string()).join("extension");
-        let missing: Vec<&str> = extensions
-            .iter()
-            .filter(|e| !ext_dir.join(format!("{e}.control")).is_file())
-            .map(String::as_str)
-            .collect();
+        let missing: Vec<&str> =
+            extensions.iter().filter(|e| !ext_dir.join(format!("{e}.control")).is_file()).map(String::as_str).collect();
         if !missing.is_empty() {
             return Err(UpgradeError::ExtensionsMissing { target: self.target, missing: missing.join(", ") });
         }
@@ -191,7 +188,13 @@ impl UpgradeJob {
         Ok(Prepared { old, new, new_data, mode, settings, extensions, size_bytes })
     }
 
-    fn run_args<'a>(&'a self, old: &'a Cluster, new: &'a Cluster, new_data: &'a Path, mode: CopyMode) -> UpgradeRun<'a> {
+    fn run_args<'a>(
+        &'a self,
+        old: &'a Cluster,
+        new: &'a Cluster,
+        new_data: &'a Path,
+        mode: CopyMode,
+    ) -> UpgradeRun<'a> {
         UpgradeRun {
             layout: &self.layout,
             old,
@@ -346,7 +349,8 @@ impl UpgradeJob {
     async fn log_tails(&self, output: &str, new_data: &Path) -> String {
         let mut out = String::new();
         for path in output.split('"').filter(|p| p.ends_with(".log") && Path::new(p).starts_with(new_data)) {
-            let Ok(cmd) = ToolCommand::new("tail").args(["-n", "8", "--"]).arg(path).run_as(&self.instance.spec.os_user)
+            let Ok(cmd) =
+                ToolCommand::new("tail").args(["-n", "8", "--"]).arg(path).run_as(&self.instance.spec.os_user)
             else {
                 continue;
             };
@@ -369,7 +373,8 @@ impl UpgradeJob {
             let _ = cluster::systemctl("stop", &p.new.unit()).await;
         }
         // A killed pg_upgrade leaves the servers it started running on their own.
-        for (major, dir) in [(p.old.major, self.instance.spec.data_dir.as_path()), (p.new.major, p.new_data.as_path())] {
+        for (major, dir) in [(p.old.major, self.instance.spec.data_dir.as_path()), (p.new.major, p.new_data.as_path())]
+        {
             if let Ok(cmd) = ToolCommand::new(self.layout.bin(major).join("pg_ctl"))
                 .args(["stop", "-m", "fast", "-w", "-D"])
                 .arg(dir)

@@ -55,7 +55,10 @@ impl UpgradeConfig {
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.max_backup_age_hours == 0 {
-            return Err(("upgrade.max_backup_age_hours", "must be at least 1: an upgrade needs a recent backup".into()));
+            return Err((
+                "upgrade.max_backup_age_hours",
+                "must be at least 1: an upgrade needs a recent backup".into(),
+            ));
         }
         for (key, dir) in [
             ("upgrade.postgresql_lib_dir", &self.postgresql_lib_dir),

@@ -42,7 +42,10 @@ fn new_data_dir_replaces_the_major_component_or_takes_a_sibling() {
     );
     // The last component naming the major is the one replaced; an instance id "15" stays.
     assert_eq!(new_data_dir(Path::new("/srv/15/pg/15"), 15, 17).unwrap(), PathBuf::from("/srv/15/pg/17"));
-    assert_eq!(new_data_dir(Path::new("/srv/dbagent/a/pgdata"), 15, 17).unwrap(), PathBuf::from("/srv/dbagent/a/pgdata-17"));
+    assert_eq!(
+        new_data_dir(Path::new("/srv/dbagent/a/pgdata"), 15, 17).unwrap(),
+        PathBuf::from("/srv/dbagent/a/pgdata-17")
+    );
 }
 
 #[test]

@@ -139,7 +139,12 @@ impl HealthCheck for PsqlHealthCheck {
             let served = row.get(1).map(PathBuf::from).unwrap_or_default();
             let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             if canonical(&served) != canonical(data_dir) {
-                return Err(format!("the server on port {} serves {}, not {}", at.port, served.display(), data_dir.display()));
+                return Err(format!(
+                    "the server on port {} serves {}, not {}",
+                    at.port,
+                    served.display(),
+                    data_dir.display()
+                ));
             }
             let mut relations = 0u64;
             let databases = at.databases().await?;

@@ -85,13 +85,8 @@ impl UpgradeService {
             expected: Duration::from_secs(self.config.expected_minutes * 60),
             force: req.force,
         };
-        let new = NewOperation {
-            request_id: req.request_id,
-            kind: KIND,
-            target: req.instance_id,
-            params,
-            exclusive: true,
-        };
+        let new =
+            NewOperation { request_id: req.request_id, kind: KIND, target: req.instance_id, params, exclusive: true };
         let (record, _) =
             self.operations.submit_disruptive(new, gate, Box::new(move |ctx| Box::pin(job.run(ctx)))).await?;
         Ok(record)

@@ -258,7 +258,10 @@ async fn main() -> Result<()> {
         let mut instances = pb::instances_client::InstancesClient::new(channel.clone());
         let inst = instances.get_instance(pb::GetInstanceRequest { id: "roll".into() }).await?.into_inner();
         let spec = inst.spec.context("no spec")?;
-        ensure!(spec.engine_version == "15" && spec.systemd_unit == "postgresql@15-roll.service", "record changed: {spec:?}");
+        ensure!(
+            spec.engine_version == "15" && spec.systemd_unit == "postgresql@15-roll.service",
+            "record changed: {spec:?}"
+        );
         Ok(())
     };
     ok &= report("killed-pg-upgrade-rolls-back-old-serves", t, roll.await).is_some();
