@@ -183,8 +183,11 @@ impl UpgradeRun<'_> {
             format!("--new-bindir={}", self.layout.bin(self.new.major).display()),
             format!("--old-datadir={}", self.old_data.display()),
             format!("--new-datadir={}", self.new_data.display()),
-            format!("--old-options=-c config_file={}", self.layout.conf_file(self.old).display()),
-            format!("--new-options=-c config_file={}", self.layout.conf_file(self.new).display()),
+            // ssl off: pg_upgrade's servers listen on the socket only, and the key a cluster's
+            // config names (Debian's snakeoil) is readable through a supplementary group
+            // (ssl-cert) that a tool run as the engine's user does not get.
+            format!("--old-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.old).display()),
+            format!("--new-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.new).display()),
             format!("--socketdir={}", self.socket_dir),
             format!("--username={}", self.os_user),
             self.mode.flag().to_owned(),
