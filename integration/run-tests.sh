@@ -109,6 +109,9 @@ fi
 # first use, but here a failure is one clear message instead of every VM test failing) -----------------
 IMAGE="$(integration/vm/build-image.sh)" || die "building the VM guest image failed (above)"
 log "VM guest image: $IMAGE"
+# The Debian 13 guest with PostgreSQL 15 and 17 for the major-upgrade test (vm_pg_upgrade).
+PG_MAJORS_IMAGE="$(integration/vm/build-image-pg-majors.sh)" || die "building the pg-majors VM guest image failed (above)"
+log "VM guest image with two PostgreSQL majors: $PG_MAJORS_IMAGE"
 step_done "VM guest image"
 
 if [[ "$INSTALL_ONLY" == 1 ]]; then

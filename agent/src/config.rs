@@ -43,6 +43,8 @@ pub struct Config {
     pub database_tls: crate::dbtls::DbTlsConfig,
     /// Health probes feeding the downtime ledger (docs/configuration.md, `[health]`).
     pub health: crate::health::HealthSettings,
+    /// PostgreSQL major upgrades (see docs/operations.md).
+    pub upgrade: crate::upgrade::UpgradeConfig,
     pub testing: TestingConfig,
 }
 
@@ -220,6 +222,7 @@ impl Default for Config {
             backup: crate::backup::BackupConfig::default(),
             database_tls: crate::dbtls::DbTlsConfig::default(),
             health: crate::health::HealthSettings::default(),
+            upgrade: crate::upgrade::UpgradeConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -486,6 +489,9 @@ impl Config {
             return invalid(key, message);
         }
         if let Err((key, message)) = self.health.validate() {
+            return invalid(key, message);
+        }
+        if let Err((key, message)) = self.upgrade.validate() {
             return invalid(key, message);
         }
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {

@@ -30,4 +30,5 @@ pub mod recovery_key;
 pub mod requests;
 pub mod timefmt;
 pub mod tls;
+pub mod upgrade;
 pub mod volume;

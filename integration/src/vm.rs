@@ -41,6 +41,8 @@ pub struct Vm {
     qmp_socket: Option<PathBuf>,
     guestfwd_port: Option<u16>,
     root_overlay: Option<PathBuf>,
+    image: Option<&'static str>,
+    memory_mib: Option<u32>,
 }
 
 /// One check reported by the guest.
@@ -88,7 +90,22 @@ impl Vm {
             qmp_socket: None,
             guestfwd_port: None,
             root_overlay: None,
+            image: None,
+            memory_mib: None,
         }
+    }
+
+    /// Guest memory in MiB (run-vm.sh's default is 1024).
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.memory_mib = Some(mib);
+        self
+    }
+
+    /// Boots the Debian 13 guest with PostgreSQL 15 and 17 side by side
+    /// (`integration/vm/build-image-pg-majors.sh`) instead of the Debian 12 one.
+    pub fn pg_majors_image(mut self) -> Self {
+        self.image = Some("pg-majors");
+        self
     }
 
     /// The test the guest runs, as `/share/run.sh` (bash). Source `/share/vmtest-lib.sh` in it for
@@ -218,6 +235,12 @@ impl Vm {
         }
         if let Some(overlay) = &self.root_overlay {
             cmd.env("VM_ROOT_OVERLAY", overlay);
+        }
+        if let Some(image) = self.image {
+            cmd.env("VM_IMAGE", image);
+        }
+        if let Some(mib) = self.memory_mib {
+            cmd.env("VM_MEMORY", mib.to_string());
         }
         eprintln!("vm {}: booting, output in {}", self.name, out_dir.display());
         let status = cmd.status().unwrap_or_else(|e| panic!("run {}: {e}", script.display()));

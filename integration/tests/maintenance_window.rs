@@ -89,9 +89,14 @@ async fn a_disruptive_operation_waits_for_the_window_survives_a_restart_and_star
             force: false,
         })
         .await
-        .expect_err("upgrades are not built yet");
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    assert!(err.message().contains("issue 14"), "names the issue that builds it: {err:?}");
+        .expect_err("this host has no PostgreSQL 17 binaries or the instance no recent backup");
+    // StartUpgrade is served (PostgreSQL majors): its preconditions are checked at submission,
+    // before any wait for the window, and a refusal says which one failed.
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("is not installed") || err.message().contains("max_backup_age_hours"),
+        "names the missing precondition: {err:?}"
+    );
 
     // Forced, disruptive work runs at once, outside the window.
     let mut ops = OperationsClient::new(channel.clone());

@@ -13,6 +13,8 @@
 #   VM_GUESTFWD_PORT  guest connections to 10.0.2.100:PORT reach 127.0.0.1:PORT on the host
 #   VM_ROOT_OVERLAY   qcow2 file over root.img that keeps the guest's root changes across boots
 #                     (created on first use); without it every boot starts from the pristine image
+#   VM_IMAGE          "pg-majors": the Debian 13 guest with PostgreSQL 15 and 17 (build-image-pg-majors.sh);
+#                     unset: the Debian 12 guest (build-image.sh)
 #   VM_MEMORY (1024), VM_CPUS (2), DBAGENT_VM_CACHE (see build-image.sh)
 #   VM_KERNEL_ARGS    replaces "quiet loglevel=3 systemd.show_status=false" (e.g. "systemd.show_status=true" to debug)
 # Exit status: 0 when result.log is complete and has no FAIL line; 1 otherwise, with the reason.
@@ -36,11 +38,16 @@ done
 for d in "${DISKS[@]}"; do [[ -f "$d" || -b "$d" ]] || die "disk $d does not exist (create one with: truncate -s 64M FILE)"; done
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found: apt-get install qemu-system-x86"
 
-IMAGE="$("$HERE/build-image.sh")" || die "building the guest image failed (see above)"
+case "${VM_IMAGE:-}" in
+    "") BUILDER=build-image.sh ;;
+    pg-majors) BUILDER=build-image-pg-majors.sh ;;
+    *) die "VM_IMAGE=${VM_IMAGE} is not a guest image (known: pg-majors, or unset for Debian 12)" ;;
+esac
+IMAGE="$("$HERE/$BUILDER")" || die "building the guest image failed (see above)"
 # build-image.sh prints exactly one line, the image folder; anything else is a bug there, say so plainly.
 [[ "$IMAGE" != *$'\n'* && "$IMAGE" == /* && -d "$IMAGE" ]] \
     || die "build-image.sh printed $(printf '%q' "$IMAGE") on stdout instead of one line naming the image folder"
-for f in root.img vmlinuz initrd.gz; do [[ -f "$IMAGE/$f" ]] || die "$IMAGE/$f missing: rebuild with VM_REBUILD=1 $HERE/build-image.sh"; done
+for f in root.img vmlinuz initrd.gz; do [[ -f "$IMAGE/$f" ]] || die "$IMAGE/$f missing: rebuild with VM_REBUILD=1 $HERE/$BUILDER"; done
 
 mkdir -p "$OUT"
 rm -f "$OUT"/{result.log,steps.log,stderr.log,journal.log,console.log}

@@ -55,6 +55,7 @@ into_status!(
     crate::backup::BackupError,
     crate::dbtls::DbTlsError,
     crate::metrics::MetricsError,
+    crate::upgrade::UpgradeError,
 );
 
 #[cfg(test)]

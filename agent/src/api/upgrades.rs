@@ -1,7 +1,7 @@
-//! The Upgrades service. SetMaintenanceWindow, GetAvailability and the database certificates
-//! (InstallCertificate, GetCertificate) are served; upgrades and plan changes answer UNIMPLEMENTED
-//! from the permission layer (`auth::NOT_BUILT_YET`) before any handler runs, so the methods for
-//! them here are never reached.
+//! The Upgrades service. SetMaintenanceWindow, GetAvailability, StartUpgrade (PostgreSQL major
+//! upgrades, `crate::upgrade`) and the database certificates (InstallCertificate, GetCertificate)
+//! are served; plan changes answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`)
+//! before any handler runs, so the method for them here is never reached.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use crate::dbtls::DbTlsService;
 use crate::ids::InvalidField;
 use crate::instances::registry::Registry;
 use crate::requests::RequestLedger;
+use crate::upgrade::UpgradeService;
+use crate::upgrade::service::UpgradeRequest;
 
 pub struct UpgradesApi {
     pub registry: Arc<Registry>,
@@ -24,6 +26,7 @@ pub struct UpgradesApi {
     pub database_tls: DbTlsService,
     /// The last health probe of each instance: `last_probe` and `healthy`.
     pub health: crate::health::HealthBoard,
+    pub upgrades: Arc<UpgradeService>,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
@@ -51,8 +54,16 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Ok(Response::new(window.await?))
     }
 
-    async fn start_upgrade(&self, _req: Request<pb::StartUpgradeRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("upgrades"))
+    async fn start_upgrade(&self, req: Request<pb::StartUpgradeRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let request = UpgradeRequest {
+            request_id: req.request_id,
+            instance_id: req.instance_id,
+            target_version: req.target_version,
+            force: req.force,
+        };
+        let record = self.upgrades.start(request).await?;
+        Ok(Response::new((&record).into()))
     }
 
     async fn change_plan(&self, _req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {

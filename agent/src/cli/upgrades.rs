@@ -12,10 +12,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum UpgradesCommand {
-    /// Upgrade the database engine in the next maintenance window, or now with --force (orchestrator identity).
+    /// Upgrade PostgreSQL to a newer major (pg_upgrade, rolled back on failure) in the next maintenance
+    /// window, or now with --force (orchestrator identity). Needs a recent backup; --watch follows it.
     Start {
         instance_id: String,
-        /// Engine version to upgrade to, e.g. 16.
+        /// PostgreSQL major to upgrade to, e.g. 17.
         #[arg(long = "to", value_name = "VERSION")]
         target_version: String,
         /// Do not wait for the maintenance window.

@@ -290,6 +290,21 @@ impl Registry {
         Ok(updated)
     }
 
+    /// Records a finished major upgrade (`upgrade::job`): the new version, unit and data folder.
+    /// The only change of `data_dir` there is: UpdateInstance refuses one, because only the upgrade
+    /// moves the data; engine and device must stay. The caller is the upgrade operation, which
+    /// holds the instance's lock already (an exclusive operation).
+    pub async fn record_major_upgrade(&self, id: &str, spec: InstanceSpec) -> Result<Instance, RegistryError> {
+        self.check(id, &spec)?;
+        let current = self.get(id)?;
+        let mut same_dir = spec.clone();
+        same_dir.data_dir.clone_from(&current.spec.data_dir);
+        immutable_fields(id, &current.spec, &same_dir)?;
+        let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
+        self.put(updated.clone(), "upgrade", ()).await?;
+        Ok(updated)
+    }
+
     /// Sets the weekly maintenance window of `id`, keeping the rest of its spec: a new generation of
     /// the instance record, so the window is as durable as the instance and GetInstance shows it.
     pub async fn set_maintenance_window(&self, id: &str, window: MaintenanceWindow) -> Result<Instance, RegistryError> {

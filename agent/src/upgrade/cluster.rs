@@ -1,0 +1,209 @@
+//! postgresql-common's clusters: the binaries of each major, creating and dropping a cluster, its
+//! port and start mode, its unit through `systemctl`, and pg_upgrade. Tools that only touch the
+//! cluster's own files (pg_upgrade, pg_conftool, start.conf) run as the engine's OS user; the root
+//! tools (pg_createcluster, pg_dropcluster) only act beneath a folder no engine user can write,
+//! which [`prepare_parent`] makes sure of through directory handles.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::UpgradeError;
+use super::plan::{Cluster, CopyMode};
+use super::server::OldSettings;
+use crate::beneath::DirHandle;
+use crate::command::ToolCommand;
+
+/// Where postgresql-common keeps binaries and configuration.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub lib_dir: PathBuf,
+    pub conf_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn bin(&self, major: u32) -> PathBuf {
+        self.lib_dir.join(major.to_string()).join("bin")
+    }
+
+    /// Refuses unless `major`'s server (and, for a target, pg_upgrade) is installed.
+    pub fn check_installed(&self, major: u32, target: bool) -> Result<(), UpgradeError> {
+        let mut needed = vec![self.bin(major).join("postgres")];
+        if target {
+            needed.push(self.bin(major).join("pg_upgrade"));
+        }
+        match needed.into_iter().find(|p| !p.is_file()) {
+            Some(missing) => Err(UpgradeError::NotInstalled { major, missing }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn conf_folder(&self, c: &Cluster) -> PathBuf {
+        self.conf_dir.join(c.major.to_string()).join(&c.name)
+    }
+
+    pub fn conf_file(&self, c: &Cluster) -> PathBuf {
+        self.conf_folder(c).join("postgresql.conf")
+    }
+}
+
+fn step(step: &'static str) -> impl FnOnce(String) -> UpgradeError {
+    move |message| UpgradeError::Step { step, message }
+}
+
+pub async fn systemctl(verb: &str, unit: &str) -> Result<(), String> {
+    ToolCommand::new("systemctl").args([verb, unit]).output().await.map(drop).map_err(|e| e.to_string())
+}
+
+/// Makes sure the folder the new data directory goes in exists and no engine user can change it
+/// (owned by root, not group- or world-writable, every folder from the data root down): the root
+/// tools of postgresql-common create and delete the data directory by its path, and a folder the
+/// engine user could write would let it swap that path for a link to anywhere. Missing folders are
+/// created through directory handles, owned by root, mode 0755.
+pub fn prepare_parent(data_root: &Path, new_data_dir: &Path) -> Result<(), UpgradeError> {
+    let refuse = |message: String| UpgradeError::Step { step: "prepare the new data folder", message };
+    let rel = new_data_dir.strip_prefix(data_root).map_err(|_| {
+        refuse(format!("{} is not below the data root {}", new_data_dir.display(), data_root.display()))
+    })?;
+    let parent_rel = rel.parent().unwrap_or(Path::new(""));
+    let mut dir = DirHandle::open_configured_root(data_root).map_err(|e| refuse(e.to_string()))?;
+    check_root_only(&dir, data_root).map_err(refuse)?;
+    let mut at = data_root.to_path_buf();
+    for part in parent_rel.components() {
+        let name: &OsStr = part.as_os_str();
+        at.push(name);
+        let (next, _) = dir.open_or_create_dir(Path::new(name), 0o755).map_err(|e| refuse(e.to_string()))?;
+        check_root_only(&next, &at).map_err(refuse)?;
+        dir = next;
+    }
+    let leaf = rel.file_name().ok_or_else(|| refuse("the new data folder has no name".into()))?;
+    match dir.stat_entry(leaf) {
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(refuse(e.to_string())),
+        Ok(_) => Err(refuse(format!(
+            "{} exists already (left by an earlier attempt?); remove it (pg_dropcluster) and start again",
+            new_data_dir.display()
+        ))),
+    }
+}
+
+fn check_root_only(dir: &DirHandle, path: &Path) -> Result<(), String> {
+    let st = rustix::fs::fstat(dir).map_err(|e| format!("stat {}: {e}", path.display()))?;
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is owned by uid {} with mode {:o}: the new cluster's folder must lie in folders only root can \
+             write, so that an engine user cannot redirect the root tools that create it",
+            path.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// `pg_createcluster` for the new major with the old cluster's encoding, locale and checksum
+/// setting, not started and not started at boot until the switch.
+pub async fn create(
+    new: &Cluster,
+    data_dir: &Path,
+    old: &OldSettings,
+    os_user: &str,
+    port: u16,
+) -> Result<(), UpgradeError> {
+    let mut cmd = ToolCommand::new("pg_createcluster")
+        .arg(new.major.to_string())
+        .arg(&new.name)
+        .arg(format!("--datadir={}", data_dir.display()))
+        .arg(format!("--user={os_user}"))
+        .arg(format!("--encoding={}", old.encoding))
+        .arg(format!("--lc-collate={}", old.collate))
+        .arg(format!("--lc-ctype={}", old.ctype))
+        .arg(format!("--port={port}"))
+        .arg("--start-conf=manual");
+    if old.data_checksums {
+        cmd = cmd.args(["--", "--data-checksums"]);
+    }
+    cmd.output().await.map(drop).map_err(|e| e.to_string()).map_err(step("pg_createcluster"))
+}
+
+/// Removes a cluster this upgrade created (stopping it first), configuration and data.
+pub async fn drop_cluster(c: &Cluster) -> Result<(), String> {
+    ToolCommand::new("pg_dropcluster")
+        .args(["--stop", &c.major.to_string(), &c.name])
+        .output()
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Sets the cluster's port in its postgresql.conf, as the engine's user (who owns that file).
+pub async fn set_port(c: &Cluster, port: u16, os_user: &str) -> Result<(), String> {
+    ToolCommand::new("pg_conftool")
+        .args([&c.major.to_string(), c.name.as_str(), "set", "port", &port.to_string()])
+        .run_as(os_user)
+        .map_err(|e| e.to_string())?
+        .output()
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Writes the cluster's start.conf ("auto": started at boot; "manual": only on request), as the
+/// engine's user, who owns the cluster's configuration folder.
+pub async fn set_start(layout: &Layout, c: &Cluster, mode: &str, os_user: &str) -> Result<(), String> {
+    let file = layout.conf_folder(c).join("start.conf");
+    ToolCommand::new("/bin/sh")
+        .args(["-c", "printf '%s\\n' \"$1\" > \"$2\"", "sh", mode])
+        .arg(&file)
+        .run_as(os_user)
+        .map_err(|e| e.to_string())?
+        .output()
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// pg_upgrade's arguments for `old` -> `new` (both stopped, or with `check_port` the old one
+/// running: a live `--check`).
+pub struct UpgradeRun<'a> {
+    pub layout: &'a Layout,
+    pub old: &'a Cluster,
+    pub new: &'a Cluster,
+    pub old_data: &'a Path,
+    pub new_data: &'a Path,
+    pub mode: CopyMode,
+    pub os_user: &'a str,
+    pub socket_dir: &'a str,
+}
+
+impl UpgradeRun<'_> {
+    /// The command; `check_port`: a `--check` against the old server running on that port.
+    pub fn command(&self, check_port: Option<u16>) -> Result<ToolCommand, String> {
+        let mut args = vec![
+            format!("--old-bindir={}", self.layout.bin(self.old.major).display()),
+            format!("--new-bindir={}", self.layout.bin(self.new.major).display()),
+            format!("--old-datadir={}", self.old_data.display()),
+            format!("--new-datadir={}", self.new_data.display()),
+            // ssl off: pg_upgrade's servers listen on the socket only, and the key a cluster's
+            // config names (Debian's snakeoil) is readable through a supplementary group
+            // (ssl-cert) that a tool run as the engine's user does not get.
+            format!("--old-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.old).display()),
+            format!("--new-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.new).display()),
+            format!("--socketdir={}", self.socket_dir),
+            format!("--username={}", self.os_user),
+            self.mode.flag().to_owned(),
+        ];
+        if let Some(port) = check_port {
+            args.extend(["--check".to_owned(), format!("--old-port={port}")]);
+        }
+        // pg_upgrade prints its reasons on stdout: fold it into stderr, whose tail the error keeps.
+        // It writes its scripts into the current folder: the socket folder, the engine user's own.
+        // pg_ctl gives a starting server 60 s by default; a big or busy one (or an emulated test
+        // guest) needs longer, and a timeout there fails the whole upgrade.
+        let cmd = ToolCommand::new("/bin/sh")
+            .args(["-c", "cd \"$1\" || exit 1; shift; export PGCTLTIMEOUT=600; exec \"$0\" \"$@\" 1>&2"])
+            .arg(self.layout.bin(self.new.major).join("pg_upgrade"))
+            .arg(self.socket_dir)
+            .args(args);
+        cmd.run_as(self.os_user).map_err(|e| e.to_string())
+    }
+}
