@@ -227,20 +227,15 @@ async fn known_ca_unknown_cn_is_permission_denied() {
 #[tokio::test]
 async fn unimplemented_service_names_the_capability() {
     let agent = Agent::start_dev();
-    // Engine upgrades are not built in this version (issue 14 builds them); the orchestrator may
+    // Plan changes are not built in this version (issue 14 builds them); the orchestrator may
     // call it, so the refusal is UNIMPLEMENTED, not PERMISSION_DENIED.
-    let request = StartUpgradeRequest {
-        request_id: "u-1".into(),
-        instance_id: "pg-1".into(),
-        target_version: "16".into(),
-        ..Default::default()
-    };
+    let request = ChangePlanRequest { request_id: "p-1".into(), instance_id: "pg-1".into(), ..Default::default() };
     let err = UpgradesClient::new(agent.orchestrator().await)
-        .start_upgrade(request)
+        .change_plan(request)
         .await
-        .expect_err("StartUpgrade is not implemented yet");
+        .expect_err("ChangePlan is not implemented yet");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    assert!(err.message().contains("upgrades"), "the message should name the capability: {:?}", err.message());
+    assert!(err.message().contains("plan changes"), "the message should name the capability: {:?}", err.message());
     assert!(
         err.message().contains("issue 14"),
         "the message should name the issue that builds it: {:?}",
