@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod digest;
+mod plans;
 mod volumes;
+pub use plans::PlansConfig;
 pub use volumes::{KeyProviderKind, KeysConfig, MIN_PBKDF2_ITERATIONS, PbkdfKind, RemoteKeysConfig, VolumesConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dbagent/agent.toml";
@@ -39,6 +41,8 @@ pub struct Config {
     pub logs: crate::logs::LogsConfig,
     /// Backups: pipeline, destinations, engine connections (see docs/backups.md).
     pub backup: crate::backup::BackupConfig,
+    /// Plan changes: restarts and PostgreSQL's settings file (see docs/operations.md).
+    pub plans: PlansConfig,
     pub testing: TestingConfig,
 }
 
@@ -214,6 +218,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             logs: crate::logs::LogsConfig::default(),
             backup: crate::backup::BackupConfig::default(),
+            plans: PlansConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -473,6 +478,9 @@ impl Config {
             }
         }
         self.validate_metrics(path)?;
+        if let Err((key, message)) = self.plans.check() {
+            return invalid(key, message);
+        }
         if let Err((key, message)) = self.backup.validate() {
             return invalid(key, message);
         }

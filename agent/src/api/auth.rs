@@ -67,7 +67,6 @@ const STANDARD_READS: &[&str] = &[
 /// the issue that builds it.
 const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
     ("/dbagent.v1.Upgrades/StartUpgrade", "upgrades", 14),
-    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14),
     ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates", 15),
 ];
 
@@ -76,6 +75,7 @@ const NOT_BUILT_YET: &[(&str, &str, u32)] = &[
 pub const OWN_CAPABILITY: &[(&str, &str)] = &[
     ("/dbagent.v1.Upgrades/SetMaintenanceWindow", "maintenance windows"),
     ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
+    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes"),
 ];
 
 /// Services of the proto that the agent calls and never serves.

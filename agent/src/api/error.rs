@@ -54,6 +54,7 @@ into_status!(
     crate::logs::LogsError,
     crate::backup::BackupError,
     crate::metrics::MetricsError,
+    crate::plan::PlanError,
 );
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
-//! The Upgrades service. SetMaintenanceWindow and GetAvailability are served; upgrades, plan
-//! changes and certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before any
-//! handler runs, so the methods for them here are never reached.
+//! The Upgrades service. SetMaintenanceWindow, GetAvailability and ChangePlan are served; upgrades
+//! and certificates answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`) before
+//! any handler runs, so the methods for them here are never reached.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::availability::availability_to_proto;
-use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto};
+use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto, plan_from_proto};
 use super::error::ApiResult;
 use crate::availability::{Ledger, Month, figures, month::picture};
 use crate::ids::InvalidField;
@@ -18,6 +18,7 @@ pub struct UpgradesApi {
     pub registry: Arc<Registry>,
     pub requests: RequestLedger,
     pub availability: Ledger,
+    pub plans: crate::plan::PlanChanges,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
@@ -49,8 +50,11 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Err(not_built("upgrades"))
     }
 
-    async fn change_plan(&self, _req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("plan changes"))
+    async fn change_plan(&self, req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let plan = plan_from_proto("plan", req.plan)?;
+        let (record, _) = self.plans.change(&req.request_id, &req.instance_id, plan, req.force).await?;
+        Ok(Response::new((&record).into()))
     }
 
     async fn get_availability(&self, req: Request<pb::GetAvailabilityRequest>) -> ApiResult<pb::Availability> {

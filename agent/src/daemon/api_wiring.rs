@@ -50,6 +50,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             registry: d.registry.clone(),
             requests: d.requests.clone(),
             availability: d.availability.clone(),
+            plans: d.plans.clone(),
         },
     }
 }
