@@ -3,7 +3,7 @@ use crate::error::HasErrorCode;
 use crate::instances::fixtures::{GIB, rules, spec};
 use crate::instances::{Engine, InstanceSpec};
 use crate::locks::ResourceLocks;
-use crate::maintenance::FixedClock;
+use crate::maintenance::clock::FixedClock;
 use crate::ops::{OpState, OpsSettings};
 use crate::plan::engine::{InMemoryEngineControl, debian_cluster, write_beneath};
 use crate::plan::engine_settings::{EngineSetting, settings_for};
