@@ -585,6 +585,18 @@ mod tests {
     }
 
     #[test]
+    fn plans_section_parses_and_its_bounds_name_the_key() {
+        let c = parse("[plans]\nrestart_timeout_secs = 60\npostgresql_config_dir = \"/srv/pg-etc\"").unwrap();
+        assert_eq!(c.plans.restart_timeout_secs, 60);
+        assert_eq!(c.plans.postgresql_config_dir, Path::new("/srv/pg-etc"));
+        let e = parse("[plans]\nrestart_timeout_secs = 5").unwrap_err();
+        assert!(e.to_string().contains("plans.restart_timeout_secs"), "{e}");
+        let e = parse("[plans]\npostgresql_config_dir = \"etc/postgresql\"").unwrap_err();
+        assert!(e.to_string().contains("plans.postgresql_config_dir"), "{e}");
+        assert_eq!(parse(include_str!("../../packaging/agent.toml")).unwrap().plans, PlansConfig::default());
+    }
+
+    #[test]
     fn full_config_parses() {
         let c = parse(
             r#"

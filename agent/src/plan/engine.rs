@@ -46,11 +46,12 @@ fn read_statement(engine: Engine, setting: &str) -> String {
     }
 }
 
-fn set_statement(engine: Engine, s: &EngineSetting) -> String {
+/// `None`: the engine takes none of the plan's settings at runtime (PostgreSQL's need a restart).
+fn set_statement(engine: Engine, s: &EngineSetting) -> Option<String> {
     match engine {
-        Engine::Mariadb => format!("SET GLOBAL {} = {}", s.name, s.value),
-        Engine::Redis => format!("CONFIG SET {} {}", s.name, s.value),
-        Engine::Postgresql => format!("ALTER SYSTEM SET {} = '{}'", s.name, s.config_value()),
+        Engine::Mariadb => Some(format!("SET GLOBAL {} = {}", s.name, s.value)),
+        Engine::Redis => Some(format!("CONFIG SET {} {}", s.name, s.value)),
+        Engine::Postgresql => None,
     }
 }
 
@@ -91,7 +92,14 @@ impl EngineControl for ToolEngineControl {
     }
 
     async fn set_runtime(&self, instance: &Instance, setting: &EngineSetting) -> Result<(), PlanError> {
-        let said = self.run(instance, &set_statement(instance.spec.engine, setting)).await?;
+        let Some(statement) = set_statement(instance.spec.engine, setting) else {
+            return Err(PlanError::EngineAnswer {
+                instance: instance.id.clone(),
+                setting: setting.name.clone(),
+                answer: "not settable at runtime: it needs a restart".into(),
+            });
+        };
+        let said = self.run(instance, &statement).await?;
         // redis-cli exits 0 on a refused command and prints the error instead of OK.
         if instance.spec.engine == Engine::Redis && said != "OK" {
             return Err(PlanError::EngineAnswer {
