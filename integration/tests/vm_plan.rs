@@ -30,7 +30,7 @@ fi
 stop_on_fail
 # The dev agent's data root lies inside its private state folder; postgres must pass through it
 # (production data roots such as /var/lib/postgresql are the engine's own).
-chmod 0711 "$STATE" "$STATE/data"
+chmod 0711 /srv/dbagent-vm "$STATE" "$STATE/data"
 # The settings a 512 MiB plan gives (shared_buffers 25 %, max_connections memory / 8 MiB), so that
 # the first plan change is limits only.
 step pg-createcluster sh -c "rmdir $DATA/lost+found && pg_createcluster 15 main -d $DATA \

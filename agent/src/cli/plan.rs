@@ -2,12 +2,12 @@
 //! limits, its disk, and the engine settings that follow the memory), or show the stored plan with
 //! the limits and settings it gives.
 
+use super::Ctx;
 use super::args::{OperationArgs, PlanArgs};
 use super::error::CliError;
 use super::operations::finish;
 use super::render::ToJson;
 use super::table::{ToTable, bytes, fields};
-use super::Ctx;
 use crate::api::convert::instance::{plan_from_proto, spec_from_proto};
 use crate::instances::Engine;
 use crate::plan::engine_settings::settings_for;
@@ -55,7 +55,8 @@ fn derived(view: &PlanView) -> (Value, Value) {
     let Ok(plan) = plan_from_proto("plan", Some(view.plan)) else { return (json!({}), json!([])) };
     let mut props = cpu_memory_properties(&plan);
     props.extend(io_properties(&plan, Path::new("<volume mapping>")));
-    let limits: serde_json::Map<String, Value> = props.iter().map(|p| (p.name().to_owned(), json!(p.shown()))).collect();
+    let limits: serde_json::Map<String, Value> =
+        props.iter().map(|p| (p.name().to_owned(), json!(p.shown()))).collect();
     let settings: Vec<Value> = settings_for(view.engine, &plan)
         .iter()
         .map(|s| json!({ "name": s.name, "value": s.config_value(), "needs_restart": s.needs_restart }))
@@ -75,11 +76,18 @@ impl ToTable for PlanView {
             ("read iops", limit(u64::from(p.io_read_iops), "")),
             ("write iops", limit(u64::from(p.io_write_iops), "")),
             ("read bandwidth", if p.io_read_bps == 0 { "none".into() } else { format!("{}/s", bytes(p.io_read_bps)) }),
-            ("write bandwidth", if p.io_write_bps == 0 { "none".into() } else { format!("{}/s", bytes(p.io_write_bps)) }),
+            (
+                "write bandwidth",
+                if p.io_write_bps == 0 { "none".into() } else { format!("{}/s", bytes(p.io_write_bps)) },
+            ),
         ];
         let (limits, settings) = derived(self);
-        let unit: Vec<String> =
-            limits.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+        let unit: Vec<String> = limits
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
         pairs.push(("unit limits", unit.join(" ")));
         let engine: Vec<String> = settings
             .as_array()
@@ -106,14 +114,16 @@ pub async fn run(ctx: &Ctx, command: PlanCommand) -> Result<(), CliError> {
             let base = current(ctx, &instance_id).await?.spec.and_then(|s| s.plan);
             let mut missing = Vec::new();
             let plan = plan.apply(base, &mut missing);
-            let request = pb::ChangePlanRequest { request_id: op.request.resolve()?, instance_id, plan: Some(plan), force };
+            let request =
+                pb::ChangePlanRequest { request_id: op.request.resolve()?, instance_id, plan: Some(plan), force };
             let mut client = pb::upgrades_client::UpgradesClient::new(ctx.channel.clone());
             let operation = client.change_plan(ctx.unary(request)).await?.into_inner();
             finish(ctx, operation, op.watch).await
         }
         PlanCommand::Show { instance_id } => {
             let instance = current(ctx, &instance_id).await?;
-            let spec = spec_from_proto(instance.spec).map_err(|e| CliError::Usage(format!("the agent answered {e}")))?;
+            let spec =
+                spec_from_proto(instance.spec).map_err(|e| CliError::Usage(format!("the agent answered {e}")))?;
             let plan = pb::Plan {
                 name: instance_spec_plan_name(&spec),
                 cpu_millis: spec.plan.cpu_millis,

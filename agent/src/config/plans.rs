@@ -24,7 +24,10 @@ impl PlansConfig {
     /// `Err((key, message))` for the first invalid value.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if !(10..=3600).contains(&self.restart_timeout_secs) {
-            return Err(("plans.restart_timeout_secs", format!("is {}; it must be from 10 to 3600", self.restart_timeout_secs)));
+            return Err((
+                "plans.restart_timeout_secs",
+                format!("is {}; it must be from 10 to 3600", self.restart_timeout_secs),
+            ));
         }
         if !self.postgresql_config_dir.is_absolute() {
             return Err((

@@ -17,7 +17,8 @@ pub(super) async fn rearm_waiting(
             match plans.rearm_restart(&record) {
                 Ok(()) => continue,
                 Err(e) => {
-                    let reason = format!("the agent restarted and cannot re-arm this plan restart ({e}); change the plan again");
+                    let reason =
+                        format!("the agent restarted and cannot re-arm this plan restart ({e}); change the plan again");
                     if let Err(e) = engine.abandon_waiting(&record.id, &reason).await {
                         tracing::error!(op = %record.id, "give up the operation waiting for its maintenance window: {e:#}");
                     }

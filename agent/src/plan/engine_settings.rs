@@ -72,9 +72,8 @@ pub fn buffer_setting(engine: Engine) -> &'static str {
 
 /// The contents of PostgreSQL's settings file the agent owns (`conf.d/90-dbagent-plan.conf`).
 pub fn postgresql_conf(settings: &[EngineSetting]) -> String {
-    let mut out = String::from(
-        "# Written by dbagent from the instance's plan; changed at every plan change. Do not edit.\n",
-    );
+    let mut out =
+        String::from("# Written by dbagent from the instance's plan; changed at every plan change. Do not edit.\n");
     for s in settings {
         out.push_str(&format!("{} = '{}'\n", s.name, s.config_value()));
     }

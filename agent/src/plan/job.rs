@@ -109,7 +109,11 @@ impl PlanChanges {
             match &volume {
                 Some(v) => {
                     if let Some(used) = v.used_bytes.filter(|used| plan.disk_bytes < *used) {
-                        return Err(PlanError::DiskBelowUsed { instance: id.clone(), requested: plan.disk_bytes, used });
+                        return Err(PlanError::DiskBelowUsed {
+                            instance: id.clone(),
+                            requested: plan.disk_bytes,
+                            used,
+                        });
                     }
                     if plan.disk_bytes < v.size_bytes {
                         return Err(InvalidField::new(
@@ -184,7 +188,9 @@ impl PlanChanges {
             let written = self.engines.write_for_restart(&instance, &restart).await?;
             let (record, _) = self.submit_restart(&ctx.operation_id(), &instance, &restart, force).await?;
             tracing::info!(instance = id, file = %written.display(), op = %record.id, "plan settings written; restart submitted");
-            restart_op = Some(json!({ "operation_id": record.id, "state": record.state.as_str(), "file": written.display().to_string() }));
+            restart_op = Some(
+                json!({ "operation_id": record.id, "state": record.state.as_str(), "file": written.display().to_string() }),
+            );
         }
 
         progress(ctx, 4, "storing the plan");

@@ -110,8 +110,7 @@ fn base_plan() -> Plan {
 
 async fn wait_done(ops: &OperationEngine, id: &str) -> OperationRecord {
     let mut rx = ops.watch(id).unwrap();
-    let record = rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone();
-    record
+    rx.wait_for(|r| r.state.is_finished()).await.unwrap().clone()
 }
 
 async fn change(f: &Fixture, rid: &str, plan: Plan, force: bool) -> Result<OperationRecord, PlanError> {
@@ -152,7 +151,10 @@ fn engine_settings_follow_the_documented_formula() {
     assert_eq!(settings_for(Engine::Postgresql, &plan(64 * MIB))[1].value, 20);
     assert_eq!(settings_for(Engine::Postgresql, &plan(64 * GIB))[1].value, 1000);
     let maria = settings_for(Engine::Mariadb, &plan(2 * GIB));
-    assert_eq!((maria[0].name.as_str(), maria[0].value, maria[0].needs_restart), ("innodb_buffer_pool_size", GIB, false));
+    assert_eq!(
+        (maria[0].name.as_str(), maria[0].value, maria[0].needs_restart),
+        ("innodb_buffer_pool_size", GIB, false)
+    );
     assert_eq!(settings_for(Engine::Mariadb, &plan(64 * MIB))[0].value, 32 * MIB);
     let redis = settings_for(Engine::Redis, &plan(GIB));
     assert_eq!((redis[0].name.as_str(), redis[0].value, redis[0].needs_restart), ("maxmemory", 768 * MIB, false));
@@ -190,7 +192,9 @@ async fn memory_below_the_engines_buffers_is_refused_with_the_numbers_unless_for
     // The server runs with shared_buffers = 1 GiB (a 4 GiB plan); 512 MiB is less.
     let small = Plan { memory_bytes: 512 * MIB, ..base_plan() };
     let e = f.plans.change("r1", "pg-1", small.clone(), false).await.unwrap_err();
-    assert!(matches!(e, PlanError::MemoryBelowBuffers { configured, requested, .. } if configured == GIB && requested == 512 * MIB));
+    assert!(
+        matches!(e, PlanError::MemoryBelowBuffers { configured, requested, .. } if configured == GIB && requested == 512 * MIB)
+    );
     assert_eq!(e.code(), ErrorCode::FailedPrecondition);
     let message = e.to_string();
     assert!(message.contains("536870912") && message.contains("1073741824") && message.contains("shared_buffers"));
@@ -288,7 +292,10 @@ async fn restart_settings_wait_for_the_window_and_a_forced_change_restarts_at_on
     assert_eq!(f.services.unit(UNIT).unwrap().restarts, 0, "no restart outside the window");
     assert_eq!(f.services.unit(UNIT).unwrap().properties["MemoryMax"], (8 * GIB).to_string(), "limits at once");
     let written = f.engines.engine("pg-1").written;
-    assert_eq!(written.iter().map(|s| (s.name.as_str(), s.value)).collect::<Vec<_>>(), [("shared_buffers", 2 * GIB), ("max_connections", 1000)]);
+    assert_eq!(
+        written.iter().map(|s| (s.name.as_str(), s.value)).collect::<Vec<_>>(),
+        [("shared_buffers", 2 * GIB), ("max_connections", 1000)]
+    );
     f.operations.cancel(&restart_id).await.unwrap();
 
     // Forced: the restart runs now, and the server runs with the new settings afterwards.
@@ -350,7 +357,9 @@ fn debian_cluster_units_name_their_configuration_folder() {
 fn the_settings_file_is_written_beneath_the_config_folder_and_a_planted_link_is_refused() {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(root.path().join("15/main/conf.d")).unwrap();
-    let path = write_beneath(root.path(), Path::new("15/main/conf.d"), "90-dbagent-plan.conf", b"shared_buffers = '1MB'\n").unwrap();
+    let path =
+        write_beneath(root.path(), Path::new("15/main/conf.d"), "90-dbagent-plan.conf", b"shared_buffers = '1MB'\n")
+            .unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "shared_buffers = '1MB'\n");
     // Written again (a later change): replaced, not appended.
     write_beneath(root.path(), Path::new("15/main/conf.d"), "90-dbagent-plan.conf", b"x = 1\n").unwrap();

@@ -59,7 +59,9 @@ pub enum PlanError {
     NoVolume { instance: String },
     #[error("instance {instance}: ask the server for {what}: {source}; set force to skip the check")]
     Engine { instance: String, what: String, source: CommandError },
-    #[error("instance {instance}: the server is not answering, so its {setting} cannot be read; set force to skip the check")]
+    #[error(
+        "instance {instance}: the server is not answering, so its {setting} cannot be read; set force to skip the check"
+    )]
     EngineDown { instance: String, setting: String },
     #[error("instance {instance}: the server answered {answer:?} for {setting}, not a number")]
     EngineAnswer { instance: String, setting: String, answer: String },

@@ -101,12 +101,8 @@ impl DbusServiceManager {
         // On the bus anyone may emit a signal with systemd's path and interface: only systemd's
         // count. On the private socket the only peer is systemd, and its messages carry no sender.
         let rule = if *on_bus { rule.sender(DEST) } else { rule };
-        let rule = rule
-            .interface(MANAGER)
-            .member("JobRemoved")
-            .path(PATH)
-            .build()
-            .map_err(|e| call_error(method, unit, e))?;
+        let rule =
+            rule.interface(MANAGER).member("JobRemoved").path(PATH).build().map_err(|e| call_error(method, unit, e))?;
         let mut signals =
             MessageStream::for_match_rule(rule, conn, None).await.map_err(|e| call_error(method, unit, e))?;
         let reply = self.manager_call(method, unit, &(unit, "replace")).await?;
@@ -114,7 +110,8 @@ impl DbusServiceManager {
         let wait = async {
             while let Some(message) = signals.next().await {
                 let Ok(message) = message else { continue };
-                let Ok((_, removed, _, result)) = message.body().deserialize::<(u32, OwnedObjectPath, String, String)>()
+                let Ok((_, removed, _, result)) =
+                    message.body().deserialize::<(u32, OwnedObjectPath, String, String)>()
                 else {
                     continue;
                 };
@@ -128,11 +125,7 @@ impl DbusServiceManager {
             .await
             .map_err(|_| SystemdError::JobTimeout { verb, unit: unit.to_owned(), timeout })?
             .ok_or_else(|| SystemdError::Connect("the system bus closed while waiting for a job".into()))?;
-        if result == "done" {
-            Ok(())
-        } else {
-            Err(SystemdError::JobFailed { verb, unit: unit.to_owned(), result })
-        }
+        if result == "done" { Ok(()) } else { Err(SystemdError::JobFailed { verb, unit: unit.to_owned(), result }) }
     }
 }
 
@@ -161,12 +154,7 @@ fn variant(prop: &UnitProperty) -> Variant<'static> {
 
 #[async_trait::async_trait]
 impl ServiceManager for DbusServiceManager {
-    async fn set_unit_properties(
-        &self,
-        unit: &str,
-        runtime: bool,
-        props: &[UnitProperty],
-    ) -> Result<(), SystemdError> {
+    async fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[UnitProperty]) -> Result<(), SystemdError> {
         let props: Vec<(&str, Variant<'static>)> = props.iter().map(|p| (p.name(), variant(p))).collect();
         self.manager_call("SetUnitProperties", unit, &(unit, runtime, props)).await?;
         Ok(())

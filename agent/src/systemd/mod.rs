@@ -96,8 +96,7 @@ impl crate::error::HasErrorCode for SystemdError {
 pub trait ServiceManager: Send + Sync {
     /// Sets `props` on a loaded unit; `runtime`: until the next reboot only (systemd keeps them in
     /// `/run`), not written to `/etc`: the agent applies the plan again at every change.
-    async fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[UnitProperty])
-    -> Result<(), SystemdError>;
+    async fn set_unit_properties(&self, unit: &str, runtime: bool, props: &[UnitProperty]) -> Result<(), SystemdError>;
 
     /// The unit's main process (0: none, the unit is not running).
     async fn main_pid(&self, unit: &str) -> Result<u32, SystemdError>;

@@ -107,9 +107,17 @@ struct Cgroup {
 
 fn read_cgroup(dir: &Path) -> Result<Cgroup> {
     let read = |f: &str| -> Result<String> {
-        Ok(std::fs::read_to_string(dir.join(f)).with_context(|| format!("read {}", dir.join(f).display()))?.trim().to_owned())
+        Ok(std::fs::read_to_string(dir.join(f))
+            .with_context(|| format!("read {}", dir.join(f).display()))?
+            .trim()
+            .to_owned())
     };
-    Ok(Cgroup { cpu_max: read("cpu.max")?, memory_max: read("memory.max")?, memory_high: read("memory.high")?, io_max: read("io.max")? })
+    Ok(Cgroup {
+        cpu_max: read("cpu.max")?,
+        memory_max: read("memory.max")?,
+        memory_high: read("memory.high")?,
+        io_max: read("io.max")?,
+    })
 }
 
 /// MAJ:MIN of the volume's dm-crypt mapping, as io.max names it.
@@ -218,10 +226,15 @@ async fn main() -> Result<()> {
             let cg = report("limits-in-cgroup-pid-unchanged", Instant::now(), limits_applied(&channel).await);
             let mut ok = cg.is_some();
             if let Some(cg) = cg {
-                ok &= report("below-buffers-refused-files-kept", Instant::now(), below_buffers_refused(&channel, &cg).await)
-                    .is_some();
+                ok &= report(
+                    "below-buffers-refused-files-kept",
+                    Instant::now(),
+                    below_buffers_refused(&channel, &cg).await,
+                )
+                .is_some();
             }
-            ok &= report("forced-restart-applies-shared-buffers", Instant::now(), forced_restart(&channel).await).is_some();
+            ok &= report("forced-restart-applies-shared-buffers", Instant::now(), forced_restart(&channel).await)
+                .is_some();
             ok
         }
         other => bail!("unknown phase {other:?}: setup or change"),

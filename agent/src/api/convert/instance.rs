@@ -173,7 +173,7 @@ fn plan_name_from_proto(field: &str, value: i32) -> Result<PlanName, InvalidFiel
         Ok(pb::PlanName::Starter) => Ok(PlanName::Starter),
         Ok(pb::PlanName::Business) => Ok(PlanName::Business),
         Ok(pb::PlanName::Unspecified) | Err(_) => Err(InvalidField::new(
-            &format!("{field}.name"),
+            format!("{field}.name"),
             format!("{value} is not a plan; use PLAN_NAME_STARTER or PLAN_NAME_BUSINESS"),
         )),
     }
