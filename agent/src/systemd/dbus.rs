@@ -1,9 +1,9 @@
-//! The real [`ServiceManager`]: systemd's D-Bus API (`org.freedesktop.systemd1`) through zbus,
-//! never by parsing `systemctl` output. Like `systemctl` run as root, it speaks to systemd over its
-//! private socket (`/run/systemd/private`, peer to peer), which needs no D-Bus daemon (minimal
-//! hosts run none) and keeps working while the bus daemon restarts; without access to it (not
-//! root), over the system bus. The connection is made on first use, so an agent on a host without
-//! systemd (a development machine) starts and only a plan change fails, saying why.
+//! The real [`ServiceManager`]: systemd's D-Bus API (`org.freedesktop.systemd1`) on the system
+//! bus through zbus, never by parsing `systemctl` output. Not systemd's private socket
+//! (`/run/systemd/private`, what `systemctl` uses as root): systemd sends its well-known name as
+//! the sender there, which zbus refuses as an invalid unique name (seen in the VM test), so a
+//! D-Bus daemon must run. The connection is made on first use, so an agent on a host without a
+//! system bus (a development machine) starts and only a plan change fails, saying why.
 
 use std::time::Duration;
 
@@ -20,13 +20,9 @@ const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
 
-/// systemd's own socket for root's clients.
-const PRIVATE_SOCKET: &str = "/run/systemd/private";
-
 #[derive(Default)]
 pub struct DbusServiceManager {
-    /// The connection, and whether it is the bus (messages then carry a sender to match on).
-    conn: OnceCell<(Connection, bool)>,
+    conn: OnceCell<Connection>,
 }
 
 impl DbusServiceManager {
@@ -34,28 +30,11 @@ impl DbusServiceManager {
         Self::default()
     }
 
-    async fn connection(&self) -> Result<&(Connection, bool), SystemdError> {
-        self.conn
-            .get_or_try_init(|| async {
-                let private = zbus::connection::Builder::address(format!("unix:path={PRIVATE_SOCKET}").as_str())
-                    .p2p()
-                    .build()
-                    .await;
-                match private {
-                    Ok(conn) => Ok((conn, false)),
-                    Err(private) => match Connection::system().await {
-                        Ok(conn) => Ok((conn, true)),
-                        Err(bus) => Err(SystemdError::Connect(format!(
-                            "systemd's private socket {PRIVATE_SOCKET}: {private}; the system bus: {bus}"
-                        ))),
-                    },
-                }
-            })
-            .await
-    }
-
     async fn conn(&self) -> Result<&Connection, SystemdError> {
-        Ok(&self.connection().await?.0)
+        self.conn
+            .get_or_try_init(|| async { Connection::system().await })
+            .await
+            .map_err(|e| SystemdError::Connect(format!("the system bus: {e}")))
     }
 
     /// Calls a Manager method about `unit`; systemd's "no such unit" becomes [`SystemdError::NoSuchUnit`].
@@ -92,17 +71,20 @@ impl DbusServiceManager {
         unit: &str,
         timeout: Duration,
     ) -> Result<(), SystemdError> {
-        let (conn, on_bus) = self.connection().await?;
+        let conn = self.conn().await?;
         // systemd emits JobRemoved only while some client is subscribed.
         conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
             .await
             .map_err(|e| call_error("Subscribe", unit, e))?;
-        let rule = MatchRule::builder().msg_type(MessageType::Signal);
-        // On the bus anyone may emit a signal with systemd's path and interface: only systemd's
-        // count. On the private socket the only peer is systemd, and its messages carry no sender.
-        let rule = if *on_bus { rule.sender(DEST) } else { rule };
-        let rule =
-            rule.interface(MANAGER).member("JobRemoved").path(PATH).build().map_err(|e| call_error(method, unit, e))?;
+        // Anyone on the bus may emit a signal with systemd's path and interface: only systemd's count.
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(DEST)
+            .interface(MANAGER)
+            .member("JobRemoved")
+            .path(PATH)
+            .build()
+            .map_err(|e| call_error(method, unit, e))?;
         let mut signals =
             MessageStream::for_match_rule(rule, conn, None).await.map_err(|e| call_error(method, unit, e))?;
         let reply = self.manager_call(method, unit, &(unit, "replace")).await?;
