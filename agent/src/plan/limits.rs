@@ -51,11 +51,9 @@ pub fn limits_io(plan: &Plan) -> bool {
     plan.io_read_bps != 0 || plan.io_write_bps != 0 || plan.io_read_iops != 0 || plan.io_write_iops != 0
 }
 
-/// The device I/O limits are put on: the instance's dm-crypt mapping, not its backing device.
-/// The filesystem sits on the mapping, so the unit's reads and writes are submitted to it from the
-/// unit's own cgroup and counted in the bytes the tenant asked for; the backing device sees
-/// dm-crypt's re-issued I/O (from kcryptd workers), for a managed volume through a loop device,
-/// and may be shared with other volumes, so a limit there would throttle the wrong thing.
+/// The device the agent names for I/O limits: the instance's dm-crypt mapping, the device its
+/// filesystem sits on and no one else's. systemd resolves a device-mapper device to the device
+/// beneath it, so the cgroup's `io.max` carries the limit on the backing disk (the VM test shows it).
 pub fn io_device(mapper_path: &Path) -> PathBuf {
     mapper_path.to_path_buf()
 }
