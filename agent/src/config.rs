@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 mod digest;
+mod plans;
 mod volumes;
+pub use plans::PlansConfig;
 pub use volumes::{KeyProviderKind, KeysConfig, MIN_PBKDF2_ITERATIONS, PbkdfKind, RemoteKeysConfig, VolumesConfig};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dbagent/agent.toml";
@@ -45,6 +47,8 @@ pub struct Config {
     pub health: crate::health::HealthSettings,
     /// PostgreSQL major upgrades (see docs/operations.md).
     pub upgrade: crate::upgrade::UpgradeConfig,
+    /// Plan changes: restarts and PostgreSQL's settings file (see docs/operations.md).
+    pub plans: PlansConfig,
     pub testing: TestingConfig,
 }
 
@@ -223,6 +227,7 @@ impl Default for Config {
             database_tls: crate::dbtls::DbTlsConfig::default(),
             health: crate::health::HealthSettings::default(),
             upgrade: crate::upgrade::UpgradeConfig::default(),
+            plans: PlansConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -482,6 +487,9 @@ impl Config {
             }
         }
         self.validate_metrics(path)?;
+        if let Err((key, message)) = self.plans.check() {
+            return invalid(key, message);
+        }
         if let Err((key, message)) = self.backup.validate() {
             return invalid(key, message);
         }
@@ -592,6 +600,18 @@ mod tests {
         assert!(DrainPolicy::new(&tests.logs.drain_policy).check_addr(loopback, true).is_ok());
         let e = parse("[logs.drain_policy]\nallowed_cidrs = [\"127.0.0.0\"]").unwrap_err();
         assert!(e.to_string().contains("logs.drain_policy.allowed_cidrs"), "{e}");
+    }
+
+    #[test]
+    fn plans_section_parses_and_its_bounds_name_the_key() {
+        let c = parse("[plans]\nrestart_timeout_secs = 60\npostgresql_config_dir = \"/srv/pg-etc\"").unwrap();
+        assert_eq!(c.plans.restart_timeout_secs, 60);
+        assert_eq!(c.plans.postgresql_config_dir, Path::new("/srv/pg-etc"));
+        let e = parse("[plans]\nrestart_timeout_secs = 5").unwrap_err();
+        assert!(e.to_string().contains("plans.restart_timeout_secs"), "{e}");
+        let e = parse("[plans]\npostgresql_config_dir = \"etc/postgresql\"").unwrap_err();
+        assert!(e.to_string().contains("plans.postgresql_config_dir"), "{e}");
+        assert_eq!(parse(include_str!("../../packaging/agent.toml")).unwrap().plans, PlansConfig::default());
     }
 
     #[test]

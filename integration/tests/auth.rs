@@ -9,7 +9,6 @@ use dbagent_proto::access::{Access, METHOD_ACCESS};
 use dbagent_proto::v1::agent_client::AgentClient;
 use dbagent_proto::v1::instances_client::InstancesClient;
 use dbagent_proto::v1::operations_client::OperationsClient;
-use dbagent_proto::v1::upgrades_client::UpgradesClient;
 use dbagent_proto::v1::*;
 use rustls::AlertDescription;
 use std::rc::Rc;
@@ -222,25 +221,6 @@ async fn known_ca_unknown_cn_is_permission_denied() {
         }
     }
     assert_serves(&custom.agent, &custom.orchestrator()).await;
-}
-
-#[tokio::test]
-async fn unimplemented_service_names_the_capability() {
-    let agent = Agent::start_dev();
-    // Plan changes are not built in this version (issue 14 builds them); the orchestrator may
-    // call it, so the refusal is UNIMPLEMENTED, not PERMISSION_DENIED.
-    let request = ChangePlanRequest { request_id: "p-1".into(), instance_id: "pg-1".into(), ..Default::default() };
-    let err = UpgradesClient::new(agent.orchestrator().await)
-        .change_plan(request)
-        .await
-        .expect_err("ChangePlan is not implemented yet");
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
-    assert!(err.message().contains("plan changes"), "the message should name the capability: {:?}", err.message());
-    assert!(
-        err.message().contains("issue 14"),
-        "the message should name the issue that builds it: {:?}",
-        err.message()
-    );
 }
 
 #[tokio::test]

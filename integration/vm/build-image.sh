@@ -88,7 +88,7 @@ dpkg-deb -x "$WORK"/linux-image-*.deb "$WORK/kernel"
 [[ -f "$WORK/kernel/boot/vmlinuz-$KV" ]] || die "vmlinuz-$KV not found in $KPKG"
 
 # --- root file system -------------------------------------------------------------------------------
-INCLUDE=systemd,systemd-sysv,udev,kmod,cryptsetup-bin,e2fsprogs,xfsprogs,iproute2,ca-certificates,postgresql-15
+INCLUDE=systemd,systemd-sysv,udev,kmod,cryptsetup-bin,e2fsprogs,xfsprogs,iproute2,ca-certificates,postgresql-15,dbus
 # The debootstrap result is the slow part (minutes) and changes only with the package list or mirror:
 # it is cached as a tarball of its own, so editing the steps below rebuilds in about a minute.
 DTAR="$CACHE/debootstrap-$(printf '%s\n' "$SUITE" "$INCLUDE" "$MIRROR" | sha256sum | cut -c1-16).tar"

@@ -75,10 +75,11 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
         "availability",
         "database TLS certificates",
         "postgresql major upgrades",
+        "plan changes",
     ] {
         assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");
     }
-    for absent in ["upgrades", "plan changes", "keyservice"] {
+    for absent in ["upgrades", "keyservice"] {
         assert!(!advertised.contains(&absent.to_owned()), "{absent:?} is not served: {advertised:?}");
     }
     assert_eq!(advertised.iter().filter(|c| *c == "reflection").count(), 1, "v1 and v1alpha are one capability");

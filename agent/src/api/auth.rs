@@ -65,7 +65,7 @@ const STANDARD_READS: &[&str] = &[
 
 /// RPCs of the proto this build does not implement yet, with the capability each belongs to and
 /// the issue that builds it.
-const NOT_BUILT_YET: &[(&str, &str, u32)] = &[("/dbagent.v1.Upgrades/ChangePlan", "plan changes", 14)];
+const NOT_BUILT_YET: &[(&str, &str, u32)] = &[];
 
 /// Served RPCs of a service that is only partly built, with the capability each gives: the
 /// service's name would advertise what is not built yet (Upgrades serves windows, not upgrades).
@@ -75,6 +75,7 @@ pub const OWN_CAPABILITY: &[(&str, &str)] = &[
     ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates"),
     ("/dbagent.v1.Upgrades/GetCertificate", "database TLS certificates"),
     ("/dbagent.v1.Upgrades/StartUpgrade", "postgresql major upgrades"),
+    ("/dbagent.v1.Upgrades/ChangePlan", "plan changes"),
 ];
 
 /// Services of the proto that the agent calls and never serves.

@@ -56,6 +56,7 @@ into_status!(
     crate::dbtls::DbTlsError,
     crate::metrics::MetricsError,
     crate::upgrade::UpgradeError,
+    crate::plan::PlanError,
 );
 
 #[cfg(test)]

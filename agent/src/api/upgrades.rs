@@ -1,7 +1,7 @@
-//! The Upgrades service. SetMaintenanceWindow, GetAvailability, StartUpgrade (PostgreSQL major
-//! upgrades, `crate::upgrade`) and the database certificates (InstallCertificate, GetCertificate)
-//! are served; plan changes answer UNIMPLEMENTED from the permission layer (`auth::NOT_BUILT_YET`)
-//! before any handler runs, so the method for them here is never reached.
+//! The Upgrades service: SetMaintenanceWindow, GetAvailability, StartUpgrade (PostgreSQL major
+//! upgrades, `crate::upgrade`), ChangePlan (`crate::plan`) and the database certificates
+//! (InstallCertificate, GetCertificate, `crate::dbtls`). Each handler checks and converts, the domain
+//! modules do the work.
 
 use dbagent_proto::v1 as pb;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::availability::availability_to_proto;
 use super::convert::certificate::{certificate_info, certificate_input};
-use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto};
+use super::convert::instance::{maintenance_window_from_proto, maintenance_window_to_proto, plan_from_proto};
 use super::error::ApiResult;
 use crate::availability::{Ledger, Month, figures, month::picture};
 use crate::dbtls::DbTlsService;
@@ -27,15 +27,11 @@ pub struct UpgradesApi {
     /// The last health probe of each instance: `last_probe` and `healthy`.
     pub health: crate::health::HealthBoard,
     pub upgrades: Arc<UpgradeService>,
+    pub plans: crate::plan::PlanChanges,
 }
 
 /// The picture's resolution: one character per 6 hours, 112 to 124 characters a month.
 const PICTURE_SLOT_SECS: u64 = 6 * 3600;
-
-/// The answer for the RPCs issue 14 has still to build, should one ever get past the permission layer.
-fn not_built(capability: &str) -> Status {
-    Status::unimplemented(format!("{capability} are not built yet (issue 14, \"Upgrades and plan changes\")"))
-}
 
 #[tonic::async_trait]
 impl pb::upgrades_server::Upgrades for UpgradesApi {
@@ -66,8 +62,11 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
         Ok(Response::new((&record).into()))
     }
 
-    async fn change_plan(&self, _req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {
-        Err(not_built("plan changes"))
+    async fn change_plan(&self, req: Request<pb::ChangePlanRequest>) -> ApiResult<pb::Operation> {
+        let req = req.into_inner();
+        let plan = plan_from_proto("plan", req.plan)?;
+        let (record, _) = self.plans.change(&req.request_id, &req.instance_id, plan, req.force).await?;
+        Ok(Response::new((&record).into()))
     }
 
     async fn get_availability(&self, req: Request<pb::GetAvailabilityRequest>) -> ApiResult<pb::Availability> {

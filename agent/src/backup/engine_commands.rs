@@ -44,6 +44,30 @@ pub(crate) fn redis_conn(c: &EngineConnection) -> Vec<String> {
     }
 }
 
+/// One statement at the server at `c`, its answer alone on stdout (no headers): SQL for
+/// PostgreSQL and MariaDB, a command for Redis (split at spaces). Plan changes read and set the
+/// engine's memory settings with it.
+pub fn statement_tool(engine: Engine, c: &EngineConnection, statement: &str) -> ToolCommand {
+    match engine {
+        Engine::Postgresql => {
+            let mut a = pg_conn(c);
+            let db = if c.database.is_empty() { "postgres" } else { c.database.as_str() };
+            a.extend([format!("--dbname={db}"), "-XAtq".into(), "-c".into(), statement.into()]);
+            tool(c, "psql", a)
+        }
+        Engine::Mariadb => {
+            let mut a = maria_conn(c);
+            a.extend(["-N".into(), "-B".into(), "-e".into(), statement.into()]);
+            tool(c, "mariadb", a)
+        }
+        Engine::Redis => {
+            let mut a = redis_conn(c);
+            a.extend(statement.split_whitespace().map(String::from));
+            tool(c, "redis-cli", a)
+        }
+    }
+}
+
 /// A query whose last line of output is the data directory the server at `c` serves: a backup
 /// checks it before dumping, so that a connection aimed at another instance's server never fills
 /// this instance's backup with someone else's data.

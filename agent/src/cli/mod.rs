@@ -14,6 +14,7 @@ mod metrics;
 mod metrics_table;
 mod operations;
 pub mod parse;
+mod plan;
 mod recovery_key;
 pub mod render;
 pub mod table;
@@ -113,6 +114,10 @@ pub enum Command {
     /// An instance's weekly maintenance window: set it, or show it with whether it is open now.
     #[command(subcommand)]
     Window(window::WindowCommand),
+    /// An instance's plan: change it (limits at once, engine settings by reload or by a restart in
+    /// the maintenance window), or show it with the limits and settings it gives.
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
     /// An instance's availability for a calendar month (UTC): uptime, unplanned and planned downtime,
     /// unknown time, the plan's objective and budget, and a picture of the month (one character per
     /// 6 hours: `.` up, `p` planned, `X` unplanned, `?` unknown).
@@ -228,6 +233,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
         Command::Tls(cmd) => tls::run(&ctx, cmd).await,
         Command::Window(cmd) => window::run(&ctx, cmd).await,
+        Command::Plan(cmd) => plan::run(&ctx, cmd).await,
         Command::Availability { instance_id, month } => {
             let request = pb::GetAvailabilityRequest { instance_id, month: month.unwrap_or_default() };
             let mut client = pb::upgrades_client::UpgradesClient::new(ctx.channel.clone());

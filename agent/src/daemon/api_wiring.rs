@@ -60,6 +60,7 @@ pub(super) fn services(d: &Daemon) -> Services {
                 health: std::sync::Arc::new(crate::upgrade::server::PsqlHealthCheck),
                 config: d.config.upgrade.clone(),
             }),
+            plans: d.plans.clone(),
         },
     }
 }

@@ -37,6 +37,8 @@ pub(super) struct Daemon {
     /// True with `--dev --sim`: the volumes live in memory and nothing is encrypted.
     pub volumes_simulated: bool,
     pub backups: Arc<BackupService>,
+    /// Plan changes (ChangePlan): limits through systemd's D-Bus API, engine settings.
+    pub plans: crate::plan::PlanChanges,
     pub availability: crate::availability::Ledger,
     /// The clock maintenance windows, availability and the backup scheduler read (moved by
     /// `testing.clock_offset_secs` on test hosts).
@@ -173,8 +175,21 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
     }));
     let logs =
         LogManager::new(state_dir.join("logs"), config.logs.clone(), hostname.clone(), registry.clone(), root.clone());
+    let plans = crate::plan::PlanChanges {
+        registry: registry.clone(),
+        volumes: Arc::new(volumes.clone()),
+        operations: engine.clone(),
+        // Connects to the system bus on first use: a host without one fails only plan changes.
+        services: Arc::new(crate::systemd::DbusServiceManager::new()),
+        engines: Arc::new(crate::plan::ToolEngineControl {
+            backup: config.backup.clone(),
+            data_roots: config.instances.data_roots.clone(),
+            postgresql_config_root: config.plans.postgresql_config_dir.clone(),
+        }),
+        restart_timeout: Duration::from_secs(config.plans.restart_timeout_secs),
+    };
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
-    super::window_rearm::rearm_waiting(&engine, &registry, config.operations.enable_test_kinds).await;
+    super::window_rearm::rearm_waiting(&engine, &registry, &plans, config.operations.enable_test_kinds).await;
     // Last: it spawns its tasks, and nothing after it can fail.
     let metrics_tasks = metrics::start::start(
         &config.metrics,
@@ -200,6 +215,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes,
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
+        plans,
         availability,
         clock,
         database_tls,

@@ -3,10 +3,29 @@
 
 use crate::instances::Registry;
 use crate::ops::{OperationEngine, sleep};
+use crate::plan::{PlanChanges, RESTART_KIND};
 
-/// Only the test `sleep` kind is disruptive today; upgrades and plan changes join it here.
-pub(super) async fn rearm_waiting(engine: &OperationEngine, registry: &Registry, test_kinds: bool) {
+/// The disruptive kinds: the test `sleep`, and the restart a plan change leaves for the window.
+pub(super) async fn rearm_waiting(
+    engine: &OperationEngine,
+    registry: &Registry,
+    plans: &PlanChanges,
+    test_kinds: bool,
+) {
     for record in engine.waiting_for_window() {
+        if record.kind == RESTART_KIND {
+            match plans.rearm_restart(&record) {
+                Ok(()) => continue,
+                Err(e) => {
+                    let reason =
+                        format!("the agent restarted and cannot re-arm this plan restart ({e}); change the plan again");
+                    if let Err(e) = engine.abandon_waiting(&record.id, &reason).await {
+                        tracing::error!(op = %record.id, "give up the operation waiting for its maintenance window: {e:#}");
+                    }
+                    continue;
+                }
+            }
+        }
         let rearmed = match (record.kind.as_str(), sleep::from_params(&record.params)) {
             (sleep::KIND, Some((duration, Some(force)))) if test_kinds => {
                 let window = registry.get(&record.target).ok().and_then(|i| i.spec.maintenance_window);

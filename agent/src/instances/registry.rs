@@ -11,7 +11,7 @@
 
 use crate::fsutil;
 use crate::ids::{self, InvalidField};
-use crate::instances::model::{Engine, Instance, InstanceSpec, MaintenanceWindow};
+use crate::instances::model::{Engine, Instance, InstanceSpec, MaintenanceWindow, Plan};
 use crate::instances::validate::{self, ValidationRules, validate_spec};
 use crate::json_store::{CorruptRecord, JsonRecord, JsonStore, JsonStoreError, OnCorrupt};
 use crate::locks::ResourceLocks;
@@ -315,6 +315,21 @@ impl Registry {
         }
         let spec = InstanceSpec { maintenance_window: Some(window), ..current.spec };
         self.update(id, spec, Some(current.generation)).await
+    }
+
+    /// Stores a new plan of `id`, keeping the rest of its spec. Only for the plan-change
+    /// operation, which runs exclusive and so already holds the instance's lock (taking it here
+    /// would wait for itself); the spec is validated as any update is.
+    pub async fn set_plan_in_operation(&self, id: &str, plan: Plan) -> Result<Instance, RegistryError> {
+        let current = self.get(id)?;
+        if current.spec.plan == plan {
+            return Ok(current);
+        }
+        let spec = InstanceSpec { plan, ..current.spec.clone() };
+        self.check(id, &spec)?;
+        let updated = Instance { spec, updated: now(), generation: current.generation + 1, ..current };
+        self.put(updated.clone(), "change the plan of", ()).await?;
+        Ok(updated)
     }
 
     /// Forgets `id` and returns what it was. Refused while anything else holds state of it (its

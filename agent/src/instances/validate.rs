@@ -308,13 +308,7 @@ fn minute_of_day(field: &str, minute: u32) -> Result<(), InvalidField> {
 }
 
 fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
-    in_range("spec.plan.cpu_millis", plan.cpu_millis, 100..=256_000, "from 100 to 256000 (1000 = one CPU)")?;
-    in_range(
-        "spec.plan.memory_bytes",
-        plan.memory_bytes,
-        MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES,
-        &format!("from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)"),
-    )?;
+    plan_limits("spec.plan", plan)?;
     if plan.disk_bytes != 0 && plan.disk_bytes < volume_bytes {
         return Err(InvalidField::new(
             "spec.plan.disk_bytes",
@@ -325,6 +319,41 @@ fn plan(plan: &Plan, volume_bytes: u64) -> Result<(), InvalidField> {
         ));
     }
     Ok(())
+}
+
+/// The lowest I/O limits a plan may set (0 = no limit): below them a database cannot even start
+/// in reasonable time, so a smaller number is taken for a unit mistake.
+pub const MIN_IOPS: u32 = 10;
+pub const MIN_BPS: u64 = 1 << 20;
+/// The largest disk a plan may name: 1 PiB.
+pub const MAX_DISK_BYTES: u64 = 1 << 50;
+
+/// Every bound of a plan's numbers, the fields named under `prefix` (`spec.plan` in an instance
+/// spec, `plan` in ChangePlan).
+pub fn plan_limits(prefix: &str, plan: &Plan) -> Result<(), InvalidField> {
+    in_range(&format!("{prefix}.cpu_millis"), plan.cpu_millis, 100..=256_000, "from 100 to 256000 (1000 = one CPU)")?;
+    for (name, v) in [("io_read_iops", plan.io_read_iops), ("io_write_iops", plan.io_write_iops)] {
+        if v != 0 {
+            in_range(&format!("{prefix}.{name}"), v, MIN_IOPS..=10_000_000, "0 (no limit) or from 10 to 10000000")?;
+        }
+    }
+    for (name, v) in [("io_read_bps", plan.io_read_bps), ("io_write_bps", plan.io_write_bps)] {
+        if v != 0 {
+            in_range(
+                &format!("{prefix}.{name}"),
+                v,
+                MIN_BPS..=1 << 40,
+                "0 (no limit) or from 1048576 (1 MiB/s) to 1099511627776 (1 TiB/s)",
+            )?;
+        }
+    }
+    in_range(&format!("{prefix}.disk_bytes"), plan.disk_bytes, 0..=MAX_DISK_BYTES, "at most 1125899906842624 (1 PiB)")?;
+    in_range(
+        &format!("{prefix}.memory_bytes"),
+        plan.memory_bytes,
+        MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES,
+        &format!("from {MIN_MEMORY_BYTES} (64 MiB) to {MAX_MEMORY_BYTES} (4 TiB)"),
+    )
 }
 
 /// A weekly window's start and length; `field` names it in the request (`spec.maintenance_window`

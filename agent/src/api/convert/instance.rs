@@ -17,8 +17,8 @@ use std::path::PathBuf;
 pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, InvalidField> {
     let spec = spec.ok_or_else(|| missing("spec"))?;
     let volume = spec.volume.ok_or_else(|| missing("spec.volume"))?;
-    let plan = spec.plan.ok_or_else(|| missing("spec.plan"))?;
-    let plan_name = plan_name_from_proto(plan.name)?;
+    let plan = plan_from_proto("spec.plan", spec.plan)?;
+    let plan_name = plan.name;
     let log_sources =
         spec.log_sources.into_iter().enumerate().map(|(i, s)| log_source_from_proto(i, s)).collect::<Result<_, _>>()?;
     Ok(InstanceSpec {
@@ -34,16 +34,7 @@ pub fn spec_from_proto(spec: Option<pb::InstanceSpec>) -> Result<InstanceSpec, I
             filesystem: filesystem_from_proto(&volume.filesystem)?,
         },
         log_sources,
-        plan: Plan {
-            name: plan_name,
-            cpu_millis: plan.cpu_millis,
-            memory_bytes: plan.memory_bytes,
-            io_read_iops: plan.io_read_iops,
-            io_write_iops: plan.io_write_iops,
-            io_read_bps: plan.io_read_bps,
-            io_write_bps: plan.io_write_bps,
-            disk_bytes: plan.disk_bytes,
-        },
+        plan,
         maintenance_window: spec
             .maintenance_window
             .map(|w| maintenance_window_from_proto("spec.maintenance_window", w))
@@ -162,12 +153,27 @@ fn engine_to_proto(engine: Engine) -> pb::Engine {
     }
 }
 
-fn plan_name_from_proto(value: i32) -> Result<PlanName, InvalidField> {
+/// A plan message, required; `field` names it in the request (`spec.plan`, or `plan` in ChangePlan).
+pub fn plan_from_proto(field: &str, plan: Option<pb::Plan>) -> Result<Plan, InvalidField> {
+    let plan = plan.ok_or_else(|| InvalidField::new(field, "is required"))?;
+    Ok(Plan {
+        name: plan_name_from_proto(field, plan.name)?,
+        cpu_millis: plan.cpu_millis,
+        memory_bytes: plan.memory_bytes,
+        io_read_iops: plan.io_read_iops,
+        io_write_iops: plan.io_write_iops,
+        io_read_bps: plan.io_read_bps,
+        io_write_bps: plan.io_write_bps,
+        disk_bytes: plan.disk_bytes,
+    })
+}
+
+fn plan_name_from_proto(field: &str, value: i32) -> Result<PlanName, InvalidField> {
     match pb::PlanName::try_from(value) {
         Ok(pb::PlanName::Starter) => Ok(PlanName::Starter),
         Ok(pb::PlanName::Business) => Ok(PlanName::Business),
         Ok(pb::PlanName::Unspecified) | Err(_) => Err(InvalidField::new(
-            "spec.plan.name",
+            format!("{field}.name"),
             format!("{value} is not a plan; use PLAN_NAME_STARTER or PLAN_NAME_BUSINESS"),
         )),
     }
