@@ -326,15 +326,16 @@ mod tests {
             authorize("/dbagent.v1.Upgrades/GetAvailability", Some(&mon)).is_ok(),
             "availability is served, read-only"
         );
-        let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&orch)).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented);
-        assert!(e.message().contains("upgrades"));
+        assert!(authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&orch)).is_ok(), "upgrades are served");
+        assert!(authorize("/dbagent.v1.Upgrades/ChangePlan", Some(&orch)).is_ok(), "plan changes are served");
+        let e = authorize("/dbagent.v1.Upgrades/ChangePlan", Some(&mon)).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "a plan change is a write");
         assert!(authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&orch)).is_ok(), "certificates are served");
         let e = authorize("/dbagent.v1.Upgrades/InstallCertificate", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "installing a certificate is a write");
         assert!(authorize("/dbagent.v1.Upgrades/GetCertificate", Some(&mon)).is_ok(), "reading it is not");
         let e = authorize("/dbagent.v1.Upgrades/StartUpgrade", Some(&mon)).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "authorization comes before UNIMPLEMENTED");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "an upgrade is a write");
         assert!(authorize("/dbagent.v1.Volumes/ListVolumes", Some(&mon)).is_ok());
         let e = authorize("/dbagent.v1.Volumes/CreateVolume", Some(&mon)).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
