@@ -105,9 +105,9 @@ pub enum Command {
     /// Take, check, restore and expire backups.
     #[command(subcommand)]
     Backups(backups::BackupsCommand),
-    /// Engine upgrades, plan changes, maintenance windows, availability and TLS certificates.
-    #[command(subcommand)]
-    Upgrades(upgrades::UpgradesCommand),
+    /// Engine upgrades (PostgreSQL majors), run in the maintenance window unless forced.
+    #[command(subcommand, alias = "upgrades")]
+    Upgrade(upgrades::UpgradesCommand),
     /// An instance's database TLS certificate: install one (served without a restart), show it.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Metrics(cmd) => metrics::run_metrics(&ctx, cmd).await,
         Command::Logs(cmd) => logs::run_logs(&ctx, cmd).await,
         Command::Backups(cmd) => backups::run(&ctx, cmd).await,
-        Command::Upgrades(cmd) => upgrades::run(&ctx, cmd).await,
+        Command::Upgrade(cmd) => upgrades::run(&ctx, cmd).await,
         Command::Tls(cmd) => tls::run(&ctx, cmd).await,
         Command::Window(cmd) => window::run(&ctx, cmd).await,
         Command::Plan(cmd) => plan::run(&ctx, cmd).await,
@@ -248,7 +248,6 @@ fn preflight(command: &Command) -> Result<(), CliError> {
     match command {
         Command::Instances(instances::InstancesCommand::Register { spec, .. }) => spec.apply(None).map(drop),
         Command::Volumes(cmd) => volumes::preflight(cmd),
-        Command::Upgrades(cmd) => upgrades::preflight(cmd),
         _ => Ok(()),
     }
 }

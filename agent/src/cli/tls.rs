@@ -54,7 +54,7 @@ fn read_public(what: &str, path: &Path) -> Result<String, CliError> {
     Ok(text)
 }
 
-/// The InstallCertificate request for these files (also `upgrades install-cert`).
+/// The InstallCertificate request for these files.
 pub fn install_request(
     request_id: String,
     instance_id: String,
