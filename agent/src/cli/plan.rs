@@ -8,7 +8,7 @@ use super::error::CliError;
 use super::operations::finish;
 use super::render::ToJson;
 use super::table::{ToTable, bytes, fields};
-use crate::api::convert::instance::{plan_from_proto, spec_from_proto};
+use crate::api::convert::instance::{plan_from_proto, plan_to_proto, spec_from_proto};
 use crate::instances::Engine;
 use crate::plan::engine_settings::settings_for;
 use crate::plan::limits::{cpu_memory_properties, io_properties};
@@ -124,24 +124,8 @@ pub async fn run(ctx: &Ctx, command: PlanCommand) -> Result<(), CliError> {
             let instance = current(ctx, &instance_id).await?;
             let spec =
                 spec_from_proto(instance.spec).map_err(|e| CliError::Usage(format!("the agent answered {e}")))?;
-            let plan = pb::Plan {
-                name: instance_spec_plan_name(&spec),
-                cpu_millis: spec.plan.cpu_millis,
-                memory_bytes: spec.plan.memory_bytes,
-                io_read_iops: spec.plan.io_read_iops,
-                io_write_iops: spec.plan.io_write_iops,
-                io_read_bps: spec.plan.io_read_bps,
-                io_write_bps: spec.plan.io_write_bps,
-                disk_bytes: spec.plan.disk_bytes,
-            };
+            let plan = plan_to_proto(&spec.plan);
             ctx.print(&PlanView { instance_id, engine: spec.engine, plan })
         }
-    }
-}
-
-fn instance_spec_plan_name(spec: &crate::instances::InstanceSpec) -> i32 {
-    match spec.plan.name {
-        crate::instances::PlanName::Starter => pb::PlanName::Starter as i32,
-        crate::instances::PlanName::Business => pb::PlanName::Business as i32,
     }
 }

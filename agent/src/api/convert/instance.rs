@@ -90,16 +90,7 @@ pub fn spec_to_proto(spec: &InstanceSpec) -> pb::InstanceSpec {
                 }),
             })
             .collect(),
-        plan: Some(pb::Plan {
-            name: plan_name_to_proto(spec.plan.name) as i32,
-            cpu_millis: spec.plan.cpu_millis,
-            memory_bytes: spec.plan.memory_bytes,
-            io_read_iops: spec.plan.io_read_iops,
-            io_write_iops: spec.plan.io_write_iops,
-            io_read_bps: spec.plan.io_read_bps,
-            io_write_bps: spec.plan.io_write_bps,
-            disk_bytes: spec.plan.disk_bytes,
-        }),
+        plan: Some(plan_to_proto(&spec.plan)),
         maintenance_window: spec.maintenance_window.as_ref().map(maintenance_window_to_proto),
         backup_policy: spec.backup_policy.as_ref().map(policy_to_proto),
     }
@@ -176,6 +167,19 @@ fn plan_name_from_proto(field: &str, value: i32) -> Result<PlanName, InvalidFiel
             format!("{field}.name"),
             format!("{value} is not a plan; use PLAN_NAME_STARTER or PLAN_NAME_BUSINESS"),
         )),
+    }
+}
+
+pub fn plan_to_proto(plan: &Plan) -> pb::Plan {
+    pb::Plan {
+        name: plan_name_to_proto(plan.name) as i32,
+        cpu_millis: plan.cpu_millis,
+        memory_bytes: plan.memory_bytes,
+        io_read_iops: plan.io_read_iops,
+        io_write_iops: plan.io_write_iops,
+        io_read_bps: plan.io_read_bps,
+        io_write_bps: plan.io_write_bps,
+        disk_bytes: plan.disk_bytes,
     }
 }
 
