@@ -104,7 +104,7 @@ pub async fn tick(service: &Arc<BackupService>, registry: &Registry, now: System
     start_due_drill(service, &free, now).await;
     for instance in &instances {
         let due = due_request(instance, now);
-        if due.is_some() && !free.iter().any(|f| f.id == instance.id) {
+        if due.is_some() && held_by_window(instance, now, avoid_windows) {
             tracing::debug!(instance = %instance.id, "scheduled backup waits: the maintenance window is open");
         } else if let Some(request_id) = due {
             let method = BackupMethod::Physical;
