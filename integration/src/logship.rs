@@ -90,6 +90,31 @@ pub fn seq_of(line: &str) -> Option<usize> {
     line.split("seq=").nth(1).and_then(|s| s.get(..8)).and_then(|s| s.parse().ok())
 }
 
+/// Removes the messages a kill of the shipper cut in the middle. A process killed while writing a
+/// frame leaves the receiver a part of it, and rsyslogd writes what it holds of a frame when the
+/// connection closes, so the last arrival before a kill may be the first bytes of a line (the whole
+/// line comes again from the next run, which resumes from the last acknowledged offset). Only that
+/// position is forgiven, and only a strict prefix of a written line: anything else stays for
+/// [`Deliveries::check`] to refuse. `kills` are the arrival counts at each kill, ascending; returns the
+/// kept arrivals, the kill points moved to the kept positions, and how many were removed.
+pub fn drop_torn_at_kills(received: &[String], kills: &[usize], n: usize) -> (Vec<String>, Vec<usize>, usize) {
+    let torn = |line: &str| -> bool {
+        match seq_of(line) {
+            Some(seq) if seq < n => is_strict_prefix(line, &numbered_line(seq)),
+            _ => (0..n).any(|seq| is_strict_prefix(line, &numbered_line(seq))),
+        }
+    };
+    let cut: Vec<usize> =
+        kills.iter().filter(|&&k| k > 0 && k <= received.len() && torn(&received[k - 1])).map(|&k| k - 1).collect();
+    let kept = received.iter().enumerate().filter(|(at, _)| !cut.contains(at)).map(|(_, l)| l.clone()).collect();
+    let moved = kills.iter().map(|&k| k - cut.iter().filter(|&&c| c < k).count()).collect();
+    (kept, moved, cut.len())
+}
+
+fn is_strict_prefix(part: &str, line: &str) -> bool {
+    part.len() < line.len() && line.starts_with(part)
+}
+
 /// What a drain delivered, in order of arrival, after checking every arrived line byte for byte.
 pub struct Deliveries {
     /// The number of each arrived line.
@@ -151,6 +176,22 @@ mod tests {
         assert_eq!((got.distinct(), got.missing()), (6, vec![]));
         assert_eq!((got.repeats_in(0, 4), got.repeats_in(4, 7), got.repeats_in(7, 9)), (0, 2, 1));
         assert_eq!(Deliveries::check(&arrived(&[0, 2]), 3).missing(), vec![1]);
+    }
+
+    #[test]
+    fn only_a_cut_line_at_a_kill_is_dropped() {
+        let mut lines = arrived(&[0, 1, 2, 1, 2, 3]);
+        lines.insert(2, numbered_line(2)[..4].to_string());
+        lines.insert(6, numbered_line(2)[..70].to_string());
+        // Kills after arrivals 3 and 7: both cut lines sit just before a kill.
+        let (kept, kills, cut) = drop_torn_at_kills(&lines, &[3, 7], 4);
+        assert_eq!((kept, kills, cut), (arrived(&[0, 1, 2, 1, 2, 3]), vec![2, 5], 2));
+        // The same cut line anywhere else stays, and check refuses it.
+        let (kept, _, cut) = drop_torn_at_kills(&lines, &[4], 4);
+        assert_eq!((kept.len(), cut), (lines.len(), 0));
+        // A line that is not the start of a written line is not forgiven at a kill either.
+        let odd = vec![numbered_line(0), "2024-05-01 garbage".to_string()];
+        assert_eq!(drop_torn_at_kills(&odd, &[2], 1).2, 0);
     }
 
     #[test]
