@@ -5,8 +5,9 @@
 //! Policy:
 //! - A tool runs in `/` with stdin closed unless the caller pipes it, and dies with its handle
 //!   (`kill_on_drop`), so a cancelled job never leaves a dump running.
-//! - `run_as(user)` drops to the engine's OS user when the agent is root (dumps and restores must
-//!   not write files a database user cannot own); as a non-root agent (tests) it runs as itself.
+//! - `run_as(user)` drops to the engine's OS user, with all its groups, when the agent is root
+//!   (dumps and restores must not write files a database user cannot own; a drill's server reads
+//!   its TLS key through `ssl-cert`); as a non-root agent (tests) it runs as itself.
 //! - Only the last [`STDERR_TAIL`] bytes of stderr are kept: a tool that prints gigabytes of
 //!   warnings cannot grow the agent's memory, and the end of stderr is where the reason is.
 
@@ -32,6 +33,8 @@ pub enum CommandError {
     Failed { command: String, status: ExitStatus, stderr: String },
     #[error("system user {0:?} does not exist")]
     UnknownUser(String),
+    #[error("read the groups of system user {user:?}: {source}")]
+    Groups { user: String, source: std::io::Error },
 }
 
 impl crate::error::HasErrorCode for CommandError {
@@ -39,17 +42,44 @@ impl crate::error::HasErrorCode for CommandError {
         use crate::error::ErrorCode;
         match self {
             CommandError::UnknownUser(_) => ErrorCode::FailedPrecondition,
-            CommandError::Spawn { .. } | CommandError::Wait { .. } | CommandError::Failed { .. } => ErrorCode::Internal,
+            CommandError::Spawn { .. }
+            | CommandError::Wait { .. }
+            | CommandError::Failed { .. }
+            | CommandError::Groups { .. } => ErrorCode::Internal,
         }
     }
 }
 
-/// The user a tool runs as.
+/// The user a tool runs as, with all its groups: std's `uid()` would leave the tool only the
+/// primary group (it clears the supplementary ones), and an engine's tools need theirs (PostgreSQL
+/// reads its TLS key through `ssl-cert`).
 #[derive(Debug, Clone)]
 struct RunAs {
-    uid: u32,
-    gid: u32,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    groups: Vec<nix::unistd::Gid>,
     home: PathBuf,
+}
+
+/// util-linux's `setpriv` (Essential in Debian) sets the groups, the group and the user, then
+/// executes the tool in the same process: setting them ourselves between fork and exec would need
+/// `unsafe` (`pre_exec`), which the crate denies.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+impl RunAs {
+    /// The `setpriv` arguments that run the tool as this user, before the tool's own command line.
+    fn setpriv_args(&self) -> Vec<OsString> {
+        let groups: Vec<String> = self.groups.iter().map(|g| g.to_string()).collect();
+        let mut args: Vec<OsString> =
+            vec!["--reuid".into(), self.uid.to_string().into(), "--regid".into(), self.gid.to_string().into()];
+        if groups.is_empty() {
+            args.push("--clear-groups".into());
+        } else {
+            args.extend(["--groups".into(), groups.join(",").into()]);
+        }
+        args.push("--".into());
+        args
+    }
 }
 
 /// A program, its arguments and the user it runs as.
@@ -88,7 +118,10 @@ impl ToolCommand {
             .ok()
             .flatten()
             .ok_or_else(|| CommandError::UnknownUser(os_user.to_owned()))?;
-        self.user = Some(RunAs { uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir });
+        let name = std::ffi::CString::new(os_user).map_err(|_| CommandError::UnknownUser(os_user.to_owned()))?;
+        let groups = nix::unistd::getgrouplist(&name, user.gid)
+            .map_err(|e| CommandError::Groups { user: os_user.to_owned(), source: e.into() })?;
+        self.user = Some(RunAs { uid: user.uid, gid: user.gid, groups, home: user.dir });
         Ok(self)
     }
 
@@ -113,16 +146,20 @@ impl ToolCommand {
 
     /// A tokio command with the policy applied (stdin closed, stdout and stderr piped).
     fn tokio(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.program);
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut cmd = tokio::process::Command::new(SETPRIV);
+                cmd.args(u.setpriv_args()).arg(&self.program).env("HOME", &u.home);
+                cmd
+            }
+            None => tokio::process::Command::new(&self.program),
+        };
         cmd.args(&self.args)
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(u) = &self.user {
-            cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
-        }
         cmd
     }
 
@@ -186,12 +223,15 @@ impl ToolCommand {
 
     /// The blocking form of [`ToolCommand::output`], for code already on a blocking thread.
     pub fn output_blocking(&self) -> Result<Vec<u8>, CommandError> {
-        let mut cmd = std::process::Command::new(&self.program);
+        let mut cmd = match &self.user {
+            Some(u) => {
+                let mut cmd = std::process::Command::new(SETPRIV);
+                cmd.args(u.setpriv_args()).arg(&self.program).env("HOME", &u.home);
+                cmd
+            }
+            None => std::process::Command::new(&self.program),
+        };
         cmd.args(&self.args).current_dir("/").stdin(Stdio::null());
-        if let Some(u) = &self.user {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
-        }
         let out = cmd.output().map_err(|source| CommandError::Spawn { command: self.shown(), source })?;
         check(&self.shown(), out.status, &out.stderr)?;
         Ok(out.stdout)
@@ -298,6 +338,37 @@ mod tests {
             assert!(ToolCommand::new("true").run_as("nobody").is_ok());
             assert!(ToolCommand::new("true").run_as("root").unwrap().user.is_none());
         }
+    }
+
+    /// postgres is in ssl-cert on Debian (postgresql-common adds it), and reads its TLS key
+    /// through it: a tool run as postgres must keep that group, and none of root's.
+    #[tokio::test]
+    async fn a_tool_run_as_a_user_has_all_its_groups_and_none_of_roots() {
+        assert!(nix::unistd::geteuid().is_root(), "this test drops to another user: run it as root");
+        let user = "postgres";
+        let ssl_cert =
+            nix::unistd::Group::from_name("ssl-cert").unwrap().expect("group ssl-cert (apt install ssl-cert)");
+        assert!(
+            ssl_cert.mem.iter().any(|m| m == user),
+            "{user} is not in ssl-cert here (install postgresql-common, which adds it)"
+        );
+        let id = |cmd: ToolCommand| async move {
+            let out = cmd.output().await.unwrap();
+            let mut ids: Vec<u32> =
+                String::from_utf8_lossy(&out).split_whitespace().map(|g| g.parse().unwrap()).collect();
+            ids.sort();
+            ids
+        };
+        let groups = id(ToolCommand::new("id").arg("-G").run_as(user).unwrap()).await;
+        let pg = nix::unistd::User::from_name(user).unwrap().unwrap();
+        assert!(groups.contains(&ssl_cert.gid.as_raw()), "ssl-cert missing from {groups:?}");
+        assert!(groups.contains(&pg.gid.as_raw()) && !groups.contains(&0), "{groups:?}");
+        assert_eq!(id(ToolCommand::new("id").arg("-u").run_as(user).unwrap()).await, vec![pg.uid.as_raw()]);
+        // The blocking form drops the same way.
+        let out = ToolCommand::new("id").arg("-G").run_as(user).unwrap().output_blocking().unwrap();
+        assert!(String::from_utf8_lossy(&out).split_whitespace().any(|g| g == ssl_cert.gid.to_string()));
+        // Without run_as the tool stays root.
+        assert_eq!(id(ToolCommand::new("id").arg("-u")).await, vec![0]);
     }
 
     #[test]
