@@ -183,6 +183,15 @@ impl BackupConfig {
     pub async fn connection_for(&self, instance: &Instance, data_roots: &[PathBuf]) -> EngineConnection {
         let mut conn = self.connection(instance.spec.engine).clone();
         if instance.spec.engine == Engine::Postgresql {
+            // pg_dump and pg_restore of the instance's own major, as the restore drill uses: through
+            // PATH, postgresql-common's wrapper picks the newest major installed, whose archives an
+            // older pg_restore cannot read (a host in the middle of a major upgrade has two).
+            if conn.bin_dir.as_os_str().is_empty()
+                && let Some(bins) = super::drill_engine::binaries(Engine::Postgresql, &instance.spec.engine_version)
+                && tokio::fs::metadata(&bins.client_dir).await.is_ok_and(|m| m.is_dir())
+            {
+                conn.bin_dir = bins.client_dir;
+            }
             let (roots, data_dir) = (data_roots.to_vec(), instance.spec.data_dir.clone());
             // The file is the tenant's to replace: even read safely it is file I/O, off the async workers.
             if let Ok(Some(port)) = tokio::task::spawn_blocking(move || postmaster_port(&roots, &data_dir)).await {
@@ -270,6 +279,28 @@ pub fn read_postmaster_pid(data_roots: &[PathBuf], data_dir: &Path) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a host with two majors (during an upgrade) PATH's pg_dump is the newest one's, whose
+    /// archive the instance's own pg_restore cannot read: the instance's major is used.
+    #[tokio::test]
+    async fn a_postgresql_instance_gets_the_client_tools_of_its_own_major() {
+        let installed = Path::new("/usr/lib/postgresql/15/bin");
+        assert!(installed.is_dir(), "{} is missing: apt install postgresql-15", installed.display());
+        let mut pg = super::super::test_fixture::postgres_instance();
+        pg.spec.engine_version = "15".into();
+        let config = BackupConfig::default();
+        assert_eq!(config.connection_for(&pg, &[]).await.bin_dir, installed);
+        // A major that is not installed keeps PATH, and a configured folder is kept as it is.
+        pg.spec.engine_version = "99".into();
+        assert_eq!(config.connection_for(&pg, &[]).await.bin_dir, Path::new(""));
+        let mut set = BackupConfig::default();
+        set.postgresql.bin_dir = "/opt/pg/bin".into();
+        pg.spec.engine_version = "15".into();
+        assert_eq!(set.connection_for(&pg, &[]).await.bin_dir, Path::new("/opt/pg/bin"));
+        // Other engines keep PATH.
+        let redis = super::super::test_fixture::instance(crate::instances::PlanName::Starter);
+        assert_eq!(config.connection_for(&redis, &[]).await.bin_dir, Path::new(""));
+    }
 
     #[test]
     fn postmaster_port_reads_only_a_small_regular_file_never_through_a_link_or_a_fifo() {
