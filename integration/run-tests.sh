@@ -80,6 +80,30 @@ ensure_installed "${BUILD_PACKAGES[@]}" "${VM_PACKAGES[@]}" "${DEB_PACKAGES[@]}"
   || die "the Debian packages the tests need are not all installed (what is missing is listed above)"
 step_done "Debian packages"
 
+# --- the VM guest images (built once per version of their recipe; the VM tests would build them on
+# first use, but here a failure is one clear message instead of every VM test failing). On a fresh
+# machine they take minutes of downloading and unpacking, mostly waiting on the network and the disk:
+# they are built in the background while clippy, Garage and the workspace compile. ---------------------
+IMAGES_OUT="$(mktemp)" IMAGES_LOG="$(mktemp)"
+(
+  set -e
+  integration/vm/build-image.sh
+  # The Debian 13 guest with PostgreSQL 15 and 17 for the major-upgrade test (vm_pg_upgrade).
+  integration/vm/build-image-pg-majors.sh
+) >"$IMAGES_OUT" 2>"$IMAGES_LOG" &
+IMAGES_PID=$!
+wait_for_images() {
+  if ! wait "$IMAGES_PID"; then
+    tail -n 60 "$IMAGES_LOG" >&2
+    die "building the VM guest images failed (the end of its log is above; whole log: $IMAGES_LOG)"
+  fi
+  IMAGE="$(sed -n 1p "$IMAGES_OUT")" PG_MAJORS_IMAGE="$(sed -n 2p "$IMAGES_OUT")"
+  log "VM guest image: $IMAGE"
+  log "VM guest image with two PostgreSQL majors: $PG_MAJORS_IMAGE"
+  rm -f "$IMAGES_OUT" "$IMAGES_LOG"
+  step_done "VM guest images"
+}
+
 # --- lint gate ---------------------------------------------------------------------------------------
 if [[ "$INSTALL_ONLY" == 0 ]]; then
   log "cargo clippy --workspace --all-targets --locked -- -D warnings"
@@ -105,16 +129,9 @@ if [[ "$(cargo deb --version 2>/dev/null || true)" != *"$CARGO_DEB_VERSION"* ]];
   step_done "cargo-deb"
 fi
 
-# --- the VM guest image (built once per version of integration/vm; the VM tests would build it on
-# first use, but here a failure is one clear message instead of every VM test failing) -----------------
-IMAGE="$(integration/vm/build-image.sh)" || die "building the VM guest image failed (above)"
-log "VM guest image: $IMAGE"
-# The Debian 13 guest with PostgreSQL 15 and 17 for the major-upgrade test (vm_pg_upgrade).
-PG_MAJORS_IMAGE="$(integration/vm/build-image-pg-majors.sh)" || die "building the pg-majors VM guest image failed (above)"
-log "VM guest image with two PostgreSQL majors: $PG_MAJORS_IMAGE"
-step_done "VM guest image"
 
 if [[ "$INSTALL_ONLY" == 1 ]]; then
+  wait_for_images
   log "--install-only: everything the tests need is installed"
   exit 0
 fi
@@ -129,6 +146,7 @@ done
 log "building"
 cargo build --workspace --all-targets --locked
 step_done "build"
+wait_for_images
 log "running all tests"
 # --no-fail-fast: a red run names every failing test binary, not only the first.
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
