@@ -217,6 +217,9 @@ pub struct MariaServer {
     pub port: u16,
     pub socket: PathBuf,
     child: std::process::Child,
+    /// `--no-defaults` or `--defaults-file=...`: kept for a restart.
+    defaults: String,
+    extra: Vec<String>,
     _reserved: ReservedPort,
 }
 
@@ -265,32 +268,82 @@ impl MariaServer {
         Self::on_with(root, data, &[])
     }
 
+    /// Debian's accounts, the server reading the option files in `conf_dir` (as Debian's reads
+    /// `/etc/mysql/mariadb.conf.d`), in the option group `[mariadbd]`.
+    pub fn start_debian_auth_reading(conf_dir: &Path) -> Self {
+        let (root, data) = Self::install_db(&[]);
+        let my_cnf = root.path().join("my.cnf");
+        std::fs::write(&my_cnf, format!("!includedir {}\n", conf_dir.display())).expect("write my.cnf");
+        Self::on_with_defaults(root, data, &[], &format!("--defaults-file={}", my_cnf.display()))
+    }
+
+    /// Stops the server and starts it again on the same folder with the same options (a restart:
+    /// what its option files say now is read again).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.root.path(), &self.data, &self.socket, self.port, &self.defaults, &self.extra);
+        self.wait_ready();
+    }
+
     fn on_with(root: OwnedDir, data: PathBuf, extra: &[String]) -> Self {
+        // Small, for many servers at once; the config-reading server takes its own from its files.
+        let mut args = vec!["--innodb-buffer-pool-size=32M".to_owned()];
+        args.extend_from_slice(extra);
+        Self::on_with_defaults(root, data, &args, "--no-defaults")
+    }
+
+    fn on_with_defaults(root: OwnedDir, data: PathBuf, extra: &[String], defaults: &str) -> Self {
         let reserved = ReservedPort::new();
         let port = reserved.port();
         let socket = root.path().join("mysqld.sock");
-        let child = Command::new("mariadbd")
+        let child = Self::spawn(root.path(), &data, &socket, port, defaults, extra);
+        let server = Self {
+            root,
+            data,
+            port,
+            socket,
+            child,
+            defaults: defaults.to_owned(),
+            extra: extra.to_vec(),
+            _reserved: reserved,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(
+        root: &Path,
+        data: &Path,
+        socket: &Path,
+        port: u16,
+        defaults: &str,
+        extra: &[String],
+    ) -> std::process::Child {
+        // The option file (or --no-defaults) must come first; the command line wins over files.
+        Command::new("mariadbd")
             .args([
-                "--no-defaults",
+                defaults,
                 "--user=mysql",
                 &format!("--datadir={}", data.display()),
                 &format!("--socket={}", socket.display()),
                 &format!("--port={port}"),
                 "--bind-address=127.0.0.1",
-                &format!("--pid-file={}", root.path().join("mysqld.pid").display()),
-                "--innodb-buffer-pool-size=32M",
+                &format!("--pid-file={}", root.join("mysqld.pid").display()),
                 "--skip-log-bin",
-                &format!("--log-error={}", root.path().join("err.log").display()),
+                &format!("--log-error={}", root.join("err.log").display()),
             ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start mariadbd");
-        let server = Self { root, data, port, socket, child, _reserved: reserved };
+            .expect("start mariadbd")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Command::new("mariadb-admin")
-            .args(["--protocol=TCP", "-h", "127.0.0.1", "-P", &port.to_string(), "-uroot", "ping"])
+            .args(["--protocol=TCP", "-h", "127.0.0.1", "-P", &self.port.to_string(), "-uroot", "ping"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -300,7 +353,6 @@ impl MariaServer {
             assert!(Instant::now() < deadline, "mariadbd did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        server
     }
 
     /// As OS root through the socket: works whichever way root authenticates.
@@ -358,21 +410,41 @@ impl RedisServer {
             .ok()
             .flatten()
             .expect("system user redis (apt-get install redis-server)");
-        let child = Command::new("redis-server")
-            .arg(&conf)
+        // Its own config file, as Debian's /etc/redis/redis.conf is redis's: CONFIG REWRITE works.
+        nix::unistd::chown(&conf, Some(redis.uid), Some(redis.gid)).expect("chown redis.conf");
+        let child = Self::spawn(&conf);
+        let server = Self { root, port, child, _reserved: reserved };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(conf: &Path) -> std::process::Child {
+        let redis = nix::unistd::User::from_name("redis").ok().flatten().expect("system user redis");
+        Command::new("redis-server")
+            .arg(conf)
             .uid(redis.uid.as_raw())
             .gid(redis.gid.as_raw())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        let server = Self { root, port, child, _reserved: reserved };
+            .expect("start redis-server")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while server.try_cli(&["ping"]).as_deref() != Some("PONG") {
+        while self.try_cli(&["ping"]).as_deref() != Some("PONG") {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
+    }
+
+    /// Stops the server and starts it again from its config file (which CONFIG REWRITE may have
+    /// changed): a restart.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.root.path().join("redis.conf"));
+        self.wait_ready();
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<String> {

@@ -55,11 +55,7 @@ pub struct EngineBinaries {
 pub fn binaries(engine: Engine, version: &str) -> Option<EngineBinaries> {
     match engine {
         Engine::Postgresql => {
-            let major: String = version.trim().chars().take_while(char::is_ascii_digit).collect();
-            if major.is_empty() {
-                return None;
-            }
-            let dir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+            let dir = super::settings::postgresql_bin_dir(version)?;
             Some(EngineBinaries { server: dir.join("postgres"), init: Some(dir.join("initdb")), client_dir: dir })
         }
         Engine::Mariadb => Some(EngineBinaries {

@@ -187,10 +187,10 @@ impl BackupConfig {
             // PATH, postgresql-common's wrapper picks the newest major installed, whose archives an
             // older pg_restore cannot read (a host in the middle of a major upgrade has two).
             if conn.bin_dir.as_os_str().is_empty()
-                && let Some(bins) = super::drill_engine::binaries(Engine::Postgresql, &instance.spec.engine_version)
-                && tokio::fs::metadata(&bins.client_dir).await.is_ok_and(|m| m.is_dir())
+                && let Some(dir) = postgresql_bin_dir(&instance.spec.engine_version)
+                && tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir())
             {
-                conn.bin_dir = bins.client_dir;
+                conn.bin_dir = dir;
             }
             let (roots, data_dir) = (data_roots.to_vec(), instance.spec.data_dir.clone());
             // The file is the tenant's to replace: even read safely it is file I/O, off the async workers.
@@ -274,6 +274,13 @@ pub fn read_postmaster_pid(data_roots: &[PathBuf], data_dir: &Path) -> Option<St
     let mut bytes = Vec::new();
     file.take(POSTMASTER_PID_MAX_BYTES).read_to_end(&mut bytes).ok()?;
     Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Debian's folder of PostgreSQL `version`'s programs: `/usr/lib/postgresql/<major>/bin`. `None`
+/// if the version names no major.
+pub fn postgresql_bin_dir(version: &str) -> Option<PathBuf> {
+    let major: String = version.trim().chars().take_while(char::is_ascii_digit).collect();
+    (!major.is_empty()).then(|| PathBuf::from(format!("/usr/lib/postgresql/{major}/bin")))
 }
 
 #[cfg(test)]

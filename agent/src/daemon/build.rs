@@ -185,6 +185,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
             backup: config.backup.clone(),
             data_roots: config.instances.data_roots.clone(),
             postgresql_config_root: config.plans.postgresql_config_dir.clone(),
+            mariadb_config_dir: config.plans.mariadb_config_dir.clone(),
         }),
         restart_timeout: Duration::from_secs(config.plans.restart_timeout_secs),
     };

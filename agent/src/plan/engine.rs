@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::PlanError;
-use super::engine_settings::{EngineSetting, postgresql_conf};
+use super::engine_settings::{EngineSetting, mariadb_cnf, postgresql_conf};
 use crate::backup::engine_commands::statement_tool;
 use crate::backup::settings::BackupConfig;
 use crate::beneath::DirHandle;
@@ -28,13 +28,23 @@ pub trait EngineControl: Send + Sync {
     async fn set_runtime(&self, instance: &Instance, setting: &EngineSetting) -> Result<(), PlanError>;
     /// Writes the settings that take effect at the next start; returns where.
     async fn write_for_restart(&self, instance: &Instance, settings: &[EngineSetting]) -> Result<PathBuf, PlanError>;
+    /// Keeps the settings set at runtime for the server's next start (MariaDB: the agent's file in
+    /// its `conf.d`; Redis: `CONFIG REWRITE` of the server's own config file); returns where.
+    async fn keep_for_next_start(&self, instance: &Instance, settings: &[EngineSetting]) -> Result<String, PlanError>;
 }
 
-/// The real engines. `postgresql_config_root` is `/etc/postgresql` (a test points it elsewhere).
+/// The real engines. `postgresql_config_root` is `/etc/postgresql`, `mariadb_config_dir`
+/// `/etc/mysql/mariadb.conf.d` (a test points them elsewhere).
 pub struct ToolEngineControl {
     pub backup: BackupConfig,
     pub data_roots: Vec<PathBuf>,
     pub postgresql_config_root: PathBuf,
+    pub mariadb_config_dir: PathBuf,
+}
+
+/// The file the agent owns for one MariaDB instance in `plans.mariadb_config_dir`.
+pub fn mariadb_file(instance: &str) -> String {
+    format!("90-dbagent-plan-{instance}.cnf")
 }
 
 fn read_statement(engine: Engine, setting: &str) -> String {
@@ -125,6 +135,31 @@ impl EngineControl for ToolEngineControl {
             .map_err(|e| PlanError::SettingsFile { instance: id.clone(), message: e.to_string() })?
             .map_err(|message| PlanError::SettingsFile { instance: id, message })
     }
+
+    async fn keep_for_next_start(&self, instance: &Instance, settings: &[EngineSetting]) -> Result<String, PlanError> {
+        let not_kept = |message: String| PlanError::NotKept { instance: instance.id.clone(), message };
+        match instance.spec.engine {
+            Engine::Mariadb => {
+                let (dir, name) = (self.mariadb_config_dir.clone(), mariadb_file(&instance.id));
+                let contents = mariadb_cnf(&instance.spec.systemd_unit, settings);
+                let written =
+                    tokio::task::spawn_blocking(move || write_beneath(&dir, Path::new(""), &name, contents.as_bytes()))
+                        .await
+                        .map_err(|e| not_kept(e.to_string()))?
+                        .map_err(not_kept)?;
+                Ok(written.display().to_string())
+            }
+            // Redis writes its own config file (the one it was started with) from what runs now.
+            Engine::Redis => match self.run(instance, "CONFIG REWRITE").await?.as_str() {
+                "OK" => Ok("CONFIG REWRITE".into()),
+                said => {
+                    Err(not_kept(format!("CONFIG REWRITE answered {:?}", said.chars().take(200).collect::<String>())))
+                }
+            },
+            // PostgreSQL takes none at runtime: its settings file is written for the restart.
+            Engine::Postgresql => Ok(String::new()),
+        }
+    }
 }
 
 /// Writes `name` in `root/rel` atomically. The cluster's folders under `/etc/postgresql` belong to
@@ -158,6 +193,8 @@ pub struct InMemoryEngineControl {
 pub struct InMemoryEngine {
     pub running: HashMap<String, u64>,
     pub written: Vec<EngineSetting>,
+    /// What `keep_for_next_start` kept.
+    pub kept: Vec<EngineSetting>,
     /// Reads fail as if the server did not answer.
     pub down: bool,
 }
@@ -210,5 +247,11 @@ impl EngineControl for InMemoryEngineControl {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.entry(instance.id.clone()).or_default().written = settings.to_vec();
         Ok(PathBuf::from("/in-memory").join(&instance.id).join(POSTGRESQL_FILE))
+    }
+
+    async fn keep_for_next_start(&self, instance: &Instance, settings: &[EngineSetting]) -> Result<String, PlanError> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.entry(instance.id.clone()).or_default().kept = settings.to_vec();
+        Ok(format!("/in-memory/{}/kept", instance.id))
     }
 }

@@ -79,3 +79,25 @@ pub fn postgresql_conf(settings: &[EngineSetting]) -> String {
     }
     out
 }
+
+/// The MariaDB option group a unit's server reads: Debian's `mariadb@<name>.service` starts it
+/// with `--defaults-group-suffix=.<name>`, the single `mariadb.service` reads `[mariadbd]`.
+pub fn mariadb_group(unit: &str) -> String {
+    let name = unit.strip_suffix(".service").unwrap_or(unit);
+    match name.strip_prefix("mariadb@").or_else(|| name.strip_prefix("mysql@")) {
+        Some(suffix) if !suffix.is_empty() => format!("mariadbd.{suffix}"),
+        _ => "mariadbd".into(),
+    }
+}
+
+/// The contents of MariaDB's settings file the agent owns for one instance
+/// (`90-dbagent-plan-<instance>.cnf` in the server's `conf.d`).
+pub fn mariadb_cnf(unit: &str, settings: &[EngineSetting]) -> String {
+    let mut out =
+        String::from("# Written by dbagent from the instance's plan; changed at every plan change. Do not edit.\n");
+    out.push_str(&format!("[{}]\n", mariadb_group(unit)));
+    for s in settings {
+        out.push_str(&format!("{} = {}\n", s.name, s.config_value()));
+    }
+    out
+}

@@ -236,6 +236,15 @@ impl PlanChanges {
             };
             report.push(json!({ "name": s.name, "value": s.config_value(), "was": running, "applied": how }));
         }
+        // Settings set at runtime are kept for the next start too: every one the plan gives, also
+        // those unchanged now (set at runtime by an earlier change, they live only in the server).
+        let runtime: Vec<EngineSetting> = wanted.iter().filter(|s| !s.needs_restart).cloned().collect();
+        if !runtime.is_empty() {
+            let kept = self.engines.keep_for_next_start(instance, &runtime).await?;
+            for r in report.iter_mut().filter(|r| r["applied"] != json!(HowApplied::Restart)) {
+                r["kept_in"] = json!(kept);
+            }
+        }
         // The file holds every restart setting, so a later restart never loses one that was unchanged.
         if report.iter().any(|r| r["applied"] == json!(HowApplied::Restart)) {
             restart = wanted.into_iter().filter(|s| s.needs_restart).collect();

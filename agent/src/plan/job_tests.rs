@@ -56,6 +56,9 @@ impl EngineControl for RestartingEngine {
     async fn write_for_restart(&self, instance: &Instance, s: &[EngineSetting]) -> Result<PathBuf, PlanError> {
         self.engines.write_for_restart(instance, s).await
     }
+    async fn keep_for_next_start(&self, instance: &Instance, s: &[EngineSetting]) -> Result<String, PlanError> {
+        self.engines.keep_for_next_start(instance, s).await
+    }
 }
 
 struct Fixture {
@@ -342,6 +345,44 @@ async fn dynamic_settings_are_set_in_the_running_server() {
     assert_eq!(result["restart"], serde_json::Value::Null);
     assert_eq!(f.engines.engine("pg-1").running["maxmemory"], 6 * GIB);
     assert_eq!(f.services.unit("redis-server@pg-1.service").unwrap().restarts, 0);
+    // Kept for the next start, and said where.
+    assert_eq!(
+        f.engines.engine("pg-1").kept.iter().map(|s| (s.name.as_str(), s.value)).collect::<Vec<_>>(),
+        [("maxmemory", 6 * GIB)]
+    );
+    assert_eq!(result["settings"][0]["kept_in"], "/in-memory/pg-1/kept", "{result}");
+}
+
+/// A value the server already runs (set at runtime by an earlier change) is kept too: it lives
+/// only in the server until written down.
+#[tokio::test]
+async fn runtime_settings_are_kept_for_the_next_start_even_when_unchanged() {
+    let mut maria = spec("pg-1");
+    maria.engine = Engine::Mariadb;
+    maria.systemd_unit = "mariadb.service".into();
+    maria.os_user = "mysql".into();
+    maria.log_sources.clear();
+    let f = fixture(maria).await;
+    f.engines.set("pg-1", "innodb_buffer_pool_size", 4 * GIB);
+    let record = change(&f, "r1", Plan { memory_bytes: 8 * GIB, ..base_plan() }, false).await.unwrap();
+    assert_eq!(record.state, OpState::Succeeded, "{:?}", record.error);
+    let result = record.result.unwrap();
+    assert_eq!(result["settings"][0]["applied"], "unchanged", "{result}");
+    assert_eq!(f.engines.engine("pg-1").kept[0].value, 4 * GIB);
+    // PostgreSQL's settings go to the restart file, nothing is kept at runtime.
+    let pg = fixture(spec("pg-1")).await;
+    change(&pg, "r2", Plan { memory_bytes: 8 * GIB, ..base_plan() }, true).await.unwrap();
+    assert!(pg.engines.engine("pg-1").kept.is_empty());
+}
+
+#[test]
+fn a_mariadb_unit_names_the_option_group_its_server_reads() {
+    use crate::plan::engine_settings::{mariadb_cnf, mariadb_group};
+    assert_eq!(mariadb_group("mariadb.service"), "mariadbd");
+    assert_eq!(mariadb_group("mariadb@shop.service"), "mariadbd.shop");
+    let setting = EngineSetting { name: "innodb_buffer_pool_size".into(), value: 64 << 20, needs_restart: false };
+    let cnf = mariadb_cnf("mariadb@shop.service", &[setting]);
+    assert!(cnf.ends_with("[mariadbd.shop]\ninnodb_buffer_pool_size = 67108864\n"), "{cnf}");
 }
 
 #[test]

@@ -74,6 +74,11 @@ pub enum PlanError {
     SettingsFile { instance: String, message: String },
     #[error("instance {instance}: after the restart {setting} is {running}, not {wanted}")]
     NotTaken { instance: String, setting: String, running: u64, wanted: u64 },
+    #[error(
+        "instance {instance}: the settings are set in the running server but could not be kept for its next start \
+         ({message}); they would be lost at a restart: change the plan again once that is fixed"
+    )]
+    NotKept { instance: String, message: String },
 }
 
 impl HasErrorCode for PlanError {
@@ -93,7 +98,8 @@ impl HasErrorCode for PlanError {
             | PlanError::EngineDown { .. }
             | PlanError::EngineAnswer { .. }
             | PlanError::NoSettingsFile { .. }
-            | PlanError::NotTaken { .. } => ErrorCode::FailedPrecondition,
+            | PlanError::NotTaken { .. }
+            | PlanError::NotKept { .. } => ErrorCode::FailedPrecondition,
             PlanError::SettingsFile { .. } => ErrorCode::Internal,
         }
     }
