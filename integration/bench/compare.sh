@@ -8,20 +8,26 @@
 #   --runs N     runs per side and row (default 5; at least 5 for a published figure)
 #   --quick      few runs and short durations, to develop the benchmarks (the output says so; never
 #                publish it)
-#   --only LIST  comma-separated sections, of: metrics,api,logs,backups,volumes (default: all)
+#   --only LIST  comma-separated sections, of: metrics,api,logs,backups,volumes,upgrade (default: all);
+#                with --only, an existing FILE keeps its other sections: only the sections run are
+#                replaced (found by their <!-- section NAME --> markers; appended if absent)
 #   --out FILE   where the Markdown goes (default docs/benchmarks.md); written only if every
 #                section succeeded
 # Each section is a program that prints a Markdown section on stdout (progress on stderr): metrics
 # (integration/src/bin/metrics-bench.rs), api (loadbench.rs), logs (logs-bench.rs), backups
 # (integration/bench/backups.sh), volumes (cargo bench -p dbagent --bench volume_header, and the VM
-# figures of integration/bench/volumes-vm.md). A full run takes about 20 minutes on 2 CPUs (17 of them benchmarks).
+# figures of integration/bench/volumes-vm.md), upgrade (integration/bench/pg-upgrade.sh: PostgreSQL
+# 15 -> 17 against pg_upgradecluster, 3 runs of each method whatever --runs says, since one run of all
+# its methods takes about 8 minutes; it needs the pg-majors guest image, built once and cached).
+# The release build is made only for the sections that run it (metrics, api, logs, backups). A full
+# run takes about 45 minutes on 2 CPUs (about 25 of them the upgrade section).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 log() { printf 'compare: %s\n' "$*" >&2; }
 die() { printf 'compare: ERROR: %s\n' "$*" >&2; exit 1; }
 
-ALL_SECTIONS=(metrics api logs backups volumes)
+ALL_SECTIONS=(metrics api logs backups volumes upgrade)
 RUNS=5 QUICK=0 ONLY="$(IFS=,; echo "${ALL_SECTIONS[*]}")" OUT=docs/benchmarks.md
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 while (($#)); do
@@ -56,10 +62,15 @@ ensure_installed "${BUILD_PACKAGES[@]}" "${BENCH_PACKAGES[@]}" -- "${BUILD_COMMA
 . integration/tools.sh
 tools_setup
 if wants backups; then ensure_garage || die "building Garage failed (above)"; fi
+if wants upgrade; then
+  ensure_installed xfsprogs -- mkfs.xfs=xfsprogs || die "the upgrade section needs mkfs.xfs (xfsprogs)"
+fi
 
-log "cargo build --release (dbagent, the bench binaries)"
-cargo build --release --locked -p dbagent --bins -p dbagent-integration \
-  --bin loadbench --bin logs-bench --bin metrics-bench >&2 || die "the release build failed (above)"
+if wants metrics || wants api || wants logs || wants backups; then
+  log "cargo build --release (dbagent, the bench binaries)"
+  cargo build --release --locked -p dbagent --bins -p dbagent-integration \
+    --bin loadbench --bin logs-bench --bin metrics-bench >&2 || die "the release build failed (above)"
+fi
 TARGET="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET" == /* ]] || TARGET="$PWD/$TARGET"
 export DBAGENT_BIN="$TARGET/release/dbagent"
@@ -97,7 +108,7 @@ header() {
   echo "| date | $(date -u '+%Y-%m-%d %H:%M UTC') |"
   echo "| command | \`integration/bench/compare.sh --runs $RUNS$( ((QUICK)) && echo ' --quick')$([[ "$ONLY" != "$(IFS=,; echo "${ALL_SECTIONS[*]}")" ]] && echo " --only $ONLY")\` |"
   echo "| machine | $cpu, $(nproc) CPUs, $mem, kernel $kernel, Debian $debian |"
-  echo "| dbagent | git $commit$dirty, release build |"
+  echo "| dbagent | git $commit$dirty, release build (the upgrade section runs no dbagent binary: see there) |"
   echo "| peers | $(first_line prometheus-node-exporter --version | sed 's/ (branch.*//'); $(first_line /usr/sbin/rsyslogd -v | sed 's/ compiled with://; s/  */ /g'); $(first_line pgbackrest version); $(first_line "$PG_BIN/postgres" --version); $garage; $(first_line zstd --version | sed "s/\*\*\* //g; s/ \*\*\*//; s/, by .*//") |"
   echo "| load average at the start | $(cut -d' ' -f1-3 /proc/loadavg) |"
   echo
@@ -132,6 +143,11 @@ section_logs() {
 section_backups() {
   if ((QUICK)); then integration/bench/backups.sh --runs "$RUNS" --quick
   else integration/bench/backups.sh --runs "$RUNS"; fi
+}
+
+section_upgrade() {
+  if ((QUICK)); then integration/bench/pg-upgrade.sh --quick
+  else integration/bench/pg-upgrade.sh --runs 3 --dump-runs 1; fi
 }
 
 # volume_header prints "NAME, BITS-bit key: format + keyslot DURATION, unlock DURATION" once per
@@ -184,9 +200,11 @@ section_volumes() {
 }
 
 # --- run ---------------------------------------------------------------------------------------------
+# Each section between markers, so that a later run with --only can replace it alone.
 BODY="$SCRATCH/body.md"
 header >"$BODY"
 T0=$SECONDS
+COMMAND="integration/bench/compare.sh --runs $RUNS$( ((QUICK)) && echo ' --quick') --only $ONLY"
 for s in "${ALL_SECTIONS[@]}"; do
   wants "$s" || continue
   before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -194,12 +212,32 @@ for s in "${ALL_SECTIONS[@]}"; do
   log "section $s"
   "section_$s" >"$SCRATCH/$s.md" || die "section $s failed (above); $OUT is left as it was"
   {
+    echo "<!-- section $s -->"
     cat "$SCRATCH/$s.md"
-    echo "_Section $s: $((SECONDS - t)) s; load average before: $before, after: $(cut -d' ' -f1-3 /proc/loadavg)._"
+    echo "_Section $s: $((SECONDS - t)) s, $(date -u '+%Y-%m-%d %H:%M UTC'), \`$COMMAND\`; load average before: $before, after: $(cut -d' ' -f1-3 /proc/loadavg)._"
+    echo "<!-- end section $s -->"
     echo
-  } >>"$BODY"
+  } >"$SCRATCH/$s.section"
+  cat "$SCRATCH/$s.section" >>"$BODY"
   log "section $s done in $((SECONDS - t)) s"
 done
 mkdir -p "$(dirname "$OUT")"
-cp "$BODY" "$OUT"
-log "wrote $OUT ($((SECONDS - T0)) s of benchmarks)"
+if [[ "$ONLY" != "$(IFS=,; echo "${ALL_SECTIONS[*]}")" && -f "$OUT" ]]; then
+  # Only some sections ran: the file keeps its header and the other sections.
+  cp "$OUT" "$SCRATCH/out.md"
+  for s in "${ALL_SECTIONS[@]}"; do
+    wants "$s" || continue
+    awk -v s="$s" -v new="$SCRATCH/$s.section" '
+      $0 == "<!-- section " s " -->" { while ((getline line < new) > 0) print line; skip = 1; done = 1; next }
+      skip && $0 == "<!-- end section " s " -->" { skip = 0; after = 1; next }
+      after { after = 0; if ($0 == "") next }
+      !skip { print }
+      END { if (!done) { print ""; while ((getline line < new) > 0) print line } }' "$SCRATCH/out.md" >"$SCRATCH/out.new"
+    mv "$SCRATCH/out.new" "$SCRATCH/out.md"
+  done
+  cp "$SCRATCH/out.md" "$OUT"
+  log "replaced the sections $ONLY in $OUT ($((SECONDS - T0)) s of benchmarks)"
+else
+  cp "$BODY" "$OUT"
+  log "wrote $OUT ($((SECONDS - T0)) s of benchmarks)"
+fi
