@@ -204,7 +204,8 @@ section_volumes() {
 BODY="$SCRATCH/body.md"
 header >"$BODY"
 T0=$SECONDS
-COMMAND="integration/bench/compare.sh --runs $RUNS$( ((QUICK)) && echo ' --quick') --only $ONLY"
+QUICK_FLAG=""; ((QUICK)) && QUICK_FLAG=" --quick"
+COMMAND="integration/bench/compare.sh --runs $RUNS$QUICK_FLAG --only $ONLY"
 for s in "${ALL_SECTIONS[@]}"; do
   wants "$s" || continue
   before="$(cut -d' ' -f1-3 /proc/loadavg)"
