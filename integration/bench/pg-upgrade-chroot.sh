@@ -4,7 +4,8 @@
 #
 # Usage: pg-upgrade-chroot.sh SCALE RUNS DUMP_RUNS OUT
 #   /srv/ext is the host's ext4, /srv/xfs an XFS with reflink=1. Writes one RESULT line per run to OUT:
-#   RESULT METHOD RUN CLIENT_DOWNTIME_S WHOLE_S AGENT_DOWNTIME_S PG_UPGRADE_S   ("-" where none)
+#   RESULT METHOD RUN CLIENT_DOWNTIME_S WHOLE_S AGENT_DOWNTIME_S PG_UPGRADE_S CREATECLUSTER_S
+#   ("-" where none; the last is the agent's pg_createcluster, which it runs before its downtime)
 #
 # Every run starts from a fresh copy of the same stopped 15 cluster (pgbench scale SCALE plus a login
 # role "app"), made once. Methods, in alternating order (run 1 forwards, run 2 backwards, ...):
@@ -153,7 +154,7 @@ agent_healthy() {
 # The agent's major upgrade (job.rs UpgradeJob::prepare, switch, analyze), command for command; its
 # systemd units replaced by what they run (postgresql@.service: pg_ctlcluster -m fast ... stop/start).
 agent_run() {
-    local t_start t_old t_stopped t_pgu t_new t_end settings enc coll ctype sums db mode=--copy
+    local t_start t_create t_created t_old t_stopped t_pgu t_new t_end settings enc coll ctype sums db mode=--copy
     [[ "$(stat -f -c %T "$FS")" == xfs ]] && mode=--clone
     t_start=$(now)
     # Phase 1, nothing disrupted: settings, extensions, size, the new cluster, pg_upgrade --check.
@@ -166,8 +167,10 @@ current_setting('server_version_num'), current_setting('data_directory') FROM pg
     q postgres "SELECT sum(pg_database_size(oid))::bigint FROM pg_database" >/dev/null
     local extra=()
     [[ "$sums" == on ]] && extra=(-- --data-checksums)
+    t_create=$(now)
     pg_createcluster 17 b "--datadir=$FS/17/b" --user=postgres "--encoding=$enc" "--lc-collate=$coll" \
         "--lc-ctype=$ctype" "--port=$TEMP_PORT" --start-conf=manual "${extra[@]}" >/dev/null
+    t_created=$(now)
     agent_pg_upgrade "$mode" "$PORT"
     # Phase 2, the downtime: a write on 15, stop it, pg_upgrade, switch port and start.conf, start 17.
     q postgres "SELECT txid_current()" >/dev/null
@@ -189,6 +192,7 @@ current_setting('server_version_num'), current_setting('data_directory') FROM pg
     done
     t_end=$(now)
     AGENT_DOWNTIME=$(secs "$t_old" "$t_new") PG_UPGRADE=$(secs "$t_stopped" "$t_pgu") WHOLE=$(secs "$t_start" "$t_end")
+    CREATE=$(secs "$t_create" "$t_created")
 }
 
 # Debian's tool as its manual page describes it; NEWDATADIR keeps the new cluster on the same file
@@ -199,7 +203,7 @@ peer_run() {
     pg_upgradecluster -v 17 -m "$method" 15 b "$FS/17/b" >/tmp/pg_upgradecluster.log 2>&1 || {
         log "pg_upgradecluster -m $method failed:"; tail -n 30 /tmp/pg_upgradecluster.log >&2; return 1
     }
-    WHOLE=$(secs "$t_start" "$(now)") AGENT_DOWNTIME=- PG_UPGRADE=-
+    WHOLE=$(secs "$t_start" "$(now)") AGENT_DOWNTIME=- PG_UPGRADE=- CREATE=-
 }
 
 one() {  # METHOD RUN
@@ -220,7 +224,7 @@ one() {  # METHOD RUN
     stop_probe
     down="$(client_downtime "$probe_log")" || { log "$method: no client downtime: $(tail -n 3 "$probe_log")"; return 1; }
     rm -f "$probe_log"
-    printf 'RESULT %s %s %s %s %s %s\n' "$method" "$run" "$down" "$WHOLE" "$AGENT_DOWNTIME" "$PG_UPGRADE" >>"$OUT"
+    printf 'RESULT %s %s %s %s %s %s %s\n' "$method" "$run" "$down" "$WHOLE" "$AGENT_DOWNTIME" "$PG_UPGRADE" "$CREATE" >>"$OUT"
     log "run $run: $method: client downtime $down s, whole $WHOLE s"
     clean "$FS"
 }
