@@ -23,7 +23,8 @@
 # Runs natively (qemu TCG would be 20-50x slower) in a chroot of the pg-majors guest image (Debian 13
 # with PostgreSQL 15 and 17, integration/vm/build-image-pg-majors.sh, which builds it once and then
 # reuses it): the image read-only under an overlay; /srv/ext a folder of this machine's file system
-# (bind-mounted), /srv/xfs an XFS with reflink on a loop file. Scratch under /var/tmp (~6 GB).
+# (bind-mounted), /srv/xfs an XFS with reflink on a loop file in /dev/shm. Scratch under /var/tmp
+# (~3 GB) and /dev/shm (~2.5 GB).
 set -euo pipefail
 RUNS=3 DUMP_RUNS=1 SCALE=65 QUICK=0
 log() { printf 'pg-upgrade: %s\n' "$*" >&2; }
@@ -48,6 +49,10 @@ for tool in mkfs.xfs chroot mount; do command -v "$tool" >/dev/null || die "$too
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE="$("$HERE/../vm/build-image-pg-majors.sh")" || die "the pg-majors image could not be built (above)"
+# The copy pair needs ~3 GB on this disk at most (the cluster, its fresh copy, the new cluster); the
+# clone pair ~2.5 GB of memory.
+free_gb=$(($(stat -f -c '%a * %S' /var/tmp) / 1073741824))
+((free_gb >= 8)) || die "/var/tmp has ${free_gb} GB free: the benchmark needs ~3 GB and leaves at least 5 to the rest"
 W="$(mktemp -d /var/tmp/pg-upgrade-bench.XXXXXX)"
 M="$W/merged"
 cleanup() {
@@ -65,6 +70,7 @@ cleanup() {
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
     rm -rf --one-file-system "$W"
+    [[ -n "${XFS_IMG:-}" ]] && rm -f "$XFS_IMG"
 }
 trap cleanup EXIT
 mkdir -p "$W"/{lower,upper,work,merged,ext}
@@ -74,9 +80,12 @@ mount -t proc proc "$M/proc"
 mount --bind /dev "$M/dev"
 mkdir -p "$M/srv/ext" "$M/srv/xfs"
 mount --bind "$W/ext" "$M/srv/ext"
-truncate -s 8G "$W/xfs.img"
-mkfs.xfs -q -m reflink=1 "$W/xfs.img"
-mount -o loop "$W/xfs.img" "$M/srv/xfs"
+# The XFS file lives in memory (/dev/shm) and is mounted with discard, so files deleted between runs
+# give their space back: on this machine's disk it grew by the 1 GB copy of every run.
+XFS_IMG="$(mktemp /dev/shm/pg-upgrade-bench-xfs.XXXXXX)"
+truncate -s 8G "$XFS_IMG"
+mkfs.xfs -q -f -m reflink=1 "$XFS_IMG"
+mount -o loop,discard "$XFS_IMG" "$M/srv/xfs"
 cp "$HERE/pg-upgrade-chroot.sh" "$M/bench.sh"
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -99,7 +108,8 @@ if ((QUICK)); then
 fi
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $cpu, $(nproc) CPUs, $mem, kernel $(uname -r). Data: $info."
 echo "Natively in a chroot of the pg-majors guest image (no qemu); copy pair on this machine's $host_fs"
-echo "(bind-mounted), clone pair on XFS (\`mkfs.xfs -m reflink=1\`, 8 GiB loop file on the same disk)."
+echo "(bind-mounted), clone pair on XFS (\`mkfs.xfs -m reflink=1\`, a loop file in memory, /dev/shm: a run on"
+echo "this disk filled it, the loop file keeping every run's copy; so the clone pair's writes and fsyncs cost no disk I/O)."
 echo "Every run starts from a fresh copy of the same stopped cluster (copied, then \`sync\`); the runs go"
 echo "in alternating order (run 1: agent copy, peer copy, agent clone, peer clone$( ((DUMP_RUNS)) && echo ', peer dump'); run 2 the other way"
 echo "round; ...): $RUNS of each like-for-like method, $DUMP_RUNS of dump and restore. Seconds, median [min-max]."
