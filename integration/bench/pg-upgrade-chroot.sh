@@ -81,12 +81,6 @@ pg_createcluster 15 b -d /srv/ext/15/b -p "$PORT" --start -- --no-sync >/dev/nul
 # Server-side generation (G): the same tables and rows as the default, made faster.
 runuser -u postgres -- "$B15/pgbench" -q -i -I dtGvp -s "$SCALE" -h "$SOCK" -p "$PORT" postgres >/dev/null 2>&1
 q postgres "CREATE ROLE app LOGIN" >/dev/null
-# The load leaves ~1 GB of WAL segments kept for reuse; a restart with a small max_wal_size (on the
-# command line only: the cluster's configuration is not changed) and two checkpoints drop them, so every
-# fresh copy holds the data without them (pg_upgrade copies no WAL either way).
-pg_ctlcluster 15 b restart -o "-c max_wal_size=64MB -c min_wal_size=32MB"
-q postgres "CHECKPOINT" >/dev/null
-q postgres "SELECT pg_switch_wal()" >/dev/null
 q postgres "CHECKPOINT" >/dev/null
 SIZE="$(q postgres "SELECT pg_size_pretty(sum(pg_database_size(oid))) FROM pg_database")"
 BYTES="$(q postgres "SELECT sum(pg_database_size(oid)) FROM pg_database")"

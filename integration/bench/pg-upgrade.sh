@@ -24,7 +24,7 @@
 # with PostgreSQL 15 and 17, integration/vm/build-image-pg-majors.sh, which builds it once and then
 # reuses it): the image read-only under an overlay; /srv/ext a folder of this machine's file system
 # (bind-mounted), /srv/xfs an XFS with reflink on a loop file in /dev/shm. Scratch under /var/tmp
-# (~3 GB) and /dev/shm (~2.5 GB).
+# (~5 GB) and /dev/shm (~4 GB).
 set -euo pipefail
 RUNS=3 DUMP_RUNS=1 SCALE=65 QUICK=0
 log() { printf 'pg-upgrade: %s\n' "$*" >&2; }
@@ -49,10 +49,10 @@ for tool in mkfs.xfs chroot mount; do command -v "$tool" >/dev/null || die "$too
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE="$("$HERE/../vm/build-image-pg-majors.sh")" || die "the pg-majors image could not be built (above)"
-# The copy pair needs ~3 GB on this disk at most (the cluster, its fresh copy, the new cluster); the
-# clone pair ~2.5 GB of memory.
+# The copy pair needs ~5 GB on this disk at most (the stopped cluster, 1 GB of data and 1 GB of WAL
+# segments the load left; its fresh copy; the new cluster); the clone pair ~4 GB of memory.
 free_gb=$(($(stat -f -c '%a * %S' /var/tmp) / 1073741824))
-((free_gb >= 8)) || die "/var/tmp has ${free_gb} GB free: the benchmark needs ~3 GB and leaves at least 5 to the rest"
+((free_gb >= 10)) || die "/var/tmp has ${free_gb} GB free: the benchmark needs ~5 GB and leaves at least 5 to the rest"
 W="$(mktemp -d /var/tmp/pg-upgrade-bench.XXXXXX)"
 M="$W/merged"
 cleanup() {
@@ -109,7 +109,8 @@ fi
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $cpu, $(nproc) CPUs, $mem, kernel $(uname -r). Data: $info."
 echo "Natively in a chroot of the pg-majors guest image (no qemu); copy pair on this machine's $host_fs"
 echo "(bind-mounted), clone pair on XFS (\`mkfs.xfs -m reflink=1\`, a loop file in memory, /dev/shm: a run on"
-echo "this disk filled it, the loop file keeping every run's copy; so the clone pair's writes and fsyncs cost no disk I/O)."
+echo "this disk filled it, the loop file keeping every run's copy; so the clone pair's writes and fsyncs"
+echo "cost no disk I/O)."
 echo "Every run starts from a fresh copy of the same stopped cluster (copied, then \`sync\`); the runs go"
 echo "in alternating order (run 1: agent copy, peer copy, agent clone, peer clone$( ((DUMP_RUNS)) && echo ', peer dump'); run 2 the other way"
 echo "round; ...): $RUNS of each like-for-like method, $DUMP_RUNS of dump and restore. Seconds, median [min-max]."
@@ -168,9 +169,9 @@ What each side does, and what is counted:
   start 17, then the agent's health check (the major and data folder, a read of `pg_class` in every
   database) and a write. After it: `vacuumdb --all --analyze-in-stages`.
 * **pg_upgradecluster** (postgresql-common, as its manual page describes it), the new data folder
-  (its NEWDATADIR argument) on the same file system (clone mode needs it): stop 15, `pg_createcluster` 17 (inside the downtime: it makes
-  the new cluster only after stopping the old one), its configuration carried over, `pg_upgrade`, ports
-  swapped, start 17, then its `analyze` hook (`vacuumdb --analyze-in-stages`, the same as the agent's).
+  (its NEWDATADIR argument) on the same file system (clone mode needs it): stop 15, `pg_createcluster`
+  17 (inside the downtime: it makes the new cluster only after stopping the old one), its
+  configuration carried over, `pg_upgrade`, ports swapped, start 17, then its `analyze` hook (`vacuumdb --analyze-in-stages`, the same as the agent's).
   Its `pg_createcluster` inside the downtime is the main reason its downtime is longer: the last column
   shows what the same command costs the agent before its downtime.
 * **Downtime seen by a client** is the comparison: the same client for every method, outside both tools.
@@ -191,8 +192,7 @@ echo "Caveats: this machine has 2 cores, shared while this ran with two other en
 echo "qemu VM tests (load average $LOAD_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after; the section took ${ELAPSED} s): absolute"
 echo "figures are pessimistic and noisy, and only the alternating order keeps the pairs comparable. The client"
 echo "tries a write every 50 ms, each a new psql connection (tens of ms more under this load): a downtime is"
-echo "known to about 0.1-0.2 s. The data"
-echo "was just copied, so it sits in the page cache on both sides (warm cache). Neither side runs pg_upgrade"
+echo "known to about 0.1-0.2 s. The data was just copied, so it sits in the page cache on both sides (warm cache). Neither side runs pg_upgrade"
 echo "with \`--jobs\` (the agent has no such setting; pg_upgradecluster's default is none). The agent's backup"
 echo "before the upgrade and its maintenance-window wait happen before all of this and are not timed."
 echo "\`--link\` is not measured: the agent never uses it (no way back to the old cluster once the new one has"
