@@ -18,6 +18,7 @@ use serde_json::json;
 use super::UpgradeError;
 use super::cluster::{self, Layout, UpgradeRun};
 use super::plan::{self, Cluster, CopyMode};
+use super::recover::{STEP_CREATE_NEW, STEP_STOP_OLD};
 use super::server::{HealthCheck, OldSettings, ServerAt};
 use crate::command::ToolCommand;
 use crate::instances::{Instance, Registry};
@@ -63,8 +64,10 @@ impl UpgradeJob {
         }
     }
 
-    fn progress(ctx: &JobContext, done: u64, message: &str) {
-        ctx.progress(Progress { done, total: STEPS, unit: "steps".into(), message: message.into() });
+    /// Every step is written to the journal before it is taken: after a crash the recovery at the
+    /// next start reads from it how far the upgrade got ([`super::recover`]).
+    async fn progress(ctx: &JobContext, done: u64, message: &str) {
+        ctx.checkpoint(Progress { done, total: STEPS, unit: "steps".into(), message: message.into() }).await;
     }
 
     fn server(&self, major_for_psql: u32) -> ServerAt {
@@ -77,7 +80,7 @@ impl UpgradeJob {
     }
 
     async fn upgrade(&self, ctx: &JobContext) -> Result<serde_json::Value, UpgradeError> {
-        Self::progress(ctx, 0, "checking the old cluster");
+        Self::progress(ctx, 0, "checking the old cluster").await;
         let p = self.prepare(ctx).await?;
         if ctx.cancel.is_cancelled() {
             let _ = cluster::drop_cluster(&p.new).await;
@@ -121,7 +124,7 @@ impl UpgradeJob {
             });
         }
 
-        Self::progress(ctx, 1, "checking extensions and disk space");
+        Self::progress(ctx, 1, "checking extensions and disk space").await;
         let extensions = at.extensions().await.map_err(read("list the installed extensions"))?;
         let ext_dir = self.share_dir.join(self.target.to_string()).join("extension");
         let missing: Vec<&str> =
@@ -162,13 +165,13 @@ impl UpgradeJob {
             return Err(UpgradeError::NoSpace { dir: probe, needed, free, mode: "copy" });
         }
 
-        Self::progress(ctx, 2, &format!("creating the new cluster {}", new.shown()));
+        Self::progress(ctx, STEP_CREATE_NEW, &format!("creating the new cluster {}", new.shown())).await;
         cluster::prepare_parent(&self.data_root, &new_data)?;
         // A port of its own until the switch, so it never meets the old server's.
         let temp_port = self.port.checked_add(1000).unwrap_or(self.port - 1000);
         cluster::create(&new, &new_data, &settings, &spec.os_user, temp_port).await?;
 
-        Self::progress(ctx, 3, "pg_upgrade --check against the running old cluster");
+        Self::progress(ctx, 3, "pg_upgrade --check against the running old cluster").await;
         let mut checked = self.check(&old, &new, &new_data, mode).await;
         if checked.is_err() && mode == CopyMode::Clone {
             // XFS made without reflink: the check says so; copy instead, if the space is there.
@@ -216,7 +219,7 @@ impl UpgradeJob {
     async fn switch(&self, ctx: &JobContext, p: Prepared) -> Result<serde_json::Value, UpgradeError> {
         let os_user = &self.instance.spec.os_user;
         let old_at = self.server(self.target);
-        Self::progress(ctx, 4, &format!("stopping {}", p.old.unit()));
+        Self::progress(ctx, STEP_STOP_OLD, &format!("stopping {}", p.old.unit())).await;
         if let Err(e) = old_at.accepts_write().await {
             let _ = cluster::drop_cluster(&p.new).await;
             return Err(UpgradeError::Step { step: "a write on the old server before stopping it", message: e });
@@ -226,7 +229,7 @@ impl UpgradeJob {
             return Err(self.rollback(&p, "stop the old cluster", e, false).await);
         }
 
-        Self::progress(ctx, 5, &format!("pg_upgrade {} ({})", p.new.shown(), p.mode.as_str()));
+        Self::progress(ctx, 5, &format!("pg_upgrade {} ({})", p.new.shown(), p.mode.as_str())).await;
         let started = Instant::now();
         let cmd = match self.run_args(&p.old, &p.new, &p.new_data, p.mode).command(None) {
             Ok(cmd) => cmd,
@@ -242,7 +245,7 @@ impl UpgradeJob {
         }
         let pg_upgrade_ms = started.elapsed().as_millis() as u64;
 
-        Self::progress(ctx, 6, &format!("starting {} on port {}", p.new.unit(), self.port));
+        Self::progress(ctx, 6, &format!("starting {} on port {}", p.new.unit(), self.port)).await;
         let switched = async {
             cluster::set_port(&p.new, self.port, os_user).await?;
             cluster::set_start(&self.layout, &p.new, "auto", os_user).await?;
@@ -272,9 +275,9 @@ impl UpgradeJob {
             message: format!("the new cluster {} serves, but the instance record was not updated: {e}", p.new.shown()),
         })?;
 
-        Self::progress(ctx, 7, "vacuumdb --all --analyze-in-stages");
+        Self::progress(ctx, 7, "vacuumdb --all --analyze-in-stages").await;
         let analyze = self.analyze(&new_at).await;
-        Self::progress(ctx, STEPS, "done");
+        Self::progress(ctx, STEPS, "done").await;
         Ok(json!({
             "from_version": p.old.major.to_string(),
             "to_version": p.new.major.to_string(),

@@ -53,7 +53,7 @@ pub struct UpgradeService {
 }
 
 impl UpgradeService {
-    fn layout(&self) -> Layout {
+    pub(super) fn layout(&self) -> Layout {
         Layout { lib_dir: self.config.postgresql_lib_dir.clone(), conf_dir: self.config.postgresql_conf_dir.clone() }
     }
 
@@ -93,7 +93,7 @@ impl UpgradeService {
     }
 
     /// Everything that can be said before the window: engine, versions, binaries, backup age.
-    async fn check(&self, instance: &Instance, target: u32) -> Result<UpgradeJob, UpgradeError> {
+    pub(super) async fn check(&self, instance: &Instance, target: u32) -> Result<UpgradeJob, UpgradeError> {
         let spec = &instance.spec;
         if spec.engine != Engine::Postgresql {
             return Err(UpgradeError::EngineNotSupported { engine: spec.engine.as_str() });
