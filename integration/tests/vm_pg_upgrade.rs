@@ -6,7 +6,9 @@
 //! on Debian 13, creates three 15 clusters with 1000 rows each and starts a dev-mode agent;
 //! `pg-upgrade-vm-check` then drives the upgrades through the gRPC API (see its header): refusals
 //! (no recent backup, invalid targets, an extension missing for 17), a rollback after pg_upgrade is
-//! killed mid-way (the old cluster serves its rows again), and the real upgrade (rows written on 15
+//! killed mid-way (the old cluster serves its rows again), the agent killed (SIGKILL) mid-pg_upgrade
+//! and restarted (the old cluster serves again, the operation says why; an upgrade waiting for its
+//! window still waits for the same one), and the real upgrade (rows written on 15
 //! read from 17, instance record, downtime, statistics, idempotent retry).
 //!
 //! Needs qemu and the guest image (built on first use, minutes); fails loudly without them, never
@@ -32,9 +34,15 @@ EOF
 echo "CREATE FUNCTION dbagent_only15() RETURNS int LANGUAGE sql AS 'SELECT 15';" \
     >/usr/share/postgresql/15/extension/dbagent_only15--1.0.sql
 
-step start-agent systemd-run --unit=dbagent.service -p Type=notify -p TimeoutStartSec=300 \
-    -p StandardOutput=append:/out/agent.log -p StandardError=append:/out/agent.log \
+# The check starts the agent again after killing it: one command for both.
+cat >/usr/local/sbin/start-dbagent <<AGENT
+#!/bin/sh
+exec systemd-run --unit=dbagent.service -p Type=notify -p TimeoutStartSec=300 \\
+    -p StandardOutput=append:/out/agent.log -p StandardError=append:/out/agent.log \\
     /share/dbagent --dev --state-dir "$STATE" --listen 127.0.0.1:7443
+AGENT
+chmod 0755 /usr/local/sbin/start-dbagent
+step start-agent /usr/local/sbin/start-dbagent
 stop_on_fail
 # The clusters live below the dev data root, in folders only root can write (the upgrade requires it
 # for the folder of the new cluster); postgres must be able to pass through.
@@ -89,6 +97,7 @@ fn vm_postgresql_major_upgrade_15_to_17_with_refusals_and_rollback() {
         "invalid-targets-refused",
         "extension-missing-for-17-refused-old-serves",
         "killed-pg-upgrade-rolls-back-old-serves",
+        "crash-during-pg-upgrade-recovered-waiting-upgrade-rearmed",
         "upgrade-15-to-17-serves-rows",
     ] {
         println!("  {step}: {} ms", run.ms(step));
