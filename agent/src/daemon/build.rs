@@ -194,7 +194,15 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         registry: registry.clone(),
         operations: engine.clone(),
         backups: backups.clone(),
-        health: Arc::new(crate::upgrade::server::PsqlHealthCheck),
+        // The availability probes' check (issue 15), after every upgrade step that starts a server.
+        health: crate::upgrade::health::UpgradeHealth {
+            prober: Arc::new(crate::health::engines::EngineProber::new(
+                config.health.clone(),
+                config.backup.clone(),
+                config.instances.data_roots.clone(),
+            )),
+            probe_deadline: config.health.deadline(),
+        },
         config: config.upgrade.clone(),
     });
     // An upgrade a crash cut short may have left its instance down: its clusters are put right

@@ -125,6 +125,37 @@ pub async fn create(
     cmd.output().await.map(drop).map_err(|e| e.to_string()).map_err(step("pg_createcluster"))
 }
 
+/// The files that say who may connect, how (`pg_hba.conf`, `pg_ident.conf`), copied from the old
+/// cluster's configuration folder into the new one's, which pg_createcluster filled with Debian's
+/// defaults: the clients (and the agent's monitoring role) must get in after the switch as before.
+/// As the engine's user, who owns both folders: a link planted there reaches nothing it could not.
+pub async fn copy_access_rules(
+    layout: &Layout,
+    old: &Cluster,
+    new: &Cluster,
+    os_user: &str,
+) -> Result<(), UpgradeError> {
+    for file in ["pg_hba.conf", "pg_ident.conf"] {
+        let from = layout.conf_folder(old).join(file);
+        if !from.exists() {
+            continue;
+        }
+        ToolCommand::new("cp")
+            .args(["--no-dereference", "--"])
+            .arg(&from)
+            .arg(layout.conf_folder(new).join(file))
+            .run_as(os_user)
+            .map_err(|e| e.to_string())
+            .map_err(step("copy the access rules"))?
+            .output()
+            .await
+            .map(drop)
+            .map_err(|e| format!("{file}: {e}"))
+            .map_err(step("copy the access rules"))?;
+    }
+    Ok(())
+}
+
 /// Removes a cluster this upgrade created (stopping it first), configuration and data.
 pub async fn drop_cluster(c: &Cluster) -> Result<(), String> {
     ToolCommand::new("pg_dropcluster")

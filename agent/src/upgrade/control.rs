@@ -2,22 +2,20 @@
 //! drives them, for the recovery after a crash ([`super::recover`]).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::cluster::{self, Layout};
+use super::health::UpgradeHealth;
 use super::plan::Cluster;
 use super::recover::ClusterControl;
-use super::server::{HealthCheck, ServerAt};
+use super::server::ServerAt;
 use crate::command::ToolCommand;
-
-/// How long a started cluster has to pass the health check (as in the job).
-const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
+use crate::instances::Instance;
 
 pub struct PgCommonControl {
     pub layout: Layout,
-    pub os_user: String,
-    pub health: Arc<dyn HealthCheck>,
+    /// As registered now (its OS user; the health check's view of each cluster starts from it).
+    pub instance: Instance,
+    pub health: UpgradeHealth,
     /// Where the instance's server listens (the backup connection's socket folder and port).
     pub socket_dir: String,
     pub port: u16,
@@ -37,7 +35,7 @@ impl ClusterControl for PgCommonControl {
         if let Ok(cmd) = ToolCommand::new(self.layout.bin(major).join("pg_ctl"))
             .args(["stop", "-m", "fast", "-w", "-D"])
             .arg(data_dir)
-            .run_as(&self.os_user)
+            .run_as(&self.instance.spec.os_user)
         {
             // "no server running" is the usual answer: nothing to do.
             let _ = cmd.output().await;
@@ -45,7 +43,7 @@ impl ClusterControl for PgCommonControl {
     }
 
     async fn set_start(&self, c: &Cluster, mode: &str) -> Result<(), String> {
-        cluster::set_start(&self.layout, c, mode, &self.os_user).await
+        cluster::set_start(&self.layout, c, mode, &self.instance.spec.os_user).await
     }
 
     fn exists(&self, c: &Cluster) -> bool {
@@ -58,18 +56,11 @@ impl ClusterControl for PgCommonControl {
 
     async fn healthy(&self, c: &Cluster, data_dir: &Path) -> Result<String, String> {
         let at = ServerAt {
-            os_user: self.os_user.clone(),
+            os_user: self.instance.spec.os_user.clone(),
             socket_dir: self.socket_dir.clone(),
             port: self.port,
             psql: self.layout.bin(c.major).join("psql"),
         };
-        let until = Instant::now() + HEALTH_DEADLINE;
-        loop {
-            match self.health.check(&at, c.major, data_dir).await {
-                Ok(h) => return Ok(h),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+        self.health.serves(&self.instance, c, data_dir, Some(&at)).await
     }
 }

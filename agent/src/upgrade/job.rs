@@ -11,23 +11,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
 use super::UpgradeError;
 use super::cluster::{self, Layout, UpgradeRun};
+use super::health::UpgradeHealth;
 use super::plan::{self, Cluster, CopyMode};
 use super::recover::{STEP_CREATE_NEW, STEP_STOP_OLD};
-use super::server::{HealthCheck, OldSettings, ServerAt};
+use super::server::{OldSettings, ServerAt};
 use crate::command::ToolCommand;
 use crate::instances::{Instance, Registry};
 use crate::ops::{JobContext, JobResult, OpError, Progress};
 
 /// The steps reported as progress.
 const STEPS: u64 = 8;
-/// How long a started server has to pass the health check.
-const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct UpgradeJob {
     pub instance: Instance,
@@ -36,7 +35,7 @@ pub struct UpgradeJob {
     pub share_dir: PathBuf,
     pub data_root: PathBuf,
     pub registry: Arc<Registry>,
-    pub health: Arc<dyn HealthCheck>,
+    pub health: UpgradeHealth,
     /// Where the instance's server listens (the backup connection's socket folder and port).
     pub socket_dir: String,
     pub port: u16,
@@ -170,6 +169,10 @@ impl UpgradeJob {
         // A port of its own until the switch, so it never meets the old server's.
         let temp_port = self.port.checked_add(1000).unwrap_or(self.port - 1000);
         cluster::create(&new, &new_data, &settings, &spec.os_user, temp_port).await?;
+        if let Err(e) = cluster::copy_access_rules(&self.layout, &old, &new, &spec.os_user).await {
+            let _ = cluster::drop_cluster(&new).await;
+            return Err(e);
+        }
 
         Self::progress(ctx, 3, "pg_upgrade --check against the running old cluster").await;
         let mut checked = self.check(&old, &new, &new_data, mode).await;
@@ -256,7 +259,7 @@ impl UpgradeJob {
             return Err(self.rollback(&p, "start the new cluster", e, true).await);
         }
         let new_at = self.server(self.target);
-        let health = match self.healthy(&new_at, self.target, &p.new_data).await {
+        let health = match self.healthy(&new_at, &p.new, &p.new_data).await {
             Ok(h) => h,
             Err(e) => return Err(self.rollback(&p, "the new cluster's health check", e, true).await),
         };
@@ -303,21 +306,9 @@ impl UpgradeJob {
         }))
     }
 
-    /// The health check, then a write, retried until [`HEALTH_DEADLINE`].
-    async fn healthy(&self, at: &ServerAt, major: u32, data_dir: &Path) -> Result<String, String> {
-        let until = Instant::now() + HEALTH_DEADLINE;
-        loop {
-            let attempt = async {
-                let h = self.health.check(at, major, data_dir).await?;
-                at.accepts_write().await?;
-                Ok::<_, String>(h)
-            };
-            match attempt.await {
-                Ok(h) => return Ok(h),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+    /// The shared health check of cluster `c` on `data_dir` (at its major), then a write.
+    async fn healthy(&self, at: &ServerAt, c: &Cluster, data_dir: &Path) -> Result<String, String> {
+        self.health.serves(&self.instance, c, data_dir, Some(at)).await
     }
 
     /// `vacuumdb --all --analyze-in-stages` (the planner has no statistics after pg_upgrade), and
@@ -392,7 +383,7 @@ impl UpgradeJob {
         }
         let restarted = async {
             cluster::systemctl("start", &p.old.unit()).await?;
-            self.healthy(&self.server(self.target), p.old.major, &self.instance.spec.data_dir).await
+            self.healthy(&self.server(self.target), &p.old, &self.instance.spec.data_dir).await
         };
         match restarted.await {
             Ok(_) => UpgradeError::RolledBack { step, cause },

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod control;
+pub mod health;
 pub mod job;
 pub mod plan;
 pub mod recover;

@@ -39,7 +39,7 @@ impl UpgradeService {
                     let (socket_dir, port) = self.backups.server_address(&instance).await;
                     let control = PgCommonControl {
                         layout: self.layout(),
-                        os_user: instance.spec.os_user.clone(),
+                        instance: instance.clone(),
                         health: self.health.clone(),
                         socket_dir,
                         port,

@@ -1,12 +1,13 @@
 use super::*;
 use crate::error::{ErrorCode, HasErrorCode};
+use crate::health::memory::MemoryProber;
 use crate::instances::fixtures::{rules, spec};
 use crate::instances::{Instance, Registry};
 use crate::locks::ResourceLocks;
 use crate::maintenance::Clock;
 use crate::ops::{OpState, OperationEngine, OpsSettings};
 use crate::upgrade::UpgradeConfig;
-use crate::upgrade::server::PsqlHealthCheck;
+use crate::upgrade::health::UpgradeHealth;
 use crate::upgrade::service::{BackupFacts, UpgradeRequest};
 use std::path::Path;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ async fn start(dir: &Path, backup_age: Option<Duration>) -> (UpgradeService, Can
         registry,
         operations,
         backups: Arc::new(Backups(backup_age.map(|a| SystemTime::now() - a))),
-        health: Arc::new(PsqlHealthCheck),
+        health: UpgradeHealth { prober: Arc::new(MemoryProber::default()), probe_deadline: Duration::from_secs(1) },
         config: UpgradeConfig { postgresql_lib_dir: lib, ..UpgradeConfig::default() },
     };
     (service, root)

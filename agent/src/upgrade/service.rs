@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::cluster::Layout;
+use super::health::UpgradeHealth;
 use super::job::UpgradeJob;
 use super::plan::{self, Cluster};
-use super::server::HealthCheck;
 use super::{KIND, UpgradeConfig, UpgradeError};
 use crate::backup::BackupService;
 use crate::backup::catalog::BackupState;
@@ -48,7 +48,8 @@ pub struct UpgradeService {
     pub registry: Arc<Registry>,
     pub operations: OperationEngine,
     pub backups: Arc<dyn BackupFacts>,
-    pub health: Arc<dyn HealthCheck>,
+    /// The health check after every step that starts a server (the shared probe).
+    pub health: UpgradeHealth,
     pub config: UpgradeConfig,
 }
 

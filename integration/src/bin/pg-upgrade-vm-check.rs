@@ -8,7 +8,8 @@
 //! database `shop`, data in `S/data/<id>/15/<id>`:
 //! - `bad` (port 5434) has the extension `dbagent_only15`, installed for 15 only;
 //! - `roll` (port 5435) is upgraded while this program kills pg_upgrade mid-way;
-//! - `up` (port 5433) is upgraded for real.
+//! - `up` (port 5433) is upgraded for real;
+//! - `clone` (port 5436, data on XFS with reflink=1) is upgraded for real in clone mode.
 //!
 //! The checks: an upgrade without a recent backup is refused naming the knob; invalid targets are
 //! refused; `bad` is refused for its extension and keeps serving 15; `roll` rolls back after
@@ -238,7 +239,7 @@ async fn main() -> Result<()> {
 
     let t = Instant::now();
     let registered = async {
-        for id in ["bad", "roll", "up"] {
+        for id in ["bad", "roll", "up", "clone"] {
             register(&channel, &state, id).await.with_context(|| format!("register {id}"))?;
         }
         Ok(())
@@ -259,7 +260,7 @@ async fn main() -> Result<()> {
 
     let t = Instant::now();
     let backed_up = async {
-        for id in ["bad", "roll", "up"] {
+        for id in ["bad", "roll", "up", "clone"] {
             backup(&channel, id).await?;
         }
         Ok(())
@@ -434,6 +435,24 @@ async fn main() -> Result<()> {
         Ok(())
     };
     ok &= report("upgrade-15-to-17-serves-rows", t, up.await).is_some();
+
+    // Clone mode: the data folder is on XFS with reflink, so pg_upgrade --clone shares the blocks.
+    let t = Instant::now();
+    let clone = async {
+        let op = start_upgrade(&channel, upgrade_request("upgrade-clone", "clone", "17")).await?;
+        let op = wait_op(&channel, &op.id, Duration::from_secs(600)).await?;
+        ensure!(op.state == pb::OperationState::Succeeded as i32, "state {} {}", op.state, op_error(&op));
+        let result = result_json(&op)?;
+        ensure!(result["mode"] == "clone", "mode {} on XFS with reflink: {result}", result["mode"]);
+        println!("INFO {}", serves_rows(5436, 17)?);
+        psql(5436, "shop", "INSERT INTO items(n) VALUES (0)")?;
+        println!(
+            "INFO clone: downtime_ms {} pg_upgrade_ms {} size_bytes {}",
+            result["downtime_ms"], result["pg_upgrade_ms"], result["size_bytes"]
+        );
+        Ok(())
+    };
+    ok &= report("upgrade-clone-mode-on-xfs-reflink", t, clone.await).is_some();
 
     if !ok {
         println!("FAIL pg-upgrade-vm-check some checks failed");
