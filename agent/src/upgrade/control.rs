@@ -2,12 +2,14 @@
 //! drives them, for the recovery after a crash ([`super::recover`]).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::cluster::{self, Layout};
-use super::health::UpgradeHealth;
+use super::health::{UpgradeHealth, as_cluster};
 use super::plan::Cluster;
 use super::recover::ClusterControl;
 use super::server::ServerAt;
+use super::service::BackupFacts;
 use crate::command::ToolCommand;
 use crate::instances::Instance;
 
@@ -16,9 +18,9 @@ pub struct PgCommonControl {
     /// As registered now (its OS user; the health check's view of each cluster starts from it).
     pub instance: Instance,
     pub health: UpgradeHealth,
-    /// Where the instance's server listens (the backup connection's socket folder and port).
-    pub socket_dir: String,
-    pub port: u16,
+    /// Where a cluster's server listens, asked once it runs (its port is read from the running
+    /// server's `postmaster.pid`: after a crash nothing runs when recovery begins).
+    pub backups: Arc<dyn BackupFacts>,
 }
 
 #[tonic::async_trait]
@@ -55,10 +57,11 @@ impl ClusterControl for PgCommonControl {
     }
 
     async fn healthy(&self, c: &Cluster, data_dir: &Path) -> Result<String, String> {
+        let (socket_dir, port) = self.backups.server_address(&as_cluster(&self.instance, c, data_dir)).await;
         let at = ServerAt {
             os_user: self.instance.spec.os_user.clone(),
-            socket_dir: self.socket_dir.clone(),
-            port: self.port,
+            socket_dir,
+            port,
             psql: self.layout.bin(c.major).join("psql"),
         };
         self.health.serves(&self.instance, c, data_dir, Some(&at)).await

@@ -36,13 +36,11 @@ impl UpgradeService {
                 Ok(instance) => {
                     tracing::warn!(op = %record.id, instance = %instance.id, step = record.progress.done,
                         "recovering a PostgreSQL major upgrade the last stop interrupted");
-                    let (socket_dir, port) = self.backups.server_address(&instance).await;
                     let control = PgCommonControl {
                         layout: self.layout(),
                         instance: instance.clone(),
                         health: self.health.clone(),
-                        socket_dir,
-                        port,
+                        backups: self.backups.clone(),
                     };
                     recover::recover(record, &instance, &control).await
                 }
