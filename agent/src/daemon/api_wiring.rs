@@ -53,13 +53,7 @@ pub(super) fn services(d: &Daemon) -> Services {
             availability: d.availability.clone(),
             database_tls: d.database_tls.clone(),
             health: d.health.clone(),
-            upgrades: std::sync::Arc::new(crate::upgrade::UpgradeService {
-                registry: d.registry.clone(),
-                operations: d.engine.clone(),
-                backups: d.backups.clone(),
-                health: std::sync::Arc::new(crate::upgrade::server::PsqlHealthCheck),
-                config: d.config.upgrade.clone(),
-            }),
+            upgrades: d.upgrades.clone(),
             plans: d.plans.clone(),
         },
     }

@@ -39,6 +39,8 @@ pub(super) struct Daemon {
     pub backups: Arc<BackupService>,
     /// Plan changes (ChangePlan): limits through systemd's D-Bus API, engine settings.
     pub plans: crate::plan::PlanChanges,
+    /// PostgreSQL major upgrades (StartUpgrade), also re-armed and recovered at start.
+    pub upgrades: Arc<crate::upgrade::UpgradeService>,
     pub availability: crate::availability::Ledger,
     /// The clock maintenance windows, availability and the backup scheduler read (moved by
     /// `testing.clock_offset_secs` on test hosts).
@@ -189,8 +191,30 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         }),
         restart_timeout: Duration::from_secs(config.plans.restart_timeout_secs),
     };
+    let upgrades = Arc::new(crate::upgrade::UpgradeService {
+        registry: registry.clone(),
+        operations: engine.clone(),
+        backups: backups.clone(),
+        // The availability probes' check (issue 15), after every upgrade step that starts a server.
+        health: crate::upgrade::health::UpgradeHealth {
+            prober: Arc::new(crate::health::engines::EngineProber::new(
+                config.health.clone(),
+                config.backup.clone(),
+                config.instances.data_roots.clone(),
+            )),
+            probe_deadline: config.health.deadline(),
+        },
+        config: config.upgrade.clone(),
+    });
+    // An upgrade a crash cut short may have left its instance down: its clusters are put right
+    // (in the background: starting a cluster and its health check take up to a minute).
+    tokio::spawn({
+        let upgrades = upgrades.clone();
+        async move { upgrades.recover_interrupted().await }
+    });
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
-    super::window_rearm::rearm_waiting(&engine, &registry, &plans, config.operations.enable_test_kinds).await;
+    super::window_rearm::rearm_waiting(&engine, &registry, &plans, &upgrades, config.operations.enable_test_kinds)
+        .await;
     // Last: it spawns its tasks, and nothing after it can fail.
     let metrics_tasks = metrics::start::start(
         &config.metrics,
@@ -217,6 +241,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
         plans,
+        upgrades,
         availability,
         clock,
         database_tls,

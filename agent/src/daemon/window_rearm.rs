@@ -4,12 +4,15 @@
 use crate::instances::Registry;
 use crate::ops::{OperationEngine, sleep};
 use crate::plan::{PlanChanges, RESTART_KIND};
+use crate::upgrade::UpgradeService;
 
-/// The disruptive kinds: the test `sleep`, and the restart a plan change leaves for the window.
+/// The disruptive kinds: the test `sleep`, the restart a plan change leaves for the window, and
+/// PostgreSQL major upgrades.
 pub(super) async fn rearm_waiting(
     engine: &OperationEngine,
     registry: &Registry,
     plans: &PlanChanges,
+    upgrades: &UpgradeService,
     test_kinds: bool,
 ) {
     for record in engine.waiting_for_window() {
@@ -25,6 +28,15 @@ pub(super) async fn rearm_waiting(
                     continue;
                 }
             }
+        }
+        if record.kind == crate::upgrade::KIND {
+            if let Err(e) = upgrades.rearm(&record).await {
+                let reason = format!("the agent restarted and this upgrade would be refused now: {e}");
+                if let Err(e) = engine.abandon_waiting(&record.id, &reason).await {
+                    tracing::error!(op = %record.id, "give up the upgrade waiting for its maintenance window: {e:#}");
+                }
+            }
+            continue;
         }
         let rearmed = match (record.kind.as_str(), sleep::from_params(&record.params)) {
             (sleep::KIND, Some((duration, Some(force)))) if test_kinds => {

@@ -22,6 +22,9 @@ use crate::maintenance::{Clock, WeeklyWindow};
 #[path = "window_wait.rs"]
 mod window_wait;
 
+#[path = "interrupted.rs"]
+mod interrupted;
+
 use super::disruptions::{Disruption, Disruptions};
 
 pub type JobResult = Result<Option<serde_json::Value>, OpError>;
@@ -70,6 +73,8 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     slot: Arc<Slot>,
     disruptions: Disruptions,
+    /// For [`Self::checkpoint`]: progress a job must find again after a crash.
+    journal: Journal,
 }
 
 impl JobContext {
@@ -314,8 +319,12 @@ impl OperationEngine {
         .await;
         // Disruptive work counts as planned downtime of its instance until it has ended.
         let _disruption = gate.is_some().then(|| self.inner.disruptions.begin(&target));
-        let ctx =
-            JobContext { cancel: slot.cancel.clone(), slot: slot.clone(), disruptions: self.inner.disruptions.clone() };
+        let ctx = JobContext {
+            cancel: slot.cancel.clone(),
+            slot: slot.clone(),
+            disruptions: self.inner.disruptions.clone(),
+            journal: self.inner.journal.clone(),
+        };
         let result = self.run_until_done(&slot, window_end, job(ctx)).await;
         self.finish(&slot, result).await;
     }

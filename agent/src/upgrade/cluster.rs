@@ -125,6 +125,37 @@ pub async fn create(
     cmd.output().await.map(drop).map_err(|e| e.to_string()).map_err(step("pg_createcluster"))
 }
 
+/// The files that say who may connect, how (`pg_hba.conf`, `pg_ident.conf`), copied from the old
+/// cluster's configuration folder into the new one's, which pg_createcluster filled with Debian's
+/// defaults: the clients (and the agent's monitoring role) must get in after the switch as before.
+/// As the engine's user, who owns both folders: a link planted there reaches nothing it could not.
+pub async fn copy_access_rules(
+    layout: &Layout,
+    old: &Cluster,
+    new: &Cluster,
+    os_user: &str,
+) -> Result<(), UpgradeError> {
+    for file in ["pg_hba.conf", "pg_ident.conf"] {
+        let from = layout.conf_folder(old).join(file);
+        if !from.exists() {
+            continue;
+        }
+        ToolCommand::new("cp")
+            .args(["--no-dereference", "--"])
+            .arg(&from)
+            .arg(layout.conf_folder(new).join(file))
+            .run_as(os_user)
+            .map_err(|e| e.to_string())
+            .map_err(step("copy the access rules"))?
+            .output()
+            .await
+            .map(drop)
+            .map_err(|e| format!("{file}: {e}"))
+            .map_err(step("copy the access rules"))?;
+    }
+    Ok(())
+}
+
 /// Removes a cluster this upgrade created (stopping it first), configuration and data.
 pub async fn drop_cluster(c: &Cluster) -> Result<(), String> {
     ToolCommand::new("pg_dropcluster")
@@ -205,5 +236,64 @@ impl UpgradeRun<'_> {
             .arg(self.socket_dir)
             .args(args);
         cmd.run_as(self.os_user).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A conf folder `<root>/<major>/main` owned by `nobody` (the engine user of this test).
+    fn conf_folder(root: &Path, major: u32, uid: u32) -> PathBuf {
+        let dir = root.join(major.to_string()).join("main");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn the_access_rules_are_copied_as_the_engine_user_never_through_a_planted_link() {
+        assert!(nix::unistd::geteuid().is_root(), "this test runs as root: it copies as another user");
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let layout = Layout { lib_dir: dir.path().join("lib"), conf_dir: dir.path().join("etc") };
+        let old_dir = conf_folder(&layout.conf_dir, 15, nobody.uid.as_raw());
+        let new_dir = conf_folder(&layout.conf_dir, 17, nobody.uid.as_raw());
+        for d in [dir.path().join("etc"), dir.path().join("etc/15"), dir.path().join("etc/17")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let (old, new) = (Cluster { major: 15, name: "main".into() }, Cluster { major: 17, name: "main".into() });
+
+        // The allowed path: the old cluster's rules replace pg_createcluster's defaults.
+        std::fs::write(old_dir.join("pg_hba.conf"), "local all dbagent_monitor peer map=dbagent\n").unwrap();
+        std::fs::write(old_dir.join("pg_ident.conf"), "dbagent root dbagent_monitor\n").unwrap();
+        std::fs::write(new_dir.join("pg_hba.conf"), "# defaults\n").unwrap();
+        std::os::unix::fs::chown(new_dir.join("pg_hba.conf"), Some(nobody.uid.as_raw()), None).unwrap();
+        copy_access_rules(&layout, &old, &new, "nobody").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(new_dir.join("pg_hba.conf")).unwrap(),
+            "local all dbagent_monitor peer map=dbagent\n"
+        );
+        assert_eq!(std::fs::read_to_string(new_dir.join("pg_ident.conf")).unwrap(), "dbagent root dbagent_monitor\n");
+        assert_eq!(
+            std::fs::metadata(new_dir.join("pg_ident.conf")).unwrap().uid(),
+            nobody.uid.as_raw(),
+            "written as the engine user"
+        );
+
+        // The engine user swaps its pg_hba.conf for a link to a root-only secret: the copy is the
+        // link itself (which that user cannot follow), never the secret's content.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root only\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(old_dir.join("pg_hba.conf")).unwrap();
+        std::os::unix::fs::symlink(&secret, old_dir.join("pg_hba.conf")).unwrap();
+        std::fs::remove_file(new_dir.join("pg_hba.conf")).unwrap();
+        let _ = copy_access_rules(&layout, &old, &new, "nobody").await;
+        let copied = std::fs::symlink_metadata(new_dir.join("pg_hba.conf")).unwrap();
+        assert!(copied.file_type().is_symlink(), "a link stays a link: {copied:?}");
+        assert_ne!(copied.uid(), 0);
     }
 }

@@ -11,22 +11,22 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
 use super::UpgradeError;
 use super::cluster::{self, Layout, UpgradeRun};
+use super::health::UpgradeHealth;
 use super::plan::{self, Cluster, CopyMode};
-use super::server::{HealthCheck, OldSettings, ServerAt};
+use super::recover::{STEP_CREATE_NEW, STEP_STOP_OLD};
+use super::server::{OldSettings, ServerAt};
 use crate::command::ToolCommand;
 use crate::instances::{Instance, Registry};
 use crate::ops::{JobContext, JobResult, OpError, Progress};
 
 /// The steps reported as progress.
 const STEPS: u64 = 8;
-/// How long a started server has to pass the health check.
-const HEALTH_DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct UpgradeJob {
     pub instance: Instance,
@@ -35,7 +35,7 @@ pub struct UpgradeJob {
     pub share_dir: PathBuf,
     pub data_root: PathBuf,
     pub registry: Arc<Registry>,
-    pub health: Arc<dyn HealthCheck>,
+    pub health: UpgradeHealth,
     /// Where the instance's server listens (the backup connection's socket folder and port).
     pub socket_dir: String,
     pub port: u16,
@@ -63,8 +63,10 @@ impl UpgradeJob {
         }
     }
 
-    fn progress(ctx: &JobContext, done: u64, message: &str) {
-        ctx.progress(Progress { done, total: STEPS, unit: "steps".into(), message: message.into() });
+    /// Every step is written to the journal before it is taken: after a crash the recovery at the
+    /// next start reads from it how far the upgrade got ([`super::recover`]).
+    async fn progress(ctx: &JobContext, done: u64, message: &str) {
+        ctx.checkpoint(Progress { done, total: STEPS, unit: "steps".into(), message: message.into() }).await;
     }
 
     fn server(&self, major_for_psql: u32) -> ServerAt {
@@ -77,7 +79,7 @@ impl UpgradeJob {
     }
 
     async fn upgrade(&self, ctx: &JobContext) -> Result<serde_json::Value, UpgradeError> {
-        Self::progress(ctx, 0, "checking the old cluster");
+        Self::progress(ctx, 0, "checking the old cluster").await;
         let p = self.prepare(ctx).await?;
         if ctx.cancel.is_cancelled() {
             let _ = cluster::drop_cluster(&p.new).await;
@@ -121,7 +123,7 @@ impl UpgradeJob {
             });
         }
 
-        Self::progress(ctx, 1, "checking extensions and disk space");
+        Self::progress(ctx, 1, "checking extensions and disk space").await;
         let extensions = at.extensions().await.map_err(read("list the installed extensions"))?;
         let ext_dir = self.share_dir.join(self.target.to_string()).join("extension");
         let missing: Vec<&str> =
@@ -162,13 +164,17 @@ impl UpgradeJob {
             return Err(UpgradeError::NoSpace { dir: probe, needed, free, mode: "copy" });
         }
 
-        Self::progress(ctx, 2, &format!("creating the new cluster {}", new.shown()));
+        Self::progress(ctx, STEP_CREATE_NEW, &format!("creating the new cluster {}", new.shown())).await;
         cluster::prepare_parent(&self.data_root, &new_data)?;
         // A port of its own until the switch, so it never meets the old server's.
         let temp_port = self.port.checked_add(1000).unwrap_or(self.port - 1000);
         cluster::create(&new, &new_data, &settings, &spec.os_user, temp_port).await?;
+        if let Err(e) = cluster::copy_access_rules(&self.layout, &old, &new, &spec.os_user).await {
+            let _ = cluster::drop_cluster(&new).await;
+            return Err(e);
+        }
 
-        Self::progress(ctx, 3, "pg_upgrade --check against the running old cluster");
+        Self::progress(ctx, 3, "pg_upgrade --check against the running old cluster").await;
         let mut checked = self.check(&old, &new, &new_data, mode).await;
         if checked.is_err() && mode == CopyMode::Clone {
             // XFS made without reflink: the check says so; copy instead, if the space is there.
@@ -216,7 +222,7 @@ impl UpgradeJob {
     async fn switch(&self, ctx: &JobContext, p: Prepared) -> Result<serde_json::Value, UpgradeError> {
         let os_user = &self.instance.spec.os_user;
         let old_at = self.server(self.target);
-        Self::progress(ctx, 4, &format!("stopping {}", p.old.unit()));
+        Self::progress(ctx, STEP_STOP_OLD, &format!("stopping {}", p.old.unit())).await;
         if let Err(e) = old_at.accepts_write().await {
             let _ = cluster::drop_cluster(&p.new).await;
             return Err(UpgradeError::Step { step: "a write on the old server before stopping it", message: e });
@@ -226,7 +232,7 @@ impl UpgradeJob {
             return Err(self.rollback(&p, "stop the old cluster", e, false).await);
         }
 
-        Self::progress(ctx, 5, &format!("pg_upgrade {} ({})", p.new.shown(), p.mode.as_str()));
+        Self::progress(ctx, 5, &format!("pg_upgrade {} ({})", p.new.shown(), p.mode.as_str())).await;
         let started = Instant::now();
         let cmd = match self.run_args(&p.old, &p.new, &p.new_data, p.mode).command(None) {
             Ok(cmd) => cmd,
@@ -242,7 +248,7 @@ impl UpgradeJob {
         }
         let pg_upgrade_ms = started.elapsed().as_millis() as u64;
 
-        Self::progress(ctx, 6, &format!("starting {} on port {}", p.new.unit(), self.port));
+        Self::progress(ctx, 6, &format!("starting {} on port {}", p.new.unit(), self.port)).await;
         let switched = async {
             cluster::set_port(&p.new, self.port, os_user).await?;
             cluster::set_start(&self.layout, &p.new, "auto", os_user).await?;
@@ -253,7 +259,7 @@ impl UpgradeJob {
             return Err(self.rollback(&p, "start the new cluster", e, true).await);
         }
         let new_at = self.server(self.target);
-        let health = match self.healthy(&new_at, self.target, &p.new_data).await {
+        let health = match self.healthy(&new_at, &p.new, &p.new_data).await {
             Ok(h) => h,
             Err(e) => return Err(self.rollback(&p, "the new cluster's health check", e, true).await),
         };
@@ -272,9 +278,9 @@ impl UpgradeJob {
             message: format!("the new cluster {} serves, but the instance record was not updated: {e}", p.new.shown()),
         })?;
 
-        Self::progress(ctx, 7, "vacuumdb --all --analyze-in-stages");
+        Self::progress(ctx, 7, "vacuumdb --all --analyze-in-stages").await;
         let analyze = self.analyze(&new_at).await;
-        Self::progress(ctx, STEPS, "done");
+        Self::progress(ctx, STEPS, "done").await;
         Ok(json!({
             "from_version": p.old.major.to_string(),
             "to_version": p.new.major.to_string(),
@@ -300,21 +306,9 @@ impl UpgradeJob {
         }))
     }
 
-    /// The health check, then a write, retried until [`HEALTH_DEADLINE`].
-    async fn healthy(&self, at: &ServerAt, major: u32, data_dir: &Path) -> Result<String, String> {
-        let until = Instant::now() + HEALTH_DEADLINE;
-        loop {
-            let attempt = async {
-                let h = self.health.check(at, major, data_dir).await?;
-                at.accepts_write().await?;
-                Ok::<_, String>(h)
-            };
-            match attempt.await {
-                Ok(h) => return Ok(h),
-                Err(e) if Instant::now() >= until => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
+    /// The shared health check of cluster `c` on `data_dir` (at its major), then a write.
+    async fn healthy(&self, at: &ServerAt, c: &Cluster, data_dir: &Path) -> Result<String, String> {
+        self.health.serves(&self.instance, c, data_dir, Some(at)).await
     }
 
     /// `vacuumdb --all --analyze-in-stages` (the planner has no statistics after pg_upgrade), and
@@ -389,7 +383,7 @@ impl UpgradeJob {
         }
         let restarted = async {
             cluster::systemctl("start", &p.old.unit()).await?;
-            self.healthy(&self.server(self.target), p.old.major, &self.instance.spec.data_dir).await
+            self.healthy(&self.server(self.target), &p.old, &self.instance.spec.data_dir).await
         };
         match restarted.await {
             Ok(_) => UpgradeError::RolledBack { step, cause },

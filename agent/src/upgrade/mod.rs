@@ -5,8 +5,12 @@
 //! their socket; `cluster` drives postgresql-common's clusters and units.
 
 pub mod cluster;
+pub mod control;
+pub mod health;
 pub mod job;
 pub mod plan;
+pub mod recover;
+mod restart;
 pub mod server;
 pub mod service;
 

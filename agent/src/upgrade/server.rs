@@ -1,11 +1,9 @@
 //! Asking a running PostgreSQL server over its Unix socket, with `psql` run as the engine's OS user
 //! (peer authentication, as postgresql-common sets up): the settings a new cluster must share, the
-//! installed extensions, the size, a write that proves the server accepts writes, and the health
-//! check behind [`HealthCheck`] (a trait so the Rust availability probe can replace `psql`).
+//! installed extensions, the size, and a write that proves the server accepts writes. The health
+//! check itself is the shared probe's (`super::health`).
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 
 use crate::command::ToolCommand;
 
@@ -111,49 +109,6 @@ impl ServerAt {
     /// a primary that takes writes, and it touches no customer table.
     pub async fn accepts_write(&self) -> Result<(), String> {
         self.one_row("postgres", "SELECT txid_current()").await.map(drop)
-    }
-}
-
-pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
-
-/// "Does this server serve this data, at this major?": passed before a cluster counts as up.
-pub trait HealthCheck: Send + Sync {
-    /// Ok with a short description of what was read, or why not.
-    fn check<'a>(&'a self, at: &'a ServerAt, major: u32, data_dir: &'a Path) -> CheckFuture<'a>;
-}
-
-/// The check through `psql`: the server's major and data directory, then a real read of a table
-/// (the catalog's `pg_class`) in every database that accepts connections.
-pub struct PsqlHealthCheck;
-
-impl HealthCheck for PsqlHealthCheck {
-    fn check<'a>(&'a self, at: &'a ServerAt, major: u32, data_dir: &'a Path) -> CheckFuture<'a> {
-        Box::pin(async move {
-            let row = at
-                .one_row("postgres", "SELECT current_setting('server_version_num'), current_setting('data_directory')")
-                .await?;
-            let version: u32 = row.first().and_then(|v| v.parse().ok()).unwrap_or_default();
-            if version / 10000 != major {
-                return Err(format!("the server on port {} runs version {version}, not {major}", at.port));
-            }
-            let served = row.get(1).map(PathBuf::from).unwrap_or_default();
-            let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            if canonical(&served) != canonical(data_dir) {
-                return Err(format!(
-                    "the server on port {} serves {}, not {}",
-                    at.port,
-                    served.display(),
-                    data_dir.display()
-                ));
-            }
-            let mut relations = 0u64;
-            let databases = at.databases().await?;
-            for db in &databases {
-                let row = at.one_row(db, "SELECT count(*) FROM pg_catalog.pg_class").await?;
-                relations += row.first().and_then(|v| v.parse::<u64>().ok()).unwrap_or_default();
-            }
-            Ok(format!("version {version}, {} database(s), {relations} relations read", databases.len()))
-        })
     }
 }
 

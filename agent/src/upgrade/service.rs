@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::cluster::Layout;
+use super::health::UpgradeHealth;
 use super::job::UpgradeJob;
 use super::plan::{self, Cluster};
-use super::server::HealthCheck;
 use super::{KIND, UpgradeConfig, UpgradeError};
 use crate::backup::BackupService;
 use crate::backup::catalog::BackupState;
@@ -48,12 +48,13 @@ pub struct UpgradeService {
     pub registry: Arc<Registry>,
     pub operations: OperationEngine,
     pub backups: Arc<dyn BackupFacts>,
-    pub health: Arc<dyn HealthCheck>,
+    /// The health check after every step that starts a server (the shared probe).
+    pub health: UpgradeHealth,
     pub config: UpgradeConfig,
 }
 
 impl UpgradeService {
-    fn layout(&self) -> Layout {
+    pub(super) fn layout(&self) -> Layout {
         Layout { lib_dir: self.config.postgresql_lib_dir.clone(), conf_dir: self.config.postgresql_conf_dir.clone() }
     }
 
@@ -93,7 +94,7 @@ impl UpgradeService {
     }
 
     /// Everything that can be said before the window: engine, versions, binaries, backup age.
-    async fn check(&self, instance: &Instance, target: u32) -> Result<UpgradeJob, UpgradeError> {
+    pub(super) async fn check(&self, instance: &Instance, target: u32) -> Result<UpgradeJob, UpgradeError> {
         let spec = &instance.spec;
         if spec.engine != Engine::Postgresql {
             return Err(UpgradeError::EngineNotSupported { engine: spec.engine.as_str() });

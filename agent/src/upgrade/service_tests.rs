@@ -1,10 +1,11 @@
 use super::*;
 use crate::error::{ErrorCode, HasErrorCode};
+use crate::health::memory::MemoryProber;
 use crate::instances::fixtures::{rules, spec};
 use crate::locks::ResourceLocks;
 use crate::maintenance::Clock;
 use crate::ops::{OpState, OpsSettings};
-use crate::upgrade::server::PsqlHealthCheck;
+use crate::upgrade::health::UpgradeHealth;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +61,7 @@ async fn service(dir: &Path, newest_backup: Option<SystemTime>) -> UpgradeServic
         registry,
         operations,
         backups: Arc::new(FakeBackups(newest_backup)),
-        health: Arc::new(PsqlHealthCheck),
+        health: UpgradeHealth { prober: Arc::new(MemoryProber::default()), probe_deadline: Duration::from_secs(1) },
         config,
     }
 }

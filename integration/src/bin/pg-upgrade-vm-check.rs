@@ -8,13 +8,17 @@
 //! database `shop`, data in `S/data/<id>/15/<id>`:
 //! - `bad` (port 5434) has the extension `dbagent_only15`, installed for 15 only;
 //! - `roll` (port 5435) is upgraded while this program kills pg_upgrade mid-way;
-//! - `up` (port 5433) is upgraded for real.
+//! - `up` (port 5433) is upgraded for real;
+//! - `clone` (port 5436, data on XFS with reflink=1) is upgraded for real in clone mode.
 //!
 //! The checks: an upgrade without a recent backup is refused naming the knob; invalid targets are
 //! refused; `bad` is refused for its extension and keeps serving 15; `roll` rolls back after
 //! pg_upgrade is killed and serves its rows on 15 again, the operation naming pg_upgrade; `up` ends
 //! on 17 serving the rows written on 15, with the instance record, the downtime and the statistics
-//! reported, and a retry of its request_id gives the same operation.
+//! reported, and a retry of its request_id gives the same operation. Between the two, the agent is
+//! killed (SIGKILL) during a second pg_upgrade of `roll` while an upgrade of `up` waits for its
+//! window: after the restart `roll` serves on 15 again, its operation says what happened and what
+//! the agent did, and the waiting upgrade still waits for the same window.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use dbagent_integration::guest::{arg, connect, report};
@@ -137,6 +141,14 @@ fn unit_active(unit: &str) -> bool {
 
 /// Kills (SIGKILL) the first pg_upgrade that is not a `--check` and works on `needle`'s data.
 async fn kill_pg_upgrade(needle: &str, deadline: Duration) -> Result<u32> {
+    let pid = pg_upgrade_at_work(needle, deadline).await?;
+    nix_kill(pid)?;
+    Ok(pid)
+}
+
+/// The first pg_upgrade that is not a `--check` and works on `needle`'s data, once it has been at
+/// work for 1.5 s (it has started the old server or is copying).
+async fn pg_upgrade_at_work(needle: &str, deadline: Duration) -> Result<u32> {
     let until = Instant::now() + deadline;
     loop {
         for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -146,9 +158,8 @@ async fn kill_pg_upgrade(needle: &str, deadline: Duration) -> Result<u32> {
                 cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
             let is_upgrade = args.first().is_some_and(|a| a.ends_with("/pg_upgrade"));
             if is_upgrade && !args.iter().any(|a| a == "--check") && args.iter().any(|a| a.contains(needle)) {
-                // Let it get into its work (it has started the old server or is copying).
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                nix_kill(pid)?;
+                ensure!(Path::new(&format!("/proc/{pid}")).exists(), "pg_upgrade {pid} ended within 1.5 s");
                 return Ok(pid);
             }
         }
@@ -163,6 +174,58 @@ fn nix_kill(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The dev-mode agent's unit: killed with SIGKILL (its main process; systemd then ends what is left
+/// in its cgroup, pg_upgrade and its servers, as a power loss would) and started again with the
+/// command run.sh used (`/usr/local/sbin/start-dbagent`).
+async fn kill_and_restart_agent(state: &Path) -> Result<Channel> {
+    let out = Command::new("systemctl").args(["show", "-p", "MainPID", "--value", "dbagent.service"]).output()?;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().context("the agent's MainPID")?;
+    ensure!(pid > 0, "dbagent.service has no main process");
+    nix_kill(pid)?;
+    let until = Instant::now() + Duration::from_secs(120);
+    while unit_active("dbagent.service") || Path::new(&format!("/proc/{pid}")).exists() {
+        ensure!(Instant::now() < until, "dbagent.service still active 120 s after SIGKILL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("systemctl").args(["reset-failed", "dbagent.service"]).status();
+    let st = Command::new("/usr/local/sbin/start-dbagent").status()?;
+    ensure!(st.success(), "starting the agent again failed");
+    connect(state).await
+}
+
+/// Waits until the operation is in `want` (an interrupted upgrade stays `interrupted` until its
+/// recovery has concluded it).
+async fn wait_state(
+    channel: &Channel,
+    id: &str,
+    want: pb::OperationState,
+    deadline: Duration,
+) -> Result<pb::Operation> {
+    let mut ops = pb::operations_client::OperationsClient::new(channel.clone());
+    let until = Instant::now() + deadline;
+    loop {
+        let op = ops.get_operation(pb::GetOperationRequest { id: id.into() }).await?.into_inner();
+        if op.state == want as i32 {
+            return Ok(op);
+        }
+        ensure!(
+            Instant::now() < until,
+            "operation {id} not {want:?} after {deadline:?}: state {} {}",
+            op.state,
+            op_error(&op)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Today's weekday in the guest's clock, Monday = 1 .. Sunday = 7 (the proto's numbering).
+fn weekday_today() -> i32 {
+    let days =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400;
+    // 1970-01-01 was a Thursday.
+    ((days + 3) % 7) as i32 + 1
+}
+
 fn result_json(op: &pb::Operation) -> Result<serde_json::Value> {
     serde_json::from_str(&op.result_json).with_context(|| format!("result_json {:?}", op.result_json))
 }
@@ -171,12 +234,12 @@ fn result_json(op: &pb::Operation) -> Result<serde_json::Value> {
 async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let state = PathBuf::from(arg("--state-dir").context("--state-dir is required")?);
-    let channel = connect(&state).await?;
+    let mut channel = connect(&state).await?;
     let mut ok = true;
 
     let t = Instant::now();
     let registered = async {
-        for id in ["bad", "roll", "up"] {
+        for id in ["bad", "roll", "up", "clone"] {
             register(&channel, &state, id).await.with_context(|| format!("register {id}"))?;
         }
         Ok(())
@@ -197,7 +260,7 @@ async fn main() -> Result<()> {
 
     let t = Instant::now();
     let backed_up = async {
-        for id in ["bad", "roll", "up"] {
+        for id in ["bad", "roll", "up", "clone"] {
             backup(&channel, id).await?;
         }
         Ok(())
@@ -266,6 +329,74 @@ async fn main() -> Result<()> {
     };
     ok &= report("killed-pg-upgrade-rolls-back-old-serves", t, roll.await).is_some();
 
+    // Restart- and crash-proof: an upgrade of `up` waits for a window three days away; the agent
+    // is killed (SIGKILL) while pg_upgrade runs on `roll`, and started again. At start it recovers
+    // `roll` (the old cluster serves its rows again, the half-made 17 cluster is gone, the
+    // operation says what happened) and re-arms the waiting upgrade for the same window.
+    let t = Instant::now();
+    let crash = async {
+        let mut upgrades = pb::upgrades_client::UpgradesClient::new(channel.clone());
+        let weekday = (weekday_today() + 2) % 7 + 1;
+        let window = pb::MaintenanceWindow { weekday, start_minute_utc: 120, duration_minutes: 60 };
+        upgrades
+            .set_maintenance_window(pb::SetMaintenanceWindowRequest {
+                request_id: "window-up".into(),
+                instance_id: "up".into(),
+                window: Some(window),
+            })
+            .await?;
+        let mut waiting_req = upgrade_request("upgrade-up-waiting", "up", "17");
+        waiting_req.force = false;
+        let waiting = start_upgrade(&channel, waiting_req).await?;
+        let waiting =
+            wait_state(&channel, &waiting.id, pb::OperationState::WaitingForWindow, Duration::from_secs(60)).await?;
+        let window_start = waiting.window_start.context("no window_start while waiting")?;
+        println!("INFO up waits for the window starting {window_start:?}");
+
+        let op = start_upgrade(&channel, upgrade_request("upgrade-roll-crash", "roll", "17")).await?;
+        let pid = pg_upgrade_at_work("/data/roll/15/roll", Duration::from_secs(300)).await?;
+        let killed = Instant::now();
+        println!("INFO pg_upgrade pid {pid} ran; killing the agent");
+        channel = kill_and_restart_agent(&state).await?;
+        let op = wait_state(&channel, &op.id, pb::OperationState::Failed, Duration::from_secs(300)).await?;
+        let back_ms = killed.elapsed().as_millis();
+        let error = op_error(&op);
+        println!("INFO roll after the crash: {error}");
+        for says in [
+            "the agent stopped during the upgrade",
+            "pg_upgrade",
+            "17/roll was dropped",
+            "15/roll was started again and serves",
+        ] {
+            ensure!(error.contains(says), "the operation does not say {says:?}: {error}");
+        }
+        ensure!(unit_active("postgresql@15-roll"), "postgresql@15-roll is not active after the recovery");
+        ensure!(!unit_active("postgresql@17-roll"), "postgresql@17-roll is active");
+        ensure!(!Path::new("/etc/postgresql/17/roll").exists(), "the half-made 17/roll cluster was left behind");
+        println!("INFO {}", serves_rows(5435, 15)?);
+        println!("INFO crash_recovery_ms {back_ms} (from SIGKILL to the operation concluded, agent restart included)");
+        let mut instances = pb::instances_client::InstancesClient::new(channel.clone());
+        let inst = instances.get_instance(pb::GetInstanceRequest { id: "roll".into() }).await?.into_inner();
+        let spec = inst.spec.context("no spec")?;
+        ensure!(spec.engine_version == "15", "record changed: {spec:?}");
+
+        let mut ops = pb::operations_client::OperationsClient::new(channel.clone());
+        let after = ops.get_operation(pb::GetOperationRequest { id: waiting.id.clone() }).await?.into_inner();
+        ensure!(
+            after.state == pb::OperationState::WaitingForWindow as i32
+                && after.window_start.as_ref() == Some(&window_start),
+            "the waiting upgrade after the restart: state {} window_start {:?} (was {window_start:?}) {}",
+            after.state,
+            after.window_start,
+            op_error(&after)
+        );
+        // Re-armed, so a cancel ends it (the real upgrade of `up` below runs forced).
+        ops.cancel_operation(pb::CancelOperationRequest { id: waiting.id.clone() }).await?;
+        wait_state(&channel, &waiting.id, pb::OperationState::Cancelled, Duration::from_secs(30)).await?;
+        Ok(())
+    };
+    ok &= report("crash-during-pg-upgrade-recovered-waiting-upgrade-rearmed", t, crash.await).is_some();
+
     // The real upgrade.
     let t = Instant::now();
     let up = async {
@@ -304,6 +435,24 @@ async fn main() -> Result<()> {
         Ok(())
     };
     ok &= report("upgrade-15-to-17-serves-rows", t, up.await).is_some();
+
+    // Clone mode: the data folder is on XFS with reflink, so pg_upgrade --clone shares the blocks.
+    let t = Instant::now();
+    let clone = async {
+        let op = start_upgrade(&channel, upgrade_request("upgrade-clone", "clone", "17")).await?;
+        let op = wait_op(&channel, &op.id, Duration::from_secs(600)).await?;
+        ensure!(op.state == pb::OperationState::Succeeded as i32, "state {} {}", op.state, op_error(&op));
+        let result = result_json(&op)?;
+        ensure!(result["mode"] == "clone", "mode {} on XFS with reflink: {result}", result["mode"]);
+        println!("INFO {}", serves_rows(5436, 17)?);
+        psql(5436, "shop", "INSERT INTO items(n) VALUES (0)")?;
+        println!(
+            "INFO clone: downtime_ms {} pg_upgrade_ms {} size_bytes {}",
+            result["downtime_ms"], result["pg_upgrade_ms"], result["size_bytes"]
+        );
+        Ok(())
+    };
+    ok &= report("upgrade-clone-mode-on-xfs-reflink", t, clone.await).is_some();
 
     if !ok {
         println!("FAIL pg-upgrade-vm-check some checks failed");
