@@ -125,25 +125,32 @@ pub async fn create(
     cmd.output().await.map(drop).map_err(|e| e.to_string()).map_err(step("pg_createcluster"))
 }
 
-/// The files that say who may connect, how (`pg_hba.conf`, `pg_ident.conf`), copied from the old
-/// cluster's configuration folder into the new one's, which pg_createcluster filled with Debian's
-/// defaults: the clients (and the agent's monitoring role) must get in after the switch as before.
-/// As the engine's user, who owns both folders: a link planted there reaches nothing it could not.
-pub async fn copy_access_rules(
+/// The files carried from the old cluster's configuration folder into the new one's, which
+/// pg_createcluster filled with Debian's defaults: who may connect and how, so the clients (and
+/// the agent's monitoring role) get in after the switch as before; and the plan's settings file
+/// (`shared_buffers`, `max_connections`), so the upgrade does not undo a plan change.
+pub fn carried_files() -> [PathBuf; 3] {
+    ["pg_hba.conf".into(), "pg_ident.conf".into(), Path::new("conf.d").join(crate::plan::engine::POSTGRESQL_FILE)]
+}
+
+/// Copies the [`carried_files`] the old cluster has. As the engine's user, who owns both folders:
+/// a link planted there reaches nothing it could not.
+pub async fn carry_configuration(
     layout: &Layout,
     old: &Cluster,
     new: &Cluster,
     os_user: &str,
 ) -> Result<(), UpgradeError> {
-    for file in ["pg_hba.conf", "pg_ident.conf"] {
-        let from = layout.conf_folder(old).join(file);
+    for file in carried_files() {
+        let file = file.display();
+        let from = layout.conf_folder(old).join(file.to_string());
         if !from.exists() {
             continue;
         }
         ToolCommand::new("cp")
             .args(["--no-dereference", "--"])
             .arg(&from)
-            .arg(layout.conf_folder(new).join(file))
+            .arg(layout.conf_folder(new).join(file.to_string()))
             .run_as(os_user)
             .map_err(|e| e.to_string())
             .map_err(step("copy the access rules"))?
@@ -204,6 +211,8 @@ pub struct UpgradeRun<'a> {
     pub mode: CopyMode,
     pub os_user: &'a str,
     pub socket_dir: &'a str,
+    /// The port of pg_upgrade's own servers ([`super::upgrade_port::UpgradePort`]).
+    pub port: u16,
 }
 
 impl UpgradeRun<'_> {
@@ -214,17 +223,17 @@ impl UpgradeRun<'_> {
             format!("--new-bindir={}", self.layout.bin(self.new.major).display()),
             format!("--old-datadir={}", self.old_data.display()),
             format!("--new-datadir={}", self.new_data.display()),
-            // ssl off: pg_upgrade's servers listen on the socket only, and the key a cluster's
-            // config names (Debian's snakeoil) is readable through a supplementary group
-            // (ssl-cert) that a tool run as the engine's user does not get.
+            // ssl off: pg_upgrade's servers listen on the socket only, where TLS serves nothing.
             format!("--old-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.old).display()),
             format!("--new-options=-c config_file={} -c ssl=off", self.layout.conf_file(self.new).display()),
             format!("--socketdir={}", self.socket_dir),
             format!("--username={}", self.os_user),
             self.mode.flag().to_owned(),
         ];
-        if let Some(port) = check_port {
-            args.extend(["--check".to_owned(), format!("--old-port={port}")]);
+        args.push(format!("--new-port={}", self.port));
+        match check_port {
+            Some(port) => args.extend(["--check".to_owned(), format!("--old-port={port}")]),
+            None => args.push(format!("--old-port={}", self.port)),
         }
         // pg_upgrade prints its reasons on stdout: fold it into stderr, whose tail the error keeps.
         // It writes its scripts into the current folder: the socket folder, the engine user's own.
@@ -253,7 +262,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_access_rules_are_copied_as_the_engine_user_never_through_a_planted_link() {
+    async fn the_access_rules_and_plan_settings_are_copied_as_the_engine_user_never_through_a_planted_link() {
         assert!(nix::unistd::geteuid().is_root(), "this test runs as root: it copies as another user");
         let nobody = nix::unistd::User::from_name("nobody").unwrap().expect("user nobody");
         let dir = tempfile::tempdir().unwrap();
@@ -271,7 +280,17 @@ mod tests {
         std::fs::write(old_dir.join("pg_ident.conf"), "dbagent root dbagent_monitor\n").unwrap();
         std::fs::write(new_dir.join("pg_hba.conf"), "# defaults\n").unwrap();
         std::os::unix::fs::chown(new_dir.join("pg_hba.conf"), Some(nobody.uid.as_raw()), None).unwrap();
-        copy_access_rules(&layout, &old, &new, "nobody").await.unwrap();
+        // The plan's settings file (written by the agent as root) goes along.
+        for d in [&old_dir, &new_dir] {
+            std::fs::create_dir(d.join("conf.d")).unwrap();
+            std::os::unix::fs::chown(d.join("conf.d"), Some(nobody.uid.as_raw()), None).unwrap();
+        }
+        std::fs::write(old_dir.join("conf.d/90-dbagent-plan.conf"), "shared_buffers = '256MB'\n").unwrap();
+        carry_configuration(&layout, &old, &new, "nobody").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(new_dir.join("conf.d/90-dbagent-plan.conf")).unwrap(),
+            "shared_buffers = '256MB'\n"
+        );
         assert_eq!(
             std::fs::read_to_string(new_dir.join("pg_hba.conf")).unwrap(),
             "local all dbagent_monitor peer map=dbagent\n"
@@ -291,7 +310,7 @@ mod tests {
         std::fs::remove_file(old_dir.join("pg_hba.conf")).unwrap();
         std::os::unix::fs::symlink(&secret, old_dir.join("pg_hba.conf")).unwrap();
         std::fs::remove_file(new_dir.join("pg_hba.conf")).unwrap();
-        let _ = copy_access_rules(&layout, &old, &new, "nobody").await;
+        let _ = carry_configuration(&layout, &old, &new, "nobody").await;
         let copied = std::fs::symlink_metadata(new_dir.join("pg_hba.conf")).unwrap();
         assert!(copied.file_type().is_symlink(), "a link stays a link: {copied:?}");
         assert_ne!(copied.uid(), 0);

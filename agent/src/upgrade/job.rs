@@ -21,6 +21,7 @@ use super::health::UpgradeHealth;
 use super::plan::{self, Cluster, CopyMode};
 use super::recover::{STEP_CREATE_NEW, STEP_STOP_OLD};
 use super::server::{OldSettings, ServerAt};
+use super::upgrade_port::UpgradePort;
 use crate::command::ToolCommand;
 use crate::instances::{Instance, Registry};
 use crate::ops::{JobContext, JobResult, OpError, Progress};
@@ -169,7 +170,7 @@ impl UpgradeJob {
         // A port of its own until the switch, so it never meets the old server's.
         let temp_port = self.port.checked_add(1000).unwrap_or(self.port - 1000);
         cluster::create(&new, &new_data, &settings, &spec.os_user, temp_port).await?;
-        if let Err(e) = cluster::copy_access_rules(&self.layout, &old, &new, &spec.os_user).await {
+        if let Err(e) = cluster::carry_configuration(&self.layout, &old, &new, &spec.os_user).await {
             let _ = cluster::drop_cluster(&new).await;
             return Err(e);
         }
@@ -200,8 +201,10 @@ impl UpgradeJob {
         new: &'a Cluster,
         new_data: &'a Path,
         mode: CopyMode,
+        port: &UpgradePort,
     ) -> UpgradeRun<'a> {
         UpgradeRun {
+            port: port.port(),
             layout: &self.layout,
             old,
             new,
@@ -214,7 +217,8 @@ impl UpgradeJob {
     }
 
     async fn check(&self, old: &Cluster, new: &Cluster, new_data: &Path, mode: CopyMode) -> Result<(), String> {
-        let cmd = self.run_args(old, new, new_data, mode).command(Some(self.port))?;
+        let port = UpgradePort::reserve(Path::new(&self.socket_dir))?;
+        let cmd = self.run_args(old, new, new_data, mode, &port).command(Some(self.port))?;
         cmd.output().await.map(drop).map_err(|e| e.to_string())
     }
 
@@ -234,8 +238,14 @@ impl UpgradeJob {
 
         Self::progress(ctx, 5, &format!("pg_upgrade {} ({})", p.new.shown(), p.mode.as_str())).await;
         let started = Instant::now();
-        let cmd = match self.run_args(&p.old, &p.new, &p.new_data, p.mode).command(None) {
-            Ok(cmd) => cmd,
+        // Held until pg_upgrade ends (the end of this function).
+        let port = UpgradePort::reserve(Path::new(&self.socket_dir));
+        let run = port.and_then(|port| {
+            let cmd = self.run_args(&p.old, &p.new, &p.new_data, p.mode, &port).command(None)?;
+            Ok((cmd, port))
+        });
+        let (cmd, _port) = match run {
+            Ok(run) => run,
             Err(e) => return Err(self.rollback(&p, "pg_upgrade", e, false).await),
         };
         let upgraded = tokio::select! {

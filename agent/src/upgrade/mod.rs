@@ -13,6 +13,7 @@ pub mod recover;
 mod restart;
 pub mod server;
 pub mod service;
+pub mod upgrade_port;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
