@@ -207,10 +207,13 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         config: config.upgrade.clone(),
     });
     // An upgrade a crash cut short may have left its instance down: its clusters are put right
-    // (in the background: starting a cluster and its health check take up to a minute).
+    // (in the background: starting a cluster and its health check take up to a minute), each
+    // instance locked from now on, before the API serves, until its recovery is recorded. A stop
+    // during the recovery leaves the operation interrupted: the next start recovers it again.
+    let claimed = upgrades.claim_interrupted();
     tokio::spawn({
         let upgrades = upgrades.clone();
-        async move { upgrades.recover_interrupted().await }
+        async move { upgrades.recover_claimed(claimed).await }
     });
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
     super::window_rearm::rearm_waiting(&engine, &registry, &plans, &upgrades, config.operations.enable_test_kinds)

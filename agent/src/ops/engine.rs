@@ -285,6 +285,13 @@ impl OperationEngine {
         Ok((record, Outcome::Created))
     }
 
+    /// Takes `target`'s exclusive lock for work done outside an operation (the start-up recovery of
+    /// an interrupted upgrade), if nobody holds it: exclusive operations on the target queue behind
+    /// it as behind one of their own.
+    pub fn try_lock_target(&self, target: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner.locks.try_lock(target)
+    }
+
     async fn run(&self, slot: Arc<Slot>, exclusive: bool, gate: Option<Disruptive>, job: JobFn) {
         // Waiting takes no lock: a week's wait must not block the instance's other work.
         let window_end = match gate {

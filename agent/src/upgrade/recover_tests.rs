@@ -230,3 +230,30 @@ async fn only_interrupted_records_are_concluded() {
     let e = c.engine.conclude_interrupted(&c.op, OpError { code: ErrorCode::Aborted, message: "x".into() }).await;
     assert!(matches!(e, Err(crate::ops::OpsError::AlreadyFinished { state: "failed", .. })), "{e:?}");
 }
+
+/// The start-up recovery holds the instance's lock (taken before the API serves): an exclusive
+/// operation on that instance — a new StartUpgrade — waits until the recovery is done, and
+/// operations on other instances do not.
+#[tokio::test]
+async fn an_operation_on_the_instance_waits_for_its_recovery_and_others_do_not() {
+    let c = crashed_at(5, false).await;
+    let held = c.engine.try_lock_target("pg-1").expect("nobody holds pg-1's lock at start");
+    let submit = |request_id: &str, target: &str| NewOperation {
+        request_id: request_id.into(),
+        kind: "test.noop",
+        target: target.into(),
+        params: serde_json::json!({}),
+        exclusive: true,
+    };
+    let noop = || -> crate::ops::engine::JobFn { Box::new(|_ctx| Box::pin(async { Ok(None) })) };
+    let (same, _) = c.engine.submit(submit("same-1", "pg-1"), noop()).await.unwrap();
+    let (other, _) = c.engine.submit(submit("other-1", "pg-2"), noop()).await.unwrap();
+    let mut other_watch = c.engine.watch(&other.id).unwrap();
+    other_watch.wait_for(|r| r.state == OpState::Succeeded).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!c.engine.get(&same.id).unwrap().state.is_finished(), "ran while the recovery held pg-1");
+    assert!(c.engine.try_lock_target("pg-1").is_none(), "the lock is held");
+    drop(held);
+    let mut same_watch = c.engine.watch(&same.id).unwrap();
+    same_watch.wait_for(|r| r.state == OpState::Succeeded).await.unwrap();
+}

@@ -8,6 +8,7 @@ use super::control::PgCommonControl;
 use super::service::UpgradeService;
 use super::{KIND, UpgradeError, plan, recover};
 use crate::ops::{Disruptive, OperationRecord};
+use tokio::sync::OwnedMutexGuard;
 
 impl UpgradeService {
     /// Re-arms an upgrade found waiting for its window at start-up: its job rebuilt from the
@@ -30,8 +31,30 @@ impl UpgradeService {
     /// Recovers every upgrade the last stop interrupted while it ran, one after the other, and ends
     /// each as `failed` saying what happened and what was done. Returns how many.
     pub async fn recover_interrupted(&self) -> usize {
+        let claimed = self.claim_interrupted();
+        self.recover_claimed(claimed).await
+    }
+
+    /// The upgrades the last stop interrupted, each with its instance's lock taken now — before the
+    /// API serves — so that a StartUpgrade (or a re-armed one) on that instance waits for the
+    /// recovery instead of meeting its clusters half put back.
+    pub fn claim_interrupted(&self) -> Vec<(OperationRecord, Option<OwnedMutexGuard<()>>)> {
         let records = self.operations.interrupted_running(KIND);
-        for record in &records {
+        records
+            .into_iter()
+            .map(|r| {
+                let lock = self.operations.try_lock_target(&r.target);
+                (r, lock)
+            })
+            .collect()
+    }
+
+    /// Recovers what [`Self::claim_interrupted`] claimed, one after the other, releasing each
+    /// instance's lock once its recovery is recorded. Returns how many.
+    pub async fn recover_claimed(&self, claimed: Vec<(OperationRecord, Option<OwnedMutexGuard<()>>)>) -> usize {
+        let count = claimed.len();
+        for (record, _lock) in claimed {
+            let record = &record;
             let error = match self.registry.get(&record.target) {
                 Ok(instance) => {
                     tracing::warn!(op = %record.id, instance = %instance.id, step = record.progress.done,
@@ -56,7 +79,7 @@ impl UpgradeService {
                 tracing::error!(op = %record.id, "record the recovery of the interrupted upgrade: {e:#}");
             }
         }
-        records.len()
+        count
     }
 }
 
