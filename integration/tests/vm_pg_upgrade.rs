@@ -100,7 +100,7 @@ systemctl stop dbagent.service
 "#;
 
 #[test]
-fn vm_postgresql_major_upgrade_15_to_17_with_refusals_and_rollback() {
+fn vm_postgresql_major_upgrade_15_to_17_copy_and_clone_refusals_rollback_and_crash_recovery() {
     let vm = Vm::new("pg-upgrade")
         .pg_majors_image()
         // Three 15 clusters, the agent's restore drills and pg_upgrade's two servers at once.
