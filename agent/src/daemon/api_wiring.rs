@@ -59,6 +59,7 @@ pub(super) fn services(d: &Daemon) -> Services {
                 backups: d.backups.clone(),
                 health: std::sync::Arc::new(crate::upgrade::server::PsqlHealthCheck),
                 config: d.config.upgrade.clone(),
+                minor: d.minor_upgrades.clone(),
             }),
             plans: d.plans.clone(),
         },

@@ -39,6 +39,8 @@ pub(super) struct Daemon {
     pub backups: Arc<BackupService>,
     /// Plan changes (ChangePlan): limits through systemd's D-Bus API, engine settings.
     pub plans: crate::plan::PlanChanges,
+    /// Minor upgrades (StartUpgrade within the instance's major).
+    pub minor_upgrades: crate::upgrade::minor::MinorUpgrades,
     pub availability: crate::availability::Ledger,
     /// The clock maintenance windows, availability and the backup scheduler read (moved by
     /// `testing.clock_offset_secs` on test hosts).
@@ -188,8 +190,16 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         }),
         restart_timeout: Duration::from_secs(config.plans.restart_timeout_secs),
     };
+    let minor_upgrades = crate::upgrade::minor::MinorUpgrades::from_config(&config, &state_dir, &registry, &engine);
     // Operations waiting for a window wait again (tasks of the engine, drained with it).
-    super::window_rearm::rearm_waiting(&engine, &registry, &plans, config.operations.enable_test_kinds).await;
+    super::window_rearm::rearm_waiting(
+        &engine,
+        &registry,
+        &plans,
+        &minor_upgrades,
+        config.operations.enable_test_kinds,
+    )
+    .await;
     // Last: it spawns its tasks, and nothing after it can fail.
     let metrics_tasks = metrics::start::start(
         &config.metrics,
@@ -216,6 +226,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         volumes_simulated: backend == VolumeBackend::Simulated,
         backups,
         plans,
+        minor_upgrades,
         availability,
         clock,
         database_tls,

@@ -4,15 +4,26 @@
 use crate::instances::Registry;
 use crate::ops::{OperationEngine, sleep};
 use crate::plan::{PlanChanges, RESTART_KIND};
+use crate::upgrade::minor::{self, MinorUpgrades};
 
 /// The disruptive kinds: the test `sleep`, and the restart a plan change leaves for the window.
 pub(super) async fn rearm_waiting(
     engine: &OperationEngine,
     registry: &Registry,
     plans: &PlanChanges,
+    minor_upgrades: &MinorUpgrades,
     test_kinds: bool,
 ) {
     for record in engine.waiting_for_window() {
+        if record.kind == minor::KIND {
+            if let Err(e) = minor_upgrades.rearm(&record) {
+                let reason = format!("the agent restarted and cannot re-arm this minor upgrade ({e}); submit it again");
+                if let Err(e) = engine.abandon_waiting(&record.id, &reason).await {
+                    tracing::error!(op = %record.id, "give up the operation waiting for its maintenance window: {e:#}");
+                }
+            }
+            continue;
+        }
         if record.kind == RESTART_KIND {
             match plans.rearm_restart(&record) {
                 Ok(()) => continue,

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::cluster::Layout;
 use super::job::UpgradeJob;
+use super::minor::{MinorRequest, MinorUpgrades};
 use super::plan::{self, Cluster};
 use super::server::HealthCheck;
 use super::{KIND, UpgradeConfig, UpgradeError};
@@ -42,6 +43,9 @@ pub struct UpgradeRequest {
     pub instance_id: String,
     pub target_version: String,
     pub force: bool,
+    /// Minor upgrades only: the flat apt repository and the packages installed from it.
+    pub package_repository: String,
+    pub packages: Vec<String>,
 }
 
 pub struct UpgradeService {
@@ -50,6 +54,8 @@ pub struct UpgradeService {
     pub backups: Arc<dyn BackupFacts>,
     pub health: Arc<dyn HealthCheck>,
     pub config: UpgradeConfig,
+    /// Minor upgrades (`super::minor`): requests within the instance's major go there.
+    pub minor: MinorUpgrades,
 }
 
 impl UpgradeService {
@@ -67,6 +73,17 @@ impl UpgradeService {
             field: "instance_id",
             message: e.to_string().trim_start_matches("instance_id: ").to_owned(),
         })?;
+        let minor = MinorRequest {
+            request_id: req.request_id.clone(),
+            instance_id: req.instance_id.clone(),
+            target_version: req.target_version.clone(),
+            force: req.force,
+            package_repository: req.package_repository,
+            packages: req.packages,
+        };
+        if self.minor.takes(&minor)? {
+            return Ok(self.minor.start(minor).await?);
+        }
         let target = plan::target_major(&req.target_version)?;
         let params = json!({ "target_version": target.to_string(), "force": req.force });
         // A retry of a submitted upgrade gets its operation, whatever changed since (the instance

@@ -4,6 +4,7 @@ use crate::instances::fixtures::{rules, spec};
 use crate::locks::ResourceLocks;
 use crate::maintenance::Clock;
 use crate::ops::{OpState, OpsSettings};
+use crate::upgrade::minor::MinorUpgrades;
 use crate::upgrade::server::PsqlHealthCheck;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +57,24 @@ async fn service(dir: &Path, newest_backup: Option<SystemTime>) -> UpgradeServic
     install(&lib, 15, &["postgres"]);
     install(&lib, 17, &["postgres", "pg_upgrade"]);
     let config = UpgradeConfig { postgresql_lib_dir: lib, ..UpgradeConfig::default() };
+    let minor = MinorUpgrades {
+        registry: registry.clone(),
+        operations: operations.clone(),
+        prober: Arc::new(crate::health::memory::MemoryProber::default()),
+        services: Arc::new(crate::systemd::InMemoryServiceManager::new()),
+        host: Arc::new(crate::upgrade::minor::memory::MemoryMinorHost::default()),
+        settings: crate::upgrade::minor::service::MinorSettings {
+            repository_root: dir.join("packages"),
+            expected: Duration::from_secs(600),
+            restart_timeout: Duration::from_secs(5),
+            health_deadline: Duration::from_secs(5),
+            probe_deadline: Duration::from_secs(1),
+            owner: crate::upgrade::minor::packages::Owner::agent(),
+        },
+        install_lock: Arc::default(),
+    };
     UpgradeService {
+        minor,
         registry,
         operations,
         backups: Arc::new(FakeBackups(newest_backup)),
@@ -71,6 +89,8 @@ fn request(request_id: &str, instance: &str, target: &str) -> UpgradeRequest {
         instance_id: instance.into(),
         target_version: target.into(),
         force: false,
+        package_repository: String::new(),
+        packages: Vec::new(),
     }
 }
 
@@ -79,18 +99,19 @@ fn hours_ago(h: u64) -> Option<SystemTime> {
 }
 
 #[tokio::test]
-async fn refuses_other_engines_older_targets_and_missing_binaries_and_submits_a_valid_upgrade() {
+async fn routes_other_engines_and_own_majors_to_minor_upgrades_refuses_missing_binaries_and_submits_a_valid_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let svc = service(dir.path(), hours_ago(1)).await;
 
+    // MariaDB has no major upgrade: its request is read as a minor one, and "17" is none of its versions.
     let e = svc.start(request("r1", "maria-1", "17")).await.unwrap_err();
-    assert!(matches!(e, UpgradeError::EngineNotSupported { engine: "mariadb" }), "{e}");
-    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
-    assert!(e.to_string().contains("issue 14"), "{e}");
+    assert!(matches!(e, UpgradeError::Minor(_)), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().starts_with("target_version: "), "{e}");
 
-    let e = svc.start(request("r2", "pg-1", "15")).await.unwrap_err();
-    assert!(matches!(e, UpgradeError::NotNewer { current: 15, target: 15, .. }), "{e}");
-    assert!(e.to_string().contains("Minor upgrades") && e.to_string().contains("issue 14"), "{e}");
+    let e = svc.start(request("r2", "pg-1", "14")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    assert!(e.to_string().contains("downgrades are never offered"), "{e}");
 
     let e = svc.start(request("r3", "pg-1", "16")).await.unwrap_err();
     assert!(matches!(e, UpgradeError::NotInstalled { major: 16, .. }), "{e}");
