@@ -23,7 +23,7 @@ const STEPS: u64 = 4;
 /// Between two probes while the server starts.
 const PROBE_PAUSE: Duration = Duration::from_millis(250);
 /// Journal lines quoted when a server does not come back.
-const JOURNAL_LINES: usize = 12;
+const JOURNAL_LINES: usize = 20;
 
 pub struct MinorJob {
     pub(super) upgrades: MinorUpgrades,
