@@ -129,14 +129,9 @@ impl MinorJob {
         };
         let downtime_ms = restart_started.elapsed().as_millis() as u64;
         let pid_after = u.services.main_pid(&unit).await?;
-        let version_after = self.version_of(&instance, &after).map_err(|reason| MinorError::NotBack {
-            instance: id.clone(),
-            unit: unit.clone(),
-            state: "active".into(),
-            reason,
-            journal: String::new(),
-            packages: String::new(),
-        })?;
+        let version_after = self
+            .version_of(&instance, &after)
+            .map_err(|reason| MinorError::NotBack { instance: id.clone(), message: format!("{unit}: {reason}") })?;
         tracing::info!(instance = %id, downtime_ms, "minor upgrade: {version_before} -> {version_after}");
 
         let mut mariadb_upgrade = json!({ "ran": false });
@@ -226,6 +221,9 @@ impl MinorJob {
                      and configuration it already had; fix the cause above and start the unit"
                 .into(),
         };
-        MinorError::NotBack { instance: instance.id.clone(), unit: unit.clone(), state, reason, journal, packages }
+        MinorError::NotBack {
+            instance: instance.id.clone(),
+            message: format!("{unit} (unit {state}; {reason}); last journal lines: {journal}. {packages}"),
+        }
     }
 }

@@ -57,11 +57,10 @@ pub enum MinorError {
     OtherMajorRunning { instance: String, engine: &'static str, major: String, version: String },
     #[error("installing the packages failed, the server was not restarted by the agent and runs {running}: {apt}")]
     Install { apt: String, running: String },
-    #[error(
-        "instance {instance}: the server did not come back healthy after the restart of {unit} (unit {state}; \
-         {reason}); last journal lines: {journal}. {packages}"
-    )]
-    NotBack { instance: String, unit: String, state: String, reason: String, journal: String, packages: String },
+    /// `message`: the unit's state, the restart's or the probe's error, the journal's last lines and
+    /// what became of the packages (`job::MinorJob::not_back`).
+    #[error("instance {instance}: the server did not come back healthy after the restart of {message}")]
+    NotBack { instance: String, message: String },
     #[error(
         "instance {instance}: the server reports {reported} after the restart, not the requested {wanted} (the \
          repository's packages bring {reported}); it runs and passed the health check"

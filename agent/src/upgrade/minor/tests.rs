@@ -307,8 +307,7 @@ fn request(id: &str, instance: &str, target: &str) -> MinorRequest {
 }
 
 async fn finished(ops: &OperationEngine, id: &str) -> OperationRecord {
-    let wait = ops.watch(id).unwrap().wait_for(|r| r.state.is_finished()).await.unwrap().clone();
-    wait
+    ops.watch(id).unwrap().wait_for(|r| r.state.is_finished()).await.unwrap().clone()
 }
 
 #[tokio::test]
