@@ -464,3 +464,24 @@ async fn a_postgresql_request_within_its_major_is_minor_and_a_newer_major_stays_
     let e = s.upgrades.takes(&request("e", "nope", "15")).unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
 }
+
+#[test]
+fn the_config_reads_the_minor_upgrade_keys_and_refuses_a_relative_or_root_repository_root() {
+    let parse = |text: &str| crate::config::Config::parse(Path::new("agent.toml"), text);
+    let c = parse(
+        "[upgrade]\npackage_repository_root = \"/srv/packages\"\nminor_expected_minutes = 5\nminor_health_deadline_secs = 60\n",
+    )
+    .unwrap();
+    assert_eq!(c.upgrade.package_repository_root, PathBuf::from("/srv/packages"));
+    assert_eq!((c.upgrade.minor_expected_minutes, c.upgrade.minor_health_deadline_secs), (5, 60));
+    assert_eq!(parse("").unwrap().upgrade.package_repository_root, PathBuf::from("/var/lib/dbagent/packages"));
+    for (text, key) in [
+        ("package_repository_root = \"packages\"", "upgrade.package_repository_root"),
+        ("package_repository_root = \"/\"", "upgrade.package_repository_root"),
+        ("minor_expected_minutes = 0", "upgrade.minor_expected_minutes"),
+        ("minor_health_deadline_secs = 1", "upgrade.minor_health_deadline_secs"),
+    ] {
+        let e = parse(&format!("[upgrade]\n{text}\n")).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
