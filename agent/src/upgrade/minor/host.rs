@@ -165,9 +165,13 @@ impl MinorHost for ToolMinorHost {
 
     async fn mariadb_upgrade(&self, instance: &Instance) -> Result<String, String> {
         let conn = self.backup.connection_for(instance, &self.data_roots).await;
-        let cmd = tool(&conn, "mariadb-upgrade", maria_conn(&conn))
-            .run_as(&instance.spec.os_user)
-            .map_err(|e| e.to_string())?;
+        let mut args = maria_conn(&conn);
+        // Without a user the client logs in as the OS user it runs as; mariadb-upgrade would try
+        // root instead: name the instance's user, which unix_socket admits as itself.
+        if conn.user.is_empty() {
+            args.push(format!("--user={}", instance.spec.os_user));
+        }
+        let cmd = tool(&conn, "mariadb-upgrade", args).run_as(&instance.spec.os_user).map_err(|e| e.to_string())?;
         let out = cmd.output().await.map_err(|e| e.to_string())?;
         Ok(tail(&String::from_utf8_lossy(&out), 6))
     }
