@@ -165,6 +165,9 @@ impl MinorHost for ToolMinorHost {
 
     async fn mariadb_upgrade(&self, instance: &Instance) -> Result<String, String> {
         let conn = self.backup.connection_for(instance, &self.data_roots).await;
+        if let Err(e) = give_upgrade_info_to(&self.data_roots, instance) {
+            return Err(format!("give {UPGRADE_INFO} to {}: {e}", instance.spec.os_user));
+        }
         let mut args = maria_conn(&conn);
         // Without a user the client logs in as the OS user it runs as; mariadb-upgrade would try
         // root instead: name the instance's user, which unix_socket admits as itself.
@@ -175,4 +178,39 @@ impl MinorHost for ToolMinorHost {
         let out = cmd.output().await.map_err(|e| e.to_string())?;
         Ok(tail(&String::from_utf8_lossy(&out), 6))
     }
+}
+
+/// The file mariadb-upgrade writes in the data directory.
+const UPGRADE_INFO: &str = "mysql_upgrade_info";
+
+/// mariadb-upgrade runs as the instance's user (as root it would write a file in a folder that user
+/// controls), and refuses when `mysql_upgrade_info` is not writable by it: Debian's packaging
+/// (debian-start, as root) leaves it root's. The file is handed to the instance's user through a
+/// directory handle: opened beneath the data root without following a link, `fstat`ed (a regular
+/// file with one link: never a hard link to another file), `fchown`ed on the descriptor.
+fn give_upgrade_info_to(data_roots: &[PathBuf], instance: &Instance) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let spec = &instance.spec;
+    let (root, rel) = crate::beneath::split_below(data_roots, &spec.data_dir)
+        .ok_or_else(|| format!("{} is below no data root", spec.data_dir.display()))?;
+    let dir = crate::beneath::DirHandle::open_configured_root(root)
+        .and_then(|r| r.open_dir(rel))
+        .map_err(|e| e.to_string())?;
+    let file = match dir.open_regular_file(Path::new(UPGRADE_INFO)) {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let user = nix::unistd::User::from_name(&spec.os_user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("no system user {}", spec.os_user))?;
+    if meta.uid() == user.uid.as_raw() || !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    if meta.nlink() != 1 {
+        return Err(format!("{UPGRADE_INFO} has {} hard links; refused", meta.nlink()));
+    }
+    crate::beneath::fchown(&file, user.uid.as_raw(), user.gid.as_raw()).map_err(|e| e.to_string())
 }
