@@ -17,11 +17,12 @@
 BUILD_PACKAGES=(pkg-config clang libcryptsetup-dev)
 BUILD_COMMANDS=(pkg-config=pkgconf clang=clang)
 
-# The VM harness on the host (vm/build-image.sh, vm/run-vm.sh): qemu-img makes the root overlays.
-VM_PACKAGES=(qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs kmod xz-utils zstd)
+# The VM harness on the host (vm/build-image.sh, vm/run-vm.sh): qemu-img makes the root overlays;
+# dpkg-scanpackages indexes the guest's local package repository (minor upgrades).
+VM_PACKAGES=(qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs kmod xz-utils zstd dpkg-dev)
 VM_COMMANDS=(
   qemu-system-x86_64=qemu-system-x86 qemu-img=qemu-utils debootstrap=debootstrap busybox=busybox-static
-  mkfs.ext4=e2fsprogs depmod=kmod modprobe=kmod xz=xz-utils zstd=zstd
+  mkfs.ext4=e2fsprogs depmod=kmod modprobe=kmod xz=xz-utils zstd=zstd dpkg-scanpackages=dpkg-dev
 )
 
 # The Debian package (build-deb.sh): library dependencies and man pages.

@@ -87,6 +87,7 @@ async fn a_disruptive_operation_waits_for_the_window_survives_a_restart_and_star
             instance_id: INSTANCE.into(),
             target_version: "17".into(),
             force: false,
+            ..Default::default()
         })
         .await
         .expect_err("this host has no PostgreSQL 17 binaries or the instance no recent backup");

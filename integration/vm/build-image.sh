@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build (once, cached) the Debian 12 guest used by the VM harness: a root file system image with systemd,
-# cryptsetup, PostgreSQL 15 and the test driver, Debian's stock kernel and a small busybox initramfs.
+# cryptsetup, PostgreSQL 15, MariaDB, Redis and the test driver, Debian's stock kernel and a small busybox
+# initramfs. The servers are bookworm's (debootstrap reads the suite alone); the newer bookworm-security
+# builds of their packages, downloaded on the host, are a flat apt repository in the guest at
+# /var/lib/dbagent/packages/bookworm-security, for the minor-upgrade test.
 #
 # Usage: build-image.sh            prints the image directory (root.img, vmlinuz, initrd.gz) on stdout,
 #                                  as its only line: run-vm.sh captures it; everything else goes to stderr
@@ -88,7 +91,7 @@ dpkg-deb -x "$WORK"/linux-image-*.deb "$WORK/kernel"
 [[ -f "$WORK/kernel/boot/vmlinuz-$KV" ]] || die "vmlinuz-$KV not found in $KPKG"
 
 # --- root file system -------------------------------------------------------------------------------
-INCLUDE=systemd,systemd-sysv,udev,kmod,cryptsetup-bin,e2fsprogs,xfsprogs,iproute2,ca-certificates,postgresql-15,dbus
+INCLUDE=systemd,systemd-sysv,udev,kmod,cryptsetup-bin,e2fsprogs,xfsprogs,iproute2,ca-certificates,postgresql-15,dbus,mariadb-server,redis-server
 # The debootstrap result is the slow part (minutes) and changes only with the package list or mirror:
 # it is cached as a tarball of its own, so editing the steps below rebuilds in about a minute.
 DTAR="$CACHE/debootstrap-$(printf '%s\n' "$SUITE" "$INCLUDE" "$MIRROR" | sha256sum | cut -c1-16).tar"
@@ -110,6 +113,36 @@ chroot "$ROOTFS" pg_dropcluster --stop 15 main 2>/dev/null || true
 sed -i 's/^#\?\s*create_main_cluster.*/create_main_cluster = false/' "$ROOTFS/etc/postgresql-common/createcluster.conf"
 grep -q '^create_main_cluster = false' "$ROOTFS/etc/postgresql-common/createcluster.conf" \
     || echo 'create_main_cluster = false' >>"$ROOTFS/etc/postgresql-common/createcluster.conf"
+
+# MariaDB and Redis: installed, not started at boot (the tests that use them start them).
+systemctl --root="$ROOTFS" disable mariadb.service redis-server.service >/dev/null 2>&1 || true
+rm -f "$ROOTFS"/etc/systemd/system/multi-user.target.wants/{mariadb,redis-server}.service
+
+# The local package repository of the minor-upgrade test: for each installed package built from the
+# mariadb, redis or postgresql-15 source, the newest version the host's apt knows (bookworm-security),
+# if newer than the guest's. Owned by root and writable by no one else, as the agent requires.
+REPO_REL=var/lib/dbagent/packages/bookworm-security
+DEBS="$WORK/debs"
+mkdir -p "$DEBS"
+chown _apt "$DEBS" 2>/dev/null || true
+newer=0
+while read -r pkg src installed; do
+    case "$src" in mariadb|redis|postgresql-15) ;; *) continue ;; esac
+    candidate="$(apt-cache madison "$pkg" 2>/dev/null | awk -F'|' 'NR==1{gsub(/ /,"",$2); print $2}')"
+    if [[ -n "$candidate" ]] && dpkg --compare-versions "$candidate" gt "$installed"; then
+        (cd "$DEBS" && apt-get download -q "$pkg=$candidate" >&2) || die "apt-get download $pkg=$candidate failed"
+        newer=$((newer + 1))
+    fi
+done < <(chroot "$ROOTFS" dpkg-query -W -f '${Package} ${source:Package} ${Version}\n')
+ls "$DEBS"/mariadb-server_*.deb >/dev/null 2>&1 \
+    || die "no newer mariadb-server than the guest's on the host's apt (apt-cache madison mariadb-server; bookworm-security in the sources?)"
+mkdir -p "$ROOTFS/$REPO_REL"
+mv "$DEBS"/*.deb "$ROOTFS/$REPO_REL/"
+(cd "$ROOTFS/$REPO_REL" && dpkg-scanpackages --multiversion . /dev/null >Packages 2>/dev/null)
+chown -R root:root "$ROOTFS/var/lib/dbagent"
+chmod 0755 "$ROOTFS/var/lib/dbagent" "$ROOTFS/var/lib/dbagent/packages" "$ROOTFS/$REPO_REL"
+chmod 0644 "$ROOTFS/$REPO_REL"/*
+log "local package repository /$REPO_REL: $newer newer packages"
 
 # Stock kernel modules minus hardware that qemu never shows (396 -> ~160 MB). scsi and ata go together:
 # keeping one without the other leaves libata with unresolved symbols.

@@ -74,7 +74,7 @@ fn a_capability_is_advertised_iff_an_rpc_of_it_is_served() {
         "maintenance windows",
         "availability",
         "database TLS certificates",
-        "postgresql major upgrades",
+        "engine upgrades",
         "plan changes",
     ] {
         assert!(advertised.contains(&expected.to_owned()), "{expected:?} missing from {advertised:?}");

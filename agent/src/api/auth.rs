@@ -74,7 +74,7 @@ pub const OWN_CAPABILITY: &[(&str, &str)] = &[
     ("/dbagent.v1.Upgrades/GetAvailability", "availability"),
     ("/dbagent.v1.Upgrades/InstallCertificate", "database TLS certificates"),
     ("/dbagent.v1.Upgrades/GetCertificate", "database TLS certificates"),
-    ("/dbagent.v1.Upgrades/StartUpgrade", "postgresql major upgrades"),
+    ("/dbagent.v1.Upgrades/StartUpgrade", "engine upgrades"),
     ("/dbagent.v1.Upgrades/ChangePlan", "plan changes"),
 ];
 

@@ -1,5 +1,5 @@
 //! The Upgrades service: SetMaintenanceWindow, GetAvailability, StartUpgrade (PostgreSQL major
-//! upgrades, `crate::upgrade`), ChangePlan (`crate::plan`) and the database certificates
+//! upgrades and minor upgrades, `crate::upgrade`), ChangePlan (`crate::plan`) and the database certificates
 //! (InstallCertificate, GetCertificate, `crate::dbtls`). Each handler checks and converts, the domain
 //! modules do the work.
 
@@ -57,6 +57,8 @@ impl pb::upgrades_server::Upgrades for UpgradesApi {
             instance_id: req.instance_id,
             target_version: req.target_version,
             force: req.force,
+            package_repository: req.package_repository,
+            packages: req.packages,
         };
         let record = self.upgrades.start(request).await?;
         Ok(Response::new((&record).into()))

@@ -39,7 +39,8 @@ pub(super) struct Daemon {
     pub backups: Arc<BackupService>,
     /// Plan changes (ChangePlan): limits through systemd's D-Bus API, engine settings.
     pub plans: crate::plan::PlanChanges,
-    /// PostgreSQL major upgrades (StartUpgrade), also re-armed and recovered at start.
+    /// Upgrades (StartUpgrade): PostgreSQL majors and minor upgrades, also re-armed and recovered
+    /// at start.
     pub upgrades: Arc<crate::upgrade::UpgradeService>,
     pub availability: crate::availability::Ledger,
     /// The clock maintenance windows, availability and the backup scheduler read (moved by
@@ -191,6 +192,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
         }),
         restart_timeout: Duration::from_secs(config.plans.restart_timeout_secs),
     };
+    let minor_upgrades = crate::upgrade::minor::MinorUpgrades::from_config(&config, &state_dir, &registry, &engine);
     let upgrades = Arc::new(crate::upgrade::UpgradeService {
         registry: registry.clone(),
         operations: engine.clone(),
@@ -205,6 +207,7 @@ pub(super) async fn build(config: Config, mode: RunMode) -> Result<Daemon, Daemo
             probe_deadline: config.health.deadline(),
         },
         config: config.upgrade.clone(),
+        minor: minor_upgrades,
     });
     // An upgrade a crash cut short may have left its instance down: its clusters are put right
     // (in the background: starting a cluster and its health check take up to a minute), each

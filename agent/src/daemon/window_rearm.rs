@@ -4,10 +4,10 @@
 use crate::instances::Registry;
 use crate::ops::{OperationEngine, sleep};
 use crate::plan::{PlanChanges, RESTART_KIND};
-use crate::upgrade::UpgradeService;
+use crate::upgrade::{UpgradeService, minor};
 
-/// The disruptive kinds: the test `sleep`, the restart a plan change leaves for the window, and
-/// PostgreSQL major upgrades.
+/// The disruptive kinds: the test `sleep`, the restart a plan change leaves for the window,
+/// PostgreSQL major upgrades and minor upgrades.
 pub(super) async fn rearm_waiting(
     engine: &OperationEngine,
     registry: &Registry,
@@ -28,6 +28,15 @@ pub(super) async fn rearm_waiting(
                     continue;
                 }
             }
+        }
+        if record.kind == minor::KIND {
+            if let Err(e) = upgrades.minor.rearm(&record) {
+                let reason = format!("the agent restarted and cannot re-arm this minor upgrade ({e}); submit it again");
+                if let Err(e) = engine.abandon_waiting(&record.id, &reason).await {
+                    tracing::error!(op = %record.id, "give up the operation waiting for its maintenance window: {e:#}");
+                }
+            }
+            continue;
         }
         if record.kind == crate::upgrade::KIND {
             if let Err(e) = upgrades.rearm(&record).await {

@@ -19,6 +19,7 @@ const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+const ALREADY_SUBSCRIBED: &str = "org.freedesktop.systemd1.AlreadySubscribed";
 
 #[derive(Default)]
 pub struct DbusServiceManager {
@@ -72,10 +73,13 @@ impl DbusServiceManager {
         timeout: Duration,
     ) -> Result<(), SystemdError> {
         let conn = self.conn().await?;
-        // systemd emits JobRemoved only while some client is subscribed.
-        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &())
-            .await
-            .map_err(|e| call_error("Subscribe", unit, e))?;
+        // systemd emits JobRemoved only while some client is subscribed. The connection stays
+        // subscribed, so a second job on it is answered AlreadySubscribed: that is the state wanted.
+        match conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &()).await {
+            Ok(_) => {}
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == ALREADY_SUBSCRIBED => {}
+            Err(e) => return Err(call_error("Subscribe", unit, e)),
+        }
         // Anyone on the bus may emit a signal with systemd's path and interface: only systemd's count.
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)

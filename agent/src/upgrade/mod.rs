@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod control;
 pub mod health;
 pub mod job;
+pub mod minor;
 pub mod plan;
 pub mod recover;
 mod restart;
@@ -42,6 +43,13 @@ pub struct UpgradeConfig {
     /// How long an upgrade is expected to take, for the maintenance window gate: an upgrade that
     /// does not fit in what is left of the current window waits for the next one.
     pub expected_minutes: u64,
+    /// The folder beneath which a minor upgrade's package repository must lie (root's, writable by
+    /// no one else): packages are installed from nowhere else.
+    pub package_repository_root: PathBuf,
+    /// How long a minor upgrade is expected to take (install and restart), for the window gate.
+    pub minor_expected_minutes: u64,
+    /// How long a server has after a minor upgrade's restart to pass the health check.
+    pub minor_health_deadline_secs: u64,
 }
 
 impl Default for UpgradeConfig {
@@ -52,6 +60,9 @@ impl Default for UpgradeConfig {
             postgresql_share_dir: PathBuf::from("/usr/share/postgresql"),
             postgresql_conf_dir: PathBuf::from("/etc/postgresql"),
             expected_minutes: 30,
+            package_repository_root: PathBuf::from("/var/lib/dbagent/packages"),
+            minor_expected_minutes: 10,
+            minor_health_deadline_secs: 120,
         }
     }
 }
@@ -69,6 +80,7 @@ impl UpgradeConfig {
             ("upgrade.postgresql_lib_dir", &self.postgresql_lib_dir),
             ("upgrade.postgresql_share_dir", &self.postgresql_share_dir),
             ("upgrade.postgresql_conf_dir", &self.postgresql_conf_dir),
+            ("upgrade.package_repository_root", &self.package_repository_root),
         ] {
             if !dir.is_absolute() {
                 return Err((key, format!("{} must be an absolute folder", dir.display())));
@@ -76,6 +88,15 @@ impl UpgradeConfig {
         }
         if self.expected_minutes == 0 || self.expected_minutes > 24 * 60 {
             return Err(("upgrade.expected_minutes", "must be between 1 and 1440".into()));
+        }
+        if self.package_repository_root.parent().is_none() {
+            return Err(("upgrade.package_repository_root", "must be a folder below /, not / itself".into()));
+        }
+        if self.minor_expected_minutes == 0 || self.minor_expected_minutes > 24 * 60 {
+            return Err(("upgrade.minor_expected_minutes", "must be between 1 and 1440".into()));
+        }
+        if !(5..=3600).contains(&self.minor_health_deadline_secs) {
+            return Err(("upgrade.minor_health_deadline_secs", "must be between 5 and 3600".into()));
         }
         Ok(())
     }
@@ -85,14 +106,11 @@ impl UpgradeConfig {
 pub enum UpgradeError {
     #[error("{field}: {message}")]
     InvalidRequest { field: &'static str, message: String },
-    #[error(
-        "{engine} upgrades are not built yet (issue 14, \"Upgrades and plan changes\"): only PostgreSQL major \
-         upgrades are"
-    )]
+    #[error("{engine} has no major upgrade: the agent upgrades {engine} within its major only (minor upgrades)")]
     EngineNotSupported { engine: &'static str },
     #[error(
-        "instance {instance} runs PostgreSQL {current}; {target} is not a newer major. Minor upgrades (package \
-         updates) are not built yet (issue 14); downgrades are never offered"
+        "instance {instance} runs PostgreSQL {current}; {target} is not a newer major (a minor upgrade names \
+         {current}); downgrades are never offered"
     )]
     NotNewer { instance: String, current: u32, target: u32 },
     #[error("PostgreSQL {major} is not installed on this host: {missing} is missing (install postgresql-{major})")]
@@ -128,6 +146,8 @@ pub enum UpgradeError {
     Registry(#[from] crate::instances::registry::RegistryError),
     #[error(transparent)]
     Ops(#[from] crate::ops::OpsError),
+    #[error(transparent)]
+    Minor(#[from] minor::MinorError),
 }
 
 impl HasErrorCode for UpgradeError {
@@ -146,6 +166,7 @@ impl HasErrorCode for UpgradeError {
             UpgradeError::Cancelled => ErrorCode::Cancelled,
             UpgradeError::Registry(e) => e.code(),
             UpgradeError::Ops(e) => e.code(),
+            UpgradeError::Minor(e) => e.code(),
         }
     }
 }

@@ -54,6 +54,7 @@ async fn start(dir: &Path, backup_age: Option<Duration>) -> (UpgradeService, Can
         }
     }
     let service = UpgradeService {
+        minor: crate::upgrade::minor::memory::memory_minor_upgrades(registry.clone(), operations.clone(), dir),
         registry,
         operations,
         backups: Arc::new(Backups(backup_age.map(|a| SystemTime::now() - a))),
@@ -79,6 +80,8 @@ async fn waiting_upgrade_then_stop(dir: &Path) -> crate::ops::OperationRecord {
         instance_id: "pg-1".into(),
         target_version: "17".into(),
         force: false,
+        package_repository: String::new(),
+        packages: Vec::new(),
     };
     let op = svc.start(req).await.unwrap();
     let waiting = state_becomes(&svc, &op.id, OpState::WaitingForWindow).await;

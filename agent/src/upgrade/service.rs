@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::cluster::Layout;
 use super::health::UpgradeHealth;
 use super::job::UpgradeJob;
+use super::minor::{MinorRequest, MinorUpgrades};
 use super::plan::{self, Cluster};
 use super::{KIND, UpgradeConfig, UpgradeError};
 use crate::backup::BackupService;
@@ -42,6 +43,9 @@ pub struct UpgradeRequest {
     pub instance_id: String,
     pub target_version: String,
     pub force: bool,
+    /// Minor upgrades only: the flat apt repository and the packages installed from it.
+    pub package_repository: String,
+    pub packages: Vec<String>,
 }
 
 pub struct UpgradeService {
@@ -51,6 +55,8 @@ pub struct UpgradeService {
     /// The health check after every step that starts a server (the shared probe).
     pub health: UpgradeHealth,
     pub config: UpgradeConfig,
+    /// Minor upgrades (`super::minor`): requests within the instance's major go there.
+    pub minor: MinorUpgrades,
 }
 
 impl UpgradeService {
@@ -68,6 +74,17 @@ impl UpgradeService {
             field: "instance_id",
             message: e.to_string().trim_start_matches("instance_id: ").to_owned(),
         })?;
+        let minor = MinorRequest {
+            request_id: req.request_id.clone(),
+            instance_id: req.instance_id.clone(),
+            target_version: req.target_version.clone(),
+            force: req.force,
+            package_repository: req.package_repository,
+            packages: req.packages,
+        };
+        if self.minor.takes(&minor)? {
+            return Ok(self.minor.start(minor).await?);
+        }
         let target = plan::target_major(&req.target_version)?;
         let params = json!({ "target_version": target.to_string(), "force": req.force });
         // A retry of a submitted upgrade gets its operation, whatever changed since (the instance

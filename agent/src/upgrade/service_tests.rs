@@ -6,6 +6,7 @@ use crate::locks::ResourceLocks;
 use crate::maintenance::Clock;
 use crate::ops::{OpState, OpsSettings};
 use crate::upgrade::health::UpgradeHealth;
+use crate::upgrade::minor::memory::memory_minor_upgrades;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +58,9 @@ async fn service(dir: &Path, newest_backup: Option<SystemTime>) -> UpgradeServic
     install(&lib, 15, &["postgres"]);
     install(&lib, 17, &["postgres", "pg_upgrade"]);
     let config = UpgradeConfig { postgresql_lib_dir: lib, ..UpgradeConfig::default() };
+    let minor = memory_minor_upgrades(registry.clone(), operations.clone(), dir);
     UpgradeService {
+        minor,
         registry,
         operations,
         backups: Arc::new(FakeBackups(newest_backup)),
@@ -72,6 +75,8 @@ fn request(request_id: &str, instance: &str, target: &str) -> UpgradeRequest {
         instance_id: instance.into(),
         target_version: target.into(),
         force: false,
+        package_repository: String::new(),
+        packages: Vec::new(),
     }
 }
 
@@ -80,18 +85,19 @@ fn hours_ago(h: u64) -> Option<SystemTime> {
 }
 
 #[tokio::test]
-async fn refuses_other_engines_older_targets_and_missing_binaries_and_submits_a_valid_upgrade() {
+async fn routes_other_engines_and_own_majors_to_minor_upgrades_refuses_missing_binaries_and_submits_a_valid_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let svc = service(dir.path(), hours_ago(1)).await;
 
+    // MariaDB has no major upgrade: its request is read as a minor one, and "17" is none of its versions.
     let e = svc.start(request("r1", "maria-1", "17")).await.unwrap_err();
-    assert!(matches!(e, UpgradeError::EngineNotSupported { engine: "mariadb" }), "{e}");
-    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
-    assert!(e.to_string().contains("issue 14"), "{e}");
+    assert!(matches!(e, UpgradeError::Minor(_)), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(e.to_string().starts_with("target_version: "), "{e}");
 
-    let e = svc.start(request("r2", "pg-1", "15")).await.unwrap_err();
-    assert!(matches!(e, UpgradeError::NotNewer { current: 15, target: 15, .. }), "{e}");
-    assert!(e.to_string().contains("Minor upgrades") && e.to_string().contains("issue 14"), "{e}");
+    let e = svc.start(request("r2", "pg-1", "14")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::FailedPrecondition);
+    assert!(e.to_string().contains("downgrades are never offered"), "{e}");
 
     let e = svc.start(request("r3", "pg-1", "16")).await.unwrap_err();
     assert!(matches!(e, UpgradeError::NotInstalled { major: 16, .. }), "{e}");

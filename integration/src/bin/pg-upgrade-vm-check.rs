@@ -107,6 +107,7 @@ fn upgrade_request(request_id: &str, id: &str, target: &str) -> pb::StartUpgrade
         instance_id: id.into(),
         target_version: target.into(),
         force: true,
+        ..Default::default()
     }
 }
 
