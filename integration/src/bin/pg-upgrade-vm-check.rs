@@ -272,7 +272,8 @@ async fn main() -> Result<()> {
     let invalid = async {
         for (target, code, says) in [
             ("17.2", tonic::Code::InvalidArgument, "minor"),
-            ("15", tonic::Code::FailedPrecondition, "not a newer major"),
+            // The instance's own major ("15") is a minor upgrade now (issue 14); an older one never.
+            ("14", tonic::Code::FailedPrecondition, "downgrades are never offered"),
             ("16", tonic::Code::FailedPrecondition, "PostgreSQL 16 is not installed"),
         ] {
             match start_upgrade(&channel, upgrade_request(&format!("invalid-{target}"), "up", target)).await {
