@@ -146,20 +146,23 @@ impl ToolCommand {
 
     /// A tokio command with the policy applied (stdin closed, stdout and stderr piped).
     fn tokio(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::from(self.std());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd
+    }
+
+    /// The command both forms start from: the user dropped to through `setpriv`, run in `/`, stdin
+    /// closed.
+    fn std(&self) -> std::process::Command {
         let mut cmd = match &self.user {
             Some(u) => {
-                let mut cmd = tokio::process::Command::new(SETPRIV);
+                let mut cmd = std::process::Command::new(SETPRIV);
                 cmd.args(u.setpriv_args()).arg(&self.program).env("HOME", &u.home);
                 cmd
             }
-            None => tokio::process::Command::new(&self.program),
+            None => std::process::Command::new(&self.program),
         };
-        cmd.args(&self.args)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(&self.args).current_dir("/").stdin(Stdio::null());
         cmd
     }
 
@@ -223,16 +226,7 @@ impl ToolCommand {
 
     /// The blocking form of [`ToolCommand::output`], for code already on a blocking thread.
     pub fn output_blocking(&self) -> Result<Vec<u8>, CommandError> {
-        let mut cmd = match &self.user {
-            Some(u) => {
-                let mut cmd = std::process::Command::new(SETPRIV);
-                cmd.args(u.setpriv_args()).arg(&self.program).env("HOME", &u.home);
-                cmd
-            }
-            None => std::process::Command::new(&self.program),
-        };
-        cmd.args(&self.args).current_dir("/").stdin(Stdio::null());
-        let out = cmd.output().map_err(|source| CommandError::Spawn { command: self.shown(), source })?;
+        let out = self.std().output().map_err(|source| CommandError::Spawn { command: self.shown(), source })?;
         check(&self.shown(), out.status, &out.stderr)?;
         Ok(out.stdout)
     }
