@@ -213,6 +213,19 @@ impl OperationEngine {
         table.by_request.get(request_id).and_then(|id| table.slots.get(id)).map(|s| s.tx.borrow().clone())
     }
 
+    /// The operation `request_id` started, if it was this same request: the same kind, target and
+    /// parameters. A retry gets its operation back whatever changed since (a check that would refuse
+    /// it now, the instance record an upgrade changed).
+    pub fn replay(
+        &self,
+        request_id: &str,
+        kind: &str,
+        target: &str,
+        params: &serde_json::Value,
+    ) -> Option<OperationRecord> {
+        self.by_request(request_id).filter(|r| r.kind == kind && r.target == target && &r.params == params)
+    }
+
     /// Starts an operation, or returns the one that `request_id` started before.
     pub async fn submit(&self, new: NewOperation, job: JobFn) -> Result<(OperationRecord, Outcome), OpsError> {
         self.submit_gated(new, None, job).await

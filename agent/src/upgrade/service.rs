@@ -89,11 +89,7 @@ impl UpgradeService {
         let params = json!({ "target_version": target.to_string(), "force": req.force });
         // A retry of a submitted upgrade gets its operation, whatever changed since (the instance
         // record says 17 once it succeeded).
-        if let Some(record) = self.operations.by_request(&req.request_id)
-            && record.kind == KIND
-            && record.target == req.instance_id
-            && record.params == params
-        {
+        if let Some(record) = self.operations.replay(&req.request_id, KIND, &req.instance_id, &params) {
             return Ok(record);
         }
         let instance = self.registry.get(&req.instance_id)?;

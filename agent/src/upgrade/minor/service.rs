@@ -102,11 +102,7 @@ impl MinorUpgrades {
             "package_repository": req.package_repository,
             "packages": req.packages,
         });
-        if let Some(record) = self.operations.by_request(&req.request_id)
-            && record.kind == KIND
-            && record.target == req.instance_id
-            && record.params == params
-        {
+        if let Some(record) = self.operations.replay(&req.request_id, KIND, &req.instance_id, &params) {
             return Ok(record);
         }
         let instance = self.registry.get(&req.instance_id)?;
