@@ -1,38 +1,18 @@
 use super::*;
 use crate::error::{ErrorCode, HasErrorCode};
 use crate::health::memory::MemoryProber;
+use crate::instances::Registry;
 use crate::instances::fixtures::{rules, spec};
-use crate::instances::{Instance, Registry};
 use crate::locks::ResourceLocks;
-use crate::maintenance::Clock;
 use crate::ops::{OpState, OperationEngine, OpsSettings};
 use crate::upgrade::UpgradeConfig;
 use crate::upgrade::health::UpgradeHealth;
-use crate::upgrade::service::{BackupFacts, UpgradeRequest};
+use crate::upgrade::service::UpgradeRequest;
+use crate::upgrade::service::tests::{FakeBackups, Tuesday};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
-
-struct Backups(Option<SystemTime>);
-
-#[tonic::async_trait]
-impl BackupFacts for Backups {
-    async fn newest_complete_backup(&self, _instance: &str) -> Option<SystemTime> {
-        self.0
-    }
-    async fn server_address(&self, _instance: &Instance) -> (String, u16) {
-        ("/var/run/postgresql".into(), 5432)
-    }
-}
-
-/// A Tuesday noon: the fixture's window (Sunday 02:00 UTC) is days away.
-struct Tuesday;
-impl Clock for Tuesday {
-    fn now(&self) -> SystemTime {
-        humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap()
-    }
-}
 
 /// The agent as started on `dir` (an existing state is reopened), with a backup `backup_age` old.
 async fn start(dir: &Path, backup_age: Option<Duration>) -> (UpgradeService, CancellationToken) {
@@ -57,7 +37,7 @@ async fn start(dir: &Path, backup_age: Option<Duration>) -> (UpgradeService, Can
         minor: crate::upgrade::minor::memory::memory_minor_upgrades(registry.clone(), operations.clone(), dir),
         registry,
         operations,
-        backups: Arc::new(Backups(backup_age.map(|a| SystemTime::now() - a))),
+        backups: Arc::new(FakeBackups(backup_age.map(|a| SystemTime::now() - a))),
         health: UpgradeHealth { prober: Arc::new(MemoryProber::default()), probe_deadline: Duration::from_secs(1) },
         config: UpgradeConfig { postgresql_lib_dir: lib, ..UpgradeConfig::default() },
     };

@@ -154,4 +154,4 @@ impl UpgradeService {
 
 #[cfg(test)]
 #[path = "service_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -11,7 +11,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 /// Backups as the catalog would report them: the newest complete one, if any.
-struct FakeBackups(Option<SystemTime>);
+pub(in crate::upgrade) struct FakeBackups(pub Option<SystemTime>);
 
 #[tonic::async_trait]
 impl BackupFacts for FakeBackups {
@@ -24,7 +24,7 @@ impl BackupFacts for FakeBackups {
 }
 
 /// A Tuesday noon: the fixture's window (Sunday 02:00 UTC) is days away, so a submitted upgrade waits.
-struct Tuesday;
+pub(in crate::upgrade) struct Tuesday;
 impl Clock for Tuesday {
     fn now(&self) -> SystemTime {
         humantime::parse_rfc3339("2026-12-01T12:00:00Z").unwrap()
